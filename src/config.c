@@ -1,0 +1,454 @@
+/* config.c - JSON -> structs, defaults and validation with field-level messages.
+ *
+ * Every key is declared once in a table (name, type, range, default, target);
+ * loading walks the table, so defaults, validation and unknown-key errors all
+ * follow from it. All errors are reported in one pass with their JSON path. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+enum ftype {
+	F_STR,      /* string */
+	F_INT,      /* integer in [min, max] */
+	F_LLONG,    /* long long in [min, max] */
+	F_PORT,     /* integer 1..65535 */
+	F_BOOL,     /* true/false */
+	F_STRLIST,  /* array of strings */
+	F_LAUNCHER, /* "local" | "slurm" */
+	F_IGNORE,   /* accepted for compatibility, unused (seed's nginxFile) */
+};
+
+struct field {
+	const char *key;
+	enum ftype type;
+	size_t off;
+	bool required;
+	long long def;   /* default for F_INT/F_PORT/F_BOOL (-1: none) */
+	const char *defs; /* default for F_STR */
+	long long min, max;
+};
+
+#define SVC(f) offsetof(struct svc_config, f)
+#define CFG(f) offsetof(struct config, f)
+#define BIG 1000000000LL
+
+static const struct field svc_fields[] = {
+	{"name", F_STR, SVC(name), true, 0, NULL, 0, 0},
+	{"route_name", F_STR, SVC(route_name), true, 0, NULL, 0, 0},
+	{"ssh_username", F_STR, SVC(ssh_username), false, 0, NULL, 0, 0},
+	{"ssh_key_file", F_STR, SVC(ssh_key_file), false, 0, NULL, 0, 0},
+	{"remote_host", F_STR, SVC(remote_host), false, 0, NULL, 0, 0},
+	{"remote_port", F_PORT, SVC(remote_port), false, 0, NULL, 1, 65535},
+	{"local_host", F_STR, SVC(local_host), false, 0, "127.0.0.1", 0, 0},
+	{"local_port", F_PORT, SVC(local_port), false, 0, NULL, 1, 65535},
+	{"bash_file", F_STR, SVC(bash_file), true, 0, NULL, 0, 0},
+	{"check_health_path", F_STR, SVC(check_health_path), false, 0, "/health", 0, 0},
+	{"timeout", F_INT, SVC(timeout), false, 300, NULL, 1, BIG},
+	{"api_paths", F_STRLIST, SVC(api_paths), false, 0, NULL, 0, 0},
+	{"launcher", F_LAUNCHER, SVC(launcher), false, LAUNCHER_SLURM, NULL, 0, 0},
+	{"start_timeout", F_INT, SVC(start_timeout), false, 900, NULL, 1, BIG},
+	{"hold", F_BOOL, SVC(hold), false, 1, NULL, 0, 0},
+	{"stop_grace", F_INT, SVC(stop_grace), false, 10, NULL, 0, 3600},
+	{NULL, 0, 0, false, 0, NULL, 0, 0},
+};
+
+static const struct field cfg_fields[] = {
+	{"nginxFile", F_IGNORE, 0, false, 0, NULL, 0, 0},
+	{"admin_token", F_STR, CFG(admin_token), false, 0, NULL, 0, 0},
+	{"max_body_size", F_LLONG, CFG(max_body_size), false, 64LL << 20, NULL, 0, 1LL << 40},
+	{"max_header_size", F_INT, CFG(max_header_size), false, 16384, NULL, 1024, 1 << 20},
+	{"header_timeout", F_INT, CFG(header_timeout), false, 10, NULL, 1, 3600},
+	{"body_timeout", F_INT, CFG(body_timeout), false, 60, NULL, 1, 3600},
+	{"keepalive_timeout", F_INT, CFG(keepalive_timeout), false, 75, NULL, 1, 3600},
+	{"send_timeout", F_INT, CFG(send_timeout), false, 60, NULL, 1, 3600},
+	{"upstream_connect_timeout", F_INT, CFG(upstream_connect_timeout), false, 5, NULL, 1, 600},
+	{"upstream_timeout", F_INT, CFG(upstream_timeout), false, 600, NULL, 1, 86400},
+	{"shutdown_grace", F_INT, CFG(shutdown_grace), false, 30, NULL, 0, 3600},
+	{"max_connections", F_INT, CFG(max_connections), false, 20000, NULL, 16, 1000000},
+	{"upstream_keepalive", F_INT, CFG(upstream_keepalive), false, 1024, NULL, 0, 100000},
+	{NULL, 0, 0, false, 0, NULL, 0, 0},
+};
+
+/* Names that the gateway itself answers at the top level. */
+static const char *const reserved_routes[] = {
+	"info", "api", "metrics", "status", "v1", "enable_service_management",
+	"disable_service_management", "kill_disable_service_management", "favicon.ico", NULL,
+};
+
+struct errs {
+	char **v;
+	size_t n;
+};
+
+static void err_add(struct errs *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void err_add(struct errs *e, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		fatal("out of memory");
+	va_end(ap);
+	e->v = xrealloc(e->v, (e->n + 2) * sizeof *e->v);
+	e->v[e->n++] = s;
+	e->v[e->n] = NULL;
+}
+
+static const struct field *field_find(const struct field *tab, const char *key)
+{
+	for (; tab->key; tab++)
+		if (strcmp(tab->key, key) == 0)
+			return tab;
+	return NULL;
+}
+
+/* Store one JSON value into the struct field it is declared for. */
+static void field_set(const struct field *f, void *base, json_t *v, const char *path,
+		      struct errs *e)
+{
+	char *dst = (char *)base + f->off;
+
+	switch (f->type) {
+	case F_IGNORE:
+		return;
+	case F_STR:
+		if (!json_is_string(v)) {
+			err_add(e, "%s.%s: must be a string", path, f->key);
+			return;
+		}
+		free(*(char **)dst);
+		*(char **)dst = xstrdup(json_string_value(v));
+		return;
+	case F_INT:
+	case F_LLONG:
+	case F_PORT: {
+		long long x;
+		if (!json_is_integer(v) || (x = json_integer_value(v)) < f->min || x > f->max) {
+			if (f->type == F_PORT)
+				err_add(e, "%s.%s: must be a port number (1-65535)", path, f->key);
+			else if (f->min == 1 && f->max >= BIG)
+				err_add(e, "%s.%s: must be a positive integer", path, f->key);
+			else
+				err_add(e, "%s.%s: must be an integer from %lld to %lld", path, f->key,
+					f->min, f->max);
+			return;
+		}
+		if (f->type == F_LLONG)
+			*(long long *)dst = x;
+		else
+			*(int *)dst = (int)x;
+		return;
+	}
+	case F_BOOL:
+		if (!json_is_boolean(v)) {
+			err_add(e, "%s.%s: must be true or false", path, f->key);
+			return;
+		}
+		*(bool *)dst = json_is_true(v);
+		return;
+	case F_LAUNCHER: {
+		const char *s = json_string_value(v);
+		if (s && strcmp(s, "local") == 0)
+			*(enum launcher_kind *)dst = LAUNCHER_LOCAL;
+		else if (s && strcmp(s, "slurm") == 0)
+			*(enum launcher_kind *)dst = LAUNCHER_SLURM;
+		else
+			err_add(e, "%s.%s: must be \"local\" or \"slurm\"", path, f->key);
+		return;
+	}
+	case F_STRLIST: {
+		size_t i, n;
+		char **list;
+		if (!json_is_array(v)) {
+			err_add(e, "%s.%s: must be an array of strings", path, f->key);
+			return;
+		}
+		n = json_array_size(v);
+		list = xcalloc(n + 1, sizeof *list);
+		for (i = 0; i < n; i++) {
+			json_t *s = json_array_get(v, i);
+			if (!json_is_string(s)) {
+				err_add(e, "%s.%s[%zu]: must be a string", path, f->key, i);
+				list[i] = xstrdup("");
+			} else {
+				list[i] = xstrdup(json_string_value(s));
+			}
+		}
+		*(char ***)dst = list;
+		return;
+	}
+	}
+}
+
+/* Fill BASE from OBJ following TAB: unknown keys, missing keys, defaults. */
+static void fields_load(const struct field *tab, void *base, json_t *obj, const char *path,
+			const char *const *extra_keys, struct errs *e)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(obj, key, v) {
+		const struct field *f = field_find(tab, key);
+		bool extra = false;
+		for (const char *const *k = extra_keys; k && *k; k++)
+			extra |= strcmp(*k, key) == 0;
+		if (f != NULL)
+			field_set(f, base, v, path, e);
+		else if (!extra)
+			err_add(e, "%s.%s: unknown key", path, log_escape(key, strlen(key)));
+	}
+	for (const struct field *f = tab; f->key; f++) {
+		char *dst = (char *)base + f->off;
+		if (f->type == F_IGNORE || json_object_get(obj, f->key) != NULL)
+			continue;
+		if (f->required) {
+			err_add(e, "%s.%s: required", path, f->key);
+			continue;
+		}
+		switch (f->type) {
+		case F_STR:
+			*(char **)dst = f->defs ? xstrdup(f->defs) : NULL;
+			break;
+		case F_LLONG:
+			*(long long *)dst = f->def;
+			break;
+		case F_INT:
+		case F_PORT:
+			*(int *)dst = (int)f->def;
+			break;
+		case F_BOOL:
+			*(bool *)dst = f->def != 0;
+			break;
+		case F_LAUNCHER:
+			*(enum launcher_kind *)dst = (enum launcher_kind)f->def;
+			break;
+		default:
+			break;
+		}
+	}
+}
+
+static bool route_char_ok(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '_' || c == '-' || c == '.' || c == '~';
+}
+
+/* Turn a host name into a numeric address once, at load time, so that no DNS
+ * look-up ever happens on the request path. */
+static char *numeric_host(const char *host)
+{
+	struct addrinfo hints = {0}, *res = NULL;
+	char buf[INET6_ADDRSTRLEN];
+
+	if (strcmp(host, "localhost") == 0)
+		return xstrdup("127.0.0.1");
+	hints.ai_flags = AI_ADDRCONFIG;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
+		return NULL;
+	if (res->ai_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, buf, sizeof buf);
+	else
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, buf, sizeof buf);
+	freeaddrinfo(res);
+	return xstrdup(buf);
+}
+
+/* Cross-field checks and normalisation of one service. */
+static void service_check(struct svc_config *s, const char *path, const char *cfgdir,
+			  struct errs *e)
+{
+	if (s->name && s->name[0] == '\0')
+		err_add(e, "%s.name: must not be empty", path);
+	if (s->route_name) {
+		const char *r = s->route_name;
+		bool ok = r[0] != '\0';
+		for (const char *p = r; *p; p++)
+			ok &= route_char_ok(*p);
+		if (!ok)
+			err_add(e, "%s.route_name: must be letters, digits, '_', '-', '.' or '~'", path);
+		for (const char *const *k = reserved_routes; *k; k++)
+			if (strcmp(*k, r) == 0)
+				err_add(e, "%s.route_name: \"%s\" is reserved for the gateway", path, r);
+		if (has_prefix(r, "check_") || has_prefix(r, "demand_"))
+			err_add(e, "%s.route_name: must not start with check_ or demand_", path);
+	}
+	if (s->remote_port == 0 && s->local_port == 0)
+		err_add(e, "%s.remote_port: required (or local_port)", path);
+	if (s->remote_port == 0)
+		s->remote_port = s->local_port;
+	if (s->local_port == 0)
+		s->local_port = s->remote_port;
+	if (s->check_health_path && s->check_health_path[0] != '/') {
+		char *p = xasprintf("/%s", s->check_health_path);
+		free(s->check_health_path);
+		s->check_health_path = p;
+	}
+	for (char **p = s->api_paths; p && *p; p++)
+		if ((*p)[0] != '/')
+			err_add(e, "%s.api_paths: \"%s\" must start with '/'", path,
+				log_escape(*p, strlen(*p)));
+	if (s->local_host) {
+		char *n = numeric_host(s->local_host);
+		if (n == NULL)
+			err_add(e, "%s.local_host: cannot resolve \"%s\"", path,
+				log_escape(s->local_host, strlen(s->local_host)));
+		else {
+			free(s->local_host);
+			s->local_host = n;
+		}
+	}
+	if (s->launcher == LAUNCHER_LOCAL && s->bash_file) {
+		if (s->bash_file[0] != '/') {
+			char *p = xasprintf("%s/%s", cfgdir, s->bash_file);
+			free(s->bash_file);
+			s->bash_file = p;
+		}
+		if (access(s->bash_file, X_OK) != 0)
+			err_add(e, "%s.bash_file: %s: %s", path, s->bash_file, strerror(errno));
+	}
+}
+
+static void svc_config_free(struct svc_config *s)
+{
+	free(s->name);
+	free(s->route_name);
+	free(s->ssh_username);
+	free(s->ssh_key_file);
+	free(s->remote_host);
+	free(s->local_host);
+	free(s->bash_file);
+	free(s->check_health_path);
+	for (char **p = s->api_paths; p && *p; p++)
+		free(*p);
+	free(s->api_paths);
+}
+
+void config_free(struct config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < cfg->n_services; i++)
+		svc_config_free(&cfg->services[i]);
+	free(cfg->services);
+	free(cfg->path);
+	free(cfg->listen_host);
+	free(cfg->admin_token);
+	free(cfg);
+}
+
+void config_free_errors(char **errs)
+{
+	for (char **p = errs; p && *p; p++)
+		free(*p);
+	free(errs);
+}
+
+struct config *config_load(const char *file, char ***errs_out)
+{
+	static const char *const top_extra[] = {"Services", "listen", NULL};
+	struct errs e = {0};
+	json_error_t jerr;
+	json_t *root, *svcs, *listen;
+	struct config *cfg;
+	char *dircopy, *cfgdir;
+
+	root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
+	if (root == NULL) {
+		if (jerr.line > 0)
+			err_add(&e, "%s:%d:%d: %s", file, jerr.line, jerr.column, jerr.text);
+		else
+			err_add(&e, "%s: %s", file, jerr.text);
+		*errs_out = e.v;
+		return NULL;
+	}
+	cfg = xcalloc(1, sizeof *cfg);
+	cfg->path = xstrdup(file);
+	dircopy = xstrdup(file);
+	cfgdir = dirname(dircopy);
+	if (!json_is_object(root)) {
+		err_add(&e, "$: the config must be a JSON object");
+		goto out;
+	}
+	fields_load(cfg_fields, cfg, root, "$", top_extra, &e);
+	if (cfg->admin_token && cfg->admin_token[0] == '\0')
+		err_add(&e, "$.admin_token: must not be empty (leave it out to disable)");
+
+	listen = json_object_get(root, "listen");
+	if (listen == NULL) {
+		cfg->listen_host = xstrdup("127.0.0.1");
+		cfg->listen_port = 8090;
+	} else if (!json_is_string(listen) ||
+		   parse_hostport(json_string_value(listen), &cfg->listen_host, &cfg->listen_port) != 0) {
+		err_add(&e, "$.listen: must be \"HOST:PORT\"");
+	}
+
+	svcs = json_object_get(root, "Services");
+	if (svcs == NULL) {
+		err_add(&e, "$.Services: required");
+		goto out;
+	}
+	if (!json_is_array(svcs)) {
+		err_add(&e, "$.Services: must be an array");
+		goto out;
+	}
+	cfg->n_services = json_array_size(svcs);
+	cfg->services = xcalloc(cfg->n_services, sizeof *cfg->services);
+	for (size_t i = 0; i < cfg->n_services; i++) {
+		json_t *o = json_array_get(svcs, i);
+		char path[64];
+		snprintf(path, sizeof path, "Services[%zu]", i);
+		if (!json_is_object(o)) {
+			err_add(&e, "%s: must be an object", path);
+			continue;
+		}
+		fields_load(svc_fields, &cfg->services[i], o, path, NULL, &e);
+		service_check(&cfg->services[i], path, cfgdir, &e);
+	}
+	/* Names, routes and local ports must be unique across services. */
+	for (size_t i = 0; i < cfg->n_services; i++) {
+		struct svc_config *a = &cfg->services[i];
+		for (size_t j = 0; j < i; j++) {
+			struct svc_config *b = &cfg->services[j];
+			if (a->name && b->name && strcmp(a->name, b->name) == 0)
+				err_add(&e, "Services[%zu].name: \"%s\" is also Services[%zu].name", i,
+					a->name, j);
+			if (a->route_name && b->route_name && strcmp(a->route_name, b->route_name) == 0)
+				err_add(&e, "Services[%zu].route_name: \"%s\" is also Services[%zu].route_name",
+					i, a->route_name, j);
+			if (a->local_port && a->local_port == b->local_port &&
+			    a->local_host && b->local_host && strcmp(a->local_host, b->local_host) == 0)
+				err_add(&e, "Services[%zu].local_port: %d is also Services[%zu].local_port", i,
+					a->local_port, j);
+		}
+		if (a->local_port && a->local_port == cfg->listen_port)
+			err_add(&e, "Services[%zu].local_port: %d is the gateway's own listen port", i,
+				a->local_port);
+	}
+out:
+	free(dircopy);
+	json_decref(root);
+	if (e.n > 0) {
+		config_free(cfg);
+		*errs_out = e.v;
+		return NULL;
+	}
+	*errs_out = NULL;
+	return cfg;
+}

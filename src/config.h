@@ -1,0 +1,58 @@
+/* config.h - the JSON config: declared once in a table, validated in one pass.
+ *
+ * The seed's services_config.json loads unchanged; see README for every key. */
+#ifndef SG_CONFIG_H
+#define SG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum launcher_kind { LAUNCHER_SLURM = 0, LAUNCHER_LOCAL = 1 };
+
+struct svc_config {
+	char *name;
+	char *route_name;
+	char *ssh_username;
+	char *ssh_key_file;
+	char *remote_host;
+	char *local_host;
+	char *bash_file;          /* local launcher: resolved against the config's folder */
+	char *check_health_path;  /* always starts with '/' */
+	char **api_paths;         /* NULL-terminated; NULL = forward every path */
+	int remote_port;
+	int local_port;
+	int timeout;              /* idle seconds before stop */
+	int start_timeout;        /* seconds a start may take */
+	bool hold;                /* hold requests during a start (else 503 at once) */
+	enum launcher_kind launcher;
+	int stop_grace;           /* seconds between SIGTERM and SIGKILL */
+};
+
+struct config {
+	char *path;
+	char *listen_host;
+	int listen_port;
+	char *admin_token;
+	long long max_body_size;  /* bytes */
+	int max_header_size;      /* bytes, request line + headers */
+	int header_timeout;       /* seconds to receive a request head */
+	int body_timeout;         /* seconds between two reads of a request body */
+	int keepalive_timeout;    /* seconds an idle client connection is kept */
+	int send_timeout;         /* seconds a client may not read our output */
+	int upstream_connect_timeout;
+	int upstream_timeout;     /* seconds between two reads from a service */
+	int shutdown_grace;       /* seconds in-flight requests get on SIGTERM */
+	int max_connections;
+	int upstream_keepalive;   /* idle keep-alive connections kept per instance */
+	struct svc_config *services;
+	size_t n_services;
+};
+
+/* Load and validate FILE. On error returns NULL and appends one line per
+ * problem ("Services[0].timeout: must be a positive integer") to *errs
+ * (a NULL-terminated malloc'd array the caller frees with config_free_errors). */
+struct config *config_load(const char *file, char ***errs);
+void config_free(struct config *cfg);
+void config_free_errors(char **errs);
+
+#endif

@@ -1,0 +1,1153 @@
+/* http.c - HTTP/1.1 connections on bufferevents (server and client side).
+ *
+ * Reading: the bufferevent fills its input buffer; we feed it to http_parser
+ * chunk by chunk and drain what was parsed. Parsing pauses at the end of
+ * each request until its response is finished (safe pipelining), and on
+ * backpressure. A paused connection still sees a hang-up: EOF while the
+ * bufferevent reads, or an EV_CLOSED watcher (EPOLLRDHUP) while it does not.
+ *
+ * Writing: output goes to a side buffer and the connection is put on a
+ * dirty list. When the outermost callback returns, every dirty connection
+ * is written straight to its socket if the bufferevent has nothing queued;
+ * only a remainder is handed to the bufferevent. That is one writev for a
+ * whole small response, and no epoll_ctl when the socket takes it all.
+ *
+ * Freeing: a closed connection goes to a graveyard freed at that same point,
+ * so nothing is freed inside its own callback. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <http_parser.h>
+
+#include "log.h"
+#include "util.h"
+
+enum { PAUSE_PIPELINE = 1, PAUSE_FLOW = 2 };
+enum phase { PH_IDLE, PH_HEAD, PH_BODY, PH_WAIT };
+enum { CB_NONE, CB_FIELD, CB_VALUE };
+
+struct hdr_off {
+	uint32_t noff, nlen, voff, vlen;
+};
+
+struct hconn {
+	struct bufferevent *bev;
+	int fd;
+	bool server;
+	const struct hconn_ops *ops;
+	void *owner;
+	const struct http_limits *lim;
+	http_parser parser;
+	struct event *timer;
+	struct event *closed_ev;
+	enum phase phase;
+	int timeout_s;        /* client side: read timeout, re-armed on every read */
+
+	/* the head being collected */
+	char *hbuf;
+	size_t hlen, hcap;
+	struct hdr_off *hoff;
+	size_t nhoff, hoffcap;
+	int last_cb;
+	size_t url_len;
+	struct http_msg msg;
+	long long body_seen;
+	bool saw_cl, saw_te, te_ok, too_big, body_too_big, skip_msg;
+
+	/* per-message state */
+	bool msg_complete;    /* the incoming message is complete */
+	bool resp_started, resp_done;
+	bool out_chunked, out_nobody, close_after, head_req, upgrade_req;
+	int pause_mask;
+
+	bool connected, dead, closing, lingering, tunnel, parked, want_drain;
+	bool need_process, in_parse;
+	struct hconn *peer;   /* tunnel partner */
+	const char *close_why;
+
+	struct evbuffer *wbuf;
+	bool dirty, in_grave;
+	TAILQ_ENTRY(hconn) dirty_link;
+	char peer_addr[48];
+};
+
+TAILQ_HEAD(hconn_list, hconn);
+static struct hconn_list dirty = TAILQ_HEAD_INITIALIZER(dirty);
+static struct hconn_list grave = TAILQ_HEAD_INITIALIZER(grave);
+static struct event_base *hbase;
+static struct event *flush_ev;
+static int depth;
+static size_t n_server, n_client;
+
+static void flush_all(void);
+static void process_input(struct hconn *c);
+static void finalize_close(struct hconn *c);
+static void reply_and_close(struct hconn *c, int status, const char *msg);
+
+/* Every callback from libevent into this module is bracketed by enter/leave;
+ * leaving the outermost one flushes output and frees the dead. */
+static void enter(void)
+{
+	depth++;
+}
+
+static void leave(void)
+{
+	if (--depth == 0)
+		flush_all();
+}
+
+static void mark_dirty(struct hconn *c)
+{
+	if (!c->dirty && !c->in_grave) {
+		c->dirty = true;
+		TAILQ_INSERT_TAIL(&dirty, c, dirty_link);
+	}
+	if (depth == 0)
+		event_active(flush_ev, EV_TIMEOUT, 0);
+}
+
+static void out_add(struct hconn *c, const void *p, size_t n)
+{
+	if (c->dead)
+		return;
+	evbuffer_add(c->wbuf, p, n);
+	mark_dirty(c);
+}
+
+static void out_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void out_printf(struct hconn *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (c->dead)
+		return;
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(c->wbuf, fmt, ap);
+	va_end(ap);
+	mark_dirty(c);
+}
+
+size_t http_pending_output(struct hconn *c)
+{
+	return evbuffer_get_length(c->wbuf) + evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
+static void timer_set(struct hconn *c, int secs)
+{
+	if (secs <= 0) {
+		event_del(c->timer);
+	} else {
+		struct timeval tv = {secs, 0};
+		event_add(c->timer, &tv);
+	}
+}
+
+/* Write what a connection has composed; hand any remainder to the bufferevent. */
+static void flush_one(struct hconn *c)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+
+	if (c->dead)
+		return;
+	if (evbuffer_get_length(c->wbuf) > 0) {
+		if (c->connected && evbuffer_get_length(out) == 0)
+			(void)evbuffer_write(c->wbuf, c->fd); /* errors surface through the bufferevent */
+		if (evbuffer_get_length(c->wbuf) > 0)
+			evbuffer_add_buffer(out, c->wbuf);
+	}
+	if (c->closing && evbuffer_get_length(out) == 0 && c->connected)
+		finalize_close(c);
+	else if (c->want_drain && http_pending_output(c) <= HTTP_LOW_MARK) {
+		c->want_drain = false;
+		if (c->ops && c->ops->drained)
+			c->ops->drained(c);
+	}
+}
+
+static void hconn_free(struct hconn *c)
+{
+	if (c->server)
+		n_server--;
+	else
+		n_client--;
+	bufferevent_free(c->bev);   /* closes the fd */
+	event_free(c->timer);
+	if (c->closed_ev)
+		event_free(c->closed_ev);
+	evbuffer_free(c->wbuf);
+	free(c->hbuf);
+	free(c->hoff);
+	free(c->msg.hdrs);
+	free(c);
+}
+
+static void flush_all(void)
+{
+	struct hconn *c;
+
+	depth++;
+	while ((c = TAILQ_FIRST(&dirty)) != NULL) {
+		TAILQ_REMOVE(&dirty, c, dirty_link);
+		c->dirty = false;
+		if (c->close_why != NULL && !c->dead) {
+			/* a close that had to wait (failed connect) */
+			const char *why = c->close_why;
+			c->close_why = NULL;
+			http_close(c, why);
+			continue;
+		}
+		if (c->need_process) {
+			c->need_process = false;
+			process_input(c);
+		}
+		flush_one(c);
+	}
+	depth--;
+	while ((c = TAILQ_FIRST(&grave)) != NULL) {
+		TAILQ_REMOVE(&grave, c, dirty_link);
+		hconn_free(c);
+	}
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	flush_all();
+}
+
+void http_init(struct event_base *base)
+{
+	hbase = base;
+	flush_ev = event_new(base, -1, 0, flush_cb, NULL);
+}
+
+size_t http_count(bool server_side)
+{
+	return server_side ? n_server : n_client;
+}
+
+/* The end of a connection: tell the owner once, then free it soon. */
+void http_close(struct hconn *c, const char *why)
+{
+	const struct hconn_ops *ops = c->ops;
+
+	if (c->dead)
+		return;
+	c->dead = true;
+	c->ops = NULL;
+	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+	bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+	event_del(c->timer);
+	if (c->closed_ev)
+		event_del(c->closed_ev);
+	if (c->dirty) {
+		TAILQ_REMOVE(&dirty, c, dirty_link);
+		c->dirty = false;
+	}
+	c->in_grave = true;
+	TAILQ_INSERT_TAIL(&grave, c, dirty_link);
+	if (depth == 0)
+		event_active(flush_ev, EV_TIMEOUT, 0);
+	if (c->tunnel && c->peer) {
+		struct hconn *p = c->peer;
+		c->peer = NULL;
+		p->peer = NULL;
+		/* let the partner send what it still holds, then close */
+		p->closing = true;
+		mark_dirty(p);
+	}
+	if (ops && ops->closed)
+		ops->closed(c, why);
+}
+
+/* Output is flushed: close, lingering a little if the client still sends. */
+static void finalize_close(struct hconn *c)
+{
+	if (c->server && !c->lingering && !c->tunnel &&
+	    (c->phase == PH_HEAD || c->phase == PH_BODY ||
+	     evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)) {
+		/* Unread request bytes would turn our close into a reset that
+		 * destroys the response in flight: read and drop them a while. */
+		struct timeval tv = {2, 0};
+		c->lingering = true;
+		shutdown(c->fd, SHUT_WR);
+		bufferevent_enable(c->bev, EV_READ);
+		if (c->closed_ev)
+			event_del(c->closed_ev);
+		c->pause_mask = 0;
+		event_add(c->timer, &tv);
+		return;
+	}
+	http_close(c, c->lingering ? "closed after error" : "closed");
+}
+
+/* --- parser callbacks --- */
+
+static int hbuf_add(struct hconn *c, const char *p, size_t n)
+{
+	if (c->lim && c->hlen + n + 1 > (size_t)c->lim->max_header) {
+		c->too_big = true;
+		return -1;
+	}
+	if (c->hlen + n + 1 > c->hcap) {
+		c->hcap = (c->hlen + n + 1) * 2;
+		if (c->hcap < 512)
+			c->hcap = 512;
+		c->hbuf = xrealloc(c->hbuf, c->hcap);
+	}
+	memcpy(c->hbuf + c->hlen, p, n);
+	c->hlen += n;
+	return 0;
+}
+
+static struct hconn *pc(http_parser *p)
+{
+	return p->data;
+}
+
+static int on_message_begin(http_parser *p)
+{
+	struct hconn *c = pc(p);
+
+	c->hlen = 0;
+	c->nhoff = 0;
+	c->url_len = 0;
+	c->last_cb = CB_NONE;
+	c->body_seen = 0;
+	c->saw_cl = c->saw_te = c->too_big = c->body_too_big = c->skip_msg = false;
+	c->te_ok = true;
+	if (c->server) {
+		c->phase = PH_HEAD;
+		timer_set(c, c->lim->header_timeout);
+	}
+	return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+	struct hconn *c = pc(p);
+
+	c->url_len += n;
+	return hbuf_add(c, at, n);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+	struct hconn *c = pc(p);
+
+	if (c->last_cb != CB_FIELD) {
+		if (c->nhoff >= 256) {
+			c->too_big = true;
+			return -1;
+		}
+		if (hbuf_add(c, "", 1) != 0) /* ends the url or the previous value */
+			return -1;
+		if (c->nhoff == c->hoffcap) {
+			c->hoffcap = c->hoffcap ? c->hoffcap * 2 : 16;
+			c->hoff = xrealloc(c->hoff, c->hoffcap * sizeof *c->hoff);
+		}
+		c->hoff[c->nhoff++] = (struct hdr_off){(uint32_t)c->hlen, 0, 0, 0};
+		c->last_cb = CB_FIELD;
+	}
+	c->hoff[c->nhoff - 1].nlen += (uint32_t)n;
+	return hbuf_add(c, at, n);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+	struct hconn *c = pc(p);
+	struct hdr_off *h = &c->hoff[c->nhoff - 1];
+
+	if (c->last_cb != CB_VALUE) {
+		if (hbuf_add(c, "", 1) != 0) /* ends the name */
+			return -1;
+		h->voff = (uint32_t)c->hlen;
+		c->last_cb = CB_VALUE;
+	}
+	h->vlen += (uint32_t)n;
+	return hbuf_add(c, at, n);
+}
+
+/* Strip optional white space around a header value. */
+static void trim(const char **v, size_t *n)
+{
+	while (*n > 0 && (**v == ' ' || **v == '\t'))
+		(*v)++, (*n)--;
+	while (*n > 0 && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t'))
+		(*n)--;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+	struct hconn *c = pc(p);
+	struct http_msg *m = &c->msg;
+
+	if (hbuf_add(c, "", 1) != 0)
+		return -1;
+	free(m->hdrs);
+	m->hdrs = xcalloc(c->nhoff, sizeof *m->hdrs);
+	m->nhdrs = c->nhoff;
+	m->url = c->hbuf;
+	m->url_len = c->url_len;
+	m->content_length = -1;
+	m->chunked = false;
+	m->expect_continue = false;
+	for (size_t i = 0; i < c->nhoff; i++) {
+		struct http_hdr *h = &m->hdrs[i];
+		h->name = c->hbuf + c->hoff[i].noff;
+		h->nlen = c->hoff[i].nlen;
+		h->value = c->hoff[i].vlen ? c->hbuf + c->hoff[i].voff : "";
+		h->vlen = c->hoff[i].vlen;
+		trim(&h->value, &h->vlen);
+		if (strncase_eq(h->name, h->nlen, "content-length")) {
+			c->saw_cl = true;
+		} else if (strncase_eq(h->name, h->nlen, "transfer-encoding")) {
+			if (c->saw_te || !strncase_eq(h->value, h->vlen, "chunked"))
+				c->te_ok = false;
+			c->saw_te = true;
+		} else if (strncase_eq(h->name, h->nlen, "expect") &&
+			   strncase_eq(h->value, h->vlen, "100-continue")) {
+			m->expect_continue = true;
+		}
+	}
+	m->major = p->http_major;
+	m->minor = p->http_minor;
+	m->method = p->method;
+	m->method_str = http_method_str(p->method);
+	m->status = (int)p->status_code;
+	m->keep_alive = http_should_keep_alive(p) != 0;
+	m->upgrade = p->upgrade != 0;
+	m->chunked = (p->flags & F_CHUNKED) != 0;
+	if (c->saw_cl && !m->chunked)
+		m->content_length = (long long)p->content_length;
+
+	if (c->server) {
+		/* Request smuggling: a message framed two ways, or by a coding we
+		 * do not speak, is refused rather than guessed at. */
+		if ((c->saw_cl && c->saw_te) || (c->saw_te && !c->te_ok)) {
+			c->te_ok = false;
+			return -1;
+		}
+		if (m->content_length > c->lim->max_body) {
+			c->body_too_big = true;
+			return -1;
+		}
+		c->head_req = p->method == HTTP_HEAD;
+		c->upgrade_req = m->upgrade;
+		c->phase = (m->chunked || m->content_length > 0) ? PH_BODY : PH_WAIT;
+		timer_set(c, c->phase == PH_BODY ? c->lim->body_timeout : 0);
+		if (c->ops && c->ops->head)
+			c->ops->head(c, m);
+		if (m->expect_continue && !c->resp_started && !c->dead && c->phase == PH_BODY &&
+		    m->major == 1 && m->minor >= 1)
+			out_add(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		return 0;
+	}
+	/* client side: interim responses (100 Continue, 103) are dropped */
+	if (m->status >= 100 && m->status < 200 && m->status != 101) {
+		c->skip_msg = true;
+		return 0;
+	}
+	if (c->ops && c->ops->head)
+		c->ops->head(c, m);
+	return c->head_req ? 1 : 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+	struct hconn *c = pc(p);
+
+	c->body_seen += (long long)n;
+	if (c->server) {
+		if (c->body_seen > c->lim->max_body) {
+			c->body_too_big = true;
+			return -1;
+		}
+		timer_set(c, c->lim->body_timeout);
+	}
+	if (c->ops && c->ops->body)
+		c->ops->body(c, at, n);
+	return 0;
+}
+
+static void next_transaction(struct hconn *c);
+
+static int on_message_complete(http_parser *p)
+{
+	struct hconn *c = pc(p);
+
+	if (c->skip_msg) {
+		c->skip_msg = false;
+		return 0;
+	}
+	c->msg_complete = true;
+	if (c->server) {
+		c->phase = PH_WAIT;
+		timer_set(c, 0);
+	}
+	if (c->ops && c->ops->done)
+		c->ops->done(c);
+	if (c->dead)
+		return 0;
+	if (c->server && c->resp_done && !c->close_after) {
+		next_transaction(c);
+		return 0;
+	}
+	/* wait for the response (server) or for the next request (client) */
+	c->pause_mask |= PAUSE_PIPELINE;
+	http_parser_pause(p, 1);
+	return 0;
+}
+
+static const http_parser_settings settings = {
+	.on_message_begin = on_message_begin,
+	.on_url = on_url,
+	.on_header_field = on_header_field,
+	.on_header_value = on_header_value,
+	.on_headers_complete = on_headers_complete,
+	.on_body = on_body,
+	.on_message_complete = on_message_complete,
+};
+
+/* A request we cannot parse: answer with the most specific status, close. */
+static void parse_error(struct hconn *c, enum http_errno err)
+{
+	char why[160];
+
+	if (!c->server) {
+		snprintf(why, sizeof why, "bad response from upstream: %s", http_errno_description(err));
+		http_close(c, why);
+		return;
+	}
+	if (c->too_big || err == HPE_HEADER_OVERFLOW)
+		reply_and_close(c, 431, "request header fields too large");
+	else if (c->body_too_big)
+		reply_and_close(c, 413, "request body too large");
+	else if (!c->te_ok)
+		reply_and_close(c, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
+	else if (err == HPE_INVALID_METHOD)
+		reply_and_close(c, 400, "unknown request method");
+	else {
+		snprintf(why, sizeof why, "malformed request: %s", http_errno_description(err));
+		reply_and_close(c, 400, why);
+	}
+}
+
+static void process_input(struct hconn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+
+	if (c->in_parse || c->dead || c->tunnel || c->lingering || c->closing)
+		return;
+	c->in_parse = true;
+	while (!c->dead && c->pause_mask == 0 && !c->parser.upgrade) {
+		struct evbuffer_iovec v;
+		size_t n;
+		enum http_errno err;
+
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+			break;
+		n = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
+		if (c->dead)
+			break;
+		evbuffer_drain(in, n);
+		err = HTTP_PARSER_ERRNO(&c->parser);
+		if (err == HPE_PAUSED)
+			continue;   /* pause_mask says whether to go on */
+		if (err != HPE_OK) {
+			parse_error(c, err);
+			break;
+		}
+	}
+	c->in_parse = false;
+}
+
+static void next_transaction(struct hconn *c)
+{
+	c->msg_complete = false;
+	c->resp_started = c->resp_done = false;
+	c->out_chunked = c->out_nobody = c->head_req = c->upgrade_req = false;
+	c->phase = PH_IDLE;
+	timer_set(c, c->lim->keepalive_timeout);
+	c->pause_mask &= ~PAUSE_PIPELINE;
+	if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED && c->pause_mask == 0)
+		http_parser_pause(&c->parser, 0);
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+		c->need_process = true;
+		mark_dirty(c);
+	}
+}
+
+/* --- libevent callbacks --- */
+
+static void tunnel_move(struct hconn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct hconn *p = c->peer;
+
+	if (p == NULL || p->dead) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	evbuffer_add_buffer(p->wbuf, in);
+	mark_dirty(p);
+	if (http_pending_output(p) > HTTP_HIGH_MARK) {
+		http_pause(c, true);
+		http_want_drain(p);
+	}
+}
+
+static void readcb(struct bufferevent *bev, void *arg)
+{
+	struct hconn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	enter();
+	if (c->lingering || c->closing) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+	} else if (c->tunnel) {
+		tunnel_move(c);
+	} else if (c->parked) {
+		http_close(c, "upstream sent bytes on an idle connection");
+	} else {
+		if (!c->server && c->timeout_s > 0)
+			timer_set(c, c->timeout_s);
+		process_input(c);
+	}
+	leave();
+}
+
+static void writecb(struct bufferevent *bev, void *arg)
+{
+	struct hconn *c = arg;
+
+	(void)bev;
+	enter();
+	if (!c->dirty)
+		flush_one(c);
+	leave();
+}
+
+static void eventcb(struct bufferevent *bev, short what, void *arg)
+{
+	struct hconn *c = arg;
+	char why[160];
+
+	(void)bev;
+	enter();
+	if (what & BEV_EVENT_CONNECTED) {
+		int one = 1;
+		c->connected = true;
+		setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		timer_set(c, 0);
+		if (c->ops && c->ops->connected)
+			c->ops->connected(c);
+		if (!c->dead)
+			mark_dirty(c);
+	} else if (what & BEV_EVENT_EOF) {
+		if (c->lingering || c->tunnel) {
+			http_close(c, "closed");
+		} else if (!c->server && !c->parked && !c->msg_complete) {
+			/* a response delimited by the close ends here */
+			c->parser.http_errno = HPE_OK;
+			http_parser_execute(&c->parser, &settings, NULL, 0);
+			http_close(c, c->msg_complete ? "closed" : "upstream closed the connection");
+		} else {
+			http_close(c, c->server ? "client closed the connection"
+					     : "upstream closed the connection");
+		}
+	} else if (what & BEV_EVENT_TIMEOUT) {
+		http_close(c, c->server ? "send timeout: the client does not read"
+				     : "upstream send timeout");
+	} else if (what & BEV_EVENT_ERROR) {
+		int e = EVUTIL_SOCKET_ERROR();
+		snprintf(why, sizeof why, "%s: %s",
+			 c->connected ? (c->server ? "client connection error" : "upstream connection error")
+				      : "upstream connect failed",
+			 evutil_socket_error_to_string(e));
+		http_close(c, why);
+	}
+	leave();
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct hconn *c = arg;
+
+	(void)fd, (void)what;
+	enter();
+	if (c->lingering) {
+		http_close(c, "closed after linger");
+	} else if (!c->server) {
+		http_close(c, c->parked ? "idle upstream connection expired"
+			   : c->connected ? "upstream timeout: no data from the service"
+					  : "upstream connect timeout");
+	} else if (c->phase == PH_HEAD || c->phase == PH_BODY) {
+		if (!c->resp_started)
+			reply_and_close(c, 408, c->phase == PH_HEAD ? "timed out reading the request head"
+								  : "timed out reading the request body");
+		else
+			http_close(c, "client timed out");
+	} else {
+		http_close(c, "keep-alive timeout");
+	}
+	leave();
+}
+
+/* EPOLLRDHUP on a connection we are not reading: the peer hung up. */
+static void closed_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct hconn *c = arg;
+
+	(void)fd, (void)what;
+	enter();
+	http_close(c, c->server ? "client closed the connection" : "upstream closed the connection");
+	leave();
+}
+
+static struct hconn *hconn_new(int fd, bool server, const struct hconn_ops *ops, void *owner)
+{
+	struct hconn *c = xcalloc(1, sizeof *c);
+
+	c->fd = fd;
+	c->server = server;
+	c->ops = ops;
+	c->owner = owner;
+	c->bev = bufferevent_socket_new(hbase, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (c->bev == NULL)
+		fatal("bufferevent_socket_new failed");
+	bufferevent_setcb(c->bev, readcb, writecb, eventcb, c);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, 1024 * 1024);
+	bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_LOW_MARK, 0);
+	c->timer = evtimer_new(hbase, timer_cb, c);
+	c->wbuf = evbuffer_new();
+	http_parser_init(&c->parser, server ? HTTP_REQUEST : HTTP_RESPONSE);
+	c->parser.data = c;
+	if (server)
+		n_server++;
+	else
+		n_client++;
+	return c;
+}
+
+struct hconn *http_accept(int fd, const struct http_limits *lim, const struct hconn_ops *ops,
+			  void *owner)
+{
+	struct hconn *c;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	int one = 1;
+
+	evutil_make_socket_nonblocking(fd);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	c = hconn_new(fd, true, ops, owner);
+	c->lim = lim;
+	c->connected = true;
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->peer_addr,
+				  sizeof c->peer_addr);
+		else if (ss.ss_family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->peer_addr,
+				  sizeof c->peer_addr);
+	}
+	if (lim->send_timeout > 0) {
+		struct timeval tv = {lim->send_timeout, 0};
+		bufferevent_set_timeouts(c->bev, NULL, &tv);
+	}
+	c->phase = PH_IDLE;
+	timer_set(c, lim->header_timeout);
+	bufferevent_enable(c->bev, EV_READ);
+	return c;
+}
+
+struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout_s,
+			   const struct hconn_ops *ops, void *owner)
+{
+	struct hconn *c = hconn_new(-1, false, ops, owner);
+
+	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)sa, (int)len) != 0) {
+		/* reported later, never from inside the caller */
+		c->close_why = "upstream connect failed";
+		mark_dirty(c);
+		return c;
+	}
+	c->fd = bufferevent_getfd(c->bev);
+	timer_set(c, timeout_s);
+	bufferevent_enable(c->bev, EV_READ);
+	return c;
+}
+
+void *http_owner(struct hconn *c)
+{
+	return c->owner;
+}
+
+void http_set_owner(struct hconn *c, const struct hconn_ops *ops, void *owner)
+{
+	c->ops = ops;
+	c->owner = owner;
+}
+
+const char *http_peer(struct hconn *c)
+{
+	return c->peer_addr;
+}
+
+/* --- responses --- */
+
+static bool status_has_body(int status)
+{
+	return !(status < 200 || status == 204 || status == 304);
+}
+
+bool http_response_started(struct hconn *c)
+{
+	return c->resp_started;
+}
+
+void http_set_close(struct hconn *c)
+{
+	c->close_after = true;
+}
+
+bool http_is_head(struct hconn *c)
+{
+	return c->head_req;
+}
+
+void http_respond(struct hconn *c, int status, const char *extra, long long clen)
+{
+	bool http11 = c->msg.major == 1 && c->msg.minor >= 1;
+	bool nobody = !status_has_body(status);
+
+	if (c->dead || c->resp_started)
+		return;
+	c->resp_started = true;
+	/* Responding before the request body is read, to an upgrade that did not
+	 * happen, or to a client that asked for it: this connection ends here. */
+	if (!c->msg.keep_alive || (!c->msg_complete && c->phase == PH_BODY) ||
+	    (c->upgrade_req && status != 101) || c->parser.upgrade)
+		c->close_after = true;
+	if (status == 101)
+		c->close_after = false;
+	out_printf(c, "HTTP/1.1 %d %s\r\n", status, http_status_text(status));
+	if (extra)
+		out_add(c, extra, strlen(extra));
+	c->out_nobody = nobody || c->head_req;
+	if (nobody) {
+		/* no framing */
+	} else if (clen >= 0) {
+		out_printf(c, "Content-Length: %lld\r\n", clen);
+	} else if (c->head_req) {
+		/* length unknown, and no body anyway */
+	} else if (http11) {
+		out_add(c, "Transfer-Encoding: chunked\r\n", 28);
+		c->out_chunked = true;
+	} else {
+		c->close_after = true;
+	}
+	if (status == 101)
+		out_add(c, "\r\n", 2);
+	else if (c->close_after)
+		out_add(c, "Connection: close\r\n\r\n", 21);
+	else if (!http11)
+		out_add(c, "Connection: keep-alive\r\n\r\n", 26);
+	else
+		out_add(c, "\r\n", 2);
+}
+
+void http_send(struct hconn *c, const void *p, size_t n)
+{
+	if (c->dead || n == 0 || c->out_nobody)
+		return;
+	if (c->out_chunked) {
+		out_printf(c, "%zx\r\n", n);
+		out_add(c, p, n);
+		out_add(c, "\r\n", 2);
+	} else {
+		out_add(c, p, n);
+	}
+}
+
+void http_finish(struct hconn *c)
+{
+	if (c->dead)
+		return;
+	if (c->out_chunked && !c->out_nobody)
+		out_add(c, "0\r\n\r\n", 5);
+	c->out_chunked = false;
+	if (!c->server)
+		return;
+	c->resp_done = true;
+	if (c->close_after) {
+		c->closing = true;
+		mark_dirty(c);
+	} else if (c->msg_complete) {
+		next_transaction(c);
+	}
+}
+
+void http_reply(struct hconn *c, int status, const char *ctype, const char *extra,
+		const char *body, size_t len)
+{
+	char hdr[1024];
+
+	snprintf(hdr, sizeof hdr, "Content-Type: %s\r\n%s", ctype, extra ? extra : "");
+	http_respond(c, status, hdr, (long long)len);
+	http_send(c, body, len);
+	http_finish(c);
+}
+
+void http_reply_error(struct hconn *c, int status, const char *extra, const char *msg)
+{
+	struct evbuffer *b = evbuffer_new();
+	size_t n;
+
+	/* a JSON string: escape what JSON needs escaped */
+	evbuffer_add_printf(b, "{\"error\":\"");
+	for (const char *p = msg; *p; p++) {
+		unsigned char ch = (unsigned char)*p;
+		if (ch == '"' || ch == '\\')
+			evbuffer_add_printf(b, "\\%c", ch);
+		else if (ch < 0x20)
+			evbuffer_add_printf(b, "\\u%04x", ch);
+		else
+			evbuffer_add(b, p, 1);
+	}
+	evbuffer_add_printf(b, "\",\"status\":%d}\n", status);
+	n = evbuffer_get_length(b);
+	http_reply(c, status, "application/json", extra, (const char *)evbuffer_pullup(b, -1), n);
+	evbuffer_free(b);
+}
+
+/* The layer's own answer to a bad request: reply (if nothing was sent yet),
+ * detach the owner and close once flushed. */
+static void reply_and_close(struct hconn *c, int status, const char *msg)
+{
+	const struct hconn_ops *ops = c->ops;
+
+	log_info("client %s: %d %s", c->peer_addr, status, msg);
+	c->ops = NULL;
+	if (ops && ops->closed)
+		ops->closed(c, msg);
+	if (c->dead)
+		return;
+	if (!c->resp_started) {
+		c->close_after = true;
+		c->pause_mask |= PAUSE_PIPELINE;
+		http_reply_error(c, status, NULL, msg);
+		c->closing = true;
+		mark_dirty(c);
+	} else {
+		http_close(c, msg);
+	}
+}
+
+/* --- client side --- */
+
+void http_send_head(struct hconn *c, const char *head, size_t len, bool chunked, bool head_req)
+{
+	c->parked = false;
+	c->msg_complete = false;
+	c->head_req = head_req;
+	c->out_chunked = chunked;
+	c->out_nobody = false;
+	c->pause_mask &= ~PAUSE_PIPELINE;
+	if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED && c->pause_mask == 0)
+		http_parser_pause(&c->parser, 0);
+	out_add(c, head, len);
+}
+
+void http_set_timeout(struct hconn *c, int timeout_s)
+{
+	c->timeout_s = timeout_s;
+	if (c->connected)
+		timer_set(c, timeout_s);
+}
+
+bool http_reusable(struct hconn *c)
+{
+	return !c->dead && c->connected && c->msg_complete && c->msg.keep_alive &&
+	       !c->parser.upgrade && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+}
+
+void http_park(struct hconn *c, int idle_s)
+{
+	c->parked = true;
+	c->timeout_s = 0;
+	timer_set(c, idle_s);
+}
+
+/* --- flow control --- */
+
+void http_pause(struct hconn *c, bool pause)
+{
+	if (c->dead || c->lingering)
+		return;
+	if (pause) {
+		if (c->pause_mask & PAUSE_FLOW)
+			return;
+		c->pause_mask |= PAUSE_FLOW;
+		bufferevent_disable(c->bev, EV_READ);
+		if (c->closed_ev == NULL)
+			c->closed_ev = event_new(hbase, c->fd, EV_CLOSED | EV_PERSIST, closed_cb, c);
+		event_add(c->closed_ev, NULL);
+	} else {
+		if (!(c->pause_mask & PAUSE_FLOW))
+			return;
+		c->pause_mask &= ~PAUSE_FLOW;
+		bufferevent_enable(c->bev, EV_READ);
+		event_del(c->closed_ev);
+		if (c->pause_mask == 0 && HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
+			http_parser_pause(&c->parser, 0);
+		if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+			c->need_process = true;
+			mark_dirty(c);
+		}
+	}
+}
+
+void http_want_drain(struct hconn *c)
+{
+	c->want_drain = true;
+}
+
+static void tunnel_drained(struct hconn *c)
+{
+	if (c->peer)
+		http_pause(c->peer, false);
+}
+
+static void tunnel_closed(struct hconn *c, const char *why)
+{
+	(void)c, (void)why;
+}
+
+static const struct hconn_ops tunnel_ops = {
+	.drained = tunnel_drained,
+	.closed = tunnel_closed,
+};
+
+void http_tunnel(struct hconn *a, struct hconn *b)
+{
+	struct hconn *pair[2] = {a, b};
+
+	for (int i = 0; i < 2; i++) {
+		struct hconn *c = pair[i];
+		const struct hconn_ops *ops = c->ops;
+		c->ops = NULL;
+		if (ops && ops->closed)
+			ops->closed(c, "upgraded to a tunnel");   /* the owner lets go */
+		c->tunnel = true;
+		c->peer = pair[1 - i];
+		c->ops = &tunnel_ops;
+		c->owner = NULL;
+		c->parked = false;
+		c->timeout_s = 0;
+		timer_set(c, 0);
+		c->pause_mask = 0;
+		bufferevent_enable(c->bev, EV_READ);
+	}
+	for (int i = 0; i < 2; i++)
+		if (evbuffer_get_length(bufferevent_get_input(pair[i]->bev)) > 0)
+			tunnel_move(pair[i]);
+}
+
+/* --- headers --- */
+
+const struct http_hdr *http_find(const struct http_msg *m, const char *name)
+{
+	for (size_t i = 0; i < m->nhdrs; i++)
+		if (strncase_eq(m->hdrs[i].name, m->hdrs[i].nlen, name))
+			return &m->hdrs[i];
+	return NULL;
+}
+
+/* Is NAME listed in a Connection header of M? */
+static bool connection_lists(const struct http_msg *m, const char *name, size_t nlen)
+{
+	for (size_t i = 0; i < m->nhdrs; i++) {
+		const char *v, *end;
+		if (!strncase_eq(m->hdrs[i].name, m->hdrs[i].nlen, "connection"))
+			continue;
+		v = m->hdrs[i].value;
+		end = v + m->hdrs[i].vlen;
+		while (v < end) {
+			const char *tok;
+			size_t tlen;
+			while (v < end && (*v == ' ' || *v == ',' || *v == '\t'))
+				v++;
+			tok = v;
+			while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+				v++;
+			tlen = (size_t)(v - tok);
+			if (tlen == nlen && strncasecmp(tok, name, nlen) == 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+bool http_hop_by_hop(const struct http_hdr *h, const struct http_msg *m)
+{
+	static const char *const hop[] = {
+		"connection", "keep-alive", "proxy-connection", "te", "trailer",
+		"transfer-encoding", "upgrade", "content-length", "expect", "proxy-authenticate",
+		"proxy-authorization", NULL,
+	};
+
+	for (const char *const *p = hop; *p; p++)
+		if (strncase_eq(h->name, h->nlen, *p))
+			return true;
+	return connection_lists(m, h->name, h->nlen);
+}
+
+const char *http_status_text(int status)
+{
+	switch (status) {
+	case 100: return "Continue";
+	case 101: return "Switching Protocols";
+	case 200: return "OK";
+	case 201: return "Created";
+	case 202: return "Accepted";
+	case 204: return "No Content";
+	case 206: return "Partial Content";
+	case 301: return "Moved Permanently";
+	case 302: return "Found";
+	case 304: return "Not Modified";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 409: return "Conflict";
+	case 413: return "Content Too Large";
+	case 414: return "URI Too Long";
+	case 422: return "Unprocessable Content";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Unknown";
+	}
+}

@@ -1,0 +1,23 @@
+/* launcher.h - how an instance is started and stopped.
+ *
+ * One table per back end (local process, Slurm job); service.c never asks
+ * which one it has. A launcher reports back through instance_endpoint(),
+ * instance_set_detail() and instance_gone() (service.h). */
+#ifndef SG_LAUNCHER_H
+#define SG_LAUNCHER_H
+
+struct instance;
+
+struct launcher_ops {
+	const char *name;
+	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it
+	 * fails at once; nothing is reported back then. */
+	int (*start)(struct instance *i, char **cause);
+	/* Stop I (grace_s between polite and forced); instance_gone() follows. */
+	void (*stop)(struct instance *i, int grace_s);
+};
+
+extern const struct launcher_ops launcher_local;
+extern const struct launcher_ops launcher_slurm;
+
+#endif

@@ -1,0 +1,215 @@
+/* main.c - command line, signals, start-up and shutdown. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "front.h"
+#include "http.h"
+#include "log.h"
+#include "proc.h"
+#include "proxy.h"
+#include "service.h"
+#include "util.h"
+#include "version.h"
+
+static struct event_base *base;
+static struct config *cfg;
+static struct event *sig_term, *sig_int, *sig_hup, *grace_ev, *deadline_ev;
+static bool shutting_down, stopping_services;
+static double shutdown_began;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: slurmgate -c FILE [-l HOST:PORT] [-v] [--log-json]\n"
+		"       slurmgate -t -c FILE\n"
+		"\n"
+		"An on-demand gateway for ML services on Slurm clusters: starts a service\n"
+		"when a request for it arrives, holds requests until it is healthy, relays\n"
+		"them (streams too), and stops it after its idle timeout.\n"
+		"\n"
+		"  -c, --config FILE    the JSON config (the old services_config.json loads as is)\n"
+		"  -l, --listen H:P     listen here instead of the config's \"listen\"\n"
+		"  -t, --test           check the config, print every error, exit 0 or 1\n"
+		"  -v, --verbose        debug logging\n"
+		"      --log-json       one JSON object per log line\n"
+		"  -h, --help           this text\n"
+		"  -V, --version        print the version\n");
+}
+
+static void all_gone(void)
+{
+	log_info("every service is stopped; exiting");
+	event_base_loopexit(base, NULL);
+}
+
+static void stop_services(void)
+{
+	if (stopping_services)
+		return;
+	stopping_services = true;
+	services_shutdown(all_gone);
+}
+
+/* Wait for requests in flight (bounded by shutdown_grace), then stop services. */
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	if (proxy_active() == 0 || now_s() - shutdown_began >= cfg->shutdown_grace) {
+		if (proxy_active() > 0)
+			log_warn("shutdown: %zu requests still in flight after %d s; stopping anyway",
+				 proxy_active(), cfg->shutdown_grace);
+		stop_services();
+		return;
+	}
+	event_add(grace_ev, &(struct timeval){0, 100000});
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	log_error("shutdown: services did not stop in time; exiting anyway");
+	event_base_loopexit(base, NULL);
+}
+
+static void term_cb(evutil_socket_t sig, short what, void *arg)
+{
+	int max_grace = 0;
+
+	(void)what, (void)arg;
+	if (shutting_down) {
+		log_info("signal %d again: stopping services now", (int)sig);
+		stop_services();
+		return;
+	}
+	shutting_down = true;
+	shutdown_began = now_s();
+	log_info("signal %d: shutting down (grace %d s for requests in flight)", (int)sig,
+		 cfg->shutdown_grace);
+	front_stop_accepting();
+	services_fail_waiters("the gateway is shutting down");
+	for (size_t k = 0; k < cfg->n_services; k++)
+		if (cfg->services[k].stop_grace > max_grace)
+			max_grace = cfg->services[k].stop_grace;
+	deadline_ev = evtimer_new(base, deadline_cb, NULL);
+	event_add(deadline_ev, &(struct timeval){cfg->shutdown_grace + max_grace + 5, 0});
+	grace_ev = evtimer_new(base, grace_cb, NULL);
+	grace_cb(-1, 0, NULL);
+}
+
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig, (void)what, (void)arg;
+	log_warn("SIGHUP: reloading the config is not supported yet; restart to apply changes");
+}
+
+static void print_errors(const char *file, char **errs)
+{
+	for (char **e = errs; e && *e; e++)
+		fprintf(stderr, "%s: %s\n", file, *e);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'}, {"listen", required_argument, NULL, 'l'},
+		{"test", no_argument, NULL, 't'},         {"verbose", no_argument, NULL, 'v'},
+		{"log-json", no_argument, NULL, 'J'},     {"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+	};
+	const char *file = NULL, *listen = NULL;
+	bool test = false, verbose = false, json = false;
+	struct event_config *ec;
+	char **errs = NULL;
+	struct rlimit rl;
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "c:l:tvhV", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': file = optarg; break;
+		case 'l': listen = optarg; break;
+		case 't': test = true; break;
+		case 'v': verbose = true; break;
+		case 'J': json = true; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("slurmgate %s\n", SLURMGATE_VERSION); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (file == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, json);
+	log_hook_libevent();
+
+	cfg = config_load(file, &errs);
+	if (cfg != NULL && listen != NULL) {
+		free(cfg->listen_host);
+		cfg->listen_host = NULL;
+		if (parse_hostport(listen, &cfg->listen_host, &cfg->listen_port) != 0) {
+			fprintf(stderr, "%s: -l %s: must be HOST:PORT\n", file, listen);
+			config_free(cfg);
+			return 1;
+		}
+	}
+	if (cfg == NULL) {
+		print_errors(file, errs);
+		config_free_errors(errs);
+		return 1;
+	}
+	if (test) {
+		printf("%s: ok (%zu services)\n", file, cfg->n_services);
+		config_free(cfg);
+		return 0;
+	}
+
+	signal(SIGPIPE, SIG_IGN);
+	/* room for many client connections */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	ec = event_config_new();
+	event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	base = event_base_new_with_config(ec);
+	event_config_free(ec);
+	if (base == NULL)
+		fatal("event_base_new failed");
+	http_init(base);
+	proc_init(base);
+	services_init(base, cfg);
+	if (front_start(base, cfg) != 0) {
+		services_free();
+		config_free(cfg);
+		event_base_free(base);
+		return 1;
+	}
+	sig_term = evsignal_new(base, SIGTERM, term_cb, NULL);
+	sig_int = evsignal_new(base, SIGINT, term_cb, NULL);
+	sig_hup = evsignal_new(base, SIGHUP, hup_cb, NULL);
+	event_add(sig_term, NULL);
+	event_add(sig_int, NULL);
+	event_add(sig_hup, NULL);
+	log_info("slurmgate %s: %zu services from %s", SLURMGATE_VERSION, cfg->n_services, file);
+
+	event_base_dispatch(base);
+
+	front_free();
+	event_free(sig_term);
+	event_free(sig_int);
+	event_free(sig_hup);
+	if (grace_ev)
+		event_free(grace_ev);
+	if (deadline_ev)
+		event_free(deadline_ev);
+	services_free();
+	config_free(cfg);
+	return 0;
+}

@@ -1,0 +1,420 @@
+/* proxy.c - one request through the gateway to a service instance. */
+#include "proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <http_parser.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "service.h"
+#include "util.h"
+
+/* Body bytes held for a request whose service is not ready yet, before we
+ * stop reading the client (it then waits in its own TCP window). */
+#define HELD_BODY_MAX (1024 * 1024)
+
+struct exchange {
+	struct hconn *down, *up;
+	struct exchange **slot;
+	struct service *svc;
+	struct instance *inst;
+	struct waiter w;
+	char *head;                 /* the request head for the upstream */
+	size_t headlen;
+	struct evbuffer *body;      /* body bytes not yet sent upstream */
+	bool req_chunked, req_has_body, req_done, head_req, upgrade;
+	bool up_sent, up_connected, resp_started, reused;
+	int tries;
+	double t0, waited;
+	bool held;
+};
+
+static const struct config *pcfg;
+static size_t nactive;
+
+static void up_connected(struct hconn *c);
+static void up_head(struct hconn *c, struct http_msg *m);
+static void up_body(struct hconn *c, const char *p, size_t n);
+static void up_done(struct hconn *c);
+static void up_closed(struct hconn *c, const char *why);
+static void up_drained(struct hconn *c);
+
+static const struct hconn_ops up_ops = {
+	.connected = up_connected,
+	.head = up_head,
+	.body = up_body,
+	.done = up_done,
+	.closed = up_closed,
+	.drained = up_drained,
+};
+
+void proxy_init(const struct config *cfg)
+{
+	pcfg = cfg;
+}
+
+size_t proxy_active(void)
+{
+	return nactive;
+}
+
+/* The end of an exchange: detach from both sides, report to the instance. */
+static void ex_end(struct exchange *ex, bool keep_up)
+{
+	struct hconn *up = ex->up;
+
+	if (ex->slot)
+		*ex->slot = NULL;
+	service_cancel(&ex->w);
+	ex->up = NULL;
+	if (up != NULL) {
+		if (keep_up && ex->inst)
+			instance_pool_put(ex->inst, up);
+		else {
+			http_set_owner(up, NULL, NULL);
+			http_close(up, "exchange ended");
+		}
+	}
+	if (ex->inst)
+		instance_release(ex->inst);
+	evbuffer_free(ex->body);
+	free(ex->head);
+	free(ex);
+	nactive--;
+}
+
+/* Answer the client with an error of our own (if nothing was sent yet). */
+static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
+{
+	const struct svc_config *cfg = service_config(ex->svc);
+	char extra[128] = "";
+	json_t *o;
+	char *body;
+
+	if (ex->down && !http_response_started(ex->down)) {
+		if (retry_after > 0)
+			snprintf(extra, sizeof extra, "Retry-After: %d\r\n", retry_after);
+		o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status", status);
+		if (retry_after > 0)
+			json_object_set_new(o, "retry_after", json_integer(retry_after));
+		body = json_dumps(o, JSON_COMPACT);
+		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
+		free(body);
+		json_decref(o);
+	} else if (ex->down) {
+		http_close(ex->down, reason);   /* mid-response: all we can do */
+	}
+	log_info("svc %s: %d %s", cfg->name, status, reason);
+	ex_end(ex, false);
+}
+
+static void send_request(struct exchange *ex)
+{
+	size_t n = evbuffer_get_length(ex->body);
+
+	http_send_head(ex->up, ex->head, ex->headlen, ex->req_chunked, ex->head_req);
+	if (n > 0) {
+		/* send the held body chunk by chunk, without linearising it */
+		struct evbuffer_iovec v[16];
+		while ((n = evbuffer_get_length(ex->body)) > 0) {
+			int k = evbuffer_peek(ex->body, -1, NULL, v, 16);
+			size_t sent = 0;
+			for (int j = 0; j < k && j < 16; j++) {
+				http_send(ex->up, v[j].iov_base, v[j].iov_len);
+				sent += v[j].iov_len;
+			}
+			evbuffer_drain(ex->body, sent);
+		}
+	}
+	if (ex->req_done)
+		http_finish(ex->up);
+	ex->up_sent = true;
+	http_set_timeout(ex->up, pcfg->upstream_timeout);
+	if (ex->down)
+		http_pause(ex->down, false);
+}
+
+static void ex_connect(struct exchange *ex)
+{
+	struct instance *i = ex->inst;
+
+	ex->up_connected = false;
+	ex->reused = false;
+	ex->up = http_connect((struct sockaddr *)&i->addr, i->addrlen, pcfg->upstream_connect_timeout,
+			      &up_ops, ex);
+}
+
+/* An instance is ready for this request: get a connection to it. */
+static void ex_go(struct exchange *ex, struct instance *i)
+{
+	ex->inst = i;
+	if (ex->held)
+		ex->waited = now_s() - ex->t0;
+	ex->up = instance_pool_get(i);
+	if (ex->up != NULL) {
+		ex->reused = true;
+		ex->up_connected = true;
+		http_set_owner(ex->up, &up_ops, ex);
+		send_request(ex);
+	} else {
+		ex_connect(ex);
+	}
+}
+
+static struct exchange *of_waiter(struct waiter *w)
+{
+	return (struct exchange *)((char *)w - offsetof(struct exchange, w));
+}
+
+static void w_ready(struct waiter *w, struct instance *i)
+{
+	ex_go(of_waiter(w), i);
+}
+
+static void w_fail(struct waiter *w, int status, const char *reason, int retry_after)
+{
+	ex_fail(of_waiter(w), status, reason, retry_after);
+}
+
+/* Serialise the request head for the upstream, once. */
+static void build_head(struct exchange *ex, struct hconn *down, const struct http_msg *m,
+		       const char *path, size_t plen)
+{
+	struct evbuffer *b = evbuffer_new();
+	const struct http_hdr *xff = NULL, *xfp = NULL, *xfh = NULL, *host = NULL, *upg = NULL;
+
+	evbuffer_add_printf(b, "%s ", m->method_str);
+	evbuffer_add(b, path, plen);
+	evbuffer_add(b, " HTTP/1.1\r\n", 11);
+	for (size_t k = 0; k < m->nhdrs; k++) {
+		const struct http_hdr *h = &m->hdrs[k];
+		if (strncase_eq(h->name, h->nlen, "x-forwarded-for"))
+			xff = h;
+		else if (strncase_eq(h->name, h->nlen, "x-forwarded-proto"))
+			xfp = h;
+		else if (strncase_eq(h->name, h->nlen, "x-forwarded-host"))
+			xfh = h;
+		else if (strncase_eq(h->name, h->nlen, "upgrade"))
+			upg = h;
+		else if (strncase_eq(h->name, h->nlen, "x-slurmgate-wait"))
+			continue;
+		if (strncase_eq(h->name, h->nlen, "host"))
+			host = h;
+		if (h == xff || h == xfp || h == xfh || http_hop_by_hop(h, m))
+			continue;
+		evbuffer_add(b, h->name, h->nlen);
+		evbuffer_add(b, ": ", 2);
+		evbuffer_add(b, h->value, h->vlen);
+		evbuffer_add(b, "\r\n", 2);
+	}
+	if (xff)
+		evbuffer_add_printf(b, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->vlen, xff->value,
+				    http_peer(down));
+	else
+		evbuffer_add_printf(b, "X-Forwarded-For: %s\r\n", http_peer(down));
+	if (xfp)
+		evbuffer_add_printf(b, "X-Forwarded-Proto: %.*s\r\n", (int)xfp->vlen, xfp->value);
+	else
+		evbuffer_add_printf(b, "X-Forwarded-Proto: http\r\n");
+	if (xfh)
+		evbuffer_add_printf(b, "X-Forwarded-Host: %.*s\r\n", (int)xfh->vlen, xfh->value);
+	else if (host)
+		evbuffer_add_printf(b, "X-Forwarded-Host: %.*s\r\n", (int)host->vlen, host->value);
+	if (!host)
+		evbuffer_add_printf(b, "Host: %s\r\n", service_config(ex->svc)->local_host);
+	if (m->upgrade && upg) {
+		evbuffer_add_printf(b, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)upg->vlen,
+				    upg->value);
+		ex->upgrade = true;
+	}
+	if (m->chunked)
+		evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
+	else if (m->content_length >= 0)
+		evbuffer_add_printf(b, "Content-Length: %lld\r\n", m->content_length);
+	evbuffer_add(b, "\r\n", 2);
+	ex->headlen = evbuffer_get_length(b);
+	ex->head = xmalloc(ex->headlen);
+	evbuffer_remove(b, ex->head, ex->headlen);
+	evbuffer_free(b);
+}
+
+void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *svc,
+		 const char *path, size_t plen, bool hold, struct exchange **slot)
+{
+	struct exchange *ex = xcalloc(1, sizeof *ex);
+	struct instance *inst = NULL;
+	const char *reason = NULL;
+	int status = 0, retry_after = 0, r;
+
+	nactive++;
+	ex->down = down;
+	ex->slot = slot;
+	*slot = ex;
+	ex->svc = svc;
+	ex->t0 = now_s();
+	ex->body = evbuffer_new();
+	ex->req_chunked = m->chunked;
+	ex->req_has_body = m->chunked || m->content_length > 0;
+	ex->head_req = m->method == HTTP_HEAD;
+	ex->w.ready = w_ready;
+	ex->w.fail = w_fail;
+	build_head(ex, down, m, path, plen);
+	r = service_request(svc, &ex->w, hold, &inst, &status, &reason, &retry_after);
+	if (r == 0)
+		ex_go(ex, inst);
+	else if (r == 1)
+		ex->held = true;
+	else
+		ex_fail(ex, status, reason, retry_after);
+}
+
+void proxy_body(struct exchange *ex, const char *p, size_t n)
+{
+	if (ex->up_sent && ex->up) {
+		http_send(ex->up, p, n);
+		if (http_pending_output(ex->up) > HTTP_HIGH_MARK) {
+			http_pause(ex->down, true);
+			http_want_drain(ex->up);
+		}
+	} else {
+		evbuffer_add(ex->body, p, n);
+		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX)
+			http_pause(ex->down, true);
+	}
+}
+
+void proxy_req_done(struct exchange *ex)
+{
+	ex->req_done = true;
+	if (ex->up_sent && ex->up)
+		http_finish(ex->up);
+}
+
+void proxy_down_drained(struct exchange *ex)
+{
+	if (ex->up)
+		http_pause(ex->up, false);
+}
+
+void proxy_down_closed(struct exchange *ex)
+{
+	ex->down = NULL;
+	ex_end(ex, false);   /* closes the upstream: the service stops working for nobody */
+}
+
+/* --- upstream side --- */
+
+static void up_connected(struct hconn *c)
+{
+	struct exchange *ex = http_owner(c);
+
+	ex->up_connected = true;
+	send_request(ex);
+}
+
+static void up_drained(struct hconn *c)
+{
+	struct exchange *ex = http_owner(c);
+
+	if (ex->down)
+		http_pause(ex->down, false);
+}
+
+static void up_head(struct hconn *c, struct http_msg *m)
+{
+	struct exchange *ex = http_owner(c);
+	struct evbuffer *b;
+	char *extra;
+	size_t n;
+
+	if (ex->down == NULL)
+		return;
+	b = evbuffer_new();
+	for (size_t k = 0; k < m->nhdrs; k++) {
+		const struct http_hdr *h = &m->hdrs[k];
+		if (http_hop_by_hop(h, m))
+			continue;
+		evbuffer_add(b, h->name, h->nlen);
+		evbuffer_add(b, ": ", 2);
+		evbuffer_add(b, h->value, h->vlen);
+		evbuffer_add(b, "\r\n", 2);
+	}
+	if (ex->held)
+		evbuffer_add_printf(b, "X-Slurmgate-Cold-Start: %.3f\r\n", ex->waited);
+	if (m->status == 101) {
+		const struct http_hdr *u = http_find(m, "upgrade");
+		evbuffer_add_printf(b, "Connection: upgrade\r\nUpgrade: %.*s\r\n", u ? (int)u->vlen : 0,
+				    u ? u->value : "");
+	}
+	evbuffer_add(b, "", 1);
+	n = evbuffer_get_length(b);
+	extra = (char *)evbuffer_pullup(b, (ssize_t)n);
+	ex->resp_started = true;
+	http_respond(ex->down, m->status, extra,
+		     (m->content_length >= 0 && !m->chunked) ? m->content_length : -1);
+	evbuffer_free(b);
+	if (m->status == 101 && ex->upgrade) {
+		struct hconn *down = ex->down, *up = ex->up;
+		/* from now on the two connections carry raw bytes */
+		ex->down = NULL;
+		ex->up = NULL;
+		if (ex->slot)
+			*ex->slot = NULL;
+		ex->slot = NULL;
+		http_set_owner(up, NULL, NULL);
+		http_tunnel(down, up);
+		ex_end(ex, false);
+	}
+}
+
+static void up_body(struct hconn *c, const char *p, size_t n)
+{
+	struct exchange *ex = http_owner(c);
+
+	if (ex->down == NULL)
+		return;
+	http_send(ex->down, p, n);
+	if (http_pending_output(ex->down) > HTTP_HIGH_MARK) {
+		http_pause(c, true);
+		http_want_drain(ex->down);
+	}
+}
+
+static void up_done(struct hconn *c)
+{
+	struct exchange *ex = http_owner(c);
+	struct hconn *down = ex->down;
+
+	if (ex->slot)
+		*ex->slot = NULL;
+	ex->slot = NULL;
+	if (down)
+		http_finish(down);
+	ex_end(ex, ex->req_done && http_reusable(c));
+}
+
+static void up_closed(struct hconn *c, const char *why)
+{
+	struct exchange *ex = http_owner(c);
+	char reason[300];
+
+	if (ex == NULL)
+		return;
+	ex->up = NULL;
+	if (!ex->resp_started && ex->reused && !ex->req_has_body && ex->tries == 0) {
+		/* a kept-alive connection the service had closed: once more, fresh */
+		ex->tries++;
+		ex_connect(ex);
+		return;
+	}
+	if (!ex->up_connected && ex->inst)
+		instance_unreachable(ex->inst, why);
+	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
+	ex_fail(ex, strstr(why, "timeout") ? 504 : 502, reason, 0);
+}

@@ -1,0 +1,33 @@
+/* proxy.h - one request through the gateway to a service instance.
+ *
+ * An exchange joins the client's connection (down) to an upstream
+ * connection (up): it waits for a ready instance (held while the service
+ * starts), forwards the request head and streams the body, relays the
+ * response as it arrives, and reports completion to the instance once. */
+#ifndef SG_PROXY_H
+#define SG_PROXY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct config;
+struct exchange;
+struct hconn;
+struct http_msg;
+struct service;
+
+void proxy_init(const struct config *cfg);
+/* Begin forwarding request M (head just parsed on DOWN) to SVC as
+ * PATH (the upstream target, query included). *slot points at the
+ * exchange while it lives and is set to NULL when it ends. */
+void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *svc,
+		 const char *path, size_t plen, bool hold, struct exchange **slot);
+void proxy_body(struct exchange *ex, const char *p, size_t n);
+void proxy_req_done(struct exchange *ex);
+void proxy_down_drained(struct exchange *ex);
+/* The client connection is gone: cancel everything. */
+void proxy_down_closed(struct exchange *ex);
+/* Exchanges alive now. */
+size_t proxy_active(void);
+
+#endif

@@ -1,0 +1,774 @@
+/* service.c - services, their instances, the wait queue and the idle clock. */
+#include "service.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "config.h"
+#include "http.h"
+#include "launcher.h"
+#include "log.h"
+#include "util.h"
+
+#define PROBE_FIRST_MS 10
+#define PROBE_MAX_MS 100
+#define PROBE_TIMEOUT_S 5
+
+struct service {
+	struct svc_config *cfg;
+	const struct launcher_ops *lops;
+	TAILQ_HEAD(, instance) insts;
+	int ninst;
+	TAILQ_HEAD(, waiter) waiters;
+	int nwaiting;
+	int inflight;
+	char last_error[512];
+	int failures;         /* consecutive failed starts */
+	double backoff_until; /* no new start before this (monotonic s) */
+	uint64_t requests, starts, start_failures;
+};
+
+bool services_managed = true;
+
+static struct event_base *sbase;
+static struct config *scfg;
+static struct service *svcs;
+static size_t nsvcs;
+static struct service **by_route;   /* sorted by route_name */
+static void (*shutdown_done)(void);
+static int live_instances;
+
+static void inst_stop(struct instance *i, const char *why);
+static void inst_free(struct instance *i);
+static void probe_schedule(struct instance *i);
+static void idle_arm(struct instance *i);
+
+const char *instance_state_name(enum inst_state st)
+{
+	static const char *const names[] = {"starting", "probing", "ready", "draining", "stopping"};
+	return names[st];
+}
+
+const char *service_state_name(enum svc_state st)
+{
+	static const char *const names[] = {"stopped", "starting", "ready", "stopping", "failed"};
+	return names[st];
+}
+
+/* Every state change of an instance goes through here, and is logged. */
+static void inst_set_state(struct instance *i, enum inst_state st, const char *why)
+{
+	log_info("svc %s[%d]: %s -> %s (%s)", i->svc->cfg->name, i->index,
+		 instance_state_name(i->state), instance_state_name(st), why);
+	i->state = st;
+}
+
+void instance_set_detail(struct instance *i, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(i->detail, sizeof i->detail, fmt, ap);
+	va_end(ap);
+}
+
+static bool any_starting_except(const struct service *s, const struct instance *except)
+{
+	struct instance *i;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i != except && (i->state == INST_STARTING || i->state == INST_PROBING))
+			return true;
+	return false;
+}
+
+static bool any_starting(const struct service *s)
+{
+	return any_starting_except(s, NULL);
+}
+
+/* The ready instance with the fewest requests in flight. */
+static struct instance *pick_ready(struct service *s)
+{
+	struct instance *i, *best = NULL;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i->state == INST_READY && (best == NULL || i->inflight < best->inflight))
+			best = i;
+	return best;
+}
+
+static void assign(struct instance *i)
+{
+	i->inflight++;
+	i->svc->inflight++;
+	if (i->inflight == 1)
+		event_del(i->timer);
+}
+
+/* Hand waiting requests to ready instances, in arrival order. */
+static void dispatch_waiters(struct service *s)
+{
+	struct waiter *w;
+	struct instance *i;
+
+	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = pick_ready(s)) != NULL) {
+		TAILQ_REMOVE(&s->waiters, w, link);
+		s->nwaiting--;
+		w->queued = false;
+		assign(i);
+		w->ready(w, i);
+	}
+}
+
+/* Fail every waiting request with 503 and REASON. */
+static void fail_waiters(struct service *s, const char *reason, int retry_after)
+{
+	struct waiter *w;
+
+	while ((w = TAILQ_FIRST(&s->waiters)) != NULL) {
+		TAILQ_REMOVE(&s->waiters, w, link);
+		s->nwaiting--;
+		w->queued = false;
+		w->fail(w, 503, reason, retry_after);
+	}
+}
+
+static int backoff_left(const struct service *s)
+{
+	double left = s->backoff_until - now_s();
+	return left > 0 ? (int)ceil(left) : 0;
+}
+
+static void inst_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void probe_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Create and start one more instance. Returns it, or NULL if the launcher
+ * refused at once (the failure is recorded). */
+static struct instance *inst_start(struct service *s)
+{
+	struct instance *i = xcalloc(1, sizeof *i);
+	struct instance *o;
+	char *cause = NULL;
+
+	/* the lowest index not in use */
+	for (int idx = 0;; idx++) {
+		bool used = false;
+		TAILQ_FOREACH(o, &s->insts, link)
+			used |= o->index == idx;
+		if (!used) {
+			i->index = idx;
+			break;
+		}
+	}
+	i->svc = s;
+	i->state = INST_STARTING;
+	i->created = now_s();
+	i->remote_port = s->cfg->remote_port + i->index;
+	i->local_port = s->cfg->local_port + i->index;
+	i->timer = evtimer_new(sbase, inst_timer_cb, i);
+	i->probe_timer = evtimer_new(sbase, probe_timer_cb, i);
+	snprintf(i->detail, sizeof i->detail, "launching");
+	TAILQ_INSERT_TAIL(&s->insts, i, link);
+	s->ninst++;
+	live_instances++;
+	s->starts++;
+	log_info("svc %s[%d]: starting (%s launcher, port %d)", s->cfg->name, i->index,
+		 s->lops->name, i->remote_port);
+	event_add(i->timer, &(struct timeval){s->cfg->start_timeout, 0});
+	if (s->lops->start(i, &cause) != 0) {
+		instance_gone(i, cause);
+		free(cause);
+		return NULL;
+	}
+	return i;
+}
+
+/* A start did not reach READY: remember why, back off, answer the waiters. */
+static void start_failed(struct instance *i, const char *reason)
+{
+	struct service *s = i->svc;
+
+	s->failures++;
+	s->start_failures++;
+	snprintf(s->last_error, sizeof s->last_error, "%s", reason);
+	/* the first failure may be retried at once; repeated ones back off */
+	if (s->failures >= 2) {
+		double d = s->failures >= 8 ? 60 : (double)(1 << (s->failures - 2));
+		s->backoff_until = now_s() + d;
+	}
+	log_warn("svc %s[%d]: start failed after %.2f s: %s", s->cfg->name, i->index,
+		 now_s() - i->created, reason);
+}
+
+/* Start a stopped service. Returns 0 if a start is under way. */
+static int service_start(struct service *s, const char **reason, int *retry_after)
+{
+	if (any_starting(s))
+		return 0;
+	if (!services_managed) {
+		*reason = "service management is disabled";
+		*retry_after = 30;
+		return -1;
+	}
+	if (shutdown_done != NULL) {
+		*reason = "the gateway is shutting down";
+		*retry_after = 5;
+		return -1;
+	}
+	if (backoff_left(s) > 0) {
+		*reason = s->last_error;
+		*retry_after = backoff_left(s);
+		return -1;
+	}
+	if (inst_start(s) == NULL) {
+		*reason = s->last_error;
+		*retry_after = backoff_left(s) > 0 ? backoff_left(s) : 1;
+		return -1;
+	}
+	return 0;
+}
+
+int service_request(struct service *s, struct waiter *w, bool hold, struct instance **inst,
+		    int *status, const char **reason, int *retry_after)
+{
+	struct instance *i;
+
+	s->requests++;
+	if ((i = pick_ready(s)) != NULL && TAILQ_EMPTY(&s->waiters)) {
+		assign(i);
+		*inst = i;
+		return 0;
+	}
+	*status = 503;
+	if (service_start(s, reason, retry_after) != 0)
+		return -1;
+	if (!hold) {
+		*reason = "the service is starting; retry later";
+		*retry_after = 5;
+		return -1;
+	}
+	w->svc = s;
+	w->queued = true;
+	w->since = now_s();
+	TAILQ_INSERT_TAIL(&s->waiters, w, link);
+	s->nwaiting++;
+	return 1;
+}
+
+void service_cancel(struct waiter *w)
+{
+	if (!w->queued)
+		return;
+	TAILQ_REMOVE(&w->svc->waiters, w, link);
+	w->svc->nwaiting--;
+	w->queued = false;
+}
+
+void service_demand(struct service *s)
+{
+	struct instance *i;
+	const char *reason;
+	int ra;
+
+	if (pick_ready(s) == NULL) {
+		(void)service_start(s, &reason, &ra);
+		return;
+	}
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i->state == INST_READY && i->inflight == 0)
+			idle_arm(i);
+}
+
+void service_stop_all(struct service *s, const char *why)
+{
+	struct instance *i, *next;
+
+	fail_waiters(s, why, 30);
+	for (i = TAILQ_FIRST(&s->insts); i != NULL; i = next) {
+		next = TAILQ_NEXT(i, link);
+		if (i->state != INST_STOPPING)
+			inst_stop(i, why);
+	}
+}
+
+/* --- the idle clock --- */
+
+static void idle_arm(struct instance *i)
+{
+	i->idle_since = now_s();
+	event_add(i->timer, &(struct timeval){i->svc->cfg->timeout, 0});
+}
+
+void instance_release(struct instance *i)
+{
+	struct service *s = i->svc;
+
+	i->inflight--;
+	s->inflight--;
+	i->served++;
+	if (i->inflight > 0)
+		return;
+	if (i->state == INST_READY)
+		idle_arm(i);
+	else if (i->state == INST_DRAINING)
+		inst_stop(i, "drained");
+}
+
+static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct instance *i = arg;
+	struct service *s = i->svc;
+	char why[600];
+
+	(void)fd, (void)what;
+	if (i->state == INST_READY && i->inflight == 0) {
+		snprintf(why, sizeof why, "idle for %d s", s->cfg->timeout);
+		inst_stop(i, why);
+	} else if (i->state == INST_STARTING || i->state == INST_PROBING) {
+		snprintf(why, sizeof why, "no healthy answer within start_timeout (%d s); last state: %s",
+			 s->cfg->start_timeout, i->detail);
+		start_failed(i, why);
+		if (!any_starting_except(s, i))
+			fail_waiters(s, why, backoff_left(s) > 0 ? backoff_left(s) : 1);
+		inst_stop(i, "start timed out");
+	}
+}
+
+/* --- stopping --- */
+
+/* Ask the launcher to stop I. Nothing is touched after the call: the
+ * launcher may report instance_gone() (and so free I) from inside it. */
+static void inst_stop(struct instance *i, const char *why)
+{
+	struct hconn **pool = i->pool;
+	int npool = i->npool;
+
+	if (i->state == INST_STOPPING)
+		return;
+	inst_set_state(i, INST_STOPPING, why);
+	snprintf(i->detail, sizeof i->detail, "stopping: %s", why);
+	event_del(i->timer);
+	event_del(i->probe_timer);
+	if (i->probe) {
+		struct hconn *p = i->probe;
+		i->probe = NULL;
+		http_close(p, "instance stopping");
+	}
+	i->pool = NULL;
+	i->npool = i->poolcap = 0;
+	for (int k = 0; k < npool; k++)
+		http_close(pool[k], "instance stopping");
+	free(pool);
+	i->svc->lops->stop(i, i->svc->cfg->stop_grace);
+}
+
+static void inst_free(struct instance *i)
+{
+	struct service *s = i->svc;
+
+	TAILQ_REMOVE(&s->insts, i, link);
+	s->ninst--;
+	live_instances--;
+	event_free(i->timer);
+	event_free(i->probe_timer);
+	if (i->probe)
+		http_close(i->probe, "instance gone");
+	for (int k = 0; k < i->npool; k++)
+		http_close(i->pool[k], "instance gone");
+	free(i->pool);
+	free(i);
+	if (shutdown_done != NULL && live_instances == 0) {
+		void (*cb)(void) = shutdown_done;
+		cb();
+	}
+}
+
+void instance_gone(struct instance *i, const char *reason)
+{
+	struct service *s = i->svc;
+	enum inst_state was = i->state;
+
+	if (was == INST_STARTING || was == INST_PROBING) {
+		start_failed(i, reason);
+		i->state = INST_STOPPING;
+		if (!any_starting(s) && pick_ready(s) == NULL)
+			fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
+	} else if (was == INST_READY || was == INST_DRAINING) {
+		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
+		log_warn("svc %s[%d]: %s", s->cfg->name, i->index, s->last_error);
+	} else {
+		log_info("svc %s[%d]: stopped after %.1f s (%s)", s->cfg->name, i->index,
+			 now_s() - i->created, reason);
+	}
+	i->state = INST_STOPPING;
+	inst_free(i);
+}
+
+/* --- health probes --- */
+
+static void probe_connected(struct hconn *c)
+{
+	struct instance *i = http_owner(c);
+	char head[512];
+	int n;
+
+	n = snprintf(head, sizeof head,
+		     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: slurmgate-health\r\n"
+		     "Connection: close\r\n\r\n",
+		     i->svc->cfg->check_health_path, i->addr_str);
+	http_send_head(c, head, (size_t)n, false, false);
+	http_set_timeout(c, PROBE_TIMEOUT_S);
+}
+
+static void probe_head(struct hconn *c, struct http_msg *m)
+{
+	struct instance *i = http_owner(c);
+
+	i->probe_status = m->status;
+}
+
+static void inst_ready(struct instance *i)
+{
+	struct service *s = i->svc;
+	bool first = i->ready_at == 0;
+
+	inst_set_state(i, INST_READY, first ? "health check passed" : "healthy again");
+	snprintf(i->detail, sizeof i->detail, "ready at %s", i->addr_str);
+	if (first) {
+		i->ready_at = now_s();
+		s->failures = 0;
+		s->backoff_until = 0;
+		log_info("svc %s[%d]: ready after %.2f s", s->cfg->name, i->index, i->ready_at - i->created);
+	}
+	event_del(i->timer);
+	dispatch_waiters(s);
+	if (i->inflight == 0 && i->state == INST_READY)
+		idle_arm(i);
+}
+
+static void probe_done(struct hconn *c)
+{
+	struct instance *i = http_owner(c);
+
+	i->probe = NULL;
+	http_close(c, "probe done");
+	if (i->probe_status >= 200 && i->probe_status < 300 && i->state == INST_PROBING)
+		inst_ready(i);
+	else
+		probe_schedule(i);
+}
+
+static void probe_closed(struct hconn *c, const char *why)
+{
+	struct instance *i = http_owner(c);
+
+	(void)why;
+	if (i == NULL || i->probe != c)
+		return;   /* done already, or abandoned */
+	i->probe = NULL;
+	probe_schedule(i);
+}
+
+static const struct hconn_ops probe_ops = {
+	.connected = probe_connected,
+	.head = probe_head,
+	.done = probe_done,
+	.closed = probe_closed,
+};
+
+static void probe_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct instance *i = arg;
+
+	(void)fd, (void)what;
+	if (i->state != INST_PROBING || i->probe != NULL)
+		return;
+	i->probe_status = 0;
+	i->probe = http_connect((struct sockaddr *)&i->addr, i->addrlen, PROBE_TIMEOUT_S, &probe_ops, i);
+}
+
+static void probe_schedule(struct instance *i)
+{
+	int ms = i->probe_delay_ms;
+
+	if (i->state != INST_PROBING)
+		return;
+	event_add(i->probe_timer, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
+	i->probe_delay_ms = ms * 3 / 2 > PROBE_MAX_MS ? PROBE_MAX_MS : ms * 3 / 2;
+}
+
+void instance_endpoint(struct instance *i, const char *host, int port)
+{
+	char spec[128];
+	int len = (int)sizeof i->addr;
+
+	snprintf(spec, sizeof spec, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&i->addr, &len) != 0) {
+		char why[200];
+		snprintf(why, sizeof why, "bad service address %s", spec);
+		inst_stop(i, why);
+		return;
+	}
+	i->addrlen = (socklen_t)len;
+	snprintf(i->addr_str, sizeof i->addr_str, "%s", spec);
+	inst_set_state(i, INST_PROBING, "endpoint known");
+	snprintf(i->detail, sizeof i->detail, "waiting for %s%s to answer", spec,
+		 i->svc->cfg->check_health_path);
+	i->probe_delay_ms = PROBE_FIRST_MS;
+	probe_schedule(i);
+}
+
+void instance_unreachable(struct instance *i, const char *why)
+{
+	if (i->state != INST_READY)
+		return;
+	inst_set_state(i, INST_PROBING, why);
+	snprintf(i->detail, sizeof i->detail, "unreachable (%s); probing", why);
+	event_del(i->timer);
+	i->probe_delay_ms = PROBE_FIRST_MS;
+	probe_schedule(i);
+}
+
+/* --- the pool of idle upstream connections --- */
+
+static void pool_remove(struct instance *i, struct hconn *c)
+{
+	for (int k = 0; k < i->npool; k++)
+		if (i->pool[k] == c) {
+			i->pool[k] = i->pool[--i->npool];
+			return;
+		}
+}
+
+static void pool_closed(struct hconn *c, const char *why)
+{
+	(void)why;
+	pool_remove(http_owner(c), c);
+}
+
+static const struct hconn_ops pool_ops = {
+	.closed = pool_closed,
+};
+
+struct hconn *instance_pool_get(struct instance *i)
+{
+	return i->npool > 0 ? i->pool[--i->npool] : NULL;   /* the most recently used */
+}
+
+void instance_pool_put(struct instance *i, struct hconn *c)
+{
+	int cap = scfg->upstream_keepalive;
+
+	if (i->state == INST_STOPPING || i->npool >= cap) {
+		http_close(c, "pool full");
+		return;
+	}
+	if (i->npool == i->poolcap) {
+		i->poolcap = i->poolcap ? i->poolcap * 2 : 16;
+		i->pool = xrealloc(i->pool, (size_t)i->poolcap * sizeof *i->pool);
+	}
+	i->pool[i->npool++] = c;
+	http_set_owner(c, &pool_ops, i);
+	http_park(c, 30);
+}
+
+/* --- set-up and state --- */
+
+static int route_cmp(const void *a, const void *b)
+{
+	const struct service *x = *(struct service *const *)a, *y = *(struct service *const *)b;
+	return strcmp(x->cfg->route_name, y->cfg->route_name);
+}
+
+void services_init(struct event_base *base, struct config *cfg)
+{
+	sbase = base;
+	scfg = cfg;
+	nsvcs = cfg->n_services;
+	svcs = xcalloc(nsvcs, sizeof *svcs);
+	by_route = xcalloc(nsvcs, sizeof *by_route);
+	for (size_t k = 0; k < nsvcs; k++) {
+		struct service *s = &svcs[k];
+		s->cfg = &cfg->services[k];
+		s->lops = s->cfg->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
+		TAILQ_INIT(&s->insts);
+		TAILQ_INIT(&s->waiters);
+		by_route[k] = s;
+	}
+	qsort(by_route, nsvcs, sizeof *by_route, route_cmp);
+}
+
+void services_fail_waiters(const char *why)
+{
+	for (size_t k = 0; k < nsvcs; k++)
+		fail_waiters(&svcs[k], why, 5);
+}
+
+void services_shutdown(void (*done_cb)(void))
+{
+	shutdown_done = done_cb;
+	for (size_t k = 0; k < nsvcs; k++)
+		service_stop_all(&svcs[k], "the gateway is shutting down");
+	if (live_instances == 0)
+		done_cb();
+}
+
+void services_free(void)
+{
+	free(svcs);
+	free(by_route);
+	svcs = NULL;
+	by_route = NULL;
+	nsvcs = 0;
+}
+
+struct service *service_by_route(const char *route, size_t len)
+{
+	size_t lo = 0, hi = nsvcs;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		const char *r = by_route[mid]->cfg->route_name;
+		int c = strncmp(r, route, len);
+		if (c == 0 && r[len] != '\0')
+			c = 1;
+		if (c == 0)
+			return by_route[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+struct service *service_by_name(const char *name)
+{
+	for (size_t k = 0; k < nsvcs; k++)
+		if (strcmp(svcs[k].cfg->name, name) == 0)
+			return &svcs[k];
+	return NULL;
+}
+
+size_t services_count(void)
+{
+	return nsvcs;
+}
+
+struct service *service_at(size_t k)
+{
+	return k < nsvcs ? &svcs[k] : NULL;
+}
+
+const struct svc_config *service_config(const struct service *s)
+{
+	return s->cfg;
+}
+
+enum svc_state service_state(const struct service *s)
+{
+	struct instance *i;
+	bool starting = false, stopping = false;
+
+	TAILQ_FOREACH(i, &s->insts, link) {
+		if (i->state == INST_READY)
+			return SVC_READY;
+		starting |= i->state == INST_STARTING || i->state == INST_PROBING;
+		stopping |= i->state == INST_DRAINING || i->state == INST_STOPPING;
+	}
+	if (starting)
+		return SVC_STARTING;
+	if (stopping)
+		return SVC_STOPPING;
+	return s->failures > 0 ? SVC_FAILED : SVC_STOPPED;
+}
+
+void service_reason(const struct service *s, char *buf, size_t len)
+{
+	struct instance *i;
+
+	switch (service_state(s)) {
+	case SVC_READY:
+		snprintf(buf, len, "ready");
+		return;
+	case SVC_STARTING:
+		TAILQ_FOREACH(i, &s->insts, link)
+			if (i->state == INST_STARTING || i->state == INST_PROBING)
+				break;
+		snprintf(buf, len, "starting for %.1f s: %s", now_s() - i->created, i->detail);
+		return;
+	case SVC_STOPPING:
+		snprintf(buf, len, "stopping");
+		return;
+	case SVC_FAILED:
+		snprintf(buf, len, "start failed: %s", s->last_error);
+		return;
+	case SVC_STOPPED:
+		snprintf(buf, len, services_managed ? "stopped; the next request starts it"
+						    : "stopped; service management is disabled");
+		return;
+	}
+}
+
+const char *service_last_error(const struct service *s)
+{
+	return s->last_error;
+}
+
+int service_waiting(const struct service *s)
+{
+	return s->nwaiting;
+}
+
+int service_inflight(const struct service *s)
+{
+	return s->inflight;
+}
+
+double service_idle_left(const struct service *s)
+{
+	struct instance *i;
+	double best = -1;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i->state == INST_READY && i->inflight == 0) {
+			double left = i->idle_since + s->cfg->timeout - now_s();
+			if (left < 0)
+				left = 0;
+			if (best < 0 || left > best)
+				best = left;
+		}
+	return best;
+}
+
+struct instance *service_first_instance(const struct service *s)
+{
+	return TAILQ_FIRST(&s->insts);
+}
+
+struct instance *service_next_instance(const struct instance *i)
+{
+	return TAILQ_NEXT(i, link);
+}
+
+uint64_t service_requests(const struct service *s)
+{
+	return s->requests;
+}
+
+uint64_t service_starts(const struct service *s)
+{
+	return s->starts;
+}
+
+uint64_t service_start_failures(const struct service *s)
+{
+	return s->start_failures;
+}
