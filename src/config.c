@@ -62,6 +62,9 @@ static const struct field svc_fields[] = {
 	{"start_timeout", F_INT, SVC(start_timeout), false, 900, NULL, 1, BIG},
 	{"hold", F_BOOL, SVC(hold), false, 1, NULL, 0, 0},
 	{"stop_grace", F_INT, SVC(stop_grace), false, 10, NULL, 0, 3600},
+	{"ssh_port", F_PORT, SVC(ssh_port), false, 0, NULL, 1, 65535},
+	{"ssh_options", F_STRLIST, SVC(ssh_options), false, 0, NULL, 0, 0},
+	{"sbatch_args", F_STRLIST, SVC(sbatch_args), false, 0, NULL, 0, 0},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -79,6 +82,12 @@ static const struct field cfg_fields[] = {
 	{"shutdown_grace", F_INT, CFG(shutdown_grace), false, 30, NULL, 0, 3600},
 	{"max_connections", F_INT, CFG(max_connections), false, 20000, NULL, 16, 1000000},
 	{"upstream_keepalive", F_INT, CFG(upstream_keepalive), false, 1024, NULL, 0, 100000},
+	{"state_dir", F_STR, CFG(state_dir), false, 0, NULL, 0, 0},
+	{"instance_id", F_STR, CFG(instance_id), false, 0, NULL, 0, 0},
+	{"ssh_host_key_checking", F_STR, CFG(ssh_host_key_checking), false, 0, "accept-new", 0, 0},
+	{"keep_jobs_on_exit", F_BOOL, CFG(keep_jobs_on_exit), false, 0, NULL, 0, 0},
+	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 500, NULL, 50, 60000},
+	{"poll_slow_s", F_INT, CFG(poll_slow_s), false, 15, NULL, 1, 3600},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -289,6 +298,7 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 		if (has_prefix(r, "check_") || has_prefix(r, "demand_"))
 			err_add(e, "%s.route_name: must not start with check_ or demand_", path);
 	}
+	s->max_instances = 1;
 	if (s->remote_port == 0 && s->local_port == 0)
 		err_add(e, "%s.remote_port: required (or local_port)", path);
 	if (s->remote_port == 0)
@@ -325,6 +335,43 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 	}
 }
 
+static void free_list(char **list)
+{
+	for (char **p = list; p && *p; p++)
+		free(*p);
+	free(list);
+}
+
+/* Defaults that depend on the machine, and checks of global values. */
+static void global_check(struct config *cfg, struct errs *e)
+{
+	char host[256] = "gateway";
+	const char *home = getenv("HOME");
+
+	if (cfg->instance_id == NULL) {
+		gethostname(host, sizeof host - 1);
+		host[24] = '\0';
+		for (char *p = host; *p; p++)
+			if (!route_char_ok(*p) || *p == '~')
+				*p = '_';
+		cfg->instance_id = xstrdup(host);
+	}
+	for (const char *p = cfg->instance_id; *p; p++)
+		if (!route_char_ok(*p) || *p == '~') {
+			err_add(e, "$.instance_id: must be letters, digits, '_', '-' or '.'");
+			break;
+		}
+	if (cfg->instance_id[0] == '\0')
+		err_add(e, "$.instance_id: must not be empty");
+	if (cfg->state_dir == NULL)
+		cfg->state_dir = geteuid() == 0 || home == NULL
+					 ? xstrdup("/var/lib/slurmgate")
+					 : xasprintf("%s/.local/state/slurmgate", home);
+	if (cfg->ssh_host_key_checking && strcmp(cfg->ssh_host_key_checking, "accept-new") != 0 &&
+	    strcmp(cfg->ssh_host_key_checking, "yes") != 0)
+		err_add(e, "$.ssh_host_key_checking: must be \"accept-new\" or \"yes\"");
+}
+
 static void svc_config_free(struct svc_config *s)
 {
 	free(s->name);
@@ -335,9 +382,9 @@ static void svc_config_free(struct svc_config *s)
 	free(s->local_host);
 	free(s->bash_file);
 	free(s->check_health_path);
-	for (char **p = s->api_paths; p && *p; p++)
-		free(*p);
-	free(s->api_paths);
+	free_list(s->api_paths);
+	free_list(s->ssh_options);
+	free_list(s->sbatch_args);
 }
 
 void config_free(struct config *cfg)
@@ -350,6 +397,9 @@ void config_free(struct config *cfg)
 	free(cfg->path);
 	free(cfg->listen_host);
 	free(cfg->admin_token);
+	free(cfg->state_dir);
+	free(cfg->instance_id);
+	free(cfg->ssh_host_key_checking);
 	free(cfg);
 }
 
@@ -399,6 +449,7 @@ struct config *config_load(const char *file, char ***errs_out)
 		err_add(&e, "$.listen: must be \"HOST:PORT\"");
 	}
 
+	global_check(cfg, &e);
 	svcs = json_object_get(root, "Services");
 	if (svcs == NULL) {
 		err_add(&e, "$.Services: required");

@@ -26,6 +26,10 @@ struct svc_config {
 	bool hold;                /* hold requests during a start (else 503 at once) */
 	enum launcher_kind launcher;
 	int stop_grace;           /* seconds between SIGTERM and SIGKILL */
+	int ssh_port;             /* 0: ssh's default */
+	char **ssh_options;       /* extra "-o" settings, NULL-terminated */
+	char **sbatch_args;       /* extra sbatch arguments, NULL-terminated */
+	int max_instances;        /* instances at most (1 until scale-out) */
 };
 
 struct config {
@@ -44,6 +48,12 @@ struct config {
 	int shutdown_grace;       /* seconds in-flight requests get on SIGTERM */
 	int max_connections;
 	int upstream_keepalive;   /* idle keep-alive connections kept per instance */
+	char *state_dir;          /* known_hosts, ssh control sockets */
+	char *instance_id;        /* names this gateway's Slurm jobs */
+	char *ssh_host_key_checking; /* "accept-new" or "yes" */
+	bool keep_jobs_on_exit;   /* leave jobs running at exit (a restart adopts them) */
+	int poll_fast_ms;         /* squeue interval while something starts or stops */
+	int poll_slow_s;          /* squeue interval otherwise */
 	struct svc_config *services;
 	size_t n_services;
 };

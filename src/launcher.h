@@ -6,15 +6,24 @@
 #ifndef SG_LAUNCHER_H
 #define SG_LAUNCHER_H
 
+struct config;
+struct event_base;
 struct instance;
 
 struct launcher_ops {
 	const char *name;
+	/* Once at start-up (optional). */
+	void (*init)(struct event_base *base, const struct config *cfg);
 	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it
 	 * fails at once; nothing is reported back then. */
 	int (*start)(struct instance *i, char **cause);
 	/* Stop I (grace_s between polite and forced); instance_gone() follows. */
 	void (*stop)(struct instance *i, int grace_s);
+	/* Optional: find instances left by an earlier run of the gateway and
+	 * adopt them (service_adopt) or clean them up; then call
+	 * service_recovered() for each service. Until then no service of this
+	 * launcher starts anything (its requests wait). */
+	void (*recover)(void);
 };
 
 extern const struct launcher_ops launcher_local;

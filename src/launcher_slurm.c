@@ -1,23 +1,583 @@
-/* launcher_slurm.c - an instance is a Slurm batch job (not built yet). */
+/* launcher_slurm.c - an instance is a Slurm batch job.
+ *
+ * start: sbatch --parsable (here, or on the login node through the
+ * runner's SSH master); the job's name is sg-<instance_id>-<route>-<index>.
+ * A tracker polls all of this gateway's jobs with one squeue per target
+ * and cycle: fast while anything starts or stops, slowly otherwise. When a
+ * job runs, a forward from a free local port to <node>:<port> is opened
+ * through the master (or, without remote_host, the node is reached
+ * directly) and the service's health probes begin. stop: scancel, close
+ * the forward, and wait until squeue shows the job ended. At start-up the
+ * gateway adopts its own RUNNING jobs and cancels the rest. */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "config.h"
 #include "launcher.h"
+#include "log.h"
+#include "runner.h"
 #include "service.h"
 #include "util.h"
 
+enum jstate {
+	J_SUBMITTING, /* sbatch running */
+	J_QUEUED,     /* in squeue, not running yet */
+	J_TUNNEL,     /* running; opening the forward */
+	J_UP,         /* reachable; the service probes it */
+	J_CANCELLING, /* scancel sent; waiting for the job to end */
+};
+
+struct sjob {
+	struct instance *inst;   /* NULL once the instance is gone */
+	struct runner *r;
+	char id[32];
+	char node[128];
+	int rport, lport;
+	enum jstate st;
+	bool want_cancel, seen;
+	int refs;                /* runner callbacks outstanding */
+	int tunnel_tries, cancel_tries;
+	double submitted, running_at;
+	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
+};
+
+static LIST_HEAD(, sjob) jobs = LIST_HEAD_INITIALIZER(jobs);
+static struct event_base *lbase;
+static const struct config *lcfg;
+static struct event *poll_ev;
+static int polls_in_flight;
+
+static void poll_schedule(bool fast);
+static void open_tunnel(struct sjob *j);
+
+static void job_unref(struct sjob *j)
+{
+	if (--j->refs == 0)
+		free(j);
+}
+
+/* The job is over (or left running at exit): tell the service, stop tracking. */
+static void job_gone(struct sjob *j, const char *reason)
+{
+	struct instance *i = j->inst;
+
+	LIST_REMOVE(j, link);
+	if (j->lport)
+		runner_unforward(j->r, j->lport);
+	j->lport = 0;
+	j->inst = NULL;
+	if (i) {
+		i->lpriv = NULL;
+		instance_gone(i, reason);
+	}
+	job_unref(j);   /* the tracking reference */
+}
+
+static void cancel_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+
+	(void)out;
+	if (status != 0)
+		log_warn("scancel %s: %s (will retry)", j->id, err[0] ? err : "failed");
+	job_unref(j);
+}
+
+static void job_cancel(struct sjob *j)
+{
+	char *argv[] = {"scancel", j->id, NULL};
+
+	j->st = J_CANCELLING;
+	j->cancel_tries++;
+	j->refs++;
+	runner_run(j->r, argv, 60, cancel_done, j);
+	poll_schedule(true);
+}
+
+static void submitted(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	size_t n = 0;
+
+	while (isdigit((unsigned char)out[n]) && n < sizeof j->id - 1)
+		n++;
+	if (status != 0 || n == 0) {
+		char why[700];
+		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
+			 err[0] ? err : (out[0] ? out : "no job id"));
+		if (j->inst) {
+			j->inst->lpriv = NULL;
+			instance_gone(j->inst, why);
+		}
+		j->inst = NULL;
+		job_unref(j);
+		return;
+	}
+	memcpy(j->id, out, n);
+	j->id[n] = '\0';
+	j->st = J_QUEUED;
+	j->refs++;   /* tracked */
+	LIST_INSERT_HEAD(&jobs, j, link);
+	if (j->inst) {
+		snprintf(j->inst->job_id, sizeof j->inst->job_id, "%s", j->id);
+		instance_set_detail(j->inst, "Slurm job %s submitted", j->id);
+		log_info("svc %s[%d]: Slurm job %s submitted via %s", service_config(j->inst->svc)->name,
+			 j->inst->index, j->id, runner_name(j->r));
+	}
+	if (j->want_cancel || j->inst == NULL)
+		job_cancel(j);
+	job_unref(j);   /* the sbatch callback's reference */
+	poll_schedule(true);
+}
+
 static int slurm_start(struct instance *i, char **cause)
 {
-	(void)i;
-	*cause = xstrdup("the slurm launcher is not available in this build; use \"launcher\": \"local\"");
-	return -1;
+	const struct svc_config *cfg = service_config(i->svc);
+	struct sjob *j = xcalloc(1, sizeof *j);
+	char name[300], port[16], exp[64];
+	char **argv;
+	int n = 0, extra = 0;
+
+	for (char **a = cfg->sbatch_args; a && *a; a++)
+		extra++;
+	argv = xcalloc((size_t)extra + 8, sizeof *argv);
+	snprintf(name, sizeof name, "--job-name=sg-%s-%s-%d", lcfg->instance_id, cfg->route_name,
+		 i->index);
+	snprintf(port, sizeof port, "%d", i->remote_port);
+	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
+	argv[n++] = "sbatch";
+	argv[n++] = "--parsable";
+	argv[n++] = name;
+	argv[n++] = exp;
+	for (char **a = cfg->sbatch_args; a && *a; a++)
+		argv[n++] = *a;
+	argv[n++] = cfg->bash_file;
+	argv[n++] = port;
+	argv[n] = NULL;
+
+	j->inst = i;
+	j->r = runner_for(cfg);
+	j->rport = i->remote_port;
+	j->st = J_SUBMITTING;
+	j->submitted = now_s();
+	j->refs = 1;   /* the sbatch callback */
+	i->lpriv = j;
+	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
+	runner_run(j->r, argv, 120, submitted, j);
+	free(argv);
+	(void)cause;
+	return 0;
 }
 
 static void slurm_stop(struct instance *i, int grace_s)
 {
+	struct sjob *j = i->lpriv;
+
 	(void)grace_s;
-	instance_gone(i, "stopped");
+	if (j == NULL) {
+		instance_gone(i, "not running");
+		return;
+	}
+	if (services_exiting && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+		char why[100];
+		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
+		job_gone(j, why);
+		return;
+	}
+	j->want_cancel = true;
+	if (j->st != J_SUBMITTING && j->st != J_CANCELLING)
+		job_cancel(j);
+}
+
+/* --- tracking --- */
+
+/* First host of a Slurm node list: "gpu[03-04,07]" -> "gpu03". */
+static void first_node(const char *list, char *out, size_t len)
+{
+	size_t o = 0;
+	const char *p = list;
+
+	while (*p && *p != ',' && *p != '[' && o + 1 < len)
+		out[o++] = *p++;
+	if (*p == '[') {
+		p++;
+		while (*p && *p != '-' && *p != ',' && *p != ']' && o + 1 < len)
+			out[o++] = *p++;
+	}
+	out[o] = '\0';
+}
+
+static bool ended(const char *state)
+{
+	static const char *const done[] = {
+		"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+		"OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", NULL,
+	};
+	for (const char *const *d = done; *d; d++)
+		if (strcmp(state, *d) == 0)
+			return true;
+	return false;
+}
+
+/* One squeue line for a job we track: move it along. */
+static void job_update(struct sjob *j, const char *state, const char *nodes, const char *reason)
+{
+	char why[400];
+
+	j->seen = true;
+	if (j->st == J_CANCELLING) {
+		if (ended(state)) {
+			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
+			job_gone(j, why);
+		} else if (j->cancel_tries < 5 && strcmp(state, "COMPLETING") != 0) {
+			job_cancel(j);   /* scancel did not take: again */
+		}
+		return;
+	}
+	if (ended(state) || strcmp(state, "COMPLETING") == 0) {
+		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
+			 reason[0] && strcmp(reason, "None") ? " " : "",
+			 reason[0] && strcmp(reason, "None") ? reason : "");
+		job_gone(j, why);
+		return;
+	}
+	if (strcmp(state, "RUNNING") == 0) {
+		if (j->st == J_QUEUED) {
+			first_node(nodes, j->node, sizeof j->node);
+			j->running_at = now_s();
+			if (j->inst) {
+				snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
+				log_info("svc %s[%d]: Slurm job %s running on %s after %.2f s in the queue",
+					 service_config(j->inst->svc)->name, j->inst->index, j->id, j->node,
+					 j->running_at - j->submitted);
+			}
+			open_tunnel(j);
+		}
+		return;
+	}
+	/* PENDING, CONFIGURING, SUSPENDED, REQUEUED ... */
+	if (j->inst && j->st == J_QUEUED)
+		instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, strcmp(state, "PENDING") == 0 ? "pending" : state,
+				    reason[0] ? reason : "no reason given");
+}
+
+static bool busy_jobs(void)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &jobs, link)
+		if (j->st != J_UP || (j->inst && j->inst->state == INST_PROBING))
+			return true;
+	return false;
+}
+
+/* Split "a|b|c|d|e" in place into up to n fields. */
+static int split(char *line, char **f, int n)
+{
+	int k = 0;
+
+	f[k++] = line;
+	for (char *p = line; *p && k < n; p++)
+		if (*p == '|') {
+			*p = '\0';
+			f[k++] = p + 1;
+		}
+	return k;
+}
+
+struct pollctx {
+	struct runner *r;
+	bool recover;
+};
+
+static void recover_line(struct runner *r, char **f);
+
+/* The scan of target R is over: its services may start jobs now. */
+static void recovered_for(struct runner *r)
+{
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		if (service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r)
+			service_recovered(s);
+	}
+}
+
+static void squeue_done(void *arg, int status, const char *out, const char *err)
+{
+	struct pollctx *x = arg;
+	struct sjob *j, *next;
+	char *text = xstrdup(out), *save = NULL;
+
+	polls_in_flight--;
+	if (status != 0) {
+		log_warn("squeue on %s failed: %s", runner_name(x->r), err[0] ? err : "no output");
+		if (x->recover) {
+			log_warn("could not look for jobs left by an earlier run on %s; starting without", runner_name(x->r));
+			recovered_for(x->r);
+		}
+		free(text);
+		free(x);
+		poll_schedule(false);
+		return;
+	}
+	LIST_FOREACH(j, &jobs, link)
+		if (j->r == x->r)
+			j->seen = false;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *f[5] = {"", "", "", "", ""};
+		if (split(line, f, 5) < 5)
+			continue;
+		if (x->recover) {
+			recover_line(x->r, f);
+			continue;
+		}
+		for (j = LIST_FIRST(&jobs); j; j = next) {
+			next = LIST_NEXT(j, link);
+			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
+				job_update(j, f[2], f[3], f[4]);
+				break;
+			}
+		}
+	}
+	if (x->recover) {
+		recovered_for(x->r);
+	} else {
+		/* tracked but no longer listed: purged from squeue, so over */
+		for (j = LIST_FIRST(&jobs); j; j = next) {
+			next = LIST_NEXT(j, link);
+			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING) {
+				char why[100];
+				snprintf(why, sizeof why, "Slurm job %s left squeue", j->id);
+				job_gone(j, why);
+			}
+		}
+	}
+	free(text);
+	free(x);
+	poll_schedule(false);
+}
+
+static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%r", NULL};
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sjob *j, *k;
+
+	(void)fd, (void)what, (void)arg;
+	if (polls_in_flight > 0)
+		return;   /* the running cycle schedules the next */
+	/* one squeue per target, whatever the number of jobs */
+	LIST_FOREACH(j, &jobs, link) {
+		bool first = true;
+		for (k = LIST_FIRST(&jobs); k != j; k = LIST_NEXT(k, link))
+			first &= k->r != j->r;
+		if (first) {
+			struct pollctx *x = xcalloc(1, sizeof *x);
+			x->r = j->r;
+			polls_in_flight++;
+			runner_run(j->r, squeue_argv, 60, squeue_done, x);
+		}
+	}
+}
+
+static void poll_schedule(bool fast)
+{
+	int ms;
+
+	if (LIST_EMPTY(&jobs) || polls_in_flight > 0)
+		return;
+	ms = fast || busy_jobs() ? lcfg->poll_fast_ms : lcfg->poll_slow_s * 1000;
+	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
+		return;
+	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
+}
+
+/* --- tunnels --- */
+
+/* A free local port that no service of ours would bind. */
+static int alloc_port(void)
+{
+	for (int tries = 0; tries < 20; tries++) {
+		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		socklen_t sl = sizeof sa;
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = 0;
+		bool clash = false;
+
+		if (fd < 0)
+			return 0;
+		if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+		    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
+			port = ntohs(sa.sin_port);
+		close(fd);
+		for (size_t k = 0; k < lcfg->n_services; k++) {
+			const struct svc_config *s = &lcfg->services[k];
+			clash |= port >= s->remote_port && port < s->remote_port + s->max_instances;
+			clash |= port >= s->local_port && port < s->local_port + s->max_instances;
+		}
+		if (port && !clash)
+			return port;
+	}
+	return 0;
+}
+
+static void forwarded(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char why[600];
+
+	(void)out;
+	if (j->inst == NULL || j->st != J_TUNNEL) {
+		/* stopped meanwhile: the forward is not wanted */
+		if (status == 0)
+			runner_unforward(j->r, j->lport);
+		job_unref(j);
+		return;
+	}
+	if (status == 0) {
+		j->st = J_UP;
+		instance_endpoint(j->inst, "127.0.0.1", j->lport);
+	} else if (++j->tunnel_tries < 3) {
+		log_warn("Slurm job %s: forward to %s:%d failed (%s); retrying", j->id, j->node, j->rport,
+			 err);
+		open_tunnel(j);
+	} else {
+		snprintf(why, sizeof why, "cannot open a tunnel to %s:%d for Slurm job %s: %s", j->node,
+			 j->rport, j->id, err);
+		j->lport = 0;
+		instance_fail(j->inst, why);
+	}
+	job_unref(j);
+}
+
+static void open_tunnel(struct sjob *j)
+{
+	if (!runner_is_remote(j->r)) {
+		/* on the login node itself: the compute node is reached directly */
+		struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+		char ip[INET6_ADDRSTRLEN] = "";
+
+		j->st = J_UP;
+		if (getaddrinfo(j->node, NULL, &hints, &res) == 0 && res) {
+			if (res->ai_family == AF_INET)
+				inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
+			else
+				inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
+			freeaddrinfo(res);
+		}
+		if (ip[0] == '\0') {
+			char why[300];
+			snprintf(why, sizeof why, "cannot resolve node %s of Slurm job %s", j->node, j->id);
+			instance_fail(j->inst, why);
+			return;
+		}
+		instance_endpoint(j->inst, ip, j->rport);
+		return;
+	}
+	j->st = J_TUNNEL;
+	j->lport = alloc_port();
+	j->refs++;
+	if (j->inst)
+		instance_set_detail(j->inst, "Slurm job %s running on %s; opening the tunnel", j->id,
+				    j->node);
+	runner_forward(j->r, j->lport, j->node, j->rport, forwarded, j);
+}
+
+/* --- adoption at start-up --- */
+
+static void recover_line(struct runner *r, char **f)
+{
+	char prefix[200];
+	const char *rest, *dash;
+	struct service *s;
+	struct instance *i;
+	struct sjob *j;
+	int index;
+
+	snprintf(prefix, sizeof prefix, "sg-%s-", lcfg->instance_id);
+	if (!has_prefix(f[1], prefix))
+		return;
+	rest = f[1] + strlen(prefix);
+	dash = strrchr(rest, '-');
+	if (dash == NULL || ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
+		return;
+	index = atoi(dash + 1);
+	s = service_by_route(rest, (size_t)(dash - rest));
+	j = xcalloc(1, sizeof *j);
+	j->r = r;
+	j->refs = 1;
+	snprintf(j->id, sizeof j->id, "%s", f[0]);
+	j->submitted = now_s();
+	LIST_INSERT_HEAD(&jobs, j, link);
+	if (s && service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r &&
+	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
+		log_info("svc %s[%d]: adopting Slurm job %s running on %s", service_config(s)->name, index,
+			 j->id, f[3]);
+		j->inst = i;
+		j->rport = i->remote_port;
+		i->lpriv = j;
+		snprintf(i->job_id, sizeof i->job_id, "%s", j->id);
+		first_node(f[3], j->node, sizeof j->node);
+		snprintf(i->node, sizeof i->node, "%s", j->node);
+		instance_set_detail(i, "adopting Slurm job %s", j->id);
+		j->running_at = now_s();
+		open_tunnel(j);
+	} else {
+		log_info("Slurm job %s (%s, %s) is left from an earlier run and not adoptable: cancelling",
+			 j->id, f[1], f[2]);
+		j->want_cancel = true;
+		job_cancel(j);
+	}
+}
+
+static void slurm_recover(void)
+{
+	struct runner *seen[64];
+	int nseen = 0;
+
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		const struct svc_config *cfg = service_config(s);
+		struct runner *r;
+		bool dup = false;
+		struct pollctx *x;
+
+		if (cfg->launcher != LAUNCHER_SLURM)
+			continue;
+		r = runner_for(cfg);
+		for (int q = 0; q < nseen; q++)
+			dup |= seen[q] == r;
+		if (dup || nseen == 64)
+			continue;
+		seen[nseen++] = r;
+		x = xcalloc(1, sizeof *x);
+		x->r = r;
+		x->recover = true;
+		polls_in_flight++;
+		runner_run(r, squeue_argv, 60, squeue_done, x);
+	}
+}
+
+static void slurm_init(struct event_base *base, const struct config *cfg)
+{
+	lbase = base;
+	lcfg = cfg;
+	poll_ev = evtimer_new(base, poll_cb, NULL);
 }
 
 const struct launcher_ops launcher_slurm = {
 	.name = "slurm",
+	.init = slurm_init,
 	.start = slurm_start,
 	.stop = slurm_stop,
+	.recover = slurm_recover,
 };

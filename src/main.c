@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <event2/event.h>
 
@@ -14,6 +16,7 @@
 #include "log.h"
 #include "proc.h"
 #include "proxy.h"
+#include "runner.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -109,6 +112,28 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	log_warn("SIGHUP: reloading the config is not supported yet; restart to apply changes");
 }
 
+/* mkdir -p, private: it holds known_hosts and ssh control sockets. */
+static int mkdir_p(const char *path)
+{
+	char *p = xstrdup(path);
+
+	for (char *q = p + 1; *q; q++)
+		if (*q == '/') {
+			*q = '\0';
+			if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+				free(p);
+				return -1;
+			}
+			*q = '/';
+		}
+	if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+		free(p);
+		return -1;
+	}
+	free(p);
+	return 0;
+}
+
 static void print_errors(const char *file, char **errs)
 {
 	for (char **e = errs; e && *e; e++)
@@ -182,8 +207,15 @@ int main(int argc, char **argv)
 	event_config_free(ec);
 	if (base == NULL)
 		fatal("event_base_new failed");
+	if (mkdir_p(cfg->state_dir) != 0) {
+		log_error("state_dir %s: %s", cfg->state_dir, strerror(errno));
+		config_free(cfg);
+		event_base_free(base);
+		return 1;
+	}
 	http_init(base);
 	proc_init(base);
+	runners_init(base, cfg);
 	services_init(base, cfg);
 	if (front_start(base, cfg) != 0) {
 		services_free();
@@ -202,6 +234,7 @@ int main(int argc, char **argv)
 	event_base_dispatch(base);
 
 	front_free();
+	runners_shutdown();
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_hup);

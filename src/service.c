@@ -32,9 +32,11 @@ struct service {
 	int failures;         /* consecutive failed starts */
 	double backoff_until; /* no new start before this (monotonic s) */
 	uint64_t requests, starts, start_failures;
+	bool recovering;      /* the launcher is still looking for earlier instances */
 };
 
 bool services_managed = true;
+bool services_exiting;
 
 static struct event_base *sbase;
 static struct config *scfg;
@@ -149,24 +151,26 @@ static int backoff_left(const struct service *s)
 static void inst_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void probe_timer_cb(evutil_socket_t fd, short what, void *arg);
 
-/* Create and start one more instance. Returns it, or NULL if the launcher
- * refused at once (the failure is recorded). */
-static struct instance *inst_start(struct service *s)
+static int free_index(const struct service *s)
 {
-	struct instance *i = xcalloc(1, sizeof *i);
 	struct instance *o;
-	char *cause = NULL;
 
-	/* the lowest index not in use */
-	for (int idx = 0;; idx++) {
+	for (int idx = 0; idx < s->cfg->max_instances; idx++) {
 		bool used = false;
 		TAILQ_FOREACH(o, &s->insts, link)
 			used |= o->index == idx;
-		if (!used) {
-			i->index = idx;
-			break;
-		}
+		if (!used)
+			return idx;
 	}
+	return -1;
+}
+
+/* A new instance at INDEX in STARTING state, its start deadline running. */
+static struct instance *inst_new(struct service *s, int index)
+{
+	struct instance *i = xcalloc(1, sizeof *i);
+
+	i->index = index;
 	i->svc = s;
 	i->state = INST_STARTING;
 	i->created = now_s();
@@ -178,10 +182,20 @@ static struct instance *inst_start(struct service *s)
 	TAILQ_INSERT_TAIL(&s->insts, i, link);
 	s->ninst++;
 	live_instances++;
+	event_add(i->timer, &(struct timeval){s->cfg->start_timeout, 0});
+	return i;
+}
+
+/* Create and start one more instance. Returns it, or NULL if the launcher
+ * refused at once (the failure is recorded). */
+static struct instance *inst_start(struct service *s, int index)
+{
+	struct instance *i = inst_new(s, index);
+	char *cause = NULL;
+
 	s->starts++;
 	log_info("svc %s[%d]: starting (%s launcher, port %d)", s->cfg->name, i->index,
 		 s->lops->name, i->remote_port);
-	event_add(i->timer, &(struct timeval){s->cfg->start_timeout, 0});
 	if (s->lops->start(i, &cause) != 0) {
 		instance_gone(i, cause);
 		free(cause);
@@ -227,7 +241,11 @@ static int service_start(struct service *s, const char **reason, int *retry_afte
 		*retry_after = backoff_left(s);
 		return -1;
 	}
-	if (inst_start(s) == NULL) {
+	/* still looking for instances of an earlier run, or the previous
+	 * instance is still stopping: the start comes when that is over */
+	if (s->recovering || free_index(s) < 0)
+		return 0;
+	if (inst_start(s, free_index(s)) == NULL) {
 		*reason = s->last_error;
 		*retry_after = backoff_left(s) > 0 ? backoff_left(s) : 1;
 		return -1;
@@ -334,10 +352,7 @@ static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
 	} else if (i->state == INST_STARTING || i->state == INST_PROBING) {
 		snprintf(why, sizeof why, "no healthy answer within start_timeout (%d s); last state: %s",
 			 s->cfg->start_timeout, i->detail);
-		start_failed(i, why);
-		if (!any_starting_except(s, i))
-			fail_waiters(s, why, backoff_left(s) > 0 ? backoff_left(s) : 1);
-		inst_stop(i, "start timed out");
+		instance_fail(i, why);
 	}
 }
 
@@ -369,6 +384,18 @@ static void inst_stop(struct instance *i, const char *why)
 	i->svc->lops->stop(i, i->svc->cfg->stop_grace);
 }
 
+/* Requests wait and nothing is starting: start (a deferred start). */
+static void kick(struct service *s)
+{
+	const char *reason;
+	int ra;
+
+	if (TAILQ_EMPTY(&s->waiters) || any_starting(s) || pick_ready(s) != NULL)
+		return;
+	if (service_start(s, &reason, &ra) != 0)
+		fail_waiters(s, reason, ra);
+}
+
 static void inst_free(struct instance *i)
 {
 	struct service *s = i->svc;
@@ -384,10 +411,45 @@ static void inst_free(struct instance *i)
 		http_close(i->pool[k], "instance gone");
 	free(i->pool);
 	free(i);
+	kick(s);
 	if (shutdown_done != NULL && live_instances == 0) {
 		void (*cb)(void) = shutdown_done;
 		cb();
 	}
+}
+
+void instance_fail(struct instance *i, const char *reason)
+{
+	struct service *s = i->svc;
+
+	if (i->state != INST_STARTING && i->state != INST_PROBING) {
+		inst_stop(i, reason);
+		return;
+	}
+	start_failed(i, reason);
+	if (!any_starting_except(s, i) && pick_ready(s) == NULL)
+		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
+	inst_stop(i, reason);
+}
+
+struct instance *service_adopt(struct service *s, int index)
+{
+	struct instance *o;
+
+	if (index < 0 || index >= s->cfg->max_instances)
+		return NULL;
+	TAILQ_FOREACH(o, &s->insts, link)
+		if (o->index == index)
+			return NULL;
+	return inst_new(s, index);
+}
+
+void service_recovered(struct service *s)
+{
+	if (!s->recovering)
+		return;
+	s->recovering = false;
+	kick(s);
 }
 
 void instance_gone(struct instance *i, const char *reason)
@@ -603,6 +665,23 @@ void services_init(struct event_base *base, struct config *cfg)
 		by_route[k] = s;
 	}
 	qsort(by_route, nsvcs, sizeof *by_route, route_cmp);
+	/* each launcher once: set up, then look for what an earlier run left */
+	{
+		const struct launcher_ops *all[] = {&launcher_local, &launcher_slurm};
+		for (size_t l = 0; l < 2; l++) {
+			bool used = false;
+			for (size_t k = 0; k < nsvcs; k++)
+				used |= svcs[k].lops == all[l];
+			if (!used)
+				continue;
+			if (all[l]->init)
+				all[l]->init(base, cfg);
+			for (size_t k = 0; k < nsvcs; k++)
+				svcs[k].recovering = svcs[k].lops == all[l] && all[l]->recover != NULL;
+			if (all[l]->recover)
+				all[l]->recover();
+		}
+	}
 }
 
 void services_fail_waiters(const char *why)
@@ -614,6 +693,7 @@ void services_fail_waiters(const char *why)
 void services_shutdown(void (*done_cb)(void))
 {
 	shutdown_done = done_cb;
+	services_exiting = true;
 	for (size_t k = 0; k < nsvcs; k++)
 		service_stop_all(&svcs[k], "the gateway is shutting down");
 	if (live_instances == 0)

@@ -119,6 +119,13 @@ void instance_set_detail(struct instance *i, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* The process or job is gone (or could not start); reason says why. */
 void instance_gone(struct instance *i, const char *reason);
+/* The start cannot succeed (reason): answer the waiters, then stop I. */
+void instance_fail(struct instance *i, const char *reason);
+/* An instance found running from an earlier run of the gateway: create it
+ * at INDEX in STARTING state (NULL if INDEX is out of range or taken). */
+struct instance *service_adopt(struct service *s, int index);
+/* The launcher's look for earlier instances of S is over. */
+void service_recovered(struct service *s);
 
 /* --- state, for /info, /check_, the API --- */
 enum svc_state { SVC_STOPPED, SVC_STARTING, SVC_READY, SVC_STOPPING, SVC_FAILED };
@@ -141,5 +148,7 @@ uint64_t service_start_failures(const struct service *s);
 
 /* Gateway-wide switch of the seed's service management. */
 extern bool services_managed;
+/* The gateway is exiting (services_shutdown was called). */
+extern bool services_exiting;
 
 #endif

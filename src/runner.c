@@ -1,0 +1,510 @@
+/* runner.c - run a command here or on a login node over one SSH master. */
+#include "runner.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "log.h"
+#include "proc.h"
+#include "shquote.h"
+#include "util.h"
+
+#define MASTER_CONNECT_S 30
+#define MASTER_POLL_MS 25
+
+enum op_kind { OP_CMD, OP_FWD, OP_CANCEL };
+enum mstate { M_DOWN, M_CONNECTING, M_UP };
+
+struct fwd {
+	int lport, rport;
+	char host[128];
+};
+
+struct rop {
+	TAILQ_ENTRY(rop) link;
+	enum op_kind kind;
+	char **argv;          /* OP_CMD: owned copy */
+	struct fwd f;
+	int timeout_s;
+	runner_cb cb;
+	void *arg;
+};
+
+struct runner {
+	char *name;
+	bool remote;
+	char *host, *user, *key;
+	int port;
+	char **opts;
+	char ctl[108];
+	struct proc *master;
+	enum mstate m;
+	struct event *poll_ev, *retry_ev;
+	double mstart;
+	int mfails;
+	TAILQ_HEAD(, rop) queue;
+	struct fwd *fwds;
+	int nfwd, fwdcap;
+	LIST_ENTRY(runner) link;
+};
+
+static LIST_HEAD(, runner) runners = LIST_HEAD_INITIALIZER(runners);
+static struct event_base *rbase;
+static const struct config *rcfg;
+static int nrunners;
+
+static void master_start(struct runner *r);
+static void rop_exec(struct runner *r, struct rop *op);
+static void master_poll_cb(evutil_socket_t fd, short what, void *arg);
+static void master_retry_cb(evutil_socket_t fd, short what, void *arg);
+
+void runners_init(struct event_base *base, const struct config *cfg)
+{
+	rbase = base;
+	rcfg = cfg;
+}
+
+bool runner_is_remote(const struct runner *r)
+{
+	return r->remote;
+}
+
+const char *runner_name(const struct runner *r)
+{
+	return r->name;
+}
+
+static bool same(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+struct runner *runner_for(const struct svc_config *svc)
+{
+	struct runner *r;
+	bool remote = svc->remote_host != NULL && svc->remote_host[0] != '\0';
+
+	LIST_FOREACH(r, &runners, link)
+		if (r->remote == remote &&
+		    (!remote || (same(r->host, svc->remote_host) && same(r->user, svc->ssh_username) &&
+				 r->port == svc->ssh_port && same(r->key, svc->ssh_key_file))))
+			return r;
+	r = xcalloc(1, sizeof *r);
+	r->remote = remote;
+	TAILQ_INIT(&r->queue);
+	if (remote) {
+		r->host = xstrdup(svc->remote_host);
+		r->user = svc->ssh_username ? xstrdup(svc->ssh_username) : NULL;
+		r->key = svc->ssh_key_file ? xstrdup(svc->ssh_key_file) : NULL;
+		r->port = svc->ssh_port;
+		r->opts = svc->ssh_options;
+		r->name = xasprintf("%s%s%s%s%.0d", r->user ? r->user : "", r->user ? "@" : "", r->host,
+				    r->port ? ":" : "", r->port);
+		/* a unix socket path is short: fall back to /tmp for a deep state_dir */
+		if (strlen(rcfg->state_dir) + 16 < sizeof r->ctl)
+			snprintf(r->ctl, sizeof r->ctl, "%s/cm-%d", rcfg->state_dir, nrunners);
+		else
+			snprintf(r->ctl, sizeof r->ctl, "/tmp/slurmgate-cm-%d-%d", (int)getpid(), nrunners);
+		r->poll_ev = evtimer_new(rbase, master_poll_cb, r);
+		r->retry_ev = evtimer_new(rbase, master_retry_cb, r);
+	} else {
+		r->name = xstrdup("local");
+	}
+	nrunners++;
+	LIST_INSERT_HEAD(&runners, r, link);
+	return r;
+}
+
+/* --- argv building --- */
+
+struct argv_b {
+	char **v;
+	int n, cap;
+};
+
+static void av_add(struct argv_b *a, const char *s)
+{
+	if (a->n + 2 > a->cap) {
+		a->cap = a->cap ? a->cap * 2 : 32;
+		a->v = xrealloc(a->v, (size_t)a->cap * sizeof *a->v);
+	}
+	a->v[a->n++] = xstrdup(s);
+	a->v[a->n] = NULL;
+}
+
+static void av_opt(struct argv_b *a, const char *fmt, const char *val)
+{
+	char buf[1200];
+
+	snprintf(buf, sizeof buf, fmt, val);
+	av_add(a, "-o");
+	av_add(a, buf);
+}
+
+static void av_free(char **v)
+{
+	for (char **p = v; p && *p; p++)
+		free(*p);
+	free(v);
+}
+
+/* The options every ssh invocation to R shares. */
+static void ssh_base(struct runner *r, struct argv_b *a)
+{
+	const char *home = getenv("HOME");
+	char known[1100], port[16];
+
+	av_add(a, "ssh");
+	av_add(a, "-S");
+	av_add(a, r->ctl);
+	av_opt(a, "BatchMode=%s", "yes");
+	av_opt(a, "StrictHostKeyChecking=%s", rcfg->ssh_host_key_checking);
+	snprintf(known, sizeof known, "\"%s/known_hosts\"%s%s%s", rcfg->state_dir,
+		 home ? " \"" : "", home ? home : "", home ? "/.ssh/known_hosts\"" : "");
+	av_opt(a, "UserKnownHostsFile=%s", known);
+	if (r->key) {
+		av_add(a, "-i");
+		av_add(a, r->key);
+		av_opt(a, "IdentitiesOnly=%s", "yes");
+	}
+	for (char **o = r->opts; o && *o; o++) {
+		av_add(a, "-o");
+		av_add(a, *o);
+	}
+	if (r->port) {
+		snprintf(port, sizeof port, "%d", r->port);
+		av_add(a, "-p");
+		av_add(a, port);
+	}
+	if (r->user) {
+		av_add(a, "-l");
+		av_add(a, r->user);
+	}
+}
+
+/* --- running --- */
+
+struct runctx {
+	runner_cb cb;
+	void *arg;
+	struct runner *r;
+	struct fwd f;
+	enum op_kind kind;
+};
+
+static void fwd_add(struct runner *r, const struct fwd *f)
+{
+	if (r->nfwd == r->fwdcap) {
+		r->fwdcap = r->fwdcap ? r->fwdcap * 2 : 8;
+		r->fwds = xrealloc(r->fwds, (size_t)r->fwdcap * sizeof *r->fwds);
+	}
+	r->fwds[r->nfwd++] = *f;
+}
+
+static void fwd_remove(struct runner *r, int lport)
+{
+	for (int k = 0; k < r->nfwd; k++)
+		if (r->fwds[k].lport == lport) {
+			r->fwds[k] = r->fwds[--r->nfwd];
+			return;
+		}
+}
+
+static void run_exited(struct proc *p, int status, void *arg)
+{
+	struct runctx *x = arg;
+	struct evbuffer *out = proc_stdout(p);
+	char *text;
+	size_t n = evbuffer_get_length(out);
+
+	text = xmalloc(n + 1);
+	evbuffer_remove(out, text, n);
+	text[n] = '\0';
+	if (x->kind == OP_FWD && status == 0)
+		fwd_add(x->r, &x->f);
+	if (x->cb)
+		x->cb(x->arg, status, text, proc_last_line(p));
+	free(text);
+	free(x);
+}
+
+/* Spawn argv; report through cb. */
+static void spawn(struct runner *r, char **argv, int timeout_s, enum op_kind kind,
+		  const struct fwd *f, runner_cb cb, void *arg)
+{
+	struct proc_opts o = {0};
+	struct runctx *x = xcalloc(1, sizeof *x);
+	char *cause = NULL;
+
+	x->cb = cb;
+	x->arg = arg;
+	x->r = r;
+	x->kind = kind;
+	if (f)
+		x->f = *f;
+	o.capture_stdout = true;
+	o.timeout_s = timeout_s;
+	o.log_prefix = argv[0];
+	if (proc_spawn(argv, &o, run_exited, x, &cause) == NULL) {
+		if (cb)
+			cb(arg, 127 << 8, "", cause);
+		free(cause);
+		free(x);
+	}
+}
+
+static void rop_exec(struct runner *r, struct rop *op)
+{
+	struct argv_b a = {0};
+	char spec[300];
+
+	if (!r->remote) {
+		spawn(r, op->argv, op->timeout_s, OP_CMD, NULL, op->cb, op->arg);
+		return;
+	}
+	ssh_base(r, &a);
+	av_opt(&a, "ControlMaster=%s", "no");
+	if (op->kind == OP_CMD) {
+		char *line = sh_join(op->argv);
+		av_add(&a, r->host);
+		av_add(&a, "--");
+		av_add(&a, line);
+		free(line);
+	} else {
+		snprintf(spec, sizeof spec, strchr(op->f.host, ':') ? "127.0.0.1:%d:[%s]:%d" : "127.0.0.1:%d:%s:%d",
+			 op->f.lport, op->f.host, op->f.rport);
+		av_add(&a, "-O");
+		av_add(&a, op->kind == OP_FWD ? "forward" : "cancel");
+		av_add(&a, "-L");
+		av_add(&a, spec);
+		av_add(&a, r->host);
+	}
+	spawn(r, a.v, op->timeout_s, op->kind, &op->f, op->cb, op->arg);
+	av_free(a.v);
+}
+
+static void rop_free(struct rop *op)
+{
+	av_free(op->argv);
+	free(op);
+}
+
+/* Queue or run an operation on R. */
+static void rop_submit(struct runner *r, struct rop *op)
+{
+	if (!r->remote || r->m == M_UP) {
+		rop_exec(r, op);
+		rop_free(op);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&r->queue, op, link);
+	if (r->m == M_DOWN)
+		master_start(r);
+}
+
+void runner_run(struct runner *r, char *const argv[], int timeout_s, runner_cb cb, void *arg)
+{
+	struct rop *op = xcalloc(1, sizeof *op);
+	struct argv_b a = {0};
+
+	for (int k = 0; argv[k]; k++)
+		av_add(&a, argv[k]);
+	op->kind = OP_CMD;
+	op->argv = a.v;
+	op->timeout_s = timeout_s;
+	op->cb = cb;
+	op->arg = arg;
+	rop_submit(r, op);
+}
+
+void runner_forward(struct runner *r, int lport, const char *host, int rport, runner_cb cb,
+		    void *arg)
+{
+	struct rop *op = xcalloc(1, sizeof *op);
+
+	op->kind = OP_FWD;
+	op->f.lport = lport;
+	op->f.rport = rport;
+	snprintf(op->f.host, sizeof op->f.host, "%s", host);
+	op->timeout_s = 20;
+	op->cb = cb;
+	op->arg = arg;
+	rop_submit(r, op);
+}
+
+void runner_unforward(struct runner *r, int lport)
+{
+	struct rop *op;
+
+	for (int k = 0; k < r->nfwd; k++) {
+		if (r->fwds[k].lport != lport)
+			continue;
+		op = xcalloc(1, sizeof *op);
+		op->kind = OP_CANCEL;
+		op->f = r->fwds[k];
+		op->timeout_s = 20;
+		fwd_remove(r, lport);
+		if (r->m == M_UP) {
+			rop_exec(r, op);
+		}
+		rop_free(op);   /* without a master the forward is gone anyway */
+		return;
+	}
+}
+
+/* --- the master connection --- */
+
+static void fail_queue(struct runner *r, const char *why)
+{
+	struct rop *op;
+
+	while ((op = TAILQ_FIRST(&r->queue)) != NULL) {
+		TAILQ_REMOVE(&r->queue, op, link);
+		if (op->cb)
+			op->cb(op->arg, 255 << 8, "", why);
+		rop_free(op);
+	}
+}
+
+static void master_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct runner *r = arg;
+
+	(void)fd, (void)what;
+	if (r->m == M_DOWN && (r->nfwd > 0 || !TAILQ_EMPTY(&r->queue)))
+		master_start(r);
+}
+
+static void master_exited(struct proc *p, int status, void *arg)
+{
+	struct runner *r = arg;
+	char st[96], why[700];
+	const char *last = proc_last_line(p);
+	int delay;
+
+	proc_status_str(status, st, sizeof st);
+	snprintf(why, sizeof why, "ssh to %s: %s", r->name, last[0] ? last : st);
+	r->master = NULL;
+	unlink(r->ctl);
+	if (r->m == M_CONNECTING)
+		log_warn("%s (could not connect)", why);
+	else
+		log_warn("ssh master to %s died (%s); %d forwards to restore", r->name, last[0] ? last : st,
+			 r->nfwd);
+	r->m = M_DOWN;
+	r->mfails++;
+	fail_queue(r, why);
+	/* restore the forwards with backoff: 1, 2, 4 ... 30 s */
+	delay = r->mfails > 5 ? 30 : 1 << (r->mfails - 1);
+	event_del(r->poll_ev);
+	if (r->nfwd > 0)
+		event_add(r->retry_ev, &(struct timeval){delay, 0});
+}
+
+static void master_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct runner *r = arg;
+	struct stat st;
+	struct rop *op;
+	struct fwd *old;
+	int n;
+
+	(void)fd, (void)what;
+	if (r->m != M_CONNECTING || r->master == NULL)
+		return;
+	if (stat(r->ctl, &st) != 0) {
+		if (now_s() - r->mstart > MASTER_CONNECT_S) {
+			log_warn("ssh to %s: no connection after %d s", r->name, MASTER_CONNECT_S);
+			proc_terminate(r->master, 2);
+			return;
+		}
+		event_add(r->poll_ev, &(struct timeval){0, MASTER_POLL_MS * 1000});
+		return;
+	}
+	r->m = M_UP;
+	r->mfails = 0;
+	log_info("ssh master to %s up after %.2f s", r->name, now_s() - r->mstart);
+	/* restore forwards that died with an earlier master */
+	old = r->fwds;
+	n = r->nfwd;
+	r->fwds = NULL;
+	r->nfwd = r->fwdcap = 0;
+	for (int k = 0; k < n; k++) {
+		struct rop f = {.kind = OP_FWD, .f = old[k], .timeout_s = 20};
+		rop_exec(r, &f);
+	}
+	free(old);
+	while ((op = TAILQ_FIRST(&r->queue)) != NULL) {
+		TAILQ_REMOVE(&r->queue, op, link);
+		rop_exec(r, op);
+		rop_free(op);
+	}
+}
+
+static void master_start(struct runner *r)
+{
+	struct argv_b a = {0};
+	struct proc_opts o = {0};
+	char *cause = NULL, prefix[300];
+
+	unlink(r->ctl);   /* a stale socket from a gateway that was killed */
+	ssh_base(r, &a);
+	av_add(&a, "-M");
+	av_add(&a, "-N");
+	av_opt(&a, "ControlPersist=%s", "no");
+	av_opt(&a, "ServerAliveInterval=%s", "15");
+	av_opt(&a, "ServerAliveCountMax=%s", "3");
+	av_opt(&a, "ExitOnForwardFailure=%s", "yes");
+	av_opt(&a, "ConnectTimeout=%s", "20");
+	av_add(&a, r->host);
+	snprintf(prefix, sizeof prefix, "ssh master %s", r->name);
+	o.pdeathsig = SIGTERM;
+	o.log_prefix = prefix;
+	r->mstart = now_s();
+	r->m = M_CONNECTING;
+	r->master = proc_spawn(a.v, &o, master_exited, r, &cause);
+	av_free(a.v);
+	if (r->master == NULL) {
+		r->m = M_DOWN;
+		fail_queue(r, cause);
+		free(cause);
+		return;
+	}
+	event_add(r->poll_ev, &(struct timeval){0, MASTER_POLL_MS * 1000});
+}
+
+void runners_shutdown(void)
+{
+	struct runner *r;
+
+	while ((r = LIST_FIRST(&runners)) != NULL) {
+		LIST_REMOVE(r, link);
+		if (r->master) {
+			proc_forget(r->master);
+			proc_terminate(r->master, 1);
+		}
+		if (r->remote)
+			unlink(r->ctl);
+		fail_queue(r, "the gateway is exiting");
+		if (r->poll_ev)
+			event_free(r->poll_ev);
+		if (r->retry_ev)
+			event_free(r->retry_ev);
+		free(r->fwds);
+		free(r->name);
+		free(r->host);
+		free(r->user);
+		free(r->key);
+		free(r);
+	}
+}

@@ -1,0 +1,39 @@
+/* runner.h - run a command here or on a login node over one SSH master.
+ *
+ * A runner is a target: this host, or (user, host, port) reached through
+ * one persistent OpenSSH ControlMaster connection that every command and
+ * every port forward shares. Commands are argv vectors; for a remote
+ * target they are quoted once (shquote.h) into the remote command line.
+ * If the master dies it is re-established with backoff and its forwards
+ * restored. */
+#ifndef SG_RUNNER_H
+#define SG_RUNNER_H
+
+#include <stdbool.h>
+
+struct config;
+struct runner;
+struct svc_config;
+struct event_base;
+
+/* status: wait status of the command (0 = success); out: its stdout;
+ * err: its last stderr line (or why it could not run). */
+typedef void (*runner_cb)(void *arg, int status, const char *out, const char *err);
+
+void runners_init(struct event_base *base, const struct config *cfg);
+/* The runner for a service's target (shared between services). */
+struct runner *runner_for(const struct svc_config *svc);
+bool runner_is_remote(const struct runner *r);
+const char *runner_name(const struct runner *r);
+/* Run argv (argv[0] is looked up in PATH on the target). */
+void runner_run(struct runner *r, char *const argv[], int timeout_s, runner_cb cb, void *arg);
+/* Forward 127.0.0.1:lport here to host:rport as seen from the login node
+ * (remote runners only); cb reports whether it is in place. */
+void runner_forward(struct runner *r, int lport, const char *host, int rport, runner_cb cb,
+		    void *arg);
+/* Remove a forward (best effort). */
+void runner_unforward(struct runner *r, int lport);
+/* Stop every master connection (at exit). */
+void runners_shutdown(void);
+
+#endif
