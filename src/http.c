@@ -566,6 +566,10 @@ static void process_input(struct hconn *c)
 		if (c->dead)
 			break;
 		evbuffer_drain(in, n);
+		if (c->parked && evbuffer_get_length(in) > 0) {
+			http_close(c, "upstream sent bytes after its response");
+			break;
+		}
 		err = HTTP_PARSER_ERRNO(&c->parser);
 		if (err == HPE_PAUSED)
 			continue;   /* pause_mask says whether to go on */
@@ -983,8 +987,8 @@ void http_set_timeout(struct hconn *c, int timeout_s)
 
 bool http_reusable(struct hconn *c)
 {
-	return !c->dead && c->connected && c->msg_complete && c->msg.keep_alive &&
-	       !c->parser.upgrade && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0;
+	/* bytes after the response are caught when parked (process_input) */
+	return !c->dead && c->connected && c->msg_complete && c->msg.keep_alive && !c->parser.upgrade;
 }
 
 void http_park(struct hconn *c, int idle_s)
