@@ -1,0 +1,575 @@
+"""Shared helpers for the slurmgate integration tests.
+
+Every test runs its own gateway on a free loopback port, with its own demo
+service on another free port. Every socket operation and every wait has a
+deadline: no test can hang (there is no pytest-timeout plugin here).
+
+The binary under test is $SLURMGATE_BIN (default build/slurmgate). When the
+gateway is an ASan/UBSan build, a sanitizer report makes it exit non-zero at
+shutdown: the teardown checks that the exit code after SIGTERM is 0 and fails
+the test with the gateway's log otherwise.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_SH = REPO / "examples" / "demo_service.sh"
+DEMO_BIN = REPO / "build" / "demo_service"
+SEED_CONFIG = Path("/work/shared/seed/services_config.json")
+
+
+def gateway_bin():
+    b = Path(os.environ.get("SLURMGATE_BIN", "build/slurmgate"))
+    if not b.is_absolute():
+        b = REPO / b
+    return b
+
+
+# A slower (sanitizer) build gets more time for everything.
+SLOW = "asan" in gateway_bin().name or bool(os.environ.get("SLURMGATE_SLOW_TESTS"))
+SLACK = 2.0 if SLOW else 1.0
+
+# Ports handed out in this test session: never the same one twice.
+_used_ports = set()
+
+
+def free_port():
+    """A TCP port that nothing on 127.0.0.1 listens on right now, and that
+    this session has not handed out before."""
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        # leave room for port+1.. (instances beyond the first use port+index)
+        if port in _used_ports or port > 65000:
+            continue
+        _used_ports.add(port)
+        return port
+    raise RuntimeError("no free port found")
+
+
+def wait_until(pred, timeout, interval=0.05, msg=None):
+    """Call pred() until it returns a truthy value (returned) or timeout
+    seconds pass (AssertionError). Exceptions from pred count as False."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+            last_exc = None
+        except Exception as e:  # noqa: BLE001 - a probe failing is "not yet"
+            last_exc = e
+        if time.monotonic() >= deadline:
+            text = msg or getattr(pred, "__name__", "condition")
+            if last_exc is not None:
+                text += f" (last error: {last_exc!r})"
+            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# processes and ports
+# --------------------------------------------------------------------------
+
+def proc_state(pid):
+    """The one-letter state of PID from /proc/PID/stat, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(")") + 2:].split()[0]
+
+
+def pid_alive(pid):
+    """True if PID exists and is not a zombie (pid 1 here does not reap)."""
+    st = proc_state(pid)
+    return st is not None and st not in ("Z", "X")
+
+
+def pid_pgid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data[data.rindex(")") + 2:].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def port_listening(port):
+    """True if some socket listens on PORT (any address, v4 or v6)."""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    local, st = parts[1], parts[3]
+                    if st == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def pids_with_arg(*needles):
+    """Live (non-zombie) pids whose command line contains every needle."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in args]
+        if all(n in args for n in needles) and pid_alive(int(d)):
+            found.append(int(d))
+    return found
+
+
+def service_gone(pid, port):
+    """The service process is gone (or a zombie) and nothing listens on its port."""
+    return not pid_alive(pid) and not port_listening(port)
+
+
+# --------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------
+
+class Resp:
+    """A whole HTTP response: status, headers (case-insensitive), body."""
+
+    def __init__(self, status, reason, headers, body, elapsed):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # http.client.HTTPMessage
+        self.body = body
+        self.elapsed = elapsed
+
+    def header(self, name, default=None):
+        return self.headers.get(name, default)
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def text(self):
+        return self.body.decode("utf-8", "replace")
+
+    def __repr__(self):
+        return f"<Resp {self.status} {self.body[:300]!r}>"
+
+
+def http_request(port, method, path, body=None, headers=None, timeout=10.0,
+                 host="127.0.0.1"):
+    """One request on a fresh connection; returns Resp."""
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return Resp(r.status, r.reason, r.headers, data, time.monotonic() - t0)
+    finally:
+        conn.close()
+
+
+def read_raw_response(f, head_request=False):
+    """Read one HTTP/1.1 response from a binary file object (sock.makefile).
+    Returns (status, headers dict lower-case -> value, body bytes); status is
+    None if the connection closed before a status line."""
+    line = f.readline()
+    if not line:
+        return None, {}, b""
+    parts = line.decode("latin-1").split(" ", 2)
+    status = int(parts[1])
+    headers = {}
+    while True:
+        h = f.readline()
+        if not h:
+            raise EOFError("connection closed inside the response head")
+        if h in (b"\r\n", b"\n"):
+            break
+        k, _, v = h.decode("latin-1").partition(":")
+        k = k.strip().lower()
+        headers[k] = (headers[k] + ", " + v.strip()) if k in headers else v.strip()
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        return status, headers, b""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = b""
+        while True:
+            size_line = f.readline()
+            if not size_line:
+                raise EOFError("connection closed inside a chunked body")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                # trailers up to the empty line
+                while True:
+                    t = f.readline()
+                    if t in (b"\r\n", b"\n", b""):
+                        break
+                return status, headers, body
+            chunk = f.read(size)
+            body += chunk
+            f.readline()
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        body = f.read(n)
+        if len(body) != n:
+            raise EOFError(f"body cut short: {len(body)} of {n} bytes")
+        return status, headers, body
+    return status, headers, f.read()
+
+
+def raw_exchange(port, data, timeout=5.0, read_all=True):
+    """Send raw bytes on a new connection and return every byte received until
+    the server closes (or timeout passes with read_all; then what came)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    out = b""
+    try:
+        if data:
+            s.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not read_all:
+                break
+    finally:
+        s.close()
+    return out
+
+
+def status_of(raw):
+    """The status code of the first response in raw bytes (None if none)."""
+    if not raw.startswith(b"HTTP/1."):
+        return None
+    return int(raw.split(b" ", 2)[1])
+
+
+# --------------------------------------------------------------------------
+# configs
+# --------------------------------------------------------------------------
+
+def demo_service(name="demo", route="llm", port=None, **overrides):
+    """A demo service config: local launcher, the absolute demo script,
+    a unique free port, small timeouts."""
+    port = port or free_port()
+    svc = {
+        "name": name,
+        "route_name": route,
+        "launcher": "local",
+        "bash_file": str(DEMO_SH),
+        "remote_port": port,
+        "local_host": "127.0.0.1",
+        "local_port": port,
+        "check_health_path": "/health",
+        "timeout": 30,
+        "start_timeout": 15,
+        "stop_grace": 2,
+    }
+    svc.update(overrides)
+    return svc
+
+
+def write_script(path, text):
+    path = Path(path)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def run_check(config_path, timeout=10):
+    """slurmgate -t -c FILE -> CompletedProcess (stdout+stderr text)."""
+    return subprocess.run([str(gateway_bin()), "-t", "-c", str(config_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------
+# the gateway
+# --------------------------------------------------------------------------
+
+_live_gateways = []
+
+
+class Gateway:
+    """One slurmgate process with a config written from a dict."""
+
+    def __init__(self, tmp_path, services, env=None, name="gw", args=(), **top):
+        self.dir = Path(tmp_path)
+        self.port = free_port()
+        self.services = services
+        self.config = {"listen": f"127.0.0.1:{self.port}", "shutdown_grace": 5,
+                       "Services": services}
+        self.config.update(top)
+        self.config_path = self.dir / f"{name}.json"
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        self.log_path = self.dir / f"{name}.log"
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.args = list(args)
+        self.proc = None
+        self.token = top.get("admin_token")
+        self.seen_pids = set()
+        self.stopped_rc = None
+
+    # --- life cycle ---
+
+    def start(self, ready_timeout=10.0):
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(gateway_bin()), "-c", str(self.config_path), *self.args],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=self.env, cwd=str(self.dir))
+        _live_gateways.append(self)
+
+        def healthy():
+            return self.get("/api/health", timeout=1).status == 200
+
+        deadline = time.monotonic() + ready_timeout * SLACK
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"slurmgate exited with {self.proc.returncode} at start:\n{self.log()}")
+            try:
+                if healthy():
+                    return self
+            except (OSError, http.client.HTTPException):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"slurmgate did not answer /api/health:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self, tail=12000):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return text[-tail:]
+
+    def terminate(self, timeout=20.0):
+        """SIGTERM; wait (deadline); return the exit code (None if it hung
+        and had to be killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout * SLACK)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return None
+
+    def service_ports(self):
+        return [s.get("local_port") or s.get("remote_port") for s in self.services
+                if s.get("launcher") == "local"]
+
+    def leftovers(self):
+        """Live service processes of this gateway: pids seen through the API
+        and any demo_service bound to one of our service ports."""
+        left = {p for p in self.seen_pids if pid_alive(p)}
+        for port in self.service_ports():
+            if port:
+                left.update(pids_with_arg("--port", str(port)))
+        return sorted(left)
+
+    def kill_leftovers(self):
+        for pid in self.leftovers():
+            pg = pid_pgid(pid)
+            try:
+                if pg and pg > 1 and pg != os.getpgid(0):
+                    os.killpg(pg, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self):
+        """Teardown: SIGTERM, exit code must be 0, no service left behind."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.record_pids()
+            except Exception:  # noqa: BLE001
+                pass
+        rc = self.terminate()
+        self._log.close()
+        if self in _live_gateways:
+            _live_gateways.remove(self)
+        problems = []
+        if rc != 0:
+            problems.append(f"slurmgate exit code after SIGTERM was {rc}, expected 0")
+        # the gateway reaps its children; allow a moment for stragglers
+        try:
+            wait_until(lambda: not self.leftovers(), 3 * SLACK)
+        except AssertionError:
+            problems.append(f"service processes left running after the gateway exited: "
+                            f"{self.leftovers()}")
+            self.kill_leftovers()
+        if problems:
+            pytest.fail("\n".join(problems) + f"\n--- gateway log ---\n{self.log()}",
+                        pytrace=False)
+
+    # --- HTTP ---
+
+    def request(self, method, path, body=None, headers=None, timeout=10.0, auth=False):
+        h = dict(headers or {})
+        if auth and self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return http_request(self.port, method, path, body=body, headers=h,
+                            timeout=timeout * SLACK)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            kw.setdefault("headers", {})
+            kw["headers"] = {"Content-Type": "application/json", **kw["headers"]}
+        return self.request("POST", path, body=body, **kw)
+
+    def connection(self, timeout=10.0):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout * SLACK)
+
+    # --- state ---
+
+    def svc(self, name="demo"):
+        r = self.get(f"/api/services/{name}", timeout=5)
+        assert r.status == 200, r
+        info = r.json()
+        for inst in info.get("instances") or []:
+            if inst.get("pid"):
+                self.seen_pids.add(inst["pid"])
+        return info
+
+    def record_pids(self):
+        for s in self.services:
+            self.svc(s["name"])
+
+    def state(self, name="demo"):
+        return self.svc(name)["state"]
+
+    def wait_state(self, state, name="demo", timeout=10.0):
+        return wait_until(lambda: self.state(name) == state, timeout * SLACK,
+                          msg=f"service {name} state {state!r}")
+
+    def service_pid(self, route="llm"):
+        """The demo service's own pid, asked through the gateway."""
+        r = self.get(f"/{route}/pid")
+        assert r.status == 200, r
+        pid = r.json()["pid"]
+        self.seen_pids.add(pid)
+        return pid
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """Factory: gateway(services, env=..., **top_level_keys) -> started Gateway.
+    Every gateway is stopped at teardown and must exit 0."""
+    made = []
+
+    def make(services=None, env=None, start=True, **top):
+        if services is None:
+            services = [demo_service()]
+        g = Gateway(tmp_path, services, env=env, name=f"gw{len(made)}", **top)
+        made.append(g)
+        if start:
+            g.start()
+        return g
+
+    yield make
+    errors = []
+    for g in made:
+        try:
+            g.close()
+        except BaseException as e:  # noqa: BLE001 - report all of them
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the log of every running gateway to a failing test's report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and call.when == "call":
+        for g in list(_live_gateways):
+            rep.sections.append((f"slurmgate log {g.log_path.name}", g.log()))
+
+
+def seed_config_dict():
+    """The seed's sample services_config.json (an embedded copy if the shared
+    file is missing)."""
+    if SEED_CONFIG.exists():
+        return json.loads(SEED_CONFIG.read_text())
+    return {
+        "nginxFile": "/app/nginx/nginx.conf_template",
+        "Services": [
+            {
+                "name": "LLM-Vicuna-13b",
+                "ssh_username": "simicch",
+                "ssh_key_file": "/app/ssh/ssh_20221208_cs",
+                "remote_host": "ml1.informatik.fh-nuernberg.de",
+                "remote_port": 8083,
+                "local_host": "localhost",
+                "local_port": 8083,
+                "bash_file": "/nfs/scratch/staff/simicch/03_LLM/01_TGI/text-generation-inference/run_vicuna_portx.sh",
+                "check_health_path": "health",
+                "timeout": 120,
+                "route_name": "llm_service",
+                "api_paths": ["/", "/generate", "/generate_stream", "/health", "/info",
+                              "/metrics", "/tokenize", "/chat_completions"],
+            },
+            {
+                "name": "translation_service",
+                "ssh_username": "simicch",
+                "ssh_key_file": "/app/ssh/ssh_20221208_cs",
+                "remote_host": "ml0.informatik.fh-nuernberg.de",
+                "remote_port": 8057,
+                "local_host": "localhost",
+                "local_port": 8057,
+                "bash_file": "/nfs/scratch/staff/simicch/03_LLM/05_translation_service/start_translation_service_ml2.sh",
+                "check_health_path": "check_health",
+                "timeout": 120,
+                "route_name": "translation_service",
+                "api_paths": ["/", "/check_health", "/translate_en2de", "/translate_de2en"],
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _built():
+    """The binaries must exist (make all / make asan builds them)."""
+    missing = [str(p) for p in (gateway_bin(), DEMO_BIN) if not p.exists()]
+    if missing:
+        pytest.exit(f"missing {missing}: run `make all` first", returncode=2)
+    if shutil.which("sh") is None:
+        pytest.exit("no /bin/sh", returncode=2)

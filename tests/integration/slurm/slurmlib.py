@@ -1,0 +1,485 @@
+"""Helpers for the Slurm launcher tests: a real single-node Slurm cluster and
+a loopback sshd (tests/env/clusterctl), and a slurmgate process whose
+services are Slurm jobs submitted over ssh.
+
+This is deliberately not a conftest.py: a second conftest.py would replace
+the module named "conftest" that the tests one level up import from. The
+test modules here import the fixtures below by name.
+
+Every wait is a poll against a deadline, every subprocess and socket has a
+timeout, and all traffic stays on 127.0.0.1.
+"""
+import atexit
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import conftest as base
+from conftest import SLACK, gateway_bin, http_request, pid_alive, wait_until
+
+REPO = Path(__file__).resolve().parents[3]
+CLUSTERCTL = REPO / "tests" / "env" / "clusterctl"
+DEMO_BIN = REPO / "build" / "demo_service"
+
+# Job states after which a job holds no resources.
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+         "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+
+
+# --------------------------------------------------------------------------
+# the cluster
+# --------------------------------------------------------------------------
+
+class Cluster:
+    """A running clusterctl cluster (env.json) and Slurm CLI helpers that run
+    locally with its SLURM_CONF."""
+
+    def __init__(self, path):
+        self.dir = Path(path)
+        self.env = json.loads((self.dir / "env.json").read_text())
+        self.slurm_conf = self.env["slurm_conf"]
+        self.ssh_port = int(self.env["ssh_port"])
+        self.ssh_user = self.env["ssh_user"]
+        self.ssh_key = self.env["ssh_key"]
+        self.known_hosts = self.env["ssh_known_hosts"]
+        self.work_dir = self.env["work_dir"]
+        self.node = self.env["slurm_node"]
+        self.partition = self.env["partition"]
+        self.down_partition = self.env["down_partition"]
+
+    def run(self, *argv, timeout=20, check=True):
+        env = dict(os.environ, SLURM_CONF=self.slurm_conf)
+        p = subprocess.run(list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"{argv}: exit {p.returncode}: {p.stderr.strip()}")
+        return p.stdout
+
+    def jobs(self, name=None, prefix=None):
+        """[(job_id, name, state, reason)] from `squeue -h -t all`, for the job
+        NAME (exactly) or every job whose name starts with PREFIX."""
+        argv = ["squeue", "-h", "-t", "all", "-o", "%i|%j|%T|%r"]
+        if name is not None:
+            argv += ["-n", name]
+        out = self.run(*argv)
+        rows = []
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 4:
+                continue
+            if name is not None and parts[1] != name:
+                continue
+            if prefix is not None and not parts[1].startswith(prefix):
+                continue
+            rows.append(tuple(parts))
+        return rows
+
+    def live_jobs(self, name=None, prefix=None):
+        """Jobs that are not over yet (not listed means over too)."""
+        return [j for j in self.jobs(name, prefix) if j[2] not in ENDED]
+
+    def show_job(self, job_id):
+        """`scontrol show job ID` as {key: value}; values may hold spaces
+        (Command=, Comment=, ... are on lines of their own)."""
+        out = self.run("scontrol", "show", "job", str(job_id))
+        info = {}
+        for line in out.splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith(("Command=", "Comment=", "WorkDir=", "StdOut=", "StdErr=",
+                                "StdIn=")):
+                k, _, v = line.partition("=")
+                info[k] = v
+                continue
+            for tok in line.split(" "):
+                k, sep, v = tok.partition("=")
+                if sep:
+                    info.setdefault(k, v)
+        return info
+
+    def scancel(self, *job_ids):
+        if job_ids:
+            self.run("scancel", *map(str, job_ids), check=False)
+
+    def cancel_prefix(self, prefix):
+        ids = [j[0] for j in self.live_jobs(prefix=prefix)]
+        self.scancel(*ids)
+        return ids
+
+
+_cluster = {"obj": None, "dir": None, "users": 0}
+_cluster_lock = threading.Lock()
+
+
+def _clusterctl(cmd, path, timeout):
+    return subprocess.run([str(CLUSTERCTL), cmd, str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def _stop_cluster():
+    d = _cluster["dir"]
+    if d is None:
+        return
+    _cluster["dir"] = None
+    _cluster["obj"] = None
+    try:
+        _clusterctl("stop", d, 60)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _start_cluster():
+    last = None
+    for attempt in range(2):   # a loaded machine can miss clusterctl's deadline once
+        d = tempfile.mkdtemp(prefix="sg-slurm-")
+        _cluster["dir"] = d
+        try:
+            p = _clusterctl("start", d, 120)
+        except subprocess.TimeoutExpired as e:
+            last = f"clusterctl start timed out: {e}"
+            _stop_cluster()
+            continue
+        if p.returncode == 0:
+            _cluster["obj"] = Cluster(d)
+            return _cluster["obj"]
+        last = p.stdout[-4000:]
+        _stop_cluster()
+    pytest.fail(f"could not start the test cluster:\n{last}", pytrace=False)
+
+
+atexit.register(_stop_cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One cluster for the whole session, stopped at the end (also when tests
+    fail). The fixture is imported into several modules, so pytest may
+    instantiate it once per module: the cluster itself is shared and stops
+    with the last user."""
+    with _cluster_lock:
+        if _cluster["obj"] is None:
+            _start_cluster()
+        _cluster["users"] += 1
+        c = _cluster["obj"]
+    try:
+        yield c
+    finally:
+        with _cluster_lock:
+            _cluster["users"] -= 1
+            if _cluster["users"] <= 0:
+                _stop_cluster()
+
+
+# --------------------------------------------------------------------------
+# processes
+# --------------------------------------------------------------------------
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return None
+
+
+def ppid_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data[data.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children(pid):
+    return [int(d) for d in os.listdir("/proc")
+            if d.isdigit() and ppid_of(int(d)) == pid and pid_alive(int(d))]
+
+
+def ssh_pids_with(needle):
+    """Live ssh processes whose arguments mention NEEDLE (a control path)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        args = cmdline(int(d))
+        if args and os.path.basename(args[0]) == "ssh" and any(needle in a for a in args) \
+                and pid_alive(int(d)):
+            found.append(int(d))
+    return found
+
+
+def write_script(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def demo_job_script(path, extra=""):
+    """A job script that runs the demo service on port $1, on loopback only.
+    Absolute paths: the job does not see the gateway's environment."""
+    return write_script(path, "#!/bin/sh\n" + extra +
+                        f'exec "{DEMO_BIN}" --host 127.0.0.1 --port "$1"\n')
+
+
+# --------------------------------------------------------------------------
+# the gateway
+# --------------------------------------------------------------------------
+
+def slurm_service(cluster, bash_file, name="demo", route="llm", **overrides):
+    port = base.free_port()
+    svc = {
+        "name": name,
+        "route_name": route,
+        "launcher": "slurm",
+        "remote_host": "127.0.0.1",
+        "ssh_port": cluster.ssh_port,
+        "ssh_username": cluster.ssh_user,
+        "ssh_key_file": cluster.ssh_key,
+        "bash_file": str(bash_file),
+        "remote_port": port,
+        "timeout": 60,
+        "start_timeout": 60,
+        "sbatch_args": [f"--chdir={cluster.work_dir}"],
+        "check_health_path": "/health",
+    }
+    svc.update(overrides)
+    return svc
+
+
+class SlurmGateway:
+    """A slurmgate process for Slurm services. restart() runs a new process
+    with exactly the same config file (same port, state_dir, instance_id)."""
+
+    def __init__(self, tmp_path, cluster, services, name="gw", **top):
+        self.dir = Path(tmp_path)
+        self.cluster = cluster
+        self.name = name
+        self.port = base.free_port()
+        self.instance_id = top.pop("instance_id", None) or f"t{uuid.uuid4().hex[:10]}"
+        self.state_dir = self.dir / f"{name}-state"
+        self.services = services
+        self.config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "state_dir": str(self.state_dir),
+            "instance_id": self.instance_id,
+            "poll_fast_ms": 250,
+            "poll_slow_s": 2,
+            "shutdown_grace": 5,
+            "Services": services,
+        }
+        self.config.update(top)
+        self.config_path = self.dir / f"{name}.json"
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        self.proc = None
+        self.runs = 0
+        self.log_path = None
+        self._log = None
+        self.exit_codes = []
+
+    # --- names ---
+
+    def job_name(self, route="llm", index=0):
+        return f"sg-{self.instance_id}-{route}-{index}"
+
+    @property
+    def job_prefix(self):
+        return f"sg-{self.instance_id}-"
+
+    # --- life cycle ---
+
+    def start(self, ready_timeout=15.0):
+        self.runs += 1
+        self.log_path = self.dir / f"{self.name}.{self.runs}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(gateway_bin()), "-c", str(self.config_path)],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=str(self.dir))
+        lg = getattr(base, "_live_gateways", None)
+        if isinstance(lg, list) and self not in lg:
+            lg.append(self)   # the conftest hook attaches our log to failures
+        deadline = time.monotonic() + ready_timeout * SLACK
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"slurmgate exited with {self.proc.returncode} at start:\n{self.log()}")
+            try:
+                if http_request(self.port, "GET", "/api/health", timeout=1).status == 200:
+                    return self
+            except OSError:
+                pass
+            except Exception:  # noqa: BLE001 - http.client errors while starting
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"slurmgate did not answer /api/health:\n{self.log()}")
+            time.sleep(0.05)
+
+    def restart(self, ready_timeout=15.0):
+        assert self.proc is None or self.proc.poll() is not None, "still running"
+        self._close_log()
+        return self.start(ready_timeout)
+
+    def _close_log(self):
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        rc = self.proc.wait(10)
+        self.exit_codes.append(rc)
+        return rc
+
+    def terminate(self, timeout=30.0):
+        """SIGTERM and wait (deadline). The exit code, or None if it had to
+        be killed."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout * SLACK)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            rc = None
+        self.exit_codes.append(rc)
+        return rc
+
+    def log(self, tail=15000):
+        if self.log_path is None:
+            return ""
+        text = ""
+        for k in range(1, self.runs + 1):
+            p = self.dir / f"{self.name}.{k}.log"
+            try:
+                text += f"--- run {k} ---\n" + p.read_text(errors="replace")
+            except FileNotFoundError:
+                pass
+        return text[-tail:]
+
+    # --- ssh master ---
+
+    def master_pids(self):
+        """The gateway's ssh ControlMaster: its child ssh with -M whose
+        control path is under state_dir (or the /tmp fallback)."""
+        if not self.alive():
+            return []
+        out = []
+        for c in children(self.pid):
+            args = cmdline(c) or []
+            if args and os.path.basename(args[0]) == "ssh" and "-M" in args and "-S" in args:
+                ctl = args[args.index("-S") + 1]
+                if ctl.startswith(str(self.state_dir)) or \
+                        ctl.startswith(f"/tmp/slurmgate-cm-{self.pid}-"):
+                    out.append(c)
+        return out
+
+    def ssh_leftovers(self):
+        """Any live ssh process (master or not) that uses our control path."""
+        return ssh_pids_with(str(self.state_dir))
+
+    # --- HTTP ---
+
+    def get(self, path, timeout=10.0, **kw):
+        return http_request(self.port, "GET", path, timeout=timeout * SLACK, **kw)
+
+    def svc(self, name="demo"):
+        r = self.get(f"/api/services/{name}", timeout=5)
+        assert r.status == 200, r
+        return r.json()
+
+    def check(self, route="llm"):
+        r = self.get(f"/check_{route}", timeout=5)
+        assert r.status == 200, r
+        return r.json()
+
+    def wait_svc(self, pred, timeout, name="demo", msg=None):
+        """Poll /api/services/NAME until pred(info) is true; returns info."""
+        holder = {}
+
+        def probe():
+            holder["info"] = self.svc(name)
+            return pred(holder["info"])
+
+        try:
+            wait_until(probe, timeout * SLACK, interval=0.1, msg=msg)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last /api/services/{name}: {holder.get('info')}") from None
+        return holder["info"]
+
+    def cleanup(self):
+        """Teardown: SIGTERM (exit code 0 expected), then make sure nothing
+        of ours is left on the cluster or as an ssh process. Returns a list
+        of problems."""
+        problems = []
+        if self.alive():
+            rc = self.terminate()
+            if rc != 0:
+                problems.append(f"{self.name}: exit code after SIGTERM was {rc}, expected 0")
+        self._close_log()
+        lg = getattr(base, "_live_gateways", None)
+        if isinstance(lg, list) and self in lg:
+            lg.remove(self)
+        try:
+            left = self.cluster.cancel_prefix(self.job_prefix)
+        except Exception as e:  # noqa: BLE001
+            left = []
+            problems.append(f"could not look for leftover jobs: {e}")
+        if left:
+            problems.append(f"{self.name}: Slurm jobs left running after the gateway exited "
+                            f"(cancelled now): {left}")
+        try:
+            wait_until(lambda: not self.ssh_leftovers(), 5)
+        except AssertionError:
+            pids = self.ssh_leftovers()
+            problems.append(f"{self.name}: ssh processes left behind: "
+                            f"{[(p, cmdline(p)) for p in pids]}")
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        return problems
+
+
+@pytest.fixture
+def slurm_gateway(tmp_path, cluster):
+    """Factory: slurm_gateway(services, start=True, **top) -> SlurmGateway.
+    Teardown stops every gateway (exit code 0 expected), cancels leftover
+    jobs and ssh processes, and fails the test if there were any."""
+    made = []
+
+    def make(services, start=True, **top):
+        g = SlurmGateway(tmp_path, cluster, services, name=f"gw{len(made)}", **top)
+        made.append(g)
+        if start:
+            g.start()
+        return g
+
+    yield make
+    problems = []
+    for g in made:
+        try:
+            problems += g.cleanup()
+        except BaseException as e:  # noqa: BLE001 - clean up all of them
+            problems.append(f"{g.name}: cleanup failed: {e!r}")
+    if problems:
+        logs = "\n".join(f"--- {g.name} log ---\n{g.log()}" for g in made)
+        pytest.fail("\n".join(problems) + "\n" + logs, pytrace=False)
