@@ -291,6 +291,35 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 	}
 }
 
+/* A "." or ".." segment, plain or percent-encoded: a service that
+ * normalises paths would see another path than api_paths allowed. */
+static bool has_dot_segment(const char *p, size_t n)
+{
+	size_t k = 0;
+
+	while (k < n) {
+		size_t dots = 0, start;
+		if (p[k] == '/') {
+			k++;
+			continue;
+		}
+		start = k;
+		while (k < n && p[k] != '/') {
+			if (p[k] == '.')
+				dots++, k++;
+			else if (k + 2 < n && p[k] == '%' && p[k + 1] == '2' && (p[k + 2] == 'e' || p[k + 2] == 'E'))
+				dots++, k += 3;
+			else
+				break;
+		}
+		if ((k == n || p[k] == '/') && dots > 0 && dots <= 2 && k > start)
+			return true;
+		while (k < n && p[k] != '/')
+			k++;
+	}
+	return false;
+}
+
 static bool path_is(const char *path, size_t plen, const char *lit)
 {
 	return strlen(lit) == plen && memcmp(path, lit, plen) == 0;
@@ -385,6 +414,10 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		const struct http_hdr *wh;
 		bool hold = cfg->hold;
 
+		if (has_dot_segment(fpath, fplen)) {
+			reply_err(c, 400, "the path must not contain . or .. segments");
+			return;
+		}
 		if (cfg->api_paths != NULL) {
 			bool ok = false;
 			for (char **ap = cfg->api_paths; *ap && !ok; ap++) {

@@ -65,7 +65,7 @@ struct hconn {
 	size_t url_len;
 	struct http_msg msg;
 	long long body_seen;
-	bool saw_cl, saw_te, te_ok, too_big, body_too_big, skip_msg;
+	bool saw_cl, saw_te, te_ok, too_big, body_too_big, skip_msg, bad_name;
 
 	/* per-message state */
 	bool msg_complete;    /* the incoming message is complete */
@@ -329,7 +329,7 @@ static int on_message_begin(http_parser *p)
 	c->url_len = 0;
 	c->last_cb = CB_NONE;
 	c->body_seen = 0;
-	c->saw_cl = c->saw_te = c->too_big = c->body_too_big = c->skip_msg = false;
+	c->saw_cl = c->saw_te = c->too_big = c->body_too_big = c->skip_msg = c->bad_name = false;
 	c->te_ok = true;
 	if (c->server) {
 		c->phase = PH_HEAD;
@@ -383,6 +383,23 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 	return hbuf_add(c, at, n);
 }
 
+/* RFC 9110 token: a header name may hold nothing else (no white space:
+ * "Content-Length : 5" is a smuggling attempt, not a header). */
+static bool is_token(const char *p, size_t n)
+{
+	static const char extra[] = "!#$%&'*+-.^_`|~";
+
+	if (n == 0)
+		return false;
+	for (size_t k = 0; k < n; k++) {
+		unsigned char ch = (unsigned char)p[k];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      (ch != '\0' && strchr(extra, ch))))
+			return false;
+	}
+	return true;
+}
+
 /* Strip optional white space around a header value. */
 static void trim(const char **v, size_t *n)
 {
@@ -411,6 +428,8 @@ static int on_headers_complete(http_parser *p)
 		struct http_hdr *h = &m->hdrs[i];
 		h->name = c->hbuf + c->hoff[i].noff;
 		h->nlen = c->hoff[i].nlen;
+		if (!is_token(h->name, h->nlen))
+			c->bad_name = true;
 		h->value = c->hoff[i].vlen ? c->hbuf + c->hoff[i].voff : "";
 		h->vlen = c->hoff[i].vlen;
 		trim(&h->value, &h->vlen);
@@ -439,6 +458,8 @@ static int on_headers_complete(http_parser *p)
 	if (c->server) {
 		/* Request smuggling: a message framed two ways, or by a coding we
 		 * do not speak, is refused rather than guessed at. */
+		if (c->bad_name)
+			return -1;
 		if ((c->saw_cl && c->saw_te) || (c->saw_te && !c->te_ok)) {
 			c->te_ok = false;
 			return -1;
@@ -538,6 +559,8 @@ static void parse_error(struct hconn *c, enum http_errno err)
 		reply_and_close(c, 431, "request header fields too large");
 	else if (c->body_too_big)
 		reply_and_close(c, 413, "request body too large");
+	else if (c->bad_name)
+		reply_and_close(c, 400, "malformed header field name");
 	else if (!c->te_ok)
 		reply_and_close(c, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
 	else if (err == HPE_INVALID_METHOD)
