@@ -863,6 +863,9 @@ static struct job *job_start(struct evhttp_request *req, enum job_kind kind,
 	jobs = j;
 	stats.jobs_active++;
 
+	/* libevent does not re-arm a persistent timer of zero: tick at 1 us */
+	if (kind != JOB_SLOW && tv.tv_sec == 0 && tv.tv_usec == 0)
+		tv.tv_usec = 1;
 	evhttp_connection_set_closecb(j->evcon, job_conn_closed, j);
 	if (kind == JOB_SLOW) {
 		watch_for_close(j->evcon);
