@@ -65,6 +65,13 @@ static const struct field svc_fields[] = {
 	{"ssh_port", F_PORT, SVC(ssh_port), false, 0, NULL, 1, 65535},
 	{"ssh_options", F_STRLIST, SVC(ssh_options), false, 0, NULL, 0, 0},
 	{"sbatch_args", F_STRLIST, SVC(sbatch_args), false, 0, NULL, 0, 0},
+	{"min_instances", F_INT, SVC(min_instances), false, 0, NULL, 0, 64},
+	{"max_instances", F_INT, SVC(max_instances), false, 1, NULL, 1, 64},
+	{"target_concurrency", F_INT, SVC(target_concurrency), false, 4, NULL, 1, 100000},
+	{"scale_up_delay", F_INT, SVC(scale_up_delay), false, 2, NULL, 0, 86400},
+	{"scale_down_delay", F_INT, SVC(scale_down_delay), false, 60, NULL, 0, 86400},
+	{"handover_lead", F_INT, SVC(handover_lead), false, -1, NULL, -1, 86400},
+	{"health_interval", F_INT, SVC(health_interval), false, 10, NULL, 1, 3600},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -298,7 +305,8 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 		if (has_prefix(r, "check_") || has_prefix(r, "demand_"))
 			err_add(e, "%s.route_name: must not start with check_ or demand_", path);
 	}
-	s->max_instances = 1;
+	if (s->min_instances > s->max_instances)
+		err_add(e, "%s.min_instances: must not exceed max_instances (%d)", path, s->max_instances);
 	if (s->remote_port == 0 && s->local_port == 0)
 		err_add(e, "%s.remote_port: required (or local_port)", path);
 	if (s->remote_port == 0)
@@ -340,6 +348,22 @@ static void free_list(char **list)
 	for (char **p = list; p && *p; p++)
 		free(*p);
 	free(list);
+}
+
+/* How many ports from the base port a service's instances may use. */
+static int port_span(const struct svc_config *s)
+{
+	return s->max_instances + (s->launcher == LAUNCHER_SLURM ? 1 : 0);
+}
+
+static bool ranges_overlap(int a, int an, int b, int bn)
+{
+	return a > 0 && b > 0 && a < b + bn && b < a + an;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
 }
 
 /* Defaults that depend on the machine, and checks of global values. */
@@ -483,12 +507,20 @@ struct config *config_load(const char *file, char ***errs_out)
 			if (a->route_name && b->route_name && strcmp(a->route_name, b->route_name) == 0)
 				err_add(&e, "Services[%zu].route_name: \"%s\" is also Services[%zu].route_name",
 					i, a->route_name, j);
-			if (a->local_port && a->local_port == b->local_port &&
+			/* instance k uses port + k; a slurm handover needs one more */
+			if (ranges_overlap(a->local_port, port_span(a), b->local_port, port_span(b)) &&
 			    a->local_host && b->local_host && strcmp(a->local_host, b->local_host) == 0)
-				err_add(&e, "Services[%zu].local_port: %d is also Services[%zu].local_port", i,
-					a->local_port, j);
+				err_add(&e, "Services[%zu].local_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,
+					a->local_port, a->local_port + port_span(a) - 1, j, b->local_port,
+					b->local_port + port_span(b) - 1);
+			else if (a->launcher == b->launcher &&
+				 ranges_overlap(a->remote_port, port_span(a), b->remote_port, port_span(b)) &&
+				 same_str(a->remote_host, b->remote_host))
+				err_add(&e, "Services[%zu].remote_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,
+					a->remote_port, a->remote_port + port_span(a) - 1, j, b->remote_port,
+					b->remote_port + port_span(b) - 1);
 		}
-		if (a->local_port && a->local_port == cfg->listen_port)
+		if (ranges_overlap(a->local_port, port_span(a), cfg->listen_port, 1))
 			err_add(&e, "Services[%zu].local_port: %d is the gateway's own listen port", i,
 				a->local_port);
 	}

@@ -29,7 +29,14 @@ struct svc_config {
 	int ssh_port;             /* 0: ssh's default */
 	char **ssh_options;       /* extra "-o" settings, NULL-terminated */
 	char **sbatch_args;       /* extra sbatch arguments, NULL-terminated */
-	int max_instances;        /* instances at most (1 until scale-out) */
+	int min_instances;        /* kept running, even when idle */
+	int max_instances;        /* instances at most */
+	int target_concurrency;   /* requests in flight per instance the scaler aims for */
+	int scale_up_delay;       /* seconds above target before one more starts */
+	int scale_down_delay;     /* seconds with an instance to spare before one drains */
+	int handover_lead;        /* slurm: seconds before the time limit to start the
+	                           * replacement (-1: last start duration + margin) */
+	int health_interval;      /* seconds between health probes of a ready instance */
 };
 
 struct config {

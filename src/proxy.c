@@ -407,14 +407,31 @@ static void up_closed(struct hconn *c, const char *why)
 	if (ex == NULL)
 		return;
 	ex->up = NULL;
-	if (!ex->resp_started && ex->reused && !ex->req_has_body && ex->tries == 0) {
-		/* a kept-alive connection the service had closed: once more, fresh */
+	/* Nothing reached the service (connect failed), or a kept-alive
+	 * connection it had closed took a request without a body: once more,
+	 * on whichever instance is ready now. */
+	if (!ex->resp_started && ex->tries == 0 && ex->inst &&
+	    (!ex->up_connected || (ex->reused && !ex->req_has_body))) {
+		struct instance *old = ex->inst, *inst = NULL;
+		const char *r = NULL;
+		int status = 0, ra = 0, rc;
+
 		ex->tries++;
-		ex_connect(ex);
+		if (!ex->up_connected)
+			instance_unreachable(old, why);
+		ex->inst = NULL;
+		instance_release(old);
+		log_info("svc %s: retrying a request on another instance (%s)", service_config(ex->svc)->name,
+			 why);
+		rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
+		if (rc == 0)
+			ex_go(ex, inst);
+		else if (rc == 1)
+			ex->held = true;
+		else
+			ex_fail(ex, status, r, ra);
 		return;
 	}
-	if (!ex->up_connected && ex->inst)
-		instance_unreachable(ex->inst, why);
 	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
 	ex_fail(ex, strstr(why, "timeout") ? 504 : 502, reason, 0);
 }

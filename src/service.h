@@ -65,7 +65,12 @@ struct instance {
 
 	struct event *timer;          /* start deadline while starting, idle stop while ready */
 	struct event *probe_timer;
+	struct event *handover_ev;    /* slurm: start the replacement before the time limit */
 	int probe_status;
+	int probe_fails;              /* consecutive failed probes while ready */
+	double deadline;              /* slurm: when the job's time limit ends (0: none) */
+	struct instance *replaces;    /* a handover: the instance this one takes over from */
+	struct instance *replaced_by;
 	struct hconn *probe;
 	int probe_delay_ms;
 	struct hconn **pool;          /* idle keep-alive upstream connections */
@@ -117,6 +122,9 @@ void instance_endpoint(struct instance *i, const char *host, int port);
 /* What the launcher sees ("pending (Priority)", "running on node7"). */
 void instance_set_detail(struct instance *i, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* The job ends at END_AT (monotonic seconds): hand over to a fresh
+ * instance before then. */
+void instance_set_deadline(struct instance *i, double end_at);
 /* The process or job is gone (or could not start); reason says why. */
 void instance_gone(struct instance *i, const char *reason);
 /* The start cannot succeed (reason): answer the waiters, then stop I. */
