@@ -601,7 +601,8 @@ static void slurm_init(struct event_base *base, const struct config *cfg)
 {
 	lbase = base;
 	lcfg = cfg;
-	poll_ev = evtimer_new(base, poll_cb, NULL);
+	if (poll_ev == NULL)
+		poll_ev = evtimer_new(base, poll_cb, NULL);
 }
 
 const struct launcher_ops launcher_slurm = {

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "launcher.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define PROBE_FIRST_MS 10
@@ -37,6 +38,7 @@ struct service {
 	double down_since;    /* an instance to spare since (0: not) */
 	double last_start_s;  /* how long the last successful start took */
 	struct event *scale_ev;
+	struct svc_metrics m;
 };
 
 bool services_managed = true;
@@ -44,7 +46,7 @@ bool services_exiting;
 
 static struct event_base *sbase;
 static struct config *scfg;
-static struct service *svcs;
+static struct service **svcs;
 static size_t nsvcs;
 static struct service **by_route;   /* sorted by route_name */
 static void (*shutdown_done)(void);
@@ -238,6 +240,18 @@ static void start_failed(struct instance *i, const char *reason)
 
 	s->failures++;
 	s->start_failures++;
+	if (has_prefix(reason, "start script exited"))
+		s->m.fail_exited++;
+	else if (has_prefix(reason, "no healthy answer"))
+		s->m.fail_timeout++;
+	else if (has_prefix(reason, "Slurm job"))
+		s->m.fail_job++;
+	else if (has_prefix(reason, "sbatch"))
+		s->m.fail_submit++;
+	else if (has_prefix(reason, "cannot open a tunnel"))
+		s->m.fail_tunnel++;
+	else
+		s->m.fail_other++;
 	snprintf(s->last_error, sizeof s->last_error, "%s", reason);
 	/* the first failure may be retried at once; repeated ones back off */
 	if (s->failures >= 2) {
@@ -598,6 +612,7 @@ static void inst_free(struct instance *i)
 	TAILQ_REMOVE(&s->insts, i, link);
 	s->ninst--;
 	live_instances--;
+	s->m.instance_seconds += now_s() - i->created;
 	event_free(i->timer);
 	event_free(i->probe_timer);
 	event_free(i->handover_ev);
@@ -708,6 +723,9 @@ static void inst_ready(struct instance *i)
 		s->failures = 0;
 		s->backoff_until = 0;
 		s->last_start_s = i->ready_at - i->created;
+		s->m.cold_starts++;
+		histo_observe(&s->m.cold_queue, i->endpoint_at - i->created);
+		histo_observe(&s->m.cold_boot, i->ready_at - i->endpoint_at);
 		log_info("svc %s[%d]: ready after %.2f s", s->cfg->name, i->index, s->last_start_s);
 	}
 	i->probe_fails = 0;
@@ -810,6 +828,8 @@ void instance_endpoint(struct instance *i, const char *host, int port)
 		return;
 	}
 	i->addrlen = (socklen_t)len;
+	if (i->endpoint_at == 0)
+		i->endpoint_at = now_s();
 	snprintf(i->addr_str, sizeof i->addr_str, "%s", spec);
 	inst_set_state(i, INST_PROBING, "endpoint known");
 	snprintf(i->detail, sizeof i->detail, "waiting for %s%s to answer", spec,
@@ -875,7 +895,7 @@ void instance_pool_put(struct instance *i, struct hconn *c)
 	http_park(c, 30);
 }
 
-/* --- set-up and state --- */
+/* --- set-up, reload and look-up --- */
 
 static int route_cmp(const void *a, const void *b)
 {
@@ -883,72 +903,150 @@ static int route_cmp(const void *a, const void *b)
 	return strcmp(x->cfg->route_name, y->cfg->route_name);
 }
 
+static const struct launcher_ops *const all_launchers[] = {&launcher_local, &launcher_slurm};
+
+static struct service *service_new(struct svc_config *c)
+{
+	struct service *s = xcalloc(1, sizeof *s);
+
+	s->cfg = c;
+	s->lops = c->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
+	TAILQ_INIT(&s->insts);
+	TAILQ_INIT(&s->waiters);
+	s->scale_ev = evtimer_new(sbase, scale_cb, s);
+	metrics_init(&s->m);
+	return s;
+}
+
+/* Rebuild the route index after the set of services changed. */
+static void index_routes(void)
+{
+	free(by_route);
+	by_route = xcalloc(nsvcs ? nsvcs : 1, sizeof *by_route);
+	memcpy(by_route, svcs, nsvcs * sizeof *svcs);
+	qsort(by_route, nsvcs, sizeof *by_route, route_cmp);
+}
+
+/* Set up each launcher that a service uses, once. RECOVER: let it look for
+ * instances left by an earlier run (at start-up only). */
+static void launchers_prepare(bool recover)
+{
+	for (size_t l = 0; l < 2; l++) {
+		bool used = false;
+		for (size_t k = 0; k < nsvcs; k++)
+			used |= svcs[k]->lops == all_launchers[l];
+		if (!used)
+			continue;
+		if (all_launchers[l]->init)
+			all_launchers[l]->init(sbase, scfg);   /* idempotent: also takes a new config */
+		if (!recover || all_launchers[l]->recover == NULL)
+			continue;
+		for (size_t k = 0; k < nsvcs; k++)
+			if (svcs[k]->lops == all_launchers[l])
+				svcs[k]->recovering = true;
+		all_launchers[l]->recover();
+	}
+}
+
 void services_init(struct event_base *base, struct config *cfg)
 {
 	sbase = base;
 	scfg = cfg;
 	nsvcs = cfg->n_services;
-	svcs = xcalloc(nsvcs, sizeof *svcs);
-	by_route = xcalloc(nsvcs, sizeof *by_route);
-	for (size_t k = 0; k < nsvcs; k++) {
-		struct service *s = &svcs[k];
-		s->cfg = &cfg->services[k];
-		s->lops = s->cfg->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
-		TAILQ_INIT(&s->insts);
-		TAILQ_INIT(&s->waiters);
-		by_route[k] = s;
-	}
-	qsort(by_route, nsvcs, sizeof *by_route, route_cmp);
+	svcs = xcalloc(nsvcs ? nsvcs : 1, sizeof *svcs);
 	for (size_t k = 0; k < nsvcs; k++)
-		svcs[k].scale_ev = evtimer_new(base, scale_cb, &svcs[k]);
-	/* each launcher once: set up, then look for what an earlier run left */
-	{
-		const struct launcher_ops *all[] = {&launcher_local, &launcher_slurm};
-		for (size_t l = 0; l < 2; l++) {
-			bool used = false;
-			for (size_t k = 0; k < nsvcs; k++)
-				used |= svcs[k].lops == all[l];
-			if (!used)
-				continue;
-			if (all[l]->init)
-				all[l]->init(base, cfg);
-			for (size_t k = 0; k < nsvcs; k++)
-				svcs[k].recovering = svcs[k].lops == all[l] && all[l]->recover != NULL;
-			if (all[l]->recover)
-				all[l]->recover();
+		svcs[k] = service_new(&cfg->services[k]);
+	index_routes();
+	launchers_prepare(true);
+	for (size_t k = 0; k < nsvcs; k++)
+		scale_check(svcs[k]);   /* min_instances */
+}
+
+/* Services dropped by a reload: kept (stopping) until exit, since requests
+ * in flight may still point at them. */
+static struct service **retired;
+static size_t nretired;
+
+void services_reload(struct config *cfg)
+{
+	struct service **next = xcalloc(cfg->n_services ? cfg->n_services : 1, sizeof *next);
+	size_t added = 0, changed = 0, removed = 0;
+
+	for (size_t k = 0; k < cfg->n_services; k++) {
+		struct svc_config *c = &cfg->services[k];
+		struct service *old = service_by_name(c->name);
+		if (old != NULL && old->cfg->launcher == c->launcher) {
+			/* the same service: new settings apply from now on, to new instances */
+			old->cfg = c;
+			next[k] = old;
+			changed++;
+		} else {
+			next[k] = service_new(c);
+			added++;
 		}
 	}
+	for (size_t k = 0; k < nsvcs; k++) {
+		bool kept = false;
+		for (size_t q = 0; q < cfg->n_services; q++)
+			kept |= next[q] == svcs[k];
+		if (kept)
+			continue;
+		log_info("svc %s: removed from the config; stopping it", svcs[k]->cfg->name);
+		event_del(svcs[k]->scale_ev);
+		service_stop_all(svcs[k], "the service was removed from the config");
+		retired = xrealloc(retired, (nretired + 1) * sizeof *retired);
+		retired[nretired++] = svcs[k];
+		removed++;
+	}
+	free(svcs);
+	svcs = next;
+	nsvcs = cfg->n_services;
+	scfg = cfg;
+	index_routes();
+	launchers_prepare(false);
 	for (size_t k = 0; k < nsvcs; k++)
-		scale_check(&svcs[k]);   /* min_instances */
+		scale_check(svcs[k]);
+	log_info("config reloaded: %zu services (%zu added, %zu kept, %zu removed)", nsvcs, added,
+		 changed, removed);
 }
 
 void services_fail_waiters(const char *why)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		fail_waiters(&svcs[k], why, 5);
+		fail_waiters(svcs[k], why, 5);
 }
 
 void services_shutdown(void (*done_cb)(void))
 {
 	shutdown_done = done_cb;
 	services_exiting = true;
-	for (size_t k = 0; k < nsvcs; k++)
-		event_del(svcs[k].scale_ev);
-	for (size_t k = 0; k < nsvcs; k++)
-		service_stop_all(&svcs[k], "the gateway is shutting down");
+	for (size_t k = 0; k < nsvcs; k++) {
+		event_del(svcs[k]->scale_ev);
+		service_stop_all(svcs[k], "the gateway is shutting down");
+	}
+	for (size_t k = 0; k < nretired; k++)
+		service_stop_all(retired[k], "the gateway is shutting down");
 	if (live_instances == 0)
 		done_cb();
+}
+
+static void service_free(struct service *s)
+{
+	event_free(s->scale_ev);
+	free(s);
 }
 
 void services_free(void)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		event_free(svcs[k].scale_ev);
+		service_free(svcs[k]);
+	for (size_t k = 0; k < nretired; k++)
+		service_free(retired[k]);
 	free(svcs);
+	free(retired);
 	free(by_route);
-	svcs = NULL;
-	by_route = NULL;
-	nsvcs = 0;
+	svcs = retired = by_route = NULL;
+	nsvcs = nretired = 0;
 }
 
 struct service *service_by_route(const char *route, size_t len)
@@ -974,8 +1072,8 @@ struct service *service_by_route(const char *route, size_t len)
 struct service *service_by_name(const char *name)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		if (strcmp(svcs[k].cfg->name, name) == 0)
-			return &svcs[k];
+		if (strcmp(svcs[k]->cfg->name, name) == 0)
+			return svcs[k];
 	return NULL;
 }
 
@@ -986,7 +1084,7 @@ size_t services_count(void)
 
 struct service *service_at(size_t k)
 {
-	return k < nsvcs ? &svcs[k] : NULL;
+	return k < nsvcs ? svcs[k] : NULL;
 }
 
 const struct svc_config *service_config(const struct service *s)
@@ -1078,6 +1176,11 @@ struct instance *service_first_instance(const struct service *s)
 struct instance *service_next_instance(const struct instance *i)
 {
 	return TAILQ_NEXT(i, link);
+}
+
+struct svc_metrics *service_metrics(struct service *s)
+{
+	return &s->m;
 }
 
 uint64_t service_requests(const struct service *s)

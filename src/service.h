@@ -57,7 +57,7 @@ struct instance {
 	int remote_port, local_port;
 	int inflight;
 	uint64_t served;
-	double created, ready_at, idle_since;
+	double created, endpoint_at, ready_at, idle_since;
 	pid_t pid;                    /* local launcher */
 	char job_id[32];              /* slurm launcher */
 	char node[128];
@@ -82,6 +82,10 @@ struct instance {
 void services_init(struct event_base *base, struct config *cfg);
 /* Stop everything (SIGTERM then SIGKILL); done_cb runs when all are gone. */
 void services_shutdown(void (*done_cb)(void));
+/* Apply a new, already validated config: added services appear, removed
+ * ones drain and stop, kept ones take their new settings (for new
+ * instances). The old config must stay allocated. */
+void services_reload(struct config *cfg);
 /* Answer every waiting request with 503 and WHY. */
 void services_fail_waiters(const char *why);
 /* Remove all services (at exit, after shutdown). */
@@ -150,6 +154,7 @@ double service_idle_left(const struct service *s);
 struct instance *service_first_instance(const struct service *s);
 struct instance *service_next_instance(const struct instance *i);
 /* Counters. */
+struct svc_metrics *service_metrics(struct service *s);
 uint64_t service_requests(const struct service *s);
 uint64_t service_starts(const struct service *s);
 uint64_t service_start_failures(const struct service *s);
