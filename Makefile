@@ -30,13 +30,21 @@ test-deps: deps
 bench-deps: deps
 	@tools/ensure-packages $(BENCH_PKGS)
 
-build/obj/%.o: src/%.c $(HDRS)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+GEN = build/gen/status_html.h
 
-build/asan/%.o: src/%.c $(HDRS)
+# The status page is one self-contained HTML file, compiled in as a string.
+build/gen/status_html.h: src/status.html
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -O1 $(SANFLAGS) -c -o $@ $<
+	{ echo '/* generated from src/status.html */'; echo 'static const char status_html[] ='; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; echo ';'; } > $@
+
+build/obj/%.o: src/%.c $(HDRS) $(GEN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Ibuild/gen -c -o $@ $<
+
+build/asan/%.o: src/%.c $(HDRS) $(GEN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Ibuild/gen -O1 $(SANFLAGS) -c -o $@ $<
 
 build/slurmgate: build/obj/main.o $(OBJS)
 	$(CC) $(CFLAGS) -o $@ $^ $(LIBS)
@@ -49,7 +57,7 @@ build/demo_service: examples/demo_service.c
 	$(CC) $(CFLAGS) -o $@ $< -levent
 
 build/test_%: tests/unit/test_%.c $(OBJS) $(HDRS)
-	$(CC) $(CFLAGS) -Isrc -o $@ $< $(filter-out build/obj/$*.o,$(OBJS)) $(LIBS) -lcmocka
+	$(CC) $(CFLAGS) -Isrc -Ibuild/gen -o $@ $< $(filter-out build/obj/$*.o,$(OBJS)) $(LIBS) -lcmocka
 
 run: deps all
 	@echo

@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "log.h"
 #include "util.h"
 
 enum ftype {
@@ -65,6 +66,14 @@ static const struct field svc_fields[] = {
 	{"ssh_port", F_PORT, SVC(ssh_port), false, 0, NULL, 1, 65535},
 	{"ssh_options", F_STRLIST, SVC(ssh_options), false, 0, NULL, 0, 0},
 	{"sbatch_args", F_STRLIST, SVC(sbatch_args), false, 0, NULL, 0, 0},
+	{"min_instances", F_INT, SVC(min_instances), false, 0, NULL, 0, 64},
+	{"max_instances", F_INT, SVC(max_instances), false, 1, NULL, 1, 64},
+	{"target_concurrency", F_INT, SVC(target_concurrency), false, 4, NULL, 1, 100000},
+	{"scale_up_delay", F_INT, SVC(scale_up_delay), false, 2, NULL, 0, 86400},
+	{"scale_down_delay", F_INT, SVC(scale_down_delay), false, 60, NULL, 0, 86400},
+	{"handover_lead", F_INT, SVC(handover_lead), false, -1, NULL, -1, 86400},
+	{"health_interval", F_INT, SVC(health_interval), false, 10, NULL, 1, 3600},
+	{"aliases", F_STRLIST, SVC(aliases), false, 0, NULL, 0, 0},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -88,6 +97,10 @@ static const struct field cfg_fields[] = {
 	{"keep_jobs_on_exit", F_BOOL, CFG(keep_jobs_on_exit), false, 0, NULL, 0, 0},
 	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 500, NULL, 50, 60000},
 	{"poll_slow_s", F_INT, CFG(poll_slow_s), false, 15, NULL, 1, 3600},
+	{"admin_token_file", F_STR, CFG(admin_token_file), false, 0, NULL, 0, 0},
+	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},
+	{"log_json", F_BOOL, CFG(log_json), false, 0, NULL, 0, 0},
+	{"feedback_interval", F_INT, CFG(feedback_interval), false, 3, NULL, 1, 600},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -298,7 +311,8 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 		if (has_prefix(r, "check_") || has_prefix(r, "demand_"))
 			err_add(e, "%s.route_name: must not start with check_ or demand_", path);
 	}
-	s->max_instances = 1;
+	if (s->min_instances > s->max_instances)
+		err_add(e, "%s.min_instances: must not exceed max_instances (%d)", path, s->max_instances);
 	if (s->remote_port == 0 && s->local_port == 0)
 		err_add(e, "%s.remote_port: required (or local_port)", path);
 	if (s->remote_port == 0)
@@ -340,6 +354,22 @@ static void free_list(char **list)
 	for (char **p = list; p && *p; p++)
 		free(*p);
 	free(list);
+}
+
+/* How many ports from the base port a service's instances may use. */
+static int port_span(const struct svc_config *s)
+{
+	return s->max_instances + (s->launcher == LAUNCHER_SLURM ? 1 : 0);
+}
+
+static bool ranges_overlap(int a, int an, int b, int bn)
+{
+	return a > 0 && b > 0 && a < b + bn && b < a + an;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
 }
 
 /* Defaults that depend on the machine, and checks of global values. */
@@ -385,6 +415,119 @@ static void svc_config_free(struct svc_config *s)
 	free_list(s->api_paths);
 	free_list(s->ssh_options);
 	free_list(s->sbatch_args);
+	free_list(s->aliases);
+}
+
+/* A file holding a secret should be readable by its owner alone. */
+static void check_secrecy(const char *path, const char *what)
+{
+	struct stat st;
+
+	if (stat(path, &st) == 0 && (st.st_mode & 077))
+		log_warn("%s %s is readable by others (mode %03o): chmod 600 it", what, path,
+			 (unsigned)(st.st_mode & 0777));
+}
+
+/* api_keys: [{"key": "...", "services": ["name", ...]}, ...] from V (PATH names it). */
+static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct errs *e)
+{
+	size_t i;
+	json_t *o;
+
+	if (!json_is_array(v)) {
+		err_add(e, "%s: must be an array of {\"key\", \"services\"} objects", path);
+		return;
+	}
+	json_array_foreach(v, i, o) {
+		json_t *k = json_object_get(o, "key"), *sv = json_object_get(o, "services");
+		const char *name;
+		json_t *val;
+		struct api_key *ak;
+
+		if (!json_is_object(o)) {
+			err_add(e, "%s[%zu]: must be an object", path, i);
+			continue;
+		}
+		json_object_foreach(o, name, val)
+			if (strcmp(name, "key") != 0 && strcmp(name, "services") != 0)
+				err_add(e, "%s[%zu].%s: unknown key", path, i, log_escape(name, strlen(name)));
+		if (!json_is_string(k) || json_string_length(k) < 8) {
+			err_add(e, "%s[%zu].key: must be a string of at least 8 characters", path, i);
+			continue;
+		}
+		if (sv != NULL && !json_is_array(sv)) {
+			err_add(e, "%s[%zu].services: must be an array of service names", path, i);
+			continue;
+		}
+		cfg->api_keys = xrealloc(cfg->api_keys, (cfg->n_api_keys + 1) * sizeof *cfg->api_keys);
+		ak = &cfg->api_keys[cfg->n_api_keys++];
+		ak->key = xstrdup(json_string_value(k));
+		ak->services = NULL;
+		if (sv != NULL) {
+			size_t n = json_array_size(sv);
+			ak->services = xcalloc(n + 1, sizeof *ak->services);
+			for (size_t q = 0; q < n; q++) {
+				const char *sn = json_string_value(json_array_get(sv, q));
+				ak->services[q] = xstrdup(sn ? sn : "");
+				if (sn == NULL)
+					err_add(e, "%s[%zu].services[%zu]: must be a string", path, i, q);
+			}
+		}
+	}
+}
+
+/* Secrets that live in files, and the api keys' service names. */
+static void secrets_load(struct config *cfg, json_t *root, struct errs *e)
+{
+	json_t *keys = json_object_get(root, "api_keys");
+
+	if (keys)
+		api_keys_add(cfg, keys, "$.api_keys", e);
+	if (cfg->admin_token_file) {
+		FILE *f = fopen(cfg->admin_token_file, "r");
+		char buf[512] = "";
+		size_t n;
+		if (cfg->admin_token)
+			err_add(e, "$.admin_token_file: give admin_token or admin_token_file, not both");
+		else if (f == NULL)
+			err_add(e, "$.admin_token_file: %s: %s", cfg->admin_token_file, strerror(errno));
+		else {
+			n = fread(buf, 1, sizeof buf - 1, f);
+			buf[n] = '\0';
+			while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+				buf[--n] = '\0';
+			if (n == 0)
+				err_add(e, "$.admin_token_file: %s is empty", cfg->admin_token_file);
+			else
+				cfg->admin_token = xstrdup(buf);
+			check_secrecy(cfg->admin_token_file, "admin_token_file");
+		}
+		if (f)
+			fclose(f);
+	}
+	if (cfg->api_keys_file) {
+		json_error_t jerr;
+		json_t *v = json_load_file(cfg->api_keys_file, 0, &jerr);
+		if (v == NULL)
+			err_add(e, "$.api_keys_file: %s:%d: %s", cfg->api_keys_file, jerr.line, jerr.text);
+		else
+			api_keys_add(cfg, json_is_object(v) ? json_object_get(v, "api_keys") : v,
+				     "$.api_keys_file", e);
+		json_decref(v);
+		check_secrecy(cfg->api_keys_file, "api_keys_file");
+	}
+	for (size_t k = 0; k < cfg->n_api_keys; k++) {
+		if (cfg->admin_token && strcmp(cfg->api_keys[k].key, cfg->admin_token) == 0)
+			err_add(e, "api_keys[%zu].key: must differ from the admin token", k);
+		for (char **sv = cfg->api_keys[k].services; sv && *sv; sv++) {
+			bool found = false;
+			for (size_t q = 0; q < cfg->n_services; q++)
+				found |= cfg->services[q].name && strcmp(cfg->services[q].name, *sv) == 0;
+			if (!found)
+				err_add(e, "api_keys[%zu].services: no service is named \"%s\"", k,
+					log_escape(*sv, strlen(*sv)));
+		}
+	}
 }
 
 void config_free(struct config *cfg)
@@ -400,6 +543,13 @@ void config_free(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->instance_id);
 	free(cfg->ssh_host_key_checking);
+	free(cfg->admin_token_file);
+	free(cfg->api_keys_file);
+	for (size_t k = 0; k < cfg->n_api_keys; k++) {
+		free(cfg->api_keys[k].key);
+		free_list(cfg->api_keys[k].services);
+	}
+	free(cfg->api_keys);
 	free(cfg);
 }
 
@@ -412,7 +562,7 @@ void config_free_errors(char **errs)
 
 struct config *config_load(const char *file, char ***errs_out)
 {
-	static const char *const top_extra[] = {"Services", "listen", NULL};
+	static const char *const top_extra[] = {"Services", "listen", "api_keys", NULL};
 	struct errs e = {0};
 	json_error_t jerr;
 	json_t *root, *svcs, *listen;
@@ -483,15 +633,36 @@ struct config *config_load(const char *file, char ***errs_out)
 			if (a->route_name && b->route_name && strcmp(a->route_name, b->route_name) == 0)
 				err_add(&e, "Services[%zu].route_name: \"%s\" is also Services[%zu].route_name",
 					i, a->route_name, j);
-			if (a->local_port && a->local_port == b->local_port &&
+			/* instance k uses port + k; a slurm handover needs one more */
+			if (ranges_overlap(a->local_port, port_span(a), b->local_port, port_span(b)) &&
 			    a->local_host && b->local_host && strcmp(a->local_host, b->local_host) == 0)
-				err_add(&e, "Services[%zu].local_port: %d is also Services[%zu].local_port", i,
-					a->local_port, j);
+				err_add(&e, "Services[%zu].local_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,
+					a->local_port, a->local_port + port_span(a) - 1, j, b->local_port,
+					b->local_port + port_span(b) - 1);
+			else if (a->launcher == b->launcher &&
+				 ranges_overlap(a->remote_port, port_span(a), b->remote_port, port_span(b)) &&
+				 same_str(a->remote_host, b->remote_host))
+				err_add(&e, "Services[%zu].remote_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,
+					a->remote_port, a->remote_port + port_span(a) - 1, j, b->remote_port,
+					b->remote_port + port_span(b) - 1);
 		}
-		if (a->local_port && a->local_port == cfg->listen_port)
+		if (ranges_overlap(a->local_port, port_span(a), cfg->listen_port, 1))
 			err_add(&e, "Services[%zu].local_port: %d is the gateway's own listen port", i,
 				a->local_port);
 	}
+	secrets_load(cfg, root, &e);
+	/* model names (name and aliases) must be unique across services */
+	for (size_t i = 0; i < cfg->n_services; i++)
+		for (char **a = cfg->services[i].aliases; a && *a; a++)
+			for (size_t j = 0; j < cfg->n_services; j++) {
+				bool clash = j != i && cfg->services[j].name &&
+					     strcmp(cfg->services[j].name, *a) == 0;
+				for (char **b = cfg->services[j].aliases; b && *b && !clash && j < i; b++)
+					clash = strcmp(*a, *b) == 0;
+				if (clash)
+					err_add(&e, "Services[%zu].aliases: \"%s\" also names Services[%zu]", i,
+						log_escape(*a, strlen(*a)), j);
+			}
 out:
 	free(dircopy);
 	json_decref(root);

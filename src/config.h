@@ -9,6 +9,12 @@
 
 enum launcher_kind { LAUNCHER_SLURM = 0, LAUNCHER_LOCAL = 1 };
 
+/* A key for api_keys: which services it may use (NULL: all). */
+struct api_key {
+	char *key;
+	char **services;          /* NULL-terminated names, or NULL */
+};
+
 struct svc_config {
 	char *name;
 	char *route_name;
@@ -29,7 +35,15 @@ struct svc_config {
 	int ssh_port;             /* 0: ssh's default */
 	char **ssh_options;       /* extra "-o" settings, NULL-terminated */
 	char **sbatch_args;       /* extra sbatch arguments, NULL-terminated */
-	int max_instances;        /* instances at most (1 until scale-out) */
+	int min_instances;        /* kept running, even when idle */
+	int max_instances;        /* instances at most */
+	int target_concurrency;   /* requests in flight per instance the scaler aims for */
+	int scale_up_delay;       /* seconds above target before one more starts */
+	int scale_down_delay;     /* seconds with an instance to spare before one drains */
+	int handover_lead;        /* slurm: seconds before the time limit to start the
+	                           * replacement (-1: last start duration + margin) */
+	int health_interval;      /* seconds between health probes of a ready instance */
+	char **aliases;           /* more model names for OpenAI routing, NULL-terminated */
 };
 
 struct config {
@@ -54,6 +68,12 @@ struct config {
 	bool keep_jobs_on_exit;   /* leave jobs running at exit (a restart adopts them) */
 	int poll_fast_ms;         /* squeue interval while something starts or stops */
 	int poll_slow_s;          /* squeue interval otherwise */
+	char *admin_token_file;
+	char *api_keys_file;
+	struct api_key *api_keys; /* inline and from api_keys_file */
+	size_t n_api_keys;
+	bool log_json;            /* one JSON object per log line */
+	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
 	struct svc_config *services;
 	size_t n_services;
 };

@@ -1,9 +1,12 @@
-/* front.c - the listener, routing, the seed's endpoints and the JSON API.
+/* front.c - the listener, routing, access control and the gateway's own
+ * endpoints.
  *
  * Every client connection is a session: at most one request at a time
  * (pipelined ones wait in the HTTP layer). A request is either answered
- * here (the seed's endpoints, /api/, the status page) or handed to the
- * proxy for the service its first path segment names. */
+ * here (the seed's endpoints, /api/, /metrics, the status page,
+ * /v1/models) or handed to the proxy: by its first path segment
+ * (/<route>/...), or, on OpenAI-style /v1/... paths, by the JSON body's
+ * "model" (the body is read first, then forwarded unchanged). */
 #include "front.h"
 
 #include <errno.h>
@@ -19,17 +22,35 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "api.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
 #include "service.h"
+#include "status_html.h"
 #include "util.h"
 #include "version.h"
 
 struct session {
 	struct hconn *c;
 	struct exchange *ex;
+	bool events;               /* an /api/events subscriber */
+	struct evbuffer *v1body;   /* an OpenAI request's body, read before routing */
+	const struct http_msg *v1msg;
+	bool v1feedback;
+};
+
+/* Model names (service names and aliases), sorted, for /v1 routing. */
+struct model {
+	const char *name;
+	struct service *svc;
+};
+
+/* api keys by hash; compared in constant time once found. */
+struct keyslot {
+	uint64_t hash;
+	const struct api_key *key;
 };
 
 static struct config *fcfg;
@@ -37,6 +58,10 @@ static struct http_limits limits;
 static struct evconnlistener *listener;
 static struct event *resume_ev;
 static struct event_base *fbase;
+static struct model *models;
+static size_t nmodels;
+static struct keyslot *keys;
+static size_t nkeyslots;
 
 /* --- replies --- */
 
@@ -54,6 +79,18 @@ static void reply_err(struct hconn *c, int status, const char *msg)
 	reply_json(c, status, json_pack("{s:s,s:i}", "error", msg, "status", status), NULL);
 }
 
+/* OpenAI's error shape: {"error":{"message","type","param","code"}}. */
+static void reply_openai_err(struct hconn *c, int status, const char *type, const char *code,
+			     const char *msg, const char *extra)
+{
+	reply_json(c, status,
+		   json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type, "param",
+			     "code", code),
+		   extra);
+}
+
+/* --- access --- */
+
 /* Constant-time comparison of a presented secret with the real one. */
 static bool secret_eq(const char *given, size_t glen, const char *real)
 {
@@ -65,98 +102,106 @@ static bool secret_eq(const char *given, size_t glen, const char *real)
 	return diff == 0;
 }
 
+/* The token of "Authorization: Bearer <token>", or NULL. */
+static const char *bearer(const struct http_msg *m, size_t *len)
+{
+	const struct http_hdr *h = http_find(m, "authorization");
+
+	if (h == NULL || h->vlen <= 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
+		return NULL;
+	*len = h->vlen - 7;
+	return h->value + 7;
+}
+
 /* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
 static bool admin_ok(struct hconn *c, const struct http_msg *m)
 {
-	const struct http_hdr *h;
+	size_t len = 0;
+	const char *t;
 
 	if (fcfg->admin_token == NULL)
 		return true;
-	h = http_find(m, "authorization");
-	if (h != NULL && h->vlen > 7 && strncasecmp(h->value, "Bearer ", 7) == 0 &&
-	    secret_eq(h->value + 7, h->vlen - 7, fcfg->admin_token))
+	t = bearer(m, &len);
+	if (t != NULL && secret_eq(t, len, fcfg->admin_token))
 		return true;
 	reply_json(c, 401,
 		   json_pack("{s:s,s:i}", "error",
-			     h ? "invalid admin token" : "this endpoint needs Authorization: Bearer <admin_token>",
+			     t ? "invalid admin token" : "this endpoint needs Authorization: Bearer <admin_token>",
 			     "status", 401),
-		   "WWW-Authenticate: Bearer realm=\"slurmgate\"\r\n");
+		   "WWW-Authenticate: Bearer realm=\"slurmgate-admin\"\r\n");
 	return false;
 }
 
-/* --- state as JSON --- */
-
-static json_t *instance_json(const struct instance *i)
+static uint64_t fnv1a(const char *p, size_t n)
 {
-	json_t *o = json_pack("{s:i,s:s,s:s,s:i,s:i,s:I,s:f}", "index", i->index, "state",
-			      instance_state_name(i->state), "detail", i->detail, "port", i->remote_port,
-			      "in_flight", i->inflight, "served", (json_int_t)i->served,
-			      "age_seconds", now_s() - i->created);
+	uint64_t h = 1469598103934665603ULL;
 
-	json_object_set_new(o, "address", i->addr_str[0] ? json_string(i->addr_str) : json_null());
-	json_object_set_new(o, "pid", i->pid > 0 ? json_integer(i->pid) : json_null());
-	json_object_set_new(o, "job_id", i->job_id[0] ? json_string(i->job_id) : json_null());
-	json_object_set_new(o, "node", i->node[0] ? json_string(i->node) : json_null());
-	return o;
+	for (size_t k = 0; k < n; k++)
+		h = (h ^ (unsigned char)p[k]) * 1099511628211ULL;
+	return h;
 }
 
-static json_t *service_json(const struct service *s, bool seed_style)
+static const struct api_key *key_find(const char *t, size_t len)
 {
-	const struct svc_config *cfg = service_config(s);
-	enum svc_state st = service_state(s);
-	char reason[600];
-	double idle = service_idle_left(s);
-	const char *err = service_last_error(s);
-	json_t *o, *insts;
-	struct instance *i;
+	uint64_t h = fnv1a(t, len);
 
-	service_reason(s, reason, sizeof reason);
-	o = json_pack("{s:s,s:b,s:b,s:s}", "Name", cfg->name, "started",
-		      st == SVC_STARTING || st == SVC_READY, "running", st == SVC_READY, "reason", reason);
-	if (seed_style)
-		return o;
-	json_object_set_new(o, "name", json_string(cfg->name));
-	json_object_set_new(o, "route_name", json_string(cfg->route_name));
-	json_object_set_new(o, "state", json_string(service_state_name(st)));
-	json_object_set_new(o, "launcher", json_string(cfg->launcher == LAUNCHER_LOCAL ? "local" : "slurm"));
-	json_object_set_new(o, "in_flight", json_integer(service_inflight(s)));
-	json_object_set_new(o, "waiting", json_integer(service_waiting(s)));
-	json_object_set_new(o, "idle_seconds_left", idle >= 0 ? json_real(idle) : json_null());
-	json_object_set_new(o, "timeout", json_integer(cfg->timeout));
-	json_object_set_new(o, "start_timeout", json_integer(cfg->start_timeout));
-	json_object_set_new(o, "last_error", err[0] ? json_string(err) : json_null());
-	json_object_set_new(o, "requests", json_integer((json_int_t)service_requests(s)));
-	json_object_set_new(o, "starts", json_integer((json_int_t)service_starts(s)));
-	json_object_set_new(o, "start_failures", json_integer((json_int_t)service_start_failures(s)));
-	insts = json_array();
-	for (i = service_first_instance(s); i; i = service_next_instance(i))
-		json_array_append_new(insts, instance_json(i));
-	json_object_set_new(o, "instances", insts);
-	return o;
+	for (size_t k = h % nkeyslots, probes = 0; probes < nkeyslots; k = (k + 1) % nkeyslots, probes++) {
+		if (keys[k].key == NULL)
+			return NULL;
+		if (keys[k].hash == h && secret_eq(t, len, keys[k].key->key))
+			return keys[k].key;
+	}
+	return NULL;
 }
 
-static json_t *all_services_json(void)
+static bool key_allows(const struct api_key *k, const struct service *s)
 {
-	json_t *a = json_array();
-
-	for (size_t k = 0; k < services_count(); k++)
-		json_array_append_new(a, service_json(service_at(k), false));
-	return a;
+	if (k->services == NULL || s == NULL)
+		return true;
+	for (char **p = k->services; *p; p++)
+		if (strcmp(*p, service_config(s)->name) == 0)
+			return true;
+	return false;
 }
 
-/* --- endpoints --- */
-
-static void ep_info(struct hconn *c)
+/* With api_keys set, using a service needs a key that may use it: 401
+ * without one, 403 for a key limited to other services. The admin token
+ * is never an api key. S may be NULL (any service will do). */
+static bool key_ok(struct hconn *c, const struct http_msg *m, const struct service *s, bool openai)
 {
-	reply_json(c, 200,
-		   json_pack("{s:s,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
-			     services_managed, "services", all_services_json()),
-		   NULL);
+	size_t len = 0;
+	const char *t;
+	const struct api_key *k;
+	const char *www = "WWW-Authenticate: Bearer realm=\"slurmgate\"\r\n";
+
+	if (fcfg->n_api_keys == 0)
+		return true;
+	t = bearer(m, &len);
+	k = t ? key_find(t, len) : NULL;
+	if (k == NULL) {
+		const char *msg = t ? "invalid api key" : "this gateway needs Authorization: Bearer <api key>";
+		if (openai)
+			reply_openai_err(c, 401, "invalid_request_error", "invalid_api_key", msg, www);
+		else
+			reply_json(c, 401, json_pack("{s:s,s:i}", "error", msg, "status", 401), www);
+		return false;
+	}
+	if (!key_allows(k, s)) {
+		const char *msg = "this api key may not use this service";
+		if (openai)
+			reply_openai_err(c, 403, "permission_error", "forbidden", msg, NULL);
+		else
+			reply_err(c, 403, msg);
+		return false;
+	}
+	return true;
 }
+
+/* --- the seed's endpoints --- */
 
 static void ep_check(struct hconn *c, struct service *s)
 {
-	reply_json(c, 200, service_json(s, true), NULL);
+	reply_json(c, 200, api_service_json(s, true), NULL);
 }
 
 static void ep_demand(struct hconn *c, struct service *s)
@@ -164,7 +209,7 @@ static void ep_demand(struct hconn *c, struct service *s)
 	json_t *o;
 
 	service_demand(s);
-	o = service_json(s, true);
+	o = api_service_json(s, true);
 	if (service_state(s) == SVC_READY)
 		reply_json(c, 200, o, NULL);
 	else
@@ -190,6 +235,8 @@ static void ep_management(struct hconn *c, bool enable, bool kill)
 		   NULL);
 }
 
+/* --- pages --- */
+
 /* Text for HTML: escape what could open markup. */
 static void html_add(struct evbuffer *b, const char *s)
 {
@@ -206,35 +253,40 @@ static void html_add(struct evbuffer *b, const char *s)
 
 static void ep_status_page(struct hconn *c)
 {
+	http_reply(c, 200, "text/html; charset=utf-8", "Cache-Control: no-cache\r\n", status_html,
+		   sizeof status_html - 1);
+}
+
+/* A browser asked for a cold service: a page that waits with it. */
+static void ep_waiting_page(struct hconn *c, struct service *s)
+{
 	struct evbuffer *b = evbuffer_new();
+	char reason[600];
 	size_t n;
 
+	service_demand(s);
+	service_reason(s, reason, sizeof reason);
 	evbuffer_add_printf(b, "<!doctype html><html><head><meta charset=\"utf-8\">"
-			       "<title>slurmgate</title></head><body><h1>slurmgate</h1><table border=1>"
-			       "<tr><th>service</th><th>route</th><th>state</th><th>reason</th></tr>\n");
-	for (size_t k = 0; k < services_count(); k++) {
-		struct service *s = service_at(k);
-		const struct svc_config *cfg = service_config(s);
-		char reason[600];
-
-		service_reason(s, reason, sizeof reason);
-		evbuffer_add_printf(b, "<tr><td>");
-		html_add(b, cfg->name);
-		evbuffer_add_printf(b, "</td><td>/");
-		html_add(b, cfg->route_name);
-		evbuffer_add_printf(b, "</td><td>%s</td><td>", service_state_name(service_state(s)));
-		html_add(b, reason);
-		evbuffer_add_printf(b, "</td></tr>\n");
-	}
-	evbuffer_add_printf(b, "</table><p>JSON: <a href=\"/api/services\">/api/services</a></p>"
-			       "</body></html>\n");
+			       "<meta http-equiv=\"refresh\" content=\"2\"><title>Starting ");
+	html_add(b, service_config(s)->name);
+	evbuffer_add_printf(b, "</title><style>body{font-family:sans-serif;margin:3em}"
+			       ".s{color:#555}</style></head><body><h1>Starting ");
+	html_add(b, service_config(s)->name);
+	evbuffer_add_printf(b, " &hellip;</h1><p class=\"s\">");
+	html_add(b, reason);
+	evbuffer_add_printf(b, "</p><p>This page reloads itself and shows the service as soon as it"
+			       " is ready.</p></body></html>\n");
 	n = evbuffer_get_length(b);
-	http_reply(c, 200, "text/html; charset=utf-8", NULL, (const char *)evbuffer_pullup(b, -1), n);
+	http_reply(c, 503, "text/html; charset=utf-8",
+		   "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
+		   (const char *)evbuffer_pullup(b, -1), n);
 	evbuffer_free(b);
 }
 
-/* /api/...: the native JSON API. */
-static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, size_t plen)
+/* --- /api --- */
+
+static void ep_api(struct hconn *c, struct session *ss, const struct http_msg *m, const char *path,
+		   size_t plen)
 {
 	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
 	char name[256];
@@ -246,14 +298,20 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 			   NULL);
 		return;
 	}
+	if (plen == 11 && memcmp(path, "/api/events", 11) == 0 && get) {
+		ss->events = true;
+		api_events_subscribe(c);
+		return;
+	}
+	if (plen == 12 && memcmp(path, "/api/history", 12) == 0 && get) {
+		api_history(c);
+		return;
+	}
 	if (plen == 13 && memcmp(path, "/api/services", 13) == 0) {
-		if (!get) {
+		if (!get)
 			reply_err(c, 405, "use GET");
-			return;
-		}
-		reply_json(c, 200, json_pack("{s:b,s:o}", "service_management", services_managed,
-					     "services", all_services_json()),
-			   NULL);
+		else
+			reply_json(c, 200, api_state_json(), NULL);
 		return;
 	}
 	if (plen <= 14 || memcmp(path, "/api/services/", 14) != 0) {
@@ -271,7 +329,7 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 		if (!get)
 			reply_err(c, 405, "use GET");
 		else
-			reply_json(c, 200, service_json(s, false), NULL);
+			reply_json(c, 200, api_service_json(s, false), NULL);
 		return;
 	}
 	if (m->method != HTTP_POST) {
@@ -282,14 +340,130 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 		return;
 	if ((size_t)(path + plen - rest) == 6 && memcmp(rest, "/start", 6) == 0) {
 		service_demand(s);
-		reply_json(c, 202, service_json(s, false), NULL);
+		reply_json(c, 202, api_service_json(s, false), NULL);
 	} else if ((size_t)(path + plen - rest) == 5 && memcmp(rest, "/stop", 5) == 0) {
 		service_stop_all(s, "stopped through the API");
-		reply_json(c, 202, service_json(s, false), NULL);
+		reply_json(c, 202, api_service_json(s, false), NULL);
 	} else {
 		reply_err(c, 404, "unknown API endpoint");
 	}
 }
+
+/* --- OpenAI-compatible front --- */
+
+static int model_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct model *)a)->name, ((const struct model *)b)->name);
+}
+
+static struct service *model_find(const char *name)
+{
+	struct model key = {name, NULL};
+	struct model *m = bsearch(&key, models, nmodels, sizeof *models, model_cmp);
+
+	return m ? m->svc : NULL;
+}
+
+/* "ready", "stopped", "pending: Resources", "starting", ... */
+static void short_state(const struct service *s, char *buf, size_t len)
+{
+	enum svc_state st = service_state(s);
+
+	snprintf(buf, len, "%s", service_state_name(st));
+	if (st != SVC_STARTING)
+		return;
+	for (struct instance *i = service_first_instance(s); i; i = service_next_instance(i)) {
+		const char *p = strstr(i->detail, " pending (");
+		if (p && (i->state == INST_STARTING)) {
+			const char *r = p + 10, *e = strrchr(r, ')');
+			snprintf(buf, len, "pending: %.*s", (int)(e ? e - r : (long)strlen(r)), r);
+			return;
+		}
+	}
+}
+
+static void ep_models(struct hconn *c, const struct http_msg *m)
+{
+	json_t *data = json_array();
+	const struct api_key *k = NULL;
+	size_t len;
+	const char *t = bearer(m, &len);
+	char st[300];
+
+	if (!key_ok(c, m, NULL, true))
+		return;
+	if (fcfg->n_api_keys > 0)
+		k = key_find(t, len);
+	for (size_t q = 0; q < nmodels; q++) {
+		struct service *s = models[q].svc;
+		if (k && !key_allows(k, s))
+			continue;
+		short_state(s, st, sizeof st);
+		json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s,s:s,s:s}", "id", models[q].name,
+						      "object", "model", "created", 0, "owned_by", "slurmgate",
+						      "service", service_config(s)->name, "state", st));
+	}
+	reply_json(c, 200, json_pack("{s:s,s:o}", "object", "list", "data", data), NULL);
+}
+
+/* Does the client read an event stream? */
+static bool wants_sse(const struct http_msg *m)
+{
+	const struct http_hdr *h = http_find(m, "accept");
+
+	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
+}
+
+/* The whole body of a /v1 request is here: route it by its "model". */
+static void v1_route(struct session *ss)
+{
+	struct hconn *c = ss->c;
+	const struct http_msg *m = ss->v1msg;
+	size_t n = evbuffer_get_length(ss->v1body);
+	const char *body = (const char *)evbuffer_pullup(ss->v1body, -1);
+	json_error_t jerr;
+	json_t *o = n ? json_loadb(body, n, 0, &jerr) : NULL, *model;
+	struct service *s;
+	struct proxy_opts opt = {0};
+	char msg[400];
+
+	if (o == NULL || !json_is_object(o)) {
+		reply_openai_err(c, 400, "invalid_request_error", "invalid_json",
+				 n ? "the request body is not a JSON object" : "this endpoint needs a JSON body",
+				 NULL);
+		goto out;
+	}
+	model = json_object_get(o, "model");
+	if (!json_is_string(model)) {
+		reply_openai_err(c, 400, "invalid_request_error", "model_required",
+				 "the JSON body needs a \"model\" string", NULL);
+		goto out;
+	}
+	s = model_find(json_string_value(model));
+	if (s == NULL) {
+		snprintf(msg, sizeof msg, "The model '%s' does not exist; GET /v1/models lists them",
+			 log_escape(json_string_value(model), json_string_length(model)));
+		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
+		goto out;
+	}
+	if (!key_ok(c, m, s, true))
+		goto out;
+	opt.hold = service_config(s)->hold;
+	opt.feedback = ss->v1feedback || json_is_true(json_object_get(o, "stream"));
+	opt.strip_auth = fcfg->n_api_keys > 0;
+	proxy_begin(c, m, s, m->url, m->url_len, &opt, &ss->ex);
+	if (ss->ex)
+		proxy_body(ss->ex, body, n);
+	if (ss->ex)
+		proxy_req_done(ss->ex);
+out:
+	json_decref(o);
+	evbuffer_free(ss->v1body);
+	ss->v1body = NULL;
+	ss->v1msg = NULL;
+}
+
+/* --- routing --- */
 
 /* A "." or ".." segment, plain or percent-encoded: a service that
  * normalises paths would see another path than api_paths allowed. */
@@ -325,6 +499,58 @@ static bool path_is(const char *path, size_t plen, const char *lit)
 	return strlen(lit) == plen && memcmp(path, lit, plen) == 0;
 }
 
+/* Forward /<route><rest> to S. */
+static void route_service(struct session *ss, const struct http_msg *m, struct service *s,
+			  const char *url, size_t ulen, const char *rest, const char *q)
+{
+	struct hconn *c = ss->c;
+	const struct svc_config *cfg = service_config(s);
+	const char *fwd = rest;
+	size_t fwdlen = ulen - (size_t)(rest - url);
+	const char *fpath = fwdlen > 0 && fwd[0] == '/' ? fwd : "/";
+	size_t fplen = fwdlen > 0 && fwd[0] == '/' ? (size_t)((q ? q : url + ulen) - fwd) : 1;
+	char *target = NULL;
+	const struct http_hdr *wh, *acc;
+	struct proxy_opts opt = {0};
+
+	if (!key_ok(c, m, s, false))
+		return;
+	if (has_dot_segment(fpath, fplen)) {
+		reply_err(c, 400, "the path must not contain . or .. segments");
+		return;
+	}
+	if (cfg->api_paths != NULL) {
+		bool ok = false;
+		for (char **ap = cfg->api_paths; *ap && !ok; ap++) {
+			size_t al = strlen(*ap);
+			ok = fplen >= al && memcmp(fpath, *ap, al) == 0;
+		}
+		if (!ok) {
+			reply_err(c, 404, "this path is not in the service's api_paths");
+			return;
+		}
+	}
+	/* a browser at a cold service gets a page that waits with it */
+	acc = http_find(m, "accept");
+	if (m->method == HTTP_GET && acc && memmem(acc->value, acc->vlen, "text/html", 9) &&
+	    service_state(s) != SVC_READY) {
+		ep_waiting_page(c, s);
+		return;
+	}
+	if (fwdlen == 0 || fwd[0] != '/') {
+		/* "/route" or "/route?x": the service's root */
+		target = xasprintf("/%.*s", (int)fwdlen, fwd);
+		fwd = target;
+		fwdlen = strlen(target);
+	}
+	wh = http_find(m, "x-slurmgate-wait");
+	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
+	opt.feedback = wants_sse(m);
+	opt.strip_auth = fcfg->n_api_keys > 0;
+	proxy_begin(c, m, s, fwd, fwdlen, &opt, &ss->ex);
+	free(target);
+}
+
 /* Route one request head. */
 static void s_head(struct hconn *c, struct http_msg *m)
 {
@@ -354,7 +580,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 	q = memchr(url, '?', ulen);
 	plen = q ? (size_t)(q - url) : ulen;
 	seg = url + 1;
-	rest = memchr(seg, '/', plen - 1);
+	rest = plen > 1 ? memchr(seg, '/', plen - 1) : NULL;
 	if (rest == NULL)
 		rest = path + plen;
 	seglen = (size_t)(rest - seg);
@@ -374,7 +600,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		return;
 	}
 	if (path_is(path, plen, "/info")) {
-		ep_info(c);
+		reply_json(c, 200, api_state_json(), NULL);
 		return;
 	}
 	if (path_is(path, plen, "/enable_service_management") ||
@@ -385,7 +611,11 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		return;
 	}
 	if (seglen == 3 && memcmp(seg, "api", 3) == 0) {
-		ep_api(c, m, path, plen);
+		ep_api(c, ss, m, path, plen);
+		return;
+	}
+	if (path_is(path, plen, "/metrics")) {
+		api_metrics(c);
 		return;
 	}
 	if (path_is(path, plen, "/") || path_is(path, plen, "/status")) {
@@ -395,52 +625,27 @@ static void s_head(struct hconn *c, struct http_msg *m)
 			ep_status_page(c);
 		return;
 	}
+	if (seglen == 2 && memcmp(seg, "v1", 2) == 0) {
+		if (path_is(path, plen, "/v1/models") && get) {
+			ep_models(c, m);
+			return;
+		}
+		/* route by the body's "model": read the body first */
+		ss->v1body = evbuffer_new();
+		ss->v1msg = m;
+		ss->v1feedback = wants_sse(m);
+		return;
+	}
 
 	s = service_by_route(seg, seglen);
 	if (s == NULL) {
 		char msg[300];
-		snprintf(msg, sizeof msg, "no service is routed at /%s", log_escape(seg, seglen > 64 ? 64 : seglen));
+		snprintf(msg, sizeof msg, "no service is routed at /%s",
+			 log_escape(seg, seglen > 64 ? 64 : seglen));
 		reply_err(c, 404, msg);
 		return;
 	}
-	/* what the service sees: the rest of the path, query included */
-	{
-		const struct svc_config *cfg = service_config(s);
-		const char *fwd = rest;
-		size_t fwdlen = ulen - (size_t)(rest - url);
-		const char *fpath = fwdlen > 0 && fwd[0] == '/' ? fwd : "/";
-		size_t fplen = fwdlen > 0 && fwd[0] == '/' ? (size_t)((q ? q : url + ulen) - fwd) : 1;
-		char *target = NULL;
-		const struct http_hdr *wh;
-		bool hold = cfg->hold;
-
-		if (has_dot_segment(fpath, fplen)) {
-			reply_err(c, 400, "the path must not contain . or .. segments");
-			return;
-		}
-		if (cfg->api_paths != NULL) {
-			bool ok = false;
-			for (char **ap = cfg->api_paths; *ap && !ok; ap++) {
-				size_t al = strlen(*ap);
-				ok = fplen >= al && memcmp(fpath, *ap, al) == 0;
-			}
-			if (!ok) {
-				reply_err(c, 404, "this path is not in the service's api_paths");
-				return;
-			}
-		}
-		if (fwdlen == 0 || fwd[0] != '/') {
-			/* "/route" or "/route?x": the service's root */
-			target = xasprintf("/%.*s", (int)fwdlen, fwd);
-			fwd = target;
-			fwdlen = strlen(target);
-		}
-		wh = http_find(m, "x-slurmgate-wait");
-		if (wh && wh->vlen == 1 && wh->value[0] == '0')
-			hold = false;
-		proxy_begin(c, m, s, fwd, fwdlen, hold, &ss->ex);
-		free(target);
-	}
+	route_service(ss, m, s, url, ulen, rest, q);
 }
 
 static void s_body(struct hconn *c, const char *p, size_t n)
@@ -449,6 +654,8 @@ static void s_body(struct hconn *c, const char *p, size_t n)
 
 	if (ss->ex)
 		proxy_body(ss->ex, p, n);
+	else if (ss->v1body)
+		evbuffer_add(ss->v1body, p, n);
 }
 
 static void s_done(struct hconn *c)
@@ -457,6 +664,8 @@ static void s_done(struct hconn *c)
 
 	if (ss->ex)
 		proxy_req_done(ss->ex);
+	else if (ss->v1body)
+		v1_route(ss);
 }
 
 static void s_drained(struct hconn *c)
@@ -474,6 +683,10 @@ static void s_closed(struct hconn *c, const char *why)
 	log_debug("client %s: %s", http_peer(c), why);
 	if (ss->ex)
 		proxy_down_closed(ss->ex);
+	if (ss->events)
+		api_events_unsubscribe(c);
+	if (ss->v1body)
+		evbuffer_free(ss->v1body);
 	free(ss);
 }
 
@@ -484,6 +697,8 @@ static const struct hconn_ops session_ops = {
 	.drained = s_drained,
 	.closed = s_closed,
 };
+
+/* --- the listener --- */
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
 		      void *arg)
@@ -518,6 +733,52 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 	event_add(resume_ev, &(struct timeval){1, 0});
 }
 
+/* Index model names and api keys of CFG. */
+static void build_indexes(struct config *cfg)
+{
+	free(models);
+	nmodels = 0;
+	models = NULL;
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		const struct svc_config *sc = service_config(s);
+		size_t na = 0;
+		for (char **a = sc->aliases; a && *a; a++)
+			na++;
+		models = xrealloc(models, (nmodels + 1 + na) * sizeof *models);
+		models[nmodels++] = (struct model){sc->name, s};
+		for (char **a = sc->aliases; a && *a; a++)
+			models[nmodels++] = (struct model){*a, s};
+	}
+	qsort(models, nmodels, sizeof *models, model_cmp);
+
+	free(keys);
+	nkeyslots = cfg->n_api_keys * 2 + 1;
+	keys = xcalloc(nkeyslots, sizeof *keys);
+	for (size_t k = 0; k < cfg->n_api_keys; k++) {
+		const struct api_key *ak = &cfg->api_keys[k];
+		uint64_t h = fnv1a(ak->key, strlen(ak->key));
+		size_t at = h % nkeyslots;
+		while (keys[at].key)
+			at = (at + 1) % nkeyslots;
+		keys[at] = (struct keyslot){h, ak};
+	}
+}
+
+void front_reconfigure(struct config *cfg)
+{
+	fcfg = cfg;
+	/* connections share this struct: new limits apply at once */
+	limits.max_header = cfg->max_header_size;
+	limits.max_body = cfg->max_body_size;
+	limits.header_timeout = cfg->header_timeout;
+	limits.body_timeout = cfg->body_timeout;
+	limits.keepalive_timeout = cfg->keepalive_timeout;
+	limits.send_timeout = cfg->send_timeout;
+	proxy_init(fbase, cfg);
+	build_indexes(cfg);
+}
+
 int front_start(struct event_base *base, struct config *cfg)
 {
 	char spec[300];
@@ -525,14 +786,8 @@ int front_start(struct event_base *base, struct config *cfg)
 	int len = sizeof ss;
 
 	fbase = base;
-	fcfg = cfg;
-	limits.max_header = cfg->max_header_size;
-	limits.max_body = cfg->max_body_size;
-	limits.header_timeout = cfg->header_timeout;
-	limits.body_timeout = cfg->body_timeout;
-	limits.keepalive_timeout = cfg->keepalive_timeout;
-	limits.send_timeout = cfg->send_timeout;
-	proxy_init(cfg);
+	front_reconfigure(cfg);
+	api_init(base);
 	snprintf(spec, sizeof spec, strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
 		 cfg->listen_host, cfg->listen_port);
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) != 0) {
@@ -566,4 +821,9 @@ void front_free(void)
 	if (resume_ev)
 		event_free(resume_ev);
 	resume_ev = NULL;
+	api_free();
+	free(models);
+	free(keys);
+	models = NULL;
+	keys = NULL;
 }

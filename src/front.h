@@ -9,6 +9,8 @@ struct event_base;
 
 /* Listen on cfg->listen_host:listen_port. Returns -1 (and logs) on failure. */
 int front_start(struct event_base *base, struct config *cfg);
+/* Take a reloaded config (limits, tokens, keys); the listener stays. */
+void front_reconfigure(struct config *cfg);
 /* Stop accepting new connections (shutdown). */
 void front_stop_accepting(void);
 /* Close the listener. */

@@ -12,7 +12,7 @@ struct instance;
 
 struct launcher_ops {
 	const char *name;
-	/* Once at start-up (optional). */
+	/* At start-up and after each reload, with the config in force (optional). */
 	void (*init)(struct event_base *base, const struct config *cfg);
 	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it
 	 * fails at once; nothing is reported back then. */

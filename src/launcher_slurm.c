@@ -230,7 +230,34 @@ static bool ended(const char *state)
 }
 
 /* One squeue line for a job we track: move it along. */
-static void job_update(struct sjob *j, const char *state, const char *nodes, const char *reason)
+/* Slurm's time left ("1-02:03:04", "59:59", "UNLIMITED") in seconds; -1 if none. */
+static long time_left(const char *t)
+{
+	long d = 0, v[3] = {0, 0, 0};
+	int n = 0;
+	const char *dash = strchr(t, '-');
+
+	if (!isdigit((unsigned char)t[0]))
+		return -1;
+	if (dash) {
+		d = atol(t);
+		t = dash + 1;
+	}
+	while (n < 3) {
+		v[n++] = strtol(t, (char **)&t, 10);
+		if (*t != ':')
+			break;
+		t++;
+	}
+	if (n == 3)
+		return d * 86400 + v[0] * 3600 + v[1] * 60 + v[2];
+	if (n == 2)
+		return d * 86400 + (dash ? v[0] * 3600 + v[1] * 60 : v[0] * 60 + v[1]);
+	return d * 86400 + (dash ? v[0] * 3600 : v[0]);
+}
+
+static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
+		       const char *reason)
 {
 	char why[400];
 
@@ -252,6 +279,9 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		return;
 	}
 	if (strcmp(state, "RUNNING") == 0) {
+		long secs = time_left(left);
+		if (secs >= 0 && j->inst)
+			instance_set_deadline(j->inst, now_s() + (double)secs);
 		if (j->st == J_QUEUED) {
 			first_node(nodes, j->node, sizeof j->node);
 			j->running_at = now_s();
@@ -334,8 +364,8 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		if (j->r == x->r)
 			j->seen = false;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char *f[5] = {"", "", "", "", ""};
-		if (split(line, f, 5) < 5)
+		char *f[6] = {"", "", "", "", "", ""};
+		if (split(line, f, 6) < 6)
 			continue;
 		if (x->recover) {
 			recover_line(x->r, f);
@@ -344,7 +374,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		for (j = LIST_FIRST(&jobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
-				job_update(j, f[2], f[3], f[4]);
+				job_update(j, f[2], f[3], f[4], f[5]);
 				break;
 			}
 		}
@@ -367,7 +397,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	poll_schedule(false);
 }
 
-static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%r", NULL};
+static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r", NULL};
 
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -571,7 +601,8 @@ static void slurm_init(struct event_base *base, const struct config *cfg)
 {
 	lbase = base;
 	lcfg = cfg;
-	poll_ev = evtimer_new(base, poll_cb, NULL);
+	if (poll_ev == NULL)
+		poll_ev = evtimer_new(base, poll_cb, NULL);
 }
 
 const struct launcher_ops launcher_slurm = {

@@ -27,6 +27,8 @@ static struct event *sig_term, *sig_int, *sig_hup, *grace_ev, *deadline_ev;
 static bool shutting_down, stopping_services;
 static double shutdown_began;
 
+static int mkdir_p(const char *path);
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -106,10 +108,44 @@ static void term_cb(evutil_socket_t sig, short what, void *arg)
 	grace_cb(-1, 0, NULL);
 }
 
+/* Configs replaced by a reload: services and runners may still point
+ * into them, so they live until exit. */
+static struct config **old_cfgs;
+static size_t n_old_cfgs;
+
+/* SIGHUP: validate the file fully, then swap it in; a bad file changes nothing. */
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
+	char **errs = NULL;
+	struct config *next;
+
 	(void)sig, (void)what, (void)arg;
-	log_warn("SIGHUP: reloading the config is not supported yet; restart to apply changes");
+	if (shutting_down)
+		return;
+	log_info("SIGHUP: reloading %s", cfg->path);
+	next = config_load(cfg->path, &errs);
+	if (next == NULL) {
+		for (char **e = errs; e && *e; e++)
+			log_error("reload: %s", *e);
+		log_error("reload: the config has errors; keeping the running one");
+		config_free_errors(errs);
+		return;
+	}
+	if (strcmp(next->listen_host, cfg->listen_host) != 0 || next->listen_port != cfg->listen_port) {
+		log_warn("reload: a new listen address takes a restart; still listening on %s:%d",
+			 cfg->listen_host, cfg->listen_port);
+		free(next->listen_host);
+		next->listen_host = xstrdup(cfg->listen_host);
+		next->listen_port = cfg->listen_port;
+	}
+	if (mkdir_p(next->state_dir) != 0)
+		log_warn("reload: state_dir %s: %s", next->state_dir, strerror(errno));
+	old_cfgs = xrealloc(old_cfgs, (n_old_cfgs + 1) * sizeof *old_cfgs);
+	old_cfgs[n_old_cfgs++] = cfg;
+	cfg = next;
+	runners_init(base, cfg);
+	services_reload(cfg);
+	front_reconfigure(cfg);
 }
 
 /* mkdir -p, private: it holds known_hosts and ssh control sockets. */
@@ -189,6 +225,8 @@ int main(int argc, char **argv)
 		config_free_errors(errs);
 		return 1;
 	}
+	if (cfg->log_json)
+		log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, true);
 	if (test) {
 		printf("%s: ok (%zu services)\n", file, cfg->n_services);
 		config_free(cfg);
@@ -244,5 +282,8 @@ int main(int argc, char **argv)
 		event_free(deadline_ev);
 	services_free();
 	config_free(cfg);
+	for (size_t k = 0; k < n_old_cfgs; k++)
+		config_free(old_cfgs[k]);
+	free(old_cfgs);
 	return 0;
 }

@@ -1,17 +1,20 @@
 /* proxy.c - one request through the gateway to a service instance. */
 #include "proxy.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <http_parser.h>
 #include <jansson.h>
 
 #include "config.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "service.h"
 #include "util.h"
 
@@ -31,11 +34,17 @@ struct exchange {
 	bool req_chunked, req_has_body, req_done, head_req, upgrade;
 	bool up_sent, up_connected, resp_started, reused;
 	int tries;
-	double t0, waited;
+	double t0, waited, t_sent;
 	bool held;
+	bool feedback;              /* the client takes SSE: tell it how the start goes */
+	bool early_head;            /* our 200 event-stream head went out while waiting */
+	bool discard_body;          /* the service's error body, after an early head */
+	bool strip_auth;            /* Authorization was our api key, not the service's */
+	struct event *fb_ev;
 };
 
 static const struct config *pcfg;
+static struct event_base *pbase;
 static size_t nactive;
 
 static void up_connected(struct hconn *c);
@@ -54,8 +63,9 @@ static const struct hconn_ops up_ops = {
 	.drained = up_drained,
 };
 
-void proxy_init(const struct config *cfg)
+void proxy_init(struct event_base *base, const struct config *cfg)
 {
+	pbase = base;
 	pcfg = cfg;
 }
 
@@ -83,10 +93,58 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	}
 	if (ex->inst)
 		instance_release(ex->inst);
+	if (ex->fb_ev)
+		event_free(ex->fb_ev);
 	evbuffer_free(ex->body);
 	free(ex->head);
 	free(ex);
 	nactive--;
+}
+
+static void sse_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Send a formatted piece of an event stream. */
+static void sse_printf(struct hconn *c, const char *fmt, ...)
+{
+	char buf[2048];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		http_send(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+/* Every few seconds while held: an SSE comment saying how the start goes. */
+static void feedback_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+	char reason[600];
+
+	(void)fd, (void)what;
+	if (ex->down == NULL || ex->inst != NULL)
+		return;
+	service_reason(ex->svc, reason, sizeof reason);
+	sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
+	event_add(ex->fb_ev, &(struct timeval){pcfg->feedback_interval, 0});
+}
+
+/* Held, and the client reads SSE: answer the head now and keep it posted. */
+static void feedback_start(struct exchange *ex)
+{
+	char reason[600];
+
+	http_respond(ex->down, 200,
+		     "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+		     "X-Accel-Buffering: no\r\nX-Slurmgate-Cold-Start: waiting\r\n",
+		     -1);
+	ex->early_head = true;
+	service_reason(ex->svc, reason, sizeof reason);
+	sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
+	ex->fb_ev = evtimer_new(pbase, feedback_cb, ex);
+	event_add(ex->fb_ev, &(struct timeval){pcfg->feedback_interval, 0});
 }
 
 /* Answer the client with an error of our own (if nothing was sent yet). */
@@ -97,7 +155,16 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	json_t *o;
 	char *body;
 
-	if (ex->down && !http_response_started(ex->down)) {
+	if (ex->down && ex->early_head) {
+		/* the stream is open: end it with an OpenAI-style error event */
+		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
+			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
+		body = json_dumps(o, JSON_COMPACT);
+		sse_printf(ex->down, "data: %s\n\n", body);
+		http_finish(ex->down);
+		free(body);
+		json_decref(o);
+	} else if (ex->down && !http_response_started(ex->down)) {
 		if (retry_after > 0)
 			snprintf(extra, sizeof extra, "Retry-After: %d\r\n", retry_after);
 		o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status", status);
@@ -110,6 +177,8 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	} else if (ex->down) {
 		http_close(ex->down, reason);   /* mid-response: all we can do */
 	}
+	if (status >= 100 && status < 600)
+		service_metrics(ex->svc)->by_status[status]++;
 	log_info("svc %s: %d %s", cfg->name, status, reason);
 	ex_end(ex, false);
 }
@@ -118,6 +187,7 @@ static void send_request(struct exchange *ex)
 {
 	size_t n = evbuffer_get_length(ex->body);
 
+	ex->t_sent = now_s();
 	http_send_head(ex->up, ex->head, ex->headlen, ex->req_chunked, ex->head_req);
 	if (n > 0) {
 		/* send the held body chunk by chunk, without linearising it */
@@ -156,6 +226,10 @@ static void ex_go(struct exchange *ex, struct instance *i)
 	ex->inst = i;
 	if (ex->held)
 		ex->waited = now_s() - ex->t0;
+	if (ex->fb_ev)
+		event_del(ex->fb_ev);
+	if (ex->early_head && ex->down)
+		sse_printf(ex->down, ": slurmgate: ready after %.1f s\n\n", ex->waited);
 	ex->up = instance_pool_get(i);
 	if (ex->up != NULL) {
 		ex->reused = true;
@@ -204,6 +278,8 @@ static void build_head(struct exchange *ex, struct hconn *down, const struct htt
 			upg = h;
 		else if (strncase_eq(h->name, h->nlen, "x-slurmgate-wait"))
 			continue;
+		else if (ex->strip_auth && strncase_eq(h->name, h->nlen, "authorization"))
+			continue;
 		if (strncase_eq(h->name, h->nlen, "host"))
 			host = h;
 		if (h == xff || h == xfp || h == xfh || http_hop_by_hop(h, m))
@@ -245,7 +321,7 @@ static void build_head(struct exchange *ex, struct hconn *down, const struct htt
 }
 
 void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *svc,
-		 const char *path, size_t plen, bool hold, struct exchange **slot)
+		 const char *path, size_t plen, const struct proxy_opts *o, struct exchange **slot)
 {
 	struct exchange *ex = xcalloc(1, sizeof *ex);
 	struct instance *inst = NULL;
@@ -264,13 +340,17 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->head_req = m->method == HTTP_HEAD;
 	ex->w.ready = w_ready;
 	ex->w.fail = w_fail;
+	ex->feedback = o->feedback;
+	ex->strip_auth = o->strip_auth;
 	build_head(ex, down, m, path, plen);
-	r = service_request(svc, &ex->w, hold, &inst, &status, &reason, &retry_after);
-	if (r == 0)
+	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
+	if (r == 0) {
 		ex_go(ex, inst);
-	else if (r == 1)
+	} else if (r == 1) {
 		ex->held = true;
-	else
+		if (ex->feedback)
+			feedback_start(ex);
+	} else
 		ex_fail(ex, status, reason, retry_after);
 }
 
@@ -333,8 +413,24 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	char *extra;
 	size_t n;
 
+	if (m->status >= 100 && m->status < 600)
+		service_metrics(ex->svc)->by_status[m->status]++;
+	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
 	if (ex->down == NULL)
 		return;
+	if (ex->early_head) {
+		/* our head went out already; a service error becomes an error event */
+		if (m->status >= 300) {
+			char msg[100];
+			ex->discard_body = true;
+			snprintf(msg, sizeof msg, "the service answered %d", m->status);
+			sse_printf(ex->down,
+				   "data: {\"error\":{\"message\":\"%s\",\"type\":\"upstream_error\",\"code\":%d}}\n\n",
+				   msg, m->status);
+		}
+		ex->resp_started = true;
+		return;
+	}
 	b = evbuffer_new();
 	for (size_t k = 0; k < m->nhdrs; k++) {
 		const struct http_hdr *h = &m->hdrs[k];
@@ -377,7 +473,7 @@ static void up_body(struct hconn *c, const char *p, size_t n)
 {
 	struct exchange *ex = http_owner(c);
 
-	if (ex->down == NULL)
+	if (ex->down == NULL || ex->discard_body)
 		return;
 	http_send(ex->down, p, n);
 	if (http_pending_output(ex->down) > HTTP_HIGH_MARK) {
@@ -407,14 +503,31 @@ static void up_closed(struct hconn *c, const char *why)
 	if (ex == NULL)
 		return;
 	ex->up = NULL;
-	if (!ex->resp_started && ex->reused && !ex->req_has_body && ex->tries == 0) {
-		/* a kept-alive connection the service had closed: once more, fresh */
+	/* Nothing reached the service (connect failed), or a kept-alive
+	 * connection it had closed took a request without a body: once more,
+	 * on whichever instance is ready now. */
+	if (!ex->resp_started && ex->tries == 0 && ex->inst &&
+	    (!ex->up_connected || (ex->reused && !ex->req_has_body))) {
+		struct instance *old = ex->inst, *inst = NULL;
+		const char *r = NULL;
+		int status = 0, ra = 0, rc;
+
 		ex->tries++;
-		ex_connect(ex);
+		if (!ex->up_connected)
+			instance_unreachable(old, why);
+		ex->inst = NULL;
+		instance_release(old);
+		log_info("svc %s: retrying a request on another instance (%s)", service_config(ex->svc)->name,
+			 why);
+		rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
+		if (rc == 0)
+			ex_go(ex, inst);
+		else if (rc == 1)
+			ex->held = true;
+		else
+			ex_fail(ex, status, r, ra);
 		return;
 	}
-	if (!ex->up_connected && ex->inst)
-		instance_unreachable(ex->inst, why);
 	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
 	ex_fail(ex, strstr(why, "timeout") ? 504 : 502, reason, 0);
 }

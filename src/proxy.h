@@ -16,12 +16,22 @@ struct hconn;
 struct http_msg;
 struct service;
 
-void proxy_init(const struct config *cfg);
+struct event_base;
+
+/* How to forward one request. */
+struct proxy_opts {
+	bool hold;          /* wait for a start (else 503 + Retry-After at once) */
+	bool feedback;      /* the client takes SSE: answer the head at once and send
+	                     * comments while the service starts */
+	bool strip_auth;    /* drop Authorization (it carried our api key) */
+};
+
+void proxy_init(struct event_base *base, const struct config *cfg);
 /* Begin forwarding request M (head just parsed on DOWN) to SVC as
  * PATH (the upstream target, query included). *slot points at the
  * exchange while it lives and is set to NULL when it ends. */
 void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *svc,
-		 const char *path, size_t plen, bool hold, struct exchange **slot);
+		 const char *path, size_t plen, const struct proxy_opts *o, struct exchange **slot);
 void proxy_body(struct exchange *ex, const char *p, size_t n);
 void proxy_req_done(struct exchange *ex);
 void proxy_down_drained(struct exchange *ex);

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "launcher.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define PROBE_FIRST_MS 10
@@ -33,6 +34,11 @@ struct service {
 	double backoff_until; /* no new start before this (monotonic s) */
 	uint64_t requests, starts, start_failures;
 	bool recovering;      /* the launcher is still looking for earlier instances */
+	double up_since;      /* load above target since (0: not) */
+	double down_since;    /* an instance to spare since (0: not) */
+	double last_start_s;  /* how long the last successful start took */
+	struct event *scale_ev;
+	struct svc_metrics m;
 };
 
 bool services_managed = true;
@@ -40,7 +46,7 @@ bool services_exiting;
 
 static struct event_base *sbase;
 static struct config *scfg;
-static struct service *svcs;
+static struct service **svcs;
 static size_t nsvcs;
 static struct service **by_route;   /* sorted by route_name */
 static void (*shutdown_done)(void);
@@ -95,15 +101,34 @@ static bool any_starting(const struct service *s)
 	return any_starting_except(s, NULL);
 }
 
-/* The ready instance with the fewest requests in flight. */
+/* The ready instance with the fewest requests in flight; among ties, one
+ * at random (reservoir sampling), so equal instances share the load. */
 static struct instance *pick_ready(struct service *s)
 {
 	struct instance *i, *best = NULL;
+	int ties = 0;
+
+	TAILQ_FOREACH(i, &s->insts, link) {
+		if (i->state != INST_READY)
+			continue;
+		if (best == NULL || i->inflight < best->inflight) {
+			best = i;
+			ties = 1;
+		} else if (i->inflight == best->inflight && random() % ++ties == 0) {
+			best = i;
+		}
+	}
+	return best;
+}
+
+static int count_state(const struct service *s, enum inst_state a, enum inst_state b)
+{
+	struct instance *i;
+	int n = 0;
 
 	TAILQ_FOREACH(i, &s->insts, link)
-		if (i->state == INST_READY && (best == NULL || i->inflight < best->inflight))
-			best = i;
-	return best;
+		n += i->state == a || i->state == b;
+	return n;
 }
 
 static void assign(struct instance *i)
@@ -150,12 +175,15 @@ static int backoff_left(const struct service *s)
 
 static void inst_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void probe_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void handover_cb(evutil_socket_t fd, short what, void *arg);
+static void scale_check(struct service *s);
 
-static int free_index(const struct service *s)
+/* The lowest instance index not in use, below LIMIT (-1: none). */
+static int free_index(const struct service *s, int limit)
 {
 	struct instance *o;
 
-	for (int idx = 0; idx < s->cfg->max_instances; idx++) {
+	for (int idx = 0; idx < limit; idx++) {
 		bool used = false;
 		TAILQ_FOREACH(o, &s->insts, link)
 			used |= o->index == idx;
@@ -178,6 +206,7 @@ static struct instance *inst_new(struct service *s, int index)
 	i->local_port = s->cfg->local_port + i->index;
 	i->timer = evtimer_new(sbase, inst_timer_cb, i);
 	i->probe_timer = evtimer_new(sbase, probe_timer_cb, i);
+	i->handover_ev = evtimer_new(sbase, handover_cb, i);
 	snprintf(i->detail, sizeof i->detail, "launching");
 	TAILQ_INSERT_TAIL(&s->insts, i, link);
 	s->ninst++;
@@ -211,6 +240,18 @@ static void start_failed(struct instance *i, const char *reason)
 
 	s->failures++;
 	s->start_failures++;
+	if (has_prefix(reason, "start script exited"))
+		s->m.fail_exited++;
+	else if (has_prefix(reason, "no healthy answer"))
+		s->m.fail_timeout++;
+	else if (has_prefix(reason, "Slurm job"))
+		s->m.fail_job++;
+	else if (has_prefix(reason, "sbatch"))
+		s->m.fail_submit++;
+	else if (has_prefix(reason, "cannot open a tunnel"))
+		s->m.fail_tunnel++;
+	else
+		s->m.fail_other++;
 	snprintf(s->last_error, sizeof s->last_error, "%s", reason);
 	/* the first failure may be retried at once; repeated ones back off */
 	if (s->failures >= 2) {
@@ -243,9 +284,9 @@ static int service_start(struct service *s, const char **reason, int *retry_afte
 	}
 	/* still looking for instances of an earlier run, or the previous
 	 * instance is still stopping: the start comes when that is over */
-	if (s->recovering || free_index(s) < 0)
+	if (s->recovering || free_index(s, s->cfg->max_instances) < 0)
 		return 0;
-	if (inst_start(s, free_index(s)) == NULL) {
+	if (inst_start(s, free_index(s, s->cfg->max_instances)) == NULL) {
 		*reason = s->last_error;
 		*retry_after = backoff_left(s) > 0 ? backoff_left(s) : 1;
 		return -1;
@@ -262,6 +303,8 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	if ((i = pick_ready(s)) != NULL && TAILQ_EMPTY(&s->waiters)) {
 		assign(i);
 		*inst = i;
+		if (s->cfg->max_instances > 1)
+			scale_check(s);
 		return 0;
 	}
 	*status = 503;
@@ -277,6 +320,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	w->since = now_s();
 	TAILQ_INSERT_TAIL(&s->waiters, w, link);
 	s->nwaiting++;
+	scale_check(s);
 	return 1;
 }
 
@@ -331,12 +375,14 @@ void instance_release(struct instance *i)
 	i->inflight--;
 	s->inflight--;
 	i->served++;
-	if (i->inflight > 0)
-		return;
-	if (i->state == INST_READY)
-		idle_arm(i);
-	else if (i->state == INST_DRAINING)
-		inst_stop(i, "drained");
+	if (i->inflight == 0) {
+		if (i->state == INST_READY)
+			idle_arm(i);
+		else if (i->state == INST_DRAINING)
+			inst_stop(i, "drained");
+	}
+	if (s->cfg->max_instances > 1 || s->cfg->min_instances > 0)
+		scale_check(s);
 }
 
 static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -347,13 +393,175 @@ static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd, (void)what;
 	if (i->state == INST_READY && i->inflight == 0) {
+		if (count_state(s, INST_READY, INST_READY) <= s->cfg->min_instances) {
+			idle_arm(i);   /* kept warm: min_instances */
+			return;
+		}
 		snprintf(why, sizeof why, "idle for %d s", s->cfg->timeout);
+		inst_stop(i, why);
+	} else if (i->state == INST_PROBING && i->ready_at > 0) {
+		snprintf(why, sizeof why, "unhealthy for %d s", s->cfg->start_timeout);
 		inst_stop(i, why);
 	} else if (i->state == INST_STARTING || i->state == INST_PROBING) {
 		snprintf(why, sizeof why, "no healthy answer within start_timeout (%d s); last state: %s",
 			 s->cfg->start_timeout, i->detail);
 		instance_fail(i, why);
 	}
+}
+
+/* --- scaling --- */
+
+/* Take I out of rotation; it stops once nothing is in flight on it. */
+static void instance_drain(struct instance *i, const char *why)
+{
+	if (i->state != INST_READY && i->state != INST_PROBING)
+		return;
+	if (i->inflight == 0) {
+		inst_stop(i, why);
+		return;
+	}
+	inst_set_state(i, INST_DRAINING, why);
+	snprintf(i->detail, sizeof i->detail, "draining (%s): %d in flight", why, i->inflight);
+	event_del(i->timer);
+}
+
+/* May one more instance start now? */
+static bool can_start(const struct service *s, int limit)
+{
+	return services_managed && shutdown_done == NULL && !s->recovering && backoff_left(s) == 0 &&
+	       free_index(s, limit) >= 0;
+}
+
+static void scale_later(struct service *s, double secs)
+{
+	if (secs < 0.05)
+		secs = 0.05;
+	if (!event_pending(s->scale_ev, EV_TIMEOUT, NULL))
+		event_add(s->scale_ev, &(struct timeval){(long)secs, (long)((secs - (long)secs) * 1e6)});
+}
+
+static void start_for(struct service *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void start_for(struct service *s, const char *fmt, ...)
+{
+	char why[300];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof why, fmt, ap);
+	va_end(ap);
+	log_info("svc %s: scale up: %s", s->cfg->name, why);
+	inst_start(s, free_index(s, s->cfg->max_instances));
+}
+
+/* The scaler: keep min_instances, start more under load (at once for a
+ * cold burst, after scale_up_delay otherwise), drain one when it is not
+ * needed for scale_down_delay. Cheap; runs on every change of load. */
+static void scale_check(struct service *s)
+{
+	const struct svc_config *c = s->cfg;
+	int ready = count_state(s, INST_READY, INST_READY);
+	int starting = count_state(s, INST_STARTING, INST_PROBING);
+	int load = s->inflight + s->nwaiting;
+	double now = now_s();
+
+	if (ready + starting < c->min_instances) {
+		if (can_start(s, c->max_instances))
+			start_for(s, "%d running, min_instances is %d", ready + starting, c->min_instances);
+		else if (backoff_left(s) > 0)
+			scale_later(s, backoff_left(s));
+		return;
+	}
+	if (ready == 0) {
+		/* a cold burst: as many instances as it needs, at once */
+		int need = (s->nwaiting + c->target_concurrency - 1) / c->target_concurrency;
+		if (need > c->max_instances)
+			need = c->max_instances;
+		if (starting > 0 && starting < need && can_start(s, c->max_instances))
+			start_for(s, "%d requests waiting for %d starting instances (target %d each)",
+				  s->nwaiting, starting, c->target_concurrency);
+		return;
+	}
+	if (ready + starting < c->max_instances && starting == 0 &&
+	    (double)load / ready > c->target_concurrency) {
+		if (s->up_since == 0)
+			s->up_since = now;
+		if (now - s->up_since >= c->scale_up_delay) {
+			s->up_since = 0;
+			if (can_start(s, c->max_instances))
+				start_for(s, "%d requests for %d ready instances above target %d for %d s", load,
+					  ready, c->target_concurrency, c->scale_up_delay);
+		} else {
+			scale_later(s, s->up_since + c->scale_up_delay - now);
+		}
+	} else {
+		s->up_since = 0;
+	}
+	if (ready > 1 && ready > c->min_instances && starting == 0 &&
+	    load <= c->target_concurrency * (ready - 1)) {
+		if (s->down_since == 0)
+			s->down_since = now;
+		if (now - s->down_since >= c->scale_down_delay) {
+			struct instance *i, *least = NULL;
+			s->down_since = 0;
+			TAILQ_FOREACH(i, &s->insts, link)
+				if (i->state == INST_READY && (least == NULL || i->inflight < least->inflight))
+					least = i;
+			log_info("svc %s: scale down: %d requests fit on %d instances for %d s; draining [%d]",
+				 c->name, load, ready - 1, c->scale_down_delay, least->index);
+			instance_drain(least, "scale down");
+		} else {
+			scale_later(s, s->down_since + c->scale_down_delay - now);
+		}
+	} else {
+		s->down_since = 0;
+	}
+}
+
+static void scale_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	scale_check(arg);
+}
+
+/* The job's time limit comes near: start its replacement. */
+static void handover_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct instance *i = arg, *n;
+	struct service *s = i->svc;
+
+	(void)fd, (void)what;
+	if (i->state != INST_READY || i->replaced_by != NULL)
+		return;
+	if (!can_start(s, s->cfg->max_instances + 1)) {
+		log_warn("svc %s[%d]: time limit in %.0f s, but no replacement can start now", s->cfg->name,
+			 i->index, i->deadline - now_s());
+		return;
+	}
+	log_info("svc %s[%d]: time limit in %.0f s: starting a replacement", s->cfg->name, i->index,
+		 i->deadline - now_s());
+	n = inst_start(s, free_index(s, s->cfg->max_instances + 1));
+	if (n != NULL) {
+		n->replaces = i;
+		i->replaced_by = n;
+	}
+}
+
+void instance_set_deadline(struct instance *i, double end_at)
+{
+	struct service *s = i->svc;
+	double lead, left = end_at - now_s(), at;
+
+	i->deadline = end_at;
+	lead = s->cfg->handover_lead >= 0 ? s->cfg->handover_lead
+		: s->last_start_s > 0	  ? s->last_start_s * 1.5 + 10
+					  : 60;
+	if (lead > left * 0.8 && i->ready_at == 0)
+		lead = left * 0.8;   /* a short limit: still leave the job most of it */
+	at = left - lead;
+	if (at < 0)
+		at = 0;
+	event_add(i->handover_ev, &(struct timeval){(long)at, (long)((at - (long)at) * 1e6)});
 }
 
 /* --- stopping --- */
@@ -371,6 +579,7 @@ static void inst_stop(struct instance *i, const char *why)
 	snprintf(i->detail, sizeof i->detail, "stopping: %s", why);
 	event_del(i->timer);
 	event_del(i->probe_timer);
+	event_del(i->handover_ev);
 	if (i->probe) {
 		struct hconn *p = i->probe;
 		i->probe = NULL;
@@ -390,10 +599,10 @@ static void kick(struct service *s)
 	const char *reason;
 	int ra;
 
-	if (TAILQ_EMPTY(&s->waiters) || any_starting(s) || pick_ready(s) != NULL)
-		return;
-	if (service_start(s, &reason, &ra) != 0)
+	if (!TAILQ_EMPTY(&s->waiters) && !any_starting(s) && pick_ready(s) == NULL &&
+	    service_start(s, &reason, &ra) != 0)
 		fail_waiters(s, reason, ra);
+	scale_check(s);
 }
 
 static void inst_free(struct instance *i)
@@ -403,8 +612,14 @@ static void inst_free(struct instance *i)
 	TAILQ_REMOVE(&s->insts, i, link);
 	s->ninst--;
 	live_instances--;
+	s->m.instance_seconds += now_s() - i->created;
 	event_free(i->timer);
 	event_free(i->probe_timer);
+	event_free(i->handover_ev);
+	if (i->replaces)
+		i->replaces->replaced_by = NULL;
+	if (i->replaced_by)
+		i->replaced_by->replaces = NULL;
 	if (i->probe)
 		http_close(i->probe, "instance gone");
 	for (int k = 0; k < i->npool; k++)
@@ -507,12 +722,48 @@ static void inst_ready(struct instance *i)
 		i->ready_at = now_s();
 		s->failures = 0;
 		s->backoff_until = 0;
-		log_info("svc %s[%d]: ready after %.2f s", s->cfg->name, i->index, i->ready_at - i->created);
+		s->last_start_s = i->ready_at - i->created;
+		s->m.cold_starts++;
+		histo_observe(&s->m.cold_queue, i->endpoint_at - i->created);
+		histo_observe(&s->m.cold_boot, i->ready_at - i->endpoint_at);
+		log_info("svc %s[%d]: ready after %.2f s", s->cfg->name, i->index, s->last_start_s);
 	}
+	i->probe_fails = 0;
 	event_del(i->timer);
+	event_add(i->probe_timer, &(struct timeval){s->cfg->health_interval, 0});
+	if (i->replaces) {
+		/* a handover: the old instance takes no new requests, ends when drained */
+		struct instance *old = i->replaces;
+		i->replaces = NULL;
+		old->replaced_by = NULL;
+		log_info("svc %s: handover from [%d] to [%d]", s->cfg->name, old->index, i->index);
+		instance_drain(old, "replaced before its time limit");
+	}
 	dispatch_waiters(s);
 	if (i->inflight == 0 && i->state == INST_READY)
 		idle_arm(i);
+	scale_check(s);
+}
+
+/* A probe's verdict. While ready, two failures in a row take the
+ * instance out of rotation until a probe passes again. */
+static void probe_result(struct instance *i, bool ok)
+{
+	if (i->state == INST_PROBING) {
+		if (ok)
+			inst_ready(i);
+		else
+			probe_schedule(i);
+	} else if (i->state == INST_READY || i->state == INST_DRAINING) {
+		if (ok)
+			i->probe_fails = 0;
+		else if (++i->probe_fails >= 2 && i->state == INST_READY) {
+			instance_unreachable(i, "health check failed twice");
+			return;
+		}
+		event_add(i->probe_timer,
+			  &(struct timeval){i->probe_fails ? 1 : i->svc->cfg->health_interval, 0});
+	}
 }
 
 static void probe_done(struct hconn *c)
@@ -521,10 +772,7 @@ static void probe_done(struct hconn *c)
 
 	i->probe = NULL;
 	http_close(c, "probe done");
-	if (i->probe_status >= 200 && i->probe_status < 300 && i->state == INST_PROBING)
-		inst_ready(i);
-	else
-		probe_schedule(i);
+	probe_result(i, i->probe_status >= 200 && i->probe_status < 300);
 }
 
 static void probe_closed(struct hconn *c, const char *why)
@@ -535,7 +783,7 @@ static void probe_closed(struct hconn *c, const char *why)
 	if (i == NULL || i->probe != c)
 		return;   /* done already, or abandoned */
 	i->probe = NULL;
-	probe_schedule(i);
+	probe_result(i, false);
 }
 
 static const struct hconn_ops probe_ops = {
@@ -550,7 +798,8 @@ static void probe_timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct instance *i = arg;
 
 	(void)fd, (void)what;
-	if (i->state != INST_PROBING || i->probe != NULL)
+	if ((i->state != INST_PROBING && i->state != INST_READY && i->state != INST_DRAINING) ||
+	    i->probe != NULL)
 		return;
 	i->probe_status = 0;
 	i->probe = http_connect((struct sockaddr *)&i->addr, i->addrlen, PROBE_TIMEOUT_S, &probe_ops, i);
@@ -579,6 +828,8 @@ void instance_endpoint(struct instance *i, const char *host, int port)
 		return;
 	}
 	i->addrlen = (socklen_t)len;
+	if (i->endpoint_at == 0)
+		i->endpoint_at = now_s();
 	snprintf(i->addr_str, sizeof i->addr_str, "%s", spec);
 	inst_set_state(i, INST_PROBING, "endpoint known");
 	snprintf(i->detail, sizeof i->detail, "waiting for %s%s to answer", spec,
@@ -593,9 +844,12 @@ void instance_unreachable(struct instance *i, const char *why)
 		return;
 	inst_set_state(i, INST_PROBING, why);
 	snprintf(i->detail, sizeof i->detail, "unreachable (%s); probing", why);
-	event_del(i->timer);
+	/* back in rotation when a probe passes; stopped if that takes too long */
+	event_add(i->timer, &(struct timeval){i->svc->cfg->start_timeout, 0});
+	event_del(i->probe_timer);
 	i->probe_delay_ms = PROBE_FIRST_MS;
 	probe_schedule(i);
+	scale_check(i->svc);
 }
 
 /* --- the pool of idle upstream connections --- */
@@ -641,7 +895,7 @@ void instance_pool_put(struct instance *i, struct hconn *c)
 	http_park(c, 30);
 }
 
-/* --- set-up and state --- */
+/* --- set-up, reload and look-up --- */
 
 static int route_cmp(const void *a, const void *b)
 {
@@ -649,64 +903,150 @@ static int route_cmp(const void *a, const void *b)
 	return strcmp(x->cfg->route_name, y->cfg->route_name);
 }
 
+static const struct launcher_ops *const all_launchers[] = {&launcher_local, &launcher_slurm};
+
+static struct service *service_new(struct svc_config *c)
+{
+	struct service *s = xcalloc(1, sizeof *s);
+
+	s->cfg = c;
+	s->lops = c->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
+	TAILQ_INIT(&s->insts);
+	TAILQ_INIT(&s->waiters);
+	s->scale_ev = evtimer_new(sbase, scale_cb, s);
+	metrics_init(&s->m);
+	return s;
+}
+
+/* Rebuild the route index after the set of services changed. */
+static void index_routes(void)
+{
+	free(by_route);
+	by_route = xcalloc(nsvcs ? nsvcs : 1, sizeof *by_route);
+	memcpy(by_route, svcs, nsvcs * sizeof *svcs);
+	qsort(by_route, nsvcs, sizeof *by_route, route_cmp);
+}
+
+/* Set up each launcher that a service uses, once. RECOVER: let it look for
+ * instances left by an earlier run (at start-up only). */
+static void launchers_prepare(bool recover)
+{
+	for (size_t l = 0; l < 2; l++) {
+		bool used = false;
+		for (size_t k = 0; k < nsvcs; k++)
+			used |= svcs[k]->lops == all_launchers[l];
+		if (!used)
+			continue;
+		if (all_launchers[l]->init)
+			all_launchers[l]->init(sbase, scfg);   /* idempotent: also takes a new config */
+		if (!recover || all_launchers[l]->recover == NULL)
+			continue;
+		for (size_t k = 0; k < nsvcs; k++)
+			if (svcs[k]->lops == all_launchers[l])
+				svcs[k]->recovering = true;
+		all_launchers[l]->recover();
+	}
+}
+
 void services_init(struct event_base *base, struct config *cfg)
 {
 	sbase = base;
 	scfg = cfg;
 	nsvcs = cfg->n_services;
-	svcs = xcalloc(nsvcs, sizeof *svcs);
-	by_route = xcalloc(nsvcs, sizeof *by_route);
-	for (size_t k = 0; k < nsvcs; k++) {
-		struct service *s = &svcs[k];
-		s->cfg = &cfg->services[k];
-		s->lops = s->cfg->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
-		TAILQ_INIT(&s->insts);
-		TAILQ_INIT(&s->waiters);
-		by_route[k] = s;
-	}
-	qsort(by_route, nsvcs, sizeof *by_route, route_cmp);
-	/* each launcher once: set up, then look for what an earlier run left */
-	{
-		const struct launcher_ops *all[] = {&launcher_local, &launcher_slurm};
-		for (size_t l = 0; l < 2; l++) {
-			bool used = false;
-			for (size_t k = 0; k < nsvcs; k++)
-				used |= svcs[k].lops == all[l];
-			if (!used)
-				continue;
-			if (all[l]->init)
-				all[l]->init(base, cfg);
-			for (size_t k = 0; k < nsvcs; k++)
-				svcs[k].recovering = svcs[k].lops == all[l] && all[l]->recover != NULL;
-			if (all[l]->recover)
-				all[l]->recover();
+	svcs = xcalloc(nsvcs ? nsvcs : 1, sizeof *svcs);
+	for (size_t k = 0; k < nsvcs; k++)
+		svcs[k] = service_new(&cfg->services[k]);
+	index_routes();
+	launchers_prepare(true);
+	for (size_t k = 0; k < nsvcs; k++)
+		scale_check(svcs[k]);   /* min_instances */
+}
+
+/* Services dropped by a reload: kept (stopping) until exit, since requests
+ * in flight may still point at them. */
+static struct service **retired;
+static size_t nretired;
+
+void services_reload(struct config *cfg)
+{
+	struct service **next = xcalloc(cfg->n_services ? cfg->n_services : 1, sizeof *next);
+	size_t added = 0, changed = 0, removed = 0;
+
+	for (size_t k = 0; k < cfg->n_services; k++) {
+		struct svc_config *c = &cfg->services[k];
+		struct service *old = service_by_name(c->name);
+		if (old != NULL && old->cfg->launcher == c->launcher) {
+			/* the same service: new settings apply from now on, to new instances */
+			old->cfg = c;
+			next[k] = old;
+			changed++;
+		} else {
+			next[k] = service_new(c);
+			added++;
 		}
 	}
+	for (size_t k = 0; k < nsvcs; k++) {
+		bool kept = false;
+		for (size_t q = 0; q < cfg->n_services; q++)
+			kept |= next[q] == svcs[k];
+		if (kept)
+			continue;
+		log_info("svc %s: removed from the config; stopping it", svcs[k]->cfg->name);
+		event_del(svcs[k]->scale_ev);
+		service_stop_all(svcs[k], "the service was removed from the config");
+		retired = xrealloc(retired, (nretired + 1) * sizeof *retired);
+		retired[nretired++] = svcs[k];
+		removed++;
+	}
+	free(svcs);
+	svcs = next;
+	nsvcs = cfg->n_services;
+	scfg = cfg;
+	index_routes();
+	launchers_prepare(false);
+	for (size_t k = 0; k < nsvcs; k++)
+		scale_check(svcs[k]);
+	log_info("config reloaded: %zu services (%zu added, %zu kept, %zu removed)", nsvcs, added,
+		 changed, removed);
 }
 
 void services_fail_waiters(const char *why)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		fail_waiters(&svcs[k], why, 5);
+		fail_waiters(svcs[k], why, 5);
 }
 
 void services_shutdown(void (*done_cb)(void))
 {
 	shutdown_done = done_cb;
 	services_exiting = true;
-	for (size_t k = 0; k < nsvcs; k++)
-		service_stop_all(&svcs[k], "the gateway is shutting down");
+	for (size_t k = 0; k < nsvcs; k++) {
+		event_del(svcs[k]->scale_ev);
+		service_stop_all(svcs[k], "the gateway is shutting down");
+	}
+	for (size_t k = 0; k < nretired; k++)
+		service_stop_all(retired[k], "the gateway is shutting down");
 	if (live_instances == 0)
 		done_cb();
 }
 
+static void service_free(struct service *s)
+{
+	event_free(s->scale_ev);
+	free(s);
+}
+
 void services_free(void)
 {
+	for (size_t k = 0; k < nsvcs; k++)
+		service_free(svcs[k]);
+	for (size_t k = 0; k < nretired; k++)
+		service_free(retired[k]);
 	free(svcs);
+	free(retired);
 	free(by_route);
-	svcs = NULL;
-	by_route = NULL;
-	nsvcs = 0;
+	svcs = retired = by_route = NULL;
+	nsvcs = nretired = 0;
 }
 
 struct service *service_by_route(const char *route, size_t len)
@@ -732,8 +1072,8 @@ struct service *service_by_route(const char *route, size_t len)
 struct service *service_by_name(const char *name)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		if (strcmp(svcs[k].cfg->name, name) == 0)
-			return &svcs[k];
+		if (strcmp(svcs[k]->cfg->name, name) == 0)
+			return svcs[k];
 	return NULL;
 }
 
@@ -744,7 +1084,7 @@ size_t services_count(void)
 
 struct service *service_at(size_t k)
 {
-	return k < nsvcs ? &svcs[k] : NULL;
+	return k < nsvcs ? svcs[k] : NULL;
 }
 
 const struct svc_config *service_config(const struct service *s)
@@ -836,6 +1176,11 @@ struct instance *service_first_instance(const struct service *s)
 struct instance *service_next_instance(const struct instance *i)
 {
 	return TAILQ_NEXT(i, link);
+}
+
+struct svc_metrics *service_metrics(struct service *s)
+{
+	return &s->m;
 }
 
 uint64_t service_requests(const struct service *s)

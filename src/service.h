@@ -57,7 +57,7 @@ struct instance {
 	int remote_port, local_port;
 	int inflight;
 	uint64_t served;
-	double created, ready_at, idle_since;
+	double created, endpoint_at, ready_at, idle_since;
 	pid_t pid;                    /* local launcher */
 	char job_id[32];              /* slurm launcher */
 	char node[128];
@@ -65,7 +65,12 @@ struct instance {
 
 	struct event *timer;          /* start deadline while starting, idle stop while ready */
 	struct event *probe_timer;
+	struct event *handover_ev;    /* slurm: start the replacement before the time limit */
 	int probe_status;
+	int probe_fails;              /* consecutive failed probes while ready */
+	double deadline;              /* slurm: when the job's time limit ends (0: none) */
+	struct instance *replaces;    /* a handover: the instance this one takes over from */
+	struct instance *replaced_by;
 	struct hconn *probe;
 	int probe_delay_ms;
 	struct hconn **pool;          /* idle keep-alive upstream connections */
@@ -77,6 +82,10 @@ struct instance {
 void services_init(struct event_base *base, struct config *cfg);
 /* Stop everything (SIGTERM then SIGKILL); done_cb runs when all are gone. */
 void services_shutdown(void (*done_cb)(void));
+/* Apply a new, already validated config: added services appear, removed
+ * ones drain and stop, kept ones take their new settings (for new
+ * instances). The old config must stay allocated. */
+void services_reload(struct config *cfg);
 /* Answer every waiting request with 503 and WHY. */
 void services_fail_waiters(const char *why);
 /* Remove all services (at exit, after shutdown). */
@@ -117,6 +126,9 @@ void instance_endpoint(struct instance *i, const char *host, int port);
 /* What the launcher sees ("pending (Priority)", "running on node7"). */
 void instance_set_detail(struct instance *i, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* The job ends at END_AT (monotonic seconds): hand over to a fresh
+ * instance before then. */
+void instance_set_deadline(struct instance *i, double end_at);
 /* The process or job is gone (or could not start); reason says why. */
 void instance_gone(struct instance *i, const char *reason);
 /* The start cannot succeed (reason): answer the waiters, then stop I. */
@@ -142,6 +154,7 @@ double service_idle_left(const struct service *s);
 struct instance *service_first_instance(const struct service *s);
 struct instance *service_next_instance(const struct instance *i);
 /* Counters. */
+struct svc_metrics *service_metrics(struct service *s);
 uint64_t service_requests(const struct service *s);
 uint64_t service_starts(const struct service *s);
 uint64_t service_start_failures(const struct service *s);

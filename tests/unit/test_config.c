@@ -164,7 +164,7 @@ static void test_duplicates_are_rejected(void **state)
 	assert_null(c);
 	assert_true(has_error(errs, "Services[1].name: \"a\" is also Services[0].name"));
 	assert_true(has_error(errs, "Services[1].route_name: \"r\" is also Services[0].route_name"));
-	assert_true(has_error(errs, "Services[1].local_port: 5 is also Services[0].local_port"));
+	assert_true(has_error(errs, "Services[1].local_port: ports 5-6 overlap Services[0] (5-6)"));
 	config_free_errors(errs);
 }
 

@@ -1,0 +1,40 @@
+/* metrics.h - counters and histograms, and the Prometheus text format. */
+#ifndef SG_METRICS_H
+#define SG_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct evbuffer;
+
+#define HISTO_MAX 16
+
+struct histo {
+	const double *bounds;   /* upper bounds, ascending; +Inf is implied */
+	int n;
+	uint64_t counts[HISTO_MAX];   /* per bucket (not cumulative) */
+	uint64_t inf;                 /* above the last bound */
+	double sum;
+	uint64_t count;
+};
+
+/* What a service counts; lives in the service, updated by service.c and
+ * proxy.c, rendered by front.c. */
+struct svc_metrics {
+	uint64_t by_status[600];      /* requests by response status */
+	struct histo cold_queue;      /* start -> endpoint (Slurm: queue wait) */
+	struct histo cold_boot;       /* endpoint -> healthy */
+	struct histo ttfb;            /* request sent to the service -> response head */
+	uint64_t fail_exited, fail_timeout, fail_job, fail_submit, fail_tunnel, fail_other;
+	double instance_seconds;      /* of instances already gone */
+	uint64_t cold_starts;         /* starts that reached READY */
+};
+
+void metrics_init(struct svc_metrics *m);
+void histo_observe(struct histo *h, double v);
+/* Append "name_bucket{labels,le=...}" ... lines; labels like service="x". */
+void histo_write(struct evbuffer *b, const char *name, const char *labels, const struct histo *h);
+/* Escape a label value (\\, \", \n) into out. */
+void metrics_label(char *out, size_t len, const char *value);
+
+#endif
