@@ -883,6 +883,7 @@ void instance_pool_put(struct instance *i, struct hconn *c)
 	int cap = scfg->upstream_keepalive;
 
 	if (i->state == INST_STOPPING || i->npool >= cap) {
+		http_set_owner(c, NULL, NULL);   /* the exchange that used it is ending */
 		http_close(c, "pool full");
 		return;
 	}
