@@ -14,7 +14,7 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
-TEST_PKGS  = libcmocka-dev python3-pytest curl procps
+TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light
 BENCH_PKGS = wrk nginx-light
 
 .PHONY: all run test unit integration asan bench deps test-deps bench-deps clean

@@ -24,7 +24,7 @@ struct hist {
 	const struct service *s;
 	uint64_t last_requests;
 	int next, count;
-	float rps[HIST_N];
+	double rps[HIST_N];
 	unsigned short inst[HIST_N];
 	double t[HIST_N];
 };
@@ -283,7 +283,7 @@ static void sample_cb(evutil_socket_t fd, short what, void *arg)
 		int ready = 0;
 		for (struct instance *i = service_first_instance(s); i; i = service_next_instance(i))
 			ready += i->state == INST_READY || i->state == INST_DRAINING;
-		h->rps[h->next] = (float)(r - h->last_requests) / HIST_STEP;
+		h->rps[h->next] = (double)(r - h->last_requests) / HIST_STEP;
 		h->inst[h->next] = (unsigned short)ready;
 		h->t[h->next] = wall_s();
 		h->last_requests = r;
@@ -312,7 +312,9 @@ void api_history(struct hconn *c)
 		json_object_set_new(o, service_config(sv)->name,
 				    json_pack("{s:o,s:o,s:o}", "t", t, "rps", rps, "instances", inst));
 	}
-	s = json_dumps(json_pack("{s:i,s:o}", "step_seconds", HIST_STEP, "services", o), JSON_COMPACT);
+	o = json_pack("{s:i,s:o}", "step_seconds", HIST_STEP, "services", o);
+	s = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
 	http_reply(c, 200, "application/json", NULL, s, strlen(s));
 	free(s);
 }
