@@ -14,7 +14,7 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
-TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light
+TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base
 BENCH_PKGS = wrk nginx-light
 
 .PHONY: all run test unit integration asan bench deps test-deps bench-deps clean
@@ -90,3 +90,4 @@ bench: bench-deps all
 
 clean:
 	rm -rf build
+include mk/install.mk

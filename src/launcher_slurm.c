@@ -151,7 +151,9 @@ static int slurm_start(struct instance *i, char **cause)
 	for (char **a = cfg->sbatch_args; a && *a; a++)
 		extra++;
 	argv = xcalloc((size_t)extra + 8, sizeof *argv);
-	snprintf(name, sizeof name, "--job-name=sg-%s-%s-%d", lcfg->instance_id, cfg->route_name,
+	/* ':' is in neither an instance_id nor a route_name: the name parses back
+	 * unambiguously, and no gateway mistakes another's jobs for its own */
+	snprintf(name, sizeof name, "--job-name=sg:%s:%s:%d", lcfg->instance_id, cfg->route_name,
 		 i->index);
 	snprintf(port, sizeof port, "%d", i->remote_port);
 	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
@@ -271,7 +273,13 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		}
 		return;
 	}
-	if (ended(state) || strcmp(state, "COMPLETING") == 0) {
+	if (strcmp(state, "COMPLETING") == 0) {
+		/* ending (epilog running): the final state comes with a later poll */
+		if (j->inst)
+			instance_set_detail(j->inst, "Slurm job %s completing", j->id);
+		return;
+	}
+	if (ended(state)) {
 		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
 			 reason[0] && strcmp(reason, "None") ? " " : "",
 			 reason[0] && strcmp(reason, "None") ? reason : "");
@@ -533,11 +541,11 @@ static void recover_line(struct runner *r, char **f)
 	struct sjob *j;
 	int index;
 
-	snprintf(prefix, sizeof prefix, "sg-%s-", lcfg->instance_id);
+	snprintf(prefix, sizeof prefix, "sg:%s:", lcfg->instance_id);
 	if (!has_prefix(f[1], prefix))
 		return;
 	rest = f[1] + strlen(prefix);
-	dash = strrchr(rest, '-');
+	dash = strrchr(rest, ':');
 	if (dash == NULL || ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
 		return;
 	index = atoi(dash + 1);

@@ -110,8 +110,9 @@ struct runner *runner_for(const struct svc_config *svc)
 		r->opts = svc->ssh_options;
 		r->name = xasprintf("%s%s%s%s%.0d", r->user ? r->user : "", r->user ? "@" : "", r->host,
 				    r->port ? ":" : "", r->port);
-		/* a unix socket path is short: fall back to /tmp for a deep state_dir */
-		if (strlen(rcfg->state_dir) + 16 < sizeof r->ctl)
+		/* a unix socket path is short (108 bytes, and ssh adds a 17-byte
+		 * temporary suffix): fall back to /tmp for a deep state_dir */
+		if (strlen(rcfg->state_dir) + 6 + 8 + 17 < sizeof r->ctl)
 			snprintf(r->ctl, sizeof r->ctl, "%s/cm-%d", rcfg->state_dir, nrunners);
 		else
 			snprintf(r->ctl, sizeof r->ctl, "/tmp/slurmgate-cm-%d-%d", (int)getpid(), nrunners);
@@ -158,23 +159,72 @@ static void av_free(char **v)
 	free(v);
 }
 
+/* A path as ssh reads it in an option: '%' would be expanded as a token. */
+static char *ssh_path(const char *p)
+{
+	size_t n = 0;
+	char *out, *o;
+
+	for (const char *q = p; *q; q++)
+		n += *q == '%' ? 2 : 1;
+	out = o = xmalloc(n + 1);
+	for (const char *q = p; *q; q++) {
+		if (*q == '%')
+			*o++ = '%';
+		*o++ = *q;
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Append P to B as one double-quoted word of an ssh option value. */
+static void ssh_quoted(char *b, size_t len, const char *p)
+{
+	size_t o = strlen(b);
+	char *e = ssh_path(p);
+
+	if (o + 1 < len)
+		b[o++] = '"';
+	for (const char *q = e; *q && o + 2 < len; q++) {
+		if (*q == '"' || *q == '\\')
+			b[o++] = '\\';
+		b[o++] = *q;
+	}
+	if (o + 1 < len)
+		b[o++] = '"';
+	b[o] = '\0';
+	free(e);
+}
+
 /* The options every ssh invocation to R shares. */
 static void ssh_base(struct runner *r, struct argv_b *a)
 {
 	const char *home = getenv("HOME");
-	char known[1100], port[16];
+	char known[1100], port[16], path[1100], *e;
 
 	av_add(a, "ssh");
 	av_add(a, "-S");
-	av_add(a, r->ctl);
+	e = ssh_path(r->ctl);
+	av_add(a, e);
+	free(e);
 	av_opt(a, "BatchMode=%s", "yes");
 	av_opt(a, "StrictHostKeyChecking=%s", rcfg->ssh_host_key_checking);
-	snprintf(known, sizeof known, "\"%s/known_hosts\"%s%s%s", rcfg->state_dir,
-		 home ? " \"" : "", home ? home : "", home ? "/.ssh/known_hosts\"" : "");
+	/* ours first (new keys go there), then the user's */
+	known[0] = '\0';
+	snprintf(path, sizeof path, "%s/known_hosts", rcfg->state_dir);
+	ssh_quoted(known, sizeof known, path);
+	if (home) {
+		snprintf(path, sizeof path, "%s/.ssh/known_hosts", home);
+		strncat(known, " ", sizeof known - strlen(known) - 1);
+		ssh_quoted(known, sizeof known, path);
+	}
 	av_opt(a, "UserKnownHostsFile=%s", known);
 	if (r->key) {
-		av_add(a, "-i");
-		av_add(a, r->key);
+		/* as an option, not -i: ssh stats -i's argument before expanding
+		 * '%', so an escaped path would not be found */
+		path[0] = '\0';
+		ssh_quoted(path, sizeof path, r->key);
+		av_opt(a, "IdentityFile=%s", path);
 		av_opt(a, "IdentitiesOnly=%s", "yes");
 	}
 	for (char **o = r->opts; o && *o; o++) {
@@ -393,6 +443,9 @@ static void master_exited(struct proc *p, int status, void *arg)
 	int delay;
 
 	proc_status_str(status, st, sizeof st);
+	/* ssh's last words, unless they are only a note about known hosts */
+	if (has_prefix(last, "Warning: Permanently added"))
+		last = "";
 	snprintf(why, sizeof why, "ssh to %s: %s", r->name, last[0] ? last : st);
 	r->master = NULL;
 	unlink(r->ctl);

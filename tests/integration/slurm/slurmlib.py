@@ -12,6 +12,7 @@ timeout, and all traffic stays on 127.0.0.1.
 import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -132,9 +133,12 @@ def _stop_cluster():
     _cluster["dir"] = None
     _cluster["obj"] = None
     try:
-        _clusterctl("stop", d, 60)
+        stopped = _clusterctl("stop", d, 60).returncode == 0
     except subprocess.TimeoutExpired:
-        pass
+        stopped = False
+    # keep the cluster's logs only when asked to, or when stop went wrong
+    if stopped and not os.environ.get("SLURMGATE_KEEP_CLUSTER"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _start_cluster():
@@ -262,13 +266,15 @@ class SlurmGateway:
     """A slurmgate process for Slurm services. restart() runs a new process
     with exactly the same config file (same port, state_dir, instance_id)."""
 
-    def __init__(self, tmp_path, cluster, services, name="gw", **top):
+    def __init__(self, tmp_path, cluster, services, name="gw", env=None, **top):
         self.dir = Path(tmp_path)
+        self.env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+        self.env.update(env or {})
         self.cluster = cluster
         self.name = name
         self.port = base.free_port()
         self.instance_id = top.pop("instance_id", None) or f"t{uuid.uuid4().hex[:10]}"
-        self.state_dir = self.dir / f"{name}-state"
+        self.state_dir = Path(top.pop("state_dir", None) or self.dir / f"{name}-state")
         self.services = services
         self.config = {
             "listen": f"127.0.0.1:{self.port}",
@@ -291,11 +297,11 @@ class SlurmGateway:
     # --- names ---
 
     def job_name(self, route="llm", index=0):
-        return f"sg-{self.instance_id}-{route}-{index}"
+        return f"sg:{self.instance_id}:{route}:{index}"
 
     @property
     def job_prefix(self):
-        return f"sg-{self.instance_id}-"
+        return f"sg:{self.instance_id}:"
 
     # --- life cycle ---
 
@@ -305,7 +311,7 @@ class SlurmGateway:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([str(gateway_bin()), "-c", str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=str(self.dir))
+                                     stderr=subprocess.STDOUT, cwd=str(self.dir), env=self.env)
         lg = getattr(base, "_live_gateways", None)
         if isinstance(lg, list) and self not in lg:
             lg.append(self)   # the conftest hook attaches our log to failures
@@ -393,7 +399,10 @@ class SlurmGateway:
 
     def ssh_leftovers(self):
         """Any live ssh process (master or not) that uses our control path."""
-        return ssh_pids_with(str(self.state_dir))
+        pids = set(ssh_pids_with(str(self.state_dir)))
+        if self.proc is not None:
+            pids.update(ssh_pids_with(f"/tmp/slurmgate-cm-{self.proc.pid}-"))
+        return sorted(pids)
 
     # --- HTTP ---
 
@@ -461,13 +470,13 @@ class SlurmGateway:
 
 @pytest.fixture
 def slurm_gateway(tmp_path, cluster):
-    """Factory: slurm_gateway(services, start=True, **top) -> SlurmGateway.
+    """Factory: slurm_gateway(services, start=True, env=None, **top) -> SlurmGateway.
     Teardown stops every gateway (exit code 0 expected), cancels leftover
     jobs and ssh processes, and fails the test if there were any."""
     made = []
 
-    def make(services, start=True, **top):
-        g = SlurmGateway(tmp_path, cluster, services, name=f"gw{len(made)}", **top)
+    def make(services, start=True, env=None, **top):
+        g = SlurmGateway(tmp_path, cluster, services, name=f"gw{len(made)}", env=env, **top)
         made.append(g)
         if start:
             g.start()

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import SLACK, http_request, pid_alive, wait_until
-from slurmlib import ENDED, cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
+from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
 
 
 def test_50_concurrent_requests_to_a_cold_slurm_service_share_one_job(cluster, slurm_gateway,
