@@ -61,13 +61,14 @@ build/test_%: tests/unit/test_%.c $(OBJS) $(HDRS)
 
 run: deps all
 	@echo
-	@echo "slurmgate on http://127.0.0.1:8090 with examples/demo.json. Try, in another shell:"
+	@echo "slurmgate on http://127.0.0.1:8090 with examples/demo.json; the demo service takes"
+	@echo "DEMO_DELAY=3 s to 'load its model', so the first request is held. Try, in another shell:"
 	@echo "  curl -s localhost:8090/info"
 	@echo "  curl -s localhost:8090/llm/generate -d '{\"inputs\":\"hi\"}'          # cold start: held, then answered"
 	@echo "  curl -sN localhost:8090/llm/generate_stream -d '{\"inputs\":\"hi\"}'  # SSE, token by token"
 	@echo "  curl -s localhost:8090/check_llm"
 	@echo
-	build/slurmgate -c examples/demo.json
+	DEMO_DELAY=$${DEMO_DELAY:-3} build/slurmgate -c examples/demo.json
 
 unit: $(UNIT)
 	@for t in $(UNIT); do echo "== $$t"; $$t || exit 1; done

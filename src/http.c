@@ -97,6 +97,7 @@ static size_t n_server, n_client;
 
 static void flush_all(void);
 static void process_input(struct hconn *c);
+static void tunnel_move(struct hconn *c);
 static void rd_update(struct hconn *c);
 static void finalize_close(struct hconn *c);
 static void reply_and_close(struct hconn *c, int status, const char *msg);
@@ -596,6 +597,11 @@ static void process_input(struct hconn *c)
 		if (c->dead)
 			break;
 		evbuffer_drain(in, n);
+		if (c->tunnel) {
+			/* upgraded inside this parse: what follows the head is raw */
+			tunnel_move(c);
+			break;
+		}
 		if (c->parked && evbuffer_get_length(in) > 0) {
 			http_close(c, "upstream sent bytes after its response");
 			break;
@@ -1175,8 +1181,10 @@ void http_tunnel(struct hconn *a, struct hconn *b)
 		c->pause_mask = 0;
 		rd_update(c);
 	}
+	/* bytes already read go across now; a side being parsed right now
+	 * (the 101 head itself) moves its rest once the parser let go */
 	for (int i = 0; i < 2; i++)
-		if (evbuffer_get_length(pair[i]->in) > 0)
+		if (!pair[i]->in_parse && evbuffer_get_length(pair[i]->in) > 0)
 			tunnel_move(pair[i]);
 }
 

@@ -1,0 +1,87 @@
+"""An Upgrade (WebSocket) request is passed through as raw bytes both ways
+once the service answers 101, and the service still gets held for a start."""
+import socket
+import sys
+import time
+
+from conftest import demo_service, free_port, write_script
+
+# A service that answers /health and upgrades anything else, then echoes
+# every byte back upper-cased (so the test sees the service did it).
+UPSTREAM = r'''
+import socket, sys, threading
+port = int(sys.argv[1])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port)); srv.listen(16)
+def serve(c):
+    f = c.makefile("rb")
+    line = f.readline()
+    hdrs = {}
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b""):
+            break
+        k, _, v = h.decode().partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    if line.startswith(b"GET /health"):
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        c.close(); return
+    if hdrs.get("upgrade", "").lower() != "websocket" or "upgrade" not in hdrs.get("connection", "").lower():
+        c.sendall(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        c.close(); return
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    while True:
+        b = c.recv(4096) if not f.peek(1) else f.read1(4096)
+        if not b:
+            break
+        c.sendall(b.upper())
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+def test_websocket_upgrade_is_relayed_raw_both_ways(gateway, tmp_path):
+    (tmp_path / "ws.py").write_text(UPSTREAM)
+    script = write_script(tmp_path / "ws.sh",
+                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
+    g = gateway([demo_service(name="ws", route="ws", bash_file=str(script))])
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=15)
+    try:
+        s.sendall(b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        deadline = time.monotonic() + 15
+        while b"\r\n\r\n" not in head and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert b"upgrade: websocket" in head.lower(), head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        for msg in (b"hello", b"x" * 100000):
+            s.sendall(msg)
+            got = rest
+            rest = b""
+            while len(got) < len(msg) and time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            assert got == msg.upper()
+    finally:
+        s.close()
+    # the gateway still serves other requests
+    assert g.get("/ws/health").status == 200
+
+
+def test_refused_upgrade_answers_normally_and_closes(gateway, tmp_path):
+    (tmp_path / "ws.py").write_text(UPSTREAM)
+    script = write_script(tmp_path / "ws.sh",
+                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
+    g = gateway([demo_service(name="ws", route="ws", bash_file=str(script))])
+    # an upgrade the service refuses is an ordinary response
+    r = g.get("/ws/chat", headers={"Upgrade": "h2c", "Connection": "Upgrade"})
+    assert r.status == 426
