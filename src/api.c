@@ -111,7 +111,7 @@ void api_metrics(struct hconn *c)
 {
 	struct evbuffer *b = evbuffer_new();
 	size_t n = services_count(), len;
-	char lbl[300], name[260];
+	char lbl[2400], name[2200];
 
 #define EACH for (size_t k = 0; k < n; k++)
 #define SVC (service_at(k))

@@ -67,7 +67,13 @@ static size_t nkeyslots;
 
 static void reply_json(struct hconn *c, int status, json_t *o, const char *extra)
 {
-	char *body = json_dumps(o, JSON_COMPACT);
+	char *body;
+
+	if (o == NULL) {   /* json_pack refused a value (not UTF-8): never crash on it */
+		http_reply_error(c, 500, NULL, "could not encode the answer as JSON");
+		return;
+	}
+	body = json_dumps(o, JSON_COMPACT);
 
 	http_reply(c, status, "application/json", extra, body, strlen(body));
 	free(body);
@@ -384,7 +390,7 @@ static void short_state(const struct service *s, char *buf, size_t len)
 
 static void ep_models(struct hconn *c, const struct http_msg *m)
 {
-	json_t *data = json_array();
+	json_t *data;
 	const struct api_key *k = NULL;
 	size_t len;
 	const char *t = bearer(m, &len);
@@ -392,6 +398,7 @@ static void ep_models(struct hconn *c, const struct http_msg *m)
 
 	if (!key_ok(c, m, NULL, true))
 		return;
+	data = json_array();
 	if (fcfg->n_api_keys > 0)
 		k = key_find(t, len);
 	for (size_t q = 0; q < nmodels; q++) {
@@ -433,6 +440,8 @@ static void v1_route(struct session *ss)
 				 NULL);
 		goto out;
 	}
+	if (fcfg->n_api_keys > 0 && !key_ok(c, m, NULL, true))
+		goto out;
 	model = json_object_get(o, "model");
 	if (!json_is_string(model)) {
 		reply_openai_err(c, 400, "invalid_request_error", "model_required",

@@ -533,6 +533,8 @@ static int on_message_complete(http_parser *p)
 		c->ops->done(c);
 	if (c->dead)
 		return 0;
+	if (c->server && !c->msg_complete)
+		return 0;   /* answered inside done(): next_transaction() ran already */
 	if (c->server && c->resp_done && !c->close_after) {
 		next_transaction(c);
 		return 0;

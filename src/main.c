@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <event2/event.h>
+#include <jansson.h>
 
 #include "config.h"
 #include "front.h"
@@ -25,6 +26,8 @@ static struct event_base *base;
 static struct config *cfg;
 static struct event *sig_term, *sig_int, *sig_hup, *grace_ev, *deadline_ev;
 static bool shutting_down, stopping_services;
+static enum log_level log_level = LOG_LVL_INFO;
+static bool log_json_flag;   /* --log-json */
 static double shutdown_began;
 
 static int mkdir_p(const char *path);
@@ -146,6 +149,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	runners_init(base, cfg);
 	services_reload(cfg);
 	front_reconfigure(cfg);
+	log_init(log_level, log_json_flag || cfg->log_json);
 }
 
 /* mkdir -p, private: it holds known_hosts and ssh control sockets. */
@@ -207,9 +211,17 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, json);
+	log_level = verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO;
+	log_json_flag = json;
+	log_init(log_level, json);
 	log_hook_libevent();
 
+	if (!json) {
+		json_t *r = json_load_file(file, 0, NULL);
+		if (r && json_is_true(json_object_get(r, "log_json")))
+			log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, json = true);
+		json_decref(r);
+	}
 	cfg = config_load(file, &errs);
 	if (cfg != NULL && listen != NULL) {
 		free(cfg->listen_host);
@@ -221,7 +233,11 @@ int main(int argc, char **argv)
 		}
 	}
 	if (cfg == NULL) {
-		print_errors(file, errs);
+		if (json && !test)
+			for (char **e = errs; e && *e; e++)
+				log_error("%s: %s", file, *e);
+		else
+			print_errors(file, errs);
 		config_free_errors(errs);
 		return 1;
 	}

@@ -77,7 +77,7 @@ static void err_bytes(struct proc *p, const char *buf, size_t n)
 		if (ch == '\n' || p->linelen == sizeof p->line - 1) {
 			p->line[p->linelen] = '\0';
 			if (p->linelen > 0) {
-				memcpy(p->last, p->line, p->linelen + 1);
+				snprintf(p->last, sizeof p->last, "%s", log_escape(p->line, p->linelen));
 				log_debug("%s: %s", p->prefix, log_escape(p->line, p->linelen));
 			}
 			p->linelen = 0;

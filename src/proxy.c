@@ -175,7 +175,12 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		free(body);
 		json_decref(o);
 	} else if (ex->down) {
-		http_close(ex->down, reason);   /* mid-response: all we can do */
+		struct hconn *d = ex->down;   /* mid-response: all we can do */
+		ex->down = NULL;
+		if (ex->slot)
+			*ex->slot = NULL;
+		ex->slot = NULL;
+		http_close(d, reason);
 	}
 	if (status >= 100 && status < 600)
 		service_metrics(ex->svc)->by_status[status]++;

@@ -34,6 +34,7 @@ struct service {
 	double backoff_until; /* no new start before this (monotonic s) */
 	uint64_t requests, starts, start_failures;
 	bool recovering;      /* the launcher is still looking for earlier instances */
+	bool demanded;        /* a start was asked for while recovering */
 	double up_since;      /* load above target since (0: not) */
 	double down_since;    /* an instance to spare since (0: not) */
 	double last_start_s;  /* how long the last successful start took */
@@ -340,7 +341,10 @@ void service_demand(struct service *s)
 	int ra;
 
 	if (pick_ready(s) == NULL) {
-		(void)service_start(s, &reason, &ra);
+		if (s->recovering)
+			s->demanded = true;   /* started once the look for earlier jobs is over */
+		else
+			(void)service_start(s, &reason, &ra);
 		return;
 	}
 	TAILQ_FOREACH(i, &s->insts, link)
@@ -599,9 +603,12 @@ static void kick(struct service *s)
 	const char *reason;
 	int ra;
 
-	if (!TAILQ_EMPTY(&s->waiters) && !any_starting(s) && pick_ready(s) == NULL &&
-	    service_start(s, &reason, &ra) != 0)
-		fail_waiters(s, reason, ra);
+	if ((!TAILQ_EMPTY(&s->waiters) || s->demanded) && !s->recovering && !any_starting(s) &&
+	    pick_ready(s) == NULL) {
+		s->demanded = false;
+		if (service_start(s, &reason, &ra) != 0)
+			fail_waiters(s, reason, ra);
+	}
 	scale_check(s);
 }
 
@@ -994,7 +1001,18 @@ void services_reload(struct config *cfg)
 			continue;
 		log_info("svc %s: removed from the config; stopping it", svcs[k]->cfg->name);
 		event_del(svcs[k]->scale_ev);
-		service_stop_all(svcs[k], "the service was removed from the config");
+		{
+			struct service *s = svcs[k];
+			struct instance *i, *nx;
+			fail_waiters(s, "the service was removed from the config", 30);
+			for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
+				nx = TAILQ_NEXT(i, link);
+				if ((i->state == INST_READY || i->state == INST_DRAINING) && i->inflight > 0)
+					instance_drain(i, "removed from the config");
+				else if (i->state != INST_STOPPING)
+					inst_stop(i, "the service was removed from the config");
+			}
+		}
 		retired = xrealloc(retired, (nretired + 1) * sizeof *retired);
 		retired[nretired++] = svcs[k];
 		removed++;

@@ -215,3 +215,32 @@ def test_sigterm_cancels_the_jobs_and_leaves_no_ssh_master(cluster, slurm_gatewa
     assert not os.path.exists(os.path.join(g.config["state_dir"], "cm-0")), \
         "the control socket is left behind"
     print(f"SIGTERM -> exit with jobs cancelled in {took:.2f} s")
+
+
+def test_keep_jobs_on_exit_leaves_the_job_for_the_next_start_to_adopt(cluster, slurm_gateway,
+                                                                       tmp_path):
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job, timeout=60)], keep_jobs_on_exit=True)
+    name = g.job_name()
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    [(job1, _, _, _)] = cluster.jobs(name)
+
+    assert g.terminate() == 0
+    assert "left running (keep_jobs_on_exit)" in g.log(), g.log()
+    assert [j[0] for j in cluster.live_jobs(name)] == [job1], "the job was cancelled at exit"
+    assert pid_alive(pid1)
+
+    g.restart()
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    assert r.json()["pid"] == pid1, "not served by the kept job"
+    info = g.svc()
+    assert info["starts"] == 0 and info["instances"][0]["job_id"] == job1, info
+    assert [j[0] for j in cluster.jobs(name)] == [job1], "a second job was submitted"
+    # an admin stop still cancels it (and leaves nothing for the teardown)
+    r = http_request(g.port, "POST", "/api/services/demo/stop", timeout=30)
+    assert r.status == 202, r
+    wait_until(lambda: not cluster.live_jobs(name), 20 * SLACK, interval=0.2,
+               msg=f"job {job1} to be cancelled by the admin stop")
