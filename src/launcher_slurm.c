@@ -48,6 +48,7 @@ struct sjob {
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
 	double submitted, running_at;
+	double tracked_at;       /* when sbatch's answer came (the id became known) */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 
@@ -126,6 +127,7 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	memcpy(j->id, out, n);
 	j->id[n] = '\0';
 	j->st = J_QUEUED;
+	j->tracked_at = now_s();
 	j->refs++;   /* tracked */
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (j->inst) {
@@ -336,6 +338,7 @@ static int split(char *line, char **f, int n)
 struct pollctx {
 	struct runner *r;
 	bool recover;
+	double started;   /* jobs known only after this may be missing from the answer */
 };
 
 static void recover_line(struct runner *r, char **f);
@@ -393,7 +396,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		/* tracked but no longer listed: purged from squeue, so over */
 		for (j = LIST_FIRST(&jobs); j; j = next) {
 			next = LIST_NEXT(j, link);
-			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING) {
+			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started) {
 				char why[100];
 				snprintf(why, sizeof why, "Slurm job %s left squeue", j->id);
 				job_gone(j, why);
@@ -422,6 +425,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 		if (first) {
 			struct pollctx *x = xcalloc(1, sizeof *x);
 			x->r = j->r;
+			x->started = now_s();
 			polls_in_flight++;
 			runner_run(j->r, squeue_argv, 60, squeue_done, x);
 		}
@@ -459,8 +463,9 @@ static int alloc_port(void)
 		close(fd);
 		for (size_t k = 0; k < lcfg->n_services; k++) {
 			const struct svc_config *s = &lcfg->services[k];
-			clash |= port >= s->remote_port && port < s->remote_port + s->max_instances;
-			clash |= port >= s->local_port && port < s->local_port + s->max_instances;
+			/* + 1: the port a walltime handover's replacement uses */
+			clash |= port >= s->remote_port && port <= s->remote_port + s->max_instances;
+			clash |= port >= s->local_port && port <= s->local_port + s->max_instances;
 		}
 		if (port && !clash)
 			return port;

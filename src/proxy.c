@@ -520,7 +520,10 @@ static void up_closed(struct hconn *c, const char *why)
 		ex->tries++;
 		if (!ex->up_connected)
 			instance_unreachable(old, why);
+		else
+			instance_pool_flush(old);   /* its other idle connections are suspect too */
 		ex->inst = NULL;
+		ex->w.avoid = old;
 		instance_release(old);
 		log_info("svc %s: retrying a request on another instance (%s)", service_config(ex->svc)->name,
 			 why);

@@ -36,6 +36,7 @@ struct service {
 	bool recovering;      /* the launcher is still looking for earlier instances */
 	bool demanded;        /* a start was asked for while recovering */
 	double up_since;      /* load above target since (0: not) */
+	double below_since;   /* ... and back at or below it since (0: not) */
 	double down_since;    /* an instance to spare since (0: not) */
 	double last_start_s;  /* how long the last successful start took */
 	struct event *scale_ev;
@@ -104,13 +105,13 @@ static bool any_starting(const struct service *s)
 
 /* The ready instance with the fewest requests in flight; among ties, one
  * at random (reservoir sampling), so equal instances share the load. */
-static struct instance *pick_ready(struct service *s)
+static struct instance *pick_ready_avoiding(struct service *s, const struct instance *avoid)
 {
 	struct instance *i, *best = NULL;
 	int ties = 0;
 
 	TAILQ_FOREACH(i, &s->insts, link) {
-		if (i->state != INST_READY)
+		if (i->state != INST_READY || i == avoid)
 			continue;
 		if (best == NULL || i->inflight < best->inflight) {
 			best = i;
@@ -120,6 +121,11 @@ static struct instance *pick_ready(struct service *s)
 		}
 	}
 	return best;
+}
+
+static struct instance *pick_ready(struct service *s)
+{
+	return pick_ready_avoiding(s, NULL);
 }
 
 static int count_state(const struct service *s, enum inst_state a, enum inst_state b)
@@ -285,8 +291,10 @@ static int service_start(struct service *s, const char **reason, int *retry_afte
 	}
 	/* still looking for instances of an earlier run, or the previous
 	 * instance is still stopping: the start comes when that is over */
-	if (s->recovering || free_index(s, s->cfg->max_instances) < 0)
+	if (s->recovering || free_index(s, s->cfg->max_instances) < 0) {
+		s->demanded = true;   /* kick() starts it then, waiters or not */
 		return 0;
+	}
 	if (inst_start(s, free_index(s, s->cfg->max_instances)) == NULL) {
 		*reason = s->last_error;
 		*retry_after = backoff_left(s) > 0 ? backoff_left(s) : 1;
@@ -301,7 +309,10 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	struct instance *i;
 
 	s->requests++;
-	if ((i = pick_ready(s)) != NULL && TAILQ_EMPTY(&s->waiters)) {
+	/* a retry goes to another instance if there is one */
+	if ((w->avoid == NULL || (i = pick_ready_avoiding(s, w->avoid)) == NULL))
+		i = pick_ready(s);
+	if (i != NULL && TAILQ_EMPTY(&s->waiters)) {
 		assign(i);
 		*inst = i;
 		if (s->cfg->max_instances > 1)
@@ -470,9 +481,12 @@ static void scale_check(struct service *s)
 	double now = now_s();
 
 	if (ready + starting < c->min_instances) {
-		if (can_start(s, c->max_instances))
+		/* all that are missing, at once: N warm instances cost one start time */
+		while (ready + starting < c->min_instances && can_start(s, c->max_instances)) {
 			start_for(s, "%d running, min_instances is %d", ready + starting, c->min_instances);
-		else if (backoff_left(s) > 0)
+			starting++;
+		}
+		if (ready + starting < c->min_instances && backoff_left(s) > 0)
 			scale_later(s, backoff_left(s));
 		return;
 	}
@@ -488,6 +502,7 @@ static void scale_check(struct service *s)
 	}
 	if (ready + starting < c->max_instances && starting == 0 &&
 	    (double)load / ready > c->target_concurrency) {
+		s->below_since = 0;
 		if (s->up_since == 0)
 			s->up_since = now;
 		if (now - s->up_since >= c->scale_up_delay) {
@@ -498,8 +513,18 @@ static void scale_check(struct service *s)
 		} else {
 			scale_later(s, s->up_since + c->scale_up_delay - now);
 		}
-	} else {
-		s->up_since = 0;
+	} else if (s->up_since != 0) {
+		/* clients that finish together dip below target for a moment
+		 * between rounds: only a dip that lasts resets the clock */
+		double grace = c->scale_up_delay / 2.0 < 1.0 ? c->scale_up_delay / 2.0 : 1.0;
+		if (s->below_since == 0)
+			s->below_since = now;
+		if (now - s->below_since >= grace) {
+			s->up_since = 0;
+			s->below_since = 0;
+		} else {
+			scale_later(s, grace - (now - s->below_since));
+		}
 	}
 	if (ready > 1 && ready > c->min_instances && starting == 0 &&
 	    load <= c->target_concurrency * (ready - 1)) {
@@ -557,9 +582,10 @@ void instance_set_deadline(struct instance *i, double end_at)
 	double lead, left = end_at - now_s(), at;
 
 	i->deadline = end_at;
+	/* auto: twice the last start plus 30 s, for a slower queue next time */
 	lead = s->cfg->handover_lead >= 0 ? s->cfg->handover_lead
-		: s->last_start_s > 0	  ? s->last_start_s * 1.5 + 10
-					  : 60;
+		: s->last_start_s > 0	  ? s->last_start_s * 2 + 30
+					  : 90;
 	if (lead > left * 0.8 && i->ready_at == 0)
 		lead = left * 0.8;   /* a short limit: still leave the job most of it */
 	at = left - lead;
@@ -883,6 +909,20 @@ static const struct hconn_ops pool_ops = {
 struct hconn *instance_pool_get(struct instance *i)
 {
 	return i->npool > 0 ? i->pool[--i->npool] : NULL;   /* the most recently used */
+}
+
+void instance_pool_flush(struct instance *i)
+{
+	struct hconn **pool = i->pool;
+	int n = i->npool;
+
+	i->pool = NULL;
+	i->npool = i->poolcap = 0;
+	for (int k = 0; k < n; k++) {
+		http_set_owner(pool[k], NULL, NULL);
+		http_close(pool[k], "pool flushed");
+	}
+	free(pool);
 }
 
 void instance_pool_put(struct instance *i, struct hconn *c)

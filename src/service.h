@@ -39,6 +39,7 @@ struct waiter {
 	struct service *svc;
 	bool queued;
 	double since;
+	struct instance *avoid;   /* a retry: prefer any other ready instance */
 	/* called once: with a ready instance (its in-flight count already
 	 * includes this request), or with a failure */
 	void (*ready)(struct waiter *w, struct instance *inst);
@@ -119,6 +120,8 @@ void instance_unreachable(struct instance *i, const char *why);
 /* Pool of idle upstream connections. */
 struct hconn *instance_pool_get(struct instance *i);
 void instance_pool_put(struct instance *i, struct hconn *c);
+/* Close every idle connection to I (one of them turned out stale). */
+void instance_pool_flush(struct instance *i);
 
 /* --- called by launchers --- */
 /* The instance can be reached at host:port now: start health probes. */
