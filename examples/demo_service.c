@@ -26,6 +26,7 @@
  * Endpoints (unknown path -> 404 JSON, wrong method -> 405 JSON):
  *   GET  /health /info /pid /small /stats /v1/models
  *   GET  /slow?ms=N              reply after N ms (default 1000)
+ *   GET  /cpu?ms=N               burn N ms of CPU on the loop, then reply
  *   GET  /stream?n=N&ms=M        N SSE events "data: i" every M ms
  *   ANY  /echo[/...]             reflect method, uri, headers, body
  *   POST /generate /generate_stream /   (TGI)
@@ -62,6 +63,7 @@
 #define MAX_TOKENS 100000          /* clamp for max_new_tokens / max_tokens */
 #define MAX_STREAM_EVENTS 10000000 /* clamp for /stream?n= */
 #define MAX_SLEEP_MS (3600L * 1000L)
+#define MAX_CPU_MS (10L * 1000L)   /* clamp for /cpu?ms= */
 #define MAX_BODY (64u * 1024u * 1024u)
 #define ECHO_BODY_TEXT_MAX (1024u * 1024u)
 #define EMBED_DIM 8
@@ -1238,6 +1240,38 @@ static void h_slow(struct evhttp_request *req)
 	job_start(req, JOB_SLOW, ms, ms);
 }
 
+/* Milliseconds of CPU time this process has used so far. */
+static double cpu_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/*
+ * GET /cpu?ms=N: busy-loop until this process has used N ms of CPU time
+ * (default 10), then reply {"pid":..,"cpu_ms":N}.  A CPU-bound request:
+ * the event loop serves nothing else meanwhile, so one process answers at
+ * most 1000/N of them per second.  CPU time, not wall time, so that a
+ * busy machine makes requests slower instead of cheaper.
+ */
+static void h_cpu(struct evhttp_request *req)
+{
+	long ms = query_long(req, "ms", 10, 0, MAX_CPU_MS);
+	double until = cpu_now_ms() + (double)ms;
+	volatile unsigned long spin = 0;
+	struct evbuffer *b;
+
+	while (cpu_now_ms() < until)
+		for (int k = 0; k < 1000; k++)
+			spin++;
+	b = evbuffer_new();
+	evbuffer_add_printf(b, "{\"pid\":%ld,\"cpu_ms\":%ld}", (long)getpid(),
+	    ms);
+	reply_json(req, 200, b);
+}
+
 /* GET /stream?n=N&ms=M: N SSE events "data: i" every M ms. */
 static void h_stream(struct evhttp_request *req)
 {
@@ -1267,6 +1301,7 @@ static const struct route routes[] = {
 	{ "/small", M_GET, h_small },
 	{ "/stats", M_GET, h_stats },
 	{ "/slow", M_GET, h_slow },
+	{ "/cpu", M_GET, h_cpu },
 	{ "/stream", M_GET, h_stream },
 	{ "/", M_POST, h_root },
 	{ "/generate", M_POST, h_generate },

@@ -145,7 +145,8 @@ void api_metrics(struct hconn *c)
 	EACH evbuffer_add_printf(b, "slurmgate_cold_starts_total{service=\"%s\"} %llu\n", LBL,
 				 (unsigned long long)service_metrics(SVC)->cold_starts);
 	family(b, "slurmgate_cold_start_seconds", "histogram",
-	       "Cold start time by phase: queue (submit to running) and boot (running to healthy).");
+	       "Cold start time by phase: queue (start asked to the service reachable: submit, queue "
+	       "wait, tunnel) and boot (reachable to healthy).");
 	EACH {
 		snprintf(lbl, sizeof lbl, "service=\"%s\",phase=\"queue\"", LBL);
 		histo_write(b, "slurmgate_cold_start_seconds", lbl, &service_metrics(SVC)->cold_queue);

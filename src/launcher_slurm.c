@@ -47,6 +47,7 @@ struct sjob {
 	bool want_cancel, seen;
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
+	double cancel_at;        /* when the last scancel was sent */
 	double submitted, running_at;
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
@@ -100,6 +101,7 @@ static void job_cancel(struct sjob *j)
 
 	j->st = J_CANCELLING;
 	j->cancel_tries++;
+	j->cancel_at = now_s();
 	j->refs++;
 	runner_run(j->r, argv, 60, cancel_done, j);
 	poll_schedule(true);
@@ -261,7 +263,7 @@ static long time_left(const char *t)
 }
 
 static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
-		       const char *reason)
+		       const char *reason, double poll_started)
 {
 	char why[400];
 
@@ -270,7 +272,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		if (ended(state)) {
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
 			job_gone(j, why);
-		} else if (j->cancel_tries < 5 && strcmp(state, "COMPLETING") != 0) {
+		} else if (j->cancel_tries < 5 && strcmp(state, "COMPLETING") != 0 &&
+			   poll_started > j->cancel_at + 2) {
 			job_cancel(j);   /* scancel did not take: again */
 		}
 		return;
@@ -297,9 +300,11 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			j->running_at = now_s();
 			if (j->inst) {
 				snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
+				/* from sbatch's answer: the queue wait as Slurm saw it, give
+				 * or take one poll interval */
 				log_info("svc %s[%d]: Slurm job %s running on %s after %.2f s in the queue",
 					 service_config(j->inst->svc)->name, j->inst->index, j->id, j->node,
-					 j->running_at - j->submitted);
+					 j->running_at - (j->tracked_at > 0 ? j->tracked_at : j->submitted));
 			}
 			open_tunnel(j);
 		}
@@ -385,7 +390,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		for (j = LIST_FIRST(&jobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
-				job_update(j, f[2], f[3], f[4], f[5]);
+				job_update(j, f[2], f[3], f[4], f[5], x->started);
 				break;
 			}
 		}
