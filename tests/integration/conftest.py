@@ -60,6 +60,32 @@ def free_port():
     raise RuntimeError("no free port found")
 
 
+def _bindable(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port_block(n):
+    """p such that p .. p+n-1 are free and handed out to nobody else in this
+    session (instance i of a service uses remote_port + i; a Slurm service
+    may use one more for a handover)."""
+    for _ in range(200):
+        p = free_port()
+        rest = range(p + 1, p + n)
+        if p + n >= 65000 or any(q in _used_ports or port_listening(q) or not _bindable(q)
+                                 for q in rest):
+            continue
+        _used_ports.update(rest)
+        return p
+    raise RuntimeError(f"no block of {n} free ports")
+
+
 def wait_until(pred, timeout, interval=0.05, msg=None):
     """Call pred() until it returns a truthy value (returned) or timeout
     seconds pass (AssertionError). Exceptions from pred count as False."""

@@ -28,17 +28,6 @@ from conftest import (SLACK, demo_service, http_request, pid_alive, pids_with_ar
 # helpers
 # --------------------------------------------------------------------------
 
-def _bindable(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 @pytest.fixture
 def port_block():
     """Factory: port_block(n) -> p such that p .. p+n-1 are free and handed
@@ -47,16 +36,9 @@ def port_block():
     blocks = []
 
     def make(n):
-        for _ in range(200):
-            p = base.free_port()
-            rest = range(p + 1, p + n)
-            if p + n >= 65000 or any(q in base._used_ports or port_listening(q) or not _bindable(q)
-                                     for q in rest):
-                continue
-            base._used_ports.update(rest)
-            blocks.append((p, n))
-            return p
-        raise RuntimeError(f"no block of {n} free ports")
+        p = base.free_port_block(n)
+        blocks.append((p, n))
+        return p
 
     yield make
     left = []

@@ -23,30 +23,7 @@ from conftest import SLACK, http_request, port_listening, wait_until
 from slurmlib import ENDED, cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
 
 
-def _bindable(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def port_block(n):
-    """p such that p .. p+n-1 are free and handed out to nobody else in this
-    session (instance i of a service uses remote_port + i; a Slurm service
-    may use one more for a handover)."""
-    for _ in range(200):
-        p = base.free_port()
-        rest = range(p + 1, p + n)
-        if p + n >= 65000 or any(q in base._used_ports or port_listening(q) or not _bindable(q)
-                                 for q in rest):
-            continue
-        base._used_ports.update(rest)
-        return p
-    raise RuntimeError(f"no block of {n} free ports")
+port_block = base.free_port_block
 
 
 def ready_insts(info):
