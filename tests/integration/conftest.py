@@ -599,3 +599,61 @@ def _built():
         pytest.exit(f"missing {missing}: run `make all` first", returncode=2)
     if shutil.which("sh") is None:
         pytest.exit("no /bin/sh", returncode=2)
+
+
+class Stream:
+    """A streamed response read line by line, with each line's arrival time."""
+
+    def __init__(self, port, method, path, body=None, headers=None, timeout=20.0):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLACK)
+        self.t0 = time.monotonic()
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        self.conn.request(method, path, body=body, headers=headers or {})
+        self.resp = self.conn.getresponse()
+        self.t_head = time.monotonic() - self.t0
+        self.lines = []   # (seconds since the request, line without EOL)
+
+    def read_all(self, deadline_s=30.0):
+        deadline = time.monotonic() + deadline_s * SLACK
+        while time.monotonic() < deadline:
+            line = self.resp.readline()
+            if not line:
+                break
+            self.lines.append((time.monotonic() - self.t0, line.decode().rstrip("\r\n")))
+        else:
+            raise AssertionError(f"stream did not end within {deadline_s} s: {self.lines[-5:]}")
+        self.conn.close()
+        return self
+
+    def header(self, name):
+        return self.resp.getheader(name)
+
+    def close(self):
+        self.conn.close()
+
+    def comments(self):
+        return [(t, l) for t, l in self.lines if l.startswith(":")]
+
+    def data(self):
+        return [(t, l[5:].lstrip(" ")) for t, l in self.lines if l.startswith("data:")]
+
+    def events(self):
+        """SSE events: (arrival time of the first line, [data lines], [comment lines])."""
+        out, cur = [], None
+        for t, line in self.lines:
+            if line == "":
+                if cur is not None:
+                    out.append(cur)
+                cur = None
+                continue
+            if cur is None:
+                cur = (t, [], [])
+            if line.startswith(":"):
+                cur[2].append(line)
+            elif line.startswith("data:"):
+                cur[1].append(line[5:].lstrip(" "))
+        if cur is not None:
+            out.append(cur)
+        return out

@@ -14,48 +14,10 @@ import re
 import threading
 import time
 
-from conftest import (DEMO_SH, SLACK, demo_service, wait_until,
+from conftest import (DEMO_SH, SLACK, Stream, demo_service, wait_until,
                       write_script)
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-
-
-class Stream:
-    """A streamed response read line by line, with each line's arrival time."""
-
-    def __init__(self, port, method, path, body=None, headers=None, timeout=20.0):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLACK)
-        self.t0 = time.monotonic()
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body)
-            headers = {"Content-Type": "application/json", **(headers or {})}
-        self.conn.request(method, path, body=body, headers=headers or {})
-        self.resp = self.conn.getresponse()
-        self.t_head = time.monotonic() - self.t0
-        self.lines = []   # (seconds since the request, line without EOL)
-
-    def header(self, name):
-        return self.resp.getheader(name)
-
-    def read_all(self, deadline_s=30.0):
-        deadline = time.monotonic() + deadline_s * SLACK
-        while time.monotonic() < deadline:
-            line = self.resp.readline()
-            if not line:
-                break
-            self.lines.append((time.monotonic() - self.t0, line.decode().rstrip("\r\n")))
-        else:
-            raise AssertionError(f"stream did not end within {deadline_s} s: {self.lines[-5:]}")
-        return self
-
-    def close(self):
-        self.conn.close()
-
-    def comments(self):
-        return [(t, l) for t, l in self.lines if l.startswith(":")]
-
-    def data(self):
-        return [(t, l[5:].lstrip(" ")) for t, l in self.lines if l.startswith("data:")]
 
 
 def script(tmp_path, name, body):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DEMO_SH, SLACK, demo_service, http_request, wait_until,
+from conftest import (DEMO_SH, SLACK, Stream, demo_service, http_request, wait_until,
                       write_script)
 
 
@@ -76,49 +76,6 @@ def slow_script(tmp_path, delay, name="slow.sh"):
     (DEMO_DELAY for this service only)."""
     return write_script(tmp_path / name,
                         f'#!/bin/sh\nDEMO_DELAY={delay} exec "{DEMO_SH}" "$@"\n')
-
-
-class Stream:
-    """A streamed response read line by line, with each line's arrival time."""
-
-    def __init__(self, port, method, path, body=None, headers=None, timeout=20.0):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLACK)
-        self.t0 = time.monotonic()
-        self.conn.request(method, path, body=body, headers=headers or {})
-        self.resp = self.conn.getresponse()
-        self.t_head = time.monotonic() - self.t0
-        self.lines = []   # (seconds since the request, line without EOL)
-
-    def read_all(self, deadline_s=30.0):
-        deadline = time.monotonic() + deadline_s * SLACK
-        while time.monotonic() < deadline:
-            line = self.resp.readline()
-            if not line:
-                break
-            self.lines.append((time.monotonic() - self.t0, line.decode().rstrip("\r\n")))
-        else:
-            raise AssertionError(f"stream did not end within {deadline_s} s: {self.lines[-5:]}")
-        self.conn.close()
-        return self
-
-    def events(self):
-        """SSE events: (arrival time of the first line, [data lines], [comment lines])."""
-        out, cur = [], None
-        for t, line in self.lines:
-            if line == "":
-                if cur is not None:
-                    out.append(cur)
-                cur = None
-                continue
-            if cur is None:
-                cur = (t, [], [])
-            if line.startswith(":"):
-                cur[2].append(line)
-            elif line.startswith("data:"):
-                cur[1].append(line[5:].lstrip(" "))
-        if cur is not None:
-            out.append(cur)
-        return out
 
 
 def two_services(tmp_path, **kw):
