@@ -87,9 +87,9 @@ asan: build/slurmgate-asan build/demo_service
 # CHAOS_SECONDS; make test runs a 2-minute soak with the fault classes in
 # CHAOS_SHORT_FAULTS (those main handles; see the README).
 CHAOS_SECONDS ?= 900
-CHAOS_FAULTS ?= kill_local_exec,kill_local_nonexec,kill_slurm_proc,scancel,requeue,suspend,drain,down,kill_ssh_master,sighup,kill9_gateway
+CHAOS_FAULTS ?= kill_local_exec,kill_local_nonexec,kill_local_script,kill_slurm_proc,scancel,requeue,suspend,drain,down,kill_ssh_master,sighup,kill9_gateway
 CHAOS_SHORT_SECONDS ?= 120
-CHAOS_SHORT_FAULTS ?= kill_local_exec,sighup,drain
+CHAOS_SHORT_FAULTS ?= kill_local_exec,kill_local_nonexec,sighup,drain,suspend,kill_ssh_master
 CHAOS_ENV = SLURMGATE_BIN=build/slurmgate-asan
 
 chaos: test-deps all build/slurmgate-asan

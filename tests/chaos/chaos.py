@@ -16,6 +16,8 @@ window and (when known) the instance that served it.
 
 Faults, on a random schedule from a printed seed (CHAOS_SEED reproduces it):
   kill_local_exec, kill_local_nonexec, kill_slurm_proc   SIGKILL a service's server
+  kill_local_script                                      SIGKILL a non-exec start script
+                                                         (the shell; its server lives on)
   scancel, requeue, suspend (then resume)                Slurm job control
   drain, down (then resume)                              a node of the job
   kill_ssh_master                                        the gateway's ControlMaster
@@ -67,7 +69,7 @@ DEMO_BIN = REPO / "build" / "demo_service"
 DEMO_SH = REPO / "examples" / "demo_service.sh"
 CLUSTERCTL = REPO / "tests" / "env" / "clusterctl"
 
-ALL_FAULTS = ["kill_local_exec", "kill_local_nonexec", "kill_slurm_proc", "scancel", "requeue",
+ALL_FAULTS = ["kill_local_exec", "kill_local_nonexec", "kill_local_script", "kill_slurm_proc", "scancel", "requeue",
               "suspend", "drain", "down", "kill_ssh_master", "sighup", "kill9_gateway"]
 SAN_PATTERNS = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|"
                           r"SUMMARY: (Address|Leak|Undefined)Sanitizer|AddressSanitizer:DEADLYSIGNAL")
@@ -150,7 +152,7 @@ class Soak:
         self.orphans = []        # strings
         self.stop_load = threading.Event()
         self.gw_down = threading.Event()   # set while the gateway is killed
-        self.dir = Path(tempfile.mkdtemp(prefix="sgc-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="chaos-"))
         self.cluster_dir = None
         self.cluster = None
         self.gw = None
@@ -166,7 +168,7 @@ class Soak:
         if self.nodes_wanted:
             env["CLUSTERCTL_NODES"] = str(self.nodes_wanted)
         for attempt in range(3):   # a loaded machine can miss clusterctl's deadline
-            d = tempfile.mkdtemp(prefix="sgc-slurm-")
+            d = tempfile.mkdtemp(prefix="chaos-slurm-")
             self.cluster_dir = d
             try:
                 p = subprocess.run([str(CLUSTERCTL), "start", d], stdout=subprocess.PIPE,
@@ -470,7 +472,7 @@ class Soak:
             pass
         return now()
 
-    def f_kill_local(self, svc):
+    def f_kill_local(self, svc, script=False):
         insts = self.instances(svc)
         if not insts:
             return False
@@ -478,7 +480,9 @@ class Soak:
         ipid = inst.get("pid")
         if not ipid:
             return False
-        if svc == "locnx":
+        if script:
+            targets = [ipid]
+        elif svc == "locnx":
             targets = [p for p in descendants(ipid)
                        if (slurmlib.cmdline(p) or [""])[0] == str(DEMO_BIN)]
         else:
@@ -492,8 +496,10 @@ class Soak:
             except ProcessLookupError:
                 pass
         t1 = self.wait_dead(targets)
-        self.fault("kill_local_exec" if svc == "loc" else "kill_local_nonexec", t0, t1, svc,
-                   f"pid:{ipid}", f"SIGKILL server pid {targets}")
+        cls = "kill_local_script" if script else \
+            "kill_local_exec" if svc == "loc" else "kill_local_nonexec"
+        self.fault(cls, t0, t1, svc, f"pid:{ipid}",
+                   f"SIGKILL {'start script' if script else 'server'} pid {targets}")
         return True
 
     def f_kill_slurm_proc(self):
@@ -653,6 +659,8 @@ class Soak:
             return self.f_kill_local("loc")
         if cls == "kill_local_nonexec":
             return self.f_kill_local("locnx")
+        if cls == "kill_local_script":
+            return self.f_kill_local("locnx", script=True)
         if cls == "kill_slurm_proc":
             return self.f_kill_slurm_proc()
         if cls == "scancel":
