@@ -24,6 +24,8 @@ Faults, on a random schedule from a printed seed (CHAOS_SEED reproduces it):
   sighup                                                 config change + SIGHUP
   kill9_gateway                                          kill -9 and restart
 
+Before shutdown, twice 3 s apart: no Slurm job of ours, no forward of the
+ssh master and no service process that the gateway does not list (/api).
 At the end (SIGTERM to the gateway) it asserts:
   - exit code 0 and no ASan/UBSan/LSan report in any run's log;
   - nothing left: no job of ours in squeue, no ssh of our state_dir, no
@@ -737,9 +739,88 @@ class Soak:
             self.cleanup()
         return rc
 
+    def listen_ports(self, pid):
+        """TCP ports PID listens on (through its socket inodes)."""
+        inodes = set()
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            return set()
+        ports = set()
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with open(name) as f:
+                    next(f)
+                    for line in f:
+                        parts = line.split()
+                        if parts[3] == "0A" and parts[9] in inodes:
+                            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+            except (OSError, StopIteration):
+                continue
+        return ports
+
+    def audit_once(self):
+        """What exists but the gateway does not list: Slurm jobs of ours,
+        forwards of its ssh master, processes of our local services."""
+        snap = self.api(timeout=10) or {}
+        insts = [i for v in snap.values() for i in v]
+        known_jobs = {str(i["job_id"]) for i in insts if i.get("job_id")}
+        jobs = {j[0]: j for j in self.cluster.live_jobs(prefix=self.gw.job_prefix)}
+        stray_jobs = {k: v for k, v in jobs.items() if k not in known_jobs}
+        fwd_ports = set()
+        for i in insts:
+            a = i.get("address") or ""
+            if a.rsplit(":", 1)[-1].isdigit():
+                fwd_ports.add(int(a.rsplit(":", 1)[-1]))
+        stray_fwd = {}
+        for m in self.gw.master_pids():
+            extra = self.listen_ports(m) - fwd_ports
+            if extra:
+                stray_fwd[m] = sorted(extra)
+        owned = set()
+        for i in insts:
+            if i.get("pid"):
+                owned.add(i["pid"])
+                owned.update(descendants(i["pid"]))
+        stray_procs = {p: " ".join(slurmlib.cmdline(p) or []) for p in self.service_procs()
+                       if p not in owned and not any(
+                           "slurmstepd" in " ".join(slurmlib.cmdline(a) or [])
+                           for a in ancestors(p))}
+        return stray_jobs, stray_fwd, stray_procs
+
+    def audit(self):
+        """Two audits a few seconds apart (things starting or stopping in
+        between are not strays): what both saw is a violation."""
+        problems = []
+        try:
+            a = self.audit_once()
+            time.sleep(3)
+            b = self.audit_once()
+        except Exception as e:  # noqa: BLE001
+            return [f"audit before shutdown failed: {e!r}"]
+        jobs = {k: v for k, v in b[0].items() if k in a[0]}
+        if jobs:
+            problems.append(f"Slurm jobs of ours that the gateway does not list: {sorted(jobs.values())}")
+        fwd = {m: sorted(set(p) & set(a[1].get(m, []))) for m, p in b[1].items()}
+        fwd = {m: p for m, p in fwd.items() if p}
+        if fwd:
+            problems.append(f"ssh master forwards that no listed instance uses (leaked): {fwd}")
+        procs = {p: c for p, c in b[2].items() if p in a[2]}
+        if procs:
+            problems.append(f"service processes that no listed instance owns: {procs}")
+        return problems
+
     def finish(self):
         problems = list(self.violations)
         problems += self.orphans
+        if self.gw.alive():
+            problems += self.audit()
         # services we still knew, for the record
         gpid = self.gw.pid
         rc = self.gw.terminate(timeout=60)
