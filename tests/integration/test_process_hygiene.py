@@ -36,6 +36,25 @@ def new_mark():
     return m
 
 
+@pytest.fixture(autouse=True, params=["cgroup", "subreaper"])
+def tree_mode(request, monkeypatch):
+    """Every test runs with each mechanism: a cgroup per instance where the
+    machine allows it, and the fallback (subreaper, process group, marks)."""
+    if request.param == "subreaper":
+        monkeypatch.setenv("SLURMGATE_NO_CGROUP", "1")
+    else:
+        monkeypatch.delenv("SLURMGATE_NO_CGROUP", raising=False)
+        if not os.access("/sys/fs/cgroup/unified", os.W_OK) and \
+                not os.access("/sys/fs/cgroup/cgroup.procs", os.W_OK):
+            pytest.skip("no writable cgroup2 here")
+    return request.param
+
+
+def assert_mechanism(g, mode):
+    want = "cgroup v2" if mode == "cgroup" else "subreaper"
+    assert f"process trees of local services: {want}" in g.log(), g.log()
+
+
 @pytest.fixture(autouse=True)
 def _no_marked_leftovers():
     """Whatever a test asserts, nothing it marked outlives it (a failing
@@ -88,7 +107,7 @@ echo "server exited with $?" >&2
 """)
 
 
-def test_kill9_gateway_nonexec_orphan(gateway, tmp_path):
+def test_kill9_gateway_nonexec_orphan(gateway, tmp_path, tree_mode):
     """Bug 7: kill -9 of the gateway (and of any helper process it has)
     while a non-exec script's server runs. The restarted gateway finds the
     orphan of its earlier run and kills it, then starts and serves through
@@ -98,6 +117,7 @@ def test_kill9_gateway_nonexec_orphan(gateway, tmp_path):
     svc = demo_service(bash_file=str(nonexec_script(tmp_path / "run.sh", mark)), stop_grace=1)
     g1 = gateway([svc], state_dir=str(state))
     old_pid = g1.service_pid()
+    assert_mechanism(g1, tree_mode)
     old = tree(mark)
     assert old_pid in old and len(old) >= 2, f"expected script + server, got {old}"
     assert proc_ppid(old_pid) != g1.proc.pid, "the script exec'd its server"
@@ -113,9 +133,11 @@ def test_kill9_gateway_nonexec_orphan(gateway, tmp_path):
     left = still_alive(old)
     assert not left, f"processes of the old tree still alive: {left}"
     assert proc_ppid(new_pid) is not None and new_pid in pids_with_env(MARK, mark)
+    # (stopped here: the first gateway's teardown looks for servers on this port)
+    assert g2.terminate() == 0, g2.log()
 
 
-def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path):
+def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path, tree_mode):
     """Bug 7: kill -9 of the gateway alone: the whole tree of the non-exec
     script dies too, without a restart, and its port is free again."""
     mark = new_mark()
@@ -132,7 +154,7 @@ def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path):
                msg=f"port {svc['local_port']} free")
 
 
-def test_instance_stop_kills_tree(gateway, tmp_path):
+def test_instance_stop_kills_tree(gateway, tmp_path, tree_mode):
     """An idle stop takes the whole tree: the backgrounded helper and the
     double-forked daemon in its own session, which ignores SIGTERM (killed
     after stop_grace). The instance counts as stopped only once the tree is
@@ -142,6 +164,7 @@ def test_instance_stop_kills_tree(gateway, tmp_path):
                        timeout=1, stop_grace=1)
     g = gateway([svc])
     g.service_pid()
+    assert_mechanism(g, tree_mode)
     wait_until(lambda: len(tree(mark)) >= 4, 5 * SLACK, msg="script, server, helper, daemon")
     old = tree(mark)
     g.wait_state("stopped", timeout=1 + 6)
@@ -272,3 +295,4 @@ def test_restart_after_clean_exit_reuses_state_dir(gateway, tmp_path):
     assert not still_alive(old)
     g2 = gateway([svc], state_dir=str(state))
     assert g2.get("/llm/health", timeout=15).status == 200
+    assert g2.terminate() == 0, g2.log()
