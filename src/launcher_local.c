@@ -18,6 +18,7 @@
 #include "launcher.h"
 #include "log.h"
 #include "proc.h"
+#include "ptree.h"
 #include "service.h"
 #include "util.h"
 
@@ -66,14 +67,16 @@ static unsigned long port_listener(int port)
 	return 0;
 }
 
-/* Which process holds socket INODE: " (pid 123, python3)" into BUF, or "". */
-static void socket_owner(unsigned long inode, char *buf, size_t len)
+/* Which process holds socket INODE: " (pid 123, python3)" into BUF, or ""
+ * if it cannot be seen; its pid into *PID (0: unknown). */
+static void socket_owner(unsigned long inode, char *buf, size_t len, int *pid)
 {
 	char want[64], path[600], link[64], comm[64] = "?";
 	DIR *d = opendir("/proc"), *fds;
 	struct dirent *de, *fe;
 
 	buf[0] = '\0';
+	*pid = 0;
 	if (d == NULL)
 		return;
 	snprintf(want, sizeof want, "socket:[%lu]", inode);
@@ -100,6 +103,7 @@ static void socket_owner(unsigned long inode, char *buf, size_t len)
 				}
 				snprintf(buf, len, " (pid %.20s, %.40s)", de->d_name,
 					 log_escape(comm, strlen(comm)));
+				*pid = atoi(de->d_name);
 				break;
 			}
 		}
@@ -118,11 +122,18 @@ static int ports_free(struct instance *i, char **cause)
 	for (int k = 0; k < 2; k++) {
 		unsigned long inode;
 		char owner[128];
+		int pid;
 		if (k == 1 && ports[1] == ports[0])
 			break;
 		if ((inode = port_listener(ports[k])) == 0)
 			continue;
-		socket_owner(inode, owner, sizeof owner);
+		socket_owner(inode, owner, sizeof owner, &pid);
+		if (pid > 0 && ptree_ours(pid)) {
+			*cause = xasprintf("port %d is still held by another local instance of this "
+					   "gateway%s",
+					   ports[k], owner);
+			return -1;
+		}
 		*cause = xasprintf("port %d is in use by another process (not started by this "
 				   "gateway)%s",
 				   ports[k], owner);

@@ -483,7 +483,18 @@ bool ptree_empty(struct ptree *t)
 {
 	if (t->cg[0])
 		return !cg_populated(t->cg);
-	if (t->pgid > 0 && kill(-t->pgid, 0) == 0)
-		return false;
+	if (t->pgid > 0) {
+		if (kill(-t->pgid, 0) == 0)
+			return false;
+		t->pgid = 0;   /* gone: its number may be reused, never signal it again */
+	}
 	return scan_marked(t->env, false, 0) == 0;
+}
+
+bool ptree_ours(int pid)
+{
+	char prefix[96];
+
+	snprintf(prefix, sizeof prefix, MARK_VAR "=%s.", token);
+	return env_marked(pid, prefix, true);
 }

@@ -48,5 +48,7 @@ void ptree_set_leader(struct ptree *t, int pid);
 void ptree_signal(struct ptree *t, int sig);
 /* No live process is left in T. */
 bool ptree_empty(struct ptree *t);
+/* PID belongs to one of this run's trees. */
+bool ptree_ours(int pid);
 
 #endif

@@ -124,8 +124,10 @@ def test_kill9_gateway_nonexec_orphan(gateway, tmp_path, tree_mode):
 
     g1.kill9(helpers=True)
 
+    t0 = time.monotonic()
     g2 = gateway([svc], state_dir=str(state))
     r = g2.get("/llm/pid", timeout=15)
+    took = time.monotonic() - t0
     assert r.status == 200, r
     new_pid = r.json()["pid"]
     g2.seen_pids.add(new_pid)
@@ -133,6 +135,7 @@ def test_kill9_gateway_nonexec_orphan(gateway, tmp_path, tree_mode):
     left = still_alive(old)
     assert not left, f"processes of the old tree still alive: {left}"
     assert proc_ppid(new_pid) is not None and new_pid in pids_with_env(MARK, mark)
+    print(f"[{tree_mode}] restart + sweep + first answer from a new server: {took:.3f} s")
     # (stopped here: the first gateway's teardown looks for servers on this port)
     assert g2.terminate() == 0, g2.log()
 
@@ -147,9 +150,12 @@ def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path, tree_mode):
     wait_until(lambda: len(tree(mark)) >= 4, 5 * SLACK, msg="script, server, helper, daemon")
     old = tree(mark)
 
+    t0 = time.monotonic()
     g.kill9()
-    wait_until(lambda: not still_alive(old), 5 * SLACK,
+    wait_until(lambda: not still_alive(old), 5 * SLACK, interval=0.01,
                msg=f"the tree of the killed gateway gone (left: {still_alive(old)})")
+    print(f"[{tree_mode}] kill -9 of the gateway -> its {len(old)} processes gone: "
+          f"{time.monotonic() - t0:.3f} s")
     wait_until(lambda: not port_listening(svc["local_port"]), 2 * SLACK,
                msg=f"port {svc['local_port']} free")
 
