@@ -117,7 +117,6 @@ def test_kill9_gateway_nonexec_orphan(gateway, tmp_path, tree_mode):
     svc = demo_service(bash_file=str(nonexec_script(tmp_path / "run.sh", mark)), stop_grace=1)
     g1 = gateway([svc], state_dir=str(state))
     old_pid = g1.service_pid()
-    assert_mechanism(g1, tree_mode)
     old = tree(mark)
     assert old_pid in old and len(old) >= 2, f"expected script + server, got {old}"
     assert proc_ppid(old_pid) != g1.proc.pid, "the script exec'd its server"
@@ -135,6 +134,7 @@ def test_kill9_gateway_nonexec_orphan(gateway, tmp_path, tree_mode):
     left = still_alive(old)
     assert not left, f"processes of the old tree still alive: {left}"
     assert proc_ppid(new_pid) is not None and new_pid in pids_with_env(MARK, mark)
+    assert_mechanism(g2, tree_mode)
     print(f"[{tree_mode}] restart + sweep + first answer from a new server: {took:.3f} s")
     # (stopped here: the first gateway's teardown looks for servers on this port)
     assert g2.terminate() == 0, g2.log()
@@ -156,6 +156,7 @@ def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path, tree_mode):
                msg=f"the tree of the killed gateway gone (left: {still_alive(old)})")
     print(f"[{tree_mode}] kill -9 of the gateway -> its {len(old)} processes gone: "
           f"{time.monotonic() - t0:.3f} s")
+    assert_mechanism(g, tree_mode)
     wait_until(lambda: not port_listening(svc["local_port"]), 2 * SLACK,
                msg=f"port {svc['local_port']} free")
 
@@ -170,7 +171,6 @@ def test_instance_stop_kills_tree(gateway, tmp_path, tree_mode):
                        timeout=1, stop_grace=1)
     g = gateway([svc])
     g.service_pid()
-    assert_mechanism(g, tree_mode)
     wait_until(lambda: len(tree(mark)) >= 4, 5 * SLACK, msg="script, server, helper, daemon")
     old = tree(mark)
     g.wait_state("stopped", timeout=1 + 6)
@@ -182,6 +182,7 @@ def test_instance_stop_kills_tree(gateway, tmp_path, tree_mode):
     # and it starts again, with a fresh tree
     pid2 = g.service_pid()
     assert pid2 not in old
+    assert_mechanism(g, tree_mode)
 
 
 class _Stranger(BaseHTTPRequestHandler):
