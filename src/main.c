@@ -353,7 +353,7 @@ int main(int argc, char **argv)
 	if (deadline_ev)
 		event_free(deadline_ev);
 	services_free();
-	ptree_shutdown();   /* every tree is gone: the keeper finds nothing */
+	ptree_shutdown();   /* the keeper kills what is left: nothing, unless the deadline passed */
 	close(lock_fd);
 	config_free(cfg);
 	for (size_t k = 0; k < n_old_cfgs; k++)

@@ -397,7 +397,12 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 	struct proc *p = arg;
 
 	(void)fd, (void)what;
-	log_warn("%s: pid %d did not stop in time, sending SIGKILL", p->prefix, (int)p->pid);
+	if (p->tree && p->reaped)
+		log_warn("%s: pid %d exited, but its process tree did not stop in time; sending "
+			 "SIGKILL to the tree", p->prefix, (int)p->pid);
+	else
+		log_warn("%s: pid %d did not stop in time, sending SIGKILL%s", p->prefix,
+			 (int)p->pid, p->tree ? " to its process tree" : "");
 	if (p->tree) {
 		if (!p->reaped)
 			kill(p->pid, SIGKILL);
