@@ -161,6 +161,32 @@ def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path, tree_mode):
                msg=f"port {svc['local_port']} free")
 
 
+def test_kill9_gateway_python_server_child(gateway, tmp_path, tree_mode):
+    """Bug 7 with the script users write: bash runs `python3 -m http.server`
+    as a child, in the background, and waits for it."""
+    mark = new_mark()
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "health").write_text("ok\n")
+    script = write_script(tmp_path / "run.sh", f"""#!/bin/bash
+{marked(mark)}cd '{www}'
+python3 -m http.server "$1" --bind 127.0.0.1 &
+wait
+""")
+    svc = demo_service(bash_file=str(script), stop_grace=1)
+    g = gateway([svc])
+    r = g.get("/llm/health", timeout=15)
+    assert r.status == 200 and r.body == b"ok\n", r
+    old = tree(mark)
+    assert len(old) >= 2, f"expected bash + python, got {old}"
+
+    g.kill9()
+    wait_until(lambda: not still_alive(old), 5 * SLACK, interval=0.01,
+               msg=f"bash and python gone with the gateway (left: {still_alive(old)})")
+    wait_until(lambda: not port_listening(svc["local_port"]), 2 * SLACK)
+    assert_mechanism(g, tree_mode)
+
+
 def test_instance_stop_kills_tree(gateway, tmp_path, tree_mode):
     """An idle stop takes the whole tree: the backgrounded helper and the
     double-forked daemon in its own session, which ignores SIGTERM (killed
