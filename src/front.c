@@ -6,9 +6,21 @@
  * here (the seed's endpoints, /api/, /metrics, the status page,
  * /v1/models) or handed to the proxy: by its first path segment
  * (/<route>/...), or, on OpenAI-style /v1/... paths, by the JSON body's
- * "model" (the body is read first, then forwarded unchanged). */
+ * "model" (the api key is checked on the head, then the body is read, at
+ * most max_json_body bytes, and forwarded unchanged).
+ *
+ * Every target goes through the one resolver in router.c first: decoded
+ * once, dot segments removed, refused with a 400 naming the trick if it
+ * hides one. Routing, api_paths and the path sent upstream all use the
+ * normalised path (as nginx does for a URI in proxy_pass).
+ *
+ * Access control here: allowed_hosts (DNS rebinding), cross-site requests
+ * to state-changing endpoints (CSRF), admin_token, api_keys, and which
+ * client headers the proxy may believe (trusted_proxies) or pass on
+ * (forward_authorization). */
 #include "front.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +39,7 @@
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
+#include "router.h"
 #include "service.h"
 #include "status_html.h"
 #include "util.h"
@@ -39,6 +52,7 @@ struct session {
 	struct evbuffer *v1body;   /* an OpenAI request's body, read before routing */
 	const struct http_msg *v1msg;
 	bool v1feedback;
+	struct route_target rt;    /* the current request's resolved target */
 };
 
 /* Model names (service names and aliases), sorted, for /v1 routing. */
@@ -70,12 +84,17 @@ static void reply_json(struct hconn *c, int status, json_t *o, const char *extra
 	char *body;
 
 	if (o == NULL) {   /* json_pack refused a value (not UTF-8): never crash on it */
-		http_reply_error(c, 500, NULL, "could not encode the answer as JSON");
+		http_reply_error(c, 500, SG_SEC_HEADERS_DATA, "could not encode the answer as JSON");
 		return;
 	}
 	body = json_dumps(o, JSON_COMPACT);
-
-	http_reply(c, status, "application/json", extra, body, strlen(body));
+	if (extra != NULL) {
+		char *h = xasprintf("%s%s", SG_SEC_HEADERS_DATA, extra);
+		http_reply(c, status, "application/json", h, body, strlen(body));
+		free(h);
+	} else {
+		http_reply(c, status, "application/json", SG_SEC_HEADERS_DATA, body, strlen(body));
+	}
 	free(body);
 	json_decref(o);
 }
@@ -135,6 +154,80 @@ static bool admin_ok(struct hconn *c, const struct http_msg *m)
 			     t ? "invalid admin token" : "this endpoint needs Authorization: Bearer <admin_token>",
 			     "status", 401),
 		   "WWW-Authenticate: Bearer realm=\"slurmgate-admin\"\r\n");
+	return false;
+}
+
+/* Is the client a proxy listed in trusted_proxies? */
+static bool peer_trusted(struct hconn *c)
+{
+	const char *p = http_peer(c);
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+
+	if (fcfg->n_proxies == 0 || p == NULL)
+		return false;
+	if (inet_pton(AF_INET, p, &sin.sin_addr) == 1)
+		return router_cidr_match(fcfg->proxies, fcfg->n_proxies, (struct sockaddr *)&sin);
+	if (inet_pton(AF_INET6, p, &sin6.sin6_addr) == 1)
+		return router_cidr_match(fcfg->proxies, fcfg->n_proxies, (struct sockaddr *)&sin6);
+	return false;
+}
+
+static bool hdr_is(const struct http_hdr *h, const char *lit)
+{
+	return strncase_eq(h->value, h->vlen, lit);
+}
+
+/* A browser request that another site made (CSRF): Sec-Fetch-Site says
+ * so, or Origin (else Referer) names another host than the one asked for.
+ * Scripts and curl send none of these and pass. */
+static bool cross_site(struct hconn *c, const struct http_msg *m)
+{
+	const struct http_hdr *sfs = http_find(m, "sec-fetch-site");
+	const struct http_hdr *o = http_find(m, "origin"), *host = NULL;
+	const char *a;
+	size_t alen;
+
+	if (sfs != NULL)
+		return !hdr_is(sfs, "same-origin") && !hdr_is(sfs, "none");
+	if (o == NULL)
+		o = http_find(m, "referer");
+	if (o == NULL)
+		return false;
+	if (peer_trusted(c))
+		host = http_find(m, "x-forwarded-host");
+	if (host == NULL)
+		host = http_find(m, "host");
+	if (!router_authority(o->value, o->vlen, &a, &alen))   /* "Origin: null" */
+		return true;
+	return host == NULL || alen != host->vlen || strncasecmp(a, host->value, alen) != 0;
+}
+
+/* State-changing endpoints refuse cross-site requests (403). */
+static bool same_site_ok(struct hconn *c, const struct http_msg *m)
+{
+	if (!cross_site(c, m))
+		return true;
+	log_warn("client %s: refused a cross-site request to %s", http_peer(c),
+		 log_escape(m->url, m->url_len));
+	reply_err(c, 403, "cross-site request refused: this endpoint changes state "
+			  "(Origin or Sec-Fetch-Site names another site)");
+	return false;
+}
+
+/* allowed_hosts, against DNS rebinding: 421 for any other Host. */
+static bool host_ok(struct hconn *c, const struct http_msg *m)
+{
+	const struct http_hdr *h = http_find(m, "host");
+	char msg[300];
+
+	if (fcfg->allowed_hosts == NULL)
+		return true;
+	if (h != NULL && router_host_allowed(h->value, h->vlen, fcfg->allowed_hosts))
+		return true;
+	snprintf(msg, sizeof msg, "this gateway does not serve the host \"%s\" (allowed_hosts)",
+		 h ? log_escape(h->value, h->vlen > 100 ? 100 : h->vlen) : "");
+	reply_err(c, 421, msg);
 	return false;
 }
 
@@ -259,7 +352,8 @@ static void html_add(struct evbuffer *b, const char *s)
 
 static void ep_status_page(struct hconn *c)
 {
-	http_reply(c, 200, "text/html; charset=utf-8", "Cache-Control: no-cache\r\n", status_html,
+	http_reply(c, 200, "text/html; charset=utf-8", SG_SEC_HEADERS_PAGE "Cache-Control: no-cache\r\n",
+		   status_html,
 		   sizeof status_html - 1);
 }
 
@@ -284,7 +378,7 @@ static void ep_waiting_page(struct hconn *c, struct service *s)
 			       " is ready.</p></body></html>\n");
 	n = evbuffer_get_length(b);
 	http_reply(c, 503, "text/html; charset=utf-8",
-		   "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
+		   SG_SEC_HEADERS_PAGE "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
 		   (const char *)evbuffer_pullup(b, -1), n);
 	evbuffer_free(b);
 }
@@ -342,7 +436,7 @@ static void ep_api(struct hconn *c, struct session *ss, const struct http_msg *m
 		reply_err(c, 405, "use POST");
 		return;
 	}
-	if (!admin_ok(c, m))
+	if (!same_site_ok(c, m) || !admin_ok(c, m))
 		return;
 	if ((size_t)(path + plen - rest) == 6 && memcmp(rest, "/start", 6) == 0) {
 		service_demand(s);
@@ -421,6 +515,19 @@ static bool wants_sse(const struct http_msg *m)
 	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
 }
 
+/* Forward options for a request from C to S. */
+static void fwd_opts(struct hconn *c, const struct service *s, struct proxy_opts *opt)
+{
+	opt->strip_auth = fcfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
+	opt->trust_forwarded = peer_trusted(c);
+}
+
+/* The upstream target: the normalised path and the query as sent. */
+static char *upstream_target(const char *path, size_t plen, const struct route_target *rt)
+{
+	return xasprintf("%.*s%.*s", (int)plen, path, (int)rt->qlen, rt->query ? rt->query : "");
+}
+
 /* The whole body of a /v1 request is here: route it by its "model". */
 static void v1_route(struct session *ss)
 {
@@ -428,45 +535,52 @@ static void v1_route(struct session *ss)
 	const struct http_msg *m = ss->v1msg;
 	size_t n = evbuffer_get_length(ss->v1body);
 	const char *body = (const char *)evbuffer_pullup(ss->v1body, -1);
-	json_error_t jerr;
-	json_t *o = n ? json_loadb(body, n, 0, &jerr) : NULL, *model;
+	char *model = NULL, *target;
+	bool stream = false;
 	struct service *s;
 	struct proxy_opts opt = {0};
 	char msg[400];
 
-	if (o == NULL || !json_is_object(o)) {
+	switch (router_v1_model(body, n, &model, &stream)) {
+	case V1_NO_BODY:
+	case V1_NOT_OBJECT:
 		reply_openai_err(c, 400, "invalid_request_error", "invalid_json",
 				 n ? "the request body is not a JSON object" : "this endpoint needs a JSON body",
 				 NULL);
 		goto out;
-	}
-	if (fcfg->n_api_keys > 0 && !key_ok(c, m, NULL, true))
-		goto out;
-	model = json_object_get(o, "model");
-	if (!json_is_string(model)) {
+	case V1_NO_MODEL:
 		reply_openai_err(c, 400, "invalid_request_error", "model_required",
 				 "the JSON body needs a \"model\" string", NULL);
 		goto out;
+	case V1_OK:
+		break;
 	}
-	s = model_find(json_string_value(model));
+	s = model_find(model);
 	if (s == NULL) {
 		snprintf(msg, sizeof msg, "The model '%s' does not exist; GET /v1/models lists them",
-			 log_escape(json_string_value(model), json_string_length(model)));
+			 log_escape(model, strlen(model)));
 		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
 		goto out;
 	}
 	if (!key_ok(c, m, s, true))
 		goto out;
+	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
+		reply_openai_err(c, 404, "invalid_request_error", "path_not_allowed",
+				 "this path is not in the service's api_paths", NULL);
+		goto out;
+	}
 	opt.hold = service_config(s)->hold;
-	opt.feedback = ss->v1feedback || json_is_true(json_object_get(o, "stream"));
-	opt.strip_auth = fcfg->n_api_keys > 0;
-	proxy_begin(c, m, s, m->url, m->url_len, &opt, &ss->ex);
+	opt.feedback = ss->v1feedback || stream;
+	fwd_opts(c, s, &opt);
+	target = upstream_target(ss->rt.path, ss->rt.plen, &ss->rt);
+	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
+	free(target);
 	if (ss->ex)
 		proxy_body(ss->ex, body, n);
 	if (ss->ex)
 		proxy_req_done(ss->ex);
 out:
-	json_decref(o);
+	free(model);
 	evbuffer_free(ss->v1body);
 	ss->v1body = NULL;
 	ss->v1msg = NULL;
@@ -474,70 +588,32 @@ out:
 
 /* --- routing --- */
 
-/* A "." or ".." segment, plain or percent-encoded: a service that
- * normalises paths would see another path than api_paths allowed. */
-static bool has_dot_segment(const char *p, size_t n)
-{
-	size_t k = 0;
-
-	while (k < n) {
-		size_t dots = 0, start;
-		if (p[k] == '/') {
-			k++;
-			continue;
-		}
-		start = k;
-		while (k < n && p[k] != '/') {
-			if (p[k] == '.')
-				dots++, k++;
-			else if (k + 2 < n && p[k] == '%' && p[k + 1] == '2' && (p[k + 2] == 'e' || p[k + 2] == 'E'))
-				dots++, k += 3;
-			else
-				break;
-		}
-		if ((k == n || p[k] == '/') && dots > 0 && dots <= 2 && k > start)
-			return true;
-		while (k < n && p[k] != '/')
-			k++;
-	}
-	return false;
-}
-
 static bool path_is(const char *path, size_t plen, const char *lit)
 {
 	return strlen(lit) == plen && memcmp(path, lit, plen) == 0;
 }
 
-/* Forward /<route><rest> to S. */
+/* Forward /<route><rest> to S: REST (encoded) and DREST (decoded) are
+ * the normalised path after the route, empty for "/route". */
 static void route_service(struct session *ss, const struct http_msg *m, struct service *s,
-			  const char *url, size_t ulen, const char *rest, const char *q)
+			  const char *rest, size_t restlen, const char *drest, size_t drestlen)
 {
 	struct hconn *c = ss->c;
 	const struct svc_config *cfg = service_config(s);
-	const char *fwd = rest;
-	size_t fwdlen = ulen - (size_t)(rest - url);
-	const char *fpath = fwdlen > 0 && fwd[0] == '/' ? fwd : "/";
-	size_t fplen = fwdlen > 0 && fwd[0] == '/' ? (size_t)((q ? q : url + ulen) - fwd) : 1;
-	char *target = NULL;
+	char *target;
 	const struct http_hdr *wh, *acc;
 	struct proxy_opts opt = {0};
 
 	if (!key_ok(c, m, s, false))
 		return;
-	if (has_dot_segment(fpath, fplen)) {
-		reply_err(c, 400, "the path must not contain . or .. segments");
-		return;
+	if (restlen == 0) {
+		/* "/route" or "/route?x": the service's root */
+		rest = drest = "/";
+		restlen = drestlen = 1;
 	}
-	if (cfg->api_paths != NULL) {
-		bool ok = false;
-		for (char **ap = cfg->api_paths; *ap && !ok; ap++) {
-			size_t al = strlen(*ap);
-			ok = fplen >= al && memcmp(fpath, *ap, al) == 0;
-		}
-		if (!ok) {
-			reply_err(c, 404, "this path is not in the service's api_paths");
-			return;
-		}
+	if (!router_path_allowed(drest, drestlen, cfg->api_paths)) {
+		reply_err(c, 404, "this path is not in the service's api_paths");
+		return;
 	}
 	/* a browser at a cold service gets a page that waits with it */
 	acc = http_find(m, "accept");
@@ -546,17 +622,12 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 		ep_waiting_page(c, s);
 		return;
 	}
-	if (fwdlen == 0 || fwd[0] != '/') {
-		/* "/route" or "/route?x": the service's root */
-		target = xasprintf("/%.*s", (int)fwdlen, fwd);
-		fwd = target;
-		fwdlen = strlen(target);
-	}
 	wh = http_find(m, "x-slurmgate-wait");
 	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
 	opt.feedback = wants_sse(m);
-	opt.strip_auth = fcfg->n_api_keys > 0;
-	proxy_begin(c, m, s, fwd, fwdlen, &opt, &ss->ex);
+	fwd_opts(c, s, &opt);
+	target = upstream_target(rest, restlen, &ss->rt);
+	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
 	free(target);
 }
 
@@ -564,47 +635,37 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 static void s_head(struct hconn *c, struct http_msg *m)
 {
 	struct session *ss = http_owner(c);
-	const char *url = m->url, *path, *q, *seg, *rest;
-	size_t ulen = m->url_len, plen, seglen;
+	const char *path, *seg, *rest, *drest, *cause;
+	size_t plen, seglen, restlen, drestlen;
 	struct service *s;
 	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
 
-	/* absolute-form (a client that thinks we are a forward proxy) */
-	if (ulen > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
-		const char *p = memchr(url + 8, '/', ulen - 8);
-		ulen = p ? ulen - (size_t)(p - url) : 0;
-		url = p ? p : "/";
-		if (ulen == 0)
-			ulen = 1;
-	}
-	if (ulen == 0 || url[0] != '/') {
-		reply_err(c, 400, "the request target must be a path starting with '/'");
+	router_target_free(&ss->rt);
+	if (!host_ok(c, m))
 		return;
-	}
 	if (m->method == HTTP_CONNECT) {
 		reply_err(c, 405, "CONNECT is not supported");
 		return;
 	}
-	path = url;
-	q = memchr(url, '?', ulen);
-	plen = q ? (size_t)(q - url) : ulen;
-	seg = url + 1;
-	rest = plen > 1 ? memchr(seg, '/', plen - 1) : NULL;
-	if (rest == NULL)
-		rest = path + plen;
-	seglen = (size_t)(rest - seg);
+	if (router_resolve(m->url, m->url_len, &ss->rt, &cause) != 0) {
+		reply_err(c, 400, cause);
+		return;
+	}
+	path = ss->rt.dpath;
+	plen = ss->rt.dlen;
+	router_split(&ss->rt, &seg, &seglen, &rest, &restlen, &drest, &drestlen);
 
-	if (seglen > 6 && memcmp(seg, "check_", 6) == 0 && rest == path + plen) {
+	if (seglen > 6 && memcmp(seg, "check_", 6) == 0 && drestlen == 0) {
 		if ((s = service_by_route(seg + 6, seglen - 6)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
 		else
 			ep_check(c, s);
 		return;
 	}
-	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && rest == path + plen) {
+	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && drestlen == 0) {
 		if ((s = service_by_route(seg + 7, seglen - 7)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
-		else if (admin_ok(c, m))
+		else if (same_site_ok(c, m) && admin_ok(c, m))
 			ep_demand(c, s);
 		return;
 	}
@@ -615,7 +676,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 	if (path_is(path, plen, "/enable_service_management") ||
 	    path_is(path, plen, "/disable_service_management") ||
 	    path_is(path, plen, "/kill_disable_service_management")) {
-		if (admin_ok(c, m))
+		if (same_site_ok(c, m) && admin_ok(c, m))
 			ep_management(c, path[1] == 'e', path[1] == 'k');
 		return;
 	}
@@ -639,6 +700,14 @@ static void s_head(struct hconn *c, struct http_msg *m)
 			ep_models(c, m);
 			return;
 		}
+		/* the api key first, on the head: no body is read for a stranger */
+		if (!key_ok(c, m, NULL, true))
+			return;
+		if (m->content_length > fcfg->max_json_body) {
+			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
+					 "the JSON body is larger than max_json_body", NULL);
+			return;
+		}
 		/* route by the body's "model": read the body first */
 		ss->v1body = evbuffer_new();
 		ss->v1msg = m;
@@ -654,7 +723,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		reply_err(c, 404, msg);
 		return;
 	}
-	route_service(ss, m, s, url, ulen, rest, q);
+	route_service(ss, m, s, rest, restlen, drest, drestlen);
 }
 
 static void s_body(struct hconn *c, const char *p, size_t n)
@@ -663,8 +732,18 @@ static void s_body(struct hconn *c, const char *p, size_t n)
 
 	if (ss->ex)
 		proxy_body(ss->ex, p, n);
-	else if (ss->v1body)
+	else if (ss->v1body) {
+		if (evbuffer_get_length(ss->v1body) + n > (size_t)fcfg->max_json_body) {
+			/* chunked, or more than announced: stop here (the connection ends) */
+			evbuffer_free(ss->v1body);
+			ss->v1body = NULL;
+			ss->v1msg = NULL;
+			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
+					 "the JSON body is larger than max_json_body", NULL);
+			return;
+		}
 		evbuffer_add(ss->v1body, p, n);
+	}
 }
 
 static void s_done(struct hconn *c)
@@ -696,6 +775,7 @@ static void s_closed(struct hconn *c, const char *why)
 		api_events_unsubscribe(c);
 	if (ss->v1body)
 		evbuffer_free(ss->v1body);
+	router_target_free(&ss->rt);
 	free(ss);
 }
 
