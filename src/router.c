@@ -221,8 +221,8 @@ int router_resolve(const char *t, size_t len, struct route_target *rt, const cha
 	}
 	rt->path = encode_path(rt->dpath, rt->dlen, &rt->plen);
 	if (q) {
-		rt->query = q;
 		rt->qlen = (size_t)(end - q);
+		rt->query = xstrndup(q, rt->qlen);
 	}
 	return 0;
 }
@@ -231,6 +231,7 @@ void router_target_free(struct route_target *rt)
 {
 	free(rt->path);
 	free(rt->dpath);
+	free(rt->query);
 	memset(rt, 0, sizeof *rt);
 }
 

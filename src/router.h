@@ -23,7 +23,7 @@ struct route_target {
 	char *dpath;       /* normalised and decoded, NUL-terminated (malloc'd);
 	                    * never holds NUL, '\\' or an encoded '/' */
 	size_t dlen;
-	const char *query; /* "?..." inside the caller's target (as sent), or NULL */
+	char *query;       /* "?..." as sent (malloc'd copy), or NULL */
 	size_t qlen;
 };
 
