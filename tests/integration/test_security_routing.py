@@ -278,3 +278,17 @@ def test_finding8_held_bodies_are_bounded_in_total(gateway):
     assert all(x == (200, size) for x in results), results
     assert growth_mb < 8 + 20, f"held bodies grew RSS by {growth_mb:.1f} MB"
     g.record_pids()
+
+
+def test_a_client_paused_while_held_is_not_timed_out(gateway):
+    # A held body past its cap (1 MiB, or max_held_body in total) is not
+    # read: the client waits in its TCP window, longer than body_timeout,
+    # and its body still arrives whole. c095a72 answered 408: the gateway
+    # blamed the client for its own pause (nginx's client_body_timeout only
+    # counts while nginx reads).
+    g = gateway([demo_service()], env={"DEMO_DELAY": str(3 * SLACK)}, body_timeout=1)
+    body = b"q" * 3_000_000
+    r = http_request(g.port, "POST", "/llm/echo", body=body, timeout=30 * SLACK)
+    assert r.status == 200, r
+    assert r.json()["body_length"] == len(body)
+    g.record_pids()
