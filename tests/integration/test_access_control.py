@@ -71,6 +71,13 @@ def test_finding9_scripts_curl_and_same_origin_pages_still_work(gateway):
               {"Sec-Fetch-Site": "none"}):
         r = g.post("/api/services/demo/start", headers=h)
         assert r.status == 202, (h, r)
+    # behind a proxy that sends "Host: $host" (no port), as examples/nginx.conf does
+    r = g.post("/api/services/demo/start", headers={"Origin": "https://gw.example:8443",
+                                                     "Host": "gw.example"})
+    assert r.status == 202, r
+    r = g.post("/api/services/demo/start", headers={"Origin": "https://gw.example.evil:8443",
+                                                     "Host": "gw.example"})
+    assert r.status == 403, r
     g.wait_state("ready")
     assert g.get("/demand_llm").status == 200
     g.record_pids()
