@@ -14,13 +14,12 @@
  * hides one. Routing, api_paths and the path sent upstream all use the
  * normalised path (as nginx does for a URI in proxy_pass).
  *
- * Access control here: allowed_hosts (DNS rebinding), cross-site requests
- * to state-changing endpoints (CSRF), admin_token, api_keys, and which
- * client headers the proxy may believe (trusted_proxies) or pass on
- * (forward_authorization). */
+ * Access control here (the decisions are access.c's): allowed_hosts (DNS
+ * rebinding), cross-site requests to state-changing endpoints (CSRF),
+ * admin_token, api_keys, and which client headers the proxy may believe
+ * (trusted_proxies) or pass on (forward_authorization). */
 #include "front.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +33,7 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "access.h"
 #include "api.h"
 #include "config.h"
 #include "http.h"
@@ -61,12 +61,6 @@ struct model {
 	struct service *svc;
 };
 
-/* api keys by hash; compared in constant time once found. */
-struct keyslot {
-	uint64_t hash;
-	const struct api_key *key;
-};
-
 static struct config *fcfg;
 static struct http_limits limits;
 static struct evconnlistener *listener;
@@ -74,8 +68,6 @@ static struct event *resume_ev;
 static struct event_base *fbase;
 static struct model *models;
 static size_t nmodels;
-static struct keyslot *keys;
-static size_t nkeyslots;
 
 /* --- replies --- */
 
@@ -116,28 +108,6 @@ static void reply_openai_err(struct hconn *c, int status, const char *type, cons
 
 /* --- access --- */
 
-/* Constant-time comparison of a presented secret with the real one. */
-static bool secret_eq(const char *given, size_t glen, const char *real)
-{
-	size_t rlen = strlen(real);
-	unsigned char diff = glen != rlen;
-
-	for (size_t k = 0; k < rlen; k++)
-		diff |= (unsigned char)(real[k] ^ (k < glen ? given[k] : 0));
-	return diff == 0;
-}
-
-/* The token of "Authorization: Bearer <token>", or NULL. */
-static const char *bearer(const struct http_msg *m, size_t *len)
-{
-	const struct http_hdr *h = http_find(m, "authorization");
-
-	if (h == NULL || h->vlen <= 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
-		return NULL;
-	*len = h->vlen - 7;
-	return h->value + 7;
-}
-
 /* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
 static bool admin_ok(struct hconn *c, const struct http_msg *m)
 {
@@ -146,8 +116,8 @@ static bool admin_ok(struct hconn *c, const struct http_msg *m)
 
 	if (fcfg->admin_token == NULL)
 		return true;
-	t = bearer(m, &len);
-	if (t != NULL && secret_eq(t, len, fcfg->admin_token))
+	t = access_bearer(m, &len);
+	if (t != NULL && access_secret_eq(t, len, fcfg->admin_token))
 		return true;
 	reply_json(c, 401,
 		   json_pack("{s:s,s:i}", "error",
@@ -157,66 +127,10 @@ static bool admin_ok(struct hconn *c, const struct http_msg *m)
 	return false;
 }
 
-/* Is the client a proxy listed in trusted_proxies? */
-static bool peer_trusted(struct hconn *c)
-{
-	const char *p = http_peer(c);
-	struct sockaddr_in sin = {.sin_family = AF_INET};
-	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
-
-	if (fcfg->n_proxies == 0 || p == NULL)
-		return false;
-	if (inet_pton(AF_INET, p, &sin.sin_addr) == 1)
-		return router_cidr_match(fcfg->proxies, fcfg->n_proxies, (struct sockaddr *)&sin);
-	if (inet_pton(AF_INET6, p, &sin6.sin6_addr) == 1)
-		return router_cidr_match(fcfg->proxies, fcfg->n_proxies, (struct sockaddr *)&sin6);
-	return false;
-}
-
-static bool hdr_is(const struct http_hdr *h, const char *lit)
-{
-	return strncase_eq(h->value, h->vlen, lit);
-}
-
-/* A browser request that another site made (CSRF): Sec-Fetch-Site says
- * so, or Origin (else Referer) names another host than the one asked for.
- * Scripts and curl send none of these and pass. */
-static bool cross_site(struct hconn *c, const struct http_msg *m)
-{
-	const struct http_hdr *sfs = http_find(m, "sec-fetch-site");
-	const struct http_hdr *o = http_find(m, "origin"), *host = NULL;
-	const char *a;
-	size_t alen;
-
-	if (sfs != NULL)
-		return !hdr_is(sfs, "same-origin") && !hdr_is(sfs, "none");
-	if (o == NULL)
-		o = http_find(m, "referer");
-	if (o == NULL)
-		return false;
-	if (peer_trusted(c))
-		host = http_find(m, "x-forwarded-host");
-	if (host == NULL)
-		host = http_find(m, "host");
-	if (!router_authority(o->value, o->vlen, &a, &alen))   /* "Origin: null" */
-		return true;
-	if (host == NULL)
-		return true;
-	if (alen == host->vlen && strncasecmp(a, host->value, alen) == 0)
-		return false;
-	/* a proxy that sends "Host: $host" drops the port: compare names then */
-	if (memchr(host->value, ':', host->vlen) == NULL && host->vlen > 0 && host->value[0] != '[') {
-		const char *colon = memchr(a, ':', alen);
-		size_t nlen = colon ? (size_t)(colon - a) : alen;
-		return nlen != host->vlen || strncasecmp(a, host->value, nlen) != 0;
-	}
-	return true;
-}
-
 /* State-changing endpoints refuse cross-site requests (403). */
 static bool same_site_ok(struct hconn *c, const struct http_msg *m)
 {
-	if (!cross_site(c, m))
+	if (!access_cross_site(c, m))
 		return true;
 	log_warn("client %s: refused a cross-site request to %s", http_peer(c),
 		 log_escape(m->url, m->url_len));
@@ -241,38 +155,6 @@ static bool host_ok(struct hconn *c, const struct http_msg *m)
 	return false;
 }
 
-static uint64_t fnv1a(const char *p, size_t n)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	for (size_t k = 0; k < n; k++)
-		h = (h ^ (unsigned char)p[k]) * 1099511628211ULL;
-	return h;
-}
-
-static const struct api_key *key_find(const char *t, size_t len)
-{
-	uint64_t h = fnv1a(t, len);
-
-	for (size_t k = h % nkeyslots, probes = 0; probes < nkeyslots; k = (k + 1) % nkeyslots, probes++) {
-		if (keys[k].key == NULL)
-			return NULL;
-		if (keys[k].hash == h && secret_eq(t, len, keys[k].key->key))
-			return keys[k].key;
-	}
-	return NULL;
-}
-
-static bool key_allows(const struct api_key *k, const struct service *s)
-{
-	if (k->services == NULL || s == NULL)
-		return true;
-	for (char **p = k->services; *p; p++)
-		if (strcmp(*p, service_config(s)->name) == 0)
-			return true;
-	return false;
-}
-
 /* With api_keys set, using a service needs a key that may use it: 401
  * without one, 403 for a key limited to other services. The admin token
  * is never an api key. S may be NULL (any service will do). */
@@ -285,8 +167,8 @@ static bool key_ok(struct hconn *c, const struct http_msg *m, const struct servi
 
 	if (fcfg->n_api_keys == 0)
 		return true;
-	t = bearer(m, &len);
-	k = t ? key_find(t, len) : NULL;
+	t = access_bearer(m, &len);
+	k = t ? access_key_find(t, len) : NULL;
 	if (k == NULL) {
 		const char *msg = t ? "invalid api key" : "this gateway needs Authorization: Bearer <api key>";
 		if (openai)
@@ -295,7 +177,7 @@ static bool key_ok(struct hconn *c, const struct http_msg *m, const struct servi
 			reply_json(c, 401, json_pack("{s:s,s:i}", "error", msg, "status", 401), www);
 		return false;
 	}
-	if (!key_allows(k, s)) {
+	if (!access_key_allows(k, s)) {
 		const char *msg = "this api key may not use this service";
 		if (openai)
 			reply_openai_err(c, 403, "permission_error", "forbidden", msg, NULL);
@@ -497,17 +379,17 @@ static void ep_models(struct hconn *c, const struct http_msg *m)
 	json_t *data;
 	const struct api_key *k = NULL;
 	size_t len;
-	const char *t = bearer(m, &len);
+	const char *t = access_bearer(m, &len);
 	char st[300];
 
 	if (!key_ok(c, m, NULL, true))
 		return;
 	data = json_array();
 	if (fcfg->n_api_keys > 0)
-		k = key_find(t, len);
+		k = access_key_find(t, len);
 	for (size_t q = 0; q < nmodels; q++) {
 		struct service *s = models[q].svc;
-		if (k && !key_allows(k, s))
+		if (k && !access_key_allows(k, s))
 			continue;
 		short_state(s, st, sizeof st);
 		json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s,s:s,s:s}", "id", models[q].name,
@@ -529,7 +411,7 @@ static bool wants_sse(const struct http_msg *m)
 static void fwd_opts(struct hconn *c, const struct service *s, struct proxy_opts *opt)
 {
 	opt->strip_auth = fcfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
-	opt->trust_forwarded = peer_trusted(c);
+	opt->trust_forwarded = access_peer_trusted(c);
 }
 
 /* The upstream target: the normalised path and the query as sent. */
@@ -851,17 +733,7 @@ static void build_indexes(struct config *cfg)
 	}
 	qsort(models, nmodels, sizeof *models, model_cmp);
 
-	free(keys);
-	nkeyslots = cfg->n_api_keys * 2 + 1;
-	keys = xcalloc(nkeyslots, sizeof *keys);
-	for (size_t k = 0; k < cfg->n_api_keys; k++) {
-		const struct api_key *ak = &cfg->api_keys[k];
-		uint64_t h = fnv1a(ak->key, strlen(ak->key));
-		size_t at = h % nkeyslots;
-		while (keys[at].key)
-			at = (at + 1) % nkeyslots;
-		keys[at] = (struct keyslot){h, ak};
-	}
+	access_configure(cfg);
 }
 
 void front_reconfigure(struct config *cfg)
@@ -922,7 +794,6 @@ void front_free(void)
 	resume_ev = NULL;
 	api_free();
 	free(models);
-	free(keys);
 	models = NULL;
-	keys = NULL;
+	access_free();
 }
