@@ -83,7 +83,7 @@ def test_finding9_scripts_curl_and_same_origin_pages_still_work(gateway):
     g.record_pids()
 
 
-def test_finding9_json_api_changes_state_only_with_post(gateway):
+def test_json_api_changes_state_only_with_post(gateway):
     g = gateway()
     for path in ("/api/services/demo/start", "/api/services/demo/stop"):
         r = g.get(path)
