@@ -14,10 +14,10 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
-TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base
+TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev
 BENCH_PKGS = wrk nginx-light
 
-.PHONY: all run test unit integration asan bench deps test-deps bench-deps clean
+.PHONY: all run test unit integration asan bench deps test-deps bench-deps clean fuzz-router
 
 all: build/slurmgate build/demo_service
 
@@ -88,6 +88,33 @@ test: test-deps all
 
 bench: bench-deps all
 	bench/run
+
+# libFuzzer targets of the route resolver and the /v1 model lookup (issue 9).
+# `make fuzz-router FUZZ_TIME=300` runs each for FUZZ_TIME seconds on its seed
+# corpus in tests/fuzz/corpus/; new inputs go to build/fuzz/corpus-*, crash
+# reproducers to build/fuzz/ (copy them to tests/fuzz/corpus/ once fixed).
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 30
+FUZZ_FLAGS  = -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Isrc \
+	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+ROUTER_FUZZ = build/fuzz/fuzz_router build/fuzz/fuzz_v1model
+ROUTER_FUZZ_SRCS = src/router.c src/util.c src/log.c
+
+build/fuzz/fuzz_router: tests/fuzz/fuzz_router.c $(ROUTER_FUZZ_SRCS) src/router.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(ROUTER_FUZZ_SRCS) -ljansson -levent -lm
+
+build/fuzz/fuzz_v1model: tests/fuzz/fuzz_v1model.c $(ROUTER_FUZZ_SRCS) src/router.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(ROUTER_FUZZ_SRCS) -ljansson -levent -lm
+
+fuzz-router: $(ROUTER_FUZZ)
+	@for t in router v1model; do \
+	  mkdir -p build/fuzz/corpus-$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_TIME) s"; \
+	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -timeout=5 -rss_limit_mb=1024 \
+	    -artifact_prefix=build/fuzz/ build/fuzz/corpus-$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
 
 clean:
 	rm -rf build

@@ -1127,11 +1127,15 @@ void http_pause(struct hconn *c, bool pause)
 		if (c->pause_mask & PAUSE_FLOW)
 			return;
 		c->pause_mask |= PAUSE_FLOW;
+		if (c->server && c->phase == PH_BODY)
+			timer_set(c, 0);   /* we stopped reading: the client is not late */
 		rd_update(c);
 	} else {
 		if (!(c->pause_mask & PAUSE_FLOW))
 			return;
 		c->pause_mask &= ~PAUSE_FLOW;
+		if (c->server && c->phase == PH_BODY)
+			timer_set(c, c->lim->body_timeout);
 		rd_update(c);
 		if (c->pause_mask == 0 && HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
 			http_parser_pause(&c->parser, 0);

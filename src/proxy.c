@@ -15,11 +15,13 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "router.h"
 #include "service.h"
 #include "util.h"
 
 /* Body bytes held for a request whose service is not ready yet, before we
- * stop reading the client (it then waits in its own TCP window). */
+ * stop reading the client (it then waits in its own TCP window). All held
+ * requests together keep at most max_held_body (held_total). */
 #define HELD_BODY_MAX (1024 * 1024)
 
 struct exchange {
@@ -40,12 +42,15 @@ struct exchange {
 	bool early_head;            /* our 200 event-stream head went out while waiting */
 	bool discard_body;          /* the service's error body, after an early head */
 	bool strip_auth;            /* Authorization was our api key, not the service's */
+	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
+	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
 };
 
 static const struct config *pcfg;
 static struct event_base *pbase;
 static size_t nactive;
+static size_t held_total;   /* held body bytes of all exchanges */
 
 static void up_connected(struct hconn *c);
 static void up_head(struct hconn *c, struct http_msg *m);
@@ -95,6 +100,7 @@ static void ex_end(struct exchange *ex, bool keep_up)
 		instance_release(ex->inst);
 	if (ex->fb_ev)
 		event_free(ex->fb_ev);
+	held_total -= ex->held_n;
 	evbuffer_free(ex->body);
 	free(ex->head);
 	free(ex);
@@ -151,7 +157,7 @@ static void feedback_start(struct exchange *ex)
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
 {
 	const struct svc_config *cfg = service_config(ex->svc);
-	char extra[128] = "";
+	char extra[512] = SG_SEC_HEADERS_DATA;
 	json_t *o;
 	char *body;
 
@@ -166,7 +172,8 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		json_decref(o);
 	} else if (ex->down && !http_response_started(ex->down)) {
 		if (retry_after > 0)
-			snprintf(extra, sizeof extra, "Retry-After: %d\r\n", retry_after);
+			snprintf(extra, sizeof extra, "%sRetry-After: %d\r\n", SG_SEC_HEADERS_DATA,
+				 retry_after);
 		o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status", status);
 		if (retry_after > 0)
 			json_object_set_new(o, "retry_after", json_integer(retry_after));
@@ -193,6 +200,8 @@ static void send_request(struct exchange *ex)
 	size_t n = evbuffer_get_length(ex->body);
 
 	ex->t_sent = now_s();
+	held_total -= ex->held_n;
+	ex->held_n = 0;
 	http_send_head(ex->up, ex->head, ex->headlen, ex->req_chunked, ex->head_req);
 	if (n > 0) {
 		/* send the held body chunk by chunk, without linearising it */
@@ -283,6 +292,9 @@ static void build_head(struct exchange *ex, struct hconn *down, const struct htt
 			upg = h;
 		else if (strncase_eq(h->name, h->nlen, "x-slurmgate-wait"))
 			continue;
+		else if (!ex->trust_fwd && (strncase_eq(h->name, h->nlen, "forwarded") ||
+					    strncase_eq(h->name, h->nlen, "x-real-ip")))
+			continue;   /* a client's claims, not a proxy's */
 		else if (ex->strip_auth && strncase_eq(h->name, h->nlen, "authorization"))
 			continue;
 		if (strncase_eq(h->name, h->nlen, "host"))
@@ -294,6 +306,8 @@ static void build_head(struct exchange *ex, struct hconn *down, const struct htt
 		evbuffer_add(b, h->value, h->vlen);
 		evbuffer_add(b, "\r\n", 2);
 	}
+	if (!ex->trust_fwd)
+		xff = xfp = xfh = NULL;   /* replaced, never passed on */
 	if (xff)
 		evbuffer_add_printf(b, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->vlen, xff->value,
 				    http_peer(down));
@@ -347,12 +361,15 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->w.fail = w_fail;
 	ex->feedback = o->feedback;
 	ex->strip_auth = o->strip_auth;
+	ex->trust_fwd = o->trust_forwarded;
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
 		ex_go(ex, inst);
 	} else if (r == 1) {
 		ex->held = true;
+		if (held_total >= (size_t)pcfg->max_held_body && ex->req_has_body)
+			http_pause(down, true);   /* the budget is spent: wait in the TCP window */
 		if (ex->feedback)
 			feedback_start(ex);
 	} else
@@ -369,7 +386,10 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 		}
 	} else {
 		evbuffer_add(ex->body, p, n);
-		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX)
+		ex->held_n += n;
+		held_total += n;
+		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX ||
+		    held_total >= (size_t)pcfg->max_held_body)
 			http_pause(ex->down, true);
 	}
 }
