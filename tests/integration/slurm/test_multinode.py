@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import SLACK, pid_alive, wait_until
+from conftest import SLACK, free_port, pid_alive, wait_until
 from slurmlib import (CLUSTERCTL, cluster, demo_job_script, nodes, slurm_gateway,  # noqa: F401
                       slurm_service)
 
@@ -169,3 +169,32 @@ def test_clusterctl_stop_removes_namespaces_veths_and_bridge(tmp_path):
                            timeout=10).stdout
     assert f" {e['bridge']}:" not in links and f" {n['veth']}@" not in links, links
     assert not (d / "net.env").exists()
+
+
+def test_nodes_fixture_suspend_down_and_reset(nodes, tmp_path):
+    """The node helpers at the Slurm level (no gateway): suspend/resume, a
+    node set DOWN requeues its job, a killed slurmd; the fixture puts every
+    node back."""
+    c = nodes
+    node1 = c.node_names[0]
+    job = demo_job_script(tmp_path / "job.sh", exec_=False)
+    port = free_port()
+    jid = c.run("sbatch", "--parsable", f"--chdir={c.work_dir}", "-w", node1, str(job),
+                str(port)).strip()
+    try:
+        wait_until(lambda: c.show_job(jid)["JobState"] == "RUNNING" and c.job_node(jid) == node1,
+                   30 * SLACK, interval=0.2)
+        wait_until(lambda: c.http_get(c.node_addr(node1), port, "/health")[0] == 200,
+                   20 * SLACK, interval=0.2)
+        c.scontrol("suspend", jid)
+        assert c.show_job(jid)["JobState"] == "SUSPENDED"
+        c.scontrol("resume", jid)
+        assert c.show_job(jid)["JobState"] == "RUNNING"
+        assert c.http_get(c.node_addr(node1), port, "/health")[0] == 200
+        c.slurmd_stop(node1)
+        c.scontrol_node(node1, "down", reason="test node failure")
+        wait_until(lambda: c.show_job(jid)["JobState"] == "PENDING", 20 * SLACK, interval=0.2,
+                   msg="the job on the DOWN node to be requeued")
+        assert c.wait_node_state(node1, lambda st: st.startswith("down"))
+    finally:
+        c.scancel(jid)
