@@ -525,7 +525,12 @@ typedef void (*addr_cb)(struct sjob *j, const char *addr);
 struct addrq {
 	struct sjob *j;
 	addr_cb cb;
+	LIST_ENTRY(addrq) link;
 };
+
+/* lookups in flight: at most one per job, which serves the job's state at
+ * its end (a job that runs again meanwhile does not get two forwards) */
+static LIST_HEAD(, addrq) addrqs = LIST_HEAD_INITIALIZER(addrqs);
 
 static struct naddr *naddr_find(const struct runner *r, const char *name)
 {
@@ -580,6 +585,7 @@ static void sinfo_done(void *arg, int status, const char *out, const char *err)
 	struct sjob *j = q->j;
 	struct naddr *a;
 
+	LIST_REMOVE(q, link);
 	if (status == 0)
 		naddr_fill(j->r, out);
 	a = naddr_find(j->r, j->node);
@@ -603,9 +609,13 @@ static void node_addr(struct sjob *j, addr_cb cb)
 		cb(j, a->addr);
 		return;
 	}
+	LIST_FOREACH(q, &addrqs, link)
+		if (q->j == j)
+			return;   /* the lookup in flight goes on with this job */
 	q = xcalloc(1, sizeof *q);
 	q->j = j;
 	q->cb = cb;
+	LIST_INSERT_HEAD(&addrqs, q, link);
 	j->refs++;
 	runner_run(j->r, argv, 60, sinfo_done, q);
 }
