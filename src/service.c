@@ -40,6 +40,7 @@ struct service {
 	double down_since;    /* an instance to spare since (0: not) */
 	double last_start_s;  /* how long the last successful start took */
 	struct event *scale_ev;
+	struct event *dispatch_ev;   /* dispatch_waiters, outside anyone's callback */
 	struct svc_metrics m;
 };
 
@@ -58,6 +59,7 @@ static void inst_stop(struct instance *i, const char *why);
 static void idle_arm(struct instance *i);
 static void scale_check(struct service *s);
 static void scale_cb(evutil_socket_t fd, short what, void *arg);
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg);
 static void instance_drain(struct instance *i, const char *why);
 
 /* --- service states --- */
@@ -138,8 +140,12 @@ static void svc_settle(struct service *s, const char *why)
 /* Move I (checked, logged) and settle its service. */
 static void inst_move(struct instance *i, enum inst_state st, const char *why)
 {
+	char what[64];
+
 	instance_set_state(i, st, why);
-	svc_settle(i->svc, why);
+	/* the instance's line above says why */
+	snprintf(what, sizeof what, "[%d] %s", i->index, instance_state_name(i->state));
+	svc_settle(i->svc, what);
 }
 
 /* --- the balancer --- */
@@ -466,10 +472,18 @@ void service_instance_released(struct instance *i)
 		else if (i->state == INST_DRAINING)
 			inst_stop(i, "drained");
 	}
+	/* not from here: the ending exchange is inside its connection's
+	 * callback, and that connection may be the pooled one picked next */
 	if (s->nwaiting > 0)
-		dispatch_waiters(s);
+		event_active(s->dispatch_ev, EV_TIMEOUT, 0);
 	if (s->cfg->max_instances > 1 || s->cfg->min_instances > 0)
 		scale_check(s);
+}
+
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	dispatch_waiters(arg);
 }
 
 void service_instance_aborted(struct instance *i, struct waiter *w)
@@ -761,7 +775,8 @@ void instance_gone(struct instance *i, const char *reason)
 	snprintf(why, sizeof why, "service %s: instance ended: %s", s->cfg->name, reason);
 	instance_detach_all(i, why, true);
 	inst_detach(i);
-	svc_settle(s, reason);
+	snprintf(why, sizeof why, "[%d] gone", i->index);
+	svc_settle(s, why);
 	if (booting(was) && !any_pending_except(s, NULL) && pick_ready(s) == NULL)
 		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
 	kick(s);
@@ -968,6 +983,7 @@ static struct service *service_new(struct svc_config *c)
 	TAILQ_INIT(&s->insts);
 	TAILQ_INIT(&s->waiters);
 	s->scale_ev = evtimer_new(sbase, scale_cb, s);
+	s->dispatch_ev = evtimer_new(sbase, dispatch_cb, s);
 	metrics_init(&s->m);
 	return s;
 }
@@ -1103,6 +1119,7 @@ void services_shutdown(void (*done_cb)(void))
 static void service_free(struct service *s)
 {
 	event_free(s->scale_ev);
+	event_free(s->dispatch_ev);
 	free(s);
 }
 
