@@ -244,14 +244,28 @@ def test_cold_burst_spread(port_block, gateway):
     go.set()
     # every request is held or being served; then all instances serve a share
     samples = []
+    first_ready = {}    # index -> when this poll first saw it ready
+    got_share = {}      # index -> when it first held its share (100)
 
     def spread():
         info = g.svc()
+        now = time.monotonic()
         inflight = {i["index"]: i["in_flight"] for i in info["instances"] if i["state"] == "ready"}
+        for k, v in inflight.items():
+            first_ready.setdefault(k, now)
+            if v >= 100:
+                got_share.setdefault(k, now)
+        # never more than the target on one while another ready one has fewer
+        if inflight and max(inflight.values()) > 100:
+            assert min(inflight.values()) >= 100, f"unbalanced while ready: {inflight}"
         samples.append((info["waiting"], inflight))
         return len(inflight) == 3 and info["waiting"] == 0 and sum(inflight.values()) == n
 
-    wait_until(spread, 20 * SLACK, interval=0.1, msg="300 requests spread over 3 ready instances")
+    wait_until(spread, 20 * SLACK, interval=0.05, msg="300 requests spread over 3 ready instances")
+    lag = {k: round(got_share[k] - first_ready[k], 3) for k in got_share}
+    assert sorted(lag) == [0, 1, 2], (lag, samples[-5:])
+    # each takes its share within its first second of being ready
+    assert max(lag.values()) < 1.0, lag
     for t in ts:
         t.join(40 * SLACK)
     assert not any(t.is_alive() for t in ts)
@@ -263,4 +277,48 @@ def test_cold_burst_spread(port_block, gateway):
     assert info["starts"] == 3, info
     # each started instance takes its share: 100 each (target 100)
     assert sorted(served.values()) == [100, 100, 100], f"unbalanced: {served}; samples {samples[-5:]}"
-    print(f"\nserved per instance {served}; last in-flight samples {samples[-3:]}")
+    print(f"\nserved per instance {served}; seconds from ready to its share {lag}")
+
+
+# --------------------------------------------------------------------------
+# item 5: a connection that closes before any response byte (an ssh forward
+# whose channel cannot open) takes the instance out of rotation at once
+# --------------------------------------------------------------------------
+
+EARLY_CLOSE_SERVER = r'''
+import http.server, sys
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health":
+            body = b"ok"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        # anything else: close without a byte, as ssh does when the channel fails
+
+    def log_message(self, *a):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+def test_early_close_takes_instance_out_of_rotation(gateway, tmp_path):
+    server = tmp_path / "early_close.py"
+    server.write_text(EARLY_CLOSE_SERVER)
+    script = write_script(tmp_path / "early_close.sh",
+                          f"#!/bin/sh\nexec /usr/bin/python3 {server} \"$1\"\n")
+    g = gateway([demo_service(bash_file=str(script), health_interval=60)])
+    assert g.get("/llm/health", timeout=15).status == 200
+    r = g.get("/llm/anything", timeout=15)
+    assert r.status == 502, r
+    assert "closed the connection" in r.json()["error"], r.json()
+    log = g.log(tail=10 ** 7)
+    # out of rotation at once (not after two failed health checks), then
+    # back when a probe passed
+    assert "ready -> unhealthy (upstream closed the connection)" in log, log
+    assert "unhealthy -> ready (healthy again)" in log, log
+    wait_until(lambda: g.state() == "ready", 5 * SLACK, msg="back in rotation")
+    gateway_alive(g)
