@@ -1,6 +1,7 @@
 /* test_service.c - routing and the service state machine, driven through the
  * real event loop with real child processes (includes service.c). */
 #include <event2/event.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -400,6 +401,32 @@ static void test_hold_queues_requests_and_endpoint_serves_them(void **state)
 	instance_release(i, &held.w);
 }
 
+static void test_gone_instance_lives_while_referenced(void **state)
+{
+	struct service *s = service_by_route("llm", 3);
+	struct instance *i = ready_llm(s), *inst = NULL;
+	struct rec r;
+	const char *reason;
+	int status, ra;
+
+	(void)state;
+	rec_init(&r);
+	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), 0);
+	assert_ptr_equal(inst, i);
+	instance_ref(i);   /* as a late user would: the object must outlive "gone" */
+	assert_int_equal(kill(i->pid, SIGKILL), 0);
+	run_until(&r.fails);
+	/* the request in flight ended with the cause, and the instance left the service */
+	assert_int_equal(r.fails, 1);
+	assert_int_equal(r.status, 502);
+	assert_non_null(strstr(r.reason, "instance ended: process killed by signal 9"));
+	assert_int_equal(i->state, INST_GONE);
+	assert_null(service_first_instance(s));
+	assert_int_equal(service_inflight(s), 0);
+	assert_int_equal(i->refs, 1);   /* only ours */
+	instance_unref(i);              /* freed here */
+}
+
 static void test_retired_service_never_starts(void **state)
 {
 	struct service *s = service_by_route("llm", 3);
@@ -438,6 +465,7 @@ int main(void)
 		cmocka_unit_test(test_illegal_move_is_refused_in_release_builds),
 		cmocka_unit_test(test_unhealthy_does_not_count_as_starting),
 		cmocka_unit_test(test_hold_queues_requests_and_endpoint_serves_them),
+		cmocka_unit_test(test_gone_instance_lives_while_referenced),
 		cmocka_unit_test(test_retired_service_never_starts),
 	};
 	return cmocka_run_group_tests_name("service", tests, setup, teardown);
