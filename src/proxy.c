@@ -35,6 +35,7 @@ struct exchange {
 	struct evbuffer *body;      /* body bytes not yet sent upstream */
 	bool req_chunked, req_has_body, req_done, head_req, upgrade;
 	bool up_sent, up_connected, resp_started, reused;
+	bool sse;                   /* the service's response is an event stream */
 	int tries;
 	double t0, waited, t_sent;
 	bool held;
@@ -96,8 +97,11 @@ static void ex_end(struct exchange *ex, bool keep_up)
 			http_close(up, "exchange ended");
 		}
 	}
-	if (ex->inst)
-		instance_release(ex->inst);
+	if (ex->inst) {
+		struct instance *i = ex->inst;
+		ex->inst = NULL;
+		instance_release(i, &ex->w);
+	}
 	if (ex->fb_ev)
 		event_free(ex->fb_ev);
 	held_total -= ex->held_n;
@@ -179,6 +183,15 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 			json_object_set_new(o, "retry_after", json_integer(retry_after));
 		body = json_dumps(o, JSON_COMPACT);
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
+		free(body);
+		json_decref(o);
+	} else if (ex->down && ex->sse && !ex->discard_body) {
+		/* the service's event stream is under way: end it with an error event */
+		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
+			      "code", status);
+		body = json_dumps(o, JSON_COMPACT);
+		sse_printf(ex->down, "\n\ndata: %s\n\n", body);
+		http_finish(ex->down);
 		free(body);
 		json_decref(o);
 	} else if (ex->down) {
@@ -270,6 +283,15 @@ static void w_fail(struct waiter *w, int status, const char *reason, int retry_a
 	ex_fail(of_waiter(w), status, reason, retry_after);
 }
 
+/* The instance this request runs on is gone or held: end it with REASON. */
+static void w_abort(struct waiter *w, int status, const char *reason)
+{
+	struct exchange *ex = of_waiter(w);
+
+	ex->inst = NULL;   /* detached already */
+	ex_fail(ex, status, reason, 0);
+}
+
 /* Serialise the request head for the upstream, once. */
 static void build_head(struct exchange *ex, struct hconn *down, const struct http_msg *m,
 		       const char *path, size_t plen)
@@ -359,6 +381,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->head_req = m->method == HTTP_HEAD;
 	ex->w.ready = w_ready;
 	ex->w.fail = w_fail;
+	ex->w.abort = w_abort;
 	ex->feedback = o->feedback;
 	ex->strip_auth = o->strip_auth;
 	ex->trust_fwd = o->trust_forwarded;
@@ -477,6 +500,10 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	n = evbuffer_get_length(b);
 	extra = (char *)evbuffer_pullup(b, (ssize_t)n);
 	ex->resp_started = true;
+	{
+		const struct http_hdr *ct = http_find(m, "content-type");
+		ex->sse = ct && ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream");
+	}
 	http_respond(ex->down, m->status, extra,
 		     (m->content_length >= 0 && !m->chunked) ? m->content_length : -1);
 	evbuffer_free(b);
@@ -520,6 +547,14 @@ static void up_done(struct hconn *c)
 	ex_end(ex, ex->req_done && http_reusable(c));
 }
 
+/* Did the connection close before any response byte, as when an ssh
+ * forward accepts a connection but cannot open its channel? */
+static bool closed_early(const struct exchange *ex, const char *why)
+{
+	return ex->up_connected && !ex->reused && !ex->resp_started &&
+	       (strstr(why, "closed the connection") || strstr(why, "connection error"));
+}
+
 static void up_closed(struct hconn *c, const char *why)
 {
 	struct exchange *ex = http_owner(c);
@@ -528,33 +563,42 @@ static void up_closed(struct hconn *c, const char *why)
 	if (ex == NULL)
 		return;
 	ex->up = NULL;
-	/* Nothing reached the service (connect failed), or a kept-alive
-	 * connection it had closed took a request without a body: once more,
-	 * on whichever instance is ready now. */
-	if (!ex->resp_started && ex->tries == 0 && ex->inst &&
-	    (!ex->up_connected || (ex->reused && !ex->req_has_body))) {
+	/* Nothing reached the service (connect refused, or the connection
+	 * closed before any response byte), or a kept-alive connection it had
+	 * closed took a request without a body: once more, on whichever
+	 * instance is ready now. A refusal or an early close also takes the
+	 * instance out of rotation (its launcher is asked to check it). */
+	if (!ex->resp_started && ex->inst &&
+	    (!ex->up_connected || closed_early(ex, why) || (ex->reused && !ex->req_has_body))) {
 		struct instance *old = ex->inst, *inst = NULL;
+		bool suspect = !ex->up_connected || closed_early(ex, why);
+		bool retry = ex->tries == 0 && (!ex->up_connected || !ex->req_has_body);
 		const char *r = NULL;
 		int status = 0, ra = 0, rc;
 
-		ex->tries++;
-		if (!ex->up_connected)
+		/* leave the instance first: what it does next may end other exchanges */
+		instance_ref(old);
+		ex->inst = NULL;
+		instance_release(old, &ex->w);
+		if (suspect)
 			instance_unreachable(old, why);
 		else
 			instance_pool_flush(old);   /* its other idle connections are suspect too */
-		ex->inst = NULL;
-		ex->w.avoid = old;
-		instance_release(old);
-		log_info("svc %s: retrying a request on another instance (%s)", service_config(ex->svc)->name,
-			 why);
-		rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
-		if (rc == 0)
-			ex_go(ex, inst);
-		else if (rc == 1)
-			ex->held = true;
-		else
-			ex_fail(ex, status, r, ra);
-		return;
+		instance_unref(old);
+		if (retry) {
+			ex->tries++;
+			ex->w.avoid = old;   /* compared, never dereferenced */
+			log_info("svc %s: retrying a request on another instance (%s)",
+				 service_config(ex->svc)->name, why);
+			rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
+			if (rc == 0)
+				ex_go(ex, inst);
+			else if (rc == 1)
+				ex->held = true;
+			else
+				ex_fail(ex, status, r, ra);
+			return;
+		}
 	}
 	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
 	ex_fail(ex, strstr(why, "timeout") ? 504 : 502, reason, 0);
