@@ -155,6 +155,9 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	json_t *o;
 	char *body;
 
+	/* a relayed head that has not reached the client yet gives way to the error */
+	if (ex->down && !ex->early_head && http_response_started(ex->down))
+		http_response_retract(ex->down);
 	if (ex->down && ex->early_head) {
 		/* the stream is open: end it with an OpenAI-style error event */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
@@ -418,6 +421,11 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	char *extra;
 	size_t n;
 
+	if (m->status == 101 && !ex->upgrade) {
+		/* one request, one final response: a protocol switch nobody asked for is not one */
+		ex_fail(ex, 502, "the service switched protocols, but the client asked for no upgrade", 0);
+		return;
+	}
 	if (m->status >= 100 && m->status < 600)
 		service_metrics(ex->svc)->by_status[m->status]++;
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
