@@ -70,8 +70,9 @@ struct hconn {
 	const char *close_why;
 
 	struct evbuffer *wbuf;
-	bool dirty, in_grave;
+	bool dirty, in_grave, budget_wait;
 	TAILQ_ENTRY(hconn) dirty_link;
+	TAILQ_ENTRY(hconn) budget_link;   /* paused by the memory budget */
 	char peer_addr[48];
 };
 
@@ -82,6 +83,16 @@ static struct event_base *hbase;
 static struct event *flush_ev;
 static int depth;
 static size_t n_server, n_client;
+
+/* The memory budget: bytes held in every tracked buffer (input read but not
+ * parsed, output not yet written, held request bodies). Past the cap,
+ * client connections that hold more than BUDGET_OWN themselves stop
+ * reading until the total falls below 7/8 of it; small requests from
+ * others still get in. */
+#define BUDGET_OWN (64 * 1024)
+static size_t buffered, buffer_cap = (size_t)-1;
+static struct hconn_list budget_list = TAILQ_HEAD_INITIALIZER(budget_list);
+static struct event *budget_ev;
 
 /* Pipelining: the next request is read only once the answers to the
  * previous ones are (nearly) written, so a client that sends requests and
@@ -95,6 +106,45 @@ static void tunnel_move(struct hconn *c);
 static void rd_update(struct hconn *c);
 static void finalize_close(struct hconn *c);
 static void reply_and_close(struct hconn *c, int status, const char *msg);
+
+static void buf_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b, (void)arg;
+	buffered += info->n_added;
+	buffered -= info->n_deleted;
+	if (info->n_deleted > 0 && !TAILQ_EMPTY(&budget_list) && buffered < buffer_cap - buffer_cap / 8)
+		event_active(budget_ev, EV_TIMEOUT, 0);
+}
+
+void http_buffer_track(struct evbuffer *b)
+{
+	buffered += evbuffer_get_length(b);
+	evbuffer_add_cb(b, buf_cb, NULL);
+}
+
+void http_buffer_untrack(struct evbuffer *b)
+{
+	/* not by draining: a bufferevent's output may be frozen */
+	evbuffer_remove_cb(b, buf_cb, NULL);
+	buffered -= evbuffer_get_length(b);
+}
+
+size_t http_buffered(void)
+{
+	return buffered;
+}
+
+void http_set_buffer_cap(size_t cap)
+{
+	buffer_cap = cap;
+	if (budget_ev && !TAILQ_EMPTY(&budget_list))
+		event_active(budget_ev, EV_TIMEOUT, 0);
+}
+
+static size_t own_bytes(struct hconn *c)
+{
+	return evbuffer_get_length(c->in) + http_pending_output(c);
+}
 
 /* Every callback from libevent into this module is bracketed by enter/leave;
  * leaving the outermost one flushes output and frees the dead. */
@@ -191,6 +241,9 @@ static void hconn_free(struct hconn *c)
 		n_server--;
 	else
 		n_client--;
+	http_buffer_untrack(c->in);
+	http_buffer_untrack(c->wbuf);
+	http_buffer_untrack(bufferevent_get_output(c->bev));
 	bufferevent_free(c->bev);   /* closes the fd */
 	event_free(c->timer);
 	if (c->closed_ev)
@@ -237,10 +290,28 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	flush_all();
 }
 
+/* The total fell below the budget: connections paused by it read again. */
+static void budget_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct hconn_list now = TAILQ_HEAD_INITIALIZER(now);
+	struct hconn *c;
+
+	(void)fd, (void)what, (void)arg;
+	enter();
+	TAILQ_CONCAT(&now, &budget_list, budget_link);
+	while ((c = TAILQ_FIRST(&now)) != NULL) {
+		TAILQ_REMOVE(&now, c, budget_link);
+		c->budget_wait = false;
+		rd_update(c);   /* may wait again, on budget_wait */
+	}
+	leave();
+}
+
 void http_init(struct event_base *base)
 {
 	hbase = base;
 	flush_ev = event_new(base, -1, 0, flush_cb, NULL);
+	budget_ev = event_new(base, -1, 0, budget_cb, NULL);
 }
 
 size_t http_count(bool server_side)
@@ -267,6 +338,10 @@ void http_close(struct hconn *c, const char *why)
 	if (c->dirty) {
 		TAILQ_REMOVE(&dirty, c, dirty_link);
 		c->dirty = false;
+	}
+	if (c->budget_wait) {
+		TAILQ_REMOVE(&budget_list, c, budget_link);
+		c->budget_wait = false;
 	}
 	c->in_grave = true;
 	TAILQ_INSERT_TAIL(&grave, c, dirty_link);
@@ -451,6 +526,7 @@ static void resume_pipeline(struct hconn *c)
 	if (http_pending_output(c) > PIPELINE_OUT_MAX) {
 		c->wait_flush = true;
 		timer_set(c, 0);   /* the send timeout watches a client that does not read */
+		sync_pause(c);
 		return;
 	}
 	c->wait_flush = false;
@@ -669,9 +745,12 @@ static struct hconn *hconn_new(int fd, bool server, const struct hconn_ops *ops,
 		fatal("bufferevent_socket_new failed");
 	bufferevent_setcb(c->bev, NULL, writecb, eventcb, c);
 	c->in = evbuffer_new();
+	http_buffer_track(c->in);
+	http_buffer_track(bufferevent_get_output(c->bev));
 	bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_LOW_MARK, 0);
 	c->timer = evtimer_new(hbase, timer_cb, c);
 	c->wbuf = evbuffer_new();
+	http_buffer_track(c->wbuf);
 	hparse_init(&c->hp, server, &hp_ops, c);
 	if (server)
 		n_server++;
@@ -764,7 +843,9 @@ bool http_response_retract(struct hconn *c)
 		return false;
 	/* drop what the response composed; what came before it stays */
 	keep = evbuffer_new();
+	http_buffer_track(keep);
 	evbuffer_remove_buffer(c->wbuf, keep, c->resp_mark);
+	http_buffer_untrack(c->wbuf);
 	evbuffer_free(c->wbuf);
 	c->wbuf = keep;
 	c->resp_started = false;
@@ -958,9 +1039,15 @@ void http_park(struct hconn *c, int idle_s)
  * (EPOLLRDHUP) still sees the peer hang up. */
 static void rd_update(struct hconn *c)
 {
-	bool want = !c->dead && c->rev != NULL && !(c->pause_mask & PAUSE_FLOW) &&
+	bool over = c->server && !c->dead && !c->lingering && buffered >= buffer_cap &&
+		    own_bytes(c) > BUDGET_OWN;
+	bool want = !c->dead && c->rev != NULL && !(c->pause_mask & PAUSE_FLOW) && !over &&
 		    (c->lingering || evbuffer_get_length(c->in) < INPUT_MAX);
 
+	if (over && !c->budget_wait) {
+		c->budget_wait = true;
+		TAILQ_INSERT_TAIL(&budget_list, c, budget_link);
+	}
 	if (want == c->rd_on || c->rev == NULL)
 		return;
 	c->rd_on = want;

@@ -109,6 +109,18 @@ const char *http_status_text(int status);
 /* Connections open now: server side (clients) or client side (upstreams). */
 size_t http_count(bool server_side);
 
+/* --- the memory budget --- */
+/* Count EVBUFFER's bytes in the total (http_buffered); untrack it before
+ * freeing it (its bytes leave the total). Connections' own buffers are
+ * tracked. */
+void http_buffer_track(struct evbuffer *b);
+void http_buffer_untrack(struct evbuffer *b);
+/* Bytes held in tracked buffers now. */
+size_t http_buffered(void);
+/* Past CAP bytes, client connections holding more than 64 KiB each stop
+ * reading until the total falls below 7/8 of CAP. */
+void http_set_buffer_cap(size_t cap);
+
 #define HTTP_HIGH_MARK (256 * 1024)
 #define HTTP_LOW_MARK (32 * 1024)
 

@@ -67,6 +67,7 @@ void proxy_init(struct event_base *base, const struct config *cfg)
 {
 	pbase = base;
 	pcfg = cfg;
+	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
 }
 
 size_t proxy_active(void)
@@ -95,6 +96,7 @@ static void ex_end(struct exchange *ex, bool keep_up)
 		instance_release(ex->inst);
 	if (ex->fb_ev)
 		event_free(ex->fb_ev);
+	http_buffer_untrack(ex->body);
 	evbuffer_free(ex->body);
 	free(ex->head);
 	free(ex);
@@ -343,6 +345,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->svc = svc;
 	ex->t0 = now_s();
 	ex->body = evbuffer_new();
+	http_buffer_track(ex->body);   /* held bodies count in the memory budget */
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
