@@ -47,7 +47,7 @@ static struct hparse *hpof(http_parser *p)
 }
 
 /* Record the first error; the parse stops. Returns -1 for http_parser. */
-static int fail(struct hparse *hp, int status, const char *msg)
+static int refuse(struct hparse *hp, int status, const char *msg)
 {
 	if (hp->err_status == 0) {
 		hp->err_status = hp->server ? status : 502;
@@ -62,7 +62,7 @@ static int fail(struct hparse *hp, int status, const char *msg)
 static int hbuf_add(struct hparse *hp, const char *p, size_t n)
 {
 	if (hp->hlen + n + 1 > hp->max_header)
-		return fail(hp, 431, "request header fields too large");
+		return refuse(hp, 431, "request header fields too large");
 	if (hp->hlen + n + 1 > hp->hcap) {
 		hp->hcap = (hp->hlen + n + 1) * 2;
 		if (hp->hcap < 512)
@@ -110,7 +110,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 
 	if (hp->last_cb != CB_FIELD) {
 		if (hp->nhoff >= 256)
-			return fail(hp, 431, "too many header fields");
+			return refuse(hp, 431, "too many header fields");
 		if (hbuf_add(hp, "", 1) != 0) /* ends the url or the previous value */
 			return -1;
 		if (hp->nhoff == hp->hoffcap) {
@@ -139,11 +139,11 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 		 * that starts with white space continues the value) */
 		char before = at > hp->feed_start ? at[-1] : hp->prev_byte;
 		if (before == '\n')
-			return fail(hp, 400, "obsolete line folding in a header field is not allowed");
+			return refuse(hp, 400, "obsolete line folding in a header field is not allowed");
 	}
 	for (size_t k = 0; k < n; k++)
 		if (at[k] == '\0' || at[k] == '\r' || at[k] == '\n')
-			return fail(hp, 400, "invalid character in a header field value");
+			return refuse(hp, 400, "invalid character in a header field value");
 	h->vlen += (uint32_t)n;
 	return hbuf_add(hp, at, n);
 }
@@ -191,11 +191,11 @@ static int absolute_form(struct hparse *hp, struct http_msg *m)
 	auth = u + skip;
 	for (a = auth; a < end && *a != '/' && *a != '?' && *a != '#'; a++)
 		if (*a == '@')
-			return fail(hp, 400, "user information in the request target is not allowed");
+			return refuse(hp, 400, "user information in the request target is not allowed");
 	if (a == auth)
-		return fail(hp, 400, "the request target has no host");
+		return refuse(hp, 400, "the request target has no host");
 	if (a < end && *a != '/')
-		return fail(hp, 400, "the path of an absolute request target must start with '/'");
+		return refuse(hp, 400, "the path of an absolute request target must start with '/'");
 	for (size_t k = 0; k < m->nhdrs; k++)
 		if (strncase_eq(m->hdrs[k].name, m->hdrs[k].nlen, "host"))
 			host = &m->hdrs[k];
@@ -267,36 +267,36 @@ static int on_headers_complete(http_parser *p)
 	m->chunked = (p->flags & F_CHUNKED) != 0;
 
 	if (m->major != 1 || m->minor > 1)
-		return fail(hp, 505, "HTTP version not supported (only HTTP/1.0 and HTTP/1.1)");
+		return refuse(hp, 505, "HTTP version not supported (only HTTP/1.0 and HTTP/1.1)");
 	if (bad_name)
-		return fail(hp, 400, "malformed header field name");
+		return refuse(hp, 400, "malformed header field name");
 	/* Request smuggling: a message framed two ways, or by a coding we do
 	 * not speak, is refused rather than guessed at. */
 	if ((hp->saw_cl && hp->saw_te) || (hp->saw_te && !te_ok))
-		return fail(hp, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
+		return refuse(hp, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
 	if (hp->saw_te && m->minor == 0)
-		return fail(hp, 400, "Transfer-Encoding is not allowed in an HTTP/1.0 message");
+		return refuse(hp, 400, "Transfer-Encoding is not allowed in an HTTP/1.0 message");
 	if (hp->saw_cl && !m->chunked) {
 		if (p->content_length > (uint64_t)LLONG_MAX)
-			return fail(hp, 400, "invalid Content-Length");
+			return refuse(hp, 400, "invalid Content-Length");
 		m->content_length = (long long)p->content_length;
 	}
 	if (hp->server) {
 		if (nhost > 1)
-			return fail(hp, 400, "duplicate Host header");
+			return refuse(hp, 400, "duplicate Host header");
 		if (p->method == HTTP_TRACE)
-			return fail(hp, 405, "TRACE is not allowed");
+			return refuse(hp, 405, "TRACE is not allowed");
 		if (hp->max_body >= 0 && m->content_length > hp->max_body)
-			return fail(hp, 413, "request body too large");
+			return refuse(hp, 413, "request body too large");
 		if (absolute_form(hp, m) != 0)
 			return -1;
 		body = m->chunked || m->content_length > 0;
 		hp->upgrade_after = m->upgrade;
 	} else {
 		if (m->status < 100 || m->status > 599)
-			return fail(hp, 502, "invalid status code");
+			return refuse(hp, 502, "invalid status code");
 		if (m->status == 101 && !m->upgrade)
-			return fail(hp, 502, "101 without an Upgrade");
+			return refuse(hp, 502, "101 without an Upgrade");
 		if (m->status >= 100 && m->status < 200 && m->status != 101) {
 			/* an interim response (100 Continue, 103): no body, not reported */
 			hp->skip_msg = true;
@@ -323,7 +323,7 @@ static int deliver(struct hparse *hp, const char *at, size_t n)
 {
 	hp->body_seen += (long long)n;
 	if (hp->max_body >= 0 && hp->body_seen > hp->max_body)
-		return fail(hp, 413, "request body too large");
+		return refuse(hp, 413, "request body too large");
 	if (hp->ops->body)
 		hp->ops->body(hp->arg, at, n);
 	return 0;
@@ -395,7 +395,7 @@ static void chunked_done(struct hparse *hp)
 	message_done(hp);
 }
 
-#define BAD_CHUNK(hp) fail(hp, 400, "malformed chunked body")
+#define BAD_CHUNK(hp) refuse(hp, 400, "malformed chunked body")
 
 /* Decode chunked framing; returns the bytes consumed. */
 static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
@@ -433,7 +433,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 			v = hexval(ch);
 			if (v >= 0) {
 				if (hp->csize > (UINT64_MAX >> 4) || (hp->cstate == CH_SIZE && hp->cline > 16)) {
-					fail(hp, 400, "chunk size too large");
+					refuse(hp, 400, "chunk size too large");
 					return k;
 				}
 				hp->csize = hp->csize * 16 + (uint64_t)v;
@@ -465,7 +465,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 			else if ((unsigned char)ch < 0x20 && ch != '\t')
 				BAD_CHUNK(hp);   /* a bare LF, NUL, ... */
 			else if (++hp->cline > CHUNK_LINE_MAX)
-				fail(hp, 400, "chunk extension too long");
+				refuse(hp, 400, "chunk extension too long");
 			break;
 		case CH_SIZE_LF:
 			if (ch != '\n') {
@@ -475,7 +475,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 				hp->ctrailer = 0;
 			} else {
 				if (hp->max_body >= 0 && hp->csize > (uint64_t)hp->max_body) {
-					fail(hp, 413, "request body too large");
+					refuse(hp, 413, "request body too large");
 					return k;
 				}
 				hp->cstate = CH_DATA;
@@ -498,7 +498,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 			if (ch == '\r') {
 				hp->cstate = CH_END_LF;
 			} else if (ch == ' ' || ch == '\t' || ch == ':' || ch == '\n' || ch == '\0') {
-				fail(hp, 400, "malformed trailer field");
+				refuse(hp, 400, "malformed trailer field");
 			} else {
 				hp->cstate = CH_TLINE;
 				hp->cline = 1;
@@ -508,12 +508,12 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 			if (ch == '\r')
 				hp->cstate = CH_TLINE_LF;
 			else if (ch == '\n' || ch == '\0')
-				fail(hp, 400, "malformed trailer field");
+				refuse(hp, 400, "malformed trailer field");
 			hp->cline++;
 			break;
 		case CH_TLINE_LF:
 			if (ch != '\n')
-				fail(hp, 400, "malformed trailer field");
+				refuse(hp, 400, "malformed trailer field");
 			hp->cstate = CH_TRAILER;
 			break;
 		case CH_END_LF:
@@ -525,7 +525,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 			return k;
 		}
 		if (hp->cstate >= CH_TRAILER && ++hp->ctrailer > hp->max_header) {
-			fail(hp, 431, "request trailer fields too large");
+			refuse(hp, 431, "request trailer fields too large");
 			return k;
 		}
 	}
@@ -539,25 +539,25 @@ static void lib_error(struct hparse *hp, enum http_errno e)
 
 	switch (e) {
 	case HPE_HEADER_OVERFLOW:
-		fail(hp, 431, "request header fields too large");
+		refuse(hp, 431, "request header fields too large");
 		break;
 	case HPE_INVALID_METHOD:
-		fail(hp, 400, "unknown request method");
+		refuse(hp, 400, "unknown request method");
 		break;
 	case HPE_UNEXPECTED_CONTENT_LENGTH:
 	case HPE_INVALID_TRANSFER_ENCODING:
-		fail(hp, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
+		refuse(hp, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
 		break;
 	case HPE_INVALID_CONTENT_LENGTH:
-		fail(hp, 400, "invalid Content-Length");
+		refuse(hp, 400, "invalid Content-Length");
 		break;
 	case HPE_INVALID_STATUS:
-		fail(hp, 502, "invalid status code");
+		refuse(hp, 502, "invalid status code");
 		break;
 	default:
 		snprintf(why, sizeof why, "malformed %s: %s", hp->server ? "request" : "response",
 			 http_errno_description(e));
-		fail(hp, 400, why);
+		refuse(hp, 400, why);
 	}
 }
 
