@@ -121,6 +121,8 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 		hp->last_cb = CB_FIELD;
 	}
 	hp->hoff[hp->nhoff - 1].nlen += (uint32_t)n;
+	hp->field_end = at + n;
+	hp->lf_after_field = false;
 	return hbuf_add(hp, at, n);
 }
 
@@ -128,18 +130,25 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 {
 	struct hparse *hp = hpof(p);
 	struct hdr_off *h = &hp->hoff[hp->nhoff - 1];
+	/* A value (or more of one) after a line end is obs-fold: a line that
+	 * starts with white space continues the value above, even an empty
+	 * one. Between a name and its value there is only ':' and white space;
+	 * a value continued in a new piece of input follows a value byte. */
+	char before = at > hp->feed_start ? at[-1] : hp->prev_byte;
+	bool lf = before == '\n';
 
+	if (hp->last_cb == CB_FIELD) {
+		lf = lf || hp->lf_after_field;
+		for (const char *q = hp->field_end ? hp->field_end : hp->feed_start; q < at && !lf; q++)
+			lf = *q == '\n';
+	}
+	if (lf && n > 0)   /* (an empty value is reported at the next line's start) */
+		return refuse(hp, 400, "obsolete line folding in a header field is not allowed");
 	if (hp->last_cb != CB_VALUE) {
 		if (hbuf_add(hp, "", 1) != 0) /* ends the name */
 			return -1;
 		h->voff = (uint32_t)hp->hlen;
 		hp->last_cb = CB_VALUE;
-	} else {
-		/* the same value again: a new piece of input, or obs-fold (a line
-		 * that starts with white space continues the value) */
-		char before = at > hp->feed_start ? at[-1] : hp->prev_byte;
-		if (before == '\n')
-			return refuse(hp, 400, "obsolete line folding in a header field is not allowed");
 	}
 	for (size_t k = 0; k < n; k++)
 		if (at[k] == '\0' || at[k] == '\r' || at[k] == '\n')
@@ -574,6 +583,12 @@ size_t hparse_feed(struct hparse *hp, const char *p, size_t n)
 			enum http_errno e;
 			hp->feed_start = p + off;
 			k = http_parser_execute(&hp->parser, &settings, p + off, n - off);
+			if (hp->last_cb == CB_FIELD) {
+				/* a name waits for its value: remember a line end after it */
+				for (const char *q = hp->field_end ? hp->field_end : p + off; q < p + off + k; q++)
+					hp->lf_after_field = hp->lf_after_field || *q == '\n';
+			}
+			hp->field_end = NULL;   /* it pointed into this piece */
 			e = HTTP_PARSER_ERRNO(&hp->parser);
 			if (e == HPE_PAUSED)
 				http_parser_pause(&hp->parser, 0);

@@ -80,6 +80,8 @@ struct hparse {
 	bool saw_cl, saw_te, skip_msg, in_msg, upgrade_after;
 	const char *feed_start;   /* the piece being fed, and the byte before it */
 	char prev_byte;
+	const char *field_end;    /* end of the last header name, in this piece */
+	bool lf_after_field;      /* a line end followed it in an earlier piece */
 
 	/* chunked bodies are decoded here, not by http_parser */
 	int cstate;

@@ -256,9 +256,10 @@ def test_bytes_after_final_response_are_not_relayed_or_reused(hostile):
     b"POST /llm/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
     b"POST /llm/echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
     b"GET /llm/echo HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+    b"GET /llm/echo HTTP/1.1\r\nHost: a\r\nX-Folded:\r\n b\r\n\r\n",
     b"POST /llm/echo HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 ], ids=["no-crlf-after-data", "bare-lf-in-extension", "bare-lf-after-size", "obs-fold",
-        "te-on-http10"])
+        "obs-fold-after-empty-value", "te-on-http10"])
 def test_lenient_chunked_framing_is_refused(gateway, req):
     # nginx refuses each of these with 400 ("invalid chunked body", "client
     # sent invalid header line", "client sent HTTP/1.0 request with

@@ -160,6 +160,33 @@ static void test_bad_framing_is_refused(void **state)
 		}
 }
 
+/* Finding 10: obs-fold, wherever the input is split, even after an empty value. */
+static void test_obs_fold_every_split(void **state)
+{
+	static const char *const reqs[] = {
+		"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX:\r\n b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\tchunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\t\r\n\r\n",
+	};
+
+	(void)state;
+	for (size_t k = 0; k < sizeof reqs / sizeof reqs[0]; k++)
+		for (size_t step = 0; step < strlen(reqs[k]); step++) {
+			struct seen s = {0};
+			if (run(&s, true, reqs[k], step) != 400)
+				fail_msg("request %zu split every %zu bytes was taken", k, step);
+			done_with(&s);
+		}
+	/* and an empty value followed by another field is fine */
+	for (size_t step = 0; step < 40; step++) {
+		struct seen s = {0};
+		assert_int_equal(run(&s, true, "GET / HTTP/1.1\r\nHost: a\r\nX:\r\nY: 1\r\n\r\n", step), 0);
+		assert_string_equal(s.head, "GET /|Host=a|X=|Y=1|");
+		done_with(&s);
+	}
+}
+
 static void test_invalid_method_names_the_method(void **state)
 {
 	struct seen s = {0};
@@ -247,6 +274,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_chunked_trailer_every_split),
 		cmocka_unit_test(test_bad_framing_is_refused),
+		cmocka_unit_test(test_obs_fold_every_split),
 		cmocka_unit_test(test_invalid_method_names_the_method),
 		cmocka_unit_test(test_absolute_form_authority_is_host),
 		cmocka_unit_test(test_underscores_dropped_connection_cannot_name_host),
