@@ -328,14 +328,18 @@ static int on_headers_complete(http_parser *p)
 	return 0;
 }
 
+/* Body bytes to the owner. Past the limit, the bytes up to it go first:
+ * the owner sees the same body whatever the pieces were. */
 static int deliver(struct hparse *hp, const char *at, size_t n)
 {
+	bool over = hp->max_body >= 0 && (long long)n > hp->max_body - hp->body_seen;
+
+	if (over)
+		n = (size_t)(hp->max_body - hp->body_seen);
 	hp->body_seen += (long long)n;
-	if (hp->max_body >= 0 && hp->body_seen > hp->max_body)
-		return refuse(hp, 413, "request body too large");
-	if (hp->ops->body)
+	if (n > 0 && hp->ops->body)
 		hp->ops->body(hp->arg, at, n);
-	return 0;
+	return over ? refuse(hp, 413, "request body too large") : 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t n)

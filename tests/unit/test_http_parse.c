@@ -187,6 +187,28 @@ static void test_obs_fold_every_split(void **state)
 	}
 }
 
+/* Fuzz crash split-body-limit: past max_body (1000 here) a chunked body
+ * gives its owner exactly the bytes up to the limit, then 413, whatever
+ * the pieces (it used to depend on them). */
+static void test_body_limit_same_for_every_split(void **state)
+{
+	char req[2048];
+	int n = snprintf(req, sizeof req,
+			 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+			 "12c\r\n%0300d\r\n12c\r\n%0300d\r\n12c\r\n%0300d\r\n12c\r\n%0300d\r\n"
+			 "0\r\n\r\n",
+			 1, 2, 3, 4);
+
+	(void)state;
+	assert_true(n > 0 && (size_t)n < sizeof req);
+	for (size_t step = 0; step < 700; step += 7) {
+		struct seen s = {0};
+		assert_int_equal(run(&s, true, req, step), 413);
+		assert_int_equal(s.blen, 1000);
+		done_with(&s);
+	}
+}
+
 static void test_invalid_method_names_the_method(void **state)
 {
 	struct seen s = {0};
@@ -275,6 +297,7 @@ int main(void)
 		cmocka_unit_test(test_chunked_trailer_every_split),
 		cmocka_unit_test(test_bad_framing_is_refused),
 		cmocka_unit_test(test_obs_fold_every_split),
+		cmocka_unit_test(test_body_limit_same_for_every_split),
 		cmocka_unit_test(test_invalid_method_names_the_method),
 		cmocka_unit_test(test_absolute_form_authority_is_host),
 		cmocka_unit_test(test_underscores_dropped_connection_cannot_name_host),
