@@ -2,8 +2,11 @@
  *
  * An hconn is one TCP connection: the server side of a client's connection
  * (it parses requests) or the client side of an upstream connection (it
- * parses responses). Parsing is http_parser's; heads are collected into an
- * http_msg, bodies are streamed to the owner as they arrive.
+ * parses responses). Parsing is http_parse.c's (socket-free, strict);
+ * heads are collected into an http_msg that stays valid until the message
+ * is done, bodies are streamed to the owner as they arrive. The next
+ * pipelined request is read only once the answers before it are (nearly)
+ * written.
  *
  * Ownership: the owner gets every event through its hconn_ops. closed() is
  * called exactly once; the hconn is freed right after it returns (or, if
