@@ -17,7 +17,7 @@ BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
 TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev
 BENCH_PKGS = wrk nginx-light
 
-.PHONY: all run test unit integration asan bench deps test-deps bench-deps clean fuzz-router
+.PHONY: all run test unit integration asan bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
 
 all: build/slurmgate build/demo_service
 
@@ -83,38 +83,58 @@ asan: build/slurmgate-asan build/demo_service
 
 test: test-deps all
 	$(MAKE) unit
+	$(MAKE) fuzz-short
 	$(MAKE) integration
 	$(MAKE) asan
 
+# --- fuzzing (libFuzzer, clang) ---
+# A target NAME is tests/fuzz/fuzz_NAME.c (it defines LLVMFuzzerTestOneInput),
+# linked with the src/ objects FUZZ_OBJS_NAME lists; seeds in
+# tests/fuzz/corpus/NAME/, reproducers in tests/fuzz/crashes/NAME/ (always
+# replayed), an optional dictionary tests/fuzz/NAME.dict. Adding a target:
+# its name in FUZZ_TARGETS and one FUZZ_OBJS_ line.
+CLANG              ?= clang
+FUZZ_TARGETS        = request response config router v1model
+FUZZ_OBJS_request   = http_parse util log
+FUZZ_OBJS_response  = http_parse util log
+FUZZ_OBJS_config    = config util log
+FUZZ_OBJS_router    = router util log
+FUZZ_OBJS_v1model   = router util log
+FUZZ_SECONDS       ?= 300
+FUZZ_SHORT_SECONDS ?= 20
+FUZZ_SAN            = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS         = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Isrc -Ibuild/gen $(FUZZ_SAN)
+FUZZ_BINS           = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+
+build/fuzzobj/%.o: src/%.c $(HDRS) $(GEN)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+build/fuzzobj/harness/fuzz_%.o: tests/fuzz/fuzz_%.c $(HDRS) $(wildcard tests/fuzz/*.h)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+define FUZZ_LINK
+build/fuzz/fuzz_$(1): build/fuzzobj/harness/fuzz_$(1).o $(patsubst %,build/fuzzobj/%.o,$(FUZZ_OBJS_$(1)))
+	@mkdir -p $$(dir $$@)
+	$$(CLANG) $$(FUZZ_SAN) -fsanitize=fuzzer -o $$@ $$^ $$(LIBS)
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call FUZZ_LINK,$(t))))
+
+fuzz-build: $(FUZZ_BINS)
+
+# Each target for FUZZ_SECONDS (make fuzz FUZZ_SECONDS=300).
+fuzz: $(FUZZ_BINS)
+	@for t in $(FUZZ_TARGETS); do tests/fuzz/run.sh $$t $(FUZZ_SECONDS) || exit 1; done
+
+# In make test: replay reproducers and seeds, then each target briefly
+# (FUZZ_SHORT_SECONDS, at most 60).
+fuzz-short: $(FUZZ_BINS)
+	@s=$(FUZZ_SHORT_SECONDS); [ "$$s" -le 60 ] || s=60; \
+	for t in $(FUZZ_TARGETS); do tests/fuzz/run.sh $$t $$s || exit 1; done
+
 bench: bench-deps all
 	bench/run
-
-# libFuzzer targets of the route resolver and the /v1 model lookup (issue 9).
-# `make fuzz-router FUZZ_TIME=300` runs each for FUZZ_TIME seconds on its seed
-# corpus in tests/fuzz/corpus/; new inputs go to build/fuzz/corpus-*, crash
-# reproducers to build/fuzz/ (copy them to tests/fuzz/corpus/ once fixed).
-FUZZ_CC    ?= clang
-FUZZ_TIME  ?= 30
-FUZZ_FLAGS  = -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Isrc \
-	      -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-ROUTER_FUZZ = build/fuzz/fuzz_router build/fuzz/fuzz_v1model
-ROUTER_FUZZ_SRCS = src/router.c src/util.c src/log.c
-
-build/fuzz/fuzz_router: tests/fuzz/fuzz_router.c $(ROUTER_FUZZ_SRCS) src/router.h
-	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(ROUTER_FUZZ_SRCS) -ljansson -levent -lm
-
-build/fuzz/fuzz_v1model: tests/fuzz/fuzz_v1model.c $(ROUTER_FUZZ_SRCS) src/router.h
-	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(ROUTER_FUZZ_SRCS) -ljansson -levent -lm
-
-fuzz-router: $(ROUTER_FUZZ)
-	@for t in router v1model; do \
-	  mkdir -p build/fuzz/corpus-$$t; \
-	  echo "== fuzz_$$t for $(FUZZ_TIME) s"; \
-	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) -timeout=5 -rss_limit_mb=1024 \
-	    -artifact_prefix=build/fuzz/ build/fuzz/corpus-$$t tests/fuzz/corpus/$$t || exit 1; \
-	done
 
 clean:
 	rm -rf build

@@ -125,6 +125,9 @@ void api_metrics(struct hconn *c)
 	family(b, "slurmgate_connections", "gauge", "Open connections, by side.");
 	evbuffer_add_printf(b, "slurmgate_connections{side=\"client\"} %zu\n", http_count(true));
 	evbuffer_add_printf(b, "slurmgate_connections{side=\"upstream\"} %zu\n", http_count(false));
+	family(b, "slurmgate_buffer_bytes", "gauge",
+	       "Bytes held in the gateway's buffers (unparsed input, unsent output, held bodies).");
+	evbuffer_add_printf(b, "slurmgate_buffer_bytes %zu\n", http_buffered());
 
 	family(b, "slurmgate_requests_total", "counter", "Requests answered, by service and status code.");
 	EACH {

@@ -91,6 +91,7 @@ static const struct field cfg_fields[] = {
 	{"upstream_timeout", F_INT, CFG(upstream_timeout), false, 600, NULL, 1, 86400},
 	{"shutdown_grace", F_INT, CFG(shutdown_grace), false, 30, NULL, 0, 3600},
 	{"max_connections", F_INT, CFG(max_connections), false, 20000, NULL, 16, 1000000},
+	{"max_buffer_bytes", F_LLONG, CFG(max_buffer_bytes), false, 1LL << 30, NULL, 1LL << 20, 1LL << 40},
 	{"upstream_keepalive", F_INT, CFG(upstream_keepalive), false, 1024, NULL, 0, 100000},
 	{"state_dir", F_STR, CFG(state_dir), false, 0, NULL, 0, 0},
 	{"instance_id", F_STR, CFG(instance_id), false, 0, NULL, 0, 0},

@@ -64,6 +64,7 @@ struct config {
 	int upstream_timeout;     /* seconds between two reads from a service */
 	int shutdown_grace;       /* seconds in-flight requests get on SIGTERM */
 	int max_connections;
+	long long max_buffer_bytes; /* bytes in all buffers before big holders stop reading */
 	int upstream_keepalive;   /* idle keep-alive connections kept per instance */
 	char *state_dir;          /* known_hosts, ssh control sockets */
 	char *instance_id;        /* names this gateway's Slurm jobs */

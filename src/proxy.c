@@ -73,6 +73,7 @@ void proxy_init(struct event_base *base, const struct config *cfg)
 {
 	pbase = base;
 	pcfg = cfg;
+	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
 }
 
 size_t proxy_active(void)
@@ -105,6 +106,7 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	if (ex->fb_ev)
 		event_free(ex->fb_ev);
 	held_total -= ex->held_n;
+	http_buffer_untrack(ex->body);
 	evbuffer_free(ex->body);
 	free(ex->head);
 	free(ex);
@@ -165,6 +167,9 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	json_t *o;
 	char *body;
 
+	/* a relayed head that has not reached the client yet gives way to the error */
+	if (ex->down && !ex->early_head && http_response_started(ex->down))
+		http_response_retract(ex->down);
 	if (ex->down && ex->early_head) {
 		/* the stream is open: end it with an OpenAI-style error event */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
@@ -376,6 +381,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->svc = svc;
 	ex->t0 = now_s();
 	ex->body = evbuffer_new();
+	http_buffer_track(ex->body);   /* held bodies count in the memory budget */
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
@@ -461,6 +467,11 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	char *extra;
 	size_t n;
 
+	if (m->status == 101 && !ex->upgrade) {
+		/* one request, one final response: a protocol switch nobody asked for is not one */
+		ex_fail(ex, 502, "the service switched protocols, but the client asked for no upgrade", 0);
+		return;
+	}
 	if (m->status >= 100 && m->status < 600)
 		service_metrics(ex->svc)->by_status[m->status]++;
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
