@@ -220,7 +220,9 @@ class Soak:
             d / "local_nx.sh",
             "#!/bin/sh\n# a local start script that does not exec its server\n"
             f'"{DEMO_BIN}" --host 127.0.0.1 --port "$1"\n'
-            'echo "chaos local: server exited with $?" >&2\n')
+            # on stdout: the server's own last stderr line (bind errors...)
+            # stays the one the gateway reports
+            'echo "chaos local: server exited with $?"\n')
 
     def make_config(self):
         c = self.cluster
