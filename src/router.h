@@ -80,18 +80,4 @@ enum v1_result {
  * malloc'd NUL-terminated copy and *STREAM says whether "stream" is true. */
 enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream);
 
-/* Headers on everything the gateway answers itself. */
-#define SG_SEC_HEADERS                                                                    \
-	"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"                     \
-	"Referrer-Policy: no-referrer\r\n"
-/* ... for JSON and other non-HTML answers */
-#define SG_SEC_HEADERS_DATA                                                               \
-	SG_SEC_HEADERS "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
-/* ... for the gateway's HTML pages (inline script and style, same-origin fetches) */
-#define SG_SEC_HEADERS_PAGE                                                               \
-	SG_SEC_HEADERS                                                                     \
-	"Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "        \
-	"style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "            \
-	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'\r\n"
-
 #endif

@@ -295,6 +295,18 @@ def test_duplicate_host_is_400(hostile):
     assert b"echohead" not in log.read_bytes()
 
 
+def test_finding12_http11_request_without_host_is_400(hostile):
+    # nginx: "client sent HTTP/1.1 request without "Host" header" -> 400
+    # (RFC 9112 3.2: a server MUST answer 400); HTTP/1.0 needs none.
+    g, log = hostile()
+    raw = exchange(g, b"GET /h/echohead HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert gateway_error(raw, 400), raw[:300]
+    assert b"Host" in raw.split(b"\r\n\r\n", 1)[1], raw[:300]
+    assert b"echohead" not in log.read_bytes()
+    raw = exchange(g, b"GET /h/echohead HTTP/1.0\r\n\r\n")
+    assert status_of(raw) == 200, raw[:300]
+
+
 def test_underscore_framing_headers_are_dropped(hostile):
     # nginx (underscores_in_headers off) drops header names with underscores,
     # so Content_Length / Transfer_Encoding never reach a CGI-style service.
