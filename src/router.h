@@ -27,7 +27,8 @@ struct route_target {
 	size_t qlen;
 };
 
-/* Resolve the request target T (LEN bytes: origin-form or absolute-form).
+/* Resolve the request target T (LEN bytes, origin-form: the parser turns an
+ * absolute-form target into one, its authority into Host).
  * Returns 0 and fills *RT (free with router_target_free), or -1 with a
  * client-facing reason in *CAUSE (static string; the answer is a 400). */
 int router_resolve(const char *t, size_t len, struct route_target *rt, const char **cause);
