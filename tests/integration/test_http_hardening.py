@@ -229,7 +229,8 @@ def test_finding6_1xx_body_is_not_relayed(hostile):
     still_serves(g)
 
 
-def test_finding6_bytes_after_final_response_are_not_relayed_or_reused(hostile):
+def test_bytes_after_final_response_are_not_relayed_or_reused(hostile):
+    # A guard, not named after the finding: it held on c095a72 already.
     # nginx and HAProxy close an upstream connection that sent more than the
     # response it framed; the next request gets a fresh answer.
     g, log = hostile()
