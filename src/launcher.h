@@ -24,6 +24,11 @@ struct launcher_ops {
 	 * service_recovered() for each service. Until then no service of this
 	 * launcher starts anything (its requests wait). */
 	void (*recover)(void);
+	/* STAND-IN (branch slurmlife) for the op that branch "inst" adds; the
+	 * lead keeps inst's declaration at merge.
+	 * Optional: something looks wrong with I (a connection through its
+	 * forward closed before any response byte): check its status now. */
+	void (*check)(struct instance *i);
 };
 
 extern const struct launcher_ops launcher_local;

@@ -8,7 +8,15 @@
  * through the master (or, without remote_host, the node is reached
  * directly) and the service's health probes begin. stop: scancel, close
  * the forward, and wait until squeue shows the job ended. At start-up the
- * gateway adopts its own RUNNING jobs and cancels the rest. */
+ * gateway adopts its own RUNNING jobs and cancels the rest.
+ *
+ * Every state Slurm can report has one meaning here (job_class, and the
+ * table in slurmgate(8)): the moment a job that ran is not running any
+ * more (suspended, requeued, its node down ...), its instance is held
+ * (instance_hold): out of rotation, requests wait with the reason. When it
+ * runs again the forward goes to the node it runs on now. A job missing
+ * from squeue is looked up once with scontrol and sacct before it is
+ * declared gone. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netdb.h>
@@ -34,17 +42,33 @@ enum jstate {
 	J_QUEUED,     /* in squeue, not running yet */
 	J_TUNNEL,     /* running; opening the forward */
 	J_UP,         /* reachable; the service probes it */
+	J_HELD,       /* ran, and Slurm says it is not running now: instance held */
 	J_CANCELLING, /* scancel sent; waiting for the job to end */
+};
+
+/* What a Slurm job state means for the gateway. */
+enum jclass {
+	JC_WAITING,   /* not running yet, or again after a requeue */
+	JC_RUNNING,   /* its processes run: serve */
+	JC_PAUSED,    /* on its node, processes stopped: hold, keep the forward */
+	JC_LEAVING,   /* processes ending: hold; a later state says whether it returns */
+	JC_REQUEUED,  /* back in the queue: hold, the forward goes */
+	JC_HELD,      /* back in the queue and held until `scontrol release` */
+	JC_ENDED,     /* over */
 };
 
 struct sjob {
 	struct instance *inst;   /* NULL once the instance is gone */
 	struct runner *r;
 	char id[32];
-	char node[128];
+	char node[128];          /* where it runs (or ran last) */
+	char fwd_node[128];      /* where the forward on lport goes */
+	char why[256];           /* the reason it is held (J_HELD) */
 	int rport, lport;
 	enum jstate st;
-	bool want_cancel, seen;
+	bool want_cancel, seen, tracked;
+	bool asking;             /* not in squeue: scontrol/sacct asked */
+	char lost[200];          /* scontrol's answer about a job not in squeue */
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
 	double cancel_at;        /* when the last scancel was sent */
@@ -59,6 +83,8 @@ static const struct config *lcfg;
 static struct event *poll_ev;
 static int polls_in_flight;
 
+static bool poll_again;   /* poll at once when the running cycle ends */
+
 static void poll_schedule(bool fast);
 static void open_tunnel(struct sjob *j);
 
@@ -68,15 +94,24 @@ static void job_unref(struct sjob *j)
 		free(j);
 }
 
+/* Give up the forward (also one still being opened: the runner cancels it
+ * when it comes up). Every change of lport goes through here. */
+static void fwd_close(struct sjob *j)
+{
+	if (j->lport)
+		runner_unforward(j->r, j->lport);
+	j->lport = 0;
+	j->fwd_node[0] = '\0';
+}
+
 /* The job is over (or left running at exit): tell the service, stop tracking. */
 static void job_gone(struct sjob *j, const char *reason)
 {
 	struct instance *i = j->inst;
 
 	LIST_REMOVE(j, link);
-	if (j->lport)
-		runner_unforward(j->r, j->lport);
-	j->lport = 0;
+	j->tracked = false;
+	fwd_close(j);
 	j->inst = NULL;
 	if (i) {
 		i->lpriv = NULL;
@@ -131,6 +166,7 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	j->st = J_QUEUED;
 	j->tracked_at = now_s();
 	j->refs++;   /* tracked */
+	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (j->inst) {
 		snprintf(j->inst->job_id, sizeof j->inst->job_id, "%s", j->id);
@@ -223,16 +259,59 @@ static void first_node(const char *list, char *out, size_t len)
 	out[o] = '\0';
 }
 
+/* Every state squeue (%T), scontrol and sacct print, as of Slurm 22.05
+ * (job_state_string): the flags first, then the base states. slurmgate(8)
+ * has the same table. An unknown state holds a job that ran. */
+static const struct {
+	const char *name;
+	enum jclass c;
+	const char *says;   /* for the hold reason */
+} job_states[] = {
+	{"PENDING", JC_WAITING, "pending"},
+	{"CONFIGURING", JC_WAITING, "configuring (its nodes boot)"},
+	{"RUNNING", JC_RUNNING, "running"},
+	{"RESIZING", JC_RUNNING, "resizing"},
+	{"SIGNALING", JC_RUNNING, "being signalled"},
+	{"SUSPENDED", JC_PAUSED, "suspended"},
+	{"STOPPED", JC_PAUSED, "stopped (SIGSTOP)"},
+	{"COMPLETING", JC_LEAVING, "completing (ending or being requeued)"},
+	{"STAGE_OUT", JC_LEAVING, "staging out"},
+	{"REQUEUED", JC_REQUEUED, "requeued"},
+	{"REQUEUE_FED", JC_REQUEUED, "requeued by the federation"},
+	{"REQUEUE_HOLD", JC_HELD, "requeued and held (waits for scontrol release)"},
+	{"SPECIAL_EXIT", JC_HELD, "requeued and held after a special exit (waits for scontrol release)"},
+	{"RESV_DEL_HOLD", JC_HELD, "held: its reservation was deleted (waits for scontrol release)"},
+	{"PREEMPTED", JC_ENDED, NULL},
+	{"COMPLETED", JC_ENDED, NULL},
+	{"FAILED", JC_ENDED, NULL},
+	{"CANCELLED", JC_ENDED, NULL},
+	{"TIMEOUT", JC_ENDED, NULL},
+	{"NODE_FAIL", JC_ENDED, NULL},
+	{"OUT_OF_MEMORY", JC_ENDED, NULL},
+	{"BOOT_FAIL", JC_ENDED, NULL},
+	{"DEADLINE", JC_ENDED, NULL},
+	{"REVOKED", JC_ENDED, NULL},
+};
+
+static const char unknown_state[] = "in a state slurmgate does not know";
+
+/* The class of STATE; *says: how the hold reason puts it (NULL: ended). */
+static enum jclass job_class(const char *state, const char **says)
+{
+	for (size_t k = 0; k < sizeof job_states / sizeof job_states[0]; k++)
+		if (strcmp(state, job_states[k].name) == 0) {
+			*says = job_states[k].says;
+			return job_states[k].c;
+		}
+	*says = unknown_state;
+	return JC_PAUSED;
+}
+
 static bool ended(const char *state)
 {
-	static const char *const done[] = {
-		"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-		"OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", NULL,
-	};
-	for (const char *const *d = done; *d; d++)
-		if (strcmp(state, *d) == 0)
-			return true;
-	return false;
+	const char *says;
+
+	return job_class(state, &says) == JC_ENDED;
 }
 
 /* One squeue line for a job we track: move it along. */
@@ -262,41 +341,90 @@ static long time_left(const char *t)
 	return d * 86400 + (dash ? v[0] * 3600 : v[0]);
 }
 
+static bool has_reason(const char *reason)
+{
+	return reason[0] && strcmp(reason, "None") != 0 && strcmp(reason, "(null)") != 0;
+}
+
+/* Slurm says the job, which ran, is not running now (WHAT, with Slurm's
+ * REASON): hold its instance. KEEP_FWD: the job stays on its node
+ * (suspended, completing), so its forward stays too. */
+static void job_hold(struct sjob *j, const char *what, const char *reason, bool keep_fwd)
+{
+	char why[sizeof j->why];
+	bool first = j->st != J_HELD;
+
+	snprintf(why, sizeof why, "Slurm job %s %s%s%s%s", j->id, what, has_reason(reason) ? " (" : "",
+		 has_reason(reason) ? reason : "", has_reason(reason) ? ")" : "");
+	/* a forward still being opened is given up too: a new one follows */
+	if (!keep_fwd || j->st == J_TUNNEL)
+		fwd_close(j);
+	j->st = J_HELD;
+	if (!first && strcmp(why, j->why) == 0)
+		return;
+	snprintf(j->why, sizeof j->why, "%s", why);
+	if (j->inst == NULL)
+		return;
+	log_info("svc %s[%d]: %s%s", service_config(j->inst->svc)->name, j->inst->index, why,
+		 first ? ": out of rotation, requests are held" : "");
+	if (first)
+		instance_hold(j->inst, why);
+	else
+		instance_set_detail(j->inst, "%s", why);
+}
+
+/* A held job runs again, on NODE: serve through a forward to NODE. */
+static void job_resume(struct sjob *j, const char *node)
+{
+	if (j->inst)
+		log_info("svc %s[%d]: Slurm job %s running again on %s (was %s: %s)",
+			 service_config(j->inst->svc)->name, j->inst->index, j->id, node, j->node, j->why);
+	snprintf(j->node, sizeof j->node, "%s", node);
+	if (j->inst)
+		snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
+	j->why[0] = '\0';
+	if (j->lport && strcmp(j->fwd_node, j->node) == 0) {
+		/* the same node (resumed): the forward stands; probe again */
+		j->st = J_UP;
+		if (j->inst)
+			instance_endpoint(j->inst, "127.0.0.1", j->lport);
+		return;
+	}
+	open_tunnel(j);   /* cancels the old forward, if any */
+}
+
+/* One squeue line (or scontrol's answer) for a job we track: move it along. */
 static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
 		       const char *reason, double poll_started)
 {
-	char why[400];
+	char why[400], node[128];
+	const char *says;
+	enum jclass c = job_class(state, &says);
+	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
 
 	j->seen = true;
 	if (j->st == J_CANCELLING) {
-		if (ended(state)) {
+		if (c == JC_ENDED) {
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
 			job_gone(j, why);
-		} else if (j->cancel_tries < 5 && strcmp(state, "COMPLETING") != 0 &&
-			   poll_started > j->cancel_at + 2) {
+		} else if (j->cancel_tries < 5 && c != JC_LEAVING && poll_started > j->cancel_at + 2) {
 			job_cancel(j);   /* scancel did not take: again */
 		}
 		return;
 	}
-	if (strcmp(state, "COMPLETING") == 0) {
-		/* ending (epilog running): the final state comes with a later poll */
-		if (j->inst)
-			instance_set_detail(j->inst, "Slurm job %s completing", j->id);
-		return;
-	}
-	if (ended(state)) {
+	if (c == JC_ENDED) {
 		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
-			 reason[0] && strcmp(reason, "None") ? " " : "",
-			 reason[0] && strcmp(reason, "None") ? reason : "");
+			 has_reason(reason) ? " " : "", has_reason(reason) ? reason : "");
 		job_gone(j, why);
 		return;
 	}
-	if (strcmp(state, "RUNNING") == 0) {
+	if (c == JC_RUNNING) {
 		long secs = time_left(left);
 		if (secs >= 0 && j->inst)
 			instance_set_deadline(j->inst, now_s() + (double)secs);
+		first_node(nodes, node, sizeof node);
 		if (j->st == J_QUEUED) {
-			first_node(nodes, j->node, sizeof j->node);
+			snprintf(j->node, sizeof j->node, "%s", node);
 			j->running_at = now_s();
 			if (j->inst) {
 				snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
@@ -307,13 +435,42 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 					 j->running_at - (j->tracked_at > 0 ? j->tracked_at : j->submitted));
 			}
 			open_tunnel(j);
+		} else if (j->st == J_HELD || (j->st == J_UP && node[0] && strcmp(node, j->node) != 0)) {
+			job_resume(j, node[0] ? node : j->node);
 		}
 		return;
 	}
-	/* PENDING, CONFIGURING, SUSPENDED, REQUEUED ... */
-	if (j->inst && j->st == J_QUEUED)
-		instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, strcmp(state, "PENDING") == 0 ? "pending" : state,
-				    reason[0] ? reason : "no reason given");
+	if (!ran) {
+		/* not running yet: what Slurm says is the start's progress */
+		if (j->inst && j->st == J_QUEUED)
+			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says,
+					    has_reason(reason) ? reason : "no reason given");
+		return;
+	}
+	switch (c) {
+	case JC_WAITING:
+		/* pending again after it ran: requeued (scontrol requeue, preemption,
+		 * its node failed) */
+		snprintf(why, sizeof why, "requeued: %s", says);
+		job_hold(j, why, reason, false);
+		break;
+	case JC_REQUEUED:
+	case JC_HELD:
+		job_hold(j, says, reason, false);
+		break;
+	case JC_PAUSED:
+	case JC_LEAVING:
+		if (says == unknown_state && j->st != J_HELD)
+			log_warn("Slurm job %s: unknown state %s: held until it runs or ends", j->id, state);
+		if (says == unknown_state)
+			snprintf(why, sizeof why, "%s (%s) on %s", says, state, j->node);
+		else
+			snprintf(why, sizeof why, "%s on %s", says, j->node);
+		job_hold(j, why, reason, true);
+		break;
+	default:
+		break;
+	}
 }
 
 static bool busy_jobs(void)
@@ -347,6 +504,7 @@ struct pollctx {
 };
 
 static void recover_line(struct runner *r, char **f);
+static void job_lost(struct sjob *j);
 
 /* The scan of target R is over: its services may start jobs now. */
 static void recovered_for(struct runner *r)
@@ -398,19 +556,110 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	if (x->recover) {
 		recovered_for(x->r);
 	} else {
-		/* tracked but no longer listed: purged from squeue, so over */
-		for (j = LIST_FIRST(&jobs); j; j = next) {
-			next = LIST_NEXT(j, link);
-			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started) {
-				char why[100];
-				snprintf(why, sizeof why, "Slurm job %s left squeue", j->id);
-				job_gone(j, why);
-			}
-		}
+		/* tracked but no longer listed: ask once more before giving up */
+		LIST_FOREACH(j, &jobs, link)
+			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
+				job_lost(j);
 	}
 	free(text);
 	free(x);
 	poll_schedule(false);
+}
+
+/* TEXT's value of KEY ("JobState" in "... JobState=RUNNING Reason=None"). */
+static void field(const char *text, const char *key, char *out, size_t len)
+{
+	size_t k = strlen(key), o = 0;
+
+	out[0] = '\0';
+	for (const char *p = text; (p = strstr(p, key)) != NULL; p += k) {
+		if ((p != text && !isspace((unsigned char)p[-1])) || p[k] != '=')
+			continue;
+		for (p += k + 1; *p && !isspace((unsigned char)*p) && o + 1 < len; p++)
+			out[o++] = *p;
+		out[o] = '\0';
+		return;
+	}
+}
+
+static void lost_sacct_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char why[sizeof j->lost + 400], state[64] = "", code[32] = "";
+	size_t n = 0;
+
+	if (!j->tracked) {
+		job_unref(j);
+		return;
+	}
+	j->asking = false;
+	/* "CANCELLED by 0|0:0" */
+	while (out[n] && out[n] != ' ' && out[n] != '|' && out[n] != '\n' && n + 1 < sizeof state) {
+		state[n] = out[n];
+		n++;
+	}
+	state[n] = '\0';
+	if (status == 0 && state[0]) {
+		const char *bar = strchr(out, '|');
+		for (size_t k = 0; bar && bar[k + 1] && !isspace((unsigned char)bar[k + 1]) &&
+				   k + 1 < sizeof code; k++) {
+			code[k] = bar[k + 1];
+			code[k + 1] = '\0';
+		}
+		snprintf(why, sizeof why, "Slurm job %s left squeue; sacct: %s%s%s", j->id, state,
+			 code[0] ? ", exit code " : "", code);
+	} else {
+		snprintf(why, sizeof why,
+			 "Slurm job %s left squeue; final state unknown (scontrol: %s; sacct: %s)", j->id,
+			 j->lost, err[0] ? err : (status == 0 ? "no such job" : "failed"));
+	}
+	log_info("%s", why);
+	job_gone(j, why);
+	job_unref(j);
+	poll_schedule(false);
+}
+
+static void lost_scontrol_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char state[64], nodes[256], reason[128];
+	char *argv[] = {"sacct", "-n", "-X", "-P", "-j", j->id, "-o", "State,ExitCode", NULL};
+
+	if (!j->tracked) {
+		job_unref(j);
+		return;
+	}
+	field(out, "JobState", state, sizeof state);
+	if (status == 0 && state[0]) {
+		/* the controller knows it after all: take its word */
+		field(out, "NodeList", nodes, sizeof nodes);
+		field(out, "Reason", reason, sizeof reason);
+		log_info("Slurm job %s is not in squeue, but scontrol says %s", j->id, state);
+		j->asking = false;
+		job_update(j, state, strcmp(nodes, "(null)") ? nodes : "", "", reason, now_s());
+		job_unref(j);
+		poll_schedule(false);
+		return;
+	}
+	snprintf(j->lost, sizeof j->lost, "%s", err[0] ? err : "no such job");
+	log_info("Slurm job %s is not in squeue and scontrol does not know it (%s): asking sacct",
+		 j->id, j->lost);
+	runner_run(j->r, argv, 60, lost_sacct_done, j);   /* keeps the reference */
+}
+
+/* J is tracked but not in squeue's answer: purged after its end, or squeue
+ * missed it. Ask scontrol (the controller), then sacct (accounting, where
+ * the cluster has it) once before it is declared gone, with what they say. */
+static void job_lost(struct sjob *j)
+{
+	char *argv[] = {"scontrol", "-o", "show", "job", j->id, NULL};
+
+	if (j->asking)
+		return;
+	j->asking = true;
+	j->refs++;
+	log_info("Slurm job %s is not in squeue: asking scontrol", j->id);
+	runner_run(j->r, argv, 60, lost_scontrol_done, j);
 }
 
 static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r", NULL};
@@ -443,10 +692,32 @@ static void poll_schedule(bool fast)
 
 	if (LIST_EMPTY(&jobs) || polls_in_flight > 0)
 		return;
+	if (poll_again) {
+		/* a check came while squeue ran: once more, soon */
+		poll_again = false;
+		fast = true;
+		event_del(poll_ev);
+	}
 	ms = fast || busy_jobs() ? lcfg->poll_fast_ms : lcfg->poll_slow_s * 1000;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
+}
+
+/* Something looks wrong with I (a connection through its forward closed
+ * before any answer): look at its job now, not at the next poll. */
+static void slurm_check(struct instance *i)
+{
+	struct sjob *j = i->lpriv;
+
+	if (j == NULL || !j->tracked || LIST_EMPTY(&jobs))
+		return;
+	if (polls_in_flight > 0) {
+		poll_again = true;   /* that answer may predate the trouble */
+		return;
+	}
+	event_del(poll_ev);
+	event_add(poll_ev, &(struct timeval){0, 0});
 }
 
 /* --- tunnels --- */
@@ -478,16 +749,25 @@ static int alloc_port(void)
 	return 0;
 }
 
+/* One `ssh -O forward` under way: for job J, on local port LPORT. */
+struct fwdreq {
+	struct sjob *j;
+	int lport;
+};
+
 static void forwarded(void *arg, int status, const char *out, const char *err)
 {
-	struct sjob *j = arg;
+	struct fwdreq *q = arg;
+	struct sjob *j = q->j;
 	char why[600];
+	bool wanted = j->inst != NULL && j->st == J_TUNNEL && j->lport == q->lport;
 
 	(void)out;
-	if (j->inst == NULL || j->st != J_TUNNEL) {
-		/* stopped meanwhile: the forward is not wanted */
-		if (status == 0)
-			runner_unforward(j->r, j->lport);
+	free(q);
+	if (!wanted) {
+		/* stopped, ended, held or replaced meanwhile: whoever gave it up
+		 * called fwd_close (a late success is cancelled by the runner), or
+		 * job_gone will */
 		job_unref(j);
 		return;
 	}
@@ -501,14 +781,19 @@ static void forwarded(void *arg, int status, const char *out, const char *err)
 	} else {
 		snprintf(why, sizeof why, "cannot open a tunnel to %s:%d for Slurm job %s: %s", j->node,
 			 j->rport, j->id, err);
-		j->lport = 0;
+		fwd_close(j);
 		instance_fail(j->inst, why);
 	}
 	job_unref(j);
 }
 
+/* Reach J's service on the node it runs on now (a forward there replaces
+ * any earlier one). */
 static void open_tunnel(struct sjob *j)
 {
+	struct fwdreq *q;
+
+	fwd_close(j);
 	if (!runner_is_remote(j->r)) {
 		/* on the login node itself: the compute node is reached directly */
 		struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
@@ -533,11 +818,15 @@ static void open_tunnel(struct sjob *j)
 	}
 	j->st = J_TUNNEL;
 	j->lport = alloc_port();
+	snprintf(j->fwd_node, sizeof j->fwd_node, "%s", j->node);
 	j->refs++;
+	q = xcalloc(1, sizeof *q);
+	q->j = j;
+	q->lport = j->lport;
 	if (j->inst)
 		instance_set_detail(j->inst, "Slurm job %s running on %s; opening the tunnel", j->id,
 				    j->node);
-	runner_forward(j->r, j->lport, j->node, j->rport, forwarded, j);
+	runner_forward(j->r, j->lport, j->node, j->rport, forwarded, q);
 }
 
 /* --- adoption at start-up --- */
@@ -565,6 +854,7 @@ static void recover_line(struct runner *r, char **f)
 	j->refs = 1;
 	snprintf(j->id, sizeof j->id, "%s", f[0]);
 	j->submitted = now_s();
+	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (s && service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r &&
 	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
@@ -629,4 +919,5 @@ const struct launcher_ops launcher_slurm = {
 	.start = slurm_start,
 	.stop = slurm_stop,
 	.recover = slurm_recover,
+	.check = slurm_check,
 };

@@ -883,6 +883,20 @@ void instance_unreachable(struct instance *i, const char *why)
 	i->probe_delay_ms = PROBE_FIRST_MS;
 	probe_schedule(i);
 	scale_check(i->svc);
+	/* STAND-IN (branch slurmlife): ask the launcher to look now; inst's
+	 * proxy change calls check() where a forward closes before any byte */
+	if (i->svc->lops->check)
+		i->svc->lops->check(i);
+}
+
+/* STAND-IN (branch slurmlife) for instance_hold() from branch "inst":
+ * replace with inst's at merge. Out of rotation the way a refused
+ * connection takes it (probing, waiters held, stopped after start_timeout),
+ * with REASON as its detail. */
+void instance_hold(struct instance *i, const char *reason)
+{
+	instance_unreachable(i, reason);
+	snprintf(i->detail, sizeof i->detail, "%s", reason);
 }
 
 /* --- the pool of idle upstream connections --- */

@@ -134,6 +134,11 @@ void instance_set_detail(struct instance *i, const char *fmt, ...)
 void instance_set_deadline(struct instance *i, double end_at);
 /* The process or job is gone (or could not start); reason says why. */
 void instance_gone(struct instance *i, const char *reason);
+/* STAND-IN (branch slurmlife) for inst's instance_hold(): the launcher
+ * says I is not serving now (suspended, requeued, node down): out of
+ * rotation at once, new requests wait, REASON shown. A later
+ * instance_endpoint() probes it again. Replaced by inst's at merge. */
+void instance_hold(struct instance *i, const char *reason);
 /* The start cannot succeed (reason): answer the waiters, then stop I. */
 void instance_fail(struct instance *i, const char *reason);
 /* An instance found running from an earlier run of the gateway: create it
