@@ -10,7 +10,7 @@
  * the forward, and wait until squeue shows the job ended. At start-up the
  * gateway adopts its own RUNNING jobs and cancels the rest.
  *
- * Every state Slurm can report has one meaning here (job_class, and the
+ * Every state Slurm can report has one meaning here (slurmjob.c, and the
  * table in slurmgate(8)): the moment a job that ran is not running any
  * more (suspended, requeued, its node down ...), its instance is held
  * (instance_hold): out of rotation, requests wait with the reason. When it
@@ -35,6 +35,7 @@
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurmjob.h"
 #include "util.h"
 
 enum jstate {
@@ -44,17 +45,6 @@ enum jstate {
 	J_UP,         /* reachable; the service probes it */
 	J_HELD,       /* ran, and Slurm says it is not running now: instance held */
 	J_CANCELLING, /* scancel sent; waiting for the job to end */
-};
-
-/* What a Slurm job state means for the gateway. */
-enum jclass {
-	JC_WAITING,   /* not running yet, or again after a requeue */
-	JC_RUNNING,   /* its processes run: serve */
-	JC_PAUSED,    /* on its node, processes stopped: hold, keep the forward */
-	JC_LEAVING,   /* processes ending: hold; a later state says whether it returns */
-	JC_REQUEUED,  /* back in the queue: hold, the forward goes */
-	JC_HELD,      /* back in the queue and held until `scontrol release` */
-	JC_ENDED,     /* over */
 };
 
 struct sjob {
@@ -243,119 +233,16 @@ static void slurm_stop(struct instance *i, int grace_s)
 
 /* --- tracking --- */
 
-/* First host of a Slurm node list: "gpu[03-04,07]" -> "gpu03". */
-static void first_node(const char *list, char *out, size_t len)
-{
-	size_t o = 0;
-	const char *p = list;
-
-	while (*p && *p != ',' && *p != '[' && o + 1 < len)
-		out[o++] = *p++;
-	if (*p == '[') {
-		p++;
-		while (*p && *p != '-' && *p != ',' && *p != ']' && o + 1 < len)
-			out[o++] = *p++;
-	}
-	out[o] = '\0';
-}
-
-/* Every state squeue (%T), scontrol and sacct print, as of Slurm 22.05
- * (job_state_string): the flags first, then the base states. slurmgate(8)
- * has the same table. An unknown state holds a job that ran. */
-static const struct {
-	const char *name;
-	enum jclass c;
-	const char *says;   /* for the hold reason */
-} job_states[] = {
-	{"PENDING", JC_WAITING, "pending"},
-	{"CONFIGURING", JC_WAITING, "configuring (its nodes boot)"},
-	{"RUNNING", JC_RUNNING, "running"},
-	{"RESIZING", JC_RUNNING, "resizing"},
-	{"SIGNALING", JC_RUNNING, "being signalled"},
-	{"SUSPENDED", JC_PAUSED, "suspended"},
-	{"STOPPED", JC_PAUSED, "stopped (SIGSTOP)"},
-	{"COMPLETING", JC_LEAVING, "completing (ending or being requeued)"},
-	{"STAGE_OUT", JC_LEAVING, "staging out"},
-	{"REQUEUED", JC_REQUEUED, "requeued"},
-	{"REQUEUE_FED", JC_REQUEUED, "requeued by the federation"},
-	{"REQUEUE_HOLD", JC_HELD, "requeued and held (waits for scontrol release)"},
-	{"SPECIAL_EXIT", JC_HELD, "requeued and held after a special exit (waits for scontrol release)"},
-	{"RESV_DEL_HOLD", JC_HELD, "held: its reservation was deleted (waits for scontrol release)"},
-	{"PREEMPTED", JC_ENDED, NULL},
-	{"COMPLETED", JC_ENDED, NULL},
-	{"FAILED", JC_ENDED, NULL},
-	{"CANCELLED", JC_ENDED, NULL},
-	{"TIMEOUT", JC_ENDED, NULL},
-	{"NODE_FAIL", JC_ENDED, NULL},
-	{"OUT_OF_MEMORY", JC_ENDED, NULL},
-	{"BOOT_FAIL", JC_ENDED, NULL},
-	{"DEADLINE", JC_ENDED, NULL},
-	{"REVOKED", JC_ENDED, NULL},
-};
-
-static const char unknown_state[] = "in a state slurmgate does not know";
-
-/* The class of STATE; *says: how the hold reason puts it (NULL: ended). */
-static enum jclass job_class(const char *state, const char **says)
-{
-	for (size_t k = 0; k < sizeof job_states / sizeof job_states[0]; k++)
-		if (strcmp(state, job_states[k].name) == 0) {
-			*says = job_states[k].says;
-			return job_states[k].c;
-		}
-	*says = unknown_state;
-	return JC_PAUSED;
-}
-
-static bool ended(const char *state)
-{
-	const char *says;
-
-	return job_class(state, &says) == JC_ENDED;
-}
-
-/* One squeue line for a job we track: move it along. */
-/* Slurm's time left ("1-02:03:04", "59:59", "UNLIMITED") in seconds; -1 if none. */
-static long time_left(const char *t)
-{
-	long d = 0, v[3] = {0, 0, 0};
-	int n = 0;
-	const char *dash = strchr(t, '-');
-
-	if (!isdigit((unsigned char)t[0]))
-		return -1;
-	if (dash) {
-		d = atol(t);
-		t = dash + 1;
-	}
-	while (n < 3) {
-		v[n++] = strtol(t, (char **)&t, 10);
-		if (*t != ':')
-			break;
-		t++;
-	}
-	if (n == 3)
-		return d * 86400 + v[0] * 3600 + v[1] * 60 + v[2];
-	if (n == 2)
-		return d * 86400 + (dash ? v[0] * 3600 + v[1] * 60 : v[0] * 60 + v[1]);
-	return d * 86400 + (dash ? v[0] * 3600 : v[0]);
-}
-
-static bool has_reason(const char *reason)
-{
-	return reason[0] && strcmp(reason, "None") != 0 && strcmp(reason, "(null)") != 0;
-}
-
 /* Slurm says the job, which ran, is not running now (WHAT, with Slurm's
  * REASON): hold its instance. KEEP_FWD: the job stays on its node
  * (suspended, completing), so its forward stays too. */
 static void job_hold(struct sjob *j, const char *what, const char *reason, bool keep_fwd)
 {
 	char why[sizeof j->why];
-	bool first = j->st != J_HELD;
+	bool first = j->st != J_HELD, r = slurmjob_has_reason(reason);
 
-	snprintf(why, sizeof why, "Slurm job %s %s%s%s%s", j->id, what, has_reason(reason) ? " (" : "",
-		 has_reason(reason) ? reason : "", has_reason(reason) ? ")" : "");
+	snprintf(why, sizeof why, "Slurm job %s %s%s%s%s", j->id, what, r ? " (" : "", r ? reason : "",
+		 r ? ")" : "");
 	/* a forward still being opened is given up too: a new one follows */
 	if (!keep_fwd || j->st == J_TUNNEL)
 		fwd_close(j);
@@ -399,30 +286,31 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 {
 	char why[400], node[128];
 	const char *says;
-	enum jclass c = job_class(state, &says);
+	bool unknown;
+	enum slurmjob_class c = slurmjob_class(state, &says, &unknown);
 	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
 
 	j->seen = true;
 	if (j->st == J_CANCELLING) {
-		if (c == JC_ENDED) {
+		if (c == SJ_ENDED) {
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
 			job_gone(j, why);
-		} else if (j->cancel_tries < 5 && c != JC_LEAVING && poll_started > j->cancel_at + 2) {
+		} else if (j->cancel_tries < 5 && c != SJ_LEAVING && poll_started > j->cancel_at + 2) {
 			job_cancel(j);   /* scancel did not take: again */
 		}
 		return;
 	}
-	if (c == JC_ENDED) {
+	if (c == SJ_ENDED) {
 		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
-			 has_reason(reason) ? " " : "", has_reason(reason) ? reason : "");
+			 slurmjob_has_reason(reason) ? " " : "", slurmjob_has_reason(reason) ? reason : "");
 		job_gone(j, why);
 		return;
 	}
-	if (c == JC_RUNNING) {
-		long secs = time_left(left);
+	if (c == SJ_RUNNING) {
+		long secs = slurmjob_time_left(left);
 		if (secs >= 0 && j->inst)
 			instance_set_deadline(j->inst, now_s() + (double)secs);
-		first_node(nodes, node, sizeof node);
+		slurmjob_first_node(nodes, node, sizeof node);
 		if (j->st == J_QUEUED) {
 			snprintf(j->node, sizeof j->node, "%s", node);
 			j->running_at = now_s();
@@ -437,6 +325,11 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			open_tunnel(j);
 		} else if (j->st == J_HELD || (j->st == J_UP && node[0] && strcmp(node, j->node) != 0)) {
 			job_resume(j, node[0] ? node : j->node);
+		} else if (j->st == J_UP && j->lport && !runner_forwarding(j->r, j->lport)) {
+			/* its forward could not be restored with a new master */
+			log_warn("Slurm job %s: the forward to %s:%d is lost; opening a new one", j->id,
+				 j->node, j->rport);
+			open_tunnel(j);
 		}
 		return;
 	}
@@ -444,25 +337,25 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		/* not running yet: what Slurm says is the start's progress */
 		if (j->inst && j->st == J_QUEUED)
 			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says,
-					    has_reason(reason) ? reason : "no reason given");
+					    slurmjob_has_reason(reason) ? reason : "no reason given");
 		return;
 	}
 	switch (c) {
-	case JC_WAITING:
+	case SJ_WAITING:
 		/* pending again after it ran: requeued (scontrol requeue, preemption,
 		 * its node failed) */
 		snprintf(why, sizeof why, "requeued: %s", says);
 		job_hold(j, why, reason, false);
 		break;
-	case JC_REQUEUED:
-	case JC_HELD:
+	case SJ_REQUEUED:
+	case SJ_HELD:
 		job_hold(j, says, reason, false);
 		break;
-	case JC_PAUSED:
-	case JC_LEAVING:
-		if (says == unknown_state && j->st != J_HELD)
+	case SJ_PAUSED:
+	case SJ_LEAVING:
+		if (unknown && j->st != J_HELD)
 			log_warn("Slurm job %s: unknown state %s: held until it runs or ends", j->id, state);
-		if (says == unknown_state)
+		if (unknown)
 			snprintf(why, sizeof why, "%s (%s) on %s", says, state, j->node);
 		else
 			snprintf(why, sizeof why, "%s on %s", says, j->node);
@@ -556,56 +449,30 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	if (x->recover) {
 		recovered_for(x->r);
 	} else {
-		/* tracked but no longer listed: ask once more before giving up */
-		LIST_FOREACH(j, &jobs, link)
+		/* tracked but no longer listed: ask once more before giving up
+		 * (the answer may come at once and end J) */
+		for (j = LIST_FIRST(&jobs); j; j = next) {
+			next = LIST_NEXT(j, link);
 			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
 				job_lost(j);
+		}
 	}
 	free(text);
 	free(x);
 	poll_schedule(false);
 }
 
-/* TEXT's value of KEY ("JobState" in "... JobState=RUNNING Reason=None"). */
-static void field(const char *text, const char *key, char *out, size_t len)
-{
-	size_t k = strlen(key), o = 0;
-
-	out[0] = '\0';
-	for (const char *p = text; (p = strstr(p, key)) != NULL; p += k) {
-		if ((p != text && !isspace((unsigned char)p[-1])) || p[k] != '=')
-			continue;
-		for (p += k + 1; *p && !isspace((unsigned char)*p) && o + 1 < len; p++)
-			out[o++] = *p;
-		out[o] = '\0';
-		return;
-	}
-}
-
 static void lost_sacct_done(void *arg, int status, const char *out, const char *err)
 {
 	struct sjob *j = arg;
-	char why[sizeof j->lost + 400], state[64] = "", code[32] = "";
-	size_t n = 0;
+	char why[sizeof j->lost + 400], state[64], code[32];
 
 	if (!j->tracked) {
 		job_unref(j);
 		return;
 	}
 	j->asking = false;
-	/* "CANCELLED by 0|0:0" */
-	while (out[n] && out[n] != ' ' && out[n] != '|' && out[n] != '\n' && n + 1 < sizeof state) {
-		state[n] = out[n];
-		n++;
-	}
-	state[n] = '\0';
-	if (status == 0 && state[0]) {
-		const char *bar = strchr(out, '|');
-		for (size_t k = 0; bar && bar[k + 1] && !isspace((unsigned char)bar[k + 1]) &&
-				   k + 1 < sizeof code; k++) {
-			code[k] = bar[k + 1];
-			code[k + 1] = '\0';
-		}
+	if (status == 0 && slurmjob_sacct_line(out, state, sizeof state, code, sizeof code)) {
 		snprintf(why, sizeof why, "Slurm job %s left squeue; sacct: %s%s%s", j->id, state,
 			 code[0] ? ", exit code " : "", code);
 	} else {
@@ -629,11 +496,11 @@ static void lost_scontrol_done(void *arg, int status, const char *out, const cha
 		job_unref(j);
 		return;
 	}
-	field(out, "JobState", state, sizeof state);
+	slurmjob_field(out, "JobState", state, sizeof state);
 	if (status == 0 && state[0]) {
 		/* the controller knows it after all: take its word */
-		field(out, "NodeList", nodes, sizeof nodes);
-		field(out, "Reason", reason, sizeof reason);
+		slurmjob_field(out, "NodeList", nodes, sizeof nodes);
+		slurmjob_field(out, "Reason", reason, sizeof reason);
 		log_info("Slurm job %s is not in squeue, but scontrol says %s", j->id, state);
 		j->asking = false;
 		job_update(j, state, strcmp(nodes, "(null)") ? nodes : "", "", reason, now_s());
@@ -845,7 +712,7 @@ static void recover_line(struct runner *r, char **f)
 		return;
 	rest = f[1] + strlen(prefix);
 	dash = strrchr(rest, ':');
-	if (dash == NULL || ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
+	if (dash == NULL || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
 		return;
 	index = atoi(dash + 1);
 	s = service_by_route(rest, (size_t)(dash - rest));
@@ -864,7 +731,7 @@ static void recover_line(struct runner *r, char **f)
 		j->rport = i->remote_port;
 		i->lpriv = j;
 		snprintf(i->job_id, sizeof i->job_id, "%s", j->id);
-		first_node(f[3], j->node, sizeof j->node);
+		slurmjob_first_node(f[3], j->node, sizeof j->node);
 		snprintf(i->node, sizeof i->node, "%s", j->node);
 		instance_set_detail(i, "adopting Slurm job %s", j->id);
 		j->running_at = now_s();

@@ -453,6 +453,14 @@ void runner_unforward(struct runner *r, int lport)
 	}
 }
 
+bool runner_forwarding(struct runner *r, int lport)
+{
+	for (int k = 0; k < r->nfwd; k++)
+		if (r->fwds[k].lport == lport)
+			return true;
+	return false;
+}
+
 /* --- the master connection --- */
 
 static void fail_queue(struct runner *r, const char *why)

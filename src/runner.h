@@ -35,6 +35,9 @@ void runner_forward(struct runner *r, int lport, const char *host, int rport, ru
  * cancelled as soon as it is in place). Without a master it is gone anyway;
  * either way it is never restored. */
 void runner_unforward(struct runner *r, int lport);
+/* Is the forward on LPORT wanted and not failed (in place or opening)?
+ * False once a restore after a master restart failed. */
+bool runner_forwarding(struct runner *r, int lport);
 /* Stop every master connection (at exit). */
 void runners_shutdown(void);
 

@@ -91,8 +91,10 @@ def hold_requests(ex, g, n, path="/llm/pid"):
     return futs
 
 
-def release_begin_time(cluster, job_id):
-    """A requeued job waits ~120 s (BeginTime): let it go now."""
+def release_begin_time(cluster, job_id, old_pid):
+    """A requeued job waits ~120 s (BeginTime): let it go now, once slurmd
+    has killed its first run (the next run binds the same port here)."""
+    wait_until(lambda: not pid_alive(old_pid), 30 * SLACK, msg="first run of the job killed")
     cluster.run("scontrol", "update", f"jobid={job_id}", "StartTime=now")
 
 
@@ -130,7 +132,7 @@ def test_requeue_holds_and_resumes(cluster, slurm_gateway, tmp_path):
 
         # requests arriving now are held as in a cold start: none gets a 502
         futs = hold_requests(ex, g, 5)
-        release_begin_time(cluster, job_id)
+        release_begin_time(cluster, job_id, pid1)
         results = [f.result(timeout=90 * SLACK) for f in futs]
     assert [r.status for r in results] == [200] * 5, [(r.status, r.body[:200]) for r in results]
     pids = {r.json()["pid"] for r in results}
@@ -220,7 +222,7 @@ def test_node_down_requeue(cluster, slurm_gateway, tmp_path):
                         check=False)
             wait_until(lambda: "down" not in cluster.run("sinfo", "-h", "-N", "-o", "%T"),
                        30 * SLACK, msg="node back")
-            release_begin_time(cluster, job_id)
+            release_begin_time(cluster, job_id, pid1)
             results = [f.result(timeout=90 * SLACK) for f in futs]
     finally:
         cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=resume",
