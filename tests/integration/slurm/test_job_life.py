@@ -207,23 +207,24 @@ def test_node_down_requeue(cluster, slurm_gateway, tmp_path):
     job = demo_job_script(tmp_path / "job.sh")
     g = slurm_gateway([slurm_service(cluster, job)])
     job_id, pid1 = warm(g, cluster)
+    node = g.svc()["instances"][0]["node"]   # the job's node, as Slurm names it
+
+    def node_state():
+        return cluster.run("sinfo", "-h", "-N", "-n", node, "-o", "%T").strip()
 
     try:
-        cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=down",
+        cluster.run("scontrol", "update", f"nodename={node}", "state=down",
                     "reason=slurmgate test")
         inst, chk = wait_held(g, job_id, ["requeued: pending"], 10)
         assert chk["running"] is False and f"Slurm job {job_id} requeued" in chk["reason"], chk
         with ThreadPoolExecutor(max_workers=5) as ex:
             futs = hold_requests(ex, g, 5)
             # ReturnToService=2 brings the node back when its slurmd registers
-            cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=resume",
-                        check=False)
-            wait_until(lambda: "down" not in cluster.run("sinfo", "-h", "-N", "-o", "%T"),
-                       30 * SLACK, msg="node back")
+            cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+            wait_until(lambda: "down" not in node_state(), 30 * SLACK, msg=f"node {node} back")
             results = [f.result(timeout=90 * SLACK) for f in futs]
     finally:
-        cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=resume",
-                    check=False)
+        cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
     assert [r.status for r in results] == [200] * 5, [(r.status, r.body[:200]) for r in results]
     assert pid1 not in {r.json()["pid"] for r in results}
     info = g.svc()
