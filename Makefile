@@ -14,10 +14,10 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
-TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base
+TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev
 BENCH_PKGS = wrk nginx-light
 
-.PHONY: all run test unit integration asan bench deps test-deps bench-deps clean
+.PHONY: all run test unit integration asan bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
 
 all: build/slurmgate build/demo_service
 
@@ -83,8 +83,55 @@ asan: build/slurmgate-asan build/demo_service
 
 test: test-deps all
 	$(MAKE) unit
+	$(MAKE) fuzz-short
 	$(MAKE) integration
 	$(MAKE) asan
+
+# --- fuzzing (libFuzzer, clang) ---
+# A target NAME is tests/fuzz/fuzz_NAME.c (it defines LLVMFuzzerTestOneInput),
+# linked with the src/ objects FUZZ_OBJS_NAME lists; seeds in
+# tests/fuzz/corpus/NAME/, reproducers in tests/fuzz/crashes/NAME/ (always
+# replayed), an optional dictionary tests/fuzz/NAME.dict. Adding a target:
+# its name in FUZZ_TARGETS and one FUZZ_OBJS_ line.
+CLANG              ?= clang
+FUZZ_TARGETS        = request response config router v1model
+FUZZ_OBJS_request   = http_parse util log
+FUZZ_OBJS_response  = http_parse util log
+FUZZ_OBJS_config    = config util log
+FUZZ_OBJS_router    = router util log
+FUZZ_OBJS_v1model   = router util log
+FUZZ_SECONDS       ?= 300
+FUZZ_SHORT_SECONDS ?= 20
+FUZZ_SAN            = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS         = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Isrc -Ibuild/gen $(FUZZ_SAN)
+FUZZ_BINS           = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+
+build/fuzzobj/%.o: src/%.c $(HDRS) $(GEN)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+build/fuzzobj/harness/fuzz_%.o: tests/fuzz/fuzz_%.c $(HDRS) $(wildcard tests/fuzz/*.h)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+define FUZZ_LINK
+build/fuzz/fuzz_$(1): build/fuzzobj/harness/fuzz_$(1).o $(patsubst %,build/fuzzobj/%.o,$(FUZZ_OBJS_$(1)))
+	@mkdir -p $$(dir $$@)
+	$$(CLANG) $$(FUZZ_SAN) -fsanitize=fuzzer -o $$@ $$^ $$(LIBS)
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call FUZZ_LINK,$(t))))
+
+fuzz-build: $(FUZZ_BINS)
+
+# Each target for FUZZ_SECONDS (make fuzz FUZZ_SECONDS=300).
+fuzz: $(FUZZ_BINS)
+	@for t in $(FUZZ_TARGETS); do tests/fuzz/run.sh $$t $(FUZZ_SECONDS) || exit 1; done
+
+# In make test: replay reproducers and seeds, then each target briefly
+# (FUZZ_SHORT_SECONDS, at most 60).
+fuzz-short: $(FUZZ_BINS)
+	@s=$(FUZZ_SHORT_SECONDS); [ "$$s" -le 60 ] || s=60; \
+	for t in $(FUZZ_TARGETS); do tests/fuzz/run.sh $$t $$s || exit 1; done
 
 bench: bench-deps all
 	bench/run

@@ -126,6 +126,9 @@ class Seed:
             polls += 1
             if st == "RUNNING":
                 self.node = node or "localhost"
+                # the node's address (test nodes' names do not resolve here)
+                self.node = {n["name"]: n["addr"] for n in self.env.get("nodes", [])}.get(
+                    self.node, self.node)
                 break
             if st in ENDED or st == "":
                 raise RuntimeError(f"seed: job {self.job_id} ended before it ran ({st or 'gone'})")
@@ -230,7 +233,7 @@ def main(argv):
     script = os.path.join(env["work_dir"], "seedshape-job.sh")
     with open(script, "w") as f:
         f.write("#!/bin/sh\necho \"bench-job-start $(date +%s.%N)\"\n"
-                f"exec \"{here}/build/demo_service\" --host 127.0.0.1 --port \"$1\"\n")
+                f"exec \"{here}/build/demo_service\" --host 0.0.0.0 --port \"$1\"\n")
     os.chmod(script, 0o755)
     seed = Seed(env, script, free_port())
 

@@ -125,6 +125,9 @@ void api_metrics(struct hconn *c)
 	family(b, "slurmgate_connections", "gauge", "Open connections, by side.");
 	evbuffer_add_printf(b, "slurmgate_connections{side=\"client\"} %zu\n", http_count(true));
 	evbuffer_add_printf(b, "slurmgate_connections{side=\"upstream\"} %zu\n", http_count(false));
+	family(b, "slurmgate_buffer_bytes", "gauge",
+	       "Bytes held in the gateway's buffers (unparsed input, unsent output, held bodies).");
+	evbuffer_add_printf(b, "slurmgate_buffer_bytes %zu\n", http_buffered());
 
 	family(b, "slurmgate_requests_total", "counter", "Requests answered, by service and status code.");
 	EACH {
@@ -168,11 +171,11 @@ void api_metrics(struct hconn *c)
 	}
 	family(b, "slurmgate_instances", "gauge", "Instances by state.");
 	EACH {
-		int count[5] = {0};
+		int count[INST_NSTATES] = {0};
 		const char *nm = LBL;
 		for (struct instance *i = service_first_instance(SVC); i; i = service_next_instance(i))
 			count[i->state]++;
-		for (int st = 0; st < 5; st++)
+		for (int st = 0; st < INST_GONE; st++)   /* a gone instance is listed nowhere */
 			evbuffer_add_printf(b, "slurmgate_instances{service=\"%s\",state=\"%s\"} %d\n", nm,
 					    instance_state_name((enum inst_state)st), count[st]);
 	}

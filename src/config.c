@@ -74,6 +74,7 @@ static const struct field svc_fields[] = {
 	{"handover_lead", F_INT, SVC(handover_lead), false, -1, NULL, -1, 86400},
 	{"health_interval", F_INT, SVC(health_interval), false, 10, NULL, 1, 3600},
 	{"aliases", F_STRLIST, SVC(aliases), false, 0, NULL, 0, 0},
+	{"forward_authorization", F_BOOL, SVC(forward_authorization), false, 0, NULL, 0, 0},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -90,6 +91,7 @@ static const struct field cfg_fields[] = {
 	{"upstream_timeout", F_INT, CFG(upstream_timeout), false, 600, NULL, 1, 86400},
 	{"shutdown_grace", F_INT, CFG(shutdown_grace), false, 30, NULL, 0, 3600},
 	{"max_connections", F_INT, CFG(max_connections), false, 20000, NULL, 16, 1000000},
+	{"max_buffer_bytes", F_LLONG, CFG(max_buffer_bytes), false, 1LL << 30, NULL, 1LL << 20, 1LL << 40},
 	{"upstream_keepalive", F_INT, CFG(upstream_keepalive), false, 1024, NULL, 0, 100000},
 	{"state_dir", F_STR, CFG(state_dir), false, 0, NULL, 0, 0},
 	{"instance_id", F_STR, CFG(instance_id), false, 0, NULL, 0, 0},
@@ -101,6 +103,10 @@ static const struct field cfg_fields[] = {
 	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},
 	{"log_json", F_BOOL, CFG(log_json), false, 0, NULL, 0, 0},
 	{"feedback_interval", F_INT, CFG(feedback_interval), false, 3, NULL, 1, 600},
+	{"max_json_body", F_LLONG, CFG(max_json_body), false, 1LL << 20, NULL, 64, 1LL << 30},
+	{"max_held_body", F_LLONG, CFG(max_held_body), false, 8LL << 20, NULL, 0, 1LL << 40},
+	{"allowed_hosts", F_STRLIST, CFG(allowed_hosts), false, 0, NULL, 0, 0},
+	{"trusted_proxies", F_STRLIST, CFG(trusted_proxies), false, 0, NULL, 0, 0},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -397,6 +403,19 @@ static void global_check(struct config *cfg, struct errs *e)
 		cfg->state_dir = geteuid() == 0 || home == NULL
 					 ? xstrdup("/var/lib/slurmgate")
 					 : xasprintf("%s/.local/state/slurmgate", home);
+	for (char **p = cfg->trusted_proxies; p && *p; p++) {
+		const char *why;
+		cfg->proxies = xrealloc(cfg->proxies, (cfg->n_proxies + 1) * sizeof *cfg->proxies);
+		if (router_cidr_parse(*p, &cfg->proxies[cfg->n_proxies], &why) != 0)
+			err_add(e, "$.trusted_proxies[%zu]: \"%s\" %s", (size_t)(p - cfg->trusted_proxies),
+				log_escape(*p, strlen(*p)), why);
+		else
+			cfg->n_proxies++;
+	}
+	for (char **p = cfg->allowed_hosts; p && *p; p++)
+		if ((*p)[0] == '\0' || strpbrk(*p, "/ ,\t") != NULL)
+			err_add(e, "$.allowed_hosts[%zu]: \"%s\" must be a host name or \"host:port\"",
+				(size_t)(p - cfg->allowed_hosts), log_escape(*p, strlen(*p)));
 	if (cfg->ssh_host_key_checking && strcmp(cfg->ssh_host_key_checking, "accept-new") != 0 &&
 	    strcmp(cfg->ssh_host_key_checking, "yes") != 0)
 		err_add(e, "$.ssh_host_key_checking: must be \"accept-new\" or \"yes\"");
@@ -545,6 +564,9 @@ void config_free(struct config *cfg)
 	free(cfg->ssh_host_key_checking);
 	free(cfg->admin_token_file);
 	free(cfg->api_keys_file);
+	free_list(cfg->allowed_hosts);
+	free_list(cfg->trusted_proxies);
+	free(cfg->proxies);
 	for (size_t k = 0; k < cfg->n_api_keys; k++) {
 		free(cfg->api_keys[k].key);
 		free_list(cfg->api_keys[k].services);

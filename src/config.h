@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "router.h"
+
 enum launcher_kind { LAUNCHER_SLURM = 0, LAUNCHER_LOCAL = 1 };
 
 /* A key for api_keys: which services it may use (NULL: all). */
@@ -44,6 +46,7 @@ struct svc_config {
 	                           * replacement (-1: last start duration + margin) */
 	int health_interval;      /* seconds between health probes of a ready instance */
 	char **aliases;           /* more model names for OpenAI routing, NULL-terminated */
+	bool forward_authorization; /* pass the client's Authorization on (default: strip it) */
 };
 
 struct config {
@@ -61,6 +64,7 @@ struct config {
 	int upstream_timeout;     /* seconds between two reads from a service */
 	int shutdown_grace;       /* seconds in-flight requests get on SIGTERM */
 	int max_connections;
+	long long max_buffer_bytes; /* bytes in all buffers before big holders stop reading */
 	int upstream_keepalive;   /* idle keep-alive connections kept per instance */
 	char *state_dir;          /* known_hosts, ssh control sockets */
 	char *instance_id;        /* names this gateway's Slurm jobs */
@@ -74,6 +78,13 @@ struct config {
 	size_t n_api_keys;
 	bool log_json;            /* one JSON object per log line */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
+	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
+	long long max_held_body;  /* bytes of request bodies held in RAM, all waiting requests
+	                           * together; past it, those clients are not read from */
+	char **allowed_hosts;     /* Host values served (NULL: any), against DNS rebinding */
+	char **trusted_proxies;   /* addresses/CIDRs whose X-Forwarded-* are believed */
+	struct cidr *proxies;     /* trusted_proxies, parsed */
+	size_t n_proxies;
 	struct svc_config *services;
 	size_t n_services;
 };

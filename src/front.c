@@ -6,7 +6,18 @@
  * here (the seed's endpoints, /api/, /metrics, the status page,
  * /v1/models) or handed to the proxy: by its first path segment
  * (/<route>/...), or, on OpenAI-style /v1/... paths, by the JSON body's
- * "model" (the body is read first, then forwarded unchanged). */
+ * "model" (the api key is checked on the head, then the body is read, at
+ * most max_json_body bytes, and forwarded unchanged).
+ *
+ * Every target goes through the one resolver in router.c first: decoded
+ * once, dot segments removed, refused with a 400 naming the trick if it
+ * hides one. Routing, api_paths and the path sent upstream all use the
+ * normalised path (as nginx does for a URI in proxy_pass).
+ *
+ * Access control here (the decisions are access.c's): allowed_hosts (DNS
+ * rebinding), cross-site requests to state-changing endpoints (CSRF),
+ * admin_token, api_keys, and which client headers the proxy may believe
+ * (trusted_proxies) or pass on (forward_authorization). */
 #include "front.h"
 
 #include <errno.h>
@@ -22,11 +33,13 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "access.h"
 #include "api.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
+#include "router.h"
 #include "service.h"
 #include "status_html.h"
 #include "util.h"
@@ -39,18 +52,13 @@ struct session {
 	struct evbuffer *v1body;   /* an OpenAI request's body, read before routing */
 	const struct http_msg *v1msg;
 	bool v1feedback;
+	struct route_target rt;    /* the current request's resolved target */
 };
 
 /* Model names (service names and aliases), sorted, for /v1 routing. */
 struct model {
 	const char *name;
 	struct service *svc;
-};
-
-/* api keys by hash; compared in constant time once found. */
-struct keyslot {
-	uint64_t hash;
-	const struct api_key *key;
 };
 
 static struct config *fcfg;
@@ -60,8 +68,6 @@ static struct event *resume_ev;
 static struct event_base *fbase;
 static struct model *models;
 static size_t nmodels;
-static struct keyslot *keys;
-static size_t nkeyslots;
 
 /* --- replies --- */
 
@@ -70,12 +76,17 @@ static void reply_json(struct hconn *c, int status, json_t *o, const char *extra
 	char *body;
 
 	if (o == NULL) {   /* json_pack refused a value (not UTF-8): never crash on it */
-		http_reply_error(c, 500, NULL, "could not encode the answer as JSON");
+		http_reply_error(c, 500, SG_SEC_HEADERS_DATA, "could not encode the answer as JSON");
 		return;
 	}
 	body = json_dumps(o, JSON_COMPACT);
-
-	http_reply(c, status, "application/json", extra, body, strlen(body));
+	if (extra != NULL) {
+		char *h = xasprintf("%s%s", SG_SEC_HEADERS_DATA, extra);
+		http_reply(c, status, "application/json", h, body, strlen(body));
+		free(h);
+	} else {
+		http_reply(c, status, "application/json", SG_SEC_HEADERS_DATA, body, strlen(body));
+	}
 	free(body);
 	json_decref(o);
 }
@@ -97,28 +108,6 @@ static void reply_openai_err(struct hconn *c, int status, const char *type, cons
 
 /* --- access --- */
 
-/* Constant-time comparison of a presented secret with the real one. */
-static bool secret_eq(const char *given, size_t glen, const char *real)
-{
-	size_t rlen = strlen(real);
-	unsigned char diff = glen != rlen;
-
-	for (size_t k = 0; k < rlen; k++)
-		diff |= (unsigned char)(real[k] ^ (k < glen ? given[k] : 0));
-	return diff == 0;
-}
-
-/* The token of "Authorization: Bearer <token>", or NULL. */
-static const char *bearer(const struct http_msg *m, size_t *len)
-{
-	const struct http_hdr *h = http_find(m, "authorization");
-
-	if (h == NULL || h->vlen <= 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
-		return NULL;
-	*len = h->vlen - 7;
-	return h->value + 7;
-}
-
 /* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
 static bool admin_ok(struct hconn *c, const struct http_msg *m)
 {
@@ -127,8 +116,8 @@ static bool admin_ok(struct hconn *c, const struct http_msg *m)
 
 	if (fcfg->admin_token == NULL)
 		return true;
-	t = bearer(m, &len);
-	if (t != NULL && secret_eq(t, len, fcfg->admin_token))
+	t = access_bearer(m, &len);
+	if (t != NULL && access_secret_eq(t, len, fcfg->admin_token))
 		return true;
 	reply_json(c, 401,
 		   json_pack("{s:s,s:i}", "error",
@@ -138,35 +127,31 @@ static bool admin_ok(struct hconn *c, const struct http_msg *m)
 	return false;
 }
 
-static uint64_t fnv1a(const char *p, size_t n)
+/* State-changing endpoints refuse cross-site requests (403). */
+static bool same_site_ok(struct hconn *c, const struct http_msg *m)
 {
-	uint64_t h = 1469598103934665603ULL;
-
-	for (size_t k = 0; k < n; k++)
-		h = (h ^ (unsigned char)p[k]) * 1099511628211ULL;
-	return h;
-}
-
-static const struct api_key *key_find(const char *t, size_t len)
-{
-	uint64_t h = fnv1a(t, len);
-
-	for (size_t k = h % nkeyslots, probes = 0; probes < nkeyslots; k = (k + 1) % nkeyslots, probes++) {
-		if (keys[k].key == NULL)
-			return NULL;
-		if (keys[k].hash == h && secret_eq(t, len, keys[k].key->key))
-			return keys[k].key;
-	}
-	return NULL;
-}
-
-static bool key_allows(const struct api_key *k, const struct service *s)
-{
-	if (k->services == NULL || s == NULL)
+	if (!access_cross_site(c, m))
 		return true;
-	for (char **p = k->services; *p; p++)
-		if (strcmp(*p, service_config(s)->name) == 0)
-			return true;
+	log_warn("client %s: refused a cross-site request to %s", http_peer(c),
+		 log_escape(m->url, m->url_len));
+	reply_err(c, 403, "cross-site request refused: this endpoint changes state "
+			  "(Origin or Sec-Fetch-Site names another site)");
+	return false;
+}
+
+/* allowed_hosts, against DNS rebinding: 421 for any other Host. */
+static bool host_ok(struct hconn *c, const struct http_msg *m)
+{
+	const struct http_hdr *h = http_find(m, "host");
+	char msg[300];
+
+	if (fcfg->allowed_hosts == NULL)
+		return true;
+	if (h != NULL && router_host_allowed(h->value, h->vlen, fcfg->allowed_hosts))
+		return true;
+	snprintf(msg, sizeof msg, "this gateway does not serve the host \"%s\" (allowed_hosts)",
+		 h ? log_escape(h->value, h->vlen > 100 ? 100 : h->vlen) : "");
+	reply_err(c, 421, msg);
 	return false;
 }
 
@@ -182,8 +167,8 @@ static bool key_ok(struct hconn *c, const struct http_msg *m, const struct servi
 
 	if (fcfg->n_api_keys == 0)
 		return true;
-	t = bearer(m, &len);
-	k = t ? key_find(t, len) : NULL;
+	t = access_bearer(m, &len);
+	k = t ? access_key_find(t, len) : NULL;
 	if (k == NULL) {
 		const char *msg = t ? "invalid api key" : "this gateway needs Authorization: Bearer <api key>";
 		if (openai)
@@ -192,7 +177,7 @@ static bool key_ok(struct hconn *c, const struct http_msg *m, const struct servi
 			reply_json(c, 401, json_pack("{s:s,s:i}", "error", msg, "status", 401), www);
 		return false;
 	}
-	if (!key_allows(k, s)) {
+	if (!access_key_allows(k, s)) {
 		const char *msg = "this api key may not use this service";
 		if (openai)
 			reply_openai_err(c, 403, "permission_error", "forbidden", msg, NULL);
@@ -259,7 +244,8 @@ static void html_add(struct evbuffer *b, const char *s)
 
 static void ep_status_page(struct hconn *c)
 {
-	http_reply(c, 200, "text/html; charset=utf-8", "Cache-Control: no-cache\r\n", status_html,
+	http_reply(c, 200, "text/html; charset=utf-8", SG_SEC_HEADERS_PAGE "Cache-Control: no-cache\r\n",
+		   status_html,
 		   sizeof status_html - 1);
 }
 
@@ -284,7 +270,7 @@ static void ep_waiting_page(struct hconn *c, struct service *s)
 			       " is ready.</p></body></html>\n");
 	n = evbuffer_get_length(b);
 	http_reply(c, 503, "text/html; charset=utf-8",
-		   "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
+		   SG_SEC_HEADERS_PAGE "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
 		   (const char *)evbuffer_pullup(b, -1), n);
 	evbuffer_free(b);
 }
@@ -342,7 +328,7 @@ static void ep_api(struct hconn *c, struct session *ss, const struct http_msg *m
 		reply_err(c, 405, "use POST");
 		return;
 	}
-	if (!admin_ok(c, m))
+	if (!same_site_ok(c, m) || !admin_ok(c, m))
 		return;
 	if ((size_t)(path + plen - rest) == 6 && memcmp(rest, "/start", 6) == 0) {
 		service_demand(s);
@@ -393,17 +379,17 @@ static void ep_models(struct hconn *c, const struct http_msg *m)
 	json_t *data;
 	const struct api_key *k = NULL;
 	size_t len;
-	const char *t = bearer(m, &len);
+	const char *t = access_bearer(m, &len);
 	char st[300];
 
 	if (!key_ok(c, m, NULL, true))
 		return;
 	data = json_array();
 	if (fcfg->n_api_keys > 0)
-		k = key_find(t, len);
+		k = access_key_find(t, len);
 	for (size_t q = 0; q < nmodels; q++) {
 		struct service *s = models[q].svc;
-		if (k && !key_allows(k, s))
+		if (k && !access_key_allows(k, s))
 			continue;
 		short_state(s, st, sizeof st);
 		json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s,s:s,s:s}", "id", models[q].name,
@@ -421,6 +407,19 @@ static bool wants_sse(const struct http_msg *m)
 	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
 }
 
+/* Forward options for a request from C to S. */
+static void fwd_opts(struct hconn *c, const struct service *s, struct proxy_opts *opt)
+{
+	opt->strip_auth = fcfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
+	opt->trust_forwarded = access_peer_trusted(c);
+}
+
+/* The upstream target: the normalised path and the query as sent. */
+static char *upstream_target(const char *path, size_t plen, const struct route_target *rt)
+{
+	return xasprintf("%.*s%.*s", (int)plen, path, (int)rt->qlen, rt->query ? rt->query : "");
+}
+
 /* The whole body of a /v1 request is here: route it by its "model". */
 static void v1_route(struct session *ss)
 {
@@ -428,45 +427,52 @@ static void v1_route(struct session *ss)
 	const struct http_msg *m = ss->v1msg;
 	size_t n = evbuffer_get_length(ss->v1body);
 	const char *body = (const char *)evbuffer_pullup(ss->v1body, -1);
-	json_error_t jerr;
-	json_t *o = n ? json_loadb(body, n, 0, &jerr) : NULL, *model;
+	char *model = NULL, *target;
+	bool stream = false;
 	struct service *s;
 	struct proxy_opts opt = {0};
 	char msg[400];
 
-	if (o == NULL || !json_is_object(o)) {
+	switch (router_v1_model(body, n, &model, &stream)) {
+	case V1_NO_BODY:
+	case V1_NOT_OBJECT:
 		reply_openai_err(c, 400, "invalid_request_error", "invalid_json",
 				 n ? "the request body is not a JSON object" : "this endpoint needs a JSON body",
 				 NULL);
 		goto out;
-	}
-	if (fcfg->n_api_keys > 0 && !key_ok(c, m, NULL, true))
-		goto out;
-	model = json_object_get(o, "model");
-	if (!json_is_string(model)) {
+	case V1_NO_MODEL:
 		reply_openai_err(c, 400, "invalid_request_error", "model_required",
 				 "the JSON body needs a \"model\" string", NULL);
 		goto out;
+	case V1_OK:
+		break;
 	}
-	s = model_find(json_string_value(model));
+	s = model_find(model);
 	if (s == NULL) {
 		snprintf(msg, sizeof msg, "The model '%s' does not exist; GET /v1/models lists them",
-			 log_escape(json_string_value(model), json_string_length(model)));
+			 log_escape(model, strlen(model)));
 		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
 		goto out;
 	}
 	if (!key_ok(c, m, s, true))
 		goto out;
+	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
+		reply_openai_err(c, 404, "invalid_request_error", "path_not_allowed",
+				 "this path is not in the service's api_paths", NULL);
+		goto out;
+	}
 	opt.hold = service_config(s)->hold;
-	opt.feedback = ss->v1feedback || json_is_true(json_object_get(o, "stream"));
-	opt.strip_auth = fcfg->n_api_keys > 0;
-	proxy_begin(c, m, s, m->url, m->url_len, &opt, &ss->ex);
+	opt.feedback = ss->v1feedback || stream;
+	fwd_opts(c, s, &opt);
+	target = upstream_target(ss->rt.path, ss->rt.plen, &ss->rt);
+	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
+	free(target);
 	if (ss->ex)
 		proxy_body(ss->ex, body, n);
 	if (ss->ex)
 		proxy_req_done(ss->ex);
 out:
-	json_decref(o);
+	free(model);
 	evbuffer_free(ss->v1body);
 	ss->v1body = NULL;
 	ss->v1msg = NULL;
@@ -474,70 +480,32 @@ out:
 
 /* --- routing --- */
 
-/* A "." or ".." segment, plain or percent-encoded: a service that
- * normalises paths would see another path than api_paths allowed. */
-static bool has_dot_segment(const char *p, size_t n)
-{
-	size_t k = 0;
-
-	while (k < n) {
-		size_t dots = 0, start;
-		if (p[k] == '/') {
-			k++;
-			continue;
-		}
-		start = k;
-		while (k < n && p[k] != '/') {
-			if (p[k] == '.')
-				dots++, k++;
-			else if (k + 2 < n && p[k] == '%' && p[k + 1] == '2' && (p[k + 2] == 'e' || p[k + 2] == 'E'))
-				dots++, k += 3;
-			else
-				break;
-		}
-		if ((k == n || p[k] == '/') && dots > 0 && dots <= 2 && k > start)
-			return true;
-		while (k < n && p[k] != '/')
-			k++;
-	}
-	return false;
-}
-
 static bool path_is(const char *path, size_t plen, const char *lit)
 {
 	return strlen(lit) == plen && memcmp(path, lit, plen) == 0;
 }
 
-/* Forward /<route><rest> to S. */
+/* Forward /<route><rest> to S: REST (encoded) and DREST (decoded) are
+ * the normalised path after the route, empty for "/route". */
 static void route_service(struct session *ss, const struct http_msg *m, struct service *s,
-			  const char *url, size_t ulen, const char *rest, const char *q)
+			  const char *rest, size_t restlen, const char *drest, size_t drestlen)
 {
 	struct hconn *c = ss->c;
 	const struct svc_config *cfg = service_config(s);
-	const char *fwd = rest;
-	size_t fwdlen = ulen - (size_t)(rest - url);
-	const char *fpath = fwdlen > 0 && fwd[0] == '/' ? fwd : "/";
-	size_t fplen = fwdlen > 0 && fwd[0] == '/' ? (size_t)((q ? q : url + ulen) - fwd) : 1;
-	char *target = NULL;
+	char *target;
 	const struct http_hdr *wh, *acc;
 	struct proxy_opts opt = {0};
 
 	if (!key_ok(c, m, s, false))
 		return;
-	if (has_dot_segment(fpath, fplen)) {
-		reply_err(c, 400, "the path must not contain . or .. segments");
-		return;
+	if (restlen == 0) {
+		/* "/route" or "/route?x": the service's root */
+		rest = drest = "/";
+		restlen = drestlen = 1;
 	}
-	if (cfg->api_paths != NULL) {
-		bool ok = false;
-		for (char **ap = cfg->api_paths; *ap && !ok; ap++) {
-			size_t al = strlen(*ap);
-			ok = fplen >= al && memcmp(fpath, *ap, al) == 0;
-		}
-		if (!ok) {
-			reply_err(c, 404, "this path is not in the service's api_paths");
-			return;
-		}
+	if (!router_path_allowed(drest, drestlen, cfg->api_paths)) {
+		reply_err(c, 404, "this path is not in the service's api_paths");
+		return;
 	}
 	/* a browser at a cold service gets a page that waits with it */
 	acc = http_find(m, "accept");
@@ -546,17 +514,12 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 		ep_waiting_page(c, s);
 		return;
 	}
-	if (fwdlen == 0 || fwd[0] != '/') {
-		/* "/route" or "/route?x": the service's root */
-		target = xasprintf("/%.*s", (int)fwdlen, fwd);
-		fwd = target;
-		fwdlen = strlen(target);
-	}
 	wh = http_find(m, "x-slurmgate-wait");
 	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
 	opt.feedback = wants_sse(m);
-	opt.strip_auth = fcfg->n_api_keys > 0;
-	proxy_begin(c, m, s, fwd, fwdlen, &opt, &ss->ex);
+	fwd_opts(c, s, &opt);
+	target = upstream_target(rest, restlen, &ss->rt);
+	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
 	free(target);
 }
 
@@ -564,47 +527,37 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 static void s_head(struct hconn *c, struct http_msg *m)
 {
 	struct session *ss = http_owner(c);
-	const char *url = m->url, *path, *q, *seg, *rest;
-	size_t ulen = m->url_len, plen, seglen;
+	const char *path, *seg, *rest, *drest, *cause;
+	size_t plen, seglen, restlen, drestlen;
 	struct service *s;
 	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
 
-	/* absolute-form (a client that thinks we are a forward proxy) */
-	if (ulen > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
-		const char *p = memchr(url + 8, '/', ulen - 8);
-		ulen = p ? ulen - (size_t)(p - url) : 0;
-		url = p ? p : "/";
-		if (ulen == 0)
-			ulen = 1;
-	}
-	if (ulen == 0 || url[0] != '/') {
-		reply_err(c, 400, "the request target must be a path starting with '/'");
+	router_target_free(&ss->rt);
+	if (!host_ok(c, m))
 		return;
-	}
 	if (m->method == HTTP_CONNECT) {
 		reply_err(c, 405, "CONNECT is not supported");
 		return;
 	}
-	path = url;
-	q = memchr(url, '?', ulen);
-	plen = q ? (size_t)(q - url) : ulen;
-	seg = url + 1;
-	rest = plen > 1 ? memchr(seg, '/', plen - 1) : NULL;
-	if (rest == NULL)
-		rest = path + plen;
-	seglen = (size_t)(rest - seg);
+	if (router_resolve(m->url, m->url_len, &ss->rt, &cause) != 0) {
+		reply_err(c, 400, cause);
+		return;
+	}
+	path = ss->rt.dpath;
+	plen = ss->rt.dlen;
+	router_split(&ss->rt, &seg, &seglen, &rest, &restlen, &drest, &drestlen);
 
-	if (seglen > 6 && memcmp(seg, "check_", 6) == 0 && rest == path + plen) {
+	if (seglen > 6 && memcmp(seg, "check_", 6) == 0 && drestlen == 0) {
 		if ((s = service_by_route(seg + 6, seglen - 6)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
 		else
 			ep_check(c, s);
 		return;
 	}
-	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && rest == path + plen) {
+	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && drestlen == 0) {
 		if ((s = service_by_route(seg + 7, seglen - 7)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
-		else if (admin_ok(c, m))
+		else if (same_site_ok(c, m) && admin_ok(c, m))
 			ep_demand(c, s);
 		return;
 	}
@@ -615,7 +568,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 	if (path_is(path, plen, "/enable_service_management") ||
 	    path_is(path, plen, "/disable_service_management") ||
 	    path_is(path, plen, "/kill_disable_service_management")) {
-		if (admin_ok(c, m))
+		if (same_site_ok(c, m) && admin_ok(c, m))
 			ep_management(c, path[1] == 'e', path[1] == 'k');
 		return;
 	}
@@ -639,6 +592,14 @@ static void s_head(struct hconn *c, struct http_msg *m)
 			ep_models(c, m);
 			return;
 		}
+		/* the api key first, on the head: no body is read for a stranger */
+		if (!key_ok(c, m, NULL, true))
+			return;
+		if (m->content_length > fcfg->max_json_body) {
+			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
+					 "the JSON body is larger than max_json_body", NULL);
+			return;
+		}
 		/* route by the body's "model": read the body first */
 		ss->v1body = evbuffer_new();
 		ss->v1msg = m;
@@ -654,7 +615,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		reply_err(c, 404, msg);
 		return;
 	}
-	route_service(ss, m, s, url, ulen, rest, q);
+	route_service(ss, m, s, rest, restlen, drest, drestlen);
 }
 
 static void s_body(struct hconn *c, const char *p, size_t n)
@@ -663,8 +624,18 @@ static void s_body(struct hconn *c, const char *p, size_t n)
 
 	if (ss->ex)
 		proxy_body(ss->ex, p, n);
-	else if (ss->v1body)
+	else if (ss->v1body) {
+		if (evbuffer_get_length(ss->v1body) + n > (size_t)fcfg->max_json_body) {
+			/* chunked, or more than announced: stop here (the connection ends) */
+			evbuffer_free(ss->v1body);
+			ss->v1body = NULL;
+			ss->v1msg = NULL;
+			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
+					 "the JSON body is larger than max_json_body", NULL);
+			return;
+		}
 		evbuffer_add(ss->v1body, p, n);
+	}
 }
 
 static void s_done(struct hconn *c)
@@ -696,6 +667,7 @@ static void s_closed(struct hconn *c, const char *why)
 		api_events_unsubscribe(c);
 	if (ss->v1body)
 		evbuffer_free(ss->v1body);
+	router_target_free(&ss->rt);
 	free(ss);
 }
 
@@ -761,17 +733,7 @@ static void build_indexes(struct config *cfg)
 	}
 	qsort(models, nmodels, sizeof *models, model_cmp);
 
-	free(keys);
-	nkeyslots = cfg->n_api_keys * 2 + 1;
-	keys = xcalloc(nkeyslots, sizeof *keys);
-	for (size_t k = 0; k < cfg->n_api_keys; k++) {
-		const struct api_key *ak = &cfg->api_keys[k];
-		uint64_t h = fnv1a(ak->key, strlen(ak->key));
-		size_t at = h % nkeyslots;
-		while (keys[at].key)
-			at = (at + 1) % nkeyslots;
-		keys[at] = (struct keyslot){h, ak};
-	}
+	access_configure(cfg);
 }
 
 void front_reconfigure(struct config *cfg)
@@ -832,7 +794,6 @@ void front_free(void)
 	resume_ev = NULL;
 	api_free();
 	free(models);
-	free(keys);
 	models = NULL;
-	keys = NULL;
+	access_free();
 }

@@ -1,6 +1,6 @@
 /* http.c - HTTP/1.1 connections on bufferevents (server and client side).
  *
- * Reading: the bufferevent fills its input buffer; we feed it to http_parser
+ * Reading: the bufferevent fills its input buffer; we feed it to an hparse
  * chunk by chunk and drain what was parsed. Parsing pauses at the end of
  * each request until its response is finished (safe pipelining), and on
  * backpressure. A paused connection still sees a hang-up: EOF while the
@@ -37,11 +37,6 @@
 
 enum { PAUSE_PIPELINE = 1, PAUSE_FLOW = 2 };
 enum phase { PH_IDLE, PH_HEAD, PH_BODY, PH_WAIT };
-enum { CB_NONE, CB_FIELD, CB_VALUE };
-
-struct hdr_off {
-	uint32_t noff, nlen, voff, vlen;
-};
 
 struct hconn {
 	struct bufferevent *bev;
@@ -50,7 +45,7 @@ struct hconn {
 	const struct hconn_ops *ops;
 	void *owner;
 	const struct http_limits *lim;
-	http_parser parser;
+	struct hparse hp;
 	struct event *timer;
 	struct event *closed_ev;
 	struct event *rev;        /* our own read event: one recv per wake-up */
@@ -59,16 +54,9 @@ struct hconn {
 	enum phase phase;
 	int timeout_s;        /* client side: read timeout, re-armed on every read */
 
-	/* the head being collected */
-	char *hbuf;
-	size_t hlen, hcap;
-	struct hdr_off *hoff;
-	size_t nhoff, hoffcap;
-	int last_cb;
-	size_t url_len;
-	struct http_msg msg;
-	long long body_seen;
-	bool saw_cl, saw_te, te_ok, too_big, body_too_big, skip_msg, bad_name;
+	size_t resp_mark;     /* output composed before the current response */
+	bool resp_sent;       /* a byte of the current response reached the socket */
+	bool wait_flush;      /* the next request waits for output to drain */
 
 	/* per-message state */
 	bool msg_complete;    /* the incoming message is complete */
@@ -82,8 +70,9 @@ struct hconn {
 	const char *close_why;
 
 	struct evbuffer *wbuf;
-	bool dirty, in_grave;
+	bool dirty, in_grave, budget_wait;
 	TAILQ_ENTRY(hconn) dirty_link;
+	TAILQ_ENTRY(hconn) budget_link;   /* paused by the memory budget */
 	char peer_addr[48];
 };
 
@@ -95,12 +84,67 @@ static struct event *flush_ev;
 static int depth;
 static size_t n_server, n_client;
 
+/* The memory budget: bytes held in every tracked buffer (input read but not
+ * parsed, output not yet written, held request bodies). Past the cap,
+ * client connections that hold more than BUDGET_OWN themselves stop
+ * reading until the total falls below 7/8 of it; small requests from
+ * others still get in. */
+#define BUDGET_OWN (64 * 1024)
+static size_t buffered, buffer_cap = (size_t)-1;
+static struct hconn_list budget_list = TAILQ_HEAD_INITIALIZER(budget_list);
+static struct event *budget_ev;
+
+/* Pipelining: the next request is read only once the answers to the
+ * previous ones are (nearly) written, so a client that sends requests and
+ * reads nothing holds at most this much of our memory in answers. */
+#define PIPELINE_OUT_MAX HTTP_LOW_MARK
+
 static void flush_all(void);
+static void resume_pipeline(struct hconn *c);
 static void process_input(struct hconn *c);
 static void tunnel_move(struct hconn *c);
 static void rd_update(struct hconn *c);
 static void finalize_close(struct hconn *c);
 static void reply_and_close(struct hconn *c, int status, const char *msg);
+
+static void buf_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)b, (void)arg;
+	buffered += info->n_added;
+	buffered -= info->n_deleted;
+	if (info->n_deleted > 0 && !TAILQ_EMPTY(&budget_list) && buffered < buffer_cap - buffer_cap / 8)
+		event_active(budget_ev, EV_TIMEOUT, 0);
+}
+
+void http_buffer_track(struct evbuffer *b)
+{
+	buffered += evbuffer_get_length(b);
+	evbuffer_add_cb(b, buf_cb, NULL);
+}
+
+void http_buffer_untrack(struct evbuffer *b)
+{
+	/* not by draining: a bufferevent's output may be frozen */
+	evbuffer_remove_cb(b, buf_cb, NULL);
+	buffered -= evbuffer_get_length(b);
+}
+
+size_t http_buffered(void)
+{
+	return buffered;
+}
+
+void http_set_buffer_cap(size_t cap)
+{
+	buffer_cap = cap;
+	if (budget_ev && !TAILQ_EMPTY(&budget_list))
+		event_active(budget_ev, EV_TIMEOUT, 0);
+}
+
+static size_t own_bytes(struct hconn *c)
+{
+	return evbuffer_get_length(c->in) + http_pending_output(c);
+}
 
 /* Every callback from libevent into this module is bracketed by enter/leave;
  * leaving the outermost one flushes output and frees the dead. */
@@ -170,13 +214,20 @@ static void flush_one(struct hconn *c)
 	if (c->dead)
 		return;
 	if (evbuffer_get_length(c->wbuf) > 0) {
-		if (c->connected && evbuffer_get_length(out) == 0)
-			(void)evbuffer_write(c->wbuf, c->fd); /* errors surface through the bufferevent */
+		if (c->connected && evbuffer_get_length(out) == 0 &&
+		    evbuffer_write(c->wbuf, c->fd) > 0 && !c->server && c->timeout_s > 0 && !c->parked)
+			timer_set(c, c->timeout_s);   /* upload progress: the service is reading */
+		/* errors surface through the bufferevent */
 		if (evbuffer_get_length(c->wbuf) > 0)
 			evbuffer_add_buffer(out, c->wbuf);
+		if (c->resp_started)
+			c->resp_sent = true;
 	}
+	c->resp_mark = 0;
 	if (c->closing && evbuffer_get_length(out) == 0 && c->connected)
 		finalize_close(c);
+	else if (c->wait_flush && http_pending_output(c) <= PIPELINE_OUT_MAX)
+		resume_pipeline(c);
 	else if (c->want_drain && http_pending_output(c) <= HTTP_LOW_MARK) {
 		c->want_drain = false;
 		if (c->ops && c->ops->drained)
@@ -190,6 +241,9 @@ static void hconn_free(struct hconn *c)
 		n_server--;
 	else
 		n_client--;
+	http_buffer_untrack(c->in);
+	http_buffer_untrack(c->wbuf);
+	http_buffer_untrack(bufferevent_get_output(c->bev));
 	bufferevent_free(c->bev);   /* closes the fd */
 	event_free(c->timer);
 	if (c->closed_ev)
@@ -198,9 +252,7 @@ static void hconn_free(struct hconn *c)
 		event_free(c->rev);
 	evbuffer_free(c->in);
 	evbuffer_free(c->wbuf);
-	free(c->hbuf);
-	free(c->hoff);
-	free(c->msg.hdrs);
+	hparse_free(&c->hp);
 	free(c);
 }
 
@@ -238,10 +290,28 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	flush_all();
 }
 
+/* The total fell below the budget: connections paused by it read again. */
+static void budget_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct hconn_list now = TAILQ_HEAD_INITIALIZER(now);
+	struct hconn *c;
+
+	(void)fd, (void)what, (void)arg;
+	enter();
+	TAILQ_CONCAT(&now, &budget_list, budget_link);
+	while ((c = TAILQ_FIRST(&now)) != NULL) {
+		TAILQ_REMOVE(&now, c, budget_link);
+		c->budget_wait = false;
+		rd_update(c);   /* may wait again, on budget_wait */
+	}
+	leave();
+}
+
 void http_init(struct event_base *base)
 {
 	hbase = base;
 	flush_ev = event_new(base, -1, 0, flush_cb, NULL);
+	budget_ev = event_new(base, -1, 0, budget_cb, NULL);
 }
 
 size_t http_count(bool server_side)
@@ -268,6 +338,10 @@ void http_close(struct hconn *c, const char *why)
 	if (c->dirty) {
 		TAILQ_REMOVE(&dirty, c, dirty_link);
 		c->dirty = false;
+	}
+	if (c->budget_wait) {
+		TAILQ_REMOVE(&budget_list, c, budget_link);
+		c->budget_wait = false;
 	}
 	c->in_grave = true;
 	TAILQ_INSERT_TAIL(&grave, c, dirty_link);
@@ -306,224 +380,65 @@ static void finalize_close(struct hconn *c)
 
 /* --- parser callbacks --- */
 
-static int hbuf_add(struct hconn *c, const char *p, size_t n)
+static void next_transaction(struct hconn *c);
+
+/* The parser runs only while nothing holds the connection's input. */
+static void sync_pause(struct hconn *c)
 {
-	if (c->lim && c->hlen + n + 1 > (size_t)c->lim->max_header) {
-		c->too_big = true;
-		return -1;
-	}
-	if (c->hlen + n + 1 > c->hcap) {
-		c->hcap = (c->hlen + n + 1) * 2;
-		if (c->hcap < 512)
-			c->hcap = 512;
-		c->hbuf = xrealloc(c->hbuf, c->hcap);
-	}
-	memcpy(c->hbuf + c->hlen, p, n);
-	c->hlen += n;
-	return 0;
+	hparse_pause(&c->hp, c->pause_mask != 0);
 }
 
-static struct hconn *pc(http_parser *p)
+static void hp_begin(void *arg)
 {
-	return p->data;
-}
+	struct hconn *c = arg;
 
-static int on_message_begin(http_parser *p)
-{
-	struct hconn *c = pc(p);
-
-	c->hlen = 0;
-	c->nhoff = 0;
-	c->url_len = 0;
-	c->last_cb = CB_NONE;
-	c->body_seen = 0;
-	c->saw_cl = c->saw_te = c->too_big = c->body_too_big = c->skip_msg = c->bad_name = false;
-	c->te_ok = true;
 	if (c->server) {
+		/* limits are shared and may change on reload: take them per message */
+		hparse_limits(&c->hp, (size_t)c->lim->max_header, c->lim->max_body);
 		c->phase = PH_HEAD;
 		timer_set(c, c->lim->header_timeout);
 	}
-	return 0;
 }
 
-static int on_url(http_parser *p, const char *at, size_t n)
+static int hp_head(void *arg, struct http_msg *m)
 {
-	struct hconn *c = pc(p);
-
-	c->url_len += n;
-	return hbuf_add(c, at, n);
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t n)
-{
-	struct hconn *c = pc(p);
-
-	if (c->last_cb != CB_FIELD) {
-		if (c->nhoff >= 256) {
-			c->too_big = true;
-			return -1;
-		}
-		if (hbuf_add(c, "", 1) != 0) /* ends the url or the previous value */
-			return -1;
-		if (c->nhoff == c->hoffcap) {
-			c->hoffcap = c->hoffcap ? c->hoffcap * 2 : 16;
-			c->hoff = xrealloc(c->hoff, c->hoffcap * sizeof *c->hoff);
-		}
-		c->hoff[c->nhoff++] = (struct hdr_off){(uint32_t)c->hlen, 0, 0, 0};
-		c->last_cb = CB_FIELD;
-	}
-	c->hoff[c->nhoff - 1].nlen += (uint32_t)n;
-	return hbuf_add(c, at, n);
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t n)
-{
-	struct hconn *c = pc(p);
-	struct hdr_off *h = &c->hoff[c->nhoff - 1];
-
-	if (c->last_cb != CB_VALUE) {
-		if (hbuf_add(c, "", 1) != 0) /* ends the name */
-			return -1;
-		h->voff = (uint32_t)c->hlen;
-		c->last_cb = CB_VALUE;
-	}
-	h->vlen += (uint32_t)n;
-	return hbuf_add(c, at, n);
-}
-
-/* RFC 9110 token: a header name may hold nothing else (no white space:
- * "Content-Length : 5" is a smuggling attempt, not a header). */
-static bool is_token(const char *p, size_t n)
-{
-	static const char extra[] = "!#$%&'*+-.^_`|~";
-
-	if (n == 0)
-		return false;
-	for (size_t k = 0; k < n; k++) {
-		unsigned char ch = (unsigned char)p[k];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-		      (ch != '\0' && strchr(extra, ch))))
-			return false;
-	}
-	return true;
-}
-
-/* Strip optional white space around a header value. */
-static void trim(const char **v, size_t *n)
-{
-	while (*n > 0 && (**v == ' ' || **v == '\t'))
-		(*v)++, (*n)--;
-	while (*n > 0 && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t'))
-		(*n)--;
-}
-
-static int on_headers_complete(http_parser *p)
-{
-	struct hconn *c = pc(p);
-	struct http_msg *m = &c->msg;
-
-	if (hbuf_add(c, "", 1) != 0)
-		return -1;
-	free(m->hdrs);
-	m->hdrs = xcalloc(c->nhoff, sizeof *m->hdrs);
-	m->nhdrs = c->nhoff;
-	m->url = c->hbuf;
-	m->url_len = c->url_len;
-	m->content_length = -1;
-	m->chunked = false;
-	m->expect_continue = false;
-	for (size_t i = 0; i < c->nhoff; i++) {
-		struct http_hdr *h = &m->hdrs[i];
-		h->name = c->hbuf + c->hoff[i].noff;
-		h->nlen = c->hoff[i].nlen;
-		if (!is_token(h->name, h->nlen))
-			c->bad_name = true;
-		h->value = c->hoff[i].vlen ? c->hbuf + c->hoff[i].voff : "";
-		h->vlen = c->hoff[i].vlen;
-		trim(&h->value, &h->vlen);
-		if (strncase_eq(h->name, h->nlen, "content-length")) {
-			c->saw_cl = true;
-		} else if (strncase_eq(h->name, h->nlen, "transfer-encoding")) {
-			if (c->saw_te || !strncase_eq(h->value, h->vlen, "chunked"))
-				c->te_ok = false;
-			c->saw_te = true;
-		} else if (strncase_eq(h->name, h->nlen, "expect") &&
-			   strncase_eq(h->value, h->vlen, "100-continue")) {
-			m->expect_continue = true;
-		}
-	}
-	m->major = p->http_major;
-	m->minor = p->http_minor;
-	m->method = p->method;
-	m->method_str = http_method_str(p->method);
-	m->status = (int)p->status_code;
-	m->keep_alive = http_should_keep_alive(p) != 0;
-	m->upgrade = p->upgrade != 0;
-	m->chunked = (p->flags & F_CHUNKED) != 0;
-	if (c->saw_cl && !m->chunked)
-		m->content_length = (long long)p->content_length;
+	struct hconn *c = arg;
 
 	if (c->server) {
-		/* Request smuggling: a message framed two ways, or by a coding we
-		 * do not speak, is refused rather than guessed at. */
-		if (c->bad_name)
-			return -1;
-		if ((c->saw_cl && c->saw_te) || (c->saw_te && !c->te_ok)) {
-			c->te_ok = false;
-			return -1;
-		}
-		if (m->content_length > c->lim->max_body) {
-			c->body_too_big = true;
-			return -1;
-		}
-		c->head_req = p->method == HTTP_HEAD;
+		c->head_req = m->method == HTTP_HEAD;
 		c->upgrade_req = m->upgrade;
 		c->phase = (m->chunked || m->content_length > 0) ? PH_BODY : PH_WAIT;
 		timer_set(c, c->phase == PH_BODY ? c->lim->body_timeout : 0);
 		if (c->ops && c->ops->head)
 			c->ops->head(c, m);
 		if (m->expect_continue && !c->resp_started && !c->dead && c->phase == PH_BODY &&
-		    m->major == 1 && m->minor >= 1)
+		    m->minor >= 1)
 			out_add(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-		return 0;
-	}
-	/* client side: interim responses (100 Continue, 103) are dropped */
-	if (m->status >= 100 && m->status < 200 && m->status != 101) {
-		c->skip_msg = true;
-		return 0;
-	}
-	if (c->ops && c->ops->head)
+	} else if (c->ops && c->ops->head) {
 		c->ops->head(c, m);
-	return c->head_req ? 1 : 0;
+	}
+	if (c->dead)
+		hparse_pause(&c->hp, true);
+	/* a request's body is framed by its head alone; a response to HEAD has none */
+	return !c->server && c->head_req ? 1 : 0;
 }
 
-static int on_body(http_parser *p, const char *at, size_t n)
+static void hp_body(void *arg, const char *p, size_t n)
 {
-	struct hconn *c = pc(p);
+	struct hconn *c = arg;
 
-	c->body_seen += (long long)n;
-	if (c->server) {
-		if (c->body_seen > c->lim->max_body) {
-			c->body_too_big = true;
-			return -1;
-		}
+	if (c->server)
 		timer_set(c, c->lim->body_timeout);
-	}
 	if (c->ops && c->ops->body)
-		c->ops->body(c, at, n);
-	return 0;
+		c->ops->body(c, p, n);
+	if (c->dead)
+		hparse_pause(&c->hp, true);
 }
 
-static void next_transaction(struct hconn *c);
-
-static int on_message_complete(http_parser *p)
+static void hp_done(void *arg)
 {
-	struct hconn *c = pc(p);
+	struct hconn *c = arg;
 
-	if (c->skip_msg) {
-		c->skip_msg = false;
-		return 0;
-	}
 	c->msg_complete = true;
 	if (c->server) {
 		c->phase = PH_WAIT;
@@ -531,54 +446,40 @@ static int on_message_complete(http_parser *p)
 	}
 	if (c->ops && c->ops->done)
 		c->ops->done(c);
-	if (c->dead)
-		return 0;
+	if (c->dead) {
+		hparse_pause(&c->hp, true);
+		return;
+	}
+	if (c->tunnel)
+		return;
 	if (c->server && !c->msg_complete)
-		return 0;   /* answered inside done(): next_transaction() ran already */
+		return;   /* answered inside done(): next_transaction() ran already */
 	if (c->server && c->resp_done && !c->close_after) {
 		next_transaction(c);
-		return 0;
+		return;
 	}
 	/* wait for the response (server) or for the next request (client) */
 	c->pause_mask |= PAUSE_PIPELINE;
-	http_parser_pause(p, 1);
-	return 0;
+	sync_pause(c);
 }
 
-static const http_parser_settings settings = {
-	.on_message_begin = on_message_begin,
-	.on_url = on_url,
-	.on_header_field = on_header_field,
-	.on_header_value = on_header_value,
-	.on_headers_complete = on_headers_complete,
-	.on_body = on_body,
-	.on_message_complete = on_message_complete,
+static const struct hparse_ops hp_ops = {
+	.begin = hp_begin,
+	.head = hp_head,
+	.body = hp_body,
+	.done = hp_done,
 };
 
-/* A request we cannot parse: answer with the most specific status, close. */
-static void parse_error(struct hconn *c, enum http_errno err)
+/* A message we cannot parse: a request gets the most specific status. */
+static void parse_error(struct hconn *c)
 {
-	char why[160];
+	const char *why;
+	int status = hparse_error(&c->hp, &why);
 
-	if (!c->server) {
-		snprintf(why, sizeof why, "bad response from upstream: %s", http_errno_description(err));
+	if (!c->server)
 		http_close(c, why);
-		return;
-	}
-	if (c->too_big || err == HPE_HEADER_OVERFLOW)
-		reply_and_close(c, 431, "request header fields too large");
-	else if (c->body_too_big)
-		reply_and_close(c, 413, "request body too large");
-	else if (c->bad_name)
-		reply_and_close(c, 400, "malformed header field name");
-	else if (!c->te_ok)
-		reply_and_close(c, 400, "conflicting or unsupported Content-Length / Transfer-Encoding");
-	else if (err == HPE_INVALID_METHOD)
-		reply_and_close(c, 400, "unknown request method");
-	else {
-		snprintf(why, sizeof why, "malformed request: %s", http_errno_description(err));
-		reply_and_close(c, 400, why);
-	}
+	else
+		reply_and_close(c, status, why);
 }
 
 static void process_input(struct hconn *c)
@@ -588,14 +489,14 @@ static void process_input(struct hconn *c)
 	if (c->in_parse || c->dead || c->tunnel || c->lingering || c->closing)
 		return;
 	c->in_parse = true;
-	while (!c->dead && c->pause_mask == 0 && !c->parser.upgrade) {
+	while (!c->dead && c->pause_mask == 0 && !hparse_upgraded(&c->hp)) {
 		struct evbuffer_iovec v;
 		size_t n;
-		enum http_errno err;
 
 		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
 			break;
-		n = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
+		sync_pause(c);
+		n = hparse_feed(&c->hp, v.iov_base, v.iov_len);
 		if (c->dead)
 			break;
 		evbuffer_drain(in, n);
@@ -608,17 +509,34 @@ static void process_input(struct hconn *c)
 			http_close(c, "upstream sent bytes after its response");
 			break;
 		}
-		err = HTTP_PARSER_ERRNO(&c->parser);
-		if (err == HPE_PAUSED)
-			continue;   /* pause_mask says whether to go on */
-		if (err != HPE_OK) {
-			parse_error(c, err);
+		if (hparse_error(&c->hp, NULL) != 0) {
+			parse_error(c);
 			break;
 		}
+		if (n == 0)
+			break;
 	}
 	c->in_parse = false;
 	if (!c->dead)
 		rd_update(c);
+}
+
+static void resume_pipeline(struct hconn *c)
+{
+	if (http_pending_output(c) > PIPELINE_OUT_MAX) {
+		c->wait_flush = true;
+		timer_set(c, 0);   /* the send timeout watches a client that does not read */
+		sync_pause(c);
+		return;
+	}
+	c->wait_flush = false;
+	timer_set(c, c->lim->keepalive_timeout);
+	c->pause_mask &= ~PAUSE_PIPELINE;
+	sync_pause(c);
+	if (evbuffer_get_length(c->in) > 0) {
+		c->need_process = true;
+		mark_dirty(c);
+	}
 }
 
 static void next_transaction(struct hconn *c)
@@ -626,15 +544,10 @@ static void next_transaction(struct hconn *c)
 	c->msg_complete = false;
 	c->resp_started = c->resp_done = false;
 	c->out_chunked = c->out_nobody = c->head_req = c->upgrade_req = false;
+	c->resp_sent = false;
 	c->phase = PH_IDLE;
-	timer_set(c, c->lim->keepalive_timeout);
-	c->pause_mask &= ~PAUSE_PIPELINE;
-	if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED && c->pause_mask == 0)
-		http_parser_pause(&c->parser, 0);
-	if (evbuffer_get_length(c->in) > 0) {
-		c->need_process = true;
-		mark_dirty(c);
-	}
+	c->pause_mask |= PAUSE_PIPELINE;
+	resume_pipeline(c);
 }
 
 /* --- libevent callbacks --- */
@@ -729,6 +642,8 @@ static void writecb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	enter();
+	if (!c->server && c->timeout_s > 0 && !c->parked && c->connected)
+		timer_set(c, c->timeout_s);   /* upload progress: the service is reading */
 	if (!c->dirty)
 		flush_one(c);
 	leave();
@@ -775,8 +690,7 @@ static void on_eof(struct hconn *c)
 		http_close(c, "closed");
 	} else if (!c->server && !c->parked && !c->msg_complete) {
 		/* a response delimited by the close ends here */
-		c->parser.http_errno = HPE_OK;
-		http_parser_execute(&c->parser, &settings, NULL, 0);
+		hparse_eof(&c->hp);
 		http_close(c, c->msg_complete ? "closed" : "upstream closed the connection");
 	} else {
 		http_close(c, c->server ? "client closed the connection" : "upstream closed the connection");
@@ -831,11 +745,13 @@ static struct hconn *hconn_new(int fd, bool server, const struct hconn_ops *ops,
 		fatal("bufferevent_socket_new failed");
 	bufferevent_setcb(c->bev, NULL, writecb, eventcb, c);
 	c->in = evbuffer_new();
+	http_buffer_track(c->in);
+	http_buffer_track(bufferevent_get_output(c->bev));
 	bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_LOW_MARK, 0);
 	c->timer = evtimer_new(hbase, timer_cb, c);
 	c->wbuf = evbuffer_new();
-	http_parser_init(&c->parser, server ? HTTP_REQUEST : HTTP_RESPONSE);
-	c->parser.data = c;
+	http_buffer_track(c->wbuf);
+	hparse_init(&c->hp, server, &hp_ops, c);
 	if (server)
 		n_server++;
 	else
@@ -919,6 +835,24 @@ bool http_response_started(struct hconn *c)
 	return c->resp_started;
 }
 
+bool http_response_retract(struct hconn *c)
+{
+	struct evbuffer *keep;
+
+	if (c->dead || !c->resp_started || c->resp_sent || c->resp_done)
+		return false;
+	/* drop what the response composed; what came before it stays */
+	keep = evbuffer_new();
+	http_buffer_track(keep);
+	evbuffer_remove_buffer(c->wbuf, keep, c->resp_mark);
+	http_buffer_untrack(c->wbuf);
+	evbuffer_free(c->wbuf);
+	c->wbuf = keep;
+	c->resp_started = false;
+	c->out_chunked = c->out_nobody = false;
+	return true;
+}
+
 void http_set_close(struct hconn *c)
 {
 	c->close_after = true;
@@ -931,16 +865,18 @@ bool http_is_head(struct hconn *c)
 
 void http_respond(struct hconn *c, int status, const char *extra, long long clen)
 {
-	bool http11 = c->msg.major == 1 && c->msg.minor >= 1;
+	const struct http_msg *m = hparse_msg(&c->hp);
+	bool http11 = m->major == 1 && m->minor >= 1;
 	bool nobody = !status_has_body(status);
 
 	if (c->dead || c->resp_started)
 		return;
 	c->resp_started = true;
+	c->resp_mark = evbuffer_get_length(c->wbuf);
 	/* Responding before the request body is read, to an upgrade that did not
 	 * happen, or to a client that asked for it: this connection ends here. */
-	if (!c->msg.keep_alive || (!c->msg_complete && c->phase == PH_BODY) ||
-	    (c->upgrade_req && status != 101) || c->parser.upgrade)
+	if (!m->keep_alive || (!c->msg_complete && c->phase == PH_BODY) ||
+	    (c->upgrade_req && status != 101) || hparse_upgraded(&c->hp))
 		c->close_after = true;
 	if (status == 101)
 		c->close_after = false;
@@ -1067,8 +1003,7 @@ void http_send_head(struct hconn *c, const char *head, size_t len, bool chunked,
 	c->out_chunked = chunked;
 	c->out_nobody = false;
 	c->pause_mask &= ~PAUSE_PIPELINE;
-	if (HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED && c->pause_mask == 0)
-		http_parser_pause(&c->parser, 0);
+	sync_pause(c);
 	out_add(c, head, len);
 }
 
@@ -1082,7 +1017,10 @@ void http_set_timeout(struct hconn *c, int timeout_s)
 bool http_reusable(struct hconn *c)
 {
 	/* bytes after the response are caught when parked (process_input) */
-	return !c->dead && c->connected && c->msg_complete && c->msg.keep_alive && !c->parser.upgrade;
+	const struct http_msg *m = hparse_msg(&c->hp);
+
+	return !c->dead && c->connected && c->msg_complete && m->keep_alive && !m->upgrade &&
+	       !hparse_upgraded(&c->hp);
 }
 
 void http_park(struct hconn *c, int idle_s)
@@ -1101,9 +1039,15 @@ void http_park(struct hconn *c, int idle_s)
  * (EPOLLRDHUP) still sees the peer hang up. */
 static void rd_update(struct hconn *c)
 {
-	bool want = !c->dead && c->rev != NULL && !(c->pause_mask & PAUSE_FLOW) &&
+	bool over = c->server && !c->dead && !c->lingering && buffered >= buffer_cap &&
+		    own_bytes(c) > BUDGET_OWN;
+	bool want = !c->dead && c->rev != NULL && !(c->pause_mask & PAUSE_FLOW) && !over &&
 		    (c->lingering || evbuffer_get_length(c->in) < INPUT_MAX);
 
+	if (over && !c->budget_wait) {
+		c->budget_wait = true;
+		TAILQ_INSERT_TAIL(&budget_list, c, budget_link);
+	}
 	if (want == c->rd_on || c->rev == NULL)
 		return;
 	c->rd_on = want;
@@ -1127,14 +1071,17 @@ void http_pause(struct hconn *c, bool pause)
 		if (c->pause_mask & PAUSE_FLOW)
 			return;
 		c->pause_mask |= PAUSE_FLOW;
+		if (c->server && c->phase == PH_BODY)
+			timer_set(c, 0);   /* we stopped reading: the client is not late */
 		rd_update(c);
 	} else {
 		if (!(c->pause_mask & PAUSE_FLOW))
 			return;
 		c->pause_mask &= ~PAUSE_FLOW;
+		if (c->server && c->phase == PH_BODY)
+			timer_set(c, c->lim->body_timeout);
 		rd_update(c);
-		if (c->pause_mask == 0 && HTTP_PARSER_ERRNO(&c->parser) == HPE_PAUSED)
-			http_parser_pause(&c->parser, 0);
+		sync_pause(c);
 		if (evbuffer_get_length(c->in) > 0) {
 			c->need_process = true;
 			mark_dirty(c);
@@ -1190,54 +1137,7 @@ void http_tunnel(struct hconn *a, struct hconn *b)
 			tunnel_move(pair[i]);
 }
 
-/* --- headers --- */
-
-const struct http_hdr *http_find(const struct http_msg *m, const char *name)
-{
-	for (size_t i = 0; i < m->nhdrs; i++)
-		if (strncase_eq(m->hdrs[i].name, m->hdrs[i].nlen, name))
-			return &m->hdrs[i];
-	return NULL;
-}
-
-/* Is NAME listed in a Connection header of M? */
-static bool connection_lists(const struct http_msg *m, const char *name, size_t nlen)
-{
-	for (size_t i = 0; i < m->nhdrs; i++) {
-		const char *v, *end;
-		if (!strncase_eq(m->hdrs[i].name, m->hdrs[i].nlen, "connection"))
-			continue;
-		v = m->hdrs[i].value;
-		end = v + m->hdrs[i].vlen;
-		while (v < end) {
-			const char *tok;
-			size_t tlen;
-			while (v < end && (*v == ' ' || *v == ',' || *v == '\t'))
-				v++;
-			tok = v;
-			while (v < end && *v != ',' && *v != ' ' && *v != '\t')
-				v++;
-			tlen = (size_t)(v - tok);
-			if (tlen == nlen && strncasecmp(tok, name, nlen) == 0)
-				return true;
-		}
-	}
-	return false;
-}
-
-bool http_hop_by_hop(const struct http_hdr *h, const struct http_msg *m)
-{
-	static const char *const hop[] = {
-		"connection", "keep-alive", "proxy-connection", "te", "trailer",
-		"transfer-encoding", "upgrade", "content-length", "expect", "proxy-authenticate",
-		"proxy-authorization", NULL,
-	};
-
-	for (const char *const *p = hop; *p; p++)
-		if (strncase_eq(h->name, h->nlen, *p))
-			return true;
-	return connection_lists(m, h->name, h->nlen);
-}
+/* --- status texts --- */
 
 const char *http_status_text(int status)
 {
@@ -1263,6 +1163,7 @@ const char *http_status_text(int status)
 	case 414: return "URI Too Long";
 	case 422: return "Unprocessable Content";
 	case 429: return "Too Many Requests";
+	case 505: return "HTTP Version Not Supported";
 	case 431: return "Request Header Fields Too Large";
 	case 500: return "Internal Server Error";
 	case 501: return "Not Implemented";

@@ -2,8 +2,11 @@
  *
  * An hconn is one TCP connection: the server side of a client's connection
  * (it parses requests) or the client side of an upstream connection (it
- * parses responses). Parsing is http_parser's; heads are collected into an
- * http_msg, bodies are streamed to the owner as they arrive.
+ * parses responses). Parsing is http_parse.c's (socket-free, strict);
+ * heads are collected into an http_msg that stays valid until the message
+ * is done, bodies are streamed to the owner as they arrive. The next
+ * pipelined request is read only once the answers before it are (nearly)
+ * written.
  *
  * Ownership: the owner gets every event through its hconn_ops. closed() is
  * called exactly once; the hconn is freed right after it returns (or, if
@@ -20,32 +23,11 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "http_parse.h"
+
 struct event_base;
 struct evbuffer;
 struct hconn;
-
-struct http_hdr {
-	const char *name;
-	const char *value;
-	size_t nlen, vlen;
-};
-
-/* A parsed head. Valid from head() until the next message on the conn. */
-struct http_msg {
-	int method;               /* enum http_method (requests) */
-	const char *method_str;
-	const char *url;
-	size_t url_len;
-	int status;               /* responses */
-	unsigned short major, minor;
-	struct http_hdr *hdrs;
-	size_t nhdrs;
-	long long content_length; /* -1 if absent */
-	bool chunked;
-	bool keep_alive;
-	bool upgrade;
-	bool expect_continue;
-};
 
 struct hconn_ops {
 	void (*head)(struct hconn *c, struct http_msg *m);
@@ -95,6 +77,10 @@ void http_reply(struct hconn *c, int status, const char *ctype, const char *extr
 /* Reply with a JSON error body {"error": msg}. */
 void http_reply_error(struct hconn *c, int status, const char *extra, const char *msg);
 bool http_response_started(struct hconn *c);
+/* Take back a response whose first byte has not reached the socket yet
+ * (its head and body were only composed): true if it is gone and another
+ * response may be started instead, false if it is too late. */
+bool http_response_retract(struct hconn *c);
 /* Force "Connection: close" on the current response. */
 void http_set_close(struct hconn *c);
 /* The client asked for HEAD (so no body goes out). */
@@ -122,13 +108,21 @@ void http_want_drain(struct hconn *c);
  * with backpressure, until either side closes (then both close). */
 void http_tunnel(struct hconn *a, struct hconn *b);
 
-/* Find a header (case-insensitive); NULL if absent. */
-const struct http_hdr *http_find(const struct http_msg *m, const char *name);
-/* Is this a hop-by-hop header (never forwarded)? */
-bool http_hop_by_hop(const struct http_hdr *h, const struct http_msg *m);
 const char *http_status_text(int status);
 /* Connections open now: server side (clients) or client side (upstreams). */
 size_t http_count(bool server_side);
+
+/* --- the memory budget --- */
+/* Count EVBUFFER's bytes in the total (http_buffered); untrack it before
+ * freeing it (its bytes leave the total). Connections' own buffers are
+ * tracked. */
+void http_buffer_track(struct evbuffer *b);
+void http_buffer_untrack(struct evbuffer *b);
+/* Bytes held in tracked buffers now. */
+size_t http_buffered(void);
+/* Past CAP bytes, client connections holding more than 64 KiB each stop
+ * reading until the total falls below 7/8 of CAP. */
+void http_set_buffer_cap(size_t cap);
 
 #define HTTP_HIGH_MARK (256 * 1024)
 #define HTTP_LOW_MARK (32 * 1024)

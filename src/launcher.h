@@ -2,7 +2,8 @@
  *
  * One table per back end (local process, Slurm job); service.c never asks
  * which one it has. A launcher reports back through instance_endpoint(),
- * instance_set_detail() and instance_gone() (service.h). */
+ * instance_set_detail(), instance_set_deadline(), instance_hold(),
+ * instance_fail() and instance_gone() (instance.h). */
 #ifndef SG_LAUNCHER_H
 #define SG_LAUNCHER_H
 
@@ -24,10 +25,11 @@ struct launcher_ops {
 	 * service_recovered() for each service. Until then no service of this
 	 * launcher starts anything (its requests wait). */
 	void (*recover)(void);
-	/* STAND-IN (branch slurmlife) for the op that branch "inst" adds; the
-	 * lead keeps inst's declaration at merge.
-	 * Optional: something looks wrong with I (a connection through its
-	 * forward closed before any response byte): check its status now. */
+	/* Optional: something looks wrong with I (a connection through its
+	 * forward closed before any response byte, or was refused): check its
+	 * status now (e.g. poll Slurm at once) and report what is found through
+	 * instance_hold(), instance_endpoint() or instance_gone(), at once or
+	 * later. I is out of rotation already. */
 	void (*check)(struct instance *i);
 };
 

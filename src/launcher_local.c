@@ -1,16 +1,24 @@
 /* launcher_local.c - an instance is a child process on this host.
  *
  * bash_file is executed directly (argv, no shell string) with the port as
- * $1 and in PORT, in its own process group, and dies with the gateway
- * (PR_SET_PDEATHSIG). The service is reached at local_host:local_port. */
+ * $1 and in PORT, in its own process group and its own process tree
+ * (ptree.h: a cgroup, or the subreaper's marked group), so that nothing it
+ * starts outlives the instance or the gateway. The service is reached at
+ * local_host:local_port; a start is refused while another process holds
+ * the port. */
+#include <dirent.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "launcher.h"
+#include "log.h"
 #include "proc.h"
+#include "ptree.h"
 #include "service.h"
 #include "util.h"
 
@@ -30,6 +38,110 @@ static void local_exited(struct proc *p, int status, void *arg)
 	instance_gone(i, why);
 }
 
+/* The inode of a socket listening on PORT (any address, v4 or v6), 0 if none. */
+static unsigned long port_listener(int port)
+{
+	static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+	char line[512];
+
+	for (size_t k = 0; k < sizeof tables / sizeof *tables; k++) {
+		FILE *f = fopen(tables[k], "re");
+		if (f == NULL)
+			continue;
+		while (fgets(line, sizeof line, f)) {
+			char local[64];
+			unsigned st;
+			unsigned long inode;
+			char *colon;
+			/* sl local rem st tx:rx tr:when retr uid timeout inode */
+			if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &st,
+				   &inode) != 3 || st != 0x0A)
+				continue;
+			if ((colon = strrchr(local, ':')) && strtol(colon + 1, NULL, 16) == port) {
+				fclose(f);
+				return inode ? inode : 1;
+			}
+		}
+		fclose(f);
+	}
+	return 0;
+}
+
+/* Which process holds socket INODE: " (pid 123, python3)" into BUF, or ""
+ * if it cannot be seen; its pid into *PID (0: unknown). */
+static void socket_owner(unsigned long inode, char *buf, size_t len, int *pid)
+{
+	char want[64], path[600], link[64], comm[64] = "?";
+	DIR *d = opendir("/proc"), *fds;
+	struct dirent *de, *fe;
+
+	buf[0] = '\0';
+	*pid = 0;
+	if (d == NULL)
+		return;
+	snprintf(want, sizeof want, "socket:[%lu]", inode);
+	while (buf[0] == '\0' && (de = readdir(d)) != NULL) {
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof path, "/proc/%s/fd", de->d_name);
+		if ((fds = opendir(path)) == NULL)
+			continue;
+		while ((fe = readdir(fds)) != NULL) {
+			ssize_t n;
+			snprintf(path, sizeof path, "/proc/%s/fd/%s", de->d_name, fe->d_name);
+			n = readlink(path, link, sizeof link - 1);
+			if (n <= 0)
+				continue;
+			link[n] = '\0';
+			if (strcmp(link, want) == 0) {
+				FILE *f;
+				snprintf(path, sizeof path, "/proc/%s/comm", de->d_name);
+				if ((f = fopen(path, "re")) != NULL) {
+					if (fgets(comm, sizeof comm, f))
+						comm[strcspn(comm, "\n")] = '\0';
+					fclose(f);
+				}
+				snprintf(buf, len, " (pid %.20s, %.40s)", de->d_name,
+					 log_escape(comm, strlen(comm)));
+				*pid = atoi(de->d_name);
+				break;
+			}
+		}
+		closedir(fds);
+	}
+	closedir(d);
+}
+
+/* -1 with *cause if something already listens on a port of I. Our own
+ * instances' trees are gone before they count as stopped, and the trees
+ * of an earlier run were killed at start-up: a listener now is a stranger. */
+static int ports_free(struct instance *i, char **cause)
+{
+	int ports[2] = {i->remote_port, i->local_port};
+
+	for (int k = 0; k < 2; k++) {
+		unsigned long inode;
+		char owner[128];
+		int pid;
+		if (k == 1 && ports[1] == ports[0])
+			break;
+		if ((inode = port_listener(ports[k])) == 0)
+			continue;
+		socket_owner(inode, owner, sizeof owner, &pid);
+		if (pid > 0 && ptree_ours(pid)) {
+			*cause = xasprintf("port %d is still held by another local instance of this "
+					   "gateway%s",
+					   ports[k], owner);
+			return -1;
+		}
+		*cause = xasprintf("port %d is in use by another process (not started by this "
+				   "gateway)%s",
+				   ports[k], owner);
+		return -1;
+	}
+	return 0;
+}
+
 static int local_start(struct instance *i, char **cause)
 {
 	const struct svc_config *cfg = service_config(i->svc);
@@ -39,6 +151,8 @@ static int local_start(struct instance *i, char **cause)
 	struct proc_opts o = {0};
 	struct proc *p;
 
+	if (ports_free(i, cause) != 0)
+		return -1;
 	snprintf(port, sizeof port, "%d", i->remote_port);
 	snprintf(envport, sizeof envport, "PORT=%d", i->remote_port);
 	snprintf(envname, sizeof envname, "SLURMGATE_SERVICE=%s", cfg->name);
@@ -47,6 +161,7 @@ static int local_start(struct instance *i, char **cause)
 	argv[1] = port;
 	argv[2] = NULL;
 	o.new_pgrp = true;
+	o.tree = true;
 	o.pdeathsig = SIGTERM;
 	o.env = env;
 	o.log_prefix = prefix;

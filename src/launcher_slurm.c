@@ -270,6 +270,7 @@ static void job_resume(struct sjob *j, const char *node)
 	if (j->inst)
 		snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
 	j->why[0] = '\0';
+	j->tunnel_tries = 0;
 	if (j->lport && strcmp(j->fwd_node, j->node) == 0) {
 		/* the same node (resumed): the forward stands; probe again */
 		j->st = J_UP;
@@ -654,20 +655,132 @@ static void forwarded(void *arg, int status, const char *out, const char *err)
 	job_unref(j);
 }
 
-/* Reach J's service on the node it runs on now (a forward there replaces
- * any earlier one). */
-static void open_tunnel(struct sjob *j)
+/* --- node addresses --- */
+
+/* Node name -> address as Slurm knows it (NodeAddr), per target: node
+ * names often do not resolve on the login node. One sinfo per target fills
+ * the cache; a node missing from it (or a failed forward) refreshes it. */
+struct naddr {
+	struct runner *r;
+	char name[128], addr[128];
+	LIST_ENTRY(naddr) link;
+};
+
+static LIST_HEAD(, naddr) naddrs = LIST_HEAD_INITIALIZER(naddrs);
+
+typedef void (*addr_cb)(struct sjob *j, const char *addr);
+
+struct addrq {
+	struct sjob *j;
+	addr_cb cb;
+	LIST_ENTRY(addrq) link;
+};
+
+/* lookups in flight: at most one per job, which serves the job's state at
+ * its end (a job that runs again meanwhile does not get two forwards) */
+static LIST_HEAD(, addrq) addrqs = LIST_HEAD_INITIALIZER(addrqs);
+
+static struct naddr *naddr_find(const struct runner *r, const char *name)
+{
+	struct naddr *a;
+
+	LIST_FOREACH(a, &naddrs, link)
+		if (a->r == r && strcmp(a->name, name) == 0)
+			return a;
+	return NULL;
+}
+
+static void naddr_forget(const struct runner *r, const char *name)
+{
+	struct naddr *a = naddr_find(r, name);
+
+	if (a) {
+		LIST_REMOVE(a, link);
+		free(a);
+	}
+}
+
+/* "name|addr" lines of `sinfo -h -N -o %N|%o` replace R's cache. */
+static void naddr_fill(struct runner *r, const char *out)
+{
+	struct naddr *a, *next;
+	char *text = xstrdup(out), *save = NULL;
+
+	for (a = LIST_FIRST(&naddrs); a; a = next) {
+		next = LIST_NEXT(a, link);
+		if (a->r == r) {
+			LIST_REMOVE(a, link);
+			free(a);
+		}
+	}
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *f[2] = {"", ""};
+		if (split(line, f, 2) < 2 || !f[0][0] || !f[1][0] || strlen(f[0]) >= sizeof a->name ||
+		    strlen(f[1]) >= sizeof a->addr || naddr_find(r, f[0]))
+			continue;   /* a node in two partitions is listed twice */
+		a = xcalloc(1, sizeof *a);
+		a->r = r;
+		snprintf(a->name, sizeof a->name, "%s", f[0]);
+		snprintf(a->addr, sizeof a->addr, "%s", f[1]);
+		LIST_INSERT_HEAD(&naddrs, a, link);
+	}
+	free(text);
+}
+
+static void sinfo_done(void *arg, int status, const char *out, const char *err)
+{
+	struct addrq *q = arg;
+	struct sjob *j = q->j;
+	struct naddr *a;
+
+	LIST_REMOVE(q, link);
+	if (status == 0)
+		naddr_fill(j->r, out);
+	a = naddr_find(j->r, j->node);
+	if (a == NULL)
+		log_warn("Slurm job %s: no address for node %s in sinfo on %s (%s); using the node name",
+			 j->id, j->node, runner_name(j->r),
+			 status != 0 ? (err[0] ? err : "sinfo failed") : "not listed");
+	q->cb(j, a ? a->addr : j->node);
+	job_unref(j);
+	free(q);
+}
+
+/* cb(j, address of j's node), now from the cache or after one sinfo. */
+static void node_addr(struct sjob *j, addr_cb cb)
+{
+	static char *argv[] = {"sinfo", "-h", "-N", "-o", "%N|%o", NULL};
+	struct naddr *a = naddr_find(j->r, j->node);
+	struct addrq *q;
+
+	if (a) {
+		cb(j, a->addr);
+		return;
+	}
+	LIST_FOREACH(q, &addrqs, link)
+		if (q->j == j)
+			return;   /* the lookup in flight goes on with this job */
+	q = xcalloc(1, sizeof *q);
+	q->j = j;
+	q->cb = cb;
+	LIST_INSERT_HEAD(&addrqs, q, link);
+	j->refs++;
+	runner_run(j->r, argv, 60, sinfo_done, q);
+}
+
+static void tunnel_to(struct sjob *j, const char *addr)
 {
 	struct fwdreq *q;
 
-	fwd_close(j);
+	if (j->inst == NULL || j->st != J_TUNNEL)
+		return;   /* stopped or held while the address was looked up */
 	if (!runner_is_remote(j->r)) {
 		/* on the login node itself: the compute node is reached directly */
 		struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
 		char ip[INET6_ADDRSTRLEN] = "";
 
 		j->st = J_UP;
-		if (getaddrinfo(j->node, NULL, &hints, &res) == 0 && res) {
+		if (getaddrinfo(addr, NULL, &hints, &res) == 0 && res) {
 			if (res->ai_family == AF_INET)
 				inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
 			else
@@ -675,25 +788,36 @@ static void open_tunnel(struct sjob *j)
 			freeaddrinfo(res);
 		}
 		if (ip[0] == '\0') {
-			char why[300];
-			snprintf(why, sizeof why, "cannot resolve node %s of Slurm job %s", j->node, j->id);
+			char why[400];
+			snprintf(why, sizeof why, "cannot resolve %s (node %s) of Slurm job %s", addr,
+				 j->node, j->id);
+			naddr_forget(j->r, j->node);
 			instance_fail(j->inst, why);
 			return;
 		}
 		instance_endpoint(j->inst, ip, j->rport);
 		return;
 	}
-	j->st = J_TUNNEL;
 	j->lport = alloc_port();
 	snprintf(j->fwd_node, sizeof j->fwd_node, "%s", j->node);
 	j->refs++;
 	q = xcalloc(1, sizeof *q);
 	q->j = j;
 	q->lport = j->lport;
-	if (j->inst)
-		instance_set_detail(j->inst, "Slurm job %s running on %s; opening the tunnel", j->id,
-				    j->node);
-	runner_forward(j->r, j->lport, j->node, j->rport, forwarded, q);
+	instance_set_detail(j->inst, "Slurm job %s running on %s (%s); opening the tunnel", j->id,
+			    j->node, addr);
+	runner_forward(j->r, j->lport, addr, j->rport, forwarded, q);
+}
+
+/* Reach J's service on the node it runs on now, at its NodeAddr (a forward
+ * there replaces any earlier one). */
+static void open_tunnel(struct sjob *j)
+{
+	fwd_close(j);
+	if (j->tunnel_tries > 0)
+		naddr_forget(j->r, j->node);   /* a retry: the address may have changed */
+	j->st = J_TUNNEL;
+	node_addr(j, tunnel_to);
 }
 
 /* --- adoption at start-up --- */

@@ -5,8 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -17,6 +20,7 @@
 #include "log.h"
 #include "proc.h"
 #include "proxy.h"
+#include "ptree.h"
 #include "runner.h"
 #include "service.h"
 #include "util.h"
@@ -141,8 +145,12 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 		next->listen_host = xstrdup(cfg->listen_host);
 		next->listen_port = cfg->listen_port;
 	}
-	if (mkdir_p(next->state_dir) != 0)
-		log_warn("reload: state_dir %s: %s", next->state_dir, strerror(errno));
+	if (strcmp(next->state_dir, cfg->state_dir) != 0) {
+		/* it is locked, and holds the record of our process trees */
+		log_warn("reload: a new state_dir takes a restart; still using %s", cfg->state_dir);
+		free(next->state_dir);
+		next->state_dir = xstrdup(cfg->state_dir);
+	}
 	old_cfgs = xrealloc(old_cfgs, (n_old_cfgs + 1) * sizeof *old_cfgs);
 	old_cfgs[n_old_cfgs++] = cfg;
 	cfg = next;
@@ -174,6 +182,42 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
+/* Lock STATE_DIR for the life of the process: two gateways on one state_dir
+ * would share control sockets and kill each other's processes as
+ * leftovers. Returns the lock's descriptor (kept open), or -1 (logged). */
+static int lock_state_dir(const char *dir)
+{
+	char *path = xasprintf("%s/lock", dir), buf[32];
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	ssize_t n;
+
+	if (fd < 0) {
+		log_error("state_dir lock %s: %s", path, strerror(errno));
+		free(path);
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		int e = errno;
+		n = pread(fd, buf, sizeof buf - 1, 0);
+		buf[n > 0 ? n : 0] = '\0';
+		buf[strcspn(buf, "\n")] = '\0';
+		if (e == EWOULDBLOCK)
+			log_error("state_dir %s is in use by another slurmgate (pid %s holds the lock "
+				  "%s); give each gateway its own state_dir",
+				  dir, buf[0] ? buf : "unknown", path);
+		else
+			log_error("state_dir lock %s: %s", path, strerror(e));
+		close(fd);
+		free(path);
+		return -1;
+	}
+	n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+		log_warn("state_dir lock %s: cannot record our pid: %s", path, strerror(errno));
+	free(path);
+	return fd;
+}
+
 static void print_errors(const char *file, char **errs)
 {
 	for (char **e = errs; e && *e; e++)
@@ -193,7 +237,8 @@ int main(int argc, char **argv)
 	struct event_config *ec;
 	char **errs = NULL;
 	struct rlimit rl;
-	int ch;
+	char *cause = NULL;
+	int ch, lock_fd;
 
 	while ((ch = getopt_long(argc, argv, "c:l:tvhV", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -255,24 +300,35 @@ int main(int argc, char **argv)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+	if (mkdir_p(cfg->state_dir) != 0) {
+		log_error("state_dir %s: %s", cfg->state_dir, strerror(errno));
+		config_free(cfg);
+		return 1;
+	}
+	if ((lock_fd = lock_state_dir(cfg->state_dir)) < 0) {
+		config_free(cfg);
+		return 1;
+	}
+	/* before any child: kill what an earlier run left, start the keeper */
+	if (ptree_init(cfg->state_dir, &cause) != 0) {
+		log_error("%s", cause);
+		free(cause);
+		config_free(cfg);
+		return 1;
+	}
 	ec = event_config_new();
 	event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
 	base = event_base_new_with_config(ec);
 	event_config_free(ec);
 	if (base == NULL)
 		fatal("event_base_new failed");
-	if (mkdir_p(cfg->state_dir) != 0) {
-		log_error("state_dir %s: %s", cfg->state_dir, strerror(errno));
-		config_free(cfg);
-		event_base_free(base);
-		return 1;
-	}
 	http_init(base);
 	proc_init(base);
 	runners_init(base, cfg);
 	services_init(base, cfg);
 	if (front_start(base, cfg) != 0) {
 		services_free();
+		ptree_shutdown();
 		config_free(cfg);
 		event_base_free(base);
 		return 1;
@@ -297,6 +353,8 @@ int main(int argc, char **argv)
 	if (deadline_ev)
 		event_free(deadline_ev);
 	services_free();
+	ptree_shutdown();   /* the keeper kills what is left: nothing, unless the deadline passed */
+	close(lock_fd);
 	config_free(cfg);
 	for (size_t k = 0; k < n_old_cfgs; k++)
 		config_free(old_cfgs[k]);

@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "ptree.h"
 #include "util.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -29,6 +30,13 @@
 struct proc {
 	pid_t pid;
 	bool pgrp;
+	struct ptree *tree;  /* the leader's whole tree (NULL: none) */
+	bool reaped;         /* the leader is; the tree may live on */
+	bool terminating;    /* proc_terminate was called */
+	bool killed;         /* SIGKILL was sent to the tree */
+	int status;          /* the leader's wait status */
+	double killed_at;
+	struct event *poll_ev; /* waiting for the tree to be gone */
 	proc_exit_cb cb;
 	void *arg;
 	int out_fd, err_fd;
@@ -47,6 +55,7 @@ static struct event *sigchld_ev;
 static int nprocs;
 
 static void kill_cb(evutil_socket_t fd, short what, void *arg);
+static void tree_poll_cb(evutil_socket_t fd, short what, void *arg);
 
 static void proc_free(struct proc *p)
 {
@@ -60,6 +69,9 @@ static void proc_free(struct proc *p)
 		event_free(p->kill_ev);
 	if (p->deadline_ev)
 		event_free(p->deadline_ev);
+	if (p->poll_ev)
+		event_free(p->poll_ev);
+	ptree_free(p->tree);
 	if (p->out_fd >= 0)
 		close(p->out_fd);
 	if (p->err_fd >= 0)
@@ -130,6 +142,51 @@ static void pipe_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The leader is reaped and its tree is gone: report, free. */
+static void finish(struct proc *p)
+{
+	if (p->cb)
+		p->cb(p, p->status, p->arg);
+	proc_free(p);
+}
+
+/* SIGKILL to every process of the tree (again on each poll: a fork may
+ * race the kill when there is no cgroup.kill). */
+static void tree_kill(struct proc *p)
+{
+	if (!p->killed) {
+		p->killed = true;
+		p->killed_at = now_s();
+	}
+	ptree_signal(p->tree, SIGKILL);
+}
+
+/* Finish if the tree is gone, else look again shortly. */
+static void tree_check(struct proc *p)
+{
+	if (ptree_empty(p->tree)) {
+		finish(p);
+		return;
+	}
+	if (p->killed && now_s() - p->killed_at > 10) {
+		log_error("%s: processes of pid %d's tree survive SIGKILL for 10 s; giving up on them",
+			  p->prefix, (int)p->pid);
+		finish(p);
+		return;
+	}
+	if (p->killed)
+		ptree_signal(p->tree, SIGKILL);
+	if (p->poll_ev == NULL)
+		p->poll_ev = evtimer_new(pbase, tree_poll_cb, p);
+	event_add(p->poll_ev, &(struct timeval){0, 50000});
+}
+
+static void tree_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	tree_check(arg);
+}
+
 static void reaped(struct proc *p, int status)
 {
 	/* take what is still in the pipes, without waiting for EOF: a
@@ -140,6 +197,16 @@ static void reaped(struct proc *p, int status)
 		pipe_read(p, p->err_fd, false);
 	if (p->linelen > 0)
 		err_bytes(p, "\n", 1);
+	if (p->tree) {
+		/* the instance ends with its leader; while stopping, the rest
+		 * has until the grace is over (kill_cb) to end by itself */
+		p->reaped = true;
+		p->status = status;
+		if (!p->terminating)
+			tree_kill(p);
+		tree_check(p);
+		return;
+	}
 	if (p->pgrp)
 		kill(-p->pid, SIGKILL);   /* nothing of the group outlives its leader */
 	if (p->cb)
@@ -156,7 +223,7 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		struct proc *p;
 		LIST_FOREACH(p, &procs, link)
-			if (p->pid == pid)
+			if (p->pid == pid && !p->reaped)
 				break;
 		if (p != NULL)
 			reaped(p, status);
@@ -171,7 +238,8 @@ void proc_init(struct event_base *base)
 }
 
 /* In the child: never returns. */
-static void child(char *const argv[], const struct proc_opts *o, int out_w, int err_w, int exec_w)
+static void child(char *const argv[], const struct proc_opts *o, struct ptree *tree, int out_w,
+		  int err_w, int exec_w)
 {
 	sigset_t none;
 	int devnull;
@@ -184,6 +252,15 @@ static void child(char *const argv[], const struct proc_opts *o, int out_w, int 
 		setpgid(0, 0);
 	if (o->pdeathsig)
 		prctl(PR_SET_PDEATHSIG, o->pdeathsig);
+	if (tree != NULL) {
+		if (ptree_enter(tree) != 0) {
+			int e = -errno;
+			if (write(exec_w, &e, sizeof e) < 0)
+				_exit(127);
+			_exit(127);
+		}
+		putenv((char *)ptree_env(tree));
+	}
 	devnull = open("/dev/null", O_RDONLY);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
 		goto fail;
@@ -209,6 +286,7 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 {
 	int outp[2] = {-1, -1}, errp[2], execp[2];
 	sigset_t all, old;
+	struct ptree *tree = NULL;
 	struct proc *p;
 	pid_t pid;
 	int e = 0;
@@ -230,11 +308,13 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 			close(outp[0]), close(outp[1]);
 		return NULL;
 	}
+	if (o->tree)
+		tree = ptree_new();
 	sigfillset(&all);
 	sigprocmask(SIG_SETMASK, &all, &old);
 	pid = fork();
 	if (pid == 0)
-		child(argv, o, o->capture_stdout ? outp[1] : errp[1], errp[1], execp[1]);
+		child(argv, o, tree, o->capture_stdout ? outp[1] : errp[1], errp[1], execp[1]);
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	close(execp[1]);
 	close(errp[1]);
@@ -242,6 +322,7 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 		close(outp[1]);
 	if (pid < 0) {
 		*cause = xasprintf("fork: %s", strerror(errno));
+		ptree_free(tree);
 		close(execp[0]), close(errp[0]);
 		if (outp[0] >= 0)
 			close(outp[0]);
@@ -254,7 +335,11 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	close(execp[0]);
 	if (n == sizeof e) {
 		waitpid(pid, NULL, 0);
-		*cause = xasprintf("cannot execute %s: %s", argv[0], strerror(e));
+		if (e < 0)
+			*cause = xasprintf("cannot put %s into its cgroup: %s", argv[0], strerror(-e));
+		else
+			*cause = xasprintf("cannot execute %s: %s", argv[0], strerror(e));
+		ptree_free(tree);
 		close(errp[0]);
 		if (outp[0] >= 0)
 			close(outp[0]);
@@ -266,6 +351,9 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	p = xcalloc(1, sizeof *p);
 	p->pid = pid;
 	p->pgrp = o->new_pgrp;
+	p->tree = tree;
+	if (tree)
+		ptree_set_leader(tree, o->new_pgrp ? pid : 0);
 	p->cb = cb;
 	p->arg = arg;
 	p->out = evbuffer_new();
@@ -309,7 +397,18 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 	struct proc *p = arg;
 
 	(void)fd, (void)what;
-	log_warn("%s: pid %d did not stop in time, sending SIGKILL", p->prefix, (int)p->pid);
+	if (p->tree && p->reaped)
+		log_warn("%s: pid %d exited, but its process tree did not stop in time; sending "
+			 "SIGKILL to the tree", p->prefix, (int)p->pid);
+	else
+		log_warn("%s: pid %d did not stop in time, sending SIGKILL%s", p->prefix,
+			 (int)p->pid, p->tree ? " to its process tree" : "");
+	if (p->tree) {
+		if (!p->reaped)
+			kill(p->pid, SIGKILL);
+		tree_kill(p);
+		return;
+	}
 	kill(p->pgrp ? -p->pid : p->pid, SIGKILL);
 }
 
@@ -317,7 +416,16 @@ void proc_terminate(struct proc *p, int grace_s)
 {
 	if (p->kill_ev == NULL)
 		p->kill_ev = evtimer_new(pbase, kill_cb, p);
-	kill(p->pgrp ? -p->pid : p->pid, SIGTERM);
+	if (p->terminating && p->tree)
+		return;   /* already under way; the deadline stands */
+	p->terminating = true;
+	if (p->tree) {
+		if (!p->reaped)
+			kill(p->pid, SIGTERM);
+		ptree_signal(p->tree, SIGTERM);
+	} else {
+		kill(p->pgrp ? -p->pid : p->pid, SIGTERM);
+	}
 	event_add(p->kill_ev, &(struct timeval){grace_s, 0});
 }
 

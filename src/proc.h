@@ -13,8 +13,11 @@
 struct event_base;
 struct evbuffer;
 struct proc;
+struct ptree;
 
-/* status: as from waitpid. The proc is freed right after this returns. */
+/* status: as from waitpid. The proc is freed right after this returns.
+ * With a tree (proc_opts.tree), this runs once the leader is reaped AND
+ * every process of its tree is gone. */
 typedef void (*proc_exit_cb)(struct proc *p, int status, void *arg);
 
 struct proc_opts {
@@ -24,6 +27,10 @@ struct proc_opts {
 	const char *const *env;     /* extra "NAME=value" entries, NULL-terminated */
 	const char *log_prefix;     /* stderr lines are logged at debug level with it */
 	int timeout_s;              /* > 0: SIGKILL after this many seconds */
+	/* The child and everything it starts form one process tree (ptree.h),
+	 * killed as a whole: SIGKILL to the rest when the leader exits on its
+	 * own; on proc_terminate SIGTERM to all, SIGKILL after the grace. */
+	bool tree;
 };
 
 void proc_init(struct event_base *base);
@@ -36,7 +43,7 @@ pid_t proc_pid(const struct proc *p);
 const char *proc_last_line(const struct proc *p);
 /* Everything the child wrote to stdout so far (capture_stdout). */
 struct evbuffer *proc_stdout(struct proc *p);
-/* SIGTERM to the child (its group if it has one), SIGKILL after grace_s. */
+/* SIGTERM to the child (its group or tree if it has one), SIGKILL after grace_s. */
 void proc_terminate(struct proc *p, int grace_s);
 /* The owner no longer wants the exit callback; the proc still gets reaped. */
 void proc_forget(struct proc *p);

@@ -15,11 +15,13 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "router.h"
 #include "service.h"
 #include "util.h"
 
 /* Body bytes held for a request whose service is not ready yet, before we
- * stop reading the client (it then waits in its own TCP window). */
+ * stop reading the client (it then waits in its own TCP window). All held
+ * requests together keep at most max_held_body (held_total). */
 #define HELD_BODY_MAX (1024 * 1024)
 
 struct exchange {
@@ -33,6 +35,7 @@ struct exchange {
 	struct evbuffer *body;      /* body bytes not yet sent upstream */
 	bool req_chunked, req_has_body, req_done, head_req, upgrade;
 	bool up_sent, up_connected, resp_started, reused;
+	bool sse;                   /* the service's response is an event stream */
 	int tries;
 	double t0, waited, t_sent;
 	bool held;
@@ -40,12 +43,15 @@ struct exchange {
 	bool early_head;            /* our 200 event-stream head went out while waiting */
 	bool discard_body;          /* the service's error body, after an early head */
 	bool strip_auth;            /* Authorization was our api key, not the service's */
+	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
+	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
 };
 
 static const struct config *pcfg;
 static struct event_base *pbase;
 static size_t nactive;
+static size_t held_total;   /* held body bytes of all exchanges */
 
 static void up_connected(struct hconn *c);
 static void up_head(struct hconn *c, struct http_msg *m);
@@ -67,6 +73,7 @@ void proxy_init(struct event_base *base, const struct config *cfg)
 {
 	pbase = base;
 	pcfg = cfg;
+	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
 }
 
 size_t proxy_active(void)
@@ -91,10 +98,15 @@ static void ex_end(struct exchange *ex, bool keep_up)
 			http_close(up, "exchange ended");
 		}
 	}
-	if (ex->inst)
-		instance_release(ex->inst);
+	if (ex->inst) {
+		struct instance *i = ex->inst;
+		ex->inst = NULL;
+		instance_release(i, &ex->w);
+	}
 	if (ex->fb_ev)
 		event_free(ex->fb_ev);
+	held_total -= ex->held_n;
+	http_buffer_untrack(ex->body);
 	evbuffer_free(ex->body);
 	free(ex->head);
 	free(ex);
@@ -151,10 +163,13 @@ static void feedback_start(struct exchange *ex)
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
 {
 	const struct svc_config *cfg = service_config(ex->svc);
-	char extra[128] = "";
+	char extra[512] = SG_SEC_HEADERS_DATA;
 	json_t *o;
 	char *body;
 
+	/* a relayed head that has not reached the client yet gives way to the error */
+	if (ex->down && !ex->early_head && http_response_started(ex->down))
+		http_response_retract(ex->down);
 	if (ex->down && ex->early_head) {
 		/* the stream is open: end it with an OpenAI-style error event */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
@@ -166,12 +181,22 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		json_decref(o);
 	} else if (ex->down && !http_response_started(ex->down)) {
 		if (retry_after > 0)
-			snprintf(extra, sizeof extra, "Retry-After: %d\r\n", retry_after);
+			snprintf(extra, sizeof extra, "%sRetry-After: %d\r\n", SG_SEC_HEADERS_DATA,
+				 retry_after);
 		o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status", status);
 		if (retry_after > 0)
 			json_object_set_new(o, "retry_after", json_integer(retry_after));
 		body = json_dumps(o, JSON_COMPACT);
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
+		free(body);
+		json_decref(o);
+	} else if (ex->down && ex->sse && !ex->discard_body) {
+		/* the service's event stream is under way: end it with an error event */
+		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
+			      "code", status);
+		body = json_dumps(o, JSON_COMPACT);
+		sse_printf(ex->down, "\n\ndata: %s\n\n", body);
+		http_finish(ex->down);
 		free(body);
 		json_decref(o);
 	} else if (ex->down) {
@@ -193,6 +218,8 @@ static void send_request(struct exchange *ex)
 	size_t n = evbuffer_get_length(ex->body);
 
 	ex->t_sent = now_s();
+	held_total -= ex->held_n;
+	ex->held_n = 0;
 	http_send_head(ex->up, ex->head, ex->headlen, ex->req_chunked, ex->head_req);
 	if (n > 0) {
 		/* send the held body chunk by chunk, without linearising it */
@@ -261,6 +288,15 @@ static void w_fail(struct waiter *w, int status, const char *reason, int retry_a
 	ex_fail(of_waiter(w), status, reason, retry_after);
 }
 
+/* The instance this request runs on is gone or held: end it with REASON. */
+static void w_abort(struct waiter *w, int status, const char *reason)
+{
+	struct exchange *ex = of_waiter(w);
+
+	ex->inst = NULL;   /* detached already */
+	ex_fail(ex, status, reason, 0);
+}
+
 /* Serialise the request head for the upstream, once. */
 static void build_head(struct exchange *ex, struct hconn *down, const struct http_msg *m,
 		       const char *path, size_t plen)
@@ -283,6 +319,9 @@ static void build_head(struct exchange *ex, struct hconn *down, const struct htt
 			upg = h;
 		else if (strncase_eq(h->name, h->nlen, "x-slurmgate-wait"))
 			continue;
+		else if (!ex->trust_fwd && (strncase_eq(h->name, h->nlen, "forwarded") ||
+					    strncase_eq(h->name, h->nlen, "x-real-ip")))
+			continue;   /* a client's claims, not a proxy's */
 		else if (ex->strip_auth && strncase_eq(h->name, h->nlen, "authorization"))
 			continue;
 		if (strncase_eq(h->name, h->nlen, "host"))
@@ -294,6 +333,8 @@ static void build_head(struct exchange *ex, struct hconn *down, const struct htt
 		evbuffer_add(b, h->value, h->vlen);
 		evbuffer_add(b, "\r\n", 2);
 	}
+	if (!ex->trust_fwd)
+		xff = xfp = xfh = NULL;   /* replaced, never passed on */
 	if (xff)
 		evbuffer_add_printf(b, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->vlen, xff->value,
 				    http_peer(down));
@@ -340,19 +381,24 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->svc = svc;
 	ex->t0 = now_s();
 	ex->body = evbuffer_new();
+	http_buffer_track(ex->body);   /* held bodies count in the memory budget */
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
 	ex->w.ready = w_ready;
 	ex->w.fail = w_fail;
+	ex->w.abort = w_abort;
 	ex->feedback = o->feedback;
 	ex->strip_auth = o->strip_auth;
+	ex->trust_fwd = o->trust_forwarded;
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
 		ex_go(ex, inst);
 	} else if (r == 1) {
 		ex->held = true;
+		if (held_total >= (size_t)pcfg->max_held_body && ex->req_has_body)
+			http_pause(down, true);   /* the budget is spent: wait in the TCP window */
 		if (ex->feedback)
 			feedback_start(ex);
 	} else
@@ -369,7 +415,10 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 		}
 	} else {
 		evbuffer_add(ex->body, p, n);
-		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX)
+		ex->held_n += n;
+		held_total += n;
+		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX ||
+		    held_total >= (size_t)pcfg->max_held_body)
 			http_pause(ex->down, true);
 	}
 }
@@ -418,6 +467,11 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	char *extra;
 	size_t n;
 
+	if (m->status == 101 && !ex->upgrade) {
+		/* one request, one final response: a protocol switch nobody asked for is not one */
+		ex_fail(ex, 502, "the service switched protocols, but the client asked for no upgrade", 0);
+		return;
+	}
 	if (m->status >= 100 && m->status < 600)
 		service_metrics(ex->svc)->by_status[m->status]++;
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
@@ -457,6 +511,10 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	n = evbuffer_get_length(b);
 	extra = (char *)evbuffer_pullup(b, (ssize_t)n);
 	ex->resp_started = true;
+	{
+		const struct http_hdr *ct = http_find(m, "content-type");
+		ex->sse = ct && ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream");
+	}
 	http_respond(ex->down, m->status, extra,
 		     (m->content_length >= 0 && !m->chunked) ? m->content_length : -1);
 	evbuffer_free(b);
@@ -500,6 +558,14 @@ static void up_done(struct hconn *c)
 	ex_end(ex, ex->req_done && http_reusable(c));
 }
 
+/* Did the connection close before any response byte, as when an ssh
+ * forward accepts a connection but cannot open its channel? */
+static bool closed_early(const struct exchange *ex, const char *why)
+{
+	return ex->up_connected && !ex->reused && !ex->resp_started &&
+	       (strstr(why, "closed the connection") || strstr(why, "connection error"));
+}
+
 static void up_closed(struct hconn *c, const char *why)
 {
 	struct exchange *ex = http_owner(c);
@@ -508,33 +574,42 @@ static void up_closed(struct hconn *c, const char *why)
 	if (ex == NULL)
 		return;
 	ex->up = NULL;
-	/* Nothing reached the service (connect failed), or a kept-alive
-	 * connection it had closed took a request without a body: once more,
-	 * on whichever instance is ready now. */
-	if (!ex->resp_started && ex->tries == 0 && ex->inst &&
-	    (!ex->up_connected || (ex->reused && !ex->req_has_body))) {
+	/* Nothing reached the service (connect refused, or the connection
+	 * closed before any response byte), or a kept-alive connection it had
+	 * closed took a request without a body: once more, on whichever
+	 * instance is ready now. A refusal or an early close also takes the
+	 * instance out of rotation (its launcher is asked to check it). */
+	if (!ex->resp_started && ex->inst &&
+	    (!ex->up_connected || closed_early(ex, why) || (ex->reused && !ex->req_has_body))) {
 		struct instance *old = ex->inst, *inst = NULL;
+		bool suspect = !ex->up_connected || closed_early(ex, why);
+		bool retry = ex->tries == 0 && (!ex->up_connected || !ex->req_has_body);
 		const char *r = NULL;
 		int status = 0, ra = 0, rc;
 
-		ex->tries++;
-		if (!ex->up_connected)
+		/* leave the instance first: what it does next may end other exchanges */
+		instance_ref(old);
+		ex->inst = NULL;
+		instance_release(old, &ex->w);
+		if (suspect)
 			instance_unreachable(old, why);
 		else
 			instance_pool_flush(old);   /* its other idle connections are suspect too */
-		ex->inst = NULL;
-		ex->w.avoid = old;
-		instance_release(old);
-		log_info("svc %s: retrying a request on another instance (%s)", service_config(ex->svc)->name,
-			 why);
-		rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
-		if (rc == 0)
-			ex_go(ex, inst);
-		else if (rc == 1)
-			ex->held = true;
-		else
-			ex_fail(ex, status, r, ra);
-		return;
+		instance_unref(old);
+		if (retry) {
+			ex->tries++;
+			ex->w.avoid = old;   /* compared, never dereferenced */
+			log_info("svc %s: retrying a request on another instance (%s)",
+				 service_config(ex->svc)->name, why);
+			rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
+			if (rc == 0)
+				ex_go(ex, inst);
+			else if (rc == 1)
+				ex->held = true;
+			else
+				ex_fail(ex, status, r, ra);
+			return;
+		}
 	}
 	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
 	ex_fail(ex, strstr(why, "timeout") ? 504 : 502, reason, 0);

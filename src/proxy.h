@@ -23,7 +23,11 @@ struct proxy_opts {
 	bool hold;          /* wait for a start (else 503 + Retry-After at once) */
 	bool feedback;      /* the client takes SSE: answer the head at once and send
 	                     * comments while the service starts */
-	bool strip_auth;    /* drop Authorization (it carried our api key) */
+	bool strip_auth;    /* drop Authorization (our api key, or the service did not
+	                     * opt in with forward_authorization) */
+	bool trust_forwarded; /* the client is a trusted proxy: append to its
+	                       * X-Forwarded-For, pass its X-Forwarded-Proto/-Host;
+	                       * else all three are replaced */
 };
 
 void proxy_init(struct event_base *base, const struct config *cfg);

@@ -1,6 +1,9 @@
-/* service.c - services, their instances, the wait queue and the idle clock. */
+/* service.c - services, the wait queue, the balancer, the scaler and the
+ * idle clock. The instance object itself is instance.c's. */
 #include "service.h"
 
+#include <assert.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,13 +20,10 @@
 #include "metrics.h"
 #include "util.h"
 
-#define PROBE_FIRST_MS 10
-#define PROBE_MAX_MS 100
-#define PROBE_TIMEOUT_S 5
-
 struct service {
 	struct svc_config *cfg;
 	const struct launcher_ops *lops;
+	enum svc_state state;
 	TAILQ_HEAD(, instance) insts;
 	int ninst;
 	TAILQ_HEAD(, waiter) waiters;
@@ -40,6 +40,7 @@ struct service {
 	double down_since;    /* an instance to spare since (0: not) */
 	double last_start_s;  /* how long the last successful start took */
 	struct event *scale_ev;
+	struct event *dispatch_ev;   /* dispatch_waiters, outside anyone's callback */
 	struct svc_metrics m;
 };
 
@@ -55,52 +56,124 @@ static void (*shutdown_done)(void);
 static int live_instances;
 
 static void inst_stop(struct instance *i, const char *why);
-static void inst_free(struct instance *i);
-static void probe_schedule(struct instance *i);
 static void idle_arm(struct instance *i);
+static void scale_check(struct service *s);
+static void scale_cb(evutil_socket_t fd, short what, void *arg);
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg);
+static void instance_drain(struct instance *i, const char *why);
 
-const char *instance_state_name(enum inst_state st)
-{
-	static const char *const names[] = {"starting", "probing", "ready", "draining", "stopping"};
-	return names[st];
-}
+/* --- service states --- */
 
 const char *service_state_name(enum svc_state st)
 {
-	static const char *const names[] = {"stopped", "starting", "ready", "stopping", "failed"};
-	return names[st];
+	static const char *const names[SVC_NSTATES] = {"stopped", "starting", "ready",   "stopping",
+						       "failed",  "degraded", "retired"};
+	return st < SVC_NSTATES ? names[st] : "?";
 }
 
-/* Every state change of an instance goes through here, and is logged. */
-static void inst_set_state(struct instance *i, enum inst_state st, const char *why)
+bool service_move_legal(enum svc_state from, enum svc_state to)
 {
-	log_info("svc %s[%d]: %s -> %s (%s)", i->svc->cfg->name, i->index,
-		 instance_state_name(i->state), instance_state_name(st), why);
-	i->state = st;
+	if (from >= SVC_NSTATES || to >= SVC_NSTATES || from == SVC_RETIRED)
+		return false;   /* a retired service never moves again */
+	if (from == to || to == SVC_RETIRED)
+		return true;
+	/* nothing becomes ready or degraded without an instance that started */
+	if ((from == SVC_STOPPED || from == SVC_FAILED) && (to == SVC_READY || to == SVC_DEGRADED))
+		return false;
+	return true;
 }
 
-void instance_set_detail(struct instance *i, const char *fmt, ...)
+/* The one setter of a service's state: checked and logged. */
+static void svc_set_state(struct service *s, enum svc_state st, const char *why)
 {
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(i->detail, sizeof i->detail, fmt, ap);
-	va_end(ap);
+	if (!service_move_legal(s->state, st)) {
+		log_warn("svc %s: BUG: illegal move %s -> %s (%s) refused", s->cfg->name,
+			 service_state_name(s->state), service_state_name(st), why);
+#if defined(__SANITIZE_ADDRESS__) || defined(SG_DEBUG)
+		assert(!"illegal service state move");
+#endif
+		return;
+	}
+	if (s->state != st)
+		log_info("svc %s: %s -> %s (%s)", s->cfg->name, service_state_name(s->state),
+			 service_state_name(st), why);
+	s->state = st;
 }
 
-static bool any_starting_except(const struct service *s, const struct instance *except)
+static bool booting(enum inst_state st)
+{
+	return st == INST_STARTING || st == INST_PROBING;
+}
+
+static int count_state(const struct service *s, enum inst_state a, enum inst_state b)
+{
+	struct instance *i;
+	int n = 0;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		n += i->state == a || i->state == b;
+	return n;
+}
+
+/* After any instance moved: the state the service is in now. */
+static void svc_settle(struct service *s, const char *why)
+{
+	enum svc_state st;
+
+	if (s->state == SVC_RETIRED)
+		return;
+	if (count_state(s, INST_READY, INST_READY) > 0)
+		st = SVC_READY;
+	else if (count_state(s, INST_STARTING, INST_PROBING) > 0)
+		st = SVC_STARTING;
+	else if (count_state(s, INST_HELD, INST_UNHEALTHY) > 0)
+		st = SVC_DEGRADED;
+	else if (count_state(s, INST_DRAINING, INST_STOPPING) > 0)
+		st = SVC_STOPPING;
+	else if (s->failures > 0)
+		st = SVC_FAILED;
+	else
+		st = SVC_STOPPED;
+	svc_set_state(s, st, why);
+}
+
+/* Move I (checked, logged) and settle its service. */
+static void inst_move(struct instance *i, enum inst_state st, const char *why)
+{
+	char what[64];
+
+	instance_set_state(i, st, why);
+	/* the instance's line above says why */
+	snprintf(what, sizeof what, "[%d] %s", i->index, instance_state_name(i->state));
+	svc_settle(i->svc, what);
+}
+
+/* --- the balancer --- */
+
+static bool any_booting_except(const struct service *s, const struct instance *except)
 {
 	struct instance *i;
 
 	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && (i->state == INST_STARTING || i->state == INST_PROBING))
+		if (i != except && booting(i->state))
 			return true;
 	return false;
 }
 
-static bool any_starting(const struct service *s)
+static bool any_booting(const struct service *s)
 {
-	return any_starting_except(s, NULL);
+	return any_booting_except(s, NULL);
+}
+
+/* Booting, or held by its launcher: a start is under way (no second one). */
+static bool any_pending_except(const struct service *s, const struct instance *except)
+{
+	struct instance *i;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i != except && (booting(i->state) || i->state == INST_HELD))
+			return true;
+	return false;
 }
 
 /* The ready instance with the fewest requests in flight; among ties, one
@@ -128,35 +201,37 @@ static struct instance *pick_ready(struct service *s)
 	return pick_ready_avoiding(s, NULL);
 }
 
-static int count_state(const struct service *s, enum inst_state a, enum inst_state b)
+/* How many requests a ready instance takes while others still boot: its
+ * share (target_concurrency), so a cold burst spreads over the instances
+ * as they become ready. Unlimited when nothing else boots. */
+static int dispatch_limit(const struct service *s)
 {
-	struct instance *i;
-	int n = 0;
-
-	TAILQ_FOREACH(i, &s->insts, link)
-		n += i->state == a || i->state == b;
-	return n;
+	return any_booting(s) ? s->cfg->target_concurrency : INT_MAX;
 }
 
-static void assign(struct instance *i)
+static void assign(struct instance *i, struct waiter *w)
 {
 	i->inflight++;
 	i->svc->inflight++;
-	if (i->inflight == 1)
+	if (i->inflight == 1 && i->state == INST_READY)
 		event_del(i->timer);
+	instance_attach(i, w);
 }
 
-/* Hand waiting requests to ready instances, in arrival order. */
+/* Hand waiting requests to ready instances, in arrival order, each to the
+ * least loaded, no instance beyond its share while others boot. */
 static void dispatch_waiters(struct service *s)
 {
 	struct waiter *w;
 	struct instance *i;
+	int limit = dispatch_limit(s);
 
-	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = pick_ready(s)) != NULL) {
+	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = pick_ready(s)) != NULL &&
+	       i->inflight < limit) {
 		TAILQ_REMOVE(&s->waiters, w, link);
 		s->nwaiting--;
 		w->queued = false;
-		assign(i);
+		assign(i, w);
 		w->ready(w, i);
 	}
 }
@@ -180,10 +255,7 @@ static int backoff_left(const struct service *s)
 	return left > 0 ? (int)ceil(left) : 0;
 }
 
-static void inst_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void probe_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void handover_cb(evutil_socket_t fd, short what, void *arg);
-static void scale_check(struct service *s);
+/* --- starting --- */
 
 /* The lowest instance index not in use, below LIMIT (-1: none). */
 static int free_index(const struct service *s, int limit)
@@ -203,22 +275,13 @@ static int free_index(const struct service *s, int limit)
 /* A new instance at INDEX in STARTING state, its start deadline running. */
 static struct instance *inst_new(struct service *s, int index)
 {
-	struct instance *i = xcalloc(1, sizeof *i);
+	struct instance *i = instance_new(s, index);
 
-	i->index = index;
-	i->svc = s;
-	i->state = INST_STARTING;
-	i->created = now_s();
-	i->remote_port = s->cfg->remote_port + i->index;
-	i->local_port = s->cfg->local_port + i->index;
-	i->timer = evtimer_new(sbase, inst_timer_cb, i);
-	i->probe_timer = evtimer_new(sbase, probe_timer_cb, i);
-	i->handover_ev = evtimer_new(sbase, handover_cb, i);
-	snprintf(i->detail, sizeof i->detail, "launching");
 	TAILQ_INSERT_TAIL(&s->insts, i, link);
 	s->ninst++;
 	live_instances++;
 	event_add(i->timer, &(struct timeval){s->cfg->start_timeout, 0});
+	svc_settle(s, "an instance starts");
 	return i;
 }
 
@@ -232,15 +295,22 @@ static struct instance *inst_start(struct service *s, int index)
 	s->starts++;
 	log_info("svc %s[%d]: starting (%s launcher, port %d)", s->cfg->name, i->index,
 		 s->lops->name, i->remote_port);
+	instance_ref(i);
 	if (s->lops->start(i, &cause) != 0) {
 		instance_gone(i, cause);
 		free(cause);
+		instance_unref(i);
 		return NULL;
 	}
+	if (i->state == INST_GONE) {   /* reported gone from inside start */
+		instance_unref(i);
+		return NULL;
+	}
+	instance_unref(i);
 	return i;
 }
 
-/* A start did not reach READY: remember why, back off, answer the waiters. */
+/* A start did not reach READY: remember why, back off. */
 static void start_failed(struct instance *i, const char *reason)
 {
 	struct service *s = i->svc;
@@ -272,7 +342,12 @@ static void start_failed(struct instance *i, const char *reason)
 /* Start a stopped service. Returns 0 if a start is under way. */
 static int service_start(struct service *s, const char **reason, int *retry_after)
 {
-	if (any_starting(s))
+	if (s->state == SVC_RETIRED) {
+		*reason = "the service was removed from the config";
+		*retry_after = 30;
+		return -1;
+	}
+	if (any_pending_except(s, NULL))
 		return 0;
 	if (!services_managed) {
 		*reason = "service management is disabled";
@@ -312,15 +387,15 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	/* a retry goes to another instance if there is one */
 	if ((w->avoid == NULL || (i = pick_ready_avoiding(s, w->avoid)) == NULL))
 		i = pick_ready(s);
-	if (i != NULL && TAILQ_EMPTY(&s->waiters)) {
-		assign(i);
+	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < dispatch_limit(s))) {
+		assign(i, w);
 		*inst = i;
 		if (s->cfg->max_instances > 1)
 			scale_check(s);
 		return 0;
 	}
 	*status = 503;
-	if (service_start(s, reason, retry_after) != 0)
+	if (i == NULL && service_start(s, reason, retry_after) != 0)
 		return -1;
 	if (!hold) {
 		*reason = "the service is starting; retry later";
@@ -351,6 +426,8 @@ void service_demand(struct service *s)
 	const char *reason;
 	int ra;
 
+	if (s->state == SVC_RETIRED)
+		return;
 	if (pick_ready(s) == NULL) {
 		if (s->recovering)
 			s->demanded = true;   /* started once the look for earlier jobs is over */
@@ -370,8 +447,7 @@ void service_stop_all(struct service *s, const char *why)
 	fail_waiters(s, why, 30);
 	for (i = TAILQ_FIRST(&s->insts); i != NULL; i = next) {
 		next = TAILQ_NEXT(i, link);
-		if (i->state != INST_STOPPING)
-			inst_stop(i, why);
+		inst_stop(i, why);
 	}
 }
 
@@ -383,7 +459,7 @@ static void idle_arm(struct instance *i)
 	event_add(i->timer, &(struct timeval){i->svc->cfg->timeout, 0});
 }
 
-void instance_release(struct instance *i)
+void service_instance_released(struct instance *i)
 {
 	struct service *s = i->svc;
 
@@ -396,17 +472,32 @@ void instance_release(struct instance *i)
 		else if (i->state == INST_DRAINING)
 			inst_stop(i, "drained");
 	}
+	/* not from here: the ending exchange is inside its connection's
+	 * callback, and that connection may be the pooled one picked next */
+	if (s->nwaiting > 0)
+		event_active(s->dispatch_ev, EV_TIMEOUT, 0);
 	if (s->cfg->max_instances > 1 || s->cfg->min_instances > 0)
 		scale_check(s);
 }
 
-static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
+static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct instance *i = arg;
+	(void)fd, (void)what;
+	dispatch_waiters(arg);
+}
+
+void service_instance_aborted(struct instance *i, struct waiter *w)
+{
+	(void)w;
+	i->inflight--;
+	i->svc->inflight--;
+}
+
+void service_instance_timer(struct instance *i)
+{
 	struct service *s = i->svc;
 	char why[600];
 
-	(void)fd, (void)what;
 	if (i->state == INST_READY && i->inflight == 0) {
 		if (count_state(s, INST_READY, INST_READY) <= s->cfg->min_instances) {
 			idle_arm(i);   /* kept warm: min_instances */
@@ -414,10 +505,19 @@ static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		snprintf(why, sizeof why, "idle for %d s", s->cfg->timeout);
 		inst_stop(i, why);
-	} else if (i->state == INST_PROBING && i->ready_at > 0) {
-		snprintf(why, sizeof why, "unhealthy for %d s", s->cfg->start_timeout);
+	} else if (i->state == INST_UNHEALTHY) {
+		snprintf(why, sizeof why, "unhealthy for %d s: %s", s->cfg->start_timeout, i->detail);
 		inst_stop(i, why);
-	} else if (i->state == INST_STARTING || i->state == INST_PROBING) {
+	} else if (i->state == INST_HELD) {
+		/* no start deadline while held; the idle clock runs when nothing waits */
+		if (s->nwaiting > 0 || i->inflight > 0 ||
+		    count_state(s, INST_READY, INST_HELD) <= s->cfg->min_instances) {
+			idle_arm(i);
+			return;
+		}
+		snprintf(why, sizeof why, "held and idle for %d s (%s)", s->cfg->timeout, i->detail);
+		inst_stop(i, why);
+	} else if (booting(i->state)) {
 		snprintf(why, sizeof why, "no healthy answer within start_timeout (%d s); last state: %s",
 			 s->cfg->start_timeout, i->detail);
 		instance_fail(i, why);
@@ -429,13 +529,14 @@ static void inst_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 static void instance_drain(struct instance *i, const char *why)
 {
-	if (i->state != INST_READY && i->state != INST_PROBING)
+	if (i->state != INST_READY && i->state != INST_UNHEALTHY && !booting(i->state) &&
+	    i->state != INST_HELD)
 		return;
-	if (i->inflight == 0) {
+	if (i->inflight == 0 || booting(i->state) || i->state == INST_HELD) {
 		inst_stop(i, why);
 		return;
 	}
-	inst_set_state(i, INST_DRAINING, why);
+	inst_move(i, INST_DRAINING, why);
 	snprintf(i->detail, sizeof i->detail, "draining (%s): %d in flight", why, i->inflight);
 	event_del(i->timer);
 }
@@ -444,7 +545,7 @@ static void instance_drain(struct instance *i, const char *why)
 static bool can_start(const struct service *s, int limit)
 {
 	return services_managed && shutdown_done == NULL && !s->recovering && backoff_left(s) == 0 &&
-	       free_index(s, limit) >= 0;
+	       s->state != SVC_RETIRED && free_index(s, limit) >= 0;
 }
 
 static void scale_later(struct service *s, double secs)
@@ -471,22 +572,27 @@ static void start_for(struct service *s, const char *fmt, ...)
 
 /* The scaler: keep min_instances, start more under load (at once for a
  * cold burst, after scale_up_delay otherwise), drain one when it is not
- * needed for scale_down_delay. Cheap; runs on every change of load. */
+ * needed for scale_down_delay. Cheap; runs on every change of load. An
+ * unhealthy instance counts towards min_instances but neither as ready nor
+ * as starting, so it blocks no scale-up. */
 static void scale_check(struct service *s)
 {
 	const struct svc_config *c = s->cfg;
 	int ready = count_state(s, INST_READY, INST_READY);
 	int starting = count_state(s, INST_STARTING, INST_PROBING);
+	int present = ready + starting + count_state(s, INST_HELD, INST_UNHEALTHY);
 	int load = s->inflight + s->nwaiting;
 	double now = now_s();
 
-	if (ready + starting < c->min_instances) {
+	if (s->state == SVC_RETIRED)
+		return;
+	if (present < c->min_instances) {
 		/* all that are missing, at once: N warm instances cost one start time */
-		while (ready + starting < c->min_instances && can_start(s, c->max_instances)) {
-			start_for(s, "%d running, min_instances is %d", ready + starting, c->min_instances);
-			starting++;
+		while (present < c->min_instances && can_start(s, c->max_instances)) {
+			start_for(s, "%d running, min_instances is %d", present, c->min_instances);
+			present++;
 		}
-		if (ready + starting < c->min_instances && backoff_left(s) > 0)
+		if (present < c->min_instances && backoff_left(s) > 0)
 			scale_later(s, backoff_left(s));
 		return;
 	}
@@ -554,12 +660,11 @@ static void scale_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* The job's time limit comes near: start its replacement. */
-static void handover_cb(evutil_socket_t fd, short what, void *arg)
+void service_handover(struct instance *i)
 {
-	struct instance *i = arg, *n;
+	struct instance *n;
 	struct service *s = i->svc;
 
-	(void)fd, (void)what;
 	if (i->state != INST_READY || i->replaced_by != NULL)
 		return;
 	if (!can_start(s, s->cfg->max_instances + 1)) {
@@ -581,6 +686,8 @@ void instance_set_deadline(struct instance *i, double end_at)
 	struct service *s = i->svc;
 	double lead, left = end_at - now_s(), at;
 
+	if (i->state == INST_GONE)
+		return;
 	i->deadline = end_at;
 	/* auto: twice the last start plus 30 s, for a slower queue next time */
 	lead = s->cfg->handover_lead >= 0 ? s->cfg->handover_lead
@@ -594,33 +701,20 @@ void instance_set_deadline(struct instance *i, double end_at)
 	event_add(i->handover_ev, &(struct timeval){(long)at, (long)((at - (long)at) * 1e6)});
 }
 
-/* --- stopping --- */
+/* --- stopping and the end --- */
 
-/* Ask the launcher to stop I. Nothing is touched after the call: the
- * launcher may report instance_gone() (and so free I) from inside it. */
+/* Ask the launcher to stop I. The pool, probe and timers are detached
+ * first; requests in flight run on until the process or job is gone. */
 static void inst_stop(struct instance *i, const char *why)
 {
-	struct hconn **pool = i->pool;
-	int npool = i->npool;
-
-	if (i->state == INST_STOPPING)
+	if (i->state == INST_STOPPING || i->state == INST_GONE)
 		return;
-	inst_set_state(i, INST_STOPPING, why);
+	instance_ref(i);   /* the launcher may report gone from inside stop */
+	inst_move(i, INST_STOPPING, why);
 	snprintf(i->detail, sizeof i->detail, "stopping: %s", why);
-	event_del(i->timer);
-	event_del(i->probe_timer);
-	event_del(i->handover_ev);
-	if (i->probe) {
-		struct hconn *p = i->probe;
-		i->probe = NULL;
-		http_close(p, "instance stopping");
-	}
-	i->pool = NULL;
-	i->npool = i->poolcap = 0;
-	for (int k = 0; k < npool; k++)
-		http_close(pool[k], "instance stopping");
-	free(pool);
+	instance_detach_all(i, why, false);
 	i->svc->lops->stop(i, i->svc->cfg->stop_grace);
+	instance_unref(i);
 }
 
 /* Requests wait and nothing is starting: start (a deferred start). */
@@ -629,16 +723,21 @@ static void kick(struct service *s)
 	const char *reason;
 	int ra;
 
-	if ((!TAILQ_EMPTY(&s->waiters) || s->demanded) && !s->recovering && !any_starting(s) &&
+	if (s->state == SVC_RETIRED)
+		return;
+	if ((!TAILQ_EMPTY(&s->waiters) || s->demanded) && !s->recovering && !any_pending_except(s, NULL) &&
 	    pick_ready(s) == NULL) {
 		s->demanded = false;
 		if (service_start(s, &reason, &ra) != 0)
 			fail_waiters(s, reason, ra);
 	}
+	if (s->nwaiting > 0)
+		dispatch_waiters(s);   /* an instance that boots no more frees the others' share */
 	scale_check(s);
 }
 
-static void inst_free(struct instance *i)
+/* I is gone: off the service's list (the object lives on while referenced). */
+static void inst_detach(struct instance *i)
 {
 	struct service *s = i->svc;
 
@@ -646,20 +745,42 @@ static void inst_free(struct instance *i)
 	s->ninst--;
 	live_instances--;
 	s->m.instance_seconds += now_s() - i->created;
-	event_free(i->timer);
-	event_free(i->probe_timer);
-	event_free(i->handover_ev);
 	if (i->replaces)
 		i->replaces->replaced_by = NULL;
 	if (i->replaced_by)
 		i->replaced_by->replaces = NULL;
-	if (i->probe)
-		http_close(i->probe, "instance gone");
-	for (int k = 0; k < i->npool; k++)
-		http_close(i->pool[k], "instance gone");
-	free(i->pool);
-	free(i);
+	i->replaces = i->replaced_by = NULL;
+}
+
+void instance_gone(struct instance *i, const char *reason)
+{
+	struct service *s = i->svc;
+	enum inst_state was = i->state;
+	char why[700];
+
+	if (was == INST_GONE)
+		return;
+	if (booting(was)) {
+		start_failed(i, reason);
+	} else if (was != INST_STOPPING) {
+		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
+		log_warn("svc %s[%d]: %s", s->cfg->name, i->index, s->last_error);
+	} else {
+		log_info("svc %s[%d]: stopped after %.1f s (%s)", s->cfg->name, i->index,
+			 now_s() - i->created, reason);
+	}
+	instance_set_state(i, INST_GONE, reason);
+	snprintf(i->detail, sizeof i->detail, "gone: %s", reason);
+	/* requests in flight on it end now, with the cause */
+	snprintf(why, sizeof why, "service %s: instance ended: %s", s->cfg->name, reason);
+	instance_detach_all(i, why, true);
+	inst_detach(i);
+	snprintf(why, sizeof why, "[%d] gone", i->index);
+	svc_settle(s, why);
+	if (booting(was) && !any_pending_except(s, NULL) && pick_ready(s) == NULL)
+		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
 	kick(s);
+	instance_unref(i);   /* the launcher's reference */
 	if (shutdown_done != NULL && live_instances == 0) {
 		void (*cb)(void) = shutdown_done;
 		cb();
@@ -670,21 +791,48 @@ void instance_fail(struct instance *i, const char *reason)
 {
 	struct service *s = i->svc;
 
-	if (i->state != INST_STARTING && i->state != INST_PROBING) {
+	if (!booting(i->state)) {
 		inst_stop(i, reason);
 		return;
 	}
 	start_failed(i, reason);
-	if (!any_starting_except(s, i) && pick_ready(s) == NULL)
+	if (!any_pending_except(s, i) && pick_ready(s) == NULL)
 		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
 	inst_stop(i, reason);
+}
+
+void instance_hold(struct instance *i, const char *reason)
+{
+	struct service *s = i->svc;
+	char why[700];
+
+	if (i->state == INST_GONE || i->state == INST_STOPPING)
+		return;
+	snprintf(why, sizeof why, "service %s: %s", s->cfg->name, reason);
+	if (i->state == INST_DRAINING) {
+		/* it was leaving anyway: end what runs on it and stop it */
+		instance_ref(i);
+		instance_detach_all(i, why, true);
+		inst_stop(i, reason);
+		instance_unref(i);
+		return;
+	}
+	instance_ref(i);
+	inst_move(i, INST_HELD, reason);
+	snprintf(i->detail, sizeof i->detail, "%s", reason);
+	/* out of rotation: in flight ends with the reason, the rest waits */
+	instance_detach_all(i, why, true);
+	if (i->state == INST_HELD && i->inflight == 0)
+		idle_arm(i);   /* no start deadline while held; the idle clock runs */
+	scale_check(s);
+	instance_unref(i);
 }
 
 struct instance *service_adopt(struct service *s, int index)
 {
 	struct instance *o;
 
-	if (index < 0 || index >= s->cfg->max_instances)
+	if (index < 0 || index >= s->cfg->max_instances || s->state == SVC_RETIRED)
 		return NULL;
 	TAILQ_FOREACH(o, &s->insts, link)
 		if (o->index == index)
@@ -700,56 +848,14 @@ void service_recovered(struct service *s)
 	kick(s);
 }
 
-void instance_gone(struct instance *i, const char *reason)
-{
-	struct service *s = i->svc;
-	enum inst_state was = i->state;
-
-	if (was == INST_STARTING || was == INST_PROBING) {
-		start_failed(i, reason);
-		i->state = INST_STOPPING;
-		if (!any_starting(s) && pick_ready(s) == NULL)
-			fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
-	} else if (was == INST_READY || was == INST_DRAINING) {
-		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
-		log_warn("svc %s[%d]: %s", s->cfg->name, i->index, s->last_error);
-	} else {
-		log_info("svc %s[%d]: stopped after %.1f s (%s)", s->cfg->name, i->index,
-			 now_s() - i->created, reason);
-	}
-	i->state = INST_STOPPING;
-	inst_free(i);
-}
-
-/* --- health probes --- */
-
-static void probe_connected(struct hconn *c)
-{
-	struct instance *i = http_owner(c);
-	char head[512];
-	int n;
-
-	n = snprintf(head, sizeof head,
-		     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: slurmgate-health\r\n"
-		     "Connection: close\r\n\r\n",
-		     i->svc->cfg->check_health_path, i->addr_str);
-	http_send_head(c, head, (size_t)n, false, false);
-	http_set_timeout(c, PROBE_TIMEOUT_S);
-}
-
-static void probe_head(struct hconn *c, struct http_msg *m)
-{
-	struct instance *i = http_owner(c);
-
-	i->probe_status = m->status;
-}
+/* --- health --- */
 
 static void inst_ready(struct instance *i)
 {
 	struct service *s = i->svc;
 	bool first = i->ready_at == 0;
 
-	inst_set_state(i, INST_READY, first ? "health check passed" : "healthy again");
+	inst_move(i, INST_READY, first ? "health check passed" : "healthy again");
 	snprintf(i->detail, sizeof i->detail, "ready at %s", i->addr_str);
 	if (first) {
 		i->ready_at = now_s();
@@ -772,21 +878,23 @@ static void inst_ready(struct instance *i)
 		log_info("svc %s: handover from [%d] to [%d]", s->cfg->name, old->index, i->index);
 		instance_drain(old, "replaced before its time limit");
 	}
+	instance_ref(i);
 	dispatch_waiters(s);
 	if (i->inflight == 0 && i->state == INST_READY)
 		idle_arm(i);
 	scale_check(s);
+	instance_unref(i);
 }
 
 /* A probe's verdict. While ready, two failures in a row take the
  * instance out of rotation until a probe passes again. */
-static void probe_result(struct instance *i, bool ok)
+void service_probe_result(struct instance *i, bool ok)
 {
-	if (i->state == INST_PROBING) {
+	if (i->state == INST_PROBING || i->state == INST_UNHEALTHY) {
 		if (ok)
 			inst_ready(i);
 		else
-			probe_schedule(i);
+			instance_probe_schedule(i);
 	} else if (i->state == INST_READY || i->state == INST_DRAINING) {
 		if (ok)
 			i->probe_fails = 0;
@@ -799,162 +907,61 @@ static void probe_result(struct instance *i, bool ok)
 	}
 }
 
-static void probe_done(struct hconn *c)
-{
-	struct instance *i = http_owner(c);
-
-	i->probe = NULL;
-	http_close(c, "probe done");
-	probe_result(i, i->probe_status >= 200 && i->probe_status < 300);
-}
-
-static void probe_closed(struct hconn *c, const char *why)
-{
-	struct instance *i = http_owner(c);
-
-	(void)why;
-	if (i == NULL || i->probe != c)
-		return;   /* done already, or abandoned */
-	i->probe = NULL;
-	probe_result(i, false);
-}
-
-static const struct hconn_ops probe_ops = {
-	.connected = probe_connected,
-	.head = probe_head,
-	.done = probe_done,
-	.closed = probe_closed,
-};
-
-static void probe_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct instance *i = arg;
-
-	(void)fd, (void)what;
-	if ((i->state != INST_PROBING && i->state != INST_READY && i->state != INST_DRAINING) ||
-	    i->probe != NULL)
-		return;
-	i->probe_status = 0;
-	i->probe = http_connect((struct sockaddr *)&i->addr, i->addrlen, PROBE_TIMEOUT_S, &probe_ops, i);
-}
-
-static void probe_schedule(struct instance *i)
-{
-	int ms = i->probe_delay_ms;
-
-	if (i->state != INST_PROBING)
-		return;
-	event_add(i->probe_timer, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
-	i->probe_delay_ms = ms * 3 / 2 > PROBE_MAX_MS ? PROBE_MAX_MS : ms * 3 / 2;
-}
-
 void instance_endpoint(struct instance *i, const char *host, int port)
 {
-	char spec[128];
-	int len = (int)sizeof i->addr;
+	const char *cause;
+	enum inst_state was = i->state;
+	char was_addr[sizeof i->addr_str];
+	char why[300];
 
-	snprintf(spec, sizeof spec, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&i->addr, &len) != 0) {
-		char why[200];
-		snprintf(why, sizeof why, "bad service address %s", spec);
+	if (i->state == INST_GONE || i->state == INST_STOPPING || i->state == INST_DRAINING)
+		return;
+	snprintf(was_addr, sizeof was_addr, "%s", i->addr_str);
+	if (instance_set_addr(i, host, port, &cause) != 0) {
+		snprintf(why, sizeof why, "%s %s:%d", cause, host, port);
 		inst_stop(i, why);
 		return;
 	}
-	i->addrlen = (socklen_t)len;
+	if (i->state == INST_READY && strcmp(was_addr, i->addr_str) == 0)
+		return;   /* told again: nothing changed */
 	if (i->endpoint_at == 0)
 		i->endpoint_at = now_s();
-	snprintf(i->addr_str, sizeof i->addr_str, "%s", spec);
-	inst_set_state(i, INST_PROBING, "endpoint known");
-	snprintf(i->detail, sizeof i->detail, "waiting for %s%s to answer", spec,
+	if (i->ready_at == 0) {
+		inst_move(i, INST_PROBING, was == INST_HELD ? "endpoint known again" : "endpoint known");
+	} else {
+		snprintf(why, sizeof why, "endpoint %s; probing", i->addr_str);
+		inst_move(i, INST_UNHEALTHY, why);
+	}
+	/* after a hold or while unhealthy, the start deadline runs from now
+	 * (a first boot keeps the one that runs since its creation) */
+	if (was == INST_HELD || i->state == INST_UNHEALTHY) {
+		i->idle_since = 0;
+		event_add(i->timer, &(struct timeval){i->svc->cfg->start_timeout, 0});
+	}
+	snprintf(i->detail, sizeof i->detail, "waiting for %s%s to answer", i->addr_str,
 		 i->svc->cfg->check_health_path);
-	i->probe_delay_ms = PROBE_FIRST_MS;
-	probe_schedule(i);
+	i->probe_fails = 0;
+	instance_probe_restart(i);
 }
 
 void instance_unreachable(struct instance *i, const char *why)
 {
+	struct service *s = i->svc;
+
 	if (i->state != INST_READY)
 		return;
-	inst_set_state(i, INST_PROBING, why);
+	instance_ref(i);
+	inst_move(i, INST_UNHEALTHY, why);
 	snprintf(i->detail, sizeof i->detail, "unreachable (%s); probing", why);
 	/* back in rotation when a probe passes; stopped if that takes too long */
-	event_add(i->timer, &(struct timeval){i->svc->cfg->start_timeout, 0});
-	event_del(i->probe_timer);
-	i->probe_delay_ms = PROBE_FIRST_MS;
-	probe_schedule(i);
-	scale_check(i->svc);
-	/* STAND-IN (branch slurmlife): ask the launcher to look now; inst's
-	 * proxy change calls check() where a forward closes before any byte */
-	if (i->svc->lops->check)
-		i->svc->lops->check(i);
-}
-
-/* STAND-IN (branch slurmlife) for instance_hold() from branch "inst":
- * replace with inst's at merge. Out of rotation the way a refused
- * connection takes it (probing, waiters held, stopped after start_timeout),
- * with REASON as its detail. */
-void instance_hold(struct instance *i, const char *reason)
-{
-	instance_unreachable(i, reason);
-	snprintf(i->detail, sizeof i->detail, "%s", reason);
-}
-
-/* --- the pool of idle upstream connections --- */
-
-static void pool_remove(struct instance *i, struct hconn *c)
-{
-	for (int k = 0; k < i->npool; k++)
-		if (i->pool[k] == c) {
-			i->pool[k] = i->pool[--i->npool];
-			return;
-		}
-}
-
-static void pool_closed(struct hconn *c, const char *why)
-{
-	(void)why;
-	pool_remove(http_owner(c), c);
-}
-
-static const struct hconn_ops pool_ops = {
-	.closed = pool_closed,
-};
-
-struct hconn *instance_pool_get(struct instance *i)
-{
-	return i->npool > 0 ? i->pool[--i->npool] : NULL;   /* the most recently used */
-}
-
-void instance_pool_flush(struct instance *i)
-{
-	struct hconn **pool = i->pool;
-	int n = i->npool;
-
-	i->pool = NULL;
-	i->npool = i->poolcap = 0;
-	for (int k = 0; k < n; k++) {
-		http_set_owner(pool[k], NULL, NULL);
-		http_close(pool[k], "pool flushed");
-	}
-	free(pool);
-}
-
-void instance_pool_put(struct instance *i, struct hconn *c)
-{
-	int cap = scfg->upstream_keepalive;
-
-	if (i->state == INST_STOPPING || i->npool >= cap) {
-		http_set_owner(c, NULL, NULL);   /* the exchange that used it is ending */
-		http_close(c, "pool full");
-		return;
-	}
-	if (i->npool == i->poolcap) {
-		i->poolcap = i->poolcap ? i->poolcap * 2 : 16;
-		i->pool = xrealloc(i->pool, (size_t)i->poolcap * sizeof *i->pool);
-	}
-	i->pool[i->npool++] = c;
-	http_set_owner(c, &pool_ops, i);
-	http_park(c, 30);
+	event_add(i->timer, &(struct timeval){s->cfg->start_timeout, 0});
+	instance_pool_flush(i);
+	instance_probe_restart(i);
+	if (s->lops->check)
+		s->lops->check(i);   /* "something looks wrong with I": the launcher looks now */
+	if (i->state != INST_GONE)
+		scale_check(s);
+	instance_unref(i);
 }
 
 /* --- set-up, reload and look-up --- */
@@ -976,6 +983,7 @@ static struct service *service_new(struct svc_config *c)
 	TAILQ_INIT(&s->insts);
 	TAILQ_INIT(&s->waiters);
 	s->scale_ev = evtimer_new(sbase, scale_cb, s);
+	s->dispatch_ev = evtimer_new(sbase, dispatch_cb, s);
 	metrics_init(&s->m);
 	return s;
 }
@@ -1014,6 +1022,7 @@ void services_init(struct event_base *base, struct config *cfg)
 {
 	sbase = base;
 	scfg = cfg;
+	instances_init(base, cfg->upstream_keepalive);
 	nsvcs = cfg->n_services;
 	svcs = xcalloc(nsvcs ? nsvcs : 1, sizeof *svcs);
 	for (size_t k = 0; k < nsvcs; k++)
@@ -1058,12 +1067,15 @@ void services_reload(struct config *cfg)
 		{
 			struct service *s = svcs[k];
 			struct instance *i, *nx;
+			/* first: nothing (min_instances, a demand, a kick) starts it again */
+			svc_set_state(s, SVC_RETIRED, "removed from the config");
+			s->demanded = false;
 			fail_waiters(s, "the service was removed from the config", 30);
 			for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
 				nx = TAILQ_NEXT(i, link);
-				if ((i->state == INST_READY || i->state == INST_DRAINING) && i->inflight > 0)
+				if ((i->state == INST_READY || i->state == INST_UNHEALTHY) && i->inflight > 0)
 					instance_drain(i, "removed from the config");
-				else if (i->state != INST_STOPPING)
+				else if (i->state != INST_DRAINING)
 					inst_stop(i, "the service was removed from the config");
 			}
 		}
@@ -1075,6 +1087,7 @@ void services_reload(struct config *cfg)
 	svcs = next;
 	nsvcs = cfg->n_services;
 	scfg = cfg;
+	instances_init(sbase, cfg->upstream_keepalive);
 	index_routes();
 	launchers_prepare(false);
 	for (size_t k = 0; k < nsvcs; k++)
@@ -1106,6 +1119,7 @@ void services_shutdown(void (*done_cb)(void))
 static void service_free(struct service *s)
 {
 	event_free(s->scale_ev);
+	event_free(s->dispatch_ev);
 	free(s);
 }
 
@@ -1167,35 +1181,41 @@ const struct svc_config *service_config(const struct service *s)
 
 enum svc_state service_state(const struct service *s)
 {
-	struct instance *i;
-	bool starting = false, stopping = false;
+	return s->state;
+}
 
-	TAILQ_FOREACH(i, &s->insts, link) {
-		if (i->state == INST_READY)
-			return SVC_READY;
-		starting |= i->state == INST_STARTING || i->state == INST_PROBING;
-		stopping |= i->state == INST_DRAINING || i->state == INST_STOPPING;
-	}
-	if (starting)
-		return SVC_STARTING;
-	if (stopping)
-		return SVC_STOPPING;
-	return s->failures > 0 ? SVC_FAILED : SVC_STOPPED;
+/* The instance that tells best what a service waits for: the oldest one
+ * in state A (or B). */
+static const struct instance *first_in(const struct service *s, enum inst_state a, enum inst_state b)
+{
+	const struct instance *i;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i->state == a || i->state == b)
+			return i;
+	return NULL;
 }
 
 void service_reason(const struct service *s, char *buf, size_t len)
 {
-	struct instance *i;
+	const struct instance *i;
 
-	switch (service_state(s)) {
+	switch (s->state) {
 	case SVC_READY:
 		snprintf(buf, len, "ready");
 		return;
 	case SVC_STARTING:
-		TAILQ_FOREACH(i, &s->insts, link)
-			if (i->state == INST_STARTING || i->state == INST_PROBING)
-				break;
-		snprintf(buf, len, "starting for %.1f s: %s", now_s() - i->created, i->detail);
+		i = first_in(s, INST_STARTING, INST_PROBING);
+		snprintf(buf, len, "starting for %.1f s: %s", i ? now_s() - i->created : 0.0,
+			 i ? i->detail : "");
+		return;
+	case SVC_DEGRADED:
+		if ((i = first_in(s, INST_HELD, INST_HELD)) != NULL)
+			snprintf(buf, len, "held for %.0f s: %s", now_s() - i->state_since, i->detail);
+		else if ((i = first_in(s, INST_UNHEALTHY, INST_UNHEALTHY)) != NULL)
+			snprintf(buf, len, "unhealthy for %.0f s: %s", now_s() - i->state_since, i->detail);
+		else
+			snprintf(buf, len, "degraded");
 		return;
 	case SVC_STOPPING:
 		snprintf(buf, len, "stopping");
@@ -1203,11 +1223,15 @@ void service_reason(const struct service *s, char *buf, size_t len)
 	case SVC_FAILED:
 		snprintf(buf, len, "start failed: %s", s->last_error);
 		return;
-	case SVC_STOPPED:
-		snprintf(buf, len, services_managed ? "stopped; the next request starts it"
-						    : "stopped; service management is disabled");
+	case SVC_RETIRED:
+		snprintf(buf, len, "removed from the config");
 		return;
+	case SVC_STOPPED:
+	case SVC_NSTATES:
+		break;
 	}
+	snprintf(buf, len, services_managed ? "stopped; the next request starts it"
+					    : "stopped; service management is disabled");
 }
 
 const char *service_last_error(const struct service *s)

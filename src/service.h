@@ -1,16 +1,22 @@
-/* service.h - services, their instances, the wait queue and the idle clock.
+/* service.h - services, the wait queue, the balancer, the scaler and the
+ * idle clock.
  *
  * A service is one configured entry. It runs zero or more instances (a
- * local process or a Slurm job each). Requests ask the service for a ready
- * instance; while none is ready they wait in arrival order, and the first
- * request for a stopped service starts one, once however many arrive.
+ * local process or a Slurm job each; see instance.h). Requests ask the
+ * service for a ready instance; while none is ready they wait in arrival
+ * order, and the first request for a stopped service starts one, once
+ * however many arrive.
  *
- * Instance states (every move goes through one function that logs it):
- *   STARTING  the launcher is working (process spawned / job queued)
- *   PROBING   the endpoint is known; health probes run until one passes
- *   READY     serving requests
- *   DRAINING  no new requests; stops when its in-flight count reaches 0
- *   STOPPING  stop sent; waiting for the process or job to be gone
+ * Service states (stored; every move goes through one checked setter that
+ * logs "old -> new (why)"):
+ *   STOPPED   no instance; the next request starts one
+ *   STARTING  an instance boots (first boot) and none is ready
+ *   READY     at least one instance is in rotation
+ *   DEGRADED  instances exist but none is ready or booting: unhealthy, or
+ *             held by the launcher (job suspended, requeued); requests wait
+ *   STOPPING  only draining or stopping instances are left
+ *   FAILED    the last start failed (back-off); the next request retries
+ *   RETIRED   removed by a reload: never starts again
  * An instance is idle when nothing is in flight on it and no request
  * waits; it stops after the service's timeout of continuous idleness. */
 #ifndef SG_SERVICE_H
@@ -19,8 +25,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
-#include <sys/socket.h>
 #include <sys/types.h>
+
+#include "instance.h"
 
 struct config;
 struct event;
@@ -28,55 +35,25 @@ struct event_base;
 struct hconn;
 struct svc_config;
 struct service;
-struct instance;
 struct launcher_ops;
 
-enum inst_state { INST_STARTING, INST_PROBING, INST_READY, INST_DRAINING, INST_STOPPING };
-
-/* A request waiting for an instance; embedded in the caller's object. */
+/* A request waiting for an instance, then in flight on one; embedded in
+ * the caller's object. */
 struct waiter {
-	TAILQ_ENTRY(waiter) link;
+	TAILQ_ENTRY(waiter) link;   /* in the service's queue, then in inst->users */
 	struct service *svc;
 	bool queued;
+	bool attached;              /* in flight on inst */
+	struct instance *inst;
 	double since;
-	struct instance *avoid;   /* a retry: prefer any other ready instance */
+	struct instance *avoid;     /* a retry: prefer any other ready instance */
 	/* called once: with a ready instance (its in-flight count already
 	 * includes this request), or with a failure */
 	void (*ready)(struct waiter *w, struct instance *inst);
 	void (*fail)(struct waiter *w, int status, const char *reason, int retry_after);
-};
-
-/* Shared by service.c, the launchers, the proxy and the API. */
-struct instance {
-	struct service *svc;
-	int index;
-	enum inst_state state;
-	char detail[256];             /* what it is doing: "pending (Resources)" */
-	struct sockaddr_storage addr; /* where requests go */
-	socklen_t addrlen;
-	char addr_str[160];
-	int remote_port, local_port;
-	int inflight;
-	uint64_t served;
-	double created, endpoint_at, ready_at, idle_since;
-	pid_t pid;                    /* local launcher */
-	char job_id[32];              /* slurm launcher */
-	char node[128];
-	void *lpriv;                  /* the launcher's own state */
-
-	struct event *timer;          /* start deadline while starting, idle stop while ready */
-	struct event *probe_timer;
-	struct event *handover_ev;    /* slurm: start the replacement before the time limit */
-	int probe_status;
-	int probe_fails;              /* consecutive failed probes while ready */
-	double deadline;              /* slurm: when the job's time limit ends (0: none) */
-	struct instance *replaces;    /* a handover: the instance this one takes over from */
-	struct instance *replaced_by;
-	struct hconn *probe;
-	int probe_delay_ms;
-	struct hconn **pool;          /* idle keep-alive upstream connections */
-	int npool, poolcap;
-	TAILQ_ENTRY(instance) link;
+	/* in flight on an instance that is gone or held: end the request with
+	 * STATUS and REASON. W is already detached (do not release it). */
+	void (*abort)(struct waiter *w, int status, const char *reason);
 };
 
 /* Set up every service of CFG. */
@@ -111,36 +88,6 @@ void service_cancel(struct waiter *w);
 void service_demand(struct service *s);
 /* Admin: stop every instance of the service now. */
 void service_stop_all(struct service *s, const char *why);
-
-/* A request on INST ended (response finished or aborted). */
-void instance_release(struct instance *i);
-/* A connection to INST was refused: take it out of rotation until a health
- * probe passes again. */
-void instance_unreachable(struct instance *i, const char *why);
-/* Pool of idle upstream connections. */
-struct hconn *instance_pool_get(struct instance *i);
-void instance_pool_put(struct instance *i, struct hconn *c);
-/* Close every idle connection to I (one of them turned out stale). */
-void instance_pool_flush(struct instance *i);
-
-/* --- called by launchers --- */
-/* The instance can be reached at host:port now: start health probes. */
-void instance_endpoint(struct instance *i, const char *host, int port);
-/* What the launcher sees ("pending (Priority)", "running on node7"). */
-void instance_set_detail(struct instance *i, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-/* The job ends at END_AT (monotonic seconds): hand over to a fresh
- * instance before then. */
-void instance_set_deadline(struct instance *i, double end_at);
-/* The process or job is gone (or could not start); reason says why. */
-void instance_gone(struct instance *i, const char *reason);
-/* STAND-IN (branch slurmlife) for inst's instance_hold(): the launcher
- * says I is not serving now (suspended, requeued, node down): out of
- * rotation at once, new requests wait, REASON shown. A later
- * instance_endpoint() probes it again. Replaced by inst's at merge. */
-void instance_hold(struct instance *i, const char *reason);
-/* The start cannot succeed (reason): answer the waiters, then stop I. */
-void instance_fail(struct instance *i, const char *reason);
 /* An instance found running from an earlier run of the gateway: create it
  * at INDEX in STARTING state (NULL if INDEX is out of range or taken). */
 struct instance *service_adopt(struct service *s, int index);
@@ -148,10 +95,20 @@ struct instance *service_adopt(struct service *s, int index);
 void service_recovered(struct service *s);
 
 /* --- state, for /info, /check_, the API --- */
-enum svc_state { SVC_STOPPED, SVC_STARTING, SVC_READY, SVC_STOPPING, SVC_FAILED };
+enum svc_state {
+	SVC_STOPPED,
+	SVC_STARTING,
+	SVC_READY,
+	SVC_STOPPING,
+	SVC_FAILED,
+	SVC_DEGRADED,
+	SVC_RETIRED,
+	SVC_NSTATES
+};
 enum svc_state service_state(const struct service *s);
 const char *service_state_name(enum svc_state st);
-const char *instance_state_name(enum inst_state st);
+/* Is FROM -> TO a legal move of a service? */
+bool service_move_legal(enum svc_state from, enum svc_state to);
 /* Human reason for the current state ("ready", "starting: pending ..."). */
 void service_reason(const struct service *s, char *buf, size_t len);
 const char *service_last_error(const struct service *s);

@@ -169,6 +169,57 @@ def pids_with_arg(*needles):
     return found
 
 
+def proc_ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data[data.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def proc_start_time(pid):
+    """PID's start time (clock ticks since boot), to tell a pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data[data.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children_of(pid):
+    """Live direct children of PID (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and proc_ppid(int(d)) == pid and pid_alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+def env_has(pid, name, value=None):
+    """True if PID's environment has NAME (=VALUE)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    if value is None:
+        return any(e.startswith(name.encode() + b"=") for e in env)
+    return f"{name}={value}".encode() in env
+
+
+def pids_with_env(name, value):
+    """Live (non-zombie) processes whose environment has NAME=VALUE: a
+    process tree marked by its start script, wherever its members went
+    (double forks, new sessions, reparented to init)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and env_has(int(d), name, value) and pid_alive(int(d)):
+            found.append(int(d))
+    return found
+
+
 def service_gone(pid, port):
     """The service process is gone (or a zombie) and nothing listens on its port."""
     return not pid_alive(pid) and not port_listening(port)
@@ -350,8 +401,9 @@ class Gateway:
         self.dir = Path(tmp_path)
         self.port = free_port()
         self.services = services
+        # each gateway its own state_dir: the gateway locks it
         self.config = {"listen": f"127.0.0.1:{self.port}", "shutdown_grace": 5,
-                       "Services": services}
+                       "state_dir": str(self.dir / f"{name}-state"), "Services": services}
         self.config.update(top)
         self.config_path = self.dir / f"{name}.json"
         self.config_path.write_text(json.dumps(self.config, indent=2))
@@ -363,6 +415,7 @@ class Gateway:
         self.token = top.get("admin_token")
         self.seen_pids = set()
         self.stopped_rc = None
+        self.killed = False   # kill9(): no clean exit code expected
 
     # --- life cycle ---
 
@@ -410,6 +463,24 @@ class Gateway:
             self.proc.wait(5)
             return None
 
+    def kill9(self, helpers=False):
+        """SIGKILL the gateway (and with HELPERS its own helper processes:
+        its children that are not part of a service's process tree, found
+        through /proc). Waits for it; the teardown then checks only that
+        nothing of it is left."""
+        pids = [self.proc.pid]
+        if helpers:
+            pids += [p for p in children_of(self.proc.pid)
+                     if not env_has(p, "SLURMGATE_SERVICE")]
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+        self.killed = True
+        return pids
+
     def service_ports(self):
         return [s.get("local_port") or s.get("remote_port") for s in self.services
                 if s.get("launcher") == "local"]
@@ -448,7 +519,7 @@ class Gateway:
         if self in _live_gateways:
             _live_gateways.remove(self)
         problems = []
-        if rc != 0:
+        if rc != 0 and not self.killed:
             problems.append(f"slurmgate exit code after SIGTERM was {rc}, expected 0")
         # the gateway reaps its children; allow a moment for stragglers
         try:

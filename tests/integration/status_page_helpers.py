@@ -94,6 +94,7 @@ class Gateway:
         self.config = {
             "listen": f"127.0.0.1:{self.port}",
             "shutdown_grace": 5,
+            "state_dir": str(self.dir / "gw-state"),   # the gateway locks it
             "Services": [{
                 "name": "demo",
                 "route_name": "llm",

@@ -160,8 +160,8 @@ def test_authorization_is_not_forwarded_through_the_v1_front(gateway, tmp_path):
     assert json.loads(o["body"])["model"] == "echo-model", o
 
 
-def test_authorization_is_forwarded_without_keys(gateway):
-    g = gateway(services())
+def test_authorization_is_forwarded_without_keys_when_the_service_opts_in(gateway):
+    g = gateway([dict(s, forward_authorization=True) for s in services()])
     r = g.get("/llm/echo", headers=bearer("the-service-own-token"))
     assert r.status == 200, r
     assert r.json()["headers"].get("authorization") == "Bearer the-service-own-token"

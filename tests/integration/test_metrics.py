@@ -422,7 +422,8 @@ def test_instances_by_state_and_instance_seconds(gateway):
     g = gateway()
     fams = scrape(g)
     states = {l["state"]: v for s, l, v in fams["slurmgate_instances"].samples if l["service"] == "demo"}
-    assert states == {"starting": 0, "probing": 0, "ready": 0, "draining": 0, "stopping": 0}, states
+    assert states == {"starting": 0, "probing": 0, "ready": 0, "draining": 0, "stopping": 0,
+                      "unhealthy": 0, "held": 0}, states
     assert value(fams, "slurmgate_instance_seconds_total", service="demo") == 0
 
     assert g.get("/llm/health").status == 200

@@ -362,6 +362,8 @@ def front(gateway, tmp_path):
     made = []
 
     def make(mutate=None, env=None, **top):
+        # nginx on loopback is the proxy whose X-Forwarded-* slurmgate believes
+        top.setdefault("trusted_proxies", ["127.0.0.1", "::1"])
         gw = gateway([demo_service()], env={"DEMO_TOKEN_DELAY_MS": str(TOKEN_MS), **(env or {})},
                      **top)
         ng = Nginx(tmp_path / f"nginx{len(made)}", gw.port, mutate)

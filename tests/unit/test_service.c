@@ -1,6 +1,7 @@
 /* test_service.c - routing and the service state machine, driven through the
  * real event loop with real child processes (includes service.c). */
 #include <event2/event.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,11 +42,21 @@ static void rec_fail(struct waiter *w, int status, const char *reason, int retry
 	snprintf(r->reason, sizeof r->reason, "%s", reason);
 }
 
+static void rec_abort(struct waiter *w, int status, const char *reason)
+{
+	struct rec *r = (struct rec *)w;
+	r->fails++;
+	r->status = status;
+	r->inst = NULL;
+	snprintf(r->reason, sizeof r->reason, "%s", reason);
+}
+
 static void rec_init(struct rec *r)
 {
 	memset(r, 0, sizeof *r);
 	r->w.ready = rec_ready;
 	r->w.fail = rec_fail;
+	r->w.abort = rec_abort;
 }
 
 static void write_script(const char *name, const char *body)
@@ -227,7 +238,7 @@ static void test_cancelled_waiter_is_not_answered(void **state)
 
 	/* in flight: the idle clock does not run, whatever the timeout */
 	assert_true(service_idle_left(s) < 0);
-	instance_release(b.inst);
+	instance_release(b.inst, &b.w);
 	assert_true(service_idle_left(s) > 0);
 	/* idle for timeout (1 s): stopped, and the process reaped */
 	while (service_first_instance(s) != NULL && !gone) {
@@ -239,6 +250,213 @@ static void test_cancelled_waiter_is_not_answered(void **state)
 	assert_int_equal(proc_count(), 0);
 }
 
+/* --- the state machines --- */
+
+static void test_instance_moves_are_checked(void **state)
+{
+	(void)state;
+	/* first boot */
+	assert_true(instance_move_legal(INST_STARTING, INST_PROBING));
+	assert_true(instance_move_legal(INST_PROBING, INST_READY));
+	/* was ready, now unreachable: a state of its own, not "probing" */
+	assert_true(instance_move_legal(INST_READY, INST_UNHEALTHY));
+	assert_true(instance_move_legal(INST_UNHEALTHY, INST_READY));
+	assert_false(instance_move_legal(INST_READY, INST_PROBING));
+	assert_false(instance_move_legal(INST_UNHEALTHY, INST_PROBING));
+	assert_false(instance_move_legal(INST_UNHEALTHY, INST_STARTING));
+	/* held by the launcher: back only through a new endpoint and a probe */
+	assert_true(instance_move_legal(INST_READY, INST_HELD));
+	assert_true(instance_move_legal(INST_STARTING, INST_HELD));
+	assert_true(instance_move_legal(INST_HELD, INST_UNHEALTHY));
+	assert_true(instance_move_legal(INST_HELD, INST_PROBING));
+	assert_false(instance_move_legal(INST_HELD, INST_READY));
+	/* the way out is one way */
+	assert_false(instance_move_legal(INST_DRAINING, INST_READY));
+	assert_false(instance_move_legal(INST_STOPPING, INST_READY));
+	assert_false(instance_move_legal(INST_STOPPING, INST_HELD));
+	assert_true(instance_move_legal(INST_STOPPING, INST_GONE));
+	for (int st = 0; st < INST_NSTATES; st++)
+		assert_false(instance_move_legal(INST_GONE, (enum inst_state)st));
+	for (int st = 0; st < INST_GONE; st++)
+		assert_true(instance_move_legal((enum inst_state)st, INST_GONE));
+	assert_string_equal(instance_state_name(INST_UNHEALTHY), "unhealthy");
+	assert_string_equal(instance_state_name(INST_HELD), "held");
+}
+
+static void test_service_moves_are_checked(void **state)
+{
+	(void)state;
+	/* a retired service never moves again (never starts again) */
+	for (int st = 0; st < SVC_NSTATES; st++)
+		if (st != SVC_RETIRED)
+			assert_false(service_move_legal(SVC_RETIRED, (enum svc_state)st));
+	for (int st = 0; st < SVC_RETIRED; st++)
+		assert_true(service_move_legal((enum svc_state)st, SVC_RETIRED));
+	assert_false(service_move_legal(SVC_STOPPED, SVC_READY));
+	assert_false(service_move_legal(SVC_FAILED, SVC_READY));
+	assert_true(service_move_legal(SVC_STOPPED, SVC_STARTING));
+	assert_true(service_move_legal(SVC_READY, SVC_DEGRADED));
+	assert_true(service_move_legal(SVC_DEGRADED, SVC_READY));
+}
+
+/* A ready instance of "llm" (started by a request, which is released). */
+static struct instance *ready_llm(struct service *s)
+{
+	struct rec r;
+	struct instance *inst;
+	const char *reason;
+	int status, ra, rc;
+
+	rec_init(&r);
+	rc = service_request(s, &r.w, true, &inst, &status, &reason, &ra);
+	if (rc == 1) {
+		run_until(&r.readies);
+		inst = r.inst;
+	}
+	assert_non_null(inst);
+	assert_int_equal(inst->state, INST_READY);
+	instance_release(inst, &r.w);
+	return inst;
+}
+
+static void test_illegal_move_is_refused_in_release_builds(void **state)
+{
+	struct service *s = service_by_route("llm", 3);
+	struct instance *i = ready_llm(s);
+
+	(void)state;
+#if defined(__SANITIZE_ADDRESS__) || defined(SG_DEBUG)
+	skip();   /* there an illegal move asserts */
+#endif
+	/* a release build: an illegal move is logged and refused */
+	assert_false(instance_set_state(i, INST_PROBING, "test"));
+	assert_int_equal(i->state, INST_READY);
+}
+
+static void test_unhealthy_does_not_count_as_starting(void **state)
+{
+	struct service *s = service_by_route("llm", 3);
+	struct instance *i = ready_llm(s);
+	char reason[600];
+	int back = 0;
+
+	(void)state;
+	instance_unreachable(i, "upstream closed the connection");
+	assert_int_equal(i->state, INST_UNHEALTHY);
+	assert_int_equal(service_state(s), SVC_DEGRADED);
+	assert_false(any_booting(s));
+	assert_false(any_pending_except(s, NULL));   /* blocks no start */
+	service_reason(s, reason, sizeof reason);
+	assert_null(strstr(reason, "starting"));
+	assert_non_null(strstr(reason, "unhealthy"));
+	assert_non_null(strstr(reason, "upstream closed the connection"));
+	/* the service still answers probes: back in rotation (polled through
+	 * the service: the idle timeout may end the instance soon after) */
+	instance_ref(i);
+	for (double end = now_s() + 10; !back && now_s() < end;) {
+		event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+		back = i->state == INST_READY;
+	}
+	assert_true(back);
+	assert_int_equal(service_state(s), SVC_READY);
+	instance_unref(i);
+}
+
+static void test_hold_queues_requests_and_endpoint_serves_them(void **state)
+{
+	struct service *s = service_by_route("llm", 3);
+	struct instance *i = ready_llm(s), *inst = NULL;
+	struct rec inflight, held;
+	const char *reason;
+	char buf[600];
+	int status, ra;
+	uint64_t starts;
+
+	(void)state;
+	starts = service_starts(s);
+	rec_init(&inflight);
+	assert_int_equal(service_request(s, &inflight.w, true, &inst, &status, &reason, &ra), 0);
+	assert_ptr_equal(inst, i);
+	instance_hold(i, "Slurm job 42 requeued: pending (BeginTime)");
+	assert_int_equal(i->state, INST_HELD);
+	/* the request in flight ended with the reason */
+	assert_int_equal(inflight.fails, 1);
+	assert_int_equal(inflight.status, 502);
+	assert_non_null(strstr(inflight.reason, "requeued: pending (BeginTime)"));
+	assert_int_equal(i->inflight, 0);
+	assert_int_equal(service_inflight(s), 0);
+	/* a new one waits, never 502 */
+	rec_init(&held);
+	assert_int_equal(service_request(s, &held.w, true, &inst, &status, &reason, &ra), 1);
+	assert_int_equal(service_starts(s), starts);   /* no second start for a held instance */
+	service_reason(s, buf, sizeof buf);
+	assert_non_null(strstr(buf, "Slurm job 42 requeued: pending (BeginTime)"));
+	instance_set_detail(i, "Slurm job 42 requeued: pending (Priority)");
+	service_reason(s, buf, sizeof buf);
+	assert_non_null(strstr(buf, "pending (Priority)"));
+	/* it runs again: a new endpoint, a probe, then the held request */
+	instance_endpoint(i, "127.0.0.1", i->local_port);
+	assert_int_equal(i->state, INST_UNHEALTHY);
+	run_until(&held.readies);
+	assert_int_equal(held.readies, 1);
+	assert_ptr_equal(held.inst, i);
+	assert_int_equal(i->state, INST_READY);
+	instance_release(i, &held.w);
+}
+
+static void test_gone_instance_lives_while_referenced(void **state)
+{
+	struct service *s = service_by_route("llm", 3);
+	struct instance *i = ready_llm(s), *inst = NULL;
+	struct rec r;
+	const char *reason;
+	int status, ra;
+
+	(void)state;
+	rec_init(&r);
+	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), 0);
+	assert_ptr_equal(inst, i);
+	instance_ref(i);   /* as a late user would: the object must outlive "gone" */
+	assert_int_equal(kill(i->pid, SIGKILL), 0);
+	run_until(&r.fails);
+	/* the request in flight ended with the cause, and the instance left the service */
+	assert_int_equal(r.fails, 1);
+	assert_int_equal(r.status, 502);
+	assert_non_null(strstr(r.reason, "instance ended: process killed by signal 9"));
+	assert_int_equal(i->state, INST_GONE);
+	assert_null(service_first_instance(s));
+	assert_int_equal(service_inflight(s), 0);
+	assert_int_equal(i->refs, 1);   /* only ours */
+	instance_unref(i);              /* freed here */
+}
+
+static void test_retired_service_never_starts(void **state)
+{
+	struct service *s = service_by_route("llm", 3);
+	struct rec r;
+	struct instance *inst;
+	const char *reason;
+	int status, ra;
+	uint64_t starts;
+
+	(void)state;
+	service_stop_all(s, "test");
+	svc_set_state(s, SVC_RETIRED, "test");
+	starts = service_starts(s);
+	service_demand(s);
+	s->demanded = true;
+	kick(s);
+	scale_check(s);
+	rec_init(&r);
+	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), -1);
+	assert_string_equal(reason, "the service was removed from the config");
+	assert_int_equal(service_starts(s), starts);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(SG_DEBUG)
+	svc_set_state(s, SVC_STOPPED, "test");   /* refused (asserts in debug builds) */
+#endif
+	assert_int_equal(service_state(s), SVC_RETIRED);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -247,6 +465,13 @@ int main(void)
 		cmocka_unit_test(test_hold_false_refuses_at_once_but_starts),
 		cmocka_unit_test(test_disabled_management_refuses_a_start),
 		cmocka_unit_test(test_cancelled_waiter_is_not_answered),
+		cmocka_unit_test(test_instance_moves_are_checked),
+		cmocka_unit_test(test_service_moves_are_checked),
+		cmocka_unit_test(test_illegal_move_is_refused_in_release_builds),
+		cmocka_unit_test(test_unhealthy_does_not_count_as_starting),
+		cmocka_unit_test(test_hold_queues_requests_and_endpoint_serves_them),
+		cmocka_unit_test(test_gone_instance_lives_while_referenced),
+		cmocka_unit_test(test_retired_service_never_starts),
 	};
 	return cmocka_run_group_tests_name("service", tests, setup, teardown);
 }

@@ -1,15 +1,24 @@
-"""Helpers for the Slurm launcher tests: a real single-node Slurm cluster and
+"""Helpers for the Slurm launcher tests: a real multi-node Slurm cluster and
 a loopback sshd (tests/env/clusterctl), and a slurmgate process whose
 services are Slurm jobs submitted over ssh.
+
+Each compute node (node1, node2, ...) is a slurmd in a network namespace of
+its own with its own address (Cluster.node_addr); the node names do not
+resolve on this host. Jobs bind their node's address (demo_job_script).
+Fixtures: `cluster` (one per session, shared), `nodes` (the same cluster,
+with every node put back to idle after the test: for tests that drain,
+down, suspend or cut off nodes), `slurm_gateway` (a gateway factory).
 
 This is deliberately not a conftest.py: a second conftest.py would replace
 the module named "conftest" that the tests one level up import from. The
 test modules here import the fixtures below by name.
 
 Every wait is a poll against a deadline, every subprocess and socket has a
-timeout, and all traffic stays on 127.0.0.1.
+timeout, and all traffic stays on 127.0.0.1 and the test namespaces'
+addresses.
 """
 import atexit
+import http.client
 import json
 import os
 import shutil
@@ -52,9 +61,128 @@ class Cluster:
         self.ssh_key = self.env["ssh_key"]
         self.known_hosts = self.env["ssh_known_hosts"]
         self.work_dir = self.env["work_dir"]
-        self.node = self.env["slurm_node"]
+        self.node = self.env["slurm_node"]          # the first node
         self.partition = self.env["partition"]
         self.down_partition = self.env["down_partition"]
+        # [{"name", "addr", "netns", "veth"}], node1 first
+        self.nodes = self.env.get("nodes") or [{"name": self.node, "addr": "127.0.0.1"}]
+        self.node_names = [n["name"] for n in self.nodes]
+
+    # --- nodes ---
+
+    def _node(self, name):
+        for n in self.nodes:
+            if n["name"] == name:
+                return n
+        raise KeyError(f"no node {name!r} in this cluster ({self.node_names})")
+
+    def node_addr(self, name):
+        """The node's address (NodeAddr): where its jobs' services listen."""
+        return self._node(name)["addr"]
+
+    def clusterctl(self, *args, timeout=60, check=True):
+        p = subprocess.run([str(CLUSTERCTL), args[0], str(self.dir), *map(str, args[1:])],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"clusterctl {args}: exit {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def node_exec(self, name, *argv, timeout=20, check=True):
+        """Run argv in node NAME's network namespace (hostname = NAME, with
+        this cluster's SLURM_CONF); returns the CompletedProcess."""
+        return self.clusterctl("exec", name, *argv, timeout=timeout, check=check)
+
+    def slurmd_stop(self, name):
+        """SIGKILL node NAME's slurmd (its jobs keep running, as after a
+        slurmd crash). Slurm marks the node DOWN after SlurmdTimeout (30 s),
+        or at once with scontrol_node(name, "down")."""
+        self.clusterctl("slurmd-stop", name)
+
+    def slurmd_start(self, name):
+        self.clusterctl("slurmd-start", name)
+
+    def node_crash(self, name):
+        """Power loss: SIGKILL every process in node NAME's namespace
+        (slurmd, slurmstepd, job processes)."""
+        ns = self._node(name)["netns"]
+        out = subprocess.run(["ip", "netns", "pids", ns], stdout=subprocess.PIPE, text=True,
+                             timeout=10).stdout
+        for pid in out.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def node_link(self, name, up):
+        """Cut node NAME off the network (its veth down), or reconnect it."""
+        subprocess.run(["ip", "link", "set", self._node(name)["veth"], "up" if up else "down"],
+                       check=True, timeout=10)
+
+    def scontrol(self, *args, timeout=20, check=True):
+        """`scontrol ARGS...` with this cluster's SLURM_CONF; its stdout."""
+        return self.run("scontrol", *map(str, args), timeout=timeout, check=check)
+
+    def scontrol_node(self, name, state, reason="slurmgate test"):
+        """scontrol update NodeName=NAME State=STATE (drain, down, resume,
+        idle, ...); DRAIN/DOWN need a reason."""
+        args = ["update", f"NodeName={name}", f"State={state}"]
+        if state.lower() in ("drain", "down", "fail", "future"):
+            args.append(f"Reason={reason}")
+        return self.scontrol(*args)
+
+    def node_states(self):
+        """{node: state} from sinfo, e.g. {"node1": "idle", "node2": "drained"}."""
+        out = self.run("sinfo", "-h", "-N", "-p", self.partition, "-o", "%N|%T")
+        return dict(line.strip().split("|", 1) for line in out.splitlines() if "|" in line)
+
+    def wait_node_state(self, name, pred, timeout=30):
+        """Poll sinfo until pred(state of NAME) (a str such as "idle",
+        "drained", "down*", "mixed") is true; returns the state."""
+        if isinstance(pred, str):
+            want = pred
+            pred = lambda st: st == want  # noqa: E731
+        holder = {}
+
+        def probe():
+            holder["st"] = self.node_states().get(name)
+            return pred(holder["st"])
+
+        try:
+            wait_until(probe, timeout * SLACK, interval=0.2, msg=f"node {name} state")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last state: {holder.get('st')}") from None
+        return holder["st"]
+
+    def job_node(self, job_id):
+        """The node a job runs on ("" while pending)."""
+        out = self.run("squeue", "-h", "-j", str(job_id), "-o", "%N", check=False)
+        return out.strip()
+
+    def reset_nodes(self, timeout=45):
+        """Put every node back: veth up, slurmd running, RESUME if drained or
+        down, until all are idle (or mixed/allocated, with jobs)."""
+        for n in self.nodes:
+            if "veth" in n:
+                self.node_link(n["name"], True)
+                self.slurmd_start(n["name"])
+        ok = ("idle", "mixed", "allocated")
+        for name, st in self.node_states().items():
+            if st not in ok:
+                self.scontrol("update", f"NodeName={name}", "State=RESUME", check=False)
+        for n in self.node_names:
+            self.wait_node_state(n, lambda st: st in ok, timeout)
+
+    def http_get(self, addr, port, path, timeout=10.0):
+        """GET http://ADDR:PORT/PATH straight to a node (no gateway):
+        (status, body bytes)."""
+        c = http.client.HTTPConnection(addr, port, timeout=timeout * SLACK)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
 
     def run(self, *argv, timeout=20, check=True):
         env = dict(os.environ, SLURM_CONF=self.slurm_conf)
@@ -230,11 +358,21 @@ def write_script(path, text):
     return path
 
 
-def demo_job_script(path, extra=""):
-    """A job script that runs the demo service on port $1, on loopback only.
-    Absolute paths: the job does not see the gateway's environment."""
-    return write_script(path, "#!/bin/sh\n" + extra +
-                        f'exec "{DEMO_BIN}" --host 127.0.0.1 --port "$1"\n')
+# The node's own address as Slurm knows it, in a job: what a service binds
+# so that only that node's address reaches it.
+NODE_ADDR_SH = ('addr=$(scontrol show node "$SLURMD_NODENAME" | '
+                "sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p')\n"
+                '[ -n "$addr" ] || { echo "no NodeAddr for $SLURMD_NODENAME" >&2; exit 1; }\n')
+
+
+def demo_job_script(path, extra="", exec_=True):
+    """A job script that runs the demo service on port $1, bound only to its
+    node's address (NodeAddr). exec_=False runs it as a child, the way most
+    real job scripts do. Absolute paths: the job does not see the gateway's
+    environment."""
+    run = f'"{DEMO_BIN}" --host "$addr" --port "$1"'
+    tail = f"exec {run}\n" if exec_ else f"{run}\necho \"demo exited: $?\"\n"
+    return write_script(path, "#!/bin/sh\n" + extra + NODE_ADDR_SH + tail)
 
 
 # --------------------------------------------------------------------------
@@ -466,6 +604,16 @@ class SlurmGateway:
                 except ProcessLookupError:
                     pass
         return problems
+
+
+@pytest.fixture
+def nodes(cluster):
+    """The shared cluster, for a test that changes nodes (drain, down,
+    suspend, slurmd_stop, node_crash, node_link): every node is back to idle
+    before and after the test."""
+    cluster.reset_nodes()
+    yield cluster
+    cluster.reset_nodes()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ A requeued job stays PENDING (BeginTime) until its job credential expires,
 and may not run on that node before (slurmd revoked the credential): the
 test cluster sets cred_expire=10 (tests/env/clusterctl), so it runs again
 after about 11 s instead of Slurm's default 121 s."""
+import json
 import os
 import re
 import signal
@@ -22,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import SLACK, http_request, pid_alive, wait_until
-from slurmlib import (children, cluster, demo_job_script, slurm_gateway,  # noqa: F401
-                      slurm_service, write_script)
+from slurmlib import (children, cluster, demo_job_script, nodes,  # noqa: F401
+                      slurm_gateway, slurm_service, write_script)
 
 
 # --------------------------------------------------------------------------
@@ -181,8 +182,6 @@ def test_suspend_resume(cluster, slurm_gateway, tmp_path):
     print(f"held {took:.2f} s after scontrol suspend; served {resumed:.2f} s after resume")
 
 
-@pytest.mark.xfail(strict=True, reason="needs the real instance_hold() from branch inst: "
-                   "requests in flight end with 502 naming the reason")
 def test_suspend_fails_requests_in_flight_with_reason(cluster, slurm_gateway, tmp_path):
     job = demo_job_script(tmp_path / "job.sh")
     g = slurm_gateway([slurm_service(cluster, job)])
@@ -203,7 +202,8 @@ def test_suspend_fails_requests_in_flight_with_reason(cluster, slurm_gateway, tm
 # bug 6: the node is set DOWN under a running job
 # --------------------------------------------------------------------------
 
-def test_node_down_requeue(cluster, slurm_gateway, tmp_path):
+def test_node_down_requeue(nodes, slurm_gateway, tmp_path):
+    cluster = nodes   # every node idle again afterwards
     job = demo_job_script(tmp_path / "job.sh")
     g = slurm_gateway([slurm_service(cluster, job)])
     job_id, pid1 = warm(g, cluster)
@@ -231,6 +231,69 @@ def test_node_down_requeue(cluster, slurm_gateway, tmp_path):
     assert info["starts"] == 1 and info["instances"][0]["job_id"] == job_id, info
     assert [j[0] for j in cluster.live_jobs(g.job_name())] == [job_id]
     assert len(forwards(g)) == 1
+
+
+# --------------------------------------------------------------------------
+# several nodes: the forward follows the job; instances on two nodes
+# --------------------------------------------------------------------------
+
+def test_requeue_moves_forward(nodes, slurm_gateway, tmp_path):
+    """Drain the job's node and requeue the job: it runs on another node, and
+    the gateway serves it there (on c095a72 the forward still went to the
+    old node)."""
+    cluster = nodes
+    assert len(cluster.node_names) >= 2, cluster.nodes
+    job = demo_job_script(tmp_path / "job.sh")
+    svc = slurm_service(cluster, job)
+    g = slurm_gateway([svc])
+    job_id, pid1 = warm(g, cluster)
+    old = g.svc()["instances"][0]["node"]
+    fw_old = forwards(g)
+
+    cluster.scontrol_node(old, "drain")
+    cluster.scontrol("requeue", job_id)
+    wait_held(g, job_id, ["requeued: pending"], 10)
+    with ThreadPoolExecutor(max_workers=5) as ex:
+        futs = hold_requests(ex, g, 5)
+        results = [f.result(timeout=90 * SLACK) for f in futs]
+    assert [r.status for r in results] == [200] * 5, [(r.status, r.body[:200]) for r in results]
+    [pid2] = {r.json()["pid"] for r in results}
+
+    new = cluster.job_node(job_id)
+    assert new and new != old, (old, new)
+    info = g.svc()
+    inst = info["instances"][0]
+    assert inst["node"] == new and inst["job_id"] == job_id and info["starts"] == 1, info
+    # what answers through the gateway is the service on the new node
+    status, body = cluster.http_get(cluster.node_addr(new), svc["remote_port"], "/pid")
+    assert status == 200 and json.loads(body)["pid"] == pid2 != pid1, body
+    fw = forwards(g)
+    assert len(fw) == 1 and fw != fw_old, (fw_old, fw)
+    assert inst["address"].endswith(f":{fw.pop()}"), inst
+
+
+def test_two_instances_on_two_nodes_balanced(nodes, slurm_gateway, tmp_path):
+    cluster = nodes
+    assert len(cluster.node_names) >= 2, cluster.nodes
+    job = demo_job_script(tmp_path / "job.sh")
+    # --exclusive: one job per node, so the two land on two nodes
+    g = slurm_gateway([slurm_service(cluster, job, min_instances=2, max_instances=2,
+                                     sbatch_args=[f"--chdir={cluster.work_dir}",
+                                                  "--exclusive"])])
+    info = g.wait_svc(lambda i: [x["state"] for x in i["instances"]] == ["ready", "ready"],
+                      90, msg="two instances ready")
+    used = {x["node"] for x in info["instances"]}
+    assert len(used) == 2, info["instances"]
+    assert len(forwards(g)) == 2
+
+    n = 40
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        results = list(ex.map(lambda k: http_request(g.port, "GET", f"/llm/slow?ms=300&i={k}",
+                                                     timeout=60 * SLACK), range(n)))
+    assert all(r.status == 200 for r in results), [(r.status, r.body[:100]) for r in results]
+    served = {x["node"]: x["served"] for x in g.svc()["instances"]}
+    assert sum(served.values()) >= n and min(served.values()) >= n // 4, served
+    print(f"served per node: {served}")
 
 
 # --------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_slurm_commands_run_locally_without_remote_host(cluster, slurm_gateway, 
     assert state == "RUNNING"
     [inst] = g.svc()["instances"]
     assert inst["job_id"] == job_id and inst["node"] == cluster.node, inst
-    assert inst["address"] == f"127.0.0.1:{svc['remote_port']}", inst
+    assert inst["address"] == f"{cluster.node_addr(inst['node'])}:{svc['remote_port']}", inst
     assert g.master_pids() == [] and g.ssh_leftovers() == []
     # idle: cancelled locally too
     wait_until(lambda: not cluster.live_jobs(name), (3 + 2 * 2 + 4) * SLACK, interval=0.2,

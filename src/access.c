@@ -1,0 +1,155 @@
+/* access.c - who may do what: secrets, api keys, trusted proxies and
+ * cross-site requests (see access.h). */
+#include "access.h"
+
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config.h"
+#include "http.h"
+#include "router.h"
+#include "service.h"
+#include "util.h"
+
+/* api keys by hash; compared in constant time once found. */
+struct keyslot {
+	uint64_t hash;
+	const struct api_key *key;
+};
+
+static const struct config *acfg;
+static struct keyslot *keys;
+static size_t nkeyslots;
+
+static uint64_t fnv1a(const char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (size_t k = 0; k < n; k++)
+		h = (h ^ (unsigned char)p[k]) * 1099511628211ULL;
+	return h;
+}
+
+void access_configure(const struct config *cfg)
+{
+	acfg = cfg;
+	free(keys);
+	nkeyslots = cfg->n_api_keys * 2 + 1;
+	keys = xcalloc(nkeyslots, sizeof *keys);
+	for (size_t k = 0; k < cfg->n_api_keys; k++) {
+		const struct api_key *ak = &cfg->api_keys[k];
+		uint64_t h = fnv1a(ak->key, strlen(ak->key));
+		size_t at = h % nkeyslots;
+		while (keys[at].key)
+			at = (at + 1) % nkeyslots;
+		keys[at] = (struct keyslot){h, ak};
+	}
+}
+
+void access_free(void)
+{
+	free(keys);
+	keys = NULL;
+	nkeyslots = 0;
+	acfg = NULL;
+}
+
+bool access_secret_eq(const char *given, size_t glen, const char *real)
+{
+	size_t rlen = strlen(real);
+	unsigned char diff = glen != rlen;
+
+	for (size_t k = 0; k < rlen; k++)
+		diff |= (unsigned char)(real[k] ^ (k < glen ? given[k] : 0));
+	return diff == 0;
+}
+
+const char *access_bearer(const struct http_msg *m, size_t *len)
+{
+	const struct http_hdr *h = http_find(m, "authorization");
+
+	if (h == NULL || h->vlen <= 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
+		return NULL;
+	*len = h->vlen - 7;
+	return h->value + 7;
+}
+
+const struct api_key *access_key_find(const char *t, size_t len)
+{
+	uint64_t h = fnv1a(t, len);
+
+	if (nkeyslots == 0)
+		return NULL;
+	for (size_t k = h % nkeyslots, probes = 0; probes < nkeyslots; k = (k + 1) % nkeyslots, probes++) {
+		if (keys[k].key == NULL)
+			return NULL;
+		if (keys[k].hash == h && access_secret_eq(t, len, keys[k].key->key))
+			return keys[k].key;
+	}
+	return NULL;
+}
+
+bool access_key_allows(const struct api_key *k, const struct service *s)
+{
+	if (k->services == NULL || s == NULL)
+		return true;
+	for (char **p = k->services; *p; p++)
+		if (strcmp(*p, service_config(s)->name) == 0)
+			return true;
+	return false;
+}
+
+bool access_peer_trusted(struct hconn *c)
+{
+	const char *p = http_peer(c);
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
+
+	if (acfg == NULL || acfg->n_proxies == 0 || p == NULL)
+		return false;
+	if (inet_pton(AF_INET, p, &sin.sin_addr) == 1)
+		return router_cidr_match(acfg->proxies, acfg->n_proxies, (struct sockaddr *)&sin);
+	if (inet_pton(AF_INET6, p, &sin6.sin6_addr) == 1)
+		return router_cidr_match(acfg->proxies, acfg->n_proxies, (struct sockaddr *)&sin6);
+	return false;
+}
+
+static bool hdr_is(const struct http_hdr *h, const char *lit)
+{
+	return strncase_eq(h->value, h->vlen, lit);
+}
+
+bool access_cross_site(struct hconn *c, const struct http_msg *m)
+{
+	const struct http_hdr *sfs = http_find(m, "sec-fetch-site");
+	const struct http_hdr *o = http_find(m, "origin"), *host = NULL;
+	const char *a;
+	size_t alen;
+
+	if (sfs != NULL)
+		return !hdr_is(sfs, "same-origin") && !hdr_is(sfs, "none");
+	if (o == NULL)
+		o = http_find(m, "referer");
+	if (o == NULL)
+		return false;
+	if (access_peer_trusted(c))
+		host = http_find(m, "x-forwarded-host");
+	if (host == NULL)
+		host = http_find(m, "host");
+	if (!router_authority(o->value, o->vlen, &a, &alen))   /* "Origin: null" */
+		return true;
+	if (host == NULL)
+		return true;
+	if (alen == host->vlen && strncasecmp(a, host->value, alen) == 0)
+		return false;
+	/* a proxy that sends "Host: $host" drops the port: compare names then */
+	if (memchr(host->value, ':', host->vlen) == NULL && host->vlen > 0 && host->value[0] != '[') {
+		const char *colon = memchr(a, ':', alen);
+		size_t nlen = colon ? (size_t)(colon - a) : alen;
+		return nlen != host->vlen || strncasecmp(a, host->value, nlen) != 0;
+	}
+	return true;
+}

@@ -1,0 +1,37 @@
+/* access.h - who may do what: secrets, api keys, trusted proxies and
+ * cross-site requests. Decisions only; front.c answers the client. */
+#ifndef SG_ACCESS_H
+#define SG_ACCESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct api_key;
+struct config;
+struct hconn;
+struct http_msg;
+struct service;
+
+/* Take CFG's api keys (indexed by hash) and trusted proxies. CFG must
+ * outlive the next call. */
+void access_configure(const struct config *cfg);
+void access_free(void);
+
+/* Constant-time comparison of a presented secret with the real one. */
+bool access_secret_eq(const char *given, size_t glen, const char *real);
+/* The token of "Authorization: Bearer <token>" in M, or NULL. */
+const char *access_bearer(const struct http_msg *m, size_t *len);
+/* The api key whose text is T (LEN bytes), or NULL. */
+const struct api_key *access_key_find(const char *t, size_t len);
+/* May key K use service S? (S NULL: any service will do) */
+bool access_key_allows(const struct api_key *k, const struct service *s);
+
+/* Is the client C a proxy listed in trusted_proxies? */
+bool access_peer_trusted(struct hconn *c);
+/* Did a browser make request M for another site (CSRF)? Sec-Fetch-Site
+ * says so, or Origin (else Referer) names another host than Host (or, from
+ * a trusted proxy, X-Forwarded-Host). Scripts and curl send none of these
+ * and pass. */
+bool access_cross_site(struct hconn *c, const struct http_msg *m);
+
+#endif

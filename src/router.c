@@ -1,0 +1,428 @@
+/* router.c - one route resolver for /<route>/... and /v1/..., api_paths on
+ * segment boundaries, trusted proxies, allowed hosts, the /v1 model.
+ *
+ * The resolver follows nginx (ngx_http_parse_complex_uri and proxy_pass
+ * with a URI): decode percent-encoding once, remove dot segments, then
+ * match and forward the normalised path. Where nginx accepts something
+ * that back ends are known to read differently (an encoded '/', a
+ * backslash, "..;", overlong UTF-8), we refuse it with a 400 that names it:
+ * HAProxy's and Envoy's path normalisation options refuse these too. */
+#include "router.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+static int hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Bytes that go out as they are in a path (RFC 3986 pchar minus '%', plus '/'). */
+static bool path_char_plain(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       strchr("-._~!$&'()*+,;=:@/", c) != NULL;
+}
+
+/* Overlong UTF-8 (C0/C1 leads, E0 80-9F, F0 80-8F) or a lead byte beyond
+ * U+10FFFF: the tricks that spell '/' or '.' in more bytes. */
+static bool overlong_utf8(const unsigned char *p, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = p[k], d = k + 1 < n ? p[k + 1] : 0;
+		if (c == 0xC0 || c == 0xC1 || c >= 0xF5)
+			return true;
+		if (c == 0xE0 && d >= 0x80 && d < 0xA0)
+			return true;
+		if (c == 0xF0 && d >= 0x80 && d < 0x90)
+			return true;
+	}
+	return false;
+}
+
+/* Decode the path P (N bytes) once into OUT (at least N+1 bytes). */
+static int decode_path(const char *p, size_t n, char *out, size_t *olen, const char **cause)
+{
+	size_t o = 0;
+
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = (unsigned char)p[k];
+		if (c == '%') {
+			int hi = k + 2 < n ? hexval((unsigned char)p[k + 1]) : -1;
+			int lo = k + 2 < n ? hexval((unsigned char)p[k + 2]) : -1;
+			if (hi < 0 || lo < 0) {
+				*cause = "bad percent-encoding in the path";
+				return -1;
+			}
+			c = (unsigned char)(hi * 16 + lo);
+			k += 2;
+			if (c == '/') {
+				*cause = "an encoded '/' (%2F) in the path is refused";
+				return -1;
+			}
+			if (c == '\\') {
+				*cause = "an encoded '\\' (%5C) in the path is refused";
+				return -1;
+			}
+			if (c == 0) {
+				*cause = "an encoded NUL (%00) in the path is refused";
+				return -1;
+			}
+		} else if (c == '\\') {
+			*cause = "a '\\' in the path is refused";
+			return -1;
+		} else if (c < 0x20 || c == 0x7f) {
+			*cause = "a control character in the path is refused";
+			return -1;
+		}
+		out[o++] = (char)c;
+	}
+	out[o] = '\0';
+	*olen = o;
+	if (overlong_utf8((const unsigned char *)out, o)) {
+		*cause = "overlong UTF-8 in the path is refused";
+		return -1;
+	}
+	return 0;
+}
+
+static bool seg_is(const char *s, size_t n, const char *lit)
+{
+	return n == strlen(lit) && memcmp(s, lit, n) == 0;
+}
+
+/* Remove dot segments from the decoded path D (starts with '/') in place. */
+static int remove_dots(char *d, size_t *dlen, const char **cause)
+{
+	size_t n = *dlen, o = 0, k = 1;
+	size_t *starts = xmalloc((n + 1) * sizeof *starts);   /* output segment starts */
+	size_t depth = 0;
+	char *out = xmalloc(n + 2);
+
+	out[o++] = '/';
+	while (k <= n) {
+		const char *s = d + k;
+		const char *e = memchr(s, '/', n - k);
+		size_t sl = e ? (size_t)(e - s) : n - k;
+		bool last = e == NULL;
+		const char *semi = memchr(s, ';', sl);
+		size_t bl = semi ? (size_t)(semi - s) : sl;
+
+		if (semi && (seg_is(s, bl, ".") || seg_is(s, bl, ".."))) {
+			*cause = "a dot segment with parameters (\"..;\") in the path is refused";
+			free(starts);
+			free(out);
+			return -1;
+		}
+		if (seg_is(s, sl, ".")) {
+			/* nothing: a last "." leaves the '/' before it */
+		} else if (seg_is(s, sl, "..")) {
+			if (depth == 0) {
+				*cause = "the path climbs above the root with \"..\"";
+				free(starts);
+				free(out);
+				return -1;
+			}
+			o = starts[--depth];
+		} else {
+			starts[depth++] = o;
+			memcpy(out + o, s, sl);
+			o += sl;
+			if (!last)
+				out[o++] = '/';
+		}
+		if (last)
+			break;
+		k += sl + 1;
+	}
+	out[o] = '\0';
+	memcpy(d, out, o + 1);
+	*dlen = o;
+	free(starts);
+	free(out);
+	return 0;
+}
+
+/* Encode the decoded path D for the upstream. */
+static char *encode_path(const char *d, size_t n, size_t *olen)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char *out = xmalloc(n * 3 + 1);
+	size_t o = 0;
+
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = (unsigned char)d[k];
+		if (path_char_plain(c)) {
+			out[o++] = (char)c;
+		} else {
+			out[o++] = '%';
+			out[o++] = hex[c >> 4];
+			out[o++] = hex[c & 15];
+		}
+	}
+	out[o] = '\0';
+	*olen = o;
+	return out;
+}
+
+int router_resolve(const char *t, size_t len, struct route_target *rt, const char **cause)
+{
+	const char *path = t, *q, *end = t + len;
+	size_t plen;
+
+	memset(rt, 0, sizeof *rt);
+	/* absolute-form: http://authority/path?query */
+	if ((len >= 7 && strncasecmp(t, "http://", 7) == 0) ||
+	    (len >= 8 && strncasecmp(t, "https://", 8) == 0)) {
+		const char *a = t + (t[4] == ':' ? 7 : 8), *ae = a;
+		while (ae < end && *ae != '/' && *ae != '?' && *ae != '#')
+			ae++;
+		if (ae == a) {
+			*cause = "an absolute-form request target needs a host";
+			return -1;
+		}
+		path = ae;
+	}
+	{
+		/* a fragment never goes to a server: drop it */
+		const char *h = memchr(path, '#', (size_t)(end - path));
+		if (h)
+			end = h;
+	}
+	q = memchr(path, '?', (size_t)(end - path));
+	plen = (size_t)((q ? q : end) - path);
+	if (path != t && plen == 0) {
+		/* "http://host" or "http://host?x": the root */
+		path = "/";
+		plen = 1;
+	}
+	if (plen == 0 || path[0] != '/') {
+		*cause = "the request target must be a path starting with '/'";
+		return -1;
+	}
+	rt->dpath = xmalloc(plen + 1);
+	if (decode_path(path, plen, rt->dpath, &rt->dlen, cause) != 0 ||
+	    remove_dots(rt->dpath, &rt->dlen, cause) != 0) {
+		router_target_free(rt);
+		return -1;
+	}
+	rt->path = encode_path(rt->dpath, rt->dlen, &rt->plen);
+	if (q) {
+		rt->qlen = (size_t)(end - q);
+		rt->query = xstrndup(q, rt->qlen);
+	}
+	return 0;
+}
+
+void router_target_free(struct route_target *rt)
+{
+	free(rt->path);
+	free(rt->dpath);
+	free(rt->query);
+	memset(rt, 0, sizeof *rt);
+}
+
+void router_split(const struct route_target *rt, const char **seg, size_t *seglen,
+		  const char **rest, size_t *restlen, const char **drest, size_t *drestlen)
+{
+	const char *e = memchr(rt->path + 1, '/', rt->plen - 1);
+	const char *de = memchr(rt->dpath + 1, '/', rt->dlen - 1);
+
+	/* an encoded '/' is refused, so both have their slashes at the same segments */
+	*seg = rt->dpath + 1;
+	*seglen = de ? (size_t)(de - rt->dpath - 1) : rt->dlen - 1;
+	*rest = e ? e : rt->path + rt->plen;
+	*restlen = e ? rt->plen - (size_t)(e - rt->path) : 0;
+	*drest = de ? de : rt->dpath + rt->dlen;
+	*drestlen = de ? rt->dlen - (size_t)(de - rt->dpath) : 0;
+}
+
+bool router_path_allowed(const char *p, size_t n, char *const *api_paths)
+{
+	if (api_paths == NULL)
+		return true;
+	for (char *const *ap = api_paths; *ap; ap++) {
+		size_t al = strlen(*ap);
+		if (n < al || memcmp(p, *ap, al) != 0)
+			continue;
+		if (n == al || (*ap)[al - 1] == '/' || p[al] == '/')
+			return true;
+	}
+	return false;
+}
+
+/* --- peers and hosts --- */
+
+int router_cidr_parse(const char *s, struct cidr *out, const char **cause)
+{
+	char buf[64];
+	const char *slash = strchr(s, '/');
+	size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+	int max;
+
+	memset(out, 0, sizeof *out);
+	if (alen == 0 || alen >= sizeof buf) {
+		*cause = "must be an IP address or CIDR block (\"10.0.0.0/8\", \"::1\")";
+		return -1;
+	}
+	memcpy(buf, s, alen);
+	buf[alen] = '\0';
+	if (inet_pton(AF_INET, buf, out->addr) == 1)
+		out->family = AF_INET, max = 32;
+	else if (inet_pton(AF_INET6, buf, out->addr) == 1)
+		out->family = AF_INET6, max = 128;
+	else {
+		*cause = "must be an IP address or CIDR block (\"10.0.0.0/8\", \"::1\")";
+		return -1;
+	}
+	out->bits = max;
+	if (slash) {
+		char *e;
+		long b = strtol(slash + 1, &e, 10);
+		if (slash[1] == '\0' || *e != '\0' || b < 0 || b > max) {
+			*cause = "has a bad prefix length";
+			return -1;
+		}
+		out->bits = (int)b;
+	}
+	return 0;
+}
+
+static bool prefix_eq(const unsigned char *a, const unsigned char *b, int bits)
+{
+	int whole = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, (size_t)whole) != 0)
+		return false;
+	if (rest == 0)
+		return true;
+	unsigned char mask = (unsigned char)(0xFF << (8 - rest));
+	return (a[whole] & mask) == (b[whole] & mask);
+}
+
+bool router_cidr_match(const struct cidr *v, size_t n, const struct sockaddr *sa)
+{
+	unsigned char a4[4], a6[16];
+	bool has4 = false, has6 = false;
+
+	if (sa == NULL)
+		return false;
+	if (sa->sa_family == AF_INET) {
+		memcpy(a4, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+		has4 = true;
+	} else if (sa->sa_family == AF_INET6) {
+		memcpy(a6, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+		has6 = true;
+		if (IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)a6)) {
+			memcpy(a4, a6 + 12, 4);
+			has4 = true;
+		}
+	}
+	for (size_t k = 0; k < n; k++) {
+		if (v[k].family == AF_INET && has4 && prefix_eq(a4, v[k].addr, v[k].bits))
+			return true;
+		if (v[k].family == AF_INET6 && has6 && prefix_eq(a6, v[k].addr, v[k].bits))
+			return true;
+	}
+	return false;
+}
+
+/* Split "name[:port]" / "[v6][:port]" into name and port parts. */
+static void host_parts(const char *h, size_t len, const char **name, size_t *nlen,
+		       const char **port, size_t *portlen)
+{
+	const char *colon = NULL;
+
+	if (len > 0 && h[0] == '[') {
+		const char *rb = memchr(h, ']', len);
+		size_t e = rb ? (size_t)(rb - h) + 1 : len;
+		*name = h;
+		*nlen = e;
+		colon = e < len && h[e] == ':' ? h + e : NULL;
+	} else {
+		colon = memchr(h, ':', len);
+		*name = h;
+		*nlen = colon ? (size_t)(colon - h) : len;
+	}
+	*port = colon ? colon + 1 : NULL;
+	*portlen = colon ? len - (size_t)(colon + 1 - h) : 0;
+}
+
+bool router_host_allowed(const char *h, size_t len, char *const *allowed)
+{
+	const char *name, *port;
+	size_t nlen, portlen;
+
+	if (allowed == NULL)
+		return true;
+	while (len > 0 && h[len - 1] == '.')   /* "example.org." is "example.org" */
+		len--;
+	host_parts(h, len, &name, &nlen, &port, &portlen);
+	for (char *const *a = allowed; *a; a++) {
+		const char *an, *ap;
+		size_t anl, apl;
+		host_parts(*a, strlen(*a), &an, &anl, &ap, &apl);
+		if (anl != nlen || strncasecmp(an, name, nlen) != 0)
+			continue;
+		if (ap == NULL || (port && apl == portlen && memcmp(ap, port, apl) == 0))
+			return true;
+	}
+	return false;
+}
+
+bool router_authority(const char *v, size_t len, const char **a, size_t *alen)
+{
+	const char *p = memmem(v, len, "://", 3), *e;
+
+	if (p == NULL)
+		return false;
+	p += 3;
+	e = p;
+	while (e < v + len && *e != '/' && *e != '?' && *e != '#')
+		e++;
+	if (e == p)
+		return false;
+	*a = p;
+	*alen = (size_t)(e - p);
+	return true;
+}
+
+/* --- the /v1 body --- */
+
+enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream)
+{
+	json_error_t jerr;
+	json_t *o, *m;
+
+	*model = NULL;
+	*stream = false;
+	if (n == 0)
+		return V1_NO_BODY;
+	o = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
+	if (o == NULL || !json_is_object(o)) {
+		json_decref(o);
+		return V1_NOT_OBJECT;
+	}
+	m = json_object_get(o, "model");
+	if (!json_is_string(m)) {
+		json_decref(o);
+		return V1_NO_MODEL;
+	}
+	*model = xstrndup(json_string_value(m), json_string_length(m));
+	*stream = json_is_true(json_object_get(o, "stream"));
+	json_decref(o);
+	return V1_OK;
+}

@@ -1,0 +1,97 @@
+/* router.h - the one route resolver for /<route>/... and /v1/..., and the
+ * access-control helpers that go with it (api_paths, trusted proxies,
+ * allowed hosts, the /v1 body's model).
+ *
+ * Pure functions on bytes: no sockets, no globals, so that the fuzz
+ * targets (tests/fuzz/fuzz_router.c, fuzz_v1model.c) call them directly. */
+#ifndef SG_ROUTER_H
+#define SG_ROUTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+/* A request target after router_resolve().
+ *
+ * The path is percent-decoded once, its dot segments removed (RFC 3986
+ * 5.2.4) and encoded again the way nginx does for a URI in proxy_pass:
+ * unreserved characters, sub-delims, ':', '@' and '/' as they are,
+ * everything else as %XX. Double slashes are kept. */
+struct route_target {
+	char *path;        /* normalised and re-encoded, starts with '/' (malloc'd) */
+	size_t plen;
+	char *dpath;       /* normalised and decoded, NUL-terminated (malloc'd);
+	                    * never holds NUL, '\\' or an encoded '/' */
+	size_t dlen;
+	char *query;       /* "?..." as sent (malloc'd copy), or NULL */
+	size_t qlen;
+};
+
+/* Resolve the request target T (LEN bytes: origin-form or absolute-form).
+ * Returns 0 and fills *RT (free with router_target_free), or -1 with a
+ * client-facing reason in *CAUSE (static string; the answer is a 400). */
+int router_resolve(const char *t, size_t len, struct route_target *rt, const char **cause);
+void router_target_free(struct route_target *rt);
+
+/* The first segment of a resolved path and what follows it:
+ * "/llm/a/b" -> seg "llm", rest "/a/b" (encoded) and drest "/a/b" (decoded). */
+void router_split(const struct route_target *rt, const char **seg, size_t *seglen,
+		  const char **rest, size_t *restlen, const char **drest, size_t *drestlen);
+
+/* Does api_paths (NULL-terminated; NULL: everything) allow the decoded,
+ * normalised path P? On segment boundaries: "/allowed" allows "/allowed"
+ * and "/allowed/x", never "/allowedsecret"; an entry ending in '/' allows
+ * everything below it. */
+bool router_path_allowed(const char *p, size_t n, char *const *api_paths);
+
+/* --- peers and hosts --- */
+
+/* One address or CIDR block ("10.0.0.0/8", "::1", "127.0.0.1"). */
+struct cidr {
+	int family;              /* AF_INET or AF_INET6 */
+	unsigned char addr[16];
+	int bits;
+};
+
+/* Parse S as an address or CIDR. Returns 0, or -1 with *CAUSE. */
+int router_cidr_parse(const char *s, struct cidr *out, const char **cause);
+/* Is the peer SA inside one of the N blocks? (v4-mapped v6 counts as v4) */
+bool router_cidr_match(const struct cidr *v, size_t n, const struct sockaddr *sa);
+
+/* Does the Host header value H (LEN bytes, "name[:port]") match one of
+ * ALLOWED (NULL-terminated)? An entry without a port matches any port;
+ * names compare case-insensitively. NULL list: every host. */
+bool router_host_allowed(const char *h, size_t len, char *const *allowed);
+
+/* The authority ("host[:port]") of an Origin or Referer value: *A and
+ * *ALEN, or false if it has none ("null", garbage). */
+bool router_authority(const char *v, size_t len, const char **a, size_t *alen);
+
+/* --- the /v1 body --- */
+
+enum v1_result {
+	V1_OK,
+	V1_NO_BODY,       /* empty body */
+	V1_NOT_OBJECT,    /* not JSON, or not an object */
+	V1_NO_MODEL,      /* no "model" string */
+};
+
+/* Find the "model" of an OpenAI-style JSON body. On V1_OK, *MODEL is a
+ * malloc'd NUL-terminated copy and *STREAM says whether "stream" is true. */
+enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream);
+
+/* Headers on everything the gateway answers itself. */
+#define SG_SEC_HEADERS                                                                    \
+	"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"                     \
+	"Referrer-Policy: no-referrer\r\n"
+/* ... for JSON and other non-HTML answers */
+#define SG_SEC_HEADERS_DATA                                                               \
+	SG_SEC_HEADERS "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
+/* ... for the gateway's HTML pages (inline script and style, same-origin fetches) */
+#define SG_SEC_HEADERS_PAGE                                                               \
+	SG_SEC_HEADERS                                                                     \
+	"Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "        \
+	"style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "            \
+	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'\r\n"
+
+#endif

@@ -1,0 +1,207 @@
+/* test_router.c - the route resolver, api_paths, hosts and proxies, table-driven
+ * (includes router.c for its statics). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "../../src/router.c"
+
+/* target -> forwarded path (NULL: refused, then ERR is part of the reason) */
+static const struct {
+	const char *target, *path, *query, *err;
+} resolve_cases[] = {
+	{"/", "/", NULL, NULL},
+	{"/llm/echo", "/llm/echo", NULL, NULL},
+	{"/llm/echo/a%20b/c?x=%2F&z", "/llm/echo/a%20b/c", "?x=%2F&z", NULL},
+	{"/llm/echo//double//slash", "/llm/echo//double//slash", NULL, NULL},
+	{"/a/b/../c", "/a/c", NULL, NULL},
+	{"/a/b/..", "/a/", NULL, NULL},
+	{"/a/./b/.", "/a/b/", NULL, NULL},
+	{"/a/%2e%2E/b", "/b", NULL, NULL},
+	{"/a/%7e%41%25", "/a/~A%25", NULL, NULL},
+	{"/a/%3f%23", "/a/%3F%23", NULL, NULL},
+	{"/a/%e2%82%ac", "/a/%E2%82%AC", NULL, NULL},
+	{"/a/..?q=/../", "/", "?q=/../", NULL},
+	{"/a#frag?x", "/a", NULL, NULL},
+	{"http://h/raw/a?b", "/raw/a", "?b", NULL},
+	{"HTTPS://h", "/", NULL, NULL},
+	{"http://h?x", "/", "?x", NULL},
+	{"http:///raw/a", NULL, NULL, "needs a host"},
+	{"*", NULL, NULL, "starting with '/'"},
+	{"", NULL, NULL, "starting with '/'"},
+	{"/..", NULL, NULL, "above the root"},
+	{"/a/../..", NULL, NULL, "above the root"},
+	{"/a/..%2fb", NULL, NULL, "%2F"},
+	{"/a%2F", NULL, NULL, "%2F"},
+	{"/a/..%5cb", NULL, NULL, "%5C"},
+	{"/a/..\\b", NULL, NULL, "'\\'"},
+	{"/a/%00", NULL, NULL, "NUL"},
+	{"/a/%", NULL, NULL, "percent"},
+	{"/a/%4", NULL, NULL, "percent"},
+	{"/a/%g0", NULL, NULL, "percent"},
+	{"/a/..;/b", NULL, NULL, "..;"},
+	{"/a/.;x/b", NULL, NULL, "..;"},
+	{"/a/%2e%2e%3b/b", NULL, NULL, "..;"},
+	{"/a/%c0%ae", NULL, NULL, "overlong"},
+	{"/a/%c1%81", NULL, NULL, "overlong"},
+	{"/a/%e0%80%ae", NULL, NULL, "overlong"},
+	{"/a/%f0%80%80%ae", NULL, NULL, "overlong"},
+	{"/a/%f5%80", NULL, NULL, "overlong"},
+	{"/a\x01", NULL, NULL, "control"},
+};
+
+static void test_resolve(void **state)
+{
+	(void)state;
+	for (size_t k = 0; k < sizeof resolve_cases / sizeof *resolve_cases; k++) {
+		struct route_target rt;
+		const char *cause = NULL, *t = resolve_cases[k].target;
+		int r = router_resolve(t, strlen(t), &rt, &cause);
+		if (resolve_cases[k].path == NULL) {
+			if (r == 0 || strstr(cause, resolve_cases[k].err) == NULL)
+				fail_msg("%s: expected a refusal with \"%s\", got %s", t, resolve_cases[k].err,
+					 r == 0 ? rt.path : cause);
+			continue;
+		}
+		if (r != 0)
+			fail_msg("%s: refused: %s", t, cause);
+		assert_string_equal(rt.path, resolve_cases[k].path);
+		if (resolve_cases[k].query == NULL)
+			assert_null(rt.query);
+		else {
+			assert_int_equal(rt.qlen, strlen(resolve_cases[k].query));
+			assert_memory_equal(rt.query, resolve_cases[k].query, rt.qlen);
+		}
+		router_target_free(&rt);
+	}
+}
+
+static void test_split(void **state)
+{
+	struct route_target rt;
+	const char *cause, *seg, *rest, *drest;
+	size_t seglen, restlen, drestlen;
+
+	(void)state;
+	assert_int_equal(router_resolve("/llm/a%20b/c", 12, &rt, &cause), 0);
+	router_split(&rt, &seg, &seglen, &rest, &restlen, &drest, &drestlen);
+	assert_int_equal(seglen, 3);
+	assert_memory_equal(seg, "llm", 3);
+	assert_int_equal(restlen, 8);
+	assert_memory_equal(rest, "/a%20b/c", 8);
+	assert_int_equal(drestlen, 6);
+	assert_memory_equal(drest, "/a b/c", 6);
+	router_target_free(&rt);
+	assert_int_equal(router_resolve("/llm", 4, &rt, &cause), 0);
+	router_split(&rt, &seg, &seglen, &rest, &restlen, &drest, &drestlen);
+	assert_int_equal(seglen, 3);
+	assert_int_equal(restlen, 0);
+	assert_int_equal(drestlen, 0);
+	router_target_free(&rt);
+}
+
+static void test_api_paths(void **state)
+{
+	char *ap[] = {"/allowed", "/dir/", NULL};
+	char *root[] = {"/", NULL};
+
+	(void)state;
+	assert_true(router_path_allowed("/allowed", 8, ap));
+	assert_true(router_path_allowed("/allowed/", 9, ap));
+	assert_true(router_path_allowed("/allowed/x", 10, ap));
+	assert_false(router_path_allowed("/allowedsecret", 14, ap));
+	assert_false(router_path_allowed("/allowe", 7, ap));
+	assert_true(router_path_allowed("/dir/x", 6, ap));
+	assert_false(router_path_allowed("/dir", 4, ap));
+	assert_false(router_path_allowed("/", 1, ap));
+	assert_true(router_path_allowed("/anything", 9, root));
+	assert_true(router_path_allowed("/x", 2, NULL));
+}
+
+static void test_hosts(void **state)
+{
+	char *al[] = {"gw.example", "h.example:8443", "[::1]", NULL};
+
+	(void)state;
+	assert_true(router_host_allowed("gw.example", 10, al));
+	assert_true(router_host_allowed("GW.Example:80", 13, al));
+	assert_true(router_host_allowed("gw.example.", 11, al));
+	assert_true(router_host_allowed("h.example:8443", 14, al));
+	assert_false(router_host_allowed("h.example:8444", 14, al));
+	assert_false(router_host_allowed("h.example", 9, al));
+	assert_true(router_host_allowed("[::1]:8090", 10, al));
+	assert_false(router_host_allowed("evil.example", 12, al));
+	assert_false(router_host_allowed("gw.example.evil", 15, al));
+	assert_false(router_host_allowed("", 0, al));
+	assert_true(router_host_allowed("anything", 8, NULL));
+}
+
+static void test_cidr(void **state)
+{
+	struct cidr v[3];
+	const char *cause;
+	struct sockaddr_in a = {.sin_family = AF_INET};
+	struct sockaddr_in6 b = {.sin6_family = AF_INET6};
+
+	(void)state;
+	assert_int_equal(router_cidr_parse("10.0.0.0/8", &v[0], &cause), 0);
+	assert_int_equal(router_cidr_parse("fd00::/8", &v[1], &cause), 0);
+	assert_int_equal(router_cidr_parse("192.168.1.7", &v[2], &cause), 0);
+	assert_int_equal(router_cidr_parse("10.0.0.0/33", &v[0], &cause), -1);
+	assert_int_equal(router_cidr_parse("10.0.0.0/", &v[0], &cause), -1);
+	assert_int_equal(router_cidr_parse("nope", &v[0], &cause), -1);
+	assert_int_equal(router_cidr_parse("10.0.0.0/8", &v[0], &cause), 0);
+	inet_pton(AF_INET, "10.200.3.4", &a.sin_addr);
+	assert_true(router_cidr_match(v, 3, (struct sockaddr *)&a));
+	inet_pton(AF_INET, "11.0.0.1", &a.sin_addr);
+	assert_false(router_cidr_match(v, 3, (struct sockaddr *)&a));
+	inet_pton(AF_INET, "192.168.1.7", &a.sin_addr);
+	assert_true(router_cidr_match(v, 3, (struct sockaddr *)&a));
+	inet_pton(AF_INET, "192.168.1.8", &a.sin_addr);
+	assert_false(router_cidr_match(v, 3, (struct sockaddr *)&a));
+	inet_pton(AF_INET6, "::ffff:10.1.1.1", &b.sin6_addr);
+	assert_true(router_cidr_match(v, 3, (struct sockaddr *)&b));
+	inet_pton(AF_INET6, "fd12::1", &b.sin6_addr);
+	assert_true(router_cidr_match(v, 3, (struct sockaddr *)&b));
+	inet_pton(AF_INET6, "fe80::1", &b.sin6_addr);
+	assert_false(router_cidr_match(v, 3, (struct sockaddr *)&b));
+}
+
+static void test_authority_and_model(void **state)
+{
+	const char *a;
+	size_t n;
+	char *model;
+	bool stream;
+
+	(void)state;
+	assert_true(router_authority("https://gw.example:8443/x", 25, &a, &n));
+	assert_int_equal(n, 15);
+	assert_memory_equal(a, "gw.example:8443", n);
+	assert_false(router_authority("null", 4, &a, &n));
+	assert_false(router_authority("http:///x", 9, &a, &n));
+	assert_int_equal(router_v1_model("{\"model\":\"m\",\"stream\":true}", 27, &model, &stream), V1_OK);
+	assert_string_equal(model, "m");
+	assert_true(stream);
+	free(model);
+	assert_int_equal(router_v1_model("", 0, &model, &stream), V1_NO_BODY);
+	assert_int_equal(router_v1_model("[1]", 3, &model, &stream), V1_NOT_OBJECT);
+	assert_int_equal(router_v1_model("{\"model\":1}", 11, &model, &stream), V1_NO_MODEL);
+	assert_int_equal(router_v1_model("{\"model\":\"a\",\"model\":\"b\"}", 25, &model, &stream),
+			 V1_NOT_OBJECT);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_resolve),
+		cmocka_unit_test(test_split),
+		cmocka_unit_test(test_api_paths),
+		cmocka_unit_test(test_hosts),
+		cmocka_unit_test(test_cidr),
+		cmocka_unit_test(test_authority_and_model),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
