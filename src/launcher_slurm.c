@@ -371,8 +371,11 @@ static bool busy_jobs(void)
 {
 	struct sjob *j;
 
+	/* polls come fast while a job starts, is held, or its instance is
+	 * probed (first boot, or unhealthy: something may have happened) */
 	LIST_FOREACH(j, &jobs, link)
-		if (j->st != J_UP || (j->inst && j->inst->state == INST_PROBING))
+		if (j->st != J_UP || (j->inst && (j->inst->state == INST_PROBING ||
+						  j->inst->state == INST_UNHEALTHY)))
 			return true;
 	return false;
 }
