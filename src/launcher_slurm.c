@@ -8,7 +8,15 @@
  * through the master (or, without remote_host, the node is reached
  * directly) and the service's health probes begin. stop: scancel, close
  * the forward, and wait until squeue shows the job ended. At start-up the
- * gateway adopts its own RUNNING jobs and cancels the rest. */
+ * gateway adopts its own RUNNING jobs and cancels the rest.
+ *
+ * Every state Slurm can report has one meaning here (slurmjob.c, and the
+ * table in slurmgate(8)): the moment a job that ran is not running any
+ * more (suspended, requeued, its node down ...), its instance is held
+ * (instance_hold): out of rotation, requests wait with the reason. When it
+ * runs again the forward goes to the node it runs on now. A job missing
+ * from squeue is looked up once with scontrol and sacct before it is
+ * declared gone. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netdb.h>
@@ -27,6 +35,7 @@
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurmjob.h"
 #include "util.h"
 
 enum jstate {
@@ -34,6 +43,7 @@ enum jstate {
 	J_QUEUED,     /* in squeue, not running yet */
 	J_TUNNEL,     /* running; opening the forward */
 	J_UP,         /* reachable; the service probes it */
+	J_HELD,       /* ran, and Slurm says it is not running now: instance held */
 	J_CANCELLING, /* scancel sent; waiting for the job to end */
 };
 
@@ -41,10 +51,14 @@ struct sjob {
 	struct instance *inst;   /* NULL once the instance is gone */
 	struct runner *r;
 	char id[32];
-	char node[128];
+	char node[128];          /* where it runs (or ran last) */
+	char fwd_node[128];      /* where the forward on lport goes */
+	char why[256];           /* the reason it is held (J_HELD) */
 	int rport, lport;
 	enum jstate st;
-	bool want_cancel, seen;
+	bool want_cancel, seen, tracked;
+	bool asking;             /* not in squeue: scontrol/sacct asked */
+	char lost[200];          /* scontrol's answer about a job not in squeue */
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
 	double cancel_at;        /* when the last scancel was sent */
@@ -59,6 +73,8 @@ static const struct config *lcfg;
 static struct event *poll_ev;
 static int polls_in_flight;
 
+static bool poll_again;   /* poll at once when the running cycle ends */
+
 static void poll_schedule(bool fast);
 static void open_tunnel(struct sjob *j);
 
@@ -68,15 +84,24 @@ static void job_unref(struct sjob *j)
 		free(j);
 }
 
+/* Give up the forward (also one still being opened: the runner cancels it
+ * when it comes up). Every change of lport goes through here. */
+static void fwd_close(struct sjob *j)
+{
+	if (j->lport)
+		runner_unforward(j->r, j->lport);
+	j->lport = 0;
+	j->fwd_node[0] = '\0';
+}
+
 /* The job is over (or left running at exit): tell the service, stop tracking. */
 static void job_gone(struct sjob *j, const char *reason)
 {
 	struct instance *i = j->inst;
 
 	LIST_REMOVE(j, link);
-	if (j->lport)
-		runner_unforward(j->r, j->lport);
-	j->lport = 0;
+	j->tracked = false;
+	fwd_close(j);
 	j->inst = NULL;
 	if (i) {
 		i->lpriv = NULL;
@@ -131,6 +156,7 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	j->st = J_QUEUED;
 	j->tracked_at = now_s();
 	j->refs++;   /* tracked */
+	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (j->inst) {
 		snprintf(j->inst->job_id, sizeof j->inst->job_id, "%s", j->id);
@@ -207,96 +233,87 @@ static void slurm_stop(struct instance *i, int grace_s)
 
 /* --- tracking --- */
 
-/* First host of a Slurm node list: "gpu[03-04,07]" -> "gpu03". */
-static void first_node(const char *list, char *out, size_t len)
+/* Slurm says the job, which ran, is not running now (WHAT, with Slurm's
+ * REASON): hold its instance. KEEP_FWD: the job stays on its node
+ * (suspended, completing), so its forward stays too. */
+static void job_hold(struct sjob *j, const char *what, const char *reason, bool keep_fwd)
 {
-	size_t o = 0;
-	const char *p = list;
+	char why[sizeof j->why];
+	bool first = j->st != J_HELD, r = slurmjob_has_reason(reason);
 
-	while (*p && *p != ',' && *p != '[' && o + 1 < len)
-		out[o++] = *p++;
-	if (*p == '[') {
-		p++;
-		while (*p && *p != '-' && *p != ',' && *p != ']' && o + 1 < len)
-			out[o++] = *p++;
-	}
-	out[o] = '\0';
+	snprintf(why, sizeof why, "Slurm job %s %s%s%s%s", j->id, what, r ? " (" : "", r ? reason : "",
+		 r ? ")" : "");
+	/* a forward still being opened is given up too: a new one follows */
+	if (!keep_fwd || j->st == J_TUNNEL)
+		fwd_close(j);
+	j->st = J_HELD;
+	if (!first && strcmp(why, j->why) == 0)
+		return;
+	snprintf(j->why, sizeof j->why, "%s", why);
+	if (j->inst == NULL)
+		return;
+	log_info("svc %s[%d]: %s%s", service_config(j->inst->svc)->name, j->inst->index, why,
+		 first ? ": out of rotation, requests are held" : "");
+	if (first)
+		instance_hold(j->inst, why);
+	else
+		instance_set_detail(j->inst, "%s", why);
 }
 
-static bool ended(const char *state)
+/* A held job runs again, on NODE: serve through a forward to NODE. */
+static void job_resume(struct sjob *j, const char *node)
 {
-	static const char *const done[] = {
-		"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-		"OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED", NULL,
-	};
-	for (const char *const *d = done; *d; d++)
-		if (strcmp(state, *d) == 0)
-			return true;
-	return false;
+	if (j->inst)
+		log_info("svc %s[%d]: Slurm job %s running again on %s (was %s: %s)",
+			 service_config(j->inst->svc)->name, j->inst->index, j->id, node, j->node, j->why);
+	snprintf(j->node, sizeof j->node, "%s", node);
+	if (j->inst)
+		snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
+	j->why[0] = '\0';
+	j->tunnel_tries = 0;
+	if (j->lport && strcmp(j->fwd_node, j->node) == 0) {
+		/* the same node (resumed): the forward stands; probe again */
+		j->st = J_UP;
+		if (j->inst)
+			instance_endpoint(j->inst, "127.0.0.1", j->lport);
+		return;
+	}
+	open_tunnel(j);   /* cancels the old forward, if any */
 }
 
-/* One squeue line for a job we track: move it along. */
-/* Slurm's time left ("1-02:03:04", "59:59", "UNLIMITED") in seconds; -1 if none. */
-static long time_left(const char *t)
-{
-	long d = 0, v[3] = {0, 0, 0};
-	int n = 0;
-	const char *dash = strchr(t, '-');
-
-	if (!isdigit((unsigned char)t[0]))
-		return -1;
-	if (dash) {
-		d = atol(t);
-		t = dash + 1;
-	}
-	while (n < 3) {
-		v[n++] = strtol(t, (char **)&t, 10);
-		if (*t != ':')
-			break;
-		t++;
-	}
-	if (n == 3)
-		return d * 86400 + v[0] * 3600 + v[1] * 60 + v[2];
-	if (n == 2)
-		return d * 86400 + (dash ? v[0] * 3600 + v[1] * 60 : v[0] * 60 + v[1]);
-	return d * 86400 + (dash ? v[0] * 3600 : v[0]);
-}
-
+/* One squeue line (or scontrol's answer) for a job we track: move it along. */
 static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
 		       const char *reason, double poll_started)
 {
-	char why[400];
+	char why[400], node[128];
+	const char *says;
+	bool unknown;
+	enum slurmjob_class c = slurmjob_class(state, &says, &unknown);
+	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
 
 	j->seen = true;
 	if (j->st == J_CANCELLING) {
-		if (ended(state)) {
+		if (c == SJ_ENDED) {
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
 			job_gone(j, why);
-		} else if (j->cancel_tries < 5 && strcmp(state, "COMPLETING") != 0 &&
-			   poll_started > j->cancel_at + 2) {
+		} else if (j->cancel_tries < 5 && c != SJ_LEAVING && poll_started > j->cancel_at + 2) {
 			job_cancel(j);   /* scancel did not take: again */
 		}
 		return;
 	}
-	if (strcmp(state, "COMPLETING") == 0) {
-		/* ending (epilog running): the final state comes with a later poll */
-		if (j->inst)
-			instance_set_detail(j->inst, "Slurm job %s completing", j->id);
-		return;
-	}
-	if (ended(state)) {
+	if (c == SJ_ENDED) {
 		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
-			 reason[0] && strcmp(reason, "None") ? " " : "",
-			 reason[0] && strcmp(reason, "None") ? reason : "");
+			 slurmjob_has_reason(reason) ? " " : "", slurmjob_has_reason(reason) ? reason : "");
 		job_gone(j, why);
 		return;
 	}
-	if (strcmp(state, "RUNNING") == 0) {
-		long secs = time_left(left);
+	if (c == SJ_RUNNING) {
+		long secs = slurmjob_time_left(left);
 		if (secs >= 0 && j->inst)
 			instance_set_deadline(j->inst, now_s() + (double)secs);
+		slurmjob_first_node(nodes, node, sizeof node);
 		if (j->st == J_QUEUED) {
-			first_node(nodes, j->node, sizeof j->node);
+			snprintf(j->node, sizeof j->node, "%s", node);
 			j->running_at = now_s();
 			if (j->inst) {
 				snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
@@ -307,21 +324,58 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 					 j->running_at - (j->tracked_at > 0 ? j->tracked_at : j->submitted));
 			}
 			open_tunnel(j);
+		} else if (j->st == J_HELD || (j->st == J_UP && node[0] && strcmp(node, j->node) != 0)) {
+			job_resume(j, node[0] ? node : j->node);
+		} else if (j->st == J_UP && j->lport && !runner_forwarding(j->r, j->lport)) {
+			/* its forward could not be restored with a new master */
+			log_warn("Slurm job %s: the forward to %s:%d is lost; opening a new one", j->id,
+				 j->node, j->rport);
+			open_tunnel(j);
 		}
 		return;
 	}
-	/* PENDING, CONFIGURING, SUSPENDED, REQUEUED ... */
-	if (j->inst && j->st == J_QUEUED)
-		instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, strcmp(state, "PENDING") == 0 ? "pending" : state,
-				    reason[0] ? reason : "no reason given");
+	if (!ran) {
+		/* not running yet: what Slurm says is the start's progress */
+		if (j->inst && j->st == J_QUEUED)
+			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says,
+					    slurmjob_has_reason(reason) ? reason : "no reason given");
+		return;
+	}
+	switch (c) {
+	case SJ_WAITING:
+		/* pending again after it ran: requeued (scontrol requeue, preemption,
+		 * its node failed) */
+		snprintf(why, sizeof why, "requeued: %s", says);
+		job_hold(j, why, reason, false);
+		break;
+	case SJ_REQUEUED:
+	case SJ_HELD:
+		job_hold(j, says, reason, false);
+		break;
+	case SJ_PAUSED:
+	case SJ_LEAVING:
+		if (unknown && j->st != J_HELD)
+			log_warn("Slurm job %s: unknown state %s: held until it runs or ends", j->id, state);
+		if (unknown)
+			snprintf(why, sizeof why, "%s (%s) on %s", says, state, j->node);
+		else
+			snprintf(why, sizeof why, "%s on %s", says, j->node);
+		job_hold(j, why, reason, true);
+		break;
+	default:
+		break;
+	}
 }
 
 static bool busy_jobs(void)
 {
 	struct sjob *j;
 
+	/* polls come fast while a job starts, is held, or its instance is
+	 * probed (first boot, or unhealthy: something may have happened) */
 	LIST_FOREACH(j, &jobs, link)
-		if (j->st != J_UP || (j->inst && j->inst->state == INST_PROBING))
+		if (j->st != J_UP || (j->inst && (j->inst->state == INST_PROBING ||
+						  j->inst->state == INST_UNHEALTHY)))
 			return true;
 	return false;
 }
@@ -347,6 +401,7 @@ struct pollctx {
 };
 
 static void recover_line(struct runner *r, char **f);
+static void job_lost(struct sjob *j);
 
 /* The scan of target R is over: its services may start jobs now. */
 static void recovered_for(struct runner *r)
@@ -398,19 +453,84 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	if (x->recover) {
 		recovered_for(x->r);
 	} else {
-		/* tracked but no longer listed: purged from squeue, so over */
+		/* tracked but no longer listed: ask once more before giving up
+		 * (the answer may come at once and end J) */
 		for (j = LIST_FIRST(&jobs); j; j = next) {
 			next = LIST_NEXT(j, link);
-			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started) {
-				char why[100];
-				snprintf(why, sizeof why, "Slurm job %s left squeue", j->id);
-				job_gone(j, why);
-			}
+			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
+				job_lost(j);
 		}
 	}
 	free(text);
 	free(x);
 	poll_schedule(false);
+}
+
+static void lost_sacct_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char why[sizeof j->lost + 400], state[64], code[32];
+
+	if (!j->tracked) {
+		job_unref(j);
+		return;
+	}
+	j->asking = false;
+	if (status == 0 && slurmjob_sacct_line(out, state, sizeof state, code, sizeof code)) {
+		snprintf(why, sizeof why, "Slurm job %s left squeue; sacct: %s%s%s", j->id, state,
+			 code[0] ? ", exit code " : "", code);
+	} else {
+		snprintf(why, sizeof why,
+			 "Slurm job %s left squeue; final state unknown (scontrol: %s; sacct: %s)", j->id,
+			 j->lost, err[0] ? err : (status == 0 ? "no such job" : "failed"));
+	}
+	log_info("%s", why);
+	job_gone(j, why);
+	job_unref(j);
+	poll_schedule(false);
+}
+
+static void lost_scontrol_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char state[64], nodes[256], reason[128];
+	char *argv[] = {"sacct", "-n", "-X", "-P", "-j", j->id, "-o", "State,ExitCode", NULL};
+
+	if (!j->tracked) {
+		job_unref(j);
+		return;
+	}
+	slurmjob_field(out, "JobState", state, sizeof state);
+	if (status == 0 && state[0]) {
+		/* the controller knows it after all: take its word */
+		slurmjob_field(out, "NodeList", nodes, sizeof nodes);
+		slurmjob_field(out, "Reason", reason, sizeof reason);
+		log_info("Slurm job %s is not in squeue, but scontrol says %s", j->id, state);
+		j->asking = false;
+		job_update(j, state, strcmp(nodes, "(null)") ? nodes : "", "", reason, now_s());
+		job_unref(j);
+		poll_schedule(false);
+		return;
+	}
+	snprintf(j->lost, sizeof j->lost, "%s", err[0] ? err : "no such job");
+	log_info("Slurm job %s is not in squeue and scontrol does not know it (%s): asking sacct",
+		 j->id, j->lost);
+	runner_run(j->r, argv, 60, lost_sacct_done, j);   /* keeps the reference */
+}
+
+/* J is tracked but not in squeue's answer: purged after its end, or squeue
+ * missed it. Ask scontrol (the controller), then sacct (accounting, where
+ * the cluster has it) once before it is declared gone, with what they say. */
+static void job_lost(struct sjob *j)
+{
+	char *argv[] = {"scontrol", "-o", "show", "job", j->id, NULL};
+
+	if (j->asking)
+		return;
+	j->asking = true;
+	j->refs++;
+	log_info("Slurm job %s is not in squeue: asking scontrol", j->id);
+	runner_run(j->r, argv, 60, lost_scontrol_done, j);
 }
 
 static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r", NULL};
@@ -443,10 +563,32 @@ static void poll_schedule(bool fast)
 
 	if (LIST_EMPTY(&jobs) || polls_in_flight > 0)
 		return;
+	if (poll_again) {
+		/* a check came while squeue ran: once more, soon */
+		poll_again = false;
+		fast = true;
+		event_del(poll_ev);
+	}
 	ms = fast || busy_jobs() ? lcfg->poll_fast_ms : lcfg->poll_slow_s * 1000;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
+}
+
+/* Something looks wrong with I (a connection through its forward closed
+ * before any answer): look at its job now, not at the next poll. */
+static void slurm_check(struct instance *i)
+{
+	struct sjob *j = i->lpriv;
+
+	if (j == NULL || !j->tracked || LIST_EMPTY(&jobs))
+		return;
+	if (polls_in_flight > 0) {
+		poll_again = true;   /* that answer may predate the trouble */
+		return;
+	}
+	event_del(poll_ev);
+	event_add(poll_ev, &(struct timeval){0, 0});
 }
 
 /* --- tunnels --- */
@@ -478,16 +620,25 @@ static int alloc_port(void)
 	return 0;
 }
 
+/* One `ssh -O forward` under way: for job J, on local port LPORT. */
+struct fwdreq {
+	struct sjob *j;
+	int lport;
+};
+
 static void forwarded(void *arg, int status, const char *out, const char *err)
 {
-	struct sjob *j = arg;
+	struct fwdreq *q = arg;
+	struct sjob *j = q->j;
 	char why[600];
+	bool wanted = j->inst != NULL && j->st == J_TUNNEL && j->lport == q->lport;
 
 	(void)out;
-	if (j->inst == NULL || j->st != J_TUNNEL) {
-		/* stopped meanwhile: the forward is not wanted */
-		if (status == 0)
-			runner_unforward(j->r, j->lport);
+	free(q);
+	if (!wanted) {
+		/* stopped, ended, held or replaced meanwhile: whoever gave it up
+		 * called fwd_close (a late success is cancelled by the runner), or
+		 * job_gone will */
 		job_unref(j);
 		return;
 	}
@@ -501,7 +652,7 @@ static void forwarded(void *arg, int status, const char *out, const char *err)
 	} else {
 		snprintf(why, sizeof why, "cannot open a tunnel to %s:%d for Slurm job %s: %s", j->node,
 			 j->rport, j->id, err);
-		j->lport = 0;
+		fwd_close(j);
 		instance_fail(j->inst, why);
 	}
 	job_unref(j);
@@ -622,8 +773,10 @@ static void node_addr(struct sjob *j, addr_cb cb)
 
 static void tunnel_to(struct sjob *j, const char *addr)
 {
+	struct fwdreq *q;
+
 	if (j->inst == NULL || j->st != J_TUNNEL)
-		return;   /* stopped while the address was looked up */
+		return;   /* stopped or held while the address was looked up */
 	if (!runner_is_remote(j->r)) {
 		/* on the login node itself: the compute node is reached directly */
 		struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
@@ -649,14 +802,21 @@ static void tunnel_to(struct sjob *j, const char *addr)
 		return;
 	}
 	j->lport = alloc_port();
+	snprintf(j->fwd_node, sizeof j->fwd_node, "%s", j->node);
 	j->refs++;
+	q = xcalloc(1, sizeof *q);
+	q->j = j;
+	q->lport = j->lport;
 	instance_set_detail(j->inst, "Slurm job %s running on %s (%s); opening the tunnel", j->id,
 			    j->node, addr);
-	runner_forward(j->r, j->lport, addr, j->rport, forwarded, j);
+	runner_forward(j->r, j->lport, addr, j->rport, forwarded, q);
 }
 
+/* Reach J's service on the node it runs on now, at its NodeAddr (a forward
+ * there replaces any earlier one). */
 static void open_tunnel(struct sjob *j)
 {
+	fwd_close(j);
 	if (j->tunnel_tries > 0)
 		naddr_forget(j->r, j->node);   /* a retry: the address may have changed */
 	j->st = J_TUNNEL;
@@ -679,7 +839,7 @@ static void recover_line(struct runner *r, char **f)
 		return;
 	rest = f[1] + strlen(prefix);
 	dash = strrchr(rest, ':');
-	if (dash == NULL || ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
+	if (dash == NULL || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
 		return;
 	index = atoi(dash + 1);
 	s = service_by_route(rest, (size_t)(dash - rest));
@@ -688,6 +848,7 @@ static void recover_line(struct runner *r, char **f)
 	j->refs = 1;
 	snprintf(j->id, sizeof j->id, "%s", f[0]);
 	j->submitted = now_s();
+	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (s && service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r &&
 	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
@@ -697,7 +858,7 @@ static void recover_line(struct runner *r, char **f)
 		j->rport = i->remote_port;
 		i->lpriv = j;
 		snprintf(i->job_id, sizeof i->job_id, "%s", j->id);
-		first_node(f[3], j->node, sizeof j->node);
+		slurmjob_first_node(f[3], j->node, sizeof j->node);
 		snprintf(i->node, sizeof i->node, "%s", j->node);
 		instance_set_detail(i, "adopting Slurm job %s", j->id);
 		j->running_at = now_s();
@@ -752,4 +913,5 @@ const struct launcher_ops launcher_slurm = {
 	.start = slurm_start,
 	.stop = slurm_stop,
 	.recover = slurm_recover,
+	.check = slurm_check,
 };

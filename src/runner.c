@@ -25,9 +25,14 @@
 enum op_kind { OP_CMD, OP_FWD, OP_CANCEL };
 enum mstate { M_DOWN, M_CONNECTING, M_UP };
 
+/* A forward this runner wants in place: registered when asked for, so it
+ * can be cancelled at any time, even while `ssh -O forward` still runs
+ * (the late success is then cancelled at once, never kept or restored). */
 struct fwd {
+	unsigned id;          /* one per runner_forward() call */
 	int lport, rport;
 	char host[128];
+	bool opening;         /* an `ssh -O forward` for it is queued or running */
 };
 
 struct rop {
@@ -53,8 +58,9 @@ struct runner {
 	double mstart;
 	int mfails;
 	TAILQ_HEAD(, rop) queue;
-	struct fwd *fwds;
+	struct fwd *fwds;     /* the forwards wanted (see struct fwd) */
 	int nfwd, fwdcap;
+	unsigned fwd_seq;
 	LIST_ENTRY(runner) link;
 };
 
@@ -261,13 +267,40 @@ static void fwd_add(struct runner *r, const struct fwd *f)
 	r->fwds[r->nfwd++] = *f;
 }
 
-static void fwd_remove(struct runner *r, int lport)
+static struct fwd *fwd_by_id(struct runner *r, unsigned id)
 {
 	for (int k = 0; k < r->nfwd; k++)
-		if (r->fwds[k].lport == lport) {
-			r->fwds[k] = r->fwds[--r->nfwd];
-			return;
+		if (r->fwds[k].id == id)
+			return &r->fwds[k];
+	return NULL;
+}
+
+static void fwd_remove(struct runner *r, const struct fwd *f)
+{
+	int k = (int)(f - r->fwds);
+
+	r->fwds[k] = r->fwds[--r->nfwd];
+}
+
+static void fwd_cancel(struct runner *r, const struct fwd *f);
+
+/* The `ssh -O forward` for F is over (STATUS 0: in place). A forward
+ * unforwarded meanwhile is cancelled now; a failed one is forgotten. */
+static void fwd_result(struct runner *r, const struct fwd *f, int status)
+{
+	struct fwd *e = fwd_by_id(r, f->id);
+
+	if (e == NULL) {
+		if (status == 0) {
+			log_info("forward 127.0.0.1:%d -> %s:%d came up after it was given up: cancelling it",
+				 f->lport, f->host, f->rport);
+			fwd_cancel(r, f);
 		}
+		return;
+	}
+	e->opening = false;
+	if (status != 0)
+		fwd_remove(r, e);
 }
 
 static void run_exited(struct proc *p, int status, void *arg)
@@ -280,8 +313,8 @@ static void run_exited(struct proc *p, int status, void *arg)
 	text = xmalloc(n + 1);
 	evbuffer_remove(out, text, n);
 	text[n] = '\0';
-	if (x->kind == OP_FWD && status == 0)
-		fwd_add(x->r, &x->f);
+	if (x->kind == OP_FWD)
+		fwd_result(x->r, &x->f, status);
 	if (x->cb)
 		x->cb(x->arg, status, text, proc_last_line(p));
 	free(text);
@@ -306,6 +339,8 @@ static void spawn(struct runner *r, char **argv, int timeout_s, enum op_kind kin
 	o.timeout_s = timeout_s;
 	o.log_prefix = argv[0];
 	if (proc_spawn(argv, &o, run_exited, x, &cause) == NULL) {
+		if (kind == OP_FWD)
+			fwd_result(r, f, 127 << 8);
 		if (cb)
 			cb(arg, 127 << 8, "", cause);
 		free(cause);
@@ -383,33 +418,47 @@ void runner_forward(struct runner *r, int lport, const char *host, int rport, ru
 	struct rop *op = xcalloc(1, sizeof *op);
 
 	op->kind = OP_FWD;
+	op->f.id = ++r->fwd_seq;
 	op->f.lport = lport;
 	op->f.rport = rport;
+	op->f.opening = true;
 	snprintf(op->f.host, sizeof op->f.host, "%s", host);
+	fwd_add(r, &op->f);
 	op->timeout_s = 20;
 	op->cb = cb;
 	op->arg = arg;
 	rop_submit(r, op);
 }
 
+/* `ssh -O cancel` for F (without a master the forward is gone anyway). */
+static void fwd_cancel(struct runner *r, const struct fwd *f)
+{
+	struct rop op = {.kind = OP_CANCEL, .f = *f, .timeout_s = 20};
+
+	if (r->m == M_UP)
+		rop_exec(r, &op);
+}
+
 void runner_unforward(struct runner *r, int lport)
 {
-	struct rop *op;
-
 	for (int k = 0; k < r->nfwd; k++) {
-		if (r->fwds[k].lport != lport)
+		struct fwd f = r->fwds[k];
+		if (f.lport != lport)
 			continue;
-		op = xcalloc(1, sizeof *op);
-		op->kind = OP_CANCEL;
-		op->f = r->fwds[k];
-		op->timeout_s = 20;
-		fwd_remove(r, lport);
-		if (r->m == M_UP) {
-			rop_exec(r, op);
-		}
-		rop_free(op);   /* without a master the forward is gone anyway */
+		fwd_remove(r, &r->fwds[k]);
+		/* still opening: fwd_result cancels it when it comes up */
+		if (!f.opening)
+			fwd_cancel(r, &f);
 		return;
 	}
+}
+
+bool runner_forwarding(struct runner *r, int lport)
+{
+	for (int k = 0; k < r->nfwd; k++)
+		if (r->fwds[k].lport == lport)
+			return true;
+	return false;
 }
 
 /* --- the master connection --- */
@@ -420,6 +469,8 @@ static void fail_queue(struct runner *r, const char *why)
 
 	while ((op = TAILQ_FIRST(&r->queue)) != NULL) {
 		TAILQ_REMOVE(&r->queue, op, link);
+		if (op->kind == OP_FWD)
+			fwd_result(r, &op->f, 255 << 8);
 		if (op->cb)
 			op->cb(op->arg, 255 << 8, "", why);
 		rop_free(op);
@@ -469,8 +520,8 @@ static void master_poll_cb(evutil_socket_t fd, short what, void *arg)
 	struct runner *r = arg;
 	struct stat st;
 	struct rop *op;
-	struct fwd *old;
-	int n;
+	unsigned *ids;
+	int n = 0;
 
 	(void)fd, (void)what;
 	if (r->m != M_CONNECTING || r->master == NULL)
@@ -487,16 +538,24 @@ static void master_poll_cb(evutil_socket_t fd, short what, void *arg)
 	r->m = M_UP;
 	r->mfails = 0;
 	log_info("ssh master to %s up after %.2f s", r->name, now_s() - r->mstart);
-	/* restore forwards that died with an earlier master */
-	old = r->fwds;
-	n = r->nfwd;
-	r->fwds = NULL;
-	r->nfwd = r->fwdcap = 0;
+	/* restore the forwards that died with an earlier master; those still
+	 * opening have their own `ssh -O forward` queued or under way */
+	ids = xcalloc((size_t)r->nfwd + 1, sizeof *ids);
+	for (int k = 0; k < r->nfwd; k++)
+		if (!r->fwds[k].opening)
+			ids[n++] = r->fwds[k].id;
 	for (int k = 0; k < n; k++) {
-		struct rop f = {.kind = OP_FWD, .f = old[k], .timeout_s = 20};
+		struct fwd *e = fwd_by_id(r, ids[k]);   /* rop_exec may change fwds */
+		struct rop f = {.kind = OP_FWD, .timeout_s = 20};
+		if (e == NULL)
+			continue;
+		e->opening = true;
+		f.f = *e;
 		rop_exec(r, &f);
 	}
-	free(old);
+	free(ids);
+	if (n > 0)
+		log_info("ssh master to %s: restoring %d forwards", r->name, n);
 	while ((op = TAILQ_FIRST(&r->queue)) != NULL) {
 		TAILQ_REMOVE(&r->queue, op, link);
 		rop_exec(r, op);

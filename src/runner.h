@@ -31,8 +31,13 @@ void runner_run(struct runner *r, char *const argv[], int timeout_s, runner_cb c
  * (remote runners only); cb reports whether it is in place. */
 void runner_forward(struct runner *r, int lport, const char *host, int rport, runner_cb cb,
 		    void *arg);
-/* Remove a forward (best effort). */
+/* Remove a forward, also while it is still being opened (it is then
+ * cancelled as soon as it is in place). Without a master it is gone anyway;
+ * either way it is never restored. */
 void runner_unforward(struct runner *r, int lport);
+/* Is the forward on LPORT wanted and not failed (in place or opening)?
+ * False once a restore after a master restart failed. */
+bool runner_forwarding(struct runner *r, int lport);
 /* Stop every master connection (at exit). */
 void runners_shutdown(void);
 

@@ -1,0 +1,139 @@
+/* slurmjob.c - what Slurm's answers mean (see slurmjob.h). */
+#include "slurmjob.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Every state squeue (%T), scontrol and sacct print, as of Slurm 22.05
+ * (job_state_string): the flags first, then the base states. */
+static const struct {
+	const char *name;
+	enum slurmjob_class c;
+	const char *says;   /* for a hold reason */
+} states[] = {
+	{"PENDING", SJ_WAITING, "pending"},
+	{"CONFIGURING", SJ_WAITING, "configuring (its nodes boot)"},
+	{"RUNNING", SJ_RUNNING, "running"},
+	{"RESIZING", SJ_RUNNING, "resizing"},
+	{"SIGNALING", SJ_RUNNING, "being signalled"},
+	{"SUSPENDED", SJ_PAUSED, "suspended"},
+	{"STOPPED", SJ_PAUSED, "stopped (SIGSTOP)"},
+	{"COMPLETING", SJ_LEAVING, "completing (ending or being requeued)"},
+	{"STAGE_OUT", SJ_LEAVING, "staging out"},
+	{"REQUEUED", SJ_REQUEUED, "requeued"},
+	{"REQUEUE_FED", SJ_REQUEUED, "requeued by the federation"},
+	{"REQUEUE_HOLD", SJ_HELD, "requeued and held (waits for scontrol release)"},
+	{"SPECIAL_EXIT", SJ_HELD, "requeued and held after a special exit (waits for scontrol release)"},
+	{"RESV_DEL_HOLD", SJ_HELD, "held: its reservation was deleted (waits for scontrol release)"},
+	{"PREEMPTED", SJ_ENDED, NULL},
+	{"COMPLETED", SJ_ENDED, NULL},
+	{"FAILED", SJ_ENDED, NULL},
+	{"CANCELLED", SJ_ENDED, NULL},
+	{"TIMEOUT", SJ_ENDED, NULL},
+	{"NODE_FAIL", SJ_ENDED, NULL},
+	{"OUT_OF_MEMORY", SJ_ENDED, NULL},
+	{"BOOT_FAIL", SJ_ENDED, NULL},
+	{"DEADLINE", SJ_ENDED, NULL},
+	{"REVOKED", SJ_ENDED, NULL},
+};
+
+enum slurmjob_class slurmjob_class(const char *state, const char **says, bool *unknown)
+{
+	if (unknown)
+		*unknown = false;
+	for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+		if (strcmp(state, states[k].name) == 0) {
+			*says = states[k].says;
+			return states[k].c;
+		}
+	if (unknown)
+		*unknown = true;
+	*says = "in a state slurmgate does not know";
+	return SJ_PAUSED;
+}
+
+bool slurmjob_ended(const char *state)
+{
+	const char *says;
+
+	return slurmjob_class(state, &says, NULL) == SJ_ENDED;
+}
+
+bool slurmjob_has_reason(const char *reason)
+{
+	return reason[0] && strcmp(reason, "None") != 0 && strcmp(reason, "(null)") != 0;
+}
+
+void slurmjob_first_node(const char *list, char *out, size_t len)
+{
+	size_t o = 0;
+	const char *p = list;
+
+	while (*p && *p != ',' && *p != '[' && o + 1 < len)
+		out[o++] = *p++;
+	if (*p == '[') {
+		p++;
+		while (*p && *p != '-' && *p != ',' && *p != ']' && o + 1 < len)
+			out[o++] = *p++;
+	}
+	out[o] = '\0';
+}
+
+long slurmjob_time_left(const char *t)
+{
+	long d = 0, v[3] = {0, 0, 0};
+	int n = 0;
+	const char *dash = strchr(t, '-');
+
+	if (!isdigit((unsigned char)t[0]))
+		return -1;
+	if (dash) {
+		d = atol(t);
+		t = dash + 1;
+	}
+	while (n < 3) {
+		v[n++] = strtol(t, (char **)&t, 10);
+		if (*t != ':')
+			break;
+		t++;
+	}
+	if (n == 3)
+		return d * 86400 + v[0] * 3600 + v[1] * 60 + v[2];
+	if (n == 2)
+		return d * 86400 + (dash ? v[0] * 3600 + v[1] * 60 : v[0] * 60 + v[1]);
+	return d * 86400 + (dash ? v[0] * 3600 : v[0]);
+}
+
+void slurmjob_field(const char *text, const char *key, char *out, size_t len)
+{
+	size_t k = strlen(key), o = 0;
+
+	out[0] = '\0';
+	for (const char *p = text; (p = strstr(p, key)) != NULL; p += k) {
+		if ((p != text && !isspace((unsigned char)p[-1])) || p[k] != '=')
+			continue;
+		for (p += k + 1; *p && !isspace((unsigned char)*p) && o + 1 < len; p++)
+			out[o++] = *p;
+		out[o] = '\0';
+		return;
+	}
+}
+
+bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen)
+{
+	size_t n = 0, c = 0;
+	const char *bar = strchr(out, '|'), *nl = strchr(out, '\n');
+
+	while (out[n] && !isspace((unsigned char)out[n]) && out[n] != '|' && n + 1 < slen) {
+		state[n] = out[n];
+		n++;
+	}
+	state[n] = '\0';
+	if (bar && nl && bar > nl)
+		bar = NULL;   /* not on the first line */
+	for (const char *p = bar ? bar + 1 : ""; *p && !isspace((unsigned char)*p) && c + 1 < clen; p++)
+		code[c++] = *p;
+	code[c] = '\0';
+	return n > 0;
+}

@@ -1,0 +1,39 @@
+/* slurmjob.h - what Slurm's answers mean: job states, node lists, time
+ * limits, scontrol's Key=Value and sacct's lines. Pure functions, no I/O
+ * (the Slurm launcher uses them; tests/unit/test_slurmjob.c covers them). */
+#ifndef SG_SLURMJOB_H
+#define SG_SLURMJOB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* What a Slurm job state means for the gateway (slurmgate(8), SLURM JOB
+ * STATES, has the same table). */
+enum slurmjob_class {
+	SJ_WAITING,   /* not running yet, or again after a requeue */
+	SJ_RUNNING,   /* its processes run: serve */
+	SJ_PAUSED,    /* on its node, processes stopped: hold, keep the forward */
+	SJ_LEAVING,   /* processes ending: hold; a later state says whether it returns */
+	SJ_REQUEUED,  /* back in the queue: hold, the forward goes */
+	SJ_HELD,      /* back in the queue and held until `scontrol release` */
+	SJ_ENDED,     /* over */
+};
+
+/* The class of STATE (as squeue %T, scontrol and sacct print it). *says:
+ * how a hold reason puts it ("suspended"), NULL for an ended state. An
+ * unknown state is SJ_PAUSED and *unknown is set (UNKNOWN may be NULL). */
+enum slurmjob_class slurmjob_class(const char *state, const char **says, bool *unknown);
+bool slurmjob_ended(const char *state);
+/* A Reason worth showing (not "", "None" or "(null)"). */
+bool slurmjob_has_reason(const char *reason);
+/* First host of a node list: "gpu[03-04,07]" -> "gpu03"; "" for "". */
+void slurmjob_first_node(const char *list, char *out, size_t len);
+/* Time left ("1-02:03:04", "59:59", "UNLIMITED") in seconds; -1 if none. */
+long slurmjob_time_left(const char *t);
+/* The value of KEY in scontrol's "Key=Value Key=Value ..." ("" if absent). */
+void slurmjob_field(const char *text, const char *key, char *out, size_t len);
+/* The first line of `sacct -n -X -P -o State,ExitCode` ("CANCELLED by 0|0:0")
+ * split into STATE ("CANCELLED") and CODE ("0:0"); false if it has no state. */
+bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen);
+
+#endif

@@ -1,0 +1,139 @@
+/* test_slurmjob.c - what Slurm's answers mean: one row per job state of
+ * Slurm 22.05, node lists, time limits, scontrol fields, sacct lines
+ * (includes slurmjob.c). */
+#include "../../src/slurmjob.c"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static void test_every_state_has_a_class(void **state)
+{
+	static const struct {
+		const char *name;
+		enum slurmjob_class c;
+	} rows[] = {
+		{"PENDING", SJ_WAITING},       {"CONFIGURING", SJ_WAITING},
+		{"RUNNING", SJ_RUNNING},       {"RESIZING", SJ_RUNNING},
+		{"SIGNALING", SJ_RUNNING},     {"SUSPENDED", SJ_PAUSED},
+		{"STOPPED", SJ_PAUSED},        {"COMPLETING", SJ_LEAVING},
+		{"STAGE_OUT", SJ_LEAVING},     {"REQUEUED", SJ_REQUEUED},
+		{"REQUEUE_FED", SJ_REQUEUED},  {"REQUEUE_HOLD", SJ_HELD},
+		{"SPECIAL_EXIT", SJ_HELD},     {"RESV_DEL_HOLD", SJ_HELD},
+		{"PREEMPTED", SJ_ENDED},       {"COMPLETED", SJ_ENDED},
+		{"FAILED", SJ_ENDED},          {"CANCELLED", SJ_ENDED},
+		{"TIMEOUT", SJ_ENDED},         {"NODE_FAIL", SJ_ENDED},
+		{"OUT_OF_MEMORY", SJ_ENDED},   {"BOOT_FAIL", SJ_ENDED},
+		{"DEADLINE", SJ_ENDED},        {"REVOKED", SJ_ENDED},
+	};
+	const char *says;
+	bool unknown;
+
+	(void)state;
+	for (size_t k = 0; k < sizeof rows / sizeof rows[0]; k++) {
+		enum slurmjob_class c = slurmjob_class(rows[k].name, &says, &unknown);
+		assert_int_equal(c, rows[k].c);
+		assert_false(unknown);
+		assert_true((c == SJ_ENDED) == (says == NULL));
+		assert_true(slurmjob_ended(rows[k].name) == (c == SJ_ENDED));
+	}
+	assert_string_equal((slurmjob_class("SUSPENDED", &says, NULL), says), "suspended");
+	/* a newer Slurm's state: held, never taken for running or ended */
+	assert_int_equal(slurmjob_class("POWER_UP_NODE", &says, &unknown), SJ_PAUSED);
+	assert_true(unknown);
+	assert_non_null(says);
+	assert_false(slurmjob_ended("running"));   /* case matters: squeue prints upper case */
+}
+
+static void test_reason(void **state)
+{
+	(void)state;
+	assert_false(slurmjob_has_reason(""));
+	assert_false(slurmjob_has_reason("None"));
+	assert_false(slurmjob_has_reason("(null)"));
+	assert_true(slurmjob_has_reason("BeginTime"));
+}
+
+static void test_first_node(void **state)
+{
+	char out[16];
+
+	(void)state;
+	slurmjob_first_node("gpu[03-04,07]", out, sizeof out);
+	assert_string_equal(out, "gpu03");
+	slurmjob_first_node("node2,node1", out, sizeof out);
+	assert_string_equal(out, "node2");
+	slurmjob_first_node("", out, sizeof out);
+	assert_string_equal(out, "");
+	slurmjob_first_node("averyveryverylongnodename", out, sizeof out);
+	assert_int_equal(strlen(out), sizeof out - 1);
+}
+
+static void test_time_left(void **state)
+{
+	(void)state;
+	assert_int_equal(slurmjob_time_left("UNLIMITED"), -1);
+	assert_int_equal(slurmjob_time_left("INVALID"), -1);
+	assert_int_equal(slurmjob_time_left(""), -1);
+	assert_int_equal(slurmjob_time_left("59"), 59);
+	assert_int_equal(slurmjob_time_left("59:59"), 3599);
+	assert_int_equal(slurmjob_time_left("1:00:00"), 3600);
+	assert_int_equal(slurmjob_time_left("1-02:03:04"), 93784);
+	assert_int_equal(slurmjob_time_left("2-03"), 2 * 86400 + 3 * 3600);
+	assert_int_equal(slurmjob_time_left("1-00:05"), 86400 + 300);
+}
+
+static void test_field(void **state)
+{
+	char out[32];
+	const char *line = "JobId=42 JobName=sg:a:llm:0 JobState=PENDING Reason=BeginTime "
+			   "Dependency=(null) NodeList=(null) BatchHost=node7";
+
+	(void)state;
+	slurmjob_field(line, "JobState", out, sizeof out);
+	assert_string_equal(out, "PENDING");
+	slurmjob_field(line, "Reason", out, sizeof out);
+	assert_string_equal(out, "BeginTime");
+	slurmjob_field(line, "JobId", out, sizeof out);
+	assert_string_equal(out, "42");
+	slurmjob_field(line, "Host", out, sizeof out);   /* not BatchHost's tail */
+	assert_string_equal(out, "");
+	slurmjob_field(line, "NodeList", out, sizeof out);
+	assert_string_equal(out, "(null)");
+	slurmjob_field("", "JobState", out, sizeof out);
+	assert_string_equal(out, "");
+}
+
+static void test_sacct_line(void **state)
+{
+	char st[16], code[16];
+
+	(void)state;
+	assert_true(slurmjob_sacct_line("CANCELLED by 0|0:15\n", st, sizeof st, code, sizeof code));
+	assert_string_equal(st, "CANCELLED");
+	assert_string_equal(code, "0:15");
+	assert_true(slurmjob_sacct_line("FAILED|1:0\nCOMPLETED|0:0\n", st, sizeof st, code, sizeof code));
+	assert_string_equal(st, "FAILED");
+	assert_string_equal(code, "1:0");
+	assert_true(slurmjob_sacct_line("NODE_FAIL", st, sizeof st, code, sizeof code));
+	assert_string_equal(code, "");
+	assert_false(slurmjob_sacct_line("", st, sizeof st, code, sizeof code));
+	assert_false(slurmjob_sacct_line("\n|0:0\n", st, sizeof st, code, sizeof code));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_every_state_has_a_class),
+		cmocka_unit_test(test_reason),
+		cmocka_unit_test(test_first_node),
+		cmocka_unit_test(test_time_left),
+		cmocka_unit_test(test_field),
+		cmocka_unit_test(test_sacct_line),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
