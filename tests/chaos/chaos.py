@@ -558,14 +558,14 @@ class Soak:
             return False
         inst = self.rng.choice(insts)
         job = inst["job_id"]
+        # a suspended job stops every request that reaches it, until resume:
+        # the fault lasts from suspend to resume (a request sent to it before
+        # the gateway's squeue sees the suspension is hit as well)
         t0 = now()
         self.cluster.run("scontrol", "suspend", job, check=False)
-        t1 = now()
-        self.fault("suspend", t0, t1, "slm", job, f"scontrol suspend {job}")
         self.stop_load.wait(self.rng.uniform(1, 4))
-        t0 = now()
         self.cluster.run("scontrol", "resume", job, check=False)
-        self.fault("resume", t0, now(), "slm", job, f"scontrol resume {job}")
+        self.fault("suspend", t0, now(), "slm", job, f"scontrol suspend {job} ... resume")
         return True
 
     def job_node(self, job):
