@@ -73,11 +73,11 @@ build/slurmgate-asan: build/asan/main.o $(AOBJS)
 
 # The demo service: the test double behind make run, the tests and bench.
 # The -asan build runs under the tests with DEMO_SERVICE_BIN set to it.
-build/demo_service: examples/demo_service.c build/flags
+build/demo_service: tests/fixtures/demo_service.c build/flags
 	@mkdir -p build
 	$(COMPILE) $(LDFLAGS) -o $@ $< $(PKG_LIBS) -lm
 
-build/demo_service-asan: examples/demo_service.c build/flags
+build/demo_service-asan: tests/fixtures/demo_service.c build/flags
 	@mkdir -p build
 	$(COMPILE) -O1 $(SANFLAGS) $(LDFLAGS) -o $@ $< $(PKG_LIBS) -lm
 
