@@ -23,7 +23,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SH = REPO / "examples" / "demo_service.sh"
-DEMO_BIN = REPO / "build" / "demo_service"
+# The demo service (tests/fixtures/demo_service.c): $DEMO_SERVICE_BIN, an
+# absolute path (examples/demo_service.sh reads it too), e.g. the
+# build/demo_service-asan build; default build/demo_service.
+DEMO_BIN = Path(os.environ.get("DEMO_SERVICE_BIN") or REPO / "build" / "demo_service")
 SEED_CONFIG = Path("/work/shared/seed/services_config.json")
 
 
