@@ -185,10 +185,13 @@ clean:
 # Everything is rebuilt when the compiler, its flags or the libraries change
 # (e.g. when `make test` turns WERROR on after a plain build): build/flags
 # is rewritten, so it is newer than every object, only when they differ.
+# (Not under make -n or -q, which must change nothing.)
 FLAGS_LINE = $(COMPILE) | $(LDFLAGS) $(LIBS) | $(CLANG) $(FUZZ_CFLAGS)
+ifeq (,$(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))))
 ifneq ($(file <build/flags),$(FLAGS_LINE))
 $(shell mkdir -p build)
 $(file >build/flags,$(FLAGS_LINE))
+endif
 endif
 build/flags: ;
 
