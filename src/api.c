@@ -13,6 +13,7 @@
 #include "config.h"
 #include "http.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -126,8 +127,15 @@ void api_metrics(struct hconn *c)
 	evbuffer_add_printf(b, "slurmgate_connections{side=\"client\"} %zu\n", http_count(true));
 	evbuffer_add_printf(b, "slurmgate_connections{side=\"upstream\"} %zu\n", http_count(false));
 	family(b, "slurmgate_buffer_bytes", "gauge",
-	       "Bytes held in the gateway's buffers (unparsed input, unsent output, held bodies).");
+	       "Bytes held in the gateway's buffers (unparsed input, unsent output, "
+	       "/v1 bodies read for routing, held bodies).");
 	evbuffer_add_printf(b, "slurmgate_buffer_bytes %zu\n", http_buffered());
+	family(b, "slurmgate_buffer_limit_bytes", "gauge",
+	       "max_buffer_bytes: past it, the connections holding the most stop reading.");
+	evbuffer_add_printf(b, "slurmgate_buffer_limit_bytes %zu\n", http_buffer_cap());
+	family(b, "slurmgate_held_body_bytes", "gauge",
+	       "Request body bytes held while services start (bounded by max_held_body).");
+	evbuffer_add_printf(b, "slurmgate_held_body_bytes %zu\n", proxy_held_bytes());
 
 	family(b, "slurmgate_requests_total", "counter", "Requests answered, by service and status code.");
 	EACH {
@@ -205,7 +213,7 @@ void api_metrics(struct hconn *c)
 #undef SVC
 #undef LBL
 	len = evbuffer_get_length(b);
-	http_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
+	http_reply(c, 200, "text/plain; version=0.0.4; charset=utf-8", SG_SEC_HEADERS_DATA,
 		   (const char *)evbuffer_pullup(b, -1), len);
 	evbuffer_free(b);
 }
@@ -240,7 +248,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 void api_events_subscribe(struct hconn *c)
 {
 	http_respond(c, 200,
-		     "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+		     SG_SEC_HEADERS_DATA "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 		     "X-Accel-Buffering: no\r\n",
 		     -1);
 	http_send(c, "retry: 2000\n\n", 13);
@@ -319,7 +327,7 @@ void api_history(struct hconn *c)
 	o = json_pack("{s:i,s:o}", "step_seconds", HIST_STEP, "services", o);
 	s = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
-	http_reply(c, 200, "application/json", NULL, s, strlen(s));
+	http_reply(c, 200, "application/json", SG_SEC_HEADERS_DATA, s, strlen(s));
 	free(s);
 }
 

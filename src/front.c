@@ -420,6 +420,27 @@ static char *upstream_target(const char *path, size_t plen, const struct route_t
 	return xasprintf("%.*s%.*s", (int)plen, path, (int)rt->qlen, rt->query ? rt->query : "");
 }
 
+/* The /v1 body read for the model lookup: in the memory budget while it
+ * is here (http_buffer_track), and in this connection's share of it. */
+static void v1body_start(struct session *ss, const struct http_msg *m)
+{
+	ss->v1body = evbuffer_new();
+	http_buffer_track(ss->v1body);
+	ss->v1msg = m;
+	ss->v1feedback = wants_sse(m);
+}
+
+static void v1body_free(struct session *ss)
+{
+	if (ss->v1body == NULL)
+		return;
+	http_buffer_untrack(ss->v1body);
+	evbuffer_free(ss->v1body);
+	ss->v1body = NULL;
+	ss->v1msg = NULL;
+	http_set_owned(ss->c, 0);
+}
+
 /* The whole body of a /v1 request is here: route it by its "model". */
 static void v1_route(struct session *ss)
 {
@@ -473,9 +494,7 @@ static void v1_route(struct session *ss)
 		proxy_req_done(ss->ex);
 out:
 	free(model);
-	evbuffer_free(ss->v1body);
-	ss->v1body = NULL;
-	ss->v1msg = NULL;
+	v1body_free(ss);
 }
 
 /* --- routing --- */
@@ -601,9 +620,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 			return;
 		}
 		/* route by the body's "model": read the body first */
-		ss->v1body = evbuffer_new();
-		ss->v1msg = m;
-		ss->v1feedback = wants_sse(m);
+		v1body_start(ss, m);
 		return;
 	}
 
@@ -627,14 +644,13 @@ static void s_body(struct hconn *c, const char *p, size_t n)
 	else if (ss->v1body) {
 		if (evbuffer_get_length(ss->v1body) + n > (size_t)fcfg->max_json_body) {
 			/* chunked, or more than announced: stop here (the connection ends) */
-			evbuffer_free(ss->v1body);
-			ss->v1body = NULL;
-			ss->v1msg = NULL;
+			v1body_free(ss);
 			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
 					 "the JSON body is larger than max_json_body", NULL);
 			return;
 		}
 		evbuffer_add(ss->v1body, p, n);
+		http_set_owned(c, evbuffer_get_length(ss->v1body));
 	}
 }
 
@@ -665,8 +681,7 @@ static void s_closed(struct hconn *c, const char *why)
 		proxy_down_closed(ss->ex);
 	if (ss->events)
 		api_events_unsubscribe(c);
-	if (ss->v1body)
-		evbuffer_free(ss->v1body);
+	v1body_free(ss);
 	router_target_free(&ss->rt);
 	free(ss);
 }

@@ -71,6 +71,7 @@ struct hconn {
 
 	struct evbuffer *wbuf;
 	bool dirty, in_grave, budget_wait;
+	size_t owned;                     /* the owner's bytes for this request (http_set_owned) */
 	TAILQ_ENTRY(hconn) dirty_link;
 	TAILQ_ENTRY(hconn) budget_link;   /* paused by the memory budget */
 	char peer_addr[48];
@@ -134,6 +135,11 @@ size_t http_buffered(void)
 	return buffered;
 }
 
+size_t http_buffer_cap(void)
+{
+	return buffer_cap;
+}
+
 void http_set_buffer_cap(size_t cap)
 {
 	buffer_cap = cap;
@@ -143,7 +149,12 @@ void http_set_buffer_cap(size_t cap)
 
 static size_t own_bytes(struct hconn *c)
 {
-	return evbuffer_get_length(c->in) + http_pending_output(c);
+	return evbuffer_get_length(c->in) + http_pending_output(c) + c->owned;
+}
+
+void http_set_owned(struct hconn *c, size_t n)
+{
+	c->owned = n;
 }
 
 /* Every callback from libevent into this module is bracketed by enter/leave;
@@ -940,10 +951,11 @@ void http_finish(struct hconn *c)
 void http_reply(struct hconn *c, int status, const char *ctype, const char *extra,
 		const char *body, size_t len)
 {
-	char hdr[1024];
+	/* never cut short: a truncated header block would lose its last CRLF */
+	char *hdr = xasprintf("Content-Type: %s\r\n%s", ctype, extra ? extra : "");
 
-	snprintf(hdr, sizeof hdr, "Content-Type: %s\r\n%s", ctype, extra ? extra : "");
 	http_respond(c, status, hdr, (long long)len);
+	free(hdr);
 	http_send(c, body, len);
 	http_finish(c);
 }
@@ -985,7 +997,7 @@ static void reply_and_close(struct hconn *c, int status, const char *msg)
 	if (!c->resp_started) {
 		c->close_after = true;
 		c->pause_mask |= PAUSE_PIPELINE;
-		http_reply_error(c, status, NULL, msg);
+		http_reply_error(c, status, SG_SEC_HEADERS_DATA, msg);
 		c->closing = true;
 		mark_dirty(c);
 	} else {

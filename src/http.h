@@ -118,11 +118,32 @@ size_t http_count(bool server_side);
  * tracked. */
 void http_buffer_track(struct evbuffer *b);
 void http_buffer_untrack(struct evbuffer *b);
+/* N bytes the owner keeps for C's current request outside C's own buffers
+ * (a /v1 body read before routing; track that buffer too): they count in
+ * C's share, so C stops reading like any connection holding much. */
+void http_set_owned(struct hconn *c, size_t n);
 /* Bytes held in tracked buffers now. */
 size_t http_buffered(void);
 /* Past CAP bytes, client connections holding more than 64 KiB each stop
  * reading until the total falls below 7/8 of CAP. */
 void http_set_buffer_cap(size_t cap);
+size_t http_buffer_cap(void);
+
+/* Headers on everything the gateway answers itself: its pages, its JSON
+ * answers and errors, its event streams, and the HTTP layer's own errors
+ * (400, 408, 413, 431, 505). */
+#define SG_SEC_HEADERS                                                                    \
+	"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"                     \
+	"Referrer-Policy: no-referrer\r\n"
+/* ... for JSON and other non-HTML answers */
+#define SG_SEC_HEADERS_DATA                                                               \
+	SG_SEC_HEADERS "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
+/* ... for the gateway's HTML pages (inline script and style, same-origin fetches) */
+#define SG_SEC_HEADERS_PAGE                                                               \
+	SG_SEC_HEADERS                                                                     \
+	"Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "        \
+	"style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "            \
+	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'\r\n"
 
 #define HTTP_HIGH_MARK (256 * 1024)
 #define HTTP_LOW_MARK (32 * 1024)

@@ -299,6 +299,10 @@ static int on_headers_complete(http_parser *p)
 			return refuse(hp, 413, "request body too large");
 		if (absolute_form(hp, m) != 0)
 			return -1;
+		/* RFC 9112 3.2, as nginx: an HTTP/1.1 request names its host
+		 * (a Host header, or the authority of an absolute-form target) */
+		if (m->minor >= 1 && nhost == 0 && http_find(m, "host") == NULL)
+			return refuse(hp, 400, "an HTTP/1.1 request needs a Host header");
 		body = m->chunked || m->content_length > 0;
 		hp->upgrade_after = m->upgrade;
 	} else {

@@ -76,6 +76,11 @@ void proxy_init(struct event_base *base, const struct config *cfg)
 	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
 }
 
+size_t proxy_held_bytes(void)
+{
+	return held_total;
+}
+
 size_t proxy_active(void)
 {
 	return nactive;
@@ -149,7 +154,7 @@ static void feedback_start(struct exchange *ex)
 	char reason[600];
 
 	http_respond(ex->down, 200,
-		     "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+		     SG_SEC_HEADERS_DATA "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 		     "X-Accel-Buffering: no\r\nX-Slurmgate-Cold-Start: waiting\r\n",
 		     -1);
 	ex->early_head = true;

@@ -43,5 +43,7 @@ void proxy_down_drained(struct exchange *ex);
 void proxy_down_closed(struct exchange *ex);
 /* Exchanges alive now. */
 size_t proxy_active(void);
+/* Body bytes held now for requests whose service is not ready yet. */
+size_t proxy_held_bytes(void);
 
 #endif

@@ -184,18 +184,8 @@ int router_resolve(const char *t, size_t len, struct route_target *rt, const cha
 	size_t plen;
 
 	memset(rt, 0, sizeof *rt);
-	/* absolute-form: http://authority/path?query */
-	if ((len >= 7 && strncasecmp(t, "http://", 7) == 0) ||
-	    (len >= 8 && strncasecmp(t, "https://", 8) == 0)) {
-		const char *a = t + (t[4] == ':' ? 7 : 8), *ae = a;
-		while (ae < end && *ae != '/' && *ae != '?' && *ae != '#')
-			ae++;
-		if (ae == a) {
-			*cause = "an absolute-form request target needs a host";
-			return -1;
-		}
-		path = ae;
-	}
+	/* origin-form only: http_parse.c made an absolute-form target one (its
+	 * authority became Host), so there is one place that reads authorities */
 	{
 		/* a fragment never goes to a server: drop it */
 		const char *h = memchr(path, '#', (size_t)(end - path));
@@ -204,11 +194,6 @@ int router_resolve(const char *t, size_t len, struct route_target *rt, const cha
 	}
 	q = memchr(path, '?', (size_t)(end - path));
 	plen = (size_t)((q ? q : end) - path);
-	if (path != t && plen == 0) {
-		/* "http://host" or "http://host?x": the root */
-		path = "/";
-		plen = 1;
-	}
 	if (plen == 0 || path[0] != '/') {
 		*cause = "the request target must be a path starting with '/'";
 		return -1;

@@ -27,7 +27,8 @@ struct route_target {
 	size_t qlen;
 };
 
-/* Resolve the request target T (LEN bytes: origin-form or absolute-form).
+/* Resolve the request target T (LEN bytes, origin-form: the parser turns an
+ * absolute-form target into one, its authority into Host).
  * Returns 0 and fills *RT (free with router_target_free), or -1 with a
  * client-facing reason in *CAUSE (static string; the answer is a 400). */
 int router_resolve(const char *t, size_t len, struct route_target *rt, const char **cause);
@@ -79,19 +80,5 @@ enum v1_result {
 /* Find the "model" of an OpenAI-style JSON body. On V1_OK, *MODEL is a
  * malloc'd NUL-terminated copy and *STREAM says whether "stream" is true. */
 enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream);
-
-/* Headers on everything the gateway answers itself. */
-#define SG_SEC_HEADERS                                                                    \
-	"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"                     \
-	"Referrer-Policy: no-referrer\r\n"
-/* ... for JSON and other non-HTML answers */
-#define SG_SEC_HEADERS_DATA                                                               \
-	SG_SEC_HEADERS "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
-/* ... for the gateway's HTML pages (inline script and style, same-origin fetches) */
-#define SG_SEC_HEADERS_PAGE                                                               \
-	SG_SEC_HEADERS                                                                     \
-	"Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "        \
-	"style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "            \
-	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'\r\n"
 
 #endif

@@ -148,6 +148,48 @@ def test_finding9_security_headers_on_every_page_the_gateway_serves(gateway):
     g.record_pids()
 
 
+def raw_head_headers(raw):
+    """Lower-case header dict of the first response in raw bytes."""
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head)}
+
+
+@pytest.mark.parametrize("req,status", [
+    (b"GET /info HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /info HTTP/9.9\r\nHost: a\r\n\r\n", 505),
+    (b"GET /info HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", 431),
+    (b"POST /llm/echo HTTP/1.1\r\nHost: a\r\nContent-Length: 999999\r\n\r\n", 413),
+    (b"GET /info HTTP/1.1\r\nHost: a\r\n", 408),
+], ids=["400", "505", "431", "413", "408"])
+def test_finding9_security_headers_on_errors_of_the_http_layer(gateway, req, status):
+    # nginx's add_header ... always covers its own error pages; the HTTP
+    # layer's answers (400, 408, 413, 431, 505) are pages the gateway serves.
+    g = gateway([demo_service()], max_header_size=4096, max_body_size=1000, header_timeout=1)
+    raw = raw_exchange(g.port, req, timeout=10)
+    assert status_of(raw) == status, raw[:300]
+    sec_headers_ok(raw_head_headers(raw), html=False)
+
+
+def test_finding9_security_headers_on_metrics_api_and_event_streams(gateway):
+    g = gateway([demo_service()], env={"DEMO_DELAY": "3"}, feedback_interval=1)
+    for path in ("/metrics", "/api/health", "/api/history", "/api/services", "/v1/models"):
+        r = g.get(path)
+        assert r.status == 200, (path, r)
+        sec_headers_ok(r.headers, html=False)
+    # the live event stream: its head is enough
+    raw = raw_exchange(g.port, b"GET /api/events HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5,
+                       read_all=False)
+    assert status_of(raw) == 200, raw[:300]
+    sec_headers_ok(raw_head_headers(raw), html=False)
+    # the cold-start feedback stream the gateway answers before the service does
+    raw = raw_exchange(g.port, b"GET /llm/echo HTTP/1.1\r\nHost: a\r\n"
+                               b"Accept: text/event-stream\r\n\r\n", timeout=5, read_all=False)
+    assert status_of(raw) == 200 and b"X-Slurmgate-Cold-Start" in raw, raw[:300]
+    sec_headers_ok(raw_head_headers(raw), html=False)
+    g.wait_state("ready")
+    g.record_pids()
+
+
 # --------------------------------------------------------------------------
 # finding 11: X-Forwarded-* from the client were passed on as sent
 # --------------------------------------------------------------------------

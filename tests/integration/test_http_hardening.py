@@ -128,7 +128,7 @@ def still_serves(g):
 #    while the parsed request was still in use).
 # --------------------------------------------------------------------------
 
-def test_uaf_v1_chunked_trailer_keeps_parsed_request_valid(hostile):
+def test_finding1_uaf_v1_chunked_trailer_keeps_parsed_request_valid(hostile):
     # nginx and Envoy parse and drop request trailers; the parsed head they
     # route with is never touched by them.
     g, log = hostile()
@@ -154,7 +154,7 @@ def test_uaf_v1_chunked_trailer_keeps_parsed_request_valid(hostile):
 
 @pytest.mark.parametrize("clen", [2**63, 2**63 + 12345, 2**64 - 11, 2**64 - 2],
                          ids=["2^63", "2^63+n", "2^64-11", "2^64-2"])
-def test_huge_content_length_is_400_not_smuggled(hostile, clen):
+def test_finding2_huge_content_length_is_400_not_smuggled(hostile, clen):
     # nginx ("client sent invalid Content-Length"), HAProxy and Envoy answer 400.
     g, log = hostile()
     smuggled = b"GET /h/smuggled HTTP/1.1\r\nHost: evil\r\nContent-Length: 0\r\n\r\n"
@@ -178,7 +178,7 @@ def rss_kb(pid):
     return 0
 
 
-def test_pipelining_does_not_grow_memory_without_bound(gateway):
+def test_finding4_pipelining_does_not_grow_memory_without_bound(gateway):
     # nginx reads the next pipelined request only after the current response
     # is sent (ngx_http_set_keepalive); HAProxy and Envoy likewise process one
     # request at a time per connection.
@@ -217,7 +217,7 @@ def test_pipelining_does_not_grow_memory_without_bound(gateway):
 # 6. Medium: the body of a 1xx response was relayed raw.
 # --------------------------------------------------------------------------
 
-def test_1xx_body_is_not_relayed(hostile):
+def test_finding6_1xx_body_is_not_relayed(hostile):
     # RFC 9112: a 1xx response has no body. nginx, HAProxy and Envoy never
     # relay bytes after a 1xx head as if they were content: the bytes are the
     # next response, here an invalid one, so the client gets a 502.
@@ -230,6 +230,7 @@ def test_1xx_body_is_not_relayed(hostile):
 
 
 def test_bytes_after_final_response_are_not_relayed_or_reused(hostile):
+    # A guard, not named after the finding: it held on c095a72 already.
     # nginx and HAProxy close an upstream connection that sent more than the
     # response it framed; the next request gets a fresh answer.
     g, log = hostile()
@@ -260,7 +261,7 @@ def test_bytes_after_final_response_are_not_relayed_or_reused(hostile):
     b"POST /llm/echo HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 ], ids=["no-crlf-after-data", "bare-lf-in-extension", "bare-lf-after-size", "obs-fold",
         "obs-fold-after-empty-value", "te-on-http10"])
-def test_lenient_chunked_framing_is_refused(gateway, req):
+def test_finding10_lenient_chunked_framing_is_refused(gateway, req):
     # nginx refuses each of these with 400 ("invalid chunked body", "client
     # sent invalid header line", "client sent HTTP/1.0 request with
     # Transfer-Encoding header"); so do HAProxy and Envoy.
@@ -274,7 +275,7 @@ def test_lenient_chunked_framing_is_refused(gateway, req):
 # 12. Low: Connection: host, duplicate Host, underscores in framing names.
 # --------------------------------------------------------------------------
 
-def test_connection_header_cannot_strip_host(hostile):
+def test_finding12_connection_header_cannot_strip_host(hostile):
     # nginx and Envoy never let a Connection token remove Host or the
     # message framing.
     g, log = hostile()
@@ -287,7 +288,7 @@ def test_connection_header_cannot_strip_host(hostile):
     assert echoed.endswith(b"\r\n\r\nabc"), echoed
 
 
-def test_duplicate_host_is_400(hostile):
+def test_finding12_duplicate_host_is_400(hostile):
     # nginx: "client sent duplicate host header" -> 400 (RFC 9112 3.2).
     g, log = hostile()
     raw = exchange(g, b"GET /h/echohead HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n")
@@ -295,7 +296,19 @@ def test_duplicate_host_is_400(hostile):
     assert b"echohead" not in log.read_bytes()
 
 
-def test_underscore_framing_headers_are_dropped(hostile):
+def test_finding12_http11_request_without_host_is_400(hostile):
+    # nginx: "client sent HTTP/1.1 request without "Host" header" -> 400
+    # (RFC 9112 3.2: a server MUST answer 400); HTTP/1.0 needs none.
+    g, log = hostile()
+    raw = exchange(g, b"GET /h/echohead HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert gateway_error(raw, 400), raw[:300]
+    assert b"Host" in raw.split(b"\r\n\r\n", 1)[1], raw[:300]
+    assert b"echohead" not in log.read_bytes()
+    raw = exchange(g, b"GET /h/echohead HTTP/1.0\r\n\r\n")
+    assert status_of(raw) == 200, raw[:300]
+
+
+def test_finding12_underscore_framing_headers_are_dropped(hostile):
     # nginx (underscores_in_headers off) drops header names with underscores,
     # so Content_Length / Transfer_Encoding never reach a CGI-style service.
     g, log = hostile()
@@ -313,7 +326,7 @@ def test_underscore_framing_headers_are_dropped(hostile):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["status000", "unsolicited101", "badchunk"])
-def test_invalid_upstream_response_is_502(hostile, mode):
+def test_finding14_invalid_upstream_response_is_502(hostile, mode):
     # nginx: "upstream sent invalid status" / an unexpected 101 / "upstream
     # sent invalid chunked response" -> 502 while nothing was sent yet;
     # HAProxy and Envoy likewise.
@@ -328,7 +341,7 @@ def test_invalid_upstream_response_is_502(hostile, mode):
 # 15. Low: upload progress did not re-arm the upstream timeout.
 # --------------------------------------------------------------------------
 
-def test_upload_progress_rearms_upstream_timeout(hostile):
+def test_finding15_upload_progress_rearms_upstream_timeout(hostile):
     # nginx's proxy_send_timeout / proxy_read_timeout count between two
     # successive writes or reads, not for the whole request.
     g2, _ = hostile(upstream_timeout=1)
@@ -357,7 +370,7 @@ def test_upload_progress_rearms_upstream_timeout(hostile):
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", [b"HTTP/0.9", b"HTTP/2.0", b"HTTP/9.9"])
-def test_http_version_other_than_1x_is_505(gateway, version):
+def test_finding16_http_version_other_than_1x_is_505(gateway, version):
     # nginx answers 505 HTTP Version Not Supported.
     g = gateway()
     raw = exchange(g, b"GET /info " + version + b"\r\nHost: a\r\n\r\n")
@@ -365,7 +378,7 @@ def test_http_version_other_than_1x_is_505(gateway, version):
     still_serves(g)
 
 
-def test_trace_is_405(hostile):
+def test_finding16_trace_is_405(hostile):
     # nginx answers TRACE with 405 and never forwards it.
     g, log = hostile()
     raw = exchange(g, b"TRACE /h/echohead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -373,7 +386,7 @@ def test_trace_is_405(hostile):
     assert b"TRACE" not in log.read_bytes()
 
 
-def test_invalid_method_is_reported_as_such(gateway):
+def test_finding16_invalid_method_is_reported_as_such(gateway):
     # nginx: 400 for an invalid method; the message must name the method,
     # not a Transfer-Encoding problem.
     g = gateway()
@@ -383,7 +396,7 @@ def test_invalid_method_is_reported_as_such(gateway):
     assert "method" in msg and "Transfer-Encoding" not in msg, msg
 
 
-def test_absolute_form_without_host_is_400(hostile):
+def test_finding16_absolute_form_without_host_is_400(hostile):
     # nginx: "client sent invalid host in request line" -> 400.
     g, log = hostile()
     raw = exchange(g, b"GET http:///h/echohead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -391,7 +404,7 @@ def test_absolute_form_without_host_is_400(hostile):
     assert b"echohead" not in log.read_bytes()
 
 
-def test_absolute_form_authority_is_the_host(hostile):
+def test_finding16_absolute_form_authority_is_the_host(hostile):
     # RFC 9112 3.2.2: the authority of an absolute-form target replaces Host;
     # nginx and Envoy do so.
     g, log = hostile()

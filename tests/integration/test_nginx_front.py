@@ -538,3 +538,54 @@ def test_short_nginx_read_timeout_would_cut_a_held_request(front):
     assert r.status == 504, (r.status, r.body)
     assert "nginx" in (r.getheader("Server") or ""), r.getheaders()
     assert time.monotonic() - t0 < 2.5 * SLACK
+
+
+# --------------------------------------------------------------------------
+# issue 9, finding 9: services share the admin pages' origin. The example's
+# recipe ("#|" lines) gives the admin pages a host of their own.
+# --------------------------------------------------------------------------
+
+def admin_host_recipe(site):
+    """The example with its "#|" lines uncommented; the admin server also
+    listens on the test's plain port, as the default server there (so that
+    the fixture's readiness check, Host 127.0.0.1, reaches /api/health)."""
+    plain = re.search(r"listen 127\.0\.0\.1:(\d+);  # added by the test", site).group(1)
+    n_marked = len(re.findall(r"^[ \t]*#\| ?", site, re.M))
+    assert n_marked > 20, "the admin-host recipe is gone from the example"
+    site = re.sub(r"^([ \t]*)#\| ?", r"\1", site, flags=re.M)
+    site, n = re.subn(r"(server_name admin\.localhost;)",
+                      r"\1\n    listen 127.0.0.1:%s default_server;" % plain, site)
+    assert n == 1
+    return site
+
+
+def test_finding9_admin_pages_on_their_own_host_recipe(front):
+    gw, ng = front(mutate=admin_host_recipe,
+                   allowed_hosts=["localhost", "admin.localhost", "127.0.0.1"])
+    svc, adm = {"Host": "localhost"}, {"Host": "admin.localhost"}
+    # the services' host: services and /v1, none of the admin pages
+    r = ng.request("http", "GET", "/llm/health", headers=svc, timeout=30)
+    assert r.status == 200, (r.status, r.body)
+    assert ng.request("http", "GET", "/v1/models", headers=svc).status == 200
+    for path in ("/", "/status", "/api/services", "/api/events", "/metrics", "/info",
+                 "/demand_llm", "/disable_service_management", "/kill_disable_service_management",
+                 "/%61pi/services", "/x/../api/services", "//api/services"):
+        r = ng.request("http", "GET", path, headers=svc)
+        assert r.status in (400, 404), (path, r.status, r.body[:200])
+    r = ng.request("http", "POST", "/api/services/demo/stop", headers=svc)
+    assert r.status == 404, (r.status, r.body[:200])
+    # the admin host: the admin pages, none of the services
+    r = ng.request("http", "GET", "/", headers=adm)
+    assert r.status == 200 and b"<html" in r.body.lower(), r.status
+    assert ng.request("http", "GET", "/api/services", headers=adm).status == 200
+    assert ng.request("http", "GET", "/llm/health", headers=adm).status == 404
+    assert ng.request("http", "GET", "/v1/models", headers=adm).status == 404
+    # a page of a service asking the admin host to stop it: refused
+    r = ng.request("http", "POST", "/api/services/demo/stop",
+                   headers={**adm, "Origin": "http://localhost", "Sec-Fetch-Site": "same-site"})
+    assert r.status == 403, (r.status, r.body[:200])
+    # the status page itself may
+    r = ng.request("http", "POST", "/api/services/demo/stop",
+                   headers={**adm, "Origin": "http://admin.localhost",
+                            "Sec-Fetch-Site": "same-origin"})
+    assert r.status == 202, (r.status, r.body[:200])

@@ -228,6 +228,75 @@ def test_max_json_body_is_configurable(gateway):
     assert r.json()["error"]["code"] == "request_too_large"
 
 
+def metric(g, name):
+    r = g.get("/metrics", timeout=5 * SLACK)
+    for line in r.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_finding5_v1_body_counts_in_the_memory_budget(gateway):
+    # The body a /v1 request reads for its model lookup is memory the gateway
+    # holds for an unauthenticated client (no api_keys here): it counts in
+    # max_buffer_bytes like every other buffer (Envoy's overload manager
+    # counts every buffer), so past the budget that client stops being read.
+    cap = 2 << 20
+    g = gateway([demo_service(aliases=["m"])], max_json_body=16 << 20, max_buffer_bytes=cap,
+                body_timeout=2)
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+    try:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (12 << 20))
+        s.setblocking(False)
+        chunk = b" " * 65536
+        sent, peak = 0, 0
+        deadline = time.monotonic() + 3 * SLACK
+        # the body never ends: its last byte is not sent
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(chunk[:min(len(chunk), (12 << 20) - 1 - sent)])
+            except BlockingIOError:
+                time.sleep(0.02)
+            if sent % (1 << 20) < 65536 or sent == (12 << 20) - 1:
+                v = metric(g, "slurmgate_buffer_bytes")
+                peak = max(peak, v)
+                assert v < cap + 512 * 1024, f"{v} bytes buffered with max_buffer_bytes {cap}"
+        peak = max(peak, metric(g, "slurmgate_buffer_bytes"))
+        assert peak > cap / 2, f"a {sent}-byte /v1 body read so far is not in the budget (peak {peak})"
+        # a client that stopped being read still has body_timeout: then its
+        # body is released (its close alone is not seen: the FIN waits
+        # behind the bytes we no longer read)
+        wait_until(lambda: metric(g, "slurmgate_buffer_bytes") < 64 * 1024, 10 * SLACK,
+                   msg="the /v1 body of a timed-out connection to be released")
+    finally:
+        s.close()
+
+
+def test_finding8_held_bodies_are_shown_in_metrics(gateway):
+    # The total of held bodies is what max_held_body bounds: /metrics shows it
+    # (slurmgate_held_body_bytes), next to the budget it counts in.
+    g = gateway([demo_service()], env={"DEMO_DELAY": str(3 * SLACK)})
+    assert metric(g, "slurmgate_held_body_bytes") == 0
+    assert metric(g, "slurmgate_buffer_limit_bytes") == 1 << 30
+    body = b"h" * 300_000
+    out = {}
+
+    def upload():
+        out["r"] = http_request(g.port, "POST", "/llm/echo", body=body, timeout=30 * SLACK)
+
+    t = threading.Thread(target=upload)
+    t.start()
+    try:
+        wait_until(lambda: metric(g, "slurmgate_held_body_bytes") == len(body), 10 * SLACK,
+                   msg="the held body to show in /metrics")
+    finally:
+        t.join(40 * SLACK)
+    assert out["r"].status == 200 and out["r"].json()["body_length"] == len(body), out
+    assert metric(g, "slurmgate_held_body_bytes") == 0
+    g.record_pids()
+
+
 # --------------------------------------------------------------------------
 # finding 8: held request bodies stayed in RAM, unbounded in total
 # --------------------------------------------------------------------------

@@ -235,6 +235,26 @@ static void test_absolute_form_authority_is_host(void **state)
 	done_with(&s);
 }
 
+/* finding 12 (Host): nginx answers an HTTP/1.1 request without Host 400 */
+static void test_http11_without_host_is_400(void **state)
+{
+	struct seen s = {0};
+	const char *why;
+
+	(void)state;
+	assert_int_equal(run(&s, true, "GET /x HTTP/1.1\r\nX: 1\r\n\r\n", 0), 400);
+	hparse_error(&s.hp, &why);
+	assert_non_null(strstr(why, "Host"));
+	done_with(&s);
+	memset(&s, 0, sizeof s);
+	/* an underscore spelling is dropped, so it is no Host either */
+	assert_int_equal(run(&s, true, "GET /x HTTP/1.1\r\nHo_st: a\r\n\r\n", 0), 400);
+	done_with(&s);
+	memset(&s, 0, sizeof s);
+	assert_int_equal(run(&s, true, "GET /x HTTP/1.0\r\n\r\n", 0), 0);
+	done_with(&s);
+}
+
 static void test_underscores_dropped_connection_cannot_name_host(void **state)
 {
 	struct seen s = {0};
@@ -300,6 +320,7 @@ int main(void)
 		cmocka_unit_test(test_body_limit_same_for_every_split),
 		cmocka_unit_test(test_invalid_method_names_the_method),
 		cmocka_unit_test(test_absolute_form_authority_is_host),
+		cmocka_unit_test(test_http11_without_host_is_400),
 		cmocka_unit_test(test_underscores_dropped_connection_cannot_name_host),
 		cmocka_unit_test(test_responses),
 	};
