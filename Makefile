@@ -1,15 +1,34 @@
 # slurmgate - make run | make test | make bench
-CC      ?= cc
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow
-LIBS     = -levent -lhttp_parser -ljansson -lm
-PYTHON  ?= /usr/bin/python3
+#
+# Packagers: CC, CPPFLAGS, CFLAGS, LDFLAGS and PKG_CONFIG are honoured (the
+# flags the build needs are added separately, so `make CFLAGS=...` keeps
+# them). Warnings are errors only when WERROR=-Werror: `make test` (and so
+# CI, .ci/run) sets it; a plain build does not.
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+PKG_CONFIG ?= pkg-config
+PYTHON     ?= /usr/bin/python3
+WERROR     ?=
+
+# Libraries and their cflags from pkg-config; http_parser has no .pc on
+# Debian. Before `make deps` has installed pkg-config (a fresh machine), the
+# plain -l names are used.
+PKGS         = libevent jansson
+PKG_CFLAGS  := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null || echo -levent -ljansson)
+CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
+LIBS         = $(PKG_LIBS) -lhttp_parser -lm
+
+SG_CPPFLAGS = -D_GNU_SOURCE -Ibuild/gen $(PKG_CFLAGS)
+SG_CFLAGS   = -std=c11 -Wall -Wextra -Wshadow $(WERROR)
+COMPILE     = $(CC) $(SG_CPPFLAGS) $(CPPFLAGS) $(SG_CFLAGS) $(CFLAGS)
 
 SRCS    := $(filter-out src/main.c,$(wildcard src/*.c))
 HDRS    := $(wildcard src/*.h)
 OBJS    := $(SRCS:src/%.c=build/obj/%.o)
 AOBJS   := $(SRCS:src/%.c=build/asan/%.o)
 UNIT    := $(patsubst tests/unit/%.c,build/%,$(wildcard tests/unit/test_*.c))
+UNIT_ASAN := $(UNIT:build/%=build/unit-asan/%)
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 # Debian packages each part needs (installed by make when missing, as root).
@@ -17,7 +36,7 @@ BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
 TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev
 BENCH_PKGS = wrk nginx-light
 
-.PHONY: all run test unit integration asan chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
+.PHONY: all run test unit unit-asan integration asan chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
 
 all: build/slurmgate build/demo_service
 
@@ -38,28 +57,44 @@ build/gen/status_html.h: src/status.html
 	{ echo '/* generated from src/status.html */'; echo 'static const char status_html[] ='; \
 	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n"/' $<; echo ';'; } > $@
 
-build/obj/%.o: src/%.c $(HDRS) $(GEN)
+build/obj/%.o: src/%.c $(HDRS) $(GEN) build/flags
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Ibuild/gen -c -o $@ $<
+	$(COMPILE) -c -o $@ $<
 
-build/asan/%.o: src/%.c $(HDRS) $(GEN)
+build/asan/%.o: src/%.c $(HDRS) $(GEN) build/flags
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Ibuild/gen -O1 $(SANFLAGS) -c -o $@ $<
+	$(COMPILE) -O1 $(SANFLAGS) -c -o $@ $<
 
 build/slurmgate: build/obj/main.o $(OBJS)
-	$(CC) $(CFLAGS) -o $@ $^ $(LIBS)
+	$(COMPILE) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
 
 build/slurmgate-asan: build/asan/main.o $(AOBJS)
-	$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ $(LIBS)
+	$(COMPILE) $(SANFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LIBS)
 
-build/demo_service: examples/demo_service.c
+# The demo service: the test double behind make run, the tests and bench.
+# The -asan build runs under the tests with DEMO_SERVICE_BIN set to it.
+build/demo_service: tests/fixtures/demo_service.c build/flags
 	@mkdir -p build
-	$(CC) $(CFLAGS) -o $@ $< -levent
+	$(COMPILE) $(LDFLAGS) -o $@ $< $(PKG_LIBS) -lm
 
+build/demo_service-asan: tests/fixtures/demo_service.c build/flags
+	@mkdir -p build
+	$(COMPILE) -O1 $(SANFLAGS) $(LDFLAGS) -o $@ $< $(PKG_LIBS) -lm
+
+# A unit test links every object but the one it includes (test_NAME.c may
+# #include src/NAME.c to reach its static functions); each is built twice,
+# plain and under ASan+UBSan.
 build/test_%: tests/unit/test_%.c $(OBJS) $(HDRS)
-	$(CC) $(CFLAGS) -Isrc -Ibuild/gen -o $@ $< $(filter-out build/obj/$*.o,$(OBJS)) $(LIBS) -lcmocka
+	$(COMPILE) -Isrc $(LDFLAGS) -o $@ $< $(filter-out build/obj/$*.o,$(OBJS)) $(LIBS) $(CMOCKA_LIBS)
 
-run: deps all
+build/unit-asan/test_%: tests/unit/test_%.c $(AOBJS) $(HDRS)
+	@mkdir -p $(dir $@)
+	$(COMPILE) -O1 $(SANFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(filter-out build/asan/$*.o,$(AOBJS)) $(LIBS) $(CMOCKA_LIBS)
+
+# deps first, then the build (never both at once under -j: on a fresh machine
+# the build needs what deps installs).
+run: deps
+	$(MAKE) all
 	@echo
 	@echo "slurmgate on http://127.0.0.1:8090 with examples/demo.json; the demo service takes"
 	@echo "DEMO_DELAY=3 s to 'load its model', so the first request is held. Try, in another shell:"
@@ -70,8 +105,12 @@ run: deps all
 	@echo
 	DEMO_DELAY=$${DEMO_DELAY:-3} build/slurmgate -c examples/demo.json
 
-unit: $(UNIT)
+unit: $(UNIT) unit-asan
 	@for t in $(UNIT); do echo "== $$t"; $$t || exit 1; done
+
+unit-asan: $(UNIT_ASAN)
+	@for t in $(UNIT_ASAN); do echo "== $$t"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $$t || exit 1; done
 
 integration: all
 	$(PYTHON) -m pytest -q tests/integration
@@ -100,12 +139,15 @@ chaos-short: all build/slurmgate-asan
 	$(CHAOS_ENV) timeout $$(( $(CHAOS_SHORT_SECONDS) + 400 )) $(PYTHON) tests/chaos/chaos.py \
 	  --seconds $(CHAOS_SHORT_SECONDS) --faults $(CHAOS_SHORT_FAULTS)
 
-test: test-deps all
-	$(MAKE) unit
-	$(MAKE) fuzz-short
-	$(MAKE) integration
-	$(MAKE) asan
-	$(MAKE) chaos-short
+# Warnings are errors in every build make test does.
+STRICT = WERROR=-Werror
+test: test-deps
+	$(MAKE) $(STRICT) all
+	$(MAKE) $(STRICT) unit
+	$(MAKE) $(STRICT) fuzz-short
+	$(MAKE) $(STRICT) integration
+	$(MAKE) $(STRICT) asan
+	$(MAKE) $(STRICT) chaos-short
 
 # --- fuzzing (libFuzzer, clang) ---
 # A target NAME is tests/fuzz/fuzz_NAME.c (it defines LLVMFuzzerTestOneInput),
@@ -123,21 +165,21 @@ FUZZ_OBJS_v1model   = router util log
 FUZZ_SECONDS       ?= 300
 FUZZ_SHORT_SECONDS ?= 20
 FUZZ_SAN            = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_CFLAGS         = -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -Isrc -Ibuild/gen $(FUZZ_SAN)
+FUZZ_CFLAGS         = -D_GNU_SOURCE -Isrc -Ibuild/gen $(PKG_CFLAGS) $(CPPFLAGS) -std=c11 -g -O1 -Wall -Wextra $(WERROR) $(FUZZ_SAN)
 FUZZ_BINS           = $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
-build/fuzzobj/%.o: src/%.c $(HDRS) $(GEN)
+build/fuzzobj/%.o: src/%.c $(HDRS) $(GEN) build/flags
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
-build/fuzzobj/harness/fuzz_%.o: tests/fuzz/fuzz_%.c $(HDRS) $(wildcard tests/fuzz/*.h)
+build/fuzzobj/harness/fuzz_%.o: tests/fuzz/fuzz_%.c $(HDRS) $(wildcard tests/fuzz/*.h) build/flags
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
 define FUZZ_LINK
 build/fuzz/fuzz_$(1): build/fuzzobj/harness/fuzz_$(1).o $(patsubst %,build/fuzzobj/%.o,$(FUZZ_OBJS_$(1)))
 	@mkdir -p $$(dir $$@)
-	$$(CLANG) $$(FUZZ_SAN) -fsanitize=fuzzer -o $$@ $$^ $$(LIBS)
+	$$(CLANG) $$(FUZZ_SAN) -fsanitize=fuzzer $$(LDFLAGS) -o $$@ $$^ $$(LIBS)
 endef
 $(foreach t,$(FUZZ_TARGETS),$(eval $(call FUZZ_LINK,$(t))))
 
@@ -153,9 +195,24 @@ fuzz-short: $(FUZZ_BINS)
 	@s=$(FUZZ_SHORT_SECONDS); [ "$$s" -le 60 ] || s=60; \
 	for t in $(FUZZ_TARGETS); do tests/fuzz/run.sh $$t $$s || exit 1; done
 
-bench: bench-deps all
+bench: bench-deps
+	$(MAKE) all
 	bench/run
 
 clean:
 	rm -rf build
+
+# Everything is rebuilt when the compiler, its flags or the libraries change
+# (e.g. when `make test` turns WERROR on after a plain build): build/flags
+# is rewritten, so it is newer than every object, only when they differ.
+# (Not under make -n or -q, which must change nothing.)
+FLAGS_LINE = $(COMPILE) | $(LDFLAGS) $(LIBS) | $(CLANG) $(FUZZ_CFLAGS)
+ifeq (,$(findstring n,$(firstword -$(MAKEFLAGS)))$(findstring q,$(firstword -$(MAKEFLAGS))))
+ifneq ($(file <build/flags),$(FLAGS_LINE))
+$(shell mkdir -p build)
+$(file >build/flags,$(FLAGS_LINE))
+endif
+endif
+build/flags: ;
+
 include mk/install.mk

@@ -26,6 +26,11 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True   # no __pycache__ in the tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests", "lib"))
+from sgtestlib import free_port  # noqa: E402  (ports: one contract, shared with the tests)
+
 # the seed's poll intervals, chosen equal to slurmgate's defaults so that only
 # the way of running the commands differs: squeue every 0.5 s (poll_fast_ms),
 # health every 0.1 s (slurmgate's probe backs off from 10 to 100 ms)
@@ -33,12 +38,6 @@ SQUEUE_POLL_S = 0.5
 HEALTH_POLL_S = 0.1
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
          "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(port, path, timeout=5.0):

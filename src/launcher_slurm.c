@@ -1,7 +1,7 @@
 /* launcher_slurm.c - an instance is a Slurm batch job.
  *
  * start: sbatch --parsable (here, or on the login node through the
- * runner's SSH master); the job's name is sg-<instance_id>-<route>-<index>.
+ * runner's SSH master); the job's name is sg:<instance_id>:<route>:<index>.
  * A tracker polls all of this gateway's jobs with one squeue per target
  * and cycle: fast while anything starts or stops, slowly otherwise. When a
  * job runs, a forward from a free local port to <node>:<port> is opened

@@ -348,6 +348,12 @@ int main(int argc, char **argv)
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_hup);
+	/* freeing the signal events restored the default actions: a second
+	 * SIGTERM (or a HUP) in the last moments of the exit must not kill us
+	 * with a signal status instead of the exit code */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 	if (grace_ev)
 		event_free(grace_ev);
 	if (deadline_ev)

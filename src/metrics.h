@@ -19,7 +19,7 @@ struct histo {
 };
 
 /* What a service counts; lives in the service, updated by service.c and
- * proxy.c, rendered by front.c. */
+ * proxy.c, rendered by api.c (api_metrics). */
 struct svc_metrics {
 	uint64_t by_status[600];      /* requests by response status */
 	struct histo cold_queue;      /* start -> endpoint (Slurm: queue wait) */

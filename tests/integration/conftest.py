@@ -16,14 +16,21 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+# Ports and waiting: one contract each, shared with slurmlib.py and bench/.
+from sgtestlib import free_port, free_port_block, port_listening, wait_until  # noqa: E402,F401
 DEMO_SH = REPO / "examples" / "demo_service.sh"
-DEMO_BIN = REPO / "build" / "demo_service"
+# The demo service (tests/fixtures/demo_service.c): $DEMO_SERVICE_BIN, an
+# absolute path (examples/demo_service.sh reads it too), e.g. the
+# build/demo_service-asan build; default build/demo_service.
+DEMO_BIN = Path(os.environ.get("DEMO_SERVICE_BIN") or REPO / "build" / "demo_service")
 SEED_CONFIG = Path("/work/shared/seed/services_config.json")
 
 
@@ -37,75 +44,6 @@ def gateway_bin():
 # A slower (sanitizer) build gets more time for everything.
 SLOW = "asan" in gateway_bin().name or bool(os.environ.get("SLURMGATE_SLOW_TESTS"))
 SLACK = 2.0 if SLOW else 1.0
-
-# Ports handed out in this test session: never the same one twice.
-_used_ports = set()
-
-
-def free_port():
-    """A TCP port that nothing on 127.0.0.1 listens on right now, and that
-    this session has not handed out before."""
-    for _ in range(200):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
-        # leave room for port+1.. (instances beyond the first use port+index)
-        if port in _used_ports or port > 65000:
-            continue
-        _used_ports.add(port)
-        return port
-    raise RuntimeError("no free port found")
-
-
-def _bindable(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def free_port_block(n):
-    """p such that p .. p+n-1 are free and handed out to nobody else in this
-    session (instance i of a service uses remote_port + i; a Slurm service
-    may use one more for a handover)."""
-    for _ in range(200):
-        p = free_port()
-        rest = range(p + 1, p + n)
-        if p + n >= 65000 or any(q in _used_ports or port_listening(q) or not _bindable(q)
-                                 for q in rest):
-            continue
-        _used_ports.update(rest)
-        return p
-    raise RuntimeError(f"no block of {n} free ports")
-
-
-def wait_until(pred, timeout, interval=0.05, msg=None):
-    """Call pred() until it returns a truthy value (returned) or timeout
-    seconds pass (AssertionError). Exceptions from pred count as False."""
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while True:
-        try:
-            v = pred()
-            if v:
-                return v
-            last_exc = None
-        except Exception as e:  # noqa: BLE001 - a probe failing is "not yet"
-            last_exc = e
-        if time.monotonic() >= deadline:
-            text = msg or getattr(pred, "__name__", "condition")
-            if last_exc is not None:
-                text += f" (last error: {last_exc!r})"
-            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
-        time.sleep(interval)
-
 
 # --------------------------------------------------------------------------
 # processes and ports
@@ -134,22 +72,6 @@ def pid_pgid(pid):
         return int(data[data.rindex(")") + 2:].split()[2])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def port_listening(port):
-    """True if some socket listens on PORT (any address, v4 or v6)."""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    local, st = parts[1], parts[3]
-                    if st == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        return True
-        except FileNotFoundError:
-            continue
-    return False
 
 
 def pids_with_arg(*needles):

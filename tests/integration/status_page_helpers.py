@@ -13,10 +13,15 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+# Ports and waiting: one contract each, shared with conftest.py and bench/.
+from sgtestlib import free_port, wait_until  # noqa: E402,F401
+
 DEMO_SH = REPO / "examples" / "demo_service.sh"
 ARTIFACTS = REPO / "build" / "test-artifacts"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -39,34 +44,6 @@ def chromium_bin():
         if os.access(c, os.X_OK):
             return c
     return shutil.which("chromium")
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-def wait_until(pred, timeout, interval=0.05, msg="condition"):
-    """pred() until truthy (returned) or timeout s (AssertionError naming the
-    last value / exception seen). Exceptions from pred count as "not yet"."""
-    deadline = time.monotonic() + timeout * SLACK
-    last = None
-    while True:
-        try:
-            v = pred()
-            if v:
-                return v
-            last = v
-        except Exception as e:  # noqa: BLE001 - a failing probe means "not yet"
-            last = e
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout * SLACK:.0f} s waiting for {msg} "
-                                 f"(last: {last!r})")
-        time.sleep(interval)
 
 
 def http_request(port, method, path, headers=None, body=None, timeout=10.0):
@@ -129,7 +106,7 @@ class Gateway:
                 raise RuntimeError(f"slurmgate exited with {self.proc.returncode}")
             return self.get("/api/health", timeout=1)[0] == 200
         try:
-            wait_until(up, timeout, msg="slurmgate /api/health")
+            wait_until(up, timeout * SLACK, msg="slurmgate /api/health")
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- gateway log ---\n{self.log()}") from None
         return self
@@ -338,7 +315,7 @@ class Chromium:
             lines = active.read_text().split("\n") if active.exists() else []
             return int(lines[0]) if lines and lines[0].strip().isdigit() else None
         try:
-            self.port = wait_until(port_file, timeout, interval=0.1, msg="DevToolsActivePort")
+            self.port = wait_until(port_file, timeout * SLACK, interval=0.1, msg="DevToolsActivePort")
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- chromium log ---\n{self.log()}") from None
         return self
@@ -349,7 +326,7 @@ class Chromium:
             st, _, body = http_request(self.port, "GET", "/json/list", timeout=3)
             pages = [t for t in json.loads(body) if t.get("type") == "page"] if st == 200 else []
             return pages[0]["webSocketDebuggerUrl"] if pages else None
-        return CDP(wait_until(target, timeout, interval=0.1, msg="a Chromium page target"))
+        return CDP(wait_until(target, timeout * SLACK, interval=0.1, msg="a Chromium page target"))
 
     def log(self, tail=6000):
         try:

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from status_page_helpers import (ARTIFACTS, REPO, Chromium, Gateway, chromium_bin, http_request,
-                                 screenshot, wait_until)
+from status_page_helpers import (ARTIFACTS, REPO, SLACK, Chromium, Gateway, chromium_bin,
+                                 http_request, screenshot, wait_until)
 
 TOKEN = "page-T0ken"
 SVC = "document.querySelector('section.svc[data-service=\"demo\"]')"
@@ -112,7 +112,7 @@ def wait_page_state(cdp, want, timeout, seen=None):
         if s and seen is not None and (not seen or seen[-1] != s["state"]):
             seen.append(s["state"])
         return s if s and s["state"] in want else None
-    return wait_until(check, timeout, interval=0.05, msg=f"the page to show the state {want} "
+    return wait_until(check, timeout * SLACK, interval=0.05, msg=f"the page to show the state {want} "
                       f"(states seen: {seen})")
 
 
@@ -162,7 +162,7 @@ def test_status_page_in_headless_chromium(tmp_path):
         cdp.call("Page.enable")
         cdp.call("Runtime.enable")
         cdp.call("Page.navigate", url=f"http://127.0.0.1:{gw.port}/")
-        wait_until(lambda: cdp.eval("document.readyState") == "complete", 15, msg="the page to load")
+        wait_until(lambda: cdp.eval("document.readyState") == "complete", 15 * SLACK, msg="the page to load")
 
         # live, from the event stream: stopped
         s = wait_page_state(cdp, "stopped", 10)
@@ -203,7 +203,7 @@ def test_status_page_in_headless_chromium(tmp_path):
         # the instance row, the counters and the idle countdown
         s = wait_until(lambda: (lambda v: v if v["instances"] and v["requests"] == "1"
                                 and v["instances"][0]["served"] == "1" else None)(page_service(cdp)),
-                       5, msg="the instance row with one request served")
+                       5 * SLACK, msg="the instance row with one request served")
         inst = s["instances"][0]
         assert inst["state"] == "ready" and inst["index"] == "0", inst
         assert inst["pid"] == str(pid), (inst, pid)
@@ -215,14 +215,14 @@ def test_status_page_in_headless_chromium(tmp_path):
         assert idle1 < idle0, (idle0, idle1)
 
         # the chart: the gateway samples every 10 s; the page fetches every 10 s
-        wait_until(lambda: page_service(cdp)["chartPoints"] >= 1, 25, interval=0.25,
+        wait_until(lambda: page_service(cdp)["chartPoints"] >= 1, 25 * SLACK, interval=0.25,
                    msg="the history chart to have a sample")
         assert page_service(cdp)["readyLine"]
 
         # admin without a token: the page shows the 401, nothing stops
         assert cdp.eval("document.getElementById('admin-token').type") == "password"
         cdp.eval(SVC + ".querySelector('.btn-stop').click()")
-        msg = wait_until(lambda: admin_message(cdp), 5, msg="the admin error message")
+        msg = wait_until(lambda: admin_message(cdp), 5 * SLACK, msg="the admin error message")
         assert msg["kind"] == "error" and "401" in msg["text"], msg
         assert gw.service()["state"] == "ready"
 
@@ -236,25 +236,25 @@ def test_status_page_in_headless_chromium(tmp_path):
         assert cdp.eval("sessionStorage.getItem('slurmgate.adminToken')") == TOKEN
         cdp.eval(SVC + ".querySelector('.btn-stop').click()")
         msg = wait_until(lambda: (lambda m: m if m and m["kind"] == "ok" else None)(admin_message(cdp)),
-                         5, msg="the Stop to succeed")
+                         5 * SLACK, msg="the Stop to succeed")
         assert "202" in msg["text"], msg
         s = wait_page_state(cdp, ("stopping", "stopped"), 10)
         s = wait_page_state(cdp, "stopped", 15)
         assert s["instances"] == [], s
-        wait_until(lambda: not pid_alive(pid), 10, msg=f"the service process {pid} to exit")
+        wait_until(lambda: not pid_alive(pid), 10 * SLACK, msg=f"the service process {pid} to exit")
 
         # global management buttons, with the token
         cdp.eval("document.getElementById('btn-disable').click()")
-        wait_until(lambda: cdp.eval("document.getElementById('mgmt').textContent") == "disabled", 5,
+        wait_until(lambda: cdp.eval("document.getElementById('mgmt').textContent") == "disabled", 5 * SLACK,
                    msg="management shown as disabled")
         assert json.loads(gw.get("/info")[2])["service_management"] is False
-        wait_until(lambda: "disabled" in page_service(cdp)["reason"], 5, msg="the reason to follow")
+        wait_until(lambda: "disabled" in page_service(cdp)["reason"], 5 * SLACK, msg="the reason to follow")
         cdp.eval("document.getElementById('btn-enable').click()")
-        wait_until(lambda: cdp.eval("document.getElementById('mgmt').textContent") == "enabled", 5,
+        wait_until(lambda: cdp.eval("document.getElementById('mgmt').textContent") == "enabled", 5 * SLACK,
                    msg="management shown as enabled")
         # the token survives a reload of the tab (sessionStorage)
         cdp.call("Page.reload")
-        wait_until(lambda: cdp.eval("document.getElementById('admin-token').value") == TOKEN, 10,
+        wait_until(lambda: cdp.eval("document.getElementById('admin-token').value") == TOKEN, 10 * SLACK,
                    msg="the token restored from sessionStorage")
         wait_page_state(cdp, "stopped", 10)
         screenshot(cdp, ARTIFACTS / "status-page-stopped.png")
@@ -269,7 +269,7 @@ def test_status_page_in_headless_chromium(tmp_path):
 
         # the gateway goes away: the disconnected banner shows
         gw_rc = gw.stop()
-        wait_until(lambda: cdp.eval("document.getElementById('banner').offsetParent !== null"), 10,
+        wait_until(lambda: cdp.eval("document.getElementById('banner').offsetParent !== null"), 10 * SLACK,
                    msg="the disconnected banner")
         assert cdp.eval("document.body.dataset.connected") == "false"
         screenshot(cdp, ARTIFACTS / "status-page-disconnected.png", full_page=False)
@@ -277,12 +277,12 @@ def test_status_page_in_headless_chromium(tmp_path):
         # ... and the page reconnects by itself when it is back (same port)
         gw.start()
         wait_until(lambda: cdp.eval("document.body.dataset.connected === 'true' && "
-                                    "document.getElementById('banner').offsetParent === null"), 15,
+                                    "document.getElementById('banner').offsetParent === null"), 15 * SLACK,
                    msg="the page to reconnect to the restarted gateway")
         wait_page_state(cdp, "stopped", 5)
         gw_rc2 = gw.stop()
         assert gw_rc2 == 0, f"slurmgate exit code after SIGTERM (restarted): {gw_rc2}\n{gw.log()}"
-        wait_until(lambda: cdp.eval("document.body.dataset.connected") == "false", 10,
+        wait_until(lambda: cdp.eval("document.body.dataset.connected") == "false", 10 * SLACK,
                    msg="the page to notice the gateway is gone again")
 
         # a drawn state (no gateway sends events any more): Slurm pending

@@ -37,7 +37,7 @@ from conftest import SLACK, gateway_bin, http_request, pid_alive, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 CLUSTERCTL = REPO / "tests" / "env" / "clusterctl"
-DEMO_BIN = REPO / "build" / "demo_service"
+DEMO_BIN = base.DEMO_BIN
 
 # Job states after which a job holds no resources.
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",

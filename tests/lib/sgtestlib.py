@@ -1,0 +1,110 @@
+"""Ports and waiting, shared by the integration tests (tests/integration,
+tests/integration/slurm) and the benchmark (bench/).
+
+One contract each:
+
+free_port()          a TCP port that nothing on this machine listens on
+                     right now, that binds on 127.0.0.1, and that this
+                     process has not handed out before (so two servers of one
+                     test session never get the same port); at most 65000, so
+                     port+1.. stay in range (instance i of a service listens
+                     on remote_port + i).
+free_port_block(n)   p such that p .. p+n-1 are all such ports, handed out
+                     together.
+port_listening(p)    True if some socket listens on port p (any address,
+                     IPv4 or IPv6).
+wait_until(pred, timeout, interval=0.05, msg=None)
+                     call pred() until it returns a truthy value, which is
+                     returned; an exception from pred counts as "not yet".
+                     After timeout seconds (as given: callers scale it for a
+                     slow build) raise WaitTimeout, an AssertionError naming
+                     msg and the last exception or value seen.
+"""
+import socket
+import time
+
+# Ports handed out by this process: never the same one twice.
+_used_ports = set()
+
+
+class WaitTimeout(AssertionError):
+    """wait_until's deadline passed."""
+
+
+def port_listening(port):
+    """True if some socket listens on PORT (any address, v4 or v6)."""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    local, st = parts[1], parts[3]
+                    if st == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def _bindable(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_port():
+    """A port nothing listens on, bindable on 127.0.0.1, <= 65000, and not
+    handed out before by this process."""
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port in _used_ports or port > 65000 or port_listening(port):
+            continue
+        _used_ports.add(port)
+        return port
+    raise RuntimeError("no free port found")
+
+
+def free_port_block(n):
+    """p such that p .. p+n-1 are free and handed out to nobody else by this
+    process (instance i of a service uses remote_port + i; a Slurm service
+    may use one more for a handover)."""
+    for _ in range(200):
+        p = free_port()
+        rest = range(p + 1, p + n)
+        if p + n >= 65000 or any(q in _used_ports or port_listening(q) or not _bindable(q)
+                                 for q in rest):
+            continue
+        _used_ports.update(rest)
+        return p
+    raise RuntimeError(f"no block of {n} free ports")
+
+
+def wait_until(pred, timeout, interval=0.05, msg=None):
+    """pred() until truthy (returned) or timeout seconds pass (WaitTimeout,
+    an AssertionError). Exceptions from pred count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+            last = v
+        except Exception as e:  # noqa: BLE001 - a probe failing is "not yet"
+            last = e
+        if time.monotonic() >= deadline:
+            text = msg or getattr(pred, "__name__", "condition")
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {text} "
+                              f"(last: {last!r})")
+        time.sleep(interval)
