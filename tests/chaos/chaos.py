@@ -67,8 +67,8 @@ import conftest as base  # noqa: E402
 import slurmlib  # noqa: E402
 from conftest import pid_alive, wait_until  # noqa: E402
 
-DEMO_BIN = REPO / "build" / "demo_service"
-DEMO_SH = REPO / "examples" / "demo_service.sh"
+DEMO_BIN = base.DEMO_BIN   # $DEMO_SERVICE_BIN or build/demo_service
+DEMO_SH = base.DEMO_SH
 CLUSTERCTL = REPO / "tests" / "env" / "clusterctl"
 
 ALL_FAULTS = ["kill_local_exec", "kill_local_nonexec", "kill_local_script", "kill_slurm_proc", "scancel", "requeue",
