@@ -36,7 +36,7 @@ BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
 TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev
 BENCH_PKGS = wrk nginx-light
 
-.PHONY: all run test unit unit-asan integration asan bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
+.PHONY: all run test unit unit-asan integration asan chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
 
 all: build/slurmgate build/demo_service
 
@@ -120,6 +120,25 @@ asan: build/slurmgate-asan build/demo_service
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 UBSAN_OPTIONS=print_stacktrace=1 \
 	$(PYTHON) -m pytest -q tests/integration
 
+# Chaos soak (tests/chaos/chaos.py) against the ASan/UBSan build: load on a
+# Slurm and two local services while faults hit them on a seeded schedule
+# (CHAOS_SEED reproduces one). make chaos runs every fault class for
+# CHAOS_SECONDS; make test runs a 2-minute soak with the fault classes in
+# CHAOS_SHORT_FAULTS (those main handles; see the README).
+CHAOS_SECONDS ?= 900
+CHAOS_FAULTS ?= kill_local_exec,kill_local_nonexec,kill_local_script,kill_slurm_proc,scancel,requeue,suspend,drain,down,kill_ssh_master,sighup,kill9_gateway
+CHAOS_SHORT_SECONDS ?= 120
+CHAOS_SHORT_FAULTS ?= kill_local_exec,kill_local_nonexec,sighup,drain,suspend
+CHAOS_ENV = SLURMGATE_BIN=build/slurmgate-asan
+
+chaos: test-deps all build/slurmgate-asan
+	$(CHAOS_ENV) timeout $$(( $(CHAOS_SECONDS) + 600 )) $(PYTHON) tests/chaos/chaos.py \
+	  --seconds $(CHAOS_SECONDS) --faults $(CHAOS_FAULTS)
+
+chaos-short: all build/slurmgate-asan
+	$(CHAOS_ENV) timeout $$(( $(CHAOS_SHORT_SECONDS) + 400 )) $(PYTHON) tests/chaos/chaos.py \
+	  --seconds $(CHAOS_SHORT_SECONDS) --faults $(CHAOS_SHORT_FAULTS)
+
 # Warnings are errors in every build make test does.
 STRICT = WERROR=-Werror
 test: test-deps
@@ -128,6 +147,7 @@ test: test-deps
 	$(MAKE) $(STRICT) fuzz-short
 	$(MAKE) $(STRICT) integration
 	$(MAKE) $(STRICT) asan
+	$(MAKE) $(STRICT) chaos-short
 
 # --- fuzzing (libFuzzer, clang) ---
 # A target NAME is tests/fuzz/fuzz_NAME.c (it defines LLVMFuzzerTestOneInput),
