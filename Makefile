@@ -128,7 +128,7 @@ asan: build/slurmgate-asan build/demo_service
 CHAOS_SECONDS ?= 900
 CHAOS_FAULTS ?= kill_local_exec,kill_local_nonexec,kill_local_script,kill_slurm_proc,scancel,requeue,suspend,drain,down,kill_ssh_master,sighup,kill9_gateway
 CHAOS_SHORT_SECONDS ?= 120
-CHAOS_SHORT_FAULTS ?= kill_local_exec,kill_local_nonexec,kill_local_script,kill_slurm_proc,scancel,kill_ssh_master,sighup,drain,suspend
+CHAOS_SHORT_FAULTS ?= kill_local_exec,kill_local_nonexec,sighup,drain,suspend
 CHAOS_ENV = SLURMGATE_BIN=build/slurmgate-asan
 
 chaos: test-deps all build/slurmgate-asan
