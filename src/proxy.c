@@ -30,11 +30,6 @@
 /* Tries of one request: a refused connection reached nothing, so it may
  * move on until no instance is left in rotation (it is held then). */
 #define MAX_TRIES 8
-/* Tries of one request whose connection broke before any response byte:
- * it may have reached the service, so it goes at most this often (each
- * such break also takes its instance out of rotation, so a node that fails
- * under several instances at once does not fail the request). */
-#define MAX_REPLAYS 3
 
 struct exchange {
 	struct hconn *down, *up;
@@ -640,7 +635,7 @@ static void up_closed(struct hconn *c, const char *why)
 		struct instance *old = ex->inst, *inst = NULL;
 		bool suspect = !ex->up_connected || closed_early(ex, why);
 		bool retry = !ex->up_connected ? ex->tries < MAX_TRIES
-					       : ex->tries < MAX_REPLAYS - 1 && replayable(ex);
+					       : ex->tries == 0 && replayable(ex);
 		const char *r = NULL;
 		int status = 0, ra = 0, rc;
 
