@@ -23,13 +23,6 @@
  * stop reading the client (it then waits in its own TCP window). All held
  * requests together keep at most max_held_body (held_total). */
 #define HELD_BODY_MAX (1024 * 1024)
-/* A request body up to this size is kept until the first response byte, so
- * that the request can be sent again when its connection breaks before the
- * service answered (the instance died under it). */
-#define REPLAY_MAX (64 * 1024)
-/* Tries of one request: a refused connection reached nothing, so it may
- * move on until no instance is left in rotation (it is held then). */
-#define MAX_TRIES 8
 
 struct exchange {
 	struct hconn *down, *up;
@@ -52,9 +45,6 @@ struct exchange {
 	bool strip_auth;            /* Authorization was our api key, not the service's */
 	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
 	size_t held_n;              /* bytes of body counted in held_total */
-	char *replay;               /* the body sent so far, for a retry (NULL: none) */
-	size_t replay_n;
-	bool no_replay;             /* the body outgrew REPLAY_MAX */
 	struct event *fb_ev;
 };
 
@@ -123,7 +113,6 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	held_total -= ex->held_n;
 	http_buffer_untrack(ex->body);
 	evbuffer_free(ex->body);
-	free(ex->replay);
 	free(ex->head);
 	free(ex);
 	nactive--;
@@ -229,40 +218,9 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	ex_end(ex, false);
 }
 
-/* Keep a copy of body bytes going upstream while the request may still be
- * sent again (no response byte yet, body small). */
-static void replay_keep(struct exchange *ex, const void *p, size_t n)
-{
-	if (ex->no_replay || ex->resp_started || n == 0)
-		return;
-	if (ex->replay_n + n > REPLAY_MAX) {
-		ex->no_replay = true;
-		free(ex->replay);
-		ex->replay = NULL;
-		ex->replay_n = 0;
-		return;
-	}
-	ex->replay = xrealloc(ex->replay, ex->replay_n + n);
-	memcpy(ex->replay + ex->replay_n, p, n);
-	ex->replay_n += n;
-}
-
-/* May the request go out once more? Its body (if any) is complete and kept. */
-static bool replayable(const struct exchange *ex)
-{
-	return !ex->req_has_body || (ex->req_done && !ex->no_replay);
-}
-
 static void send_request(struct exchange *ex)
 {
-	size_t n;
-
-	if (ex->tries > 0 && ex->replay_n > 0) {
-		/* a retry: the body went out before; send the kept copy again */
-		evbuffer_prepend(ex->body, ex->replay, ex->replay_n);
-		ex->replay_n = 0;
-	}
-	n = evbuffer_get_length(ex->body);
+	size_t n = evbuffer_get_length(ex->body);
 
 	ex->t_sent = now_s();
 	held_total -= ex->held_n;
@@ -276,7 +234,6 @@ static void send_request(struct exchange *ex)
 			size_t sent = 0;
 			for (int j = 0; j < k && j < 16; j++) {
 				http_send(ex->up, v[j].iov_base, v[j].iov_len);
-				replay_keep(ex, v[j].iov_base, v[j].iov_len);
 				sent += v[j].iov_len;
 			}
 			evbuffer_drain(ex->body, sent);
@@ -457,7 +414,6 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 {
 	if (ex->up_sent && ex->up) {
 		http_send(ex->up, p, n);
-		replay_keep(ex, p, n);
 		if (http_pending_output(ex->up) > HTTP_HIGH_MARK) {
 			http_pause(ex->down, true);
 			http_want_drain(ex->up);
@@ -625,17 +581,14 @@ static void up_closed(struct hconn *c, const char *why)
 	ex->up = NULL;
 	/* Nothing reached the service (connect refused, or the connection
 	 * closed before any response byte), or a kept-alive connection it had
-	 * closed took the request: once more, on whichever instance is ready
-	 * now, or held until one is (the body goes again from its kept copy;
-	 * a refused connection may move on until no instance is in rotation).
-	 * A refusal or an early close also takes the instance out of rotation
-	 * (its launcher is asked to check it). */
+	 * closed took a request without a body: once more, on whichever
+	 * instance is ready now. A refusal or an early close also takes the
+	 * instance out of rotation (its launcher is asked to check it). */
 	if (!ex->resp_started && ex->inst &&
-	    (!ex->up_connected || closed_early(ex, why) || ex->reused)) {
+	    (!ex->up_connected || closed_early(ex, why) || (ex->reused && !ex->req_has_body))) {
 		struct instance *old = ex->inst, *inst = NULL;
 		bool suspect = !ex->up_connected || closed_early(ex, why);
-		bool retry = !ex->up_connected ? ex->tries < MAX_TRIES
-					       : ex->tries == 0 && replayable(ex);
+		bool retry = ex->tries == 0 && (!ex->up_connected || !ex->req_has_body);
 		const char *r = NULL;
 		int status = 0, ra = 0, rc;
 
