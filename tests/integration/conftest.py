@@ -508,6 +508,32 @@ class Gateway:
 
 
 @pytest.fixture
+def port_block():
+    """Factory: port_block(n) -> p such that p .. p+n-1 are free and handed
+    out to nobody else in this session. Teardown (after the gateway's): no
+    demo_service may still listen on / run with one of these ports."""
+    blocks = []
+
+    def make(n):
+        p = free_port_block(n)
+        blocks.append((p, n))
+        return p
+
+    yield make
+    left = []
+    for p, n in blocks:
+        for q in range(p, p + n):
+            left += pids_with_arg("--port", str(q))
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        pytest.fail(f"demo_service processes left running: {sorted(set(left))}", pytrace=False)
+
+
+@pytest.fixture
 def gateway(tmp_path):
     """Factory: gateway(services, env=..., **top_level_keys) -> started Gateway.
     Every gateway is stopped at teardown and must exit 0."""

@@ -29,29 +29,6 @@ from conftest import (DEMO_BIN, SLACK, demo_service, http_request, pid_alive, pi
                       port_listening, wait_until, write_script)
 
 
-@pytest.fixture
-def port_block():
-    """port_block(n) -> p with p .. p+n-1 free; teardown kills (and
-    reports) any demo_service left on one of these ports."""
-    blocks = []
-
-    def make(n):
-        p = base.free_port_block(n)
-        blocks.append((p, n))
-        return p
-
-    yield make
-    left = []
-    for p, n in blocks:
-        for q in range(p, p + n):
-            left += pids_with_arg("--port", str(q))
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if left:
-        pytest.fail(f"demo_service processes left running: {sorted(set(left))}", pytrace=False)
 
 
 def nonexec_script(tmp_path):

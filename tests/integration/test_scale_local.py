@@ -28,30 +28,6 @@ from conftest import (SLACK, demo_service, http_request, pid_alive, pids_with_ar
 # helpers
 # --------------------------------------------------------------------------
 
-@pytest.fixture
-def port_block():
-    """Factory: port_block(n) -> p such that p .. p+n-1 are free and handed
-    out to nobody else in this session. Teardown (after the gateway's): no
-    demo_service may still listen on / run with one of these ports."""
-    blocks = []
-
-    def make(n):
-        p = base.free_port_block(n)
-        blocks.append((p, n))
-        return p
-
-    yield make
-    left = []
-    for p, n in blocks:
-        for q in range(p, p + n):
-            left += pids_with_arg("--port", str(q))
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if left:
-        pytest.fail(f"demo_service processes left running: {sorted(set(left))}", pytrace=False)
 
 
 class Load:
