@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "front.h"
 #include "http.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -97,8 +98,9 @@ json_t *api_state_json(void)
 
 	for (size_t k = 0; k < services_count(); k++)
 		json_array_append_new(a, api_service_json(service_at(k), false));
-	return json_pack("{s:s,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
-			 services_managed, "services", a);
+	return json_pack("{s:s,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
+			 services_managed, "admin_token_required", front_admin_token_required(),
+			 "services", a);
 }
 
 /* --- Prometheus --- */

@@ -108,6 +108,11 @@ static void reply_openai_err(struct hconn *c, int status, const char *type, cons
 
 /* --- access --- */
 
+bool front_admin_token_required(void)
+{
+	return fcfg != NULL && fcfg->admin_token != NULL;
+}
+
 /* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
 static bool admin_ok(struct hconn *c, const struct http_msg *m)
 {

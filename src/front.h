@@ -2,6 +2,7 @@
 #ifndef SG_FRONT_H
 #define SG_FRONT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct config;
@@ -11,6 +12,9 @@ struct event_base;
 int front_start(struct event_base *base, struct config *cfg);
 /* Take a reloaded config (limits, tokens, keys); the listener stays. */
 void front_reconfigure(struct config *cfg);
+/* Whether admin endpoints need the admin token (the status page hides its
+ * token box when not). */
+bool front_admin_token_required(void);
 /* Stop accepting new connections (shutdown). */
 void front_stop_accepting(void);
 /* Close the listener. */
