@@ -1,4 +1,5 @@
-/* front.h - the listener, routing, the seed's endpoints and the JSON API. */
+/* front.h - the listener and the session (routing: router.c; access: auth.c,
+ * access.c; the gateway's own endpoints: admin.c). */
 #ifndef SG_FRONT_H
 #define SG_FRONT_H
 

@@ -1,11 +1,9 @@
-/* metrics.h - counters and histograms, and the Prometheus text format. */
+/* metrics.h - counters and histograms (prometheus.c renders them). */
 #ifndef SG_METRICS_H
 #define SG_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-struct evbuffer;
 
 #define HISTO_MAX 16
 
@@ -19,7 +17,7 @@ struct histo {
 };
 
 /* What a service counts; lives in the service, updated by service.c and
- * proxy.c, rendered by api.c (api_metrics). */
+ * proxy.c, rendered by prometheus.c (prometheus_metrics). */
 struct svc_metrics {
 	uint64_t by_status[600];      /* requests by response status */
 	struct histo cold_queue;      /* start -> endpoint (Slurm: queue wait) */
@@ -32,9 +30,5 @@ struct svc_metrics {
 
 void metrics_init(struct svc_metrics *m);
 void histo_observe(struct histo *h, double v);
-/* Append "name_bucket{labels,le=...}" ... lines; labels like service="x". */
-void histo_write(struct evbuffer *b, const char *name, const char *labels, const struct histo *h);
-/* Escape a label value (\\, \", \n) into out. */
-void metrics_label(char *out, size_t len, const char *value);
 
 #endif
