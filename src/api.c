@@ -5,11 +5,12 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "launcher.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
 
-static json_t *instance_json(const struct instance *i)
+static json_t *instance_json(const struct instance *i, const struct launcher_ops *lops)
 {
 	json_t *o = json_pack("{s:i,s:s,s:s,s:i,s:i,s:I,s:f}", "index", i->index, "state",
 			      instance_state_name(i->state), "detail", i->detail, "port", i->remote_port,
@@ -17,9 +18,16 @@ static json_t *instance_json(const struct instance *i)
 			      "age_seconds", now_s() - i->created);
 
 	json_object_set_new(o, "address", i->addr_str[0] ? json_string(i->addr_str) : json_null());
-	json_object_set_new(o, "pid", i->pid > 0 ? json_integer(i->pid) : json_null());
-	json_object_set_new(o, "job_id", i->job_id[0] ? json_string(i->job_id) : json_null());
-	json_object_set_new(o, "node", i->node[0] ? json_string(i->node) : json_null());
+	/* what the launcher knows: these three, null where it has none */
+	json_object_set_new(o, "pid", json_null());
+	json_object_set_new(o, "job_id", json_null());
+	json_object_set_new(o, "node", json_null());
+	if (lops->describe) {
+		json_t *d = json_object();
+		lops->describe(i, d);
+		json_object_update_existing(o, d);
+		json_decref(d);
+	}
 	json_object_set_new(o, "time_left_seconds",
 			    i->deadline > 0 ? json_real(i->deadline - now_s()) : json_null());
 	return o;
@@ -43,7 +51,7 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	json_object_set_new(o, "name", json_string(cfg->name));
 	json_object_set_new(o, "route_name", json_string(cfg->route_name));
 	json_object_set_new(o, "state", json_string(service_state_name(st)));
-	json_object_set_new(o, "launcher", json_string(cfg->launcher == LAUNCHER_LOCAL ? "local" : "slurm"));
+	json_object_set_new(o, "launcher", json_string(cfg->launcher->name));
 	json_object_set_new(o, "in_flight", json_integer(service_inflight(s)));
 	json_object_set_new(o, "waiting", json_integer(service_waiting(s)));
 	json_object_set_new(o, "idle_seconds_left", idle >= 0 ? json_real(idle) : json_null());
@@ -57,7 +65,7 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	json_object_set_new(o, "start_failures", json_integer((json_int_t)service_start_failures(s)));
 	insts = json_array();
 	for (i = service_first_instance(s); i; i = service_next_instance(i))
-		json_array_append_new(insts, instance_json(i));
+		json_array_append_new(insts, instance_json(i, cfg->launcher));
 	json_object_set_new(o, "instances", insts);
 	return o;
 }

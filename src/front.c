@@ -40,6 +40,7 @@
 #include "config.h"
 #include "events.h"
 #include "http.h"
+#include "launcher.h"
 #include "log.h"
 #include "proxy.h"
 #include "reply.h"
@@ -102,21 +103,31 @@ static struct service *model_find(const char *name)
 	return m ? m->svc : NULL;
 }
 
-/* "ready", "stopped", "pending: Resources", "starting", ... */
+/* "ready", "stopped", "pending: Resources" (a queued start, as its
+ * launcher describes it), "starting", ... */
 static void short_state(const struct service *s, char *buf, size_t len)
 {
 	enum svc_state st = service_state(s);
+	const struct launcher_ops *lops = service_config(s)->launcher;
 
 	snprintf(buf, len, "%s", service_state_name(st));
 	if (st != SVC_STARTING)
 		return;
+	if (lops->describe == NULL)
+		return;
 	for (struct instance *i = service_first_instance(s); i; i = service_next_instance(i)) {
-		const char *p = strstr(i->detail, " pending (");
-		if (p && (i->state == INST_STARTING)) {
-			const char *r = p + 10, *e = strrchr(r, ')');
-			snprintf(buf, len, "pending: %.*s", (int)(e ? e - r : (long)strlen(r)), r);
+		json_t *d;
+		const char *pending;
+		if (i->state != INST_STARTING)
+			continue;
+		d = json_object();
+		lops->describe(i, d);
+		pending = json_string_value(json_object_get(d, "pending"));
+		if (pending != NULL)
+			snprintf(buf, len, "pending: %s", pending);
+		json_decref(d);
+		if (pending != NULL)
 			return;
-		}
 	}
 }
 

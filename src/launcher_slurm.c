@@ -59,6 +59,7 @@ struct sjob {
 	bool want_cancel, seen, tracked;
 	bool asking;             /* not in squeue: scontrol/sacct asked */
 	char lost[200];          /* scontrol's answer about a job not in squeue */
+	char pending[128];       /* why Slurm keeps it queued (J_QUEUED; "": not said yet) */
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
 	double cancel_at;        /* when the last scancel was sent */
@@ -94,7 +95,8 @@ static void fwd_close(struct sjob *j)
 	j->fwd_node[0] = '\0';
 }
 
-/* The job is over (or left running at exit): tell the service, stop tracking. */
+/* The job is over (or left running at exit): tell the service, stop tracking.
+ * REASON starts with "Slurm job <id>". */
 static void job_gone(struct sjob *j, const char *reason)
 {
 	struct instance *i = j->inst;
@@ -105,7 +107,7 @@ static void job_gone(struct sjob *j, const char *reason)
 	j->inst = NULL;
 	if (i) {
 		i->lpriv = NULL;
-		instance_gone(i, reason);
+		instance_gone(i, LFAIL_JOB, reason);
 	}
 	job_unref(j);   /* the tracking reference */
 }
@@ -145,7 +147,7 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 			 err[0] ? err : (out[0] ? out : "no job id"));
 		if (j->inst) {
 			j->inst->lpriv = NULL;
-			instance_gone(j->inst, why);
+			instance_gone(j->inst, LFAIL_SUBMIT, why);
 		}
 		j->inst = NULL;
 		job_unref(j);
@@ -159,7 +161,6 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (j->inst) {
-		snprintf(j->inst->job_id, sizeof j->inst->job_id, "%s", j->id);
 		instance_set_detail(j->inst, "Slurm job %s submitted", j->id);
 		log_info("svc %s[%d]: Slurm job %s submitted via %s", service_config(j->inst->svc)->name,
 			 j->inst->index, j->id, runner_name(j->r));
@@ -211,16 +212,16 @@ static int slurm_start(struct instance *i, char **cause)
 	return 0;
 }
 
-static void slurm_stop(struct instance *i, int grace_s)
+static void slurm_stop(struct instance *i, int grace_s, int flags)
 {
 	struct sjob *j = i->lpriv;
 
 	(void)grace_s;
 	if (j == NULL) {
-		instance_gone(i, "not running");
+		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if (services_exiting && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	if ((flags & LSTOP_EXITING) && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);
@@ -267,8 +268,6 @@ static void job_resume(struct sjob *j, const char *node)
 		log_info("svc %s[%d]: Slurm job %s running again on %s (was %s: %s)",
 			 service_config(j->inst->svc)->name, j->inst->index, j->id, node, j->node, j->why);
 	snprintf(j->node, sizeof j->node, "%s", node);
-	if (j->inst)
-		snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
 	j->why[0] = '\0';
 	j->tunnel_tries = 0;
 	if (j->lport && strcmp(j->fwd_node, j->node) == 0) {
@@ -315,8 +314,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		if (j->st == J_QUEUED) {
 			snprintf(j->node, sizeof j->node, "%s", node);
 			j->running_at = now_s();
+			j->pending[0] = '\0';
 			if (j->inst) {
-				snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
 				/* from sbatch's answer: the queue wait as Slurm saw it, give
 				 * or take one poll interval */
 				log_info("svc %s[%d]: Slurm job %s running on %s after %.2f s in the queue",
@@ -336,9 +335,12 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	}
 	if (!ran) {
 		/* not running yet: what Slurm says is the start's progress */
-		if (j->inst && j->st == J_QUEUED)
-			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says,
-					    slurmjob_has_reason(reason) ? reason : "no reason given");
+		if (j->inst && j->st == J_QUEUED) {
+			const char *r = slurmjob_has_reason(reason) ? reason : "no reason given";
+			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says, r);
+			/* what /v1/models shows as "pending: <reason>" */
+			snprintf(j->pending, sizeof j->pending, "%s", strcmp(says, "pending") == 0 ? r : "");
+		}
 		return;
 	}
 	switch (c) {
@@ -408,7 +410,7 @@ static void recovered_for(struct runner *r)
 {
 	for (size_t k = 0; k < services_count(); k++) {
 		struct service *s = service_at(k);
-		if (service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r)
+		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
 			service_recovered(s);
 	}
 }
@@ -653,7 +655,7 @@ static void forwarded(void *arg, int status, const char *out, const char *err)
 		snprintf(why, sizeof why, "cannot open a tunnel to %s:%d for Slurm job %s: %s", j->node,
 			 j->rport, j->id, err);
 		fwd_close(j);
-		instance_fail(j->inst, why);
+		instance_fail(j->inst, LFAIL_TUNNEL, why);
 	}
 	job_unref(j);
 }
@@ -795,7 +797,7 @@ static void tunnel_to(struct sjob *j, const char *addr)
 			snprintf(why, sizeof why, "cannot resolve %s (node %s) of Slurm job %s", addr,
 				 j->node, j->id);
 			naddr_forget(j->r, j->node);
-			instance_fail(j->inst, why);
+			instance_fail(j->inst, LFAIL_OTHER, why);
 			return;
 		}
 		instance_endpoint(j->inst, ip, j->rport);
@@ -850,16 +852,14 @@ static void recover_line(struct runner *r, char **f)
 	j->submitted = now_s();
 	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
-	if (s && service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r &&
+	if (s && service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r &&
 	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
 		log_info("svc %s[%d]: adopting Slurm job %s running on %s", service_config(s)->name, index,
 			 j->id, f[3]);
 		j->inst = i;
 		j->rport = i->remote_port;
 		i->lpriv = j;
-		snprintf(i->job_id, sizeof i->job_id, "%s", j->id);
 		slurmjob_first_node(f[3], j->node, sizeof j->node);
-		snprintf(i->node, sizeof i->node, "%s", j->node);
 		instance_set_detail(i, "adopting Slurm job %s", j->id);
 		j->running_at = now_s();
 		open_tunnel(j);
@@ -883,7 +883,7 @@ static void slurm_recover(void)
 		bool dup = false;
 		struct pollctx *x;
 
-		if (cfg->launcher != LAUNCHER_SLURM)
+		if (cfg->launcher != &launcher_slurm)
 			continue;
 		r = runner_for(cfg);
 		for (int q = 0; q < nseen; q++)
@@ -899,6 +899,20 @@ static void slurm_recover(void)
 	}
 }
 
+static void slurm_describe(const struct instance *i, json_t *o)
+{
+	const struct sjob *j = i->lpriv;
+
+	if (j == NULL)
+		return;
+	if (j->id[0])
+		json_object_set_new(o, "job_id", json_string(j->id));
+	if (j->node[0])
+		json_object_set_new(o, "node", json_string(j->node));
+	if (j->st == J_QUEUED && j->pending[0])
+		json_object_set_new(o, "pending", json_string(j->pending));
+}
+
 static void slurm_init(struct event_base *base, const struct config *cfg)
 {
 	lbase = base;
@@ -909,9 +923,11 @@ static void slurm_init(struct event_base *base, const struct config *cfg)
 
 const struct launcher_ops launcher_slurm = {
 	.name = "slurm",
+	.extra_ports = 1,   /* the instance a walltime handover starts */
 	.init = slurm_init,
 	.start = slurm_start,
 	.stop = slurm_stop,
+	.describe = slurm_describe,
 	.recover = slurm_recover,
 	.check = slurm_check,
 };

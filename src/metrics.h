@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "launcher.h"
+
 #define HISTO_MAX 16
 
 struct histo {
@@ -23,7 +25,7 @@ struct svc_metrics {
 	struct histo cold_queue;      /* start -> endpoint (Slurm: queue wait) */
 	struct histo cold_boot;       /* endpoint -> healthy */
 	struct histo ttfb;            /* request sent to the service -> response head */
-	uint64_t fail_exited, fail_timeout, fail_job, fail_submit, fail_tunnel, fail_other;
+	uint64_t fail[LFAIL_NKINDS];  /* failed starts by kind (launch_fail_name) */
 	double instance_seconds;      /* of instances already gone */
 	uint64_t cold_starts;         /* starts that reached READY */
 };

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "launcher.h"
 #include "metrics.h"
 #include "proxy.h"
 #include "service.h"
@@ -116,14 +117,10 @@ void prometheus_metrics(struct hconn *c)
 	EACH {
 		struct svc_metrics *m = service_metrics(SVC);
 		const char *nm = LBL;
-		const struct { const char *r; uint64_t v; } f[] = {
-			{"script_exited", m->fail_exited}, {"start_timeout", m->fail_timeout},
-			{"job_ended", m->fail_job},        {"submit_failed", m->fail_submit},
-			{"tunnel_failed", m->fail_tunnel}, {"other", m->fail_other},
-		};
-		for (size_t q = 0; q < sizeof f / sizeof *f; q++)
+		for (int q = 0; q < LFAIL_NKINDS; q++)
 			evbuffer_add_printf(b, "slurmgate_start_failures_total{service=\"%s\",reason=\"%s\"} %llu\n",
-					    nm, f[q].r, (unsigned long long)f[q].v);
+					    nm, launch_fail_name((enum launch_fail)q),
+					    (unsigned long long)m->fail[q]);
 	}
 	family(b, "slurmgate_instances", "gauge", "Instances by state.");
 	EACH {
