@@ -159,7 +159,7 @@ CLANG              ?= clang
 FUZZ_TARGETS        = request response config router v1model
 FUZZ_OBJS_request   = http_parse util log
 FUZZ_OBJS_response  = http_parse util log
-FUZZ_OBJS_config    = config router util log
+FUZZ_OBJS_config    = $(SRCS:src/%.c=%)   # config.c looks launchers up in their registry
 FUZZ_OBJS_router    = router util log
 FUZZ_OBJS_v1model   = router util log
 FUZZ_SECONDS       ?= 300

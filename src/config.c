@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "launcher.h"
 #include "log.h"
 #include "util.h"
 
@@ -28,7 +29,7 @@ enum ftype {
 	F_PORT,     /* integer 1..65535 */
 	F_BOOL,     /* true/false */
 	F_STRLIST,  /* array of strings */
-	F_LAUNCHER, /* "local" | "slurm" */
+	F_LAUNCHER, /* a name in the launcher registry (launcher.c) */
 	F_IGNORE,   /* accepted for compatibility, unused (seed's nginxFile) */
 };
 
@@ -59,7 +60,7 @@ static const struct field svc_fields[] = {
 	{"check_health_path", F_STR, SVC(check_health_path), false, 0, "/health", 0, 0},
 	{"timeout", F_INT, SVC(timeout), false, 300, NULL, 1, BIG},
 	{"api_paths", F_STRLIST, SVC(api_paths), false, 0, NULL, 0, 0},
-	{"launcher", F_LAUNCHER, SVC(launcher), false, LAUNCHER_SLURM, NULL, 0, 0},
+	{"launcher", F_LAUNCHER, SVC(launcher), false, 0, NULL, 0, 0},
 	{"start_timeout", F_INT, SVC(start_timeout), false, 900, NULL, 1, BIG},
 	{"hold", F_BOOL, SVC(hold), false, 1, NULL, 0, 0},
 	{"stop_grace", F_INT, SVC(stop_grace), false, 10, NULL, 0, 3600},
@@ -191,12 +192,19 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 		return;
 	case F_LAUNCHER: {
 		const char *s = json_string_value(v);
-		if (s && strcmp(s, "local") == 0)
-			*(enum launcher_kind *)dst = LAUNCHER_LOCAL;
-		else if (s && strcmp(s, "slurm") == 0)
-			*(enum launcher_kind *)dst = LAUNCHER_SLURM;
+		const struct launcher_ops *l = s ? launcher_find(s) : NULL;
+		char names[200];
+		if (l != NULL) {
+			*(const struct launcher_ops **)dst = l;
+			return;
+		}
+		launcher_names(names, sizeof names);
+		if (s == NULL)
+			err_add(e, "%s.%s: must be a string naming a launcher: one of %s", path, f->key,
+				names);
 		else
-			err_add(e, "%s.%s: must be \"local\" or \"slurm\"", path, f->key);
+			err_add(e, "%s.%s: unknown launcher \"%s\"; the known launchers are %s", path,
+				f->key, log_escape(s, strlen(s) > 64 ? 64 : strlen(s)), names);
 		return;
 	}
 	case F_STRLIST: {
@@ -263,7 +271,7 @@ static void fields_load(const struct field *tab, void *base, json_t *obj, const 
 			*(bool *)dst = f->def != 0;
 			break;
 		case F_LAUNCHER:
-			*(enum launcher_kind *)dst = (enum launcher_kind)f->def;
+			*(const struct launcher_ops **)dst = launcher_default();
 			break;
 		default:
 			break;
@@ -344,7 +352,7 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 			s->local_host = n;
 		}
 	}
-	if (s->launcher == LAUNCHER_LOCAL && s->bash_file) {
+	if (s->launcher != NULL && s->launcher->script_on_host && s->bash_file) {
 		if (s->bash_file[0] != '/') {
 			char *p = xasprintf("%s/%s", cfgdir, s->bash_file);
 			free(s->bash_file);
@@ -365,7 +373,7 @@ static void free_list(char **list)
 /* How many ports from the base port a service's instances may use. */
 static int port_span(const struct svc_config *s)
 {
-	return s->max_instances + (s->launcher == LAUNCHER_SLURM ? 1 : 0);
+	return s->max_instances + (s->launcher ? s->launcher->extra_ports : 0);
 }
 
 static bool ranges_overlap(int a, int an, int b, int bn)
@@ -655,7 +663,8 @@ struct config *config_load(const char *file, char ***errs_out)
 			if (a->route_name && b->route_name && strcmp(a->route_name, b->route_name) == 0)
 				err_add(&e, "Services[%zu].route_name: \"%s\" is also Services[%zu].route_name",
 					i, a->route_name, j);
-			/* instance k uses port + k; a slurm handover needs one more */
+			/* instance k uses port + k; a launcher may reserve more (a slurm
+			 * handover needs one more) */
 			if (ranges_overlap(a->local_port, port_span(a), b->local_port, port_span(b)) &&
 			    a->local_host && b->local_host && strcmp(a->local_host, b->local_host) == 0)
 				err_add(&e, "Services[%zu].local_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,

@@ -9,7 +9,7 @@
 
 #include "router.h"
 
-enum launcher_kind { LAUNCHER_SLURM = 0, LAUNCHER_LOCAL = 1 };
+struct launcher_ops;
 
 /* A key for api_keys: which services it may use (NULL: all). */
 struct api_key {
@@ -32,7 +32,7 @@ struct svc_config {
 	int timeout;              /* idle seconds before stop */
 	int start_timeout;        /* seconds a start may take */
 	bool hold;                /* hold requests during a start (else 503 at once) */
-	enum launcher_kind launcher;
+	const struct launcher_ops *launcher;   /* from the registry (launcher.h); never NULL */
 	int stop_grace;           /* seconds between SIGTERM and SIGKILL */
 	int ssh_port;             /* 0: ssh's default */
 	char **ssh_options;       /* extra "-o" settings, NULL-terminated */

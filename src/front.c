@@ -1,10 +1,11 @@
-/* front.c - the listener, routing, access control and the gateway's own
- * endpoints.
+/* front.c - the listener and the session: each request is resolved,
+ * checked and either answered by the gateway (admin.c) or handed to the
+ * proxy.
  *
  * Every client connection is a session: at most one request at a time
  * (pipelined ones wait in the HTTP layer). A request is either answered
- * here (the seed's endpoints, /api/, /metrics, the status page,
- * /v1/models) or handed to the proxy: by its first path segment
+ * by the gateway itself (admin.c: the seed's endpoints, /api/, /metrics,
+ * the pages; here: /v1/models) or handed to the proxy: by its first path segment
  * (/<route>/...), or, on OpenAI-style /v1/... paths, by the JSON body's
  * "model" (the api key is checked on the head, then the body is read, at
  * most max_json_body bytes, and forwarded unchanged).
@@ -14,10 +15,10 @@
  * hides one. Routing, api_paths and the path sent upstream all use the
  * normalised path (as nginx does for a URI in proxy_pass).
  *
- * Access control here (the decisions are access.c's): allowed_hosts (DNS
- * rebinding), cross-site requests to state-changing endpoints (CSRF),
- * admin_token, api_keys, and which client headers the proxy may believe
- * (trusted_proxies) or pass on (forward_authorization). */
+ * Access control: allowed_hosts (DNS rebinding) here; admin_token,
+ * api_keys and cross-site requests to state-changing endpoints (CSRF) in
+ * auth.c; which client headers the proxy may believe (trusted_proxies) or
+ * pass on (forward_authorization) here too. The decisions are access.c's. */
 #include "front.h"
 
 #include <errno.h>
@@ -34,16 +35,18 @@
 #include <jansson.h>
 
 #include "access.h"
-#include "api.h"
+#include "admin.h"
+#include "auth.h"
 #include "config.h"
+#include "events.h"
 #include "http.h"
+#include "launcher.h"
 #include "log.h"
 #include "proxy.h"
+#include "reply.h"
 #include "router.h"
 #include "service.h"
-#include "status_html.h"
 #include "util.h"
-#include "version.h"
 
 struct session {
 	struct hconn *c;
@@ -69,81 +72,6 @@ static struct event_base *fbase;
 static struct model *models;
 static size_t nmodels;
 
-/* --- replies --- */
-
-static void reply_json(struct hconn *c, int status, json_t *o, const char *extra)
-{
-	char *body;
-
-	if (o == NULL) {   /* json_pack refused a value (not UTF-8): never crash on it */
-		http_reply_error(c, 500, SG_SEC_HEADERS_DATA, "could not encode the answer as JSON");
-		return;
-	}
-	body = json_dumps(o, JSON_COMPACT);
-	if (extra != NULL) {
-		char *h = xasprintf("%s%s", SG_SEC_HEADERS_DATA, extra);
-		http_reply(c, status, "application/json", h, body, strlen(body));
-		free(h);
-	} else {
-		http_reply(c, status, "application/json", SG_SEC_HEADERS_DATA, body, strlen(body));
-	}
-	free(body);
-	json_decref(o);
-}
-
-static void reply_err(struct hconn *c, int status, const char *msg)
-{
-	reply_json(c, status, json_pack("{s:s,s:i}", "error", msg, "status", status), NULL);
-}
-
-/* OpenAI's error shape: {"error":{"message","type","param","code"}}. */
-static void reply_openai_err(struct hconn *c, int status, const char *type, const char *code,
-			     const char *msg, const char *extra)
-{
-	reply_json(c, status,
-		   json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type, "param",
-			     "code", code),
-		   extra);
-}
-
-/* --- access --- */
-
-bool front_admin_token_required(void)
-{
-	return fcfg != NULL && fcfg->admin_token != NULL;
-}
-
-/* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
-static bool admin_ok(struct hconn *c, const struct http_msg *m)
-{
-	size_t len = 0;
-	const char *t;
-
-	if (fcfg->admin_token == NULL)
-		return true;
-	t = access_bearer(m, &len);
-	if (t != NULL && access_secret_eq(t, len, fcfg->admin_token))
-		return true;
-	reply_json(c, 401,
-		   json_pack("{s:s,s:i}", "error",
-			     t ? "invalid admin token" : "this endpoint needs Authorization: Bearer <admin_token>",
-			     "status", 401),
-		   "WWW-Authenticate: Bearer realm=\"slurmgate-admin\"\r\n");
-	return false;
-}
-
-/* State-changing endpoints refuse cross-site requests (403). */
-static bool same_site_ok(struct hconn *c, const struct http_msg *m)
-{
-	if (!access_cross_site(c, m))
-		return true;
-	log_warn("client %s: refused a cross-site request to %s", http_peer(c),
-		 log_escape(m->url, m->url_len));
-	reply_err(c, 403, "cross-site request refused: this endpoint changes state "
-			  "(Origin or Sec-Fetch-Site names another site)");
-	return false;
-}
-
 /* allowed_hosts, against DNS rebinding: 421 for any other Host. */
 static bool host_ok(struct hconn *c, const struct http_msg *m)
 {
@@ -158,192 +86,6 @@ static bool host_ok(struct hconn *c, const struct http_msg *m)
 		 h ? log_escape(h->value, h->vlen > 100 ? 100 : h->vlen) : "");
 	reply_err(c, 421, msg);
 	return false;
-}
-
-/* With api_keys set, using a service needs a key that may use it: 401
- * without one, 403 for a key limited to other services. The admin token
- * is never an api key. S may be NULL (any service will do). */
-static bool key_ok(struct hconn *c, const struct http_msg *m, const struct service *s, bool openai)
-{
-	size_t len = 0;
-	const char *t;
-	const struct api_key *k;
-	const char *www = "WWW-Authenticate: Bearer realm=\"slurmgate\"\r\n";
-
-	if (fcfg->n_api_keys == 0)
-		return true;
-	t = access_bearer(m, &len);
-	k = t ? access_key_find(t, len) : NULL;
-	if (k == NULL) {
-		const char *msg = t ? "invalid api key" : "this gateway needs Authorization: Bearer <api key>";
-		if (openai)
-			reply_openai_err(c, 401, "invalid_request_error", "invalid_api_key", msg, www);
-		else
-			reply_json(c, 401, json_pack("{s:s,s:i}", "error", msg, "status", 401), www);
-		return false;
-	}
-	if (!access_key_allows(k, s)) {
-		const char *msg = "this api key may not use this service";
-		if (openai)
-			reply_openai_err(c, 403, "permission_error", "forbidden", msg, NULL);
-		else
-			reply_err(c, 403, msg);
-		return false;
-	}
-	return true;
-}
-
-/* --- the seed's endpoints --- */
-
-static void ep_check(struct hconn *c, struct service *s)
-{
-	reply_json(c, 200, api_service_json(s, true), NULL);
-}
-
-static void ep_demand(struct hconn *c, struct service *s)
-{
-	json_t *o;
-
-	service_demand(s);
-	o = api_service_json(s, true);
-	if (service_state(s) == SVC_READY)
-		reply_json(c, 200, o, NULL);
-	else
-		reply_json(c, 503, o, "Retry-After: 5\r\n");
-}
-
-static void ep_management(struct hconn *c, bool enable, bool kill)
-{
-	json_t *stopped = json_array();
-
-	services_managed = enable;
-	if (kill)
-		for (size_t k = 0; k < services_count(); k++) {
-			struct service *s = service_at(k);
-			if (service_first_instance(s) != NULL) {
-				json_array_append_new(stopped, json_string(service_config(s)->name));
-				service_stop_all(s, "stopped by kill_disable_service_management");
-			}
-		}
-	log_info("service management %s%s", enable ? "enabled" : "disabled",
-		 kill ? "; every service stopped" : "");
-	reply_json(c, 200, json_pack("{s:b,s:o}", "service_management", enable, "stopped", stopped),
-		   NULL);
-}
-
-/* --- pages --- */
-
-/* Text for HTML: escape what could open markup. */
-static void html_add(struct evbuffer *b, const char *s)
-{
-	for (; *s; s++) {
-		switch (*s) {
-		case '<': evbuffer_add(b, "&lt;", 4); break;
-		case '>': evbuffer_add(b, "&gt;", 4); break;
-		case '&': evbuffer_add(b, "&amp;", 5); break;
-		case '"': evbuffer_add(b, "&quot;", 6); break;
-		default: evbuffer_add(b, s, 1);
-		}
-	}
-}
-
-static void ep_status_page(struct hconn *c)
-{
-	http_reply(c, 200, "text/html; charset=utf-8", SG_SEC_HEADERS_PAGE "Cache-Control: no-cache\r\n",
-		   status_html,
-		   sizeof status_html - 1);
-}
-
-/* A browser asked for a cold service: a page that waits with it. */
-static void ep_waiting_page(struct hconn *c, struct service *s)
-{
-	struct evbuffer *b = evbuffer_new();
-	char reason[600];
-	size_t n;
-
-	service_demand(s);
-	service_reason(s, reason, sizeof reason);
-	evbuffer_add_printf(b, "<!doctype html><html><head><meta charset=\"utf-8\">"
-			       "<meta http-equiv=\"refresh\" content=\"2\"><title>Starting ");
-	html_add(b, service_config(s)->name);
-	evbuffer_add_printf(b, "</title><style>body{font-family:sans-serif;margin:3em}"
-			       ".s{color:#555}</style></head><body><h1>Starting ");
-	html_add(b, service_config(s)->name);
-	evbuffer_add_printf(b, " &hellip;</h1><p class=\"s\">");
-	html_add(b, reason);
-	evbuffer_add_printf(b, "</p><p>This page reloads itself and shows the service as soon as it"
-			       " is ready.</p></body></html>\n");
-	n = evbuffer_get_length(b);
-	http_reply(c, 503, "text/html; charset=utf-8",
-		   SG_SEC_HEADERS_PAGE "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
-		   (const char *)evbuffer_pullup(b, -1), n);
-	evbuffer_free(b);
-}
-
-/* --- /api --- */
-
-static void ep_api(struct hconn *c, struct session *ss, const struct http_msg *m, const char *path,
-		   size_t plen)
-{
-	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
-	char name[256];
-	const char *rest;
-	struct service *s;
-
-	if (plen == 11 && memcmp(path, "/api/health", 11) == 0) {
-		reply_json(c, 200, json_pack("{s:s,s:s}", "status", "ok", "version", SLURMGATE_VERSION),
-			   NULL);
-		return;
-	}
-	if (plen == 11 && memcmp(path, "/api/events", 11) == 0 && get) {
-		ss->events = true;
-		api_events_subscribe(c);
-		return;
-	}
-	if (plen == 12 && memcmp(path, "/api/history", 12) == 0 && get) {
-		api_history(c);
-		return;
-	}
-	if (plen == 13 && memcmp(path, "/api/services", 13) == 0) {
-		if (!get)
-			reply_err(c, 405, "use GET");
-		else
-			reply_json(c, 200, api_state_json(), NULL);
-		return;
-	}
-	if (plen <= 14 || memcmp(path, "/api/services/", 14) != 0) {
-		reply_err(c, 404, "unknown API endpoint");
-		return;
-	}
-	rest = memchr(path + 14, '/', plen - 14);
-	snprintf(name, sizeof name, "%.*s", (int)((rest ? rest : path + plen) - (path + 14)), path + 14);
-	s = service_by_name(name);
-	if (s == NULL) {
-		reply_err(c, 404, "no such service");
-		return;
-	}
-	if (rest == NULL) {
-		if (!get)
-			reply_err(c, 405, "use GET");
-		else
-			reply_json(c, 200, api_service_json(s, false), NULL);
-		return;
-	}
-	if (m->method != HTTP_POST) {
-		reply_err(c, 405, "use POST");
-		return;
-	}
-	if (!same_site_ok(c, m) || !admin_ok(c, m))
-		return;
-	if ((size_t)(path + plen - rest) == 6 && memcmp(rest, "/start", 6) == 0) {
-		service_demand(s);
-		reply_json(c, 202, api_service_json(s, false), NULL);
-	} else if ((size_t)(path + plen - rest) == 5 && memcmp(rest, "/stop", 5) == 0) {
-		service_stop_all(s, "stopped through the API");
-		reply_json(c, 202, api_service_json(s, false), NULL);
-	} else {
-		reply_err(c, 404, "unknown API endpoint");
-	}
 }
 
 /* --- OpenAI-compatible front --- */
@@ -361,21 +103,31 @@ static struct service *model_find(const char *name)
 	return m ? m->svc : NULL;
 }
 
-/* "ready", "stopped", "pending: Resources", "starting", ... */
+/* "ready", "stopped", "pending: Resources" (a queued start, as its
+ * launcher describes it), "starting", ... */
 static void short_state(const struct service *s, char *buf, size_t len)
 {
 	enum svc_state st = service_state(s);
+	const struct launcher_ops *lops = service_config(s)->launcher;
 
 	snprintf(buf, len, "%s", service_state_name(st));
 	if (st != SVC_STARTING)
 		return;
+	if (lops->describe == NULL)
+		return;
 	for (struct instance *i = service_first_instance(s); i; i = service_next_instance(i)) {
-		const char *p = strstr(i->detail, " pending (");
-		if (p && (i->state == INST_STARTING)) {
-			const char *r = p + 10, *e = strrchr(r, ')');
-			snprintf(buf, len, "pending: %.*s", (int)(e ? e - r : (long)strlen(r)), r);
+		json_t *d;
+		const char *pending;
+		if (i->state != INST_STARTING)
+			continue;
+		d = json_object();
+		lops->describe(i, d);
+		pending = json_string_value(json_object_get(d, "pending"));
+		if (pending != NULL)
+			snprintf(buf, len, "pending: %s", pending);
+		json_decref(d);
+		if (pending != NULL)
 			return;
-		}
 	}
 }
 
@@ -387,7 +139,7 @@ static void ep_models(struct hconn *c, const struct http_msg *m)
 	const char *t = access_bearer(m, &len);
 	char st[300];
 
-	if (!key_ok(c, m, NULL, true))
+	if (!auth_key(c, m, NULL, true))
 		return;
 	data = json_array();
 	if (fcfg->n_api_keys > 0)
@@ -480,7 +232,7 @@ static void v1_route(struct session *ss)
 		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
 		goto out;
 	}
-	if (!key_ok(c, m, s, true))
+	if (!auth_key(c, m, s, true))
 		goto out;
 	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
 		reply_openai_err(c, 404, "invalid_request_error", "path_not_allowed",
@@ -520,7 +272,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	const struct http_hdr *wh, *acc;
 	struct proxy_opts opt = {0};
 
-	if (!key_ok(c, m, s, false))
+	if (!auth_key(c, m, s, false))
 		return;
 	if (restlen == 0) {
 		/* "/route" or "/route?x": the service's root */
@@ -535,7 +287,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	acc = http_find(m, "accept");
 	if (m->method == HTTP_GET && acc && memmem(acc->value, acc->vlen, "text/html", 9) &&
 	    service_state(s) != SVC_READY) {
-		ep_waiting_page(c, s);
+		admin_waiting_page(c, s);
 		return;
 	}
 	wh = http_find(m, "x-slurmgate-wait");
@@ -571,53 +323,15 @@ static void s_head(struct hconn *c, struct http_msg *m)
 	plen = ss->rt.dlen;
 	router_split(&ss->rt, &seg, &seglen, &rest, &restlen, &drest, &drestlen);
 
-	if (seglen > 6 && memcmp(seg, "check_", 6) == 0 && drestlen == 0) {
-		if ((s = service_by_route(seg + 6, seglen - 6)) == NULL)
-			reply_err(c, 404, "no service has that route_name");
-		else
-			ep_check(c, s);
+	if (admin_serve(c, m, &ss->rt, &ss->events))
 		return;
-	}
-	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && drestlen == 0) {
-		if ((s = service_by_route(seg + 7, seglen - 7)) == NULL)
-			reply_err(c, 404, "no service has that route_name");
-		else if (same_site_ok(c, m) && admin_ok(c, m))
-			ep_demand(c, s);
-		return;
-	}
-	if (path_is(path, plen, "/info")) {
-		reply_json(c, 200, api_state_json(), NULL);
-		return;
-	}
-	if (path_is(path, plen, "/enable_service_management") ||
-	    path_is(path, plen, "/disable_service_management") ||
-	    path_is(path, plen, "/kill_disable_service_management")) {
-		if (same_site_ok(c, m) && admin_ok(c, m))
-			ep_management(c, path[1] == 'e', path[1] == 'k');
-		return;
-	}
-	if (seglen == 3 && memcmp(seg, "api", 3) == 0) {
-		ep_api(c, ss, m, path, plen);
-		return;
-	}
-	if (path_is(path, plen, "/metrics")) {
-		api_metrics(c);
-		return;
-	}
-	if (path_is(path, plen, "/") || path_is(path, plen, "/status")) {
-		if (!get)
-			reply_err(c, 405, "use GET");
-		else
-			ep_status_page(c);
-		return;
-	}
 	if (seglen == 2 && memcmp(seg, "v1", 2) == 0) {
 		if (path_is(path, plen, "/v1/models") && get) {
 			ep_models(c, m);
 			return;
 		}
 		/* the api key first, on the head: no body is read for a stranger */
-		if (!key_ok(c, m, NULL, true))
+		if (!auth_key(c, m, NULL, true))
 			return;
 		if (m->content_length > fcfg->max_json_body) {
 			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
@@ -685,7 +399,7 @@ static void s_closed(struct hconn *c, const char *why)
 	if (ss->ex)
 		proxy_down_closed(ss->ex);
 	if (ss->events)
-		api_events_unsubscribe(c);
+		events_unsubscribe(c);
 	v1body_free(ss);
 	router_target_free(&ss->rt);
 	free(ss);
@@ -754,6 +468,7 @@ static void build_indexes(struct config *cfg)
 	qsort(models, nmodels, sizeof *models, model_cmp);
 
 	access_configure(cfg);
+	auth_configure(cfg);
 }
 
 void front_reconfigure(struct config *cfg)
@@ -778,7 +493,7 @@ int front_start(struct event_base *base, struct config *cfg)
 
 	fbase = base;
 	front_reconfigure(cfg);
-	api_init(base);
+	events_init(base);
 	snprintf(spec, sizeof spec, strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
 		 cfg->listen_host, cfg->listen_port);
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) != 0) {
@@ -812,7 +527,7 @@ void front_free(void)
 	if (resume_ev)
 		event_free(resume_ev);
 	resume_ev = NULL;
-	api_free();
+	events_free();
 	free(models);
 	models = NULL;
 	access_free();

@@ -1,8 +1,8 @@
-/* front.h - the listener, routing, the seed's endpoints and the JSON API. */
+/* front.h - the listener and the session (routing: router.c; access: auth.c,
+ * access.c; the gateway's own endpoints: admin.c). */
 #ifndef SG_FRONT_H
 #define SG_FRONT_H
 
-#include <stdbool.h>
 #include <stddef.h>
 
 struct config;
@@ -12,9 +12,6 @@ struct event_base;
 int front_start(struct event_base *base, struct config *cfg);
 /* Take a reloaded config (limits, tokens, keys); the listener stays. */
 void front_reconfigure(struct config *cfg);
-/* Whether admin endpoints need the admin token (the status page hides its
- * token box when not). */
-bool front_admin_token_required(void);
 /* Stop accepting new connections (shutdown). */
 void front_stop_accepting(void);
 /* Close the listener. */

@@ -31,6 +31,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "launcher.h"
+
 struct event;
 struct hconn;
 struct service;
@@ -49,8 +51,8 @@ enum inst_state {
 };
 
 /* Shared by service.c, instance.c, the launchers, the proxy and the API.
- * Launchers write pid, job_id, node and lpriv; everything else is the
- * service's. */
+ * Launchers write lpriv (their own state, shown through describe());
+ * everything else is the service's. */
 struct instance {
 	struct service *svc;
 	int index;
@@ -64,9 +66,6 @@ struct instance {
 	int inflight;
 	uint64_t served;
 	double created, endpoint_at, ready_at, idle_since, state_since;
-	pid_t pid;                    /* local launcher */
-	char job_id[32];              /* slurm launcher */
-	char node[128];
 	void *lpriv;                  /* the launcher's own state */
 
 	struct event *timer;          /* start deadline while starting, idle stop while ready */
@@ -98,12 +97,13 @@ void instance_set_detail(struct instance *i, const char *fmt, ...)
 /* The job ends at END_AT (monotonic seconds): hand over to a fresh
  * instance before then. */
 void instance_set_deadline(struct instance *i, double end_at);
-/* The process or job is gone (or could not start); reason says why.
+/* The process or job is gone (or could not start); KIND and REASON say
+ * why (KIND counts a failed start in /metrics; REASON is for people).
  * Requests in flight on it end with 502 and the reason. The launcher must
  * not touch I afterwards. */
-void instance_gone(struct instance *i, const char *reason);
-/* The start cannot succeed (reason): answer the waiters, then stop I. */
-void instance_fail(struct instance *i, const char *reason);
+void instance_gone(struct instance *i, enum launch_fail kind, const char *reason);
+/* The start cannot succeed (KIND, REASON): answer the waiters, then stop I. */
+void instance_fail(struct instance *i, enum launch_fail kind, const char *reason);
 /* The instance is not serving now (job suspended, requeued, node down,
  * preempted): it leaves rotation at once; requests in flight on it end
  * with 502 and REASON (an SSE stream with an error event); pooled

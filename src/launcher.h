@@ -1,25 +1,73 @@
 /* launcher.h - how an instance is started and stopped.
  *
- * One table per back end (local process, Slurm job); service.c never asks
- * which one it has. A launcher reports back through instance_endpoint(),
+ * One table of operations per back end (launcher_local.c: a process on
+ * this host; launcher_slurm.c: a Slurm batch job), found by the name a
+ * service's "launcher" names (launcher.c holds the registry; config.c
+ * refuses any other name). service.c never asks which one it has, and the
+ * API and the pages learn what a launcher knows about an instance only
+ * through describe().
+ *
+ * A launcher reports back through instance_endpoint(),
  * instance_set_detail(), instance_set_deadline(), instance_hold(),
- * instance_fail() and instance_gone() (instance.h). */
+ * instance_fail() and instance_gone() (instance.h); a start that fails
+ * says why as a kind (enum launch_fail, counted in /metrics) and a
+ * reason (shown to people).
+ *
+ * Adding a launcher: copy launcher_local.c to launcher_NAME.c, fill in the
+ * ops (its state lives in i->lpriv), and add X(NAME) to the table in
+ * launcher.c; the README's "How it works" walks through it. */
 #ifndef SG_LAUNCHER_H
 #define SG_LAUNCHER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jansson.h>
 
 struct config;
 struct event_base;
 struct instance;
 
+/* Why a start did not reach READY: the reason label of
+ * slurmgate_start_failures_total (launch_fail_name). A launcher reports
+ * the kind that fits with instance_gone/instance_fail; once an instance
+ * served, the kind is only logged. */
+enum launch_fail {
+	LFAIL_EXITED,    /* "script_exited": the start script (process) exited */
+	LFAIL_TIMEOUT,   /* "start_timeout": no healthy answer in time (service.c's) */
+	LFAIL_JOB,       /* "job_ended": the batch job ended or was cancelled */
+	LFAIL_SUBMIT,    /* "submit_failed": the job could not be submitted */
+	LFAIL_TUNNEL,    /* "tunnel_failed": no way to reach where it runs */
+	LFAIL_OTHER,     /* "other": killed by a signal, refused at once, asked to stop ... */
+	LFAIL_NKINDS
+};
+
+/* Flags for stop(). */
+#define LSTOP_EXITING 0x1   /* the gateway is exiting (keep_jobs_on_exit may apply) */
+
 struct launcher_ops {
-	const char *name;
+	const char *name;          /* the config's "launcher" value */
+	/* Ports past max_instances a service of this launcher reserves from
+	 * its base ports (slurm: 1, for the instance a handover starts). */
+	int extra_ports;
+	/* bash_file runs on this host: the config resolves it against the
+	 * config's folder and checks that it is executable. */
+	bool script_on_host;
 	/* At start-up and after each reload, with the config in force (optional). */
 	void (*init)(struct event_base *base, const struct config *cfg);
 	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it
-	 * fails at once; nothing is reported back then. */
+	 * fails at once; nothing is reported back then (counted as "other"). */
 	int (*start)(struct instance *i, char **cause);
-	/* Stop I (grace_s between polite and forced); instance_gone() follows. */
-	void (*stop)(struct instance *i, int grace_s);
+	/* Stop I (grace_s between polite and forced; FLAGS: LSTOP_*);
+	 * instance_gone() follows, maybe from inside stop. */
+	void (*stop)(struct instance *i, int grace_s, int flags);
+	/* What the launcher knows about I, as members of O (all optional):
+	 *   "pid"     integer: its process, "job_id" string: its batch job,
+	 *   "node"    string: where it runs (all three shown by the API),
+	 *   "pending" string: why a queued start waits (shown by /v1/models
+	 *             as "pending: <reason>").
+	 * Only what is known now; never called for a gone instance. */
+	void (*describe)(const struct instance *i, json_t *o);
 	/* Optional: find instances left by an earlier run of the gateway and
 	 * adopt them (service_adopt) or clean them up; then call
 	 * service_recovered() for each service. Until then no service of this
@@ -33,7 +81,24 @@ struct launcher_ops {
 	void (*check)(struct instance *i);
 };
 
+/* The built-in ones (a launcher needs no line here: launcher.c declares
+ * each entry of its table). */
 extern const struct launcher_ops launcher_local;
 extern const struct launcher_ops launcher_slurm;
+
+/* --- the registry (launcher.c) --- */
+
+/* The launcher called NAME, or NULL. */
+const struct launcher_ops *launcher_find(const char *name);
+/* The launcher a service gets when its config names none ("slurm"). */
+const struct launcher_ops *launcher_default(void);
+/* Every launcher, for k < launcher_count(). */
+size_t launcher_count(void);
+const struct launcher_ops *launcher_at(size_t k);
+/* The known names, quoted and comma-separated ("\"local\", \"slurm\""),
+ * for error messages. */
+void launcher_names(char *buf, size_t len);
+/* "script_exited", "start_timeout", ... ("other" for anything else). */
+const char *launch_fail_name(enum launch_fail k);
 
 #endif

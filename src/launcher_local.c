@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -30,12 +31,12 @@ static void local_exited(struct proc *p, int status, void *arg)
 
 	proc_status_str(status, st, sizeof st);
 	i->lpriv = NULL;
-	i->pid = 0;
 	if (i->state == INST_STARTING || i->state == INST_PROBING)
 		snprintf(why, sizeof why, "start script %s%s%s", st, last[0] ? ": " : "", last);
 	else
 		snprintf(why, sizeof why, "process %s%s%s", st, last[0] ? ": " : "", last);
-	instance_gone(i, why);
+	/* killed by a signal counts as "other", as it always has */
+	instance_gone(i, WIFEXITED(status) ? LFAIL_EXITED : LFAIL_OTHER, why);
 }
 
 /* The inode of a socket listening on PORT (any address, v4 or v6), 0 if none. */
@@ -169,23 +170,31 @@ static int local_start(struct instance *i, char **cause)
 	if (p == NULL)
 		return -1;
 	i->lpriv = p;
-	i->pid = proc_pid(p);
-	instance_set_detail(i, "process %d started", (int)i->pid);
+	instance_set_detail(i, "process %d started", (int)proc_pid(p));
 	instance_endpoint(i, cfg->local_host, i->local_port);
 	return 0;
 }
 
-static void local_stop(struct instance *i, int grace_s)
+static void local_stop(struct instance *i, int grace_s, int flags)
 {
+	(void)flags;   /* a child never outlives the gateway */
 	if (i->lpriv == NULL) {
-		instance_gone(i, "not running");
+		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
 	proc_terminate(i->lpriv, grace_s);
 }
 
+static void local_describe(const struct instance *i, json_t *o)
+{
+	if (i->lpriv != NULL)
+		json_object_set_new(o, "pid", json_integer(proc_pid(i->lpriv)));
+}
+
 const struct launcher_ops launcher_local = {
 	.name = "local",
+	.script_on_host = true,
 	.start = local_start,
 	.stop = local_stop,
+	.describe = local_describe,
 };

@@ -6,7 +6,7 @@
  * and cycle: fast while anything starts or stops, slowly otherwise. When a
  * job runs, a forward from a free local port to <node>:<port> is opened
  * through the master (or, without remote_host, the node is reached
- * directly) and the service's health probes begin. stop: scancel, close
+ * directly: slurm_tunnel.c) and the service's health probes begin. stop: scancel, close
  * the forward, and wait until squeue shows the job ended. At start-up the
  * gateway adopts its own RUNNING jobs and cancels the rest.
  *
@@ -17,16 +17,11 @@
  * runs again the forward goes to the node it runs on now. A job missing
  * from squeue is looked up once with scontrol and sacct before it is
  * declared gone. */
-#include <arpa/inet.h>
 #include <ctype.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -35,37 +30,9 @@
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurm_tunnel.h"
 #include "slurmjob.h"
 #include "util.h"
-
-enum jstate {
-	J_SUBMITTING, /* sbatch running */
-	J_QUEUED,     /* in squeue, not running yet */
-	J_TUNNEL,     /* running; opening the forward */
-	J_UP,         /* reachable; the service probes it */
-	J_HELD,       /* ran, and Slurm says it is not running now: instance held */
-	J_CANCELLING, /* scancel sent; waiting for the job to end */
-};
-
-struct sjob {
-	struct instance *inst;   /* NULL once the instance is gone */
-	struct runner *r;
-	char id[32];
-	char node[128];          /* where it runs (or ran last) */
-	char fwd_node[128];      /* where the forward on lport goes */
-	char why[256];           /* the reason it is held (J_HELD) */
-	int rport, lport;
-	enum jstate st;
-	bool want_cancel, seen, tracked;
-	bool asking;             /* not in squeue: scontrol/sacct asked */
-	char lost[200];          /* scontrol's answer about a job not in squeue */
-	int refs;                /* runner callbacks outstanding */
-	int tunnel_tries, cancel_tries;
-	double cancel_at;        /* when the last scancel was sent */
-	double submitted, running_at;
-	double tracked_at;       /* when sbatch's answer came (the id became known) */
-	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
-};
 
 static LIST_HEAD(, sjob) jobs = LIST_HEAD_INITIALIZER(jobs);
 static struct event_base *lbase;
@@ -76,9 +43,8 @@ static int polls_in_flight;
 static bool poll_again;   /* poll at once when the running cycle ends */
 
 static void poll_schedule(bool fast);
-static void open_tunnel(struct sjob *j);
 
-static void job_unref(struct sjob *j)
+void sjob_unref(struct sjob *j)
 {
 	if (--j->refs == 0)
 		free(j);
@@ -86,7 +52,7 @@ static void job_unref(struct sjob *j)
 
 /* Give up the forward (also one still being opened: the runner cancels it
  * when it comes up). Every change of lport goes through here. */
-static void fwd_close(struct sjob *j)
+void sjob_fwd_close(struct sjob *j)
 {
 	if (j->lport)
 		runner_unforward(j->r, j->lport);
@@ -94,20 +60,21 @@ static void fwd_close(struct sjob *j)
 	j->fwd_node[0] = '\0';
 }
 
-/* The job is over (or left running at exit): tell the service, stop tracking. */
+/* The job is over (or left running at exit): tell the service, stop tracking.
+ * REASON starts with "Slurm job <id>". */
 static void job_gone(struct sjob *j, const char *reason)
 {
 	struct instance *i = j->inst;
 
 	LIST_REMOVE(j, link);
 	j->tracked = false;
-	fwd_close(j);
+	sjob_fwd_close(j);
 	j->inst = NULL;
 	if (i) {
 		i->lpriv = NULL;
-		instance_gone(i, reason);
+		instance_gone(i, LFAIL_JOB, reason);
 	}
-	job_unref(j);   /* the tracking reference */
+	sjob_unref(j);   /* the tracking reference */
 }
 
 static void cancel_done(void *arg, int status, const char *out, const char *err)
@@ -117,7 +84,7 @@ static void cancel_done(void *arg, int status, const char *out, const char *err)
 	(void)out;
 	if (status != 0)
 		log_warn("scancel %s: %s (will retry)", j->id, err[0] ? err : "failed");
-	job_unref(j);
+	sjob_unref(j);
 }
 
 static void job_cancel(struct sjob *j)
@@ -145,10 +112,10 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 			 err[0] ? err : (out[0] ? out : "no job id"));
 		if (j->inst) {
 			j->inst->lpriv = NULL;
-			instance_gone(j->inst, why);
+			instance_gone(j->inst, LFAIL_SUBMIT, why);
 		}
 		j->inst = NULL;
-		job_unref(j);
+		sjob_unref(j);
 		return;
 	}
 	memcpy(j->id, out, n);
@@ -159,14 +126,13 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
 	if (j->inst) {
-		snprintf(j->inst->job_id, sizeof j->inst->job_id, "%s", j->id);
 		instance_set_detail(j->inst, "Slurm job %s submitted", j->id);
 		log_info("svc %s[%d]: Slurm job %s submitted via %s", service_config(j->inst->svc)->name,
 			 j->inst->index, j->id, runner_name(j->r));
 	}
 	if (j->want_cancel || j->inst == NULL)
 		job_cancel(j);
-	job_unref(j);   /* the sbatch callback's reference */
+	sjob_unref(j);   /* the sbatch callback's reference */
 	poll_schedule(true);
 }
 
@@ -211,16 +177,16 @@ static int slurm_start(struct instance *i, char **cause)
 	return 0;
 }
 
-static void slurm_stop(struct instance *i, int grace_s)
+static void slurm_stop(struct instance *i, int grace_s, int flags)
 {
 	struct sjob *j = i->lpriv;
 
 	(void)grace_s;
 	if (j == NULL) {
-		instance_gone(i, "not running");
+		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if (services_exiting && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	if ((flags & LSTOP_EXITING) && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);
@@ -245,7 +211,7 @@ static void job_hold(struct sjob *j, const char *what, const char *reason, bool 
 		 r ? ")" : "");
 	/* a forward still being opened is given up too: a new one follows */
 	if (!keep_fwd || j->st == J_TUNNEL)
-		fwd_close(j);
+		sjob_fwd_close(j);
 	j->st = J_HELD;
 	if (!first && strcmp(why, j->why) == 0)
 		return;
@@ -267,8 +233,6 @@ static void job_resume(struct sjob *j, const char *node)
 		log_info("svc %s[%d]: Slurm job %s running again on %s (was %s: %s)",
 			 service_config(j->inst->svc)->name, j->inst->index, j->id, node, j->node, j->why);
 	snprintf(j->node, sizeof j->node, "%s", node);
-	if (j->inst)
-		snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
 	j->why[0] = '\0';
 	j->tunnel_tries = 0;
 	if (j->lport && strcmp(j->fwd_node, j->node) == 0) {
@@ -278,7 +242,7 @@ static void job_resume(struct sjob *j, const char *node)
 			instance_endpoint(j->inst, "127.0.0.1", j->lport);
 		return;
 	}
-	open_tunnel(j);   /* cancels the old forward, if any */
+	slurm_tunnel_open(j);   /* cancels the old forward, if any */
 }
 
 /* One squeue line (or scontrol's answer) for a job we track: move it along. */
@@ -315,30 +279,33 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		if (j->st == J_QUEUED) {
 			snprintf(j->node, sizeof j->node, "%s", node);
 			j->running_at = now_s();
+			j->pending[0] = '\0';
 			if (j->inst) {
-				snprintf(j->inst->node, sizeof j->inst->node, "%s", j->node);
 				/* from sbatch's answer: the queue wait as Slurm saw it, give
 				 * or take one poll interval */
 				log_info("svc %s[%d]: Slurm job %s running on %s after %.2f s in the queue",
 					 service_config(j->inst->svc)->name, j->inst->index, j->id, j->node,
 					 j->running_at - (j->tracked_at > 0 ? j->tracked_at : j->submitted));
 			}
-			open_tunnel(j);
+			slurm_tunnel_open(j);
 		} else if (j->st == J_HELD || (j->st == J_UP && node[0] && strcmp(node, j->node) != 0)) {
 			job_resume(j, node[0] ? node : j->node);
 		} else if (j->st == J_UP && j->lport && !runner_forwarding(j->r, j->lport)) {
 			/* its forward could not be restored with a new master */
 			log_warn("Slurm job %s: the forward to %s:%d is lost; opening a new one", j->id,
 				 j->node, j->rport);
-			open_tunnel(j);
+			slurm_tunnel_open(j);
 		}
 		return;
 	}
 	if (!ran) {
 		/* not running yet: what Slurm says is the start's progress */
-		if (j->inst && j->st == J_QUEUED)
-			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says,
-					    slurmjob_has_reason(reason) ? reason : "no reason given");
+		if (j->inst && j->st == J_QUEUED) {
+			const char *r = slurmjob_has_reason(reason) ? reason : "no reason given";
+			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says, r);
+			/* what /v1/models shows as "pending: <reason>" */
+			snprintf(j->pending, sizeof j->pending, "%s", strcmp(says, "pending") == 0 ? r : "");
+		}
 		return;
 	}
 	switch (c) {
@@ -380,20 +347,6 @@ static bool busy_jobs(void)
 	return false;
 }
 
-/* Split "a|b|c|d|e" in place into up to n fields. */
-static int split(char *line, char **f, int n)
-{
-	int k = 0;
-
-	f[k++] = line;
-	for (char *p = line; *p && k < n; p++)
-		if (*p == '|') {
-			*p = '\0';
-			f[k++] = p + 1;
-		}
-	return k;
-}
-
 struct pollctx {
 	struct runner *r;
 	bool recover;
@@ -408,7 +361,7 @@ static void recovered_for(struct runner *r)
 {
 	for (size_t k = 0; k < services_count(); k++) {
 		struct service *s = service_at(k);
-		if (service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r)
+		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
 			service_recovered(s);
 	}
 }
@@ -436,7 +389,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 			j->seen = false;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *f[6] = {"", "", "", "", "", ""};
-		if (split(line, f, 6) < 6)
+		if (slurmjob_split(line, f, 6) < 6)
 			continue;
 		if (x->recover) {
 			recover_line(x->r, f);
@@ -472,7 +425,7 @@ static void lost_sacct_done(void *arg, int status, const char *out, const char *
 	char why[sizeof j->lost + 400], state[64], code[32];
 
 	if (!j->tracked) {
-		job_unref(j);
+		sjob_unref(j);
 		return;
 	}
 	j->asking = false;
@@ -486,7 +439,7 @@ static void lost_sacct_done(void *arg, int status, const char *out, const char *
 	}
 	log_info("%s", why);
 	job_gone(j, why);
-	job_unref(j);
+	sjob_unref(j);
 	poll_schedule(false);
 }
 
@@ -497,7 +450,7 @@ static void lost_scontrol_done(void *arg, int status, const char *out, const cha
 	char *argv[] = {"sacct", "-n", "-X", "-P", "-j", j->id, "-o", "State,ExitCode", NULL};
 
 	if (!j->tracked) {
-		job_unref(j);
+		sjob_unref(j);
 		return;
 	}
 	slurmjob_field(out, "JobState", state, sizeof state);
@@ -508,7 +461,7 @@ static void lost_scontrol_done(void *arg, int status, const char *out, const cha
 		log_info("Slurm job %s is not in squeue, but scontrol says %s", j->id, state);
 		j->asking = false;
 		job_update(j, state, strcmp(nodes, "(null)") ? nodes : "", "", reason, now_s());
-		job_unref(j);
+		sjob_unref(j);
 		poll_schedule(false);
 		return;
 	}
@@ -591,238 +544,6 @@ static void slurm_check(struct instance *i)
 	event_add(poll_ev, &(struct timeval){0, 0});
 }
 
-/* --- tunnels --- */
-
-/* A free local port that no service of ours would bind. */
-static int alloc_port(void)
-{
-	for (int tries = 0; tries < 20; tries++) {
-		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-		socklen_t sl = sizeof sa;
-		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = 0;
-		bool clash = false;
-
-		if (fd < 0)
-			return 0;
-		if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-		    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-			port = ntohs(sa.sin_port);
-		close(fd);
-		for (size_t k = 0; k < lcfg->n_services; k++) {
-			const struct svc_config *s = &lcfg->services[k];
-			/* + 1: the port a walltime handover's replacement uses */
-			clash |= port >= s->remote_port && port <= s->remote_port + s->max_instances;
-			clash |= port >= s->local_port && port <= s->local_port + s->max_instances;
-		}
-		if (port && !clash)
-			return port;
-	}
-	return 0;
-}
-
-/* One `ssh -O forward` under way: for job J, on local port LPORT. */
-struct fwdreq {
-	struct sjob *j;
-	int lport;
-};
-
-static void forwarded(void *arg, int status, const char *out, const char *err)
-{
-	struct fwdreq *q = arg;
-	struct sjob *j = q->j;
-	char why[600];
-	bool wanted = j->inst != NULL && j->st == J_TUNNEL && j->lport == q->lport;
-
-	(void)out;
-	free(q);
-	if (!wanted) {
-		/* stopped, ended, held or replaced meanwhile: whoever gave it up
-		 * called fwd_close (a late success is cancelled by the runner), or
-		 * job_gone will */
-		job_unref(j);
-		return;
-	}
-	if (status == 0) {
-		j->st = J_UP;
-		instance_endpoint(j->inst, "127.0.0.1", j->lport);
-	} else if (++j->tunnel_tries < 3) {
-		log_warn("Slurm job %s: forward to %s:%d failed (%s); retrying", j->id, j->node, j->rport,
-			 err);
-		open_tunnel(j);
-	} else {
-		snprintf(why, sizeof why, "cannot open a tunnel to %s:%d for Slurm job %s: %s", j->node,
-			 j->rport, j->id, err);
-		fwd_close(j);
-		instance_fail(j->inst, why);
-	}
-	job_unref(j);
-}
-
-/* --- node addresses --- */
-
-/* Node name -> address as Slurm knows it (NodeAddr), per target: node
- * names often do not resolve on the login node. One sinfo per target fills
- * the cache; a node missing from it (or a failed forward) refreshes it. */
-struct naddr {
-	struct runner *r;
-	char name[128], addr[128];
-	LIST_ENTRY(naddr) link;
-};
-
-static LIST_HEAD(, naddr) naddrs = LIST_HEAD_INITIALIZER(naddrs);
-
-typedef void (*addr_cb)(struct sjob *j, const char *addr);
-
-struct addrq {
-	struct sjob *j;
-	addr_cb cb;
-	LIST_ENTRY(addrq) link;
-};
-
-/* lookups in flight: at most one per job, which serves the job's state at
- * its end (a job that runs again meanwhile does not get two forwards) */
-static LIST_HEAD(, addrq) addrqs = LIST_HEAD_INITIALIZER(addrqs);
-
-static struct naddr *naddr_find(const struct runner *r, const char *name)
-{
-	struct naddr *a;
-
-	LIST_FOREACH(a, &naddrs, link)
-		if (a->r == r && strcmp(a->name, name) == 0)
-			return a;
-	return NULL;
-}
-
-static void naddr_forget(const struct runner *r, const char *name)
-{
-	struct naddr *a = naddr_find(r, name);
-
-	if (a) {
-		LIST_REMOVE(a, link);
-		free(a);
-	}
-}
-
-/* "name|addr" lines of `sinfo -h -N -o %N|%o` replace R's cache. */
-static void naddr_fill(struct runner *r, const char *out)
-{
-	struct naddr *a, *next;
-	char *text = xstrdup(out), *save = NULL;
-
-	for (a = LIST_FIRST(&naddrs); a; a = next) {
-		next = LIST_NEXT(a, link);
-		if (a->r == r) {
-			LIST_REMOVE(a, link);
-			free(a);
-		}
-	}
-	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char *f[2] = {"", ""};
-		if (split(line, f, 2) < 2 || !f[0][0] || !f[1][0] || strlen(f[0]) >= sizeof a->name ||
-		    strlen(f[1]) >= sizeof a->addr || naddr_find(r, f[0]))
-			continue;   /* a node in two partitions is listed twice */
-		a = xcalloc(1, sizeof *a);
-		a->r = r;
-		snprintf(a->name, sizeof a->name, "%s", f[0]);
-		snprintf(a->addr, sizeof a->addr, "%s", f[1]);
-		LIST_INSERT_HEAD(&naddrs, a, link);
-	}
-	free(text);
-}
-
-static void sinfo_done(void *arg, int status, const char *out, const char *err)
-{
-	struct addrq *q = arg;
-	struct sjob *j = q->j;
-	struct naddr *a;
-
-	LIST_REMOVE(q, link);
-	if (status == 0)
-		naddr_fill(j->r, out);
-	a = naddr_find(j->r, j->node);
-	if (a == NULL)
-		log_warn("Slurm job %s: no address for node %s in sinfo on %s (%s); using the node name",
-			 j->id, j->node, runner_name(j->r),
-			 status != 0 ? (err[0] ? err : "sinfo failed") : "not listed");
-	q->cb(j, a ? a->addr : j->node);
-	job_unref(j);
-	free(q);
-}
-
-/* cb(j, address of j's node), now from the cache or after one sinfo. */
-static void node_addr(struct sjob *j, addr_cb cb)
-{
-	static char *argv[] = {"sinfo", "-h", "-N", "-o", "%N|%o", NULL};
-	struct naddr *a = naddr_find(j->r, j->node);
-	struct addrq *q;
-
-	if (a) {
-		cb(j, a->addr);
-		return;
-	}
-	LIST_FOREACH(q, &addrqs, link)
-		if (q->j == j)
-			return;   /* the lookup in flight goes on with this job */
-	q = xcalloc(1, sizeof *q);
-	q->j = j;
-	q->cb = cb;
-	LIST_INSERT_HEAD(&addrqs, q, link);
-	j->refs++;
-	runner_run(j->r, argv, 60, sinfo_done, q);
-}
-
-static void tunnel_to(struct sjob *j, const char *addr)
-{
-	struct fwdreq *q;
-
-	if (j->inst == NULL || j->st != J_TUNNEL)
-		return;   /* stopped or held while the address was looked up */
-	if (!runner_is_remote(j->r)) {
-		/* on the login node itself: the compute node is reached directly */
-		struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-		char ip[INET6_ADDRSTRLEN] = "";
-
-		j->st = J_UP;
-		if (getaddrinfo(addr, NULL, &hints, &res) == 0 && res) {
-			if (res->ai_family == AF_INET)
-				inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
-			else
-				inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
-			freeaddrinfo(res);
-		}
-		if (ip[0] == '\0') {
-			char why[400];
-			snprintf(why, sizeof why, "cannot resolve %s (node %s) of Slurm job %s", addr,
-				 j->node, j->id);
-			naddr_forget(j->r, j->node);
-			instance_fail(j->inst, why);
-			return;
-		}
-		instance_endpoint(j->inst, ip, j->rport);
-		return;
-	}
-	j->lport = alloc_port();
-	snprintf(j->fwd_node, sizeof j->fwd_node, "%s", j->node);
-	j->refs++;
-	q = xcalloc(1, sizeof *q);
-	q->j = j;
-	q->lport = j->lport;
-	instance_set_detail(j->inst, "Slurm job %s running on %s (%s); opening the tunnel", j->id,
-			    j->node, addr);
-	runner_forward(j->r, j->lport, addr, j->rport, forwarded, q);
-}
-
-/* Reach J's service on the node it runs on now, at its NodeAddr (a forward
- * there replaces any earlier one). */
-static void open_tunnel(struct sjob *j)
-{
-	fwd_close(j);
-	if (j->tunnel_tries > 0)
-		naddr_forget(j->r, j->node);   /* a retry: the address may have changed */
-	j->st = J_TUNNEL;
-	node_addr(j, tunnel_to);
-}
-
 /* --- adoption at start-up --- */
 
 static void recover_line(struct runner *r, char **f)
@@ -850,19 +571,17 @@ static void recover_line(struct runner *r, char **f)
 	j->submitted = now_s();
 	j->tracked = true;
 	LIST_INSERT_HEAD(&jobs, j, link);
-	if (s && service_config(s)->launcher == LAUNCHER_SLURM && runner_for(service_config(s)) == r &&
+	if (s && service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r &&
 	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
 		log_info("svc %s[%d]: adopting Slurm job %s running on %s", service_config(s)->name, index,
 			 j->id, f[3]);
 		j->inst = i;
 		j->rport = i->remote_port;
 		i->lpriv = j;
-		snprintf(i->job_id, sizeof i->job_id, "%s", j->id);
 		slurmjob_first_node(f[3], j->node, sizeof j->node);
-		snprintf(i->node, sizeof i->node, "%s", j->node);
 		instance_set_detail(i, "adopting Slurm job %s", j->id);
 		j->running_at = now_s();
-		open_tunnel(j);
+		slurm_tunnel_open(j);
 	} else {
 		log_info("Slurm job %s (%s, %s) is left from an earlier run and not adoptable: cancelling",
 			 j->id, f[1], f[2]);
@@ -883,7 +602,7 @@ static void slurm_recover(void)
 		bool dup = false;
 		struct pollctx *x;
 
-		if (cfg->launcher != LAUNCHER_SLURM)
+		if (cfg->launcher != &launcher_slurm)
 			continue;
 		r = runner_for(cfg);
 		for (int q = 0; q < nseen; q++)
@@ -899,19 +618,36 @@ static void slurm_recover(void)
 	}
 }
 
+static void slurm_describe(const struct instance *i, json_t *o)
+{
+	const struct sjob *j = i->lpriv;
+
+	if (j == NULL)
+		return;
+	if (j->id[0])
+		json_object_set_new(o, "job_id", json_string(j->id));
+	if (j->node[0])
+		json_object_set_new(o, "node", json_string(j->node));
+	if (j->st == J_QUEUED && j->pending[0])
+		json_object_set_new(o, "pending", json_string(j->pending));
+}
+
 static void slurm_init(struct event_base *base, const struct config *cfg)
 {
 	lbase = base;
 	lcfg = cfg;
+	slurm_tunnel_init(cfg);
 	if (poll_ev == NULL)
 		poll_ev = evtimer_new(base, poll_cb, NULL);
 }
 
 const struct launcher_ops launcher_slurm = {
 	.name = "slurm",
+	.extra_ports = 1,   /* the instance a walltime handover starts */
 	.init = slurm_init,
 	.start = slurm_start,
 	.stop = slurm_stop,
+	.describe = slurm_describe,
 	.recover = slurm_recover,
 	.check = slurm_check,
 };

@@ -1,10 +1,9 @@
-/* metrics.c - counters and histograms, and the Prometheus text format. */
+/* metrics.c - counters and histograms: what a service counts (rendered by
+ * prometheus.c). */
 #include "metrics.h"
 
-#include <stdio.h>
 #include <string.h>
 
-#include <event2/buffer.h>
 
 static const double cold_bounds[] = {0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
 static const double ttfb_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -31,37 +30,4 @@ void histo_observe(struct histo *h, double v)
 		h->inf++;
 	h->sum += v;
 	h->count++;
-}
-
-void histo_write(struct evbuffer *b, const char *name, const char *labels, const struct histo *h)
-{
-	uint64_t cum = 0;
-
-	for (int k = 0; k < h->n; k++) {
-		cum += h->counts[k];
-		evbuffer_add_printf(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, h->bounds[k],
-				    (unsigned long long)cum);
-	}
-	evbuffer_add_printf(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
-			    (unsigned long long)h->count);
-	evbuffer_add_printf(b, "%s_sum{%s} %.6f\n", name, labels, h->sum);
-	evbuffer_add_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
-}
-
-void metrics_label(char *out, size_t len, const char *value)
-{
-	size_t o = 0;
-
-	for (const char *p = value; *p && o + 3 < len; p++) {
-		if (*p == '\\' || *p == '"') {
-			out[o++] = '\\';
-			out[o++] = *p;
-		} else if (*p == '\n') {
-			out[o++] = '\\';
-			out[o++] = 'n';
-		} else {
-			out[o++] = *p;
-		}
-	}
-	out[o] = '\0';
 }

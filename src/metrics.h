@@ -1,11 +1,11 @@
-/* metrics.h - counters and histograms, and the Prometheus text format. */
+/* metrics.h - counters and histograms (prometheus.c renders them). */
 #ifndef SG_METRICS_H
 #define SG_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-struct evbuffer;
+#include "launcher.h"
 
 #define HISTO_MAX 16
 
@@ -19,22 +19,18 @@ struct histo {
 };
 
 /* What a service counts; lives in the service, updated by service.c and
- * proxy.c, rendered by api.c (api_metrics). */
+ * proxy.c, rendered by prometheus.c (prometheus_metrics). */
 struct svc_metrics {
 	uint64_t by_status[600];      /* requests by response status */
 	struct histo cold_queue;      /* start -> endpoint (Slurm: queue wait) */
 	struct histo cold_boot;       /* endpoint -> healthy */
 	struct histo ttfb;            /* request sent to the service -> response head */
-	uint64_t fail_exited, fail_timeout, fail_job, fail_submit, fail_tunnel, fail_other;
+	uint64_t fail[LFAIL_NKINDS];  /* failed starts by kind (launch_fail_name) */
 	double instance_seconds;      /* of instances already gone */
 	uint64_t cold_starts;         /* starts that reached READY */
 };
 
 void metrics_init(struct svc_metrics *m);
 void histo_observe(struct histo *h, double v);
-/* Append "name_bucket{labels,le=...}" ... lines; labels like service="x". */
-void histo_write(struct evbuffer *b, const char *name, const char *labels, const struct histo *h);
-/* Escape a label value (\\, \", \n) into out. */
-void metrics_label(char *out, size_t len, const char *value);
 
 #endif

@@ -297,7 +297,7 @@ static struct instance *inst_start(struct service *s, int index)
 		 s->lops->name, i->remote_port);
 	instance_ref(i);
 	if (s->lops->start(i, &cause) != 0) {
-		instance_gone(i, cause);
+		instance_gone(i, LFAIL_OTHER, cause);
 		free(cause);
 		instance_unref(i);
 		return NULL;
@@ -311,24 +311,13 @@ static struct instance *inst_start(struct service *s, int index)
 }
 
 /* A start did not reach READY: remember why, back off. */
-static void start_failed(struct instance *i, const char *reason)
+static void start_failed(struct instance *i, enum launch_fail kind, const char *reason)
 {
 	struct service *s = i->svc;
 
 	s->failures++;
 	s->start_failures++;
-	if (has_prefix(reason, "start script exited"))
-		s->m.fail_exited++;
-	else if (has_prefix(reason, "no healthy answer"))
-		s->m.fail_timeout++;
-	else if (has_prefix(reason, "Slurm job"))
-		s->m.fail_job++;
-	else if (has_prefix(reason, "sbatch"))
-		s->m.fail_submit++;
-	else if (has_prefix(reason, "cannot open a tunnel"))
-		s->m.fail_tunnel++;
-	else
-		s->m.fail_other++;
+	s->m.fail[(unsigned)kind < LFAIL_NKINDS ? kind : LFAIL_OTHER]++;
 	snprintf(s->last_error, sizeof s->last_error, "%s", reason);
 	/* the first failure may be retried at once; repeated ones back off */
 	if (s->failures >= 2) {
@@ -520,7 +509,7 @@ void service_instance_timer(struct instance *i)
 	} else if (booting(i->state)) {
 		snprintf(why, sizeof why, "no healthy answer within start_timeout (%d s); last state: %s",
 			 s->cfg->start_timeout, i->detail);
-		instance_fail(i, why);
+		instance_fail(i, LFAIL_TIMEOUT, why);
 	}
 }
 
@@ -713,7 +702,7 @@ static void inst_stop(struct instance *i, const char *why)
 	inst_move(i, INST_STOPPING, why);
 	snprintf(i->detail, sizeof i->detail, "stopping: %s", why);
 	instance_detach_all(i, why, false);
-	i->svc->lops->stop(i, i->svc->cfg->stop_grace);
+	i->svc->lops->stop(i, i->svc->cfg->stop_grace, services_exiting ? LSTOP_EXITING : 0);
 	instance_unref(i);
 }
 
@@ -752,7 +741,7 @@ static void inst_detach(struct instance *i)
 	i->replaces = i->replaced_by = NULL;
 }
 
-void instance_gone(struct instance *i, const char *reason)
+void instance_gone(struct instance *i, enum launch_fail kind, const char *reason)
 {
 	struct service *s = i->svc;
 	enum inst_state was = i->state;
@@ -761,7 +750,7 @@ void instance_gone(struct instance *i, const char *reason)
 	if (was == INST_GONE)
 		return;
 	if (booting(was)) {
-		start_failed(i, reason);
+		start_failed(i, kind, reason);
 	} else if (was != INST_STOPPING) {
 		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
 		log_warn("svc %s[%d]: %s", s->cfg->name, i->index, s->last_error);
@@ -787,7 +776,7 @@ void instance_gone(struct instance *i, const char *reason)
 	}
 }
 
-void instance_fail(struct instance *i, const char *reason)
+void instance_fail(struct instance *i, enum launch_fail kind, const char *reason)
 {
 	struct service *s = i->svc;
 
@@ -795,7 +784,7 @@ void instance_fail(struct instance *i, const char *reason)
 		inst_stop(i, reason);
 		return;
 	}
-	start_failed(i, reason);
+	start_failed(i, kind, reason);
 	if (!any_pending_except(s, i) && pick_ready(s) == NULL)
 		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
 	inst_stop(i, reason);
@@ -972,14 +961,12 @@ static int route_cmp(const void *a, const void *b)
 	return strcmp(x->cfg->route_name, y->cfg->route_name);
 }
 
-static const struct launcher_ops *const all_launchers[] = {&launcher_local, &launcher_slurm};
-
 static struct service *service_new(struct svc_config *c)
 {
 	struct service *s = xcalloc(1, sizeof *s);
 
 	s->cfg = c;
-	s->lops = c->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
+	s->lops = c->launcher;
 	TAILQ_INIT(&s->insts);
 	TAILQ_INIT(&s->waiters);
 	s->scale_ev = evtimer_new(sbase, scale_cb, s);
@@ -1001,20 +988,21 @@ static void index_routes(void)
  * instances left by an earlier run (at start-up only). */
 static void launchers_prepare(bool recover)
 {
-	for (size_t l = 0; l < 2; l++) {
+	for (size_t l = 0; l < launcher_count(); l++) {
+		const struct launcher_ops *lo = launcher_at(l);
 		bool used = false;
 		for (size_t k = 0; k < nsvcs; k++)
-			used |= svcs[k]->lops == all_launchers[l];
+			used |= svcs[k]->lops == lo;
 		if (!used)
 			continue;
-		if (all_launchers[l]->init)
-			all_launchers[l]->init(sbase, scfg);   /* idempotent: also takes a new config */
-		if (!recover || all_launchers[l]->recover == NULL)
+		if (lo->init)
+			lo->init(sbase, scfg);   /* idempotent: also takes a new config */
+		if (!recover || lo->recover == NULL)
 			continue;
 		for (size_t k = 0; k < nsvcs; k++)
-			if (svcs[k]->lops == all_launchers[l])
+			if (svcs[k]->lops == lo)
 				svcs[k]->recovering = true;
-		all_launchers[l]->recover();
+		lo->recover();
 	}
 }
 

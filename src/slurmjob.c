@@ -137,3 +137,16 @@ bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, 
 	code[c] = '\0';
 	return n > 0;
 }
+
+int slurmjob_split(char *line, char **f, int n)
+{
+	int k = 0;
+
+	f[k++] = line;
+	for (char *p = line; *p && k < n; p++)
+		if (*p == '|') {
+			*p = '\0';
+			f[k++] = p + 1;
+		}
+	return k;
+}

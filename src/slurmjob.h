@@ -35,5 +35,8 @@ void slurmjob_field(const char *text, const char *key, char *out, size_t len);
 /* The first line of `sacct -n -X -P -o State,ExitCode` ("CANCELLED by 0|0:0")
  * split into STATE ("CANCELLED") and CODE ("0:0"); false if it has no state. */
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen);
+/* Split "a|b|c" (squeue -o, sinfo -o) in place into up to N fields F;
+ * returns how many there are. */
+int slurmjob_split(char *line, char **f, int n);
 
 #endif

@@ -84,7 +84,7 @@ static void test_seed_schema_loads_with_defaults(void **state)
 	assert_int_equal(c->listen_port, 8090);
 	assert_null(c->admin_token);
 	assert_int_equal(c->max_body_size, 64LL << 20);
-	assert_int_equal(c->services[0].launcher, LAUNCHER_SLURM);
+	assert_string_equal(c->services[0].launcher->name, "slurm");
 	assert_int_equal(c->services[0].start_timeout, 900);
 	assert_true(c->services[0].hold);
 	assert_string_equal(c->services[0].check_health_path, "/health");
@@ -125,6 +125,27 @@ static void test_bad_timeout_names_the_field(void **state)
 	config_free_errors(errs);
 }
 
+/* The launcher is looked up in the registry (launcher.c): an unknown name,
+ * or a value that is no name, is refused with every known name listed. */
+static void test_unknown_launcher_refused_with_known_names(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"Services\": [{\"name\": \"a\", \"route_name\": \"a\","
+				     "\"bash_file\": \"/x\", \"remote_port\": 1, \"launcher\": \"slurmrestd\"},"
+				     "{\"name\": \"b\", \"route_name\": \"b\", \"bash_file\": \"/x\","
+				     "\"remote_port\": 5, \"launcher\": 7}]}",
+				     &errs);
+
+	(void)state;
+	assert_null(c);
+	assert_true(has_error(errs, "Services[0].launcher: unknown launcher \"slurmrestd\"; the known "
+				    "launchers are \"local\", \"slurm\""));
+	assert_true(has_error(errs, "Services[1].launcher: must be a string naming a launcher: one of "
+				    "\"local\", \"slurm\""));
+	assert_int_equal(n_errors(errs), 2);
+	config_free_errors(errs);
+}
+
 static void test_every_error_in_one_pass(void **state)
 {
 	char **errs = NULL;
@@ -143,7 +164,7 @@ static void test_every_error_in_one_pass(void **state)
 	assert_true(has_error(errs, "Services[0].remote_port: must be a port number"));
 	assert_true(has_error(errs, "Services[0].colour: unknown key"));
 	assert_true(has_error(errs, "Services[0].hold: must be true or false"));
-	assert_true(has_error(errs, "Services[0].launcher: must be \"local\" or \"slurm\""));
+	assert_true(has_error(errs, "Services[0].launcher: unknown launcher \"k8s\""));
 	assert_true(has_error(errs, "Services[1].name: required"));
 	assert_true(has_error(errs, "Services[1].route_name: must be letters"));
 	assert_true(has_error(errs, "Services[1].bash_file: must be a string"));
@@ -215,6 +236,7 @@ int main(void)
 		cmocka_unit_test(test_local_bash_file_resolves_against_config_folder),
 		cmocka_unit_test(test_bad_timeout_names_the_field),
 		cmocka_unit_test(test_every_error_in_one_pass),
+		cmocka_unit_test(test_unknown_launcher_refused_with_known_names),
 		cmocka_unit_test(test_duplicates_are_rejected),
 		cmocka_unit_test(test_invalid_json_gives_line),
 		cmocka_unit_test(test_duplicate_key_and_missing_services),

@@ -411,13 +411,17 @@ static void test_gone_instance_lives_while_referenced(void **state)
 	struct rec r;
 	const char *reason;
 	int status, ra;
+	json_t *d;
 
 	(void)state;
 	rec_init(&r);
 	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), 0);
 	assert_ptr_equal(inst, i);
 	instance_ref(i);   /* as a late user would: the object must outlive "gone" */
-	assert_int_equal(kill(i->pid, SIGKILL), 0);
+	d = json_object();
+	launcher_local.describe(i, d);   /* its pid, as the API learns it */
+	assert_int_equal(kill((pid_t)json_integer_value(json_object_get(d, "pid")), SIGKILL), 0);
+	json_decref(d);
 	run_until(&r.fails);
 	/* the request in flight ended with the cause, and the instance left the service */
 	assert_int_equal(r.fails, 1);

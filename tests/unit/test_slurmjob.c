@@ -125,6 +125,23 @@ static void test_sacct_line(void **state)
 	assert_false(slurmjob_sacct_line("\n|0:0\n", st, sizeof st, code, sizeof code));
 }
 
+static void test_split(void **state)
+{
+	char line[] = "123|sg:x:llm:0|RUNNING|node1|59:00|None", two[] = "node1|10.0.0.1|extra";
+	char empty[] = "", *f[6];
+
+	(void)state;
+	assert_int_equal(slurmjob_split(line, f, 6), 6);
+	assert_string_equal(f[0], "123");
+	assert_string_equal(f[3], "node1");
+	assert_string_equal(f[5], "None");
+	/* at most N fields: the last keeps the rest */
+	assert_int_equal(slurmjob_split(two, f, 2), 2);
+	assert_string_equal(f[1], "10.0.0.1|extra");
+	assert_int_equal(slurmjob_split(empty, f, 6), 1);
+	assert_string_equal(f[0], "");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -134,6 +151,7 @@ int main(void)
 		cmocka_unit_test(test_time_left),
 		cmocka_unit_test(test_field),
 		cmocka_unit_test(test_sacct_line),
+		cmocka_unit_test(test_split),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -107,7 +107,35 @@ def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request
     ids = {j[0] for j in cluster.jobs(name)}
     assert job2 in ids and ids <= {job1, job2}, f"squeue: {cluster.jobs(name)}"
     assert cluster.live_jobs(name) == []
+    # both failed starts are counted as the launcher's kind "job_ended"
+    assert failures(g, "demo") == {"job_ended": 2}, failures(g, "demo")
     print(f"failure reported after {took:.2f} s: {results[0].json()['error']}")
+
+
+def failures(g, service):
+    """The nonzero slurmgate_start_failures_total samples of SERVICE, by reason."""
+    out = {}
+    for line in g.get("/metrics").text.splitlines():
+        m = re.match(r'slurmgate_start_failures_total\{service="([^"]*)",reason="([^"]*)"\} (\d+)$',
+                     line)
+        if m and m.group(1) == service and int(m.group(3)) > 0:
+            out[m.group(2)] = int(m.group(3))
+    return out
+
+
+def test_sbatch_refusal_is_counted_as_submit_failed(cluster, slurm_gateway, tmp_path):
+    """sbatch refuses the job (no such partition): the start fails at once,
+    with sbatch's words, and /metrics counts it as "submit_failed"."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job,
+                                     sbatch_args=[f"--chdir={cluster.work_dir}",
+                                                  "--partition=sg_no_such_partition"])])
+    r = g.get("/llm/pid", timeout=30)
+    assert r.status == 503, r
+    err = r.json()["error"]
+    assert "sbatch failed" in err and "partition" in err, err
+    assert failures(g, "demo") == {"submit_failed": 1}, failures(g, "demo")
+    assert cluster.live_jobs(g.job_name()) == []
 
 
 def test_killed_ssh_master_is_recovered_and_only_requests_in_flight_fail(

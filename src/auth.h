@@ -1,0 +1,38 @@
+/* auth.h - who is asking: the admin token and the api keys, checked on a
+ * request, and the cross-site gate of state-changing endpoints. Each gate
+ * returns true when the request may go on; otherwise it has answered the
+ * client (401 with WWW-Authenticate, 403), in the gateway's JSON or, for
+ * /v1, in OpenAI's error shape.
+ *
+ * Beside access.c, not in it: access.c makes the decisions on plain data
+ * (a bearer token, a key's service list, a peer address, Origin against
+ * Host) and never answers anyone; the gates here are where those
+ * decisions meet a client, and so pick the status, the realm and the
+ * error shape. */
+#ifndef SG_AUTH_H
+#define SG_AUTH_H
+
+#include <stdbool.h>
+
+struct config;
+struct hconn;
+struct http_msg;
+struct service;
+
+/* Take CFG's admin_token and api_keys (CFG outlives the next call). */
+void auth_configure(const struct config *cfg);
+
+/* Whether admin endpoints need the admin token (the status page hides its
+ * token box when not). */
+bool auth_admin_token_required(void);
+/* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
+bool auth_admin(struct hconn *c, const struct http_msg *m);
+/* With api_keys set, using a service needs a key that may use it: 401
+ * without one, 403 for a key limited to other services. The admin token
+ * is never an api key. S may be NULL (any service will do). OPENAI: answer
+ * in OpenAI's error shape. */
+bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s, bool openai);
+/* State-changing endpoints refuse cross-site requests (403). */
+bool auth_same_site(struct hconn *c, const struct http_msg *m);
+
+#endif

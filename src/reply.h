@@ -1,0 +1,20 @@
+/* reply.h - the gateway's own JSON answers: {"error","status"} for its
+ * endpoints, OpenAI's error shape for /v1. Each takes the head of the
+ * answer; the security headers for data are always sent. */
+#ifndef SG_REPLY_H
+#define SG_REPLY_H
+
+#include <jansson.h>
+
+struct hconn;
+
+/* Answer O (consumed; NULL, as json_pack returns for a value that is not
+ * UTF-8, becomes a 500) with STATUS; EXTRA: more header lines or NULL. */
+void reply_json(struct hconn *c, int status, json_t *o, const char *extra);
+/* {"error": MSG, "status": STATUS} */
+void reply_err(struct hconn *c, int status, const char *msg);
+/* OpenAI's {"error":{"message","type","param","code"}}. */
+void reply_openai_err(struct hconn *c, int status, const char *type, const char *code,
+		      const char *msg, const char *extra);
+
+#endif

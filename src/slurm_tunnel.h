@@ -1,0 +1,59 @@
+/* slurm_tunnel.h - the Slurm launcher's job (struct sjob), shared by its
+ * two files: launcher_slurm.c (submit, track, cancel, adopt) and
+ * slurm_tunnel.c (reach the service where the job runs). Private to them. */
+#ifndef SG_SLURM_TUNNEL_H
+#define SG_SLURM_TUNNEL_H
+
+#include <stdbool.h>
+#include <sys/queue.h>
+
+struct config;
+struct instance;
+struct runner;
+
+enum jstate {
+	J_SUBMITTING, /* sbatch running */
+	J_QUEUED,     /* in squeue, not running yet */
+	J_TUNNEL,     /* running; opening the forward */
+	J_UP,         /* reachable; the service probes it */
+	J_HELD,       /* ran, and Slurm says it is not running now: instance held */
+	J_CANCELLING, /* scancel sent; waiting for the job to end */
+};
+
+struct sjob {
+	struct instance *inst;   /* NULL once the instance is gone */
+	struct runner *r;
+	char id[32];
+	char node[128];          /* where it runs (or ran last) */
+	char fwd_node[128];      /* where the forward on lport goes */
+	char why[256];           /* the reason it is held (J_HELD) */
+	int rport, lport;
+	enum jstate st;
+	bool want_cancel, seen, tracked;
+	bool asking;             /* not in squeue: scontrol/sacct asked */
+	char lost[200];          /* scontrol's answer about a job not in squeue */
+	char pending[128];       /* why Slurm keeps it queued (J_QUEUED; "": not said yet) */
+	int refs;                /* runner callbacks outstanding */
+	int tunnel_tries, cancel_tries;
+	double cancel_at;        /* when the last scancel was sent */
+	double submitted, running_at;
+	double tracked_at;       /* when sbatch's answer came (the id became known) */
+	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
+};
+
+/* launcher_slurm.c: drop a reference to J (freed with the last). */
+void sjob_unref(struct sjob *j);
+/* launcher_slurm.c: give up J's forward (also one still being opened: the
+ * runner cancels it when it comes up). Every change of lport goes through here. */
+void sjob_fwd_close(struct sjob *j);
+
+/* slurm_tunnel.c: take the config in force (the ports services use). */
+void slurm_tunnel_init(const struct config *cfg);
+/* slurm_tunnel.c: reach J's service on the node it runs on now (J_TUNNEL),
+ * at its NodeAddr: through a forward from a free local port over the
+ * runner's SSH master, or directly without remote_host. Any earlier
+ * forward is given up first. Ends in instance_endpoint() (J_UP) or, after
+ * three failed forwards, instance_fail(). */
+void slurm_tunnel_open(struct sjob *j);
+
+#endif
