@@ -6,7 +6,9 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <netdb.h>
@@ -145,6 +147,39 @@ static const struct field *field_find(const struct field *tab, const char *key)
 	return NULL;
 }
 
+/* "got ..." for a message: the JSON type, and the value when it is short. */
+static const char *json_desc(json_t *v, char *buf, size_t len)
+{
+	switch (json_typeof(v)) {
+	case JSON_STRING:
+		snprintf(buf, len, "string \"%s\"",
+			 log_escape(json_string_value(v), json_string_length(v) > 40 ? 40 : json_string_length(v)));
+		break;
+	case JSON_INTEGER:
+		snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+		break;
+	case JSON_REAL:
+		snprintf(buf, len, "%g", json_real_value(v));
+		break;
+	case JSON_TRUE:
+		snprintf(buf, len, "true");
+		break;
+	case JSON_FALSE:
+		snprintf(buf, len, "false");
+		break;
+	case JSON_NULL:
+		snprintf(buf, len, "null");
+		break;
+	case JSON_ARRAY:
+		snprintf(buf, len, "an array");
+		break;
+	default:
+		snprintf(buf, len, "an object");
+		break;
+	}
+	return buf;
+}
+
 /* Store one JSON value into the struct field it is declared for. */
 static void field_set(const struct field *f, void *base, json_t *v, const char *path,
 		      struct errs *e)
@@ -166,14 +201,17 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 	case F_LLONG:
 	case F_PORT: {
 		long long x;
+		char got[96];
 		if (!json_is_integer(v) || (x = json_integer_value(v)) < f->min || x > f->max) {
+			json_desc(v, got, sizeof got);
 			if (f->type == F_PORT)
-				err_add(e, "%s.%s: must be a port number (1-65535)", path, f->key);
+				err_add(e, "%s.%s: must be a port number, an integer 1-65535, got %s", path,
+					f->key, got);
 			else if (f->min == 1 && f->max >= BIG)
-				err_add(e, "%s.%s: must be a positive integer", path, f->key);
+				err_add(e, "%s.%s: must be a positive integer, got %s", path, f->key, got);
 			else
-				err_add(e, "%s.%s: must be an integer from %lld to %lld", path, f->key,
-					f->min, f->max);
+				err_add(e, "%s.%s: must be an integer from %lld to %lld, got %s", path, f->key,
+					f->min, f->max, got);
 			return;
 		}
 		if (f->type == F_LLONG)
@@ -223,6 +261,53 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 	}
 }
 
+/* Edit distance (Levenshtein, case-insensitive) of two short strings. */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), row[64], prev, i, j;
+
+	if (la >= 63 || lb >= 63)
+		return 64;
+	for (j = 0; j <= lb; j++)
+		row[j] = j;
+	for (i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = i;
+		for (j = 1; j <= lb; j++) {
+			size_t cur = row[j];
+			size_t sub = prev + (tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]));
+			size_t best = row[j] + 1 < row[j - 1] + 1 ? row[j] + 1 : row[j - 1] + 1;
+			row[j] = sub < best ? sub : best;
+			prev = cur;
+		}
+	}
+	return row[lb];
+}
+
+/* The known key (of TAB or EXTRA) closest to KEY, if it is close enough to be
+ * a misspelling of it: at most 2 edits, and at most a third of its length. */
+static const char *closest_key(const struct field *tab, const char *const *extra, const char *key)
+{
+	const char *best = NULL;
+	size_t bestd = 3, len = strlen(key);
+
+	for (; tab->key; tab++) {
+		size_t d = edit_distance(key, tab->key);
+		if (d < bestd && d * 3 <= len) {
+			bestd = d;
+			best = tab->key;
+		}
+	}
+	for (; extra && *extra; extra++) {
+		size_t d = edit_distance(key, *extra);
+		if (d < bestd && d * 3 <= len) {
+			bestd = d;
+			best = *extra;
+		}
+	}
+	return best;
+}
+
 /* Fill BASE from OBJ following TAB: unknown keys, missing keys, defaults. */
 static void fields_load(const struct field *tab, void *base, json_t *obj, const char *path,
 			const char *const *extra_keys, struct errs *e)
@@ -237,8 +322,14 @@ static void fields_load(const struct field *tab, void *base, json_t *obj, const 
 			extra |= strcmp(*k, key) == 0;
 		if (f != NULL)
 			field_set(f, base, v, path, e);
-		else if (!extra)
-			err_add(e, "%s.%s: unknown key", path, log_escape(key, strlen(key)));
+		else if (!extra) {
+			const char *hint = closest_key(tab, extra_keys, key);
+			if (hint)
+				err_add(e, "%s.%s: unknown key (did you mean \"%s\"?)", path,
+					log_escape(key, strlen(key)), hint);
+			else
+				err_add(e, "%s.%s: unknown key", path, log_escape(key, strlen(key)));
+		}
 	}
 	for (const struct field *f = tab; f->key; f++) {
 		char *dst = (char *)base + f->off;
@@ -298,10 +389,41 @@ static char *numeric_host(const char *host)
 	return xstrdup(buf);
 }
 
-/* Cross-field checks and normalisation of one service. */
-static void service_check(struct svc_config *s, const char *path, const char *cfgdir,
-			  struct errs *e)
+int config_parse_listen(const char *spec, char **host, int *port, char **cause)
 {
+	char *h = NULL, *n;
+	int p;
+
+	*host = NULL;
+	if (parse_hostport(spec, &h, &p) != 0) {
+		*cause = xasprintf("must be \"HOST:PORT\", got \"%s\"", log_escape(spec, strlen(spec)));
+		return -1;
+	}
+	if (p < 1 || p > 65535) {
+		*cause = xasprintf("port must be 1-65535, got %d", p);
+		free(h);
+		return -1;
+	}
+	/* a name is looked up once here, as the start binds the address it gives */
+	n = numeric_host(h);
+	if (n == NULL) {
+		*cause = xasprintf("cannot resolve \"%s\" (give an address, e.g. 127.0.0.1 or ::1)",
+				   log_escape(h, strlen(h)));
+		free(h);
+		return -1;
+	}
+	free(h);
+	*host = n;
+	*port = p;
+	return 0;
+}
+
+/* Cross-field checks and normalisation of one service. */
+static void service_check(struct svc_config *s, json_t *o, const char *path, const char *cfgdir,
+			  struct errs *e, struct errs *problems)
+{
+	struct stat st;
+
 	if (s->name && s->name[0] == '\0')
 		err_add(e, "%s.name: must not be empty", path);
 	if (s->route_name) {
@@ -319,7 +441,8 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 	}
 	if (s->min_instances > s->max_instances)
 		err_add(e, "%s.min_instances: must not exceed max_instances (%d)", path, s->max_instances);
-	if (s->remote_port == 0 && s->local_port == 0)
+	if (s->remote_port == 0 && s->local_port == 0 && json_object_get(o, "remote_port") == NULL &&
+	    json_object_get(o, "local_port") == NULL)
 		err_add(e, "%s.remote_port: required (or local_port)", path);
 	if (s->remote_port == 0)
 		s->remote_port = s->local_port;
@@ -352,6 +475,19 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 		}
 		if (access(s->bash_file, X_OK) != 0)
 			err_add(e, "%s.bash_file: %s: %s", path, s->bash_file, strerror(errno));
+		else if (stat(s->bash_file, &st) == 0 && S_ISDIR(st.st_mode))
+			err_add(e, "%s.bash_file: %s: is a directory", path, s->bash_file);
+	}
+	/* ssh runs with IdentitiesOnly=yes: without its key every start fails */
+	if (s->launcher == LAUNCHER_SLURM && s->ssh_key_file) {
+		int fd = open(s->ssh_key_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+		if (fd < 0)
+			err_add(problems, "%s.ssh_key_file: %s: %s", path, s->ssh_key_file, strerror(errno));
+		else if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode))
+			err_add(problems, "%s.ssh_key_file: %s: is a %s, not a key file", path,
+				s->ssh_key_file, S_ISDIR(st.st_mode) ? "directory" : "special file");
+		if (fd >= 0)
+			close(fd);
 	}
 }
 
@@ -572,6 +708,7 @@ void config_free(struct config *cfg)
 		free_list(cfg->api_keys[k].services);
 	}
 	free(cfg->api_keys);
+	config_free_errors(cfg->svc_problems);
 	free(cfg);
 }
 
@@ -589,7 +726,8 @@ struct config *config_load(const char *file, char ***errs_out)
 	json_error_t jerr;
 	json_t *root, *svcs, *listen;
 	struct config *cfg;
-	char *dircopy, *cfgdir;
+	char *dircopy, *cfgdir, *cause = NULL;
+	struct errs problems = {0};
 
 	root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
 	if (root == NULL) {
@@ -616,9 +754,12 @@ struct config *config_load(const char *file, char ***errs_out)
 	if (listen == NULL) {
 		cfg->listen_host = xstrdup("127.0.0.1");
 		cfg->listen_port = 8090;
-	} else if (!json_is_string(listen) ||
-		   parse_hostport(json_string_value(listen), &cfg->listen_host, &cfg->listen_port) != 0) {
+	} else if (!json_is_string(listen)) {
 		err_add(&e, "$.listen: must be \"HOST:PORT\"");
+	} else if (config_parse_listen(json_string_value(listen), &cfg->listen_host,
+				       &cfg->listen_port, &cause) != 0) {
+		err_add(&e, "$.listen: %s", cause);
+		free(cause);
 	}
 
 	global_check(cfg, &e);
@@ -642,7 +783,7 @@ struct config *config_load(const char *file, char ***errs_out)
 			continue;
 		}
 		fields_load(svc_fields, &cfg->services[i], o, path, NULL, &e);
-		service_check(&cfg->services[i], path, cfgdir, &e);
+		service_check(&cfg->services[i], o, path, cfgdir, &e, &problems);
 	}
 	/* Names, routes and local ports must be unique across services. */
 	for (size_t i = 0; i < cfg->n_services; i++) {
@@ -688,6 +829,14 @@ struct config *config_load(const char *file, char ***errs_out)
 out:
 	free(dircopy);
 	json_decref(root);
+	if (e.n > 0) {
+		/* with the errors, so that -t lists everything at once */
+		for (size_t k = 0; k < problems.n; k++)
+			err_add(&e, "%s", problems.v[k]);
+		config_free_errors(problems.v);
+	} else {
+		cfg->svc_problems = problems.v;
+	}
 	if (e.n > 0) {
 		config_free(cfg);
 		*errs_out = e.v;

@@ -87,6 +87,9 @@ struct config {
 	size_t n_proxies;
 	struct svc_config *services;
 	size_t n_services;
+	char **svc_problems;      /* NULL-terminated: what makes a service's every start fail
+	                           * (a missing ssh_key_file); -t fails on them, the gateway
+	                           * logs them and serves the other services */
 };
 
 /* Load and validate FILE. On error returns NULL and appends one line per
@@ -94,6 +97,9 @@ struct config {
  * (a NULL-terminated malloc'd array the caller frees with config_free_errors). */
 struct config *config_load(const char *file, char ***errs);
 void config_free(struct config *cfg);
+/* "HOST:PORT" as the listen key and -l take it: a host name is resolved to
+ * its first address, the port must be 1-65535. 0, or -1 and *cause (malloc'd). */
+int config_parse_listen(const char *spec, char **host, int *port, char **cause);
 void config_free_errors(char **errs);
 
 #endif

@@ -35,6 +35,7 @@ static bool log_json_flag;   /* --log-json */
 static double shutdown_began;
 
 static int mkdir_p(const char *path);
+static void log_svc_problems(const struct config *c);
 
 static void usage(FILE *f)
 {
@@ -151,6 +152,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 		free(next->state_dir);
 		next->state_dir = xstrdup(cfg->state_dir);
 	}
+	log_svc_problems(next);
 	old_cfgs = xrealloc(old_cfgs, (n_old_cfgs + 1) * sizeof *old_cfgs);
 	old_cfgs[n_old_cfgs++] = cfg;
 	cfg = next;
@@ -218,6 +220,14 @@ static int lock_state_dir(const char *dir)
 	return fd;
 }
 
+/* What makes a service's every start fail: -t fails on it; a running
+ * gateway says so and serves the other services. */
+static void log_svc_problems(const struct config *c)
+{
+	for (char **e = c->svc_problems; e && *e; e++)
+		log_error("%s: %s (every start of this service will fail)", c->path, *e);
+}
+
 static void print_errors(const char *file, char **errs)
 {
 	for (char **e = errs; e && *e; e++)
@@ -270,9 +280,9 @@ int main(int argc, char **argv)
 	cfg = config_load(file, &errs);
 	if (cfg != NULL && listen != NULL) {
 		free(cfg->listen_host);
-		cfg->listen_host = NULL;
-		if (parse_hostport(listen, &cfg->listen_host, &cfg->listen_port) != 0) {
-			fprintf(stderr, "%s: -l %s: must be HOST:PORT\n", file, listen);
+		if (config_parse_listen(listen, &cfg->listen_host, &cfg->listen_port, &cause) != 0) {
+			fprintf(stderr, "%s: -l %s: %s\n", file, listen, cause);
+			free(cause);
 			config_free(cfg);
 			return 1;
 		}
@@ -288,6 +298,13 @@ int main(int argc, char **argv)
 	}
 	if (cfg->log_json)
 		log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, true);
+	if (test && cfg->svc_problems) {
+		/* the gateway would run, but these services could never start */
+		print_errors(file, cfg->svc_problems);
+		config_free(cfg);
+		return 1;
+	}
+	log_svc_problems(cfg);
 	if (test) {
 		printf("%s: ok (%zu services)\n", file, cfg->n_services);
 		config_free(cfg);
