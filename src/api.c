@@ -13,6 +13,7 @@
 #include "config.h"
 #include "http.h"
 #include "metrics.h"
+#include "refusal.h"
 #include "proxy.h"
 #include "service.h"
 #include "util.h"
@@ -146,6 +147,7 @@ void api_metrics(struct hconn *c)
 				evbuffer_add_printf(b, "slurmgate_requests_total{service=\"%s\",code=\"%d\"} %llu\n",
 						    nm, code, (unsigned long long)m->by_status[code]);
 	}
+	refusal_metrics(b);
 	family(b, "slurmgate_requests_in_flight", "gauge", "Requests being answered by an instance.");
 	EACH evbuffer_add_printf(b, "slurmgate_requests_in_flight{service=\"%s\"} %d\n", LBL,
 				 service_inflight(SVC));

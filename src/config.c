@@ -109,6 +109,7 @@ static const struct field cfg_fields[] = {
 	{"max_held_body", F_LLONG, CFG(max_held_body), false, 8LL << 20, NULL, 0, 1LL << 40},
 	{"allowed_hosts", F_STRLIST, CFG(allowed_hosts), false, 0, NULL, 0, 0},
 	{"trusted_proxies", F_STRLIST, CFG(trusted_proxies), false, 0, NULL, 0, 0},
+	{"log_repeat_interval", F_INT, CFG(log_repeat_interval), false, 10, NULL, 0, 3600},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 

@@ -77,6 +77,8 @@ struct config {
 	struct api_key *api_keys; /* inline and from api_keys_file */
 	size_t n_api_keys;
 	bool log_json;            /* one JSON object per log line */
+	int log_repeat_interval;  /* seconds: identical errors are logged once per service and
+	                           * interval, with a count (0: each one) */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
 	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
 	long long max_held_body;  /* bytes of request bodies held in RAM, all waiting requests

@@ -21,6 +21,7 @@
 #include "proc.h"
 #include "proxy.h"
 #include "ptree.h"
+#include "refusal.h"
 #include "runner.h"
 #include "service.h"
 #include "util.h"
@@ -376,6 +377,7 @@ int main(int argc, char **argv)
 	if (deadline_ev)
 		event_free(deadline_ev);
 	services_free();
+	refusal_free();
 	ptree_shutdown();   /* the keeper kills what is left: nothing, unless the deadline passed */
 	close(lock_fd);
 	config_free(cfg);

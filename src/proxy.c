@@ -15,6 +15,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "refusal.h"
 #include "router.h"
 #include "service.h"
 #include "util.h"
@@ -74,6 +75,7 @@ void proxy_init(struct event_base *base, const struct config *cfg)
 	pbase = base;
 	pcfg = cfg;
 	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
+	refusal_configure(base, cfg->log_repeat_interval);
 }
 
 size_t proxy_held_bytes(void)
@@ -164,6 +166,25 @@ static void feedback_start(struct exchange *ex)
 	event_add(ex->fb_ev, &(struct timeval){pcfg->feedback_interval, 0});
 }
 
+/* The class of a 503 the gateway answers itself, for /metrics (NULL: not a
+ * refusal, such as a 502 from a broken connection). */
+static const char *refusal_kind(const struct service *s, int status, const char *reason)
+{
+	static const struct { const char *reason, *kind; } known[] = {
+		{"the service is starting; retry later", "starting"},
+		{"service management is disabled", "management_disabled"},
+		{"the gateway is shutting down", "shutting_down"},
+		{"the service was removed from the config", "removed"},
+	};
+
+	if (status != 503)
+		return NULL;
+	for (size_t k = 0; k < sizeof known / sizeof *known; k++)
+		if (strcmp(reason, known[k].reason) == 0)
+			return known[k].kind;
+	return strcmp(reason, service_last_error(s)) == 0 ? "start_failed" : "stopped";
+}
+
 /* Answer the client with an error of our own (if nothing was sent yet). */
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
 {
@@ -214,7 +235,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	}
 	if (status >= 100 && status < 600)
 		service_metrics(ex->svc)->by_status[status]++;
-	log_info("svc %s: %d %s", cfg->name, status, reason);
+	refusal_note(cfg->name, status, reason, refusal_kind(ex->svc, status, reason));
 	ex_end(ex, false);
 }
 
