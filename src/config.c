@@ -109,6 +109,7 @@ static const struct field cfg_fields[] = {
 	{"max_held_body", F_LLONG, CFG(max_held_body), false, 8LL << 20, NULL, 0, 1LL << 40},
 	{"allowed_hosts", F_STRLIST, CFG(allowed_hosts), false, 0, NULL, 0, 0},
 	{"trusted_proxies", F_STRLIST, CFG(trusted_proxies), false, 0, NULL, 0, 0},
+	{"access_log", F_STR, CFG(access_log), false, 0, NULL, 0, 0},
 	{"log_repeat_interval", F_INT, CFG(log_repeat_interval), false, 10, NULL, 0, 3600},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
@@ -419,6 +420,26 @@ int config_parse_listen(const char *spec, char **host, int *port, char **cause)
 	return 0;
 }
 
+/* The access log is opened (created) at start: what would stop that fails
+ * here, without creating anything (-t changes nothing). */
+static void access_log_check(const char *file, struct errs *e)
+{
+	struct stat st;
+	char *copy = xstrdup(file), *dir = dirname(copy);
+
+	if (stat(file, &st) == 0) {
+		if (S_ISDIR(st.st_mode))
+			err_add(e, "$.access_log: %s: is a directory", file);
+		else if (access(file, W_OK) != 0)
+			err_add(e, "$.access_log: %s: %s", file, strerror(errno));
+	} else if (errno != ENOENT) {
+		err_add(e, "$.access_log: %s: %s", file, strerror(errno));
+	} else if (access(dir, W_OK | X_OK) != 0) {
+		err_add(e, "$.access_log: %s: cannot create it in %s: %s", file, dir, strerror(errno));
+	}
+	free(copy);
+}
+
 /* Cross-field checks and normalisation of one service. */
 static void service_check(struct svc_config *s, json_t *o, const char *path, const char *cfgdir,
 			  struct errs *e, struct errs *problems)
@@ -584,7 +605,21 @@ static void check_secrecy(const char *path, const char *what)
 			 (unsigned)(st.st_mode & 0777));
 }
 
-/* api_keys: [{"key": "...", "services": ["name", ...]}, ...] from V (PATH names it). */
+/* An api key's name goes into access log lines as it is: a plain word. */
+static bool key_name_ok(json_t *v)
+{
+	const char *s = json_string_value(v);
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > 64)
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!route_char_ok(*p) && *p != '@')
+			return false;
+	return *s != '-';
+}
+
+/* api_keys: [{"key": "...", "services": ["name", ...], "name": "..."}, ...] from V (PATH names it). */
 static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct errs *e)
 {
 	size_t i;
@@ -596,6 +631,7 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 	}
 	json_array_foreach(v, i, o) {
 		json_t *k = json_object_get(o, "key"), *sv = json_object_get(o, "services");
+		json_t *nm = json_object_get(o, "name");
 		const char *name;
 		json_t *val;
 		struct api_key *ak;
@@ -605,8 +641,14 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 			continue;
 		}
 		json_object_foreach(o, name, val)
-			if (strcmp(name, "key") != 0 && strcmp(name, "services") != 0)
+			if (strcmp(name, "key") != 0 && strcmp(name, "services") != 0 &&
+			    strcmp(name, "name") != 0)
 				err_add(e, "%s[%zu].%s: unknown key", path, i, log_escape(name, strlen(name)));
+		if (nm != NULL && !key_name_ok(nm)) {
+			err_add(e, "%s[%zu].name: must be letters, digits, '_', '-', '.' or '@' (1-64)",
+				path, i);
+			continue;
+		}
 		if (!json_is_string(k) || json_string_length(k) < 8) {
 			err_add(e, "%s[%zu].key: must be a string of at least 8 characters", path, i);
 			continue;
@@ -618,6 +660,7 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 		cfg->api_keys = xrealloc(cfg->api_keys, (cfg->n_api_keys + 1) * sizeof *cfg->api_keys);
 		ak = &cfg->api_keys[cfg->n_api_keys++];
 		ak->key = xstrdup(json_string_value(k));
+		ak->name = nm ? xstrdup(json_string_value(nm)) : NULL;
 		ak->services = NULL;
 		if (sv != NULL) {
 			size_t n = json_array_size(sv);
@@ -673,6 +716,10 @@ static void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 		check_secrecy(cfg->api_keys_file, "api_keys_file");
 	}
 	for (size_t k = 0; k < cfg->n_api_keys; k++) {
+		for (size_t q = 0; q < k && cfg->api_keys[k].name; q++)
+			if (cfg->api_keys[q].name && strcmp(cfg->api_keys[q].name, cfg->api_keys[k].name) == 0)
+				err_add(e, "api_keys[%zu].name: \"%s\" also names api_keys[%zu]", k,
+					cfg->api_keys[k].name, q);
 		if (cfg->admin_token && strcmp(cfg->api_keys[k].key, cfg->admin_token) == 0)
 			err_add(e, "api_keys[%zu].key: must differ from the admin token", k);
 		for (char **sv = cfg->api_keys[k].services; sv && *sv; sv++) {
@@ -701,11 +748,13 @@ void config_free(struct config *cfg)
 	free(cfg->ssh_host_key_checking);
 	free(cfg->admin_token_file);
 	free(cfg->api_keys_file);
+	free(cfg->access_log);
 	free_list(cfg->allowed_hosts);
 	free_list(cfg->trusted_proxies);
 	free(cfg->proxies);
 	for (size_t k = 0; k < cfg->n_api_keys; k++) {
 		free(cfg->api_keys[k].key);
+		free(cfg->api_keys[k].name);
 		free_list(cfg->api_keys[k].services);
 	}
 	free(cfg->api_keys);
@@ -750,6 +799,10 @@ struct config *config_load(const char *file, char ***errs_out)
 	fields_load(cfg_fields, cfg, root, "$", top_extra, &e);
 	if (cfg->admin_token && cfg->admin_token[0] == '\0')
 		err_add(&e, "$.admin_token: must not be empty (leave it out to disable)");
+	if (cfg->access_log && cfg->access_log[0] == '\0')
+		err_add(&e, "$.access_log: must be a file or \"-\" (leave it out to disable)");
+	else if (cfg->access_log && strcmp(cfg->access_log, "-") != 0)
+		access_log_check(cfg->access_log, &e);
 
 	listen = json_object_get(root, "listen");
 	if (listen == NULL) {

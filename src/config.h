@@ -14,6 +14,7 @@ enum launcher_kind { LAUNCHER_SLURM = 0, LAUNCHER_LOCAL = 1 };
 /* A key for api_keys: which services it may use (NULL: all). */
 struct api_key {
 	char *key;
+	char *name;               /* the access log's key id (NULL: a hash prefix) */
 	char **services;          /* NULL-terminated names, or NULL */
 };
 
@@ -77,6 +78,7 @@ struct config {
 	struct api_key *api_keys; /* inline and from api_keys_file */
 	size_t n_api_keys;
 	bool log_json;            /* one JSON object per log line */
+	char *access_log;         /* a file, "-" for stderr, or NULL: none */
 	int log_repeat_interval;  /* seconds: identical errors are logged once per service and
 	                           * interval, with a count (0: each one) */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */

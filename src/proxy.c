@@ -11,6 +11,7 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "accesslog.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -47,6 +48,7 @@ struct exchange {
 	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
 	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
+	struct accesslog_note *note; /* the client session's; only while down is set */
 };
 
 static const struct config *pcfg;
@@ -288,6 +290,10 @@ static void ex_go(struct exchange *ex, struct instance *i)
 		event_del(ex->fb_ev);
 	if (ex->early_head && ex->down)
 		sse_printf(ex->down, ": slurmgate: ready after %.1f s\n\n", ex->waited);
+	if (ex->note && ex->down) {
+		ex->note->instance = i->index;
+		ex->note->wait = ex->held ? ex->waited : -1;
+	}
 	ex->up = instance_pool_get(i);
 	if (ex->up != NULL) {
 		ex->reused = true;
@@ -417,6 +423,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->feedback = o->feedback;
 	ex->strip_auth = o->strip_auth;
 	ex->trust_fwd = o->trust_forwarded;
+	ex->note = o->note;
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
