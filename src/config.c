@@ -647,7 +647,7 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 		if (nm != NULL && !key_name_ok(nm)) {
 			err_add(e, "%s[%zu].name: must be letters, digits, '_', '-', '.' or '@' (1-64)",
 				path, i);
-			continue;
+			nm = NULL;
 		}
 		if (!json_is_string(k) || json_string_length(k) < 8) {
 			err_add(e, "%s[%zu].key: must be a string of at least 8 characters", path, i);

@@ -307,6 +307,37 @@ static void test_misspelled_keys_get_a_hint(void **state)
 	config_free_errors(errs);
 }
 
+static void test_access_log_and_key_names(void **state)
+{
+	char **errs = NULL, text[1024];
+	struct config *c;
+
+	(void)state;
+	snprintf(text, sizeof text,
+		 "{\"access_log\": \"%s/access.log\", \"api_keys\": [{\"key\": \"0123456789\", \"name\": \"alice\"},"
+		 "{\"key\": \"abcdefghij\"}], \"Services\": []}", dir);
+	c = load_text(text, &errs);
+	assert_null(errs);
+	assert_non_null(c);
+	assert_string_equal(c->api_keys[0].name, "alice");
+	assert_null(c->api_keys[1].name);
+	assert_int_equal(c->log_repeat_interval, 10);
+	config_free(c);
+	c = load_text("{\"access_log\": \"/nonexistent-dir/a.log\", \"api_keys\": ["
+		      "{\"key\": \"0123456789\", \"name\": \"a b\"}, {\"key\": \"abcdefghij\", \"name\": \"x\"},"
+		      "{\"key\": \"klmnopqrst\", \"name\": \"x\"}], \"Services\": []}",
+		      &errs);
+	assert_null(c);
+	assert_true(has_error(errs, "$.access_log: /nonexistent-dir/a.log: cannot create it in /nonexistent-dir"));
+	assert_true(has_error(errs, "$.api_keys[0].name: must be letters"));
+	assert_true(has_error(errs, "api_keys[2].name: \"x\" also names api_keys[1]"));
+	config_free_errors(errs);
+	c = load_text("{\"access_log\": \"/tmp\", \"Services\": []}", &errs);
+	assert_null(c);
+	assert_true(has_error(errs, "$.access_log: /tmp: is a directory"));
+	config_free_errors(errs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -324,6 +355,7 @@ int main(void)
 		cmocka_unit_test(test_missing_ssh_key_file_is_a_problem),
 		cmocka_unit_test(test_port_of_the_wrong_type_says_so),
 		cmocka_unit_test(test_misspelled_keys_get_a_hint),
+		cmocka_unit_test(test_access_log_and_key_names),
 	};
 	return cmocka_run_group_tests_name("config", tests, setup, teardown);
 }
