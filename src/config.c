@@ -5,13 +5,9 @@
  * follow from it. All errors are reported in one pass with their JSON path. */
 #include "config.h"
 
-#include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "confcheck.h"
 #include "log.h"
 #include "util.h"
 
@@ -149,39 +146,6 @@ static const struct field *field_find(const struct field *tab, const char *key)
 	return NULL;
 }
 
-/* "got ..." for a message: the JSON type, and the value when it is short. */
-static const char *json_desc(json_t *v, char *buf, size_t len)
-{
-	switch (json_typeof(v)) {
-	case JSON_STRING:
-		snprintf(buf, len, "string \"%s\"",
-			 log_escape(json_string_value(v), json_string_length(v) > 40 ? 40 : json_string_length(v)));
-		break;
-	case JSON_INTEGER:
-		snprintf(buf, len, "%lld", (long long)json_integer_value(v));
-		break;
-	case JSON_REAL:
-		snprintf(buf, len, "%g", json_real_value(v));
-		break;
-	case JSON_TRUE:
-		snprintf(buf, len, "true");
-		break;
-	case JSON_FALSE:
-		snprintf(buf, len, "false");
-		break;
-	case JSON_NULL:
-		snprintf(buf, len, "null");
-		break;
-	case JSON_ARRAY:
-		snprintf(buf, len, "an array");
-		break;
-	default:
-		snprintf(buf, len, "an object");
-		break;
-	}
-	return buf;
-}
-
 /* Store one JSON value into the struct field it is declared for. */
 static void field_set(const struct field *f, void *base, json_t *v, const char *path,
 		      struct errs *e)
@@ -205,7 +169,7 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 		long long x;
 		char got[96];
 		if (!json_is_integer(v) || (x = json_integer_value(v)) < f->min || x > f->max) {
-			json_desc(v, got, sizeof got);
+			confcheck_json_desc(v, got, sizeof got);
 			if (f->type == F_PORT)
 				err_add(e, "%s.%s: must be a port number, an integer 1-65535, got %s", path,
 					f->key, got);
@@ -263,29 +227,6 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 	}
 }
 
-/* Edit distance (Levenshtein, case-insensitive) of two short strings. */
-static size_t edit_distance(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b), row[64], prev, i, j;
-
-	if (la >= 63 || lb >= 63)
-		return 64;
-	for (j = 0; j <= lb; j++)
-		row[j] = j;
-	for (i = 1; i <= la; i++) {
-		prev = row[0];
-		row[0] = i;
-		for (j = 1; j <= lb; j++) {
-			size_t cur = row[j];
-			size_t sub = prev + (tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]));
-			size_t best = row[j] + 1 < row[j - 1] + 1 ? row[j] + 1 : row[j - 1] + 1;
-			row[j] = sub < best ? sub : best;
-			prev = cur;
-		}
-	}
-	return row[lb];
-}
-
 /* The known key (of TAB or EXTRA) closest to KEY, if it is close enough to be
  * a misspelling of it: at most 2 edits, and at most a third of its length. */
 static const char *closest_key(const struct field *tab, const char *const *extra, const char *key)
@@ -294,14 +235,14 @@ static const char *closest_key(const struct field *tab, const char *const *extra
 	size_t bestd = 3, len = strlen(key);
 
 	for (; tab->key; tab++) {
-		size_t d = edit_distance(key, tab->key);
+		size_t d = confcheck_edit_distance(key, tab->key);
 		if (d < bestd && d * 3 <= len) {
 			bestd = d;
 			best = tab->key;
 		}
 	}
 	for (; extra && *extra; extra++) {
-		size_t d = edit_distance(key, *extra);
+		size_t d = confcheck_edit_distance(key, *extra);
 		if (d < bestd && d * 3 <= len) {
 			bestd = d;
 			best = *extra;
@@ -370,81 +311,12 @@ static bool route_char_ok(char c)
 	       c == '_' || c == '-' || c == '.' || c == '~';
 }
 
-/* Turn a host name into a numeric address once, at load time, so that no DNS
- * look-up ever happens on the request path. */
-static char *numeric_host(const char *host)
-{
-	struct addrinfo hints = {0}, *res = NULL;
-	char buf[INET6_ADDRSTRLEN];
-
-	if (strcmp(host, "localhost") == 0)
-		return xstrdup("127.0.0.1");
-	hints.ai_flags = AI_ADDRCONFIG;
-	hints.ai_socktype = SOCK_STREAM;
-	if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
-		return NULL;
-	if (res->ai_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, buf, sizeof buf);
-	else
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, buf, sizeof buf);
-	freeaddrinfo(res);
-	return xstrdup(buf);
-}
-
-int config_parse_listen(const char *spec, char **host, int *port, char **cause)
-{
-	char *h = NULL, *n;
-	int p;
-
-	*host = NULL;
-	if (parse_hostport(spec, &h, &p) != 0) {
-		*cause = xasprintf("must be \"HOST:PORT\", got \"%s\"", log_escape(spec, strlen(spec)));
-		return -1;
-	}
-	if (p < 1 || p > 65535) {
-		*cause = xasprintf("port must be 1-65535, got %d", p);
-		free(h);
-		return -1;
-	}
-	/* a name is looked up once here, as the start binds the address it gives */
-	n = numeric_host(h);
-	if (n == NULL) {
-		*cause = xasprintf("cannot resolve \"%s\" (give an address, e.g. 127.0.0.1 or ::1)",
-				   log_escape(h, strlen(h)));
-		free(h);
-		return -1;
-	}
-	free(h);
-	*host = n;
-	*port = p;
-	return 0;
-}
-
-/* The access log is opened (created) at start: what would stop that fails
- * here, without creating anything (-t changes nothing). */
-static void access_log_check(const char *file, struct errs *e)
-{
-	struct stat st;
-	char *copy = xstrdup(file), *dir = dirname(copy);
-
-	if (stat(file, &st) == 0) {
-		if (S_ISDIR(st.st_mode))
-			err_add(e, "$.access_log: %s: is a directory", file);
-		else if (access(file, W_OK) != 0)
-			err_add(e, "$.access_log: %s: %s", file, strerror(errno));
-	} else if (errno != ENOENT) {
-		err_add(e, "$.access_log: %s: %s", file, strerror(errno));
-	} else if (access(dir, W_OK | X_OK) != 0) {
-		err_add(e, "$.access_log: %s: cannot create it in %s: %s", file, dir, strerror(errno));
-	}
-	free(copy);
-}
-
 /* Cross-field checks and normalisation of one service. */
 static void service_check(struct svc_config *s, json_t *o, const char *path, const char *cfgdir,
 			  struct errs *e, struct errs *problems)
 {
 	struct stat st;
+	char *cause = NULL;
 
 	if (s->name && s->name[0] == '\0')
 		err_add(e, "%s.name: must not be empty", path);
@@ -480,7 +352,7 @@ static void service_check(struct svc_config *s, json_t *o, const char *path, con
 			err_add(e, "%s.api_paths: \"%s\" must start with '/'", path,
 				log_escape(*p, strlen(*p)));
 	if (s->local_host) {
-		char *n = numeric_host(s->local_host);
+		char *n = confcheck_numeric_host(s->local_host);
 		if (n == NULL)
 			err_add(e, "%s.local_host: cannot resolve \"%s\"", path,
 				log_escape(s->local_host, strlen(s->local_host)));
@@ -501,15 +373,10 @@ static void service_check(struct svc_config *s, json_t *o, const char *path, con
 			err_add(e, "%s.bash_file: %s: is a directory", path, s->bash_file);
 	}
 	/* ssh runs with IdentitiesOnly=yes: without its key every start fails */
-	if (s->launcher == LAUNCHER_SLURM && s->ssh_key_file) {
-		int fd = open(s->ssh_key_file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-		if (fd < 0)
-			err_add(problems, "%s.ssh_key_file: %s: %s", path, s->ssh_key_file, strerror(errno));
-		else if (fstat(fd, &st) == 0 && !S_ISREG(st.st_mode))
-			err_add(problems, "%s.ssh_key_file: %s: is a %s, not a key file", path,
-				s->ssh_key_file, S_ISDIR(st.st_mode) ? "directory" : "special file");
-		if (fd >= 0)
-			close(fd);
+	if (s->launcher == LAUNCHER_SLURM && s->ssh_key_file &&
+	    confcheck_key_file(s->ssh_key_file, &cause) != 0) {
+		err_add(problems, "%s.ssh_key_file: %s", path, cause);
+		free(cause);
 	}
 }
 
@@ -801,8 +668,11 @@ struct config *config_load(const char *file, char ***errs_out)
 		err_add(&e, "$.admin_token: must not be empty (leave it out to disable)");
 	if (cfg->access_log && cfg->access_log[0] == '\0')
 		err_add(&e, "$.access_log: must be a file or \"-\" (leave it out to disable)");
-	else if (cfg->access_log && strcmp(cfg->access_log, "-") != 0)
-		access_log_check(cfg->access_log, &e);
+	else if (cfg->access_log && strcmp(cfg->access_log, "-") != 0 &&
+		 confcheck_log_file(cfg->access_log, &cause) != 0) {
+		err_add(&e, "$.access_log: %s", cause);
+		free(cause);
+	}
 
 	listen = json_object_get(root, "listen");
 	if (listen == NULL) {
@@ -810,8 +680,8 @@ struct config *config_load(const char *file, char ***errs_out)
 		cfg->listen_port = 8090;
 	} else if (!json_is_string(listen)) {
 		err_add(&e, "$.listen: must be \"HOST:PORT\"");
-	} else if (config_parse_listen(json_string_value(listen), &cfg->listen_host,
-				       &cfg->listen_port, &cause) != 0) {
+	} else if (confcheck_listen(json_string_value(listen), &cfg->listen_host,
+				    &cfg->listen_port, &cause) != 0) {
 		err_add(&e, "$.listen: %s", cause);
 		free(cause);
 	}

@@ -101,9 +101,6 @@ struct config {
  * (a NULL-terminated malloc'd array the caller frees with config_free_errors). */
 struct config *config_load(const char *file, char ***errs);
 void config_free(struct config *cfg);
-/* "HOST:PORT" as the listen key and -l take it: a host name is resolved to
- * its first address, the port must be 1-65535. 0, or -1 and *cause (malloc'd). */
-int config_parse_listen(const char *spec, char **host, int *port, char **cause);
 void config_free_errors(char **errs);
 
 #endif

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "accesslog.h"
+#include "confcheck.h"
 #include "config.h"
 #include "front.h"
 #include "http.h"
@@ -295,7 +296,7 @@ int main(int argc, char **argv)
 	cfg = config_load(file, &errs);
 	if (cfg != NULL && listen != NULL) {
 		free(cfg->listen_host);
-		if (config_parse_listen(listen, &cfg->listen_host, &cfg->listen_port, &cause) != 0) {
+		if (confcheck_listen(listen, &cfg->listen_host, &cfg->listen_port, &cause) != 0) {
 			fprintf(stderr, "%s: -l %s: %s\n", file, listen, cause);
 			free(cause);
 			config_free(cfg);
