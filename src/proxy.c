@@ -178,13 +178,16 @@ static const char *refusal_kind(const struct service *s, int status, const char 
 		{"the gateway is shutting down", "shutting_down"},
 		{"the service was removed from the config", "removed"},
 	};
+	const char *last;
 
 	if (status != 503)
 		return NULL;
 	for (size_t k = 0; k < sizeof known / sizeof *known; k++)
 		if (strcmp(reason, known[k].reason) == 0)
 			return known[k].kind;
-	return strcmp(reason, service_last_error(s)) == 0 ? "start_failed" : "stopped";
+	/* last_error may hold a truncated copy of a long reason */
+	last = service_last_error(s);
+	return last[0] && strncmp(reason, last, strlen(last)) == 0 ? "start_failed" : "stopped";
 }
 
 /* Answer the client with an error of our own (if nothing was sent yet). */

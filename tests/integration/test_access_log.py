@@ -124,3 +124,20 @@ def test_access_log_reopened_on_sigusr1_after_rename(gateway, tmp_path):
     assert not any("/info?after" in ln for ln in lines_of(rotated))
     assert "access_log" in g.log() and "reopen" in g.log(), g.log()
     assert g.get("/api/health").status == 200
+
+
+def test_access_log_follows_a_reload(gateway, tmp_path):
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    g = gateway([demo_service()], access_log=str(first))
+    assert g.get("/info?one").status == 200
+    cfg = json.loads(g.config_path.read_text())
+    cfg["access_log"] = str(second)
+    g.config_path.write_text(json.dumps(cfg))
+    g.proc.send_signal(signal.SIGHUP)
+
+    def moved():
+        g.get("/info?two")
+        return any("/info?two" in ln for ln in lines_of(second))
+    assert wait_until(moved, 5 * SLACK), g.log()
+    assert any("/info?one" in ln for ln in lines_of(first))
+    assert not any("/info?one" in ln for ln in lines_of(second))
