@@ -3,6 +3,7 @@
 #include "access.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,12 +13,14 @@
 #include "http.h"
 #include "router.h"
 #include "service.h"
+#include "sha256.h"
 #include "util.h"
 
 /* api keys by hash; compared in constant time once found. */
 struct keyslot {
 	uint64_t hash;
 	const struct api_key *key;
+	char id[20];   /* "sha256:" and 12 hex digits of the key's digest */
 };
 
 static const struct config *acfg;
@@ -35,6 +38,8 @@ static uint64_t fnv1a(const char *p, size_t n)
 
 void access_configure(const struct config *cfg)
 {
+	uint8_t d[32];
+
 	acfg = cfg;
 	free(keys);
 	nkeyslots = cfg->n_api_keys * 2 + 1;
@@ -45,8 +50,24 @@ void access_configure(const struct config *cfg)
 		size_t at = h % nkeyslots;
 		while (keys[at].key)
 			at = (at + 1) % nkeyslots;
-		keys[at] = (struct keyslot){h, ak};
+		keys[at] = (struct keyslot){h, ak, ""};
+		sha256(ak->key, strlen(ak->key), d);
+		snprintf(keys[at].id, sizeof keys[at].id, "sha256:%02x%02x%02x%02x%02x%02x", d[0], d[1],
+			 d[2], d[3], d[4], d[5]);
 	}
+}
+
+const char *access_key_id(const struct api_key *k)
+{
+	uint64_t h;
+
+	if (k->name)
+		return k->name;
+	h = fnv1a(k->key, strlen(k->key));
+	for (size_t at = h % nkeyslots, probes = 0; probes < nkeyslots; at = (at + 1) % nkeyslots, probes++)
+		if (keys[at].key == k)
+			return keys[at].id;
+	return "-";
 }
 
 void access_free(void)

@@ -54,6 +54,18 @@ bool auth_same_site(struct hconn *c, const struct http_msg *m)
 	return false;
 }
 
+const char *auth_key_id(const struct http_msg *m)
+{
+	size_t len = 0;
+	const char *t;
+	const struct api_key *k;
+
+	if (acfg->n_api_keys == 0 || (t = access_bearer(m, &len)) == NULL)
+		return "";
+	k = access_key_find(t, len);
+	return k ? access_key_id(k) : "";
+}
+
 bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s, bool openai)
 {
 	size_t len = 0;

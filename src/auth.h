@@ -32,6 +32,9 @@ bool auth_admin(struct hconn *c, const struct http_msg *m);
  * is never an api key. S may be NULL (any service will do). OPENAI: answer
  * in OpenAI's error shape. */
 bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s, bool openai);
+/* The id of M's api key for logs and usage (its name or a digest prefix,
+ * never the key), "" when there is none or it is not one of ours. */
+const char *auth_key_id(const struct http_msg *m);
 /* State-changing endpoints refuse cross-site requests (403). */
 bool auth_same_site(struct hconn *c, const struct http_msg *m);
 

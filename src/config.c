@@ -5,11 +5,9 @@
  * follow from it. All errors are reported in one pass with their JSON path. */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +17,7 @@
 #include <jansson.h>
 
 #include "launcher.h"
+#include "confcheck.h"
 #include "log.h"
 #include "util.h"
 
@@ -108,6 +107,8 @@ static const struct field cfg_fields[] = {
 	{"max_held_body", F_LLONG, CFG(max_held_body), false, 8LL << 20, NULL, 0, 1LL << 40},
 	{"allowed_hosts", F_STRLIST, CFG(allowed_hosts), false, 0, NULL, 0, 0},
 	{"trusted_proxies", F_STRLIST, CFG(trusted_proxies), false, 0, NULL, 0, 0},
+	{"access_log", F_STR, CFG(access_log), false, 0, NULL, 0, 0},
+	{"log_repeat_interval", F_INT, CFG(log_repeat_interval), false, 10, NULL, 0, 3600},
 	{NULL, 0, 0, false, 0, NULL, 0, 0},
 };
 
@@ -167,14 +168,17 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 	case F_LLONG:
 	case F_PORT: {
 		long long x;
+		char got[96];
 		if (!json_is_integer(v) || (x = json_integer_value(v)) < f->min || x > f->max) {
+			confcheck_json_desc(v, got, sizeof got);
 			if (f->type == F_PORT)
-				err_add(e, "%s.%s: must be a port number (1-65535)", path, f->key);
+				err_add(e, "%s.%s: must be a port number, an integer 1-65535, got %s", path,
+					f->key, got);
 			else if (f->min == 1 && f->max >= BIG)
-				err_add(e, "%s.%s: must be a positive integer", path, f->key);
+				err_add(e, "%s.%s: must be a positive integer, got %s", path, f->key, got);
 			else
-				err_add(e, "%s.%s: must be an integer from %lld to %lld", path, f->key,
-					f->min, f->max);
+				err_add(e, "%s.%s: must be an integer from %lld to %lld, got %s", path, f->key,
+					f->min, f->max, got);
 			return;
 		}
 		if (f->type == F_LLONG)
@@ -231,6 +235,30 @@ static void field_set(const struct field *f, void *base, json_t *v, const char *
 	}
 }
 
+/* The known key (of TAB or EXTRA) closest to KEY, if it is close enough to be
+ * a misspelling of it: at most 2 edits, and at most a third of its length. */
+static const char *closest_key(const struct field *tab, const char *const *extra, const char *key)
+{
+	const char *best = NULL;
+	size_t bestd = 3, len = strlen(key);
+
+	for (; tab->key; tab++) {
+		size_t d = confcheck_edit_distance(key, tab->key);
+		if (d < bestd && d * 3 <= len) {
+			bestd = d;
+			best = tab->key;
+		}
+	}
+	for (; extra && *extra; extra++) {
+		size_t d = confcheck_edit_distance(key, *extra);
+		if (d < bestd && d * 3 <= len) {
+			bestd = d;
+			best = *extra;
+		}
+	}
+	return best;
+}
+
 /* Fill BASE from OBJ following TAB: unknown keys, missing keys, defaults. */
 static void fields_load(const struct field *tab, void *base, json_t *obj, const char *path,
 			const char *const *extra_keys, struct errs *e)
@@ -245,8 +273,14 @@ static void fields_load(const struct field *tab, void *base, json_t *obj, const 
 			extra |= strcmp(*k, key) == 0;
 		if (f != NULL)
 			field_set(f, base, v, path, e);
-		else if (!extra)
-			err_add(e, "%s.%s: unknown key", path, log_escape(key, strlen(key)));
+		else if (!extra) {
+			const char *hint = closest_key(tab, extra_keys, key);
+			if (hint)
+				err_add(e, "%s.%s: unknown key (did you mean \"%s\"?)", path,
+					log_escape(key, strlen(key)), hint);
+			else
+				err_add(e, "%s.%s: unknown key", path, log_escape(key, strlen(key)));
+		}
 	}
 	for (const struct field *f = tab; f->key; f++) {
 		char *dst = (char *)base + f->off;
@@ -285,31 +319,13 @@ static bool route_char_ok(char c)
 	       c == '_' || c == '-' || c == '.' || c == '~';
 }
 
-/* Turn a host name into a numeric address once, at load time, so that no DNS
- * look-up ever happens on the request path. */
-static char *numeric_host(const char *host)
-{
-	struct addrinfo hints = {0}, *res = NULL;
-	char buf[INET6_ADDRSTRLEN];
-
-	if (strcmp(host, "localhost") == 0)
-		return xstrdup("127.0.0.1");
-	hints.ai_flags = AI_ADDRCONFIG;
-	hints.ai_socktype = SOCK_STREAM;
-	if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
-		return NULL;
-	if (res->ai_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, buf, sizeof buf);
-	else
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, buf, sizeof buf);
-	freeaddrinfo(res);
-	return xstrdup(buf);
-}
-
 /* Cross-field checks and normalisation of one service. */
-static void service_check(struct svc_config *s, const char *path, const char *cfgdir,
-			  struct errs *e)
+static void service_check(struct svc_config *s, json_t *o, const char *path, const char *cfgdir,
+			  struct errs *e, struct errs *problems)
 {
+	struct stat st;
+	char *cause = NULL;
+
 	if (s->name && s->name[0] == '\0')
 		err_add(e, "%s.name: must not be empty", path);
 	if (s->route_name) {
@@ -327,7 +343,8 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 	}
 	if (s->min_instances > s->max_instances)
 		err_add(e, "%s.min_instances: must not exceed max_instances (%d)", path, s->max_instances);
-	if (s->remote_port == 0 && s->local_port == 0)
+	if (s->remote_port == 0 && s->local_port == 0 && json_object_get(o, "remote_port") == NULL &&
+	    json_object_get(o, "local_port") == NULL)
 		err_add(e, "%s.remote_port: required (or local_port)", path);
 	if (s->remote_port == 0)
 		s->remote_port = s->local_port;
@@ -343,7 +360,7 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 			err_add(e, "%s.api_paths: \"%s\" must start with '/'", path,
 				log_escape(*p, strlen(*p)));
 	if (s->local_host) {
-		char *n = numeric_host(s->local_host);
+		char *n = confcheck_numeric_host(s->local_host);
 		if (n == NULL)
 			err_add(e, "%s.local_host: cannot resolve \"%s\"", path,
 				log_escape(s->local_host, strlen(s->local_host)));
@@ -360,6 +377,14 @@ static void service_check(struct svc_config *s, const char *path, const char *cf
 		}
 		if (access(s->bash_file, X_OK) != 0)
 			err_add(e, "%s.bash_file: %s: %s", path, s->bash_file, strerror(errno));
+		else if (stat(s->bash_file, &st) == 0 && S_ISDIR(st.st_mode))
+			err_add(e, "%s.bash_file: %s: is a directory", path, s->bash_file);
+	}
+	/* ssh runs with IdentitiesOnly=yes: without its key every start fails */
+	if (s->launcher != NULL && s->launcher->uses_ssh_key && s->ssh_key_file &&
+	    confcheck_key_file(s->ssh_key_file, &cause) != 0) {
+		err_add(problems, "%s.ssh_key_file: %s", path, cause);
+		free(cause);
 	}
 }
 
@@ -455,7 +480,21 @@ static void check_secrecy(const char *path, const char *what)
 			 (unsigned)(st.st_mode & 0777));
 }
 
-/* api_keys: [{"key": "...", "services": ["name", ...]}, ...] from V (PATH names it). */
+/* An api key's name goes into access log lines as it is: a plain word. */
+static bool key_name_ok(json_t *v)
+{
+	const char *s = json_string_value(v);
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > 64)
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!route_char_ok(*p) && *p != '@')
+			return false;
+	return *s != '-';
+}
+
+/* api_keys: [{"key": "...", "services": ["name", ...], "name": "..."}, ...] from V (PATH names it). */
 static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct errs *e)
 {
 	size_t i;
@@ -467,6 +506,7 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 	}
 	json_array_foreach(v, i, o) {
 		json_t *k = json_object_get(o, "key"), *sv = json_object_get(o, "services");
+		json_t *nm = json_object_get(o, "name");
 		const char *name;
 		json_t *val;
 		struct api_key *ak;
@@ -476,8 +516,14 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 			continue;
 		}
 		json_object_foreach(o, name, val)
-			if (strcmp(name, "key") != 0 && strcmp(name, "services") != 0)
+			if (strcmp(name, "key") != 0 && strcmp(name, "services") != 0 &&
+			    strcmp(name, "name") != 0)
 				err_add(e, "%s[%zu].%s: unknown key", path, i, log_escape(name, strlen(name)));
+		if (nm != NULL && !key_name_ok(nm)) {
+			err_add(e, "%s[%zu].name: must be letters, digits, '_', '-', '.' or '@' (1-64)",
+				path, i);
+			nm = NULL;
+		}
 		if (!json_is_string(k) || json_string_length(k) < 8) {
 			err_add(e, "%s[%zu].key: must be a string of at least 8 characters", path, i);
 			continue;
@@ -489,6 +535,7 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 		cfg->api_keys = xrealloc(cfg->api_keys, (cfg->n_api_keys + 1) * sizeof *cfg->api_keys);
 		ak = &cfg->api_keys[cfg->n_api_keys++];
 		ak->key = xstrdup(json_string_value(k));
+		ak->name = nm ? xstrdup(json_string_value(nm)) : NULL;
 		ak->services = NULL;
 		if (sv != NULL) {
 			size_t n = json_array_size(sv);
@@ -544,6 +591,10 @@ static void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 		check_secrecy(cfg->api_keys_file, "api_keys_file");
 	}
 	for (size_t k = 0; k < cfg->n_api_keys; k++) {
+		for (size_t q = 0; q < k && cfg->api_keys[k].name; q++)
+			if (cfg->api_keys[q].name && strcmp(cfg->api_keys[q].name, cfg->api_keys[k].name) == 0)
+				err_add(e, "api_keys[%zu].name: \"%s\" also names api_keys[%zu]", k,
+					cfg->api_keys[k].name, q);
 		if (cfg->admin_token && strcmp(cfg->api_keys[k].key, cfg->admin_token) == 0)
 			err_add(e, "api_keys[%zu].key: must differ from the admin token", k);
 		for (char **sv = cfg->api_keys[k].services; sv && *sv; sv++) {
@@ -572,14 +623,17 @@ void config_free(struct config *cfg)
 	free(cfg->ssh_host_key_checking);
 	free(cfg->admin_token_file);
 	free(cfg->api_keys_file);
+	free(cfg->access_log);
 	free_list(cfg->allowed_hosts);
 	free_list(cfg->trusted_proxies);
 	free(cfg->proxies);
 	for (size_t k = 0; k < cfg->n_api_keys; k++) {
 		free(cfg->api_keys[k].key);
+		free(cfg->api_keys[k].name);
 		free_list(cfg->api_keys[k].services);
 	}
 	free(cfg->api_keys);
+	config_free_errors(cfg->svc_problems);
 	free(cfg);
 }
 
@@ -597,7 +651,8 @@ struct config *config_load(const char *file, char ***errs_out)
 	json_error_t jerr;
 	json_t *root, *svcs, *listen;
 	struct config *cfg;
-	char *dircopy, *cfgdir;
+	char *dircopy, *cfgdir, *cause = NULL;
+	struct errs problems = {0};
 
 	root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
 	if (root == NULL) {
@@ -619,14 +674,24 @@ struct config *config_load(const char *file, char ***errs_out)
 	fields_load(cfg_fields, cfg, root, "$", top_extra, &e);
 	if (cfg->admin_token && cfg->admin_token[0] == '\0')
 		err_add(&e, "$.admin_token: must not be empty (leave it out to disable)");
+	if (cfg->access_log && cfg->access_log[0] == '\0')
+		err_add(&e, "$.access_log: must be a file or \"-\" (leave it out to disable)");
+	else if (cfg->access_log && strcmp(cfg->access_log, "-") != 0 &&
+		 confcheck_log_file(cfg->access_log, &cause) != 0) {
+		err_add(&e, "$.access_log: %s", cause);
+		free(cause);
+	}
 
 	listen = json_object_get(root, "listen");
 	if (listen == NULL) {
 		cfg->listen_host = xstrdup("127.0.0.1");
 		cfg->listen_port = 8090;
-	} else if (!json_is_string(listen) ||
-		   parse_hostport(json_string_value(listen), &cfg->listen_host, &cfg->listen_port) != 0) {
+	} else if (!json_is_string(listen)) {
 		err_add(&e, "$.listen: must be \"HOST:PORT\"");
+	} else if (confcheck_listen(json_string_value(listen), &cfg->listen_host,
+				    &cfg->listen_port, &cause) != 0) {
+		err_add(&e, "$.listen: %s", cause);
+		free(cause);
 	}
 
 	global_check(cfg, &e);
@@ -650,7 +715,7 @@ struct config *config_load(const char *file, char ***errs_out)
 			continue;
 		}
 		fields_load(svc_fields, &cfg->services[i], o, path, NULL, &e);
-		service_check(&cfg->services[i], path, cfgdir, &e);
+		service_check(&cfg->services[i], o, path, cfgdir, &e, &problems);
 	}
 	/* Names, routes and local ports must be unique across services. */
 	for (size_t i = 0; i < cfg->n_services; i++) {
@@ -697,6 +762,14 @@ struct config *config_load(const char *file, char ***errs_out)
 out:
 	free(dircopy);
 	json_decref(root);
+	if (e.n > 0) {
+		/* with the errors, so that -t lists everything at once */
+		for (size_t k = 0; k < problems.n; k++)
+			err_add(&e, "%s", problems.v[k]);
+		config_free_errors(problems.v);
+	} else {
+		cfg->svc_problems = problems.v;
+	}
 	if (e.n > 0) {
 		config_free(cfg);
 		*errs_out = e.v;

@@ -14,6 +14,7 @@ struct launcher_ops;
 /* A key for api_keys: which services it may use (NULL: all). */
 struct api_key {
 	char *key;
+	char *name;               /* the access log's key id (NULL: a hash prefix) */
 	char **services;          /* NULL-terminated names, or NULL */
 };
 
@@ -77,6 +78,9 @@ struct config {
 	struct api_key *api_keys; /* inline and from api_keys_file */
 	size_t n_api_keys;
 	bool log_json;            /* one JSON object per log line */
+	char *access_log;         /* a file, "-" for stderr, or NULL: none */
+	int log_repeat_interval;  /* seconds: identical errors are logged once per service and
+	                           * interval, with a count (0: each one) */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
 	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
 	long long max_held_body;  /* bytes of request bodies held in RAM, all waiting requests
@@ -87,6 +91,9 @@ struct config {
 	size_t n_proxies;
 	struct svc_config *services;
 	size_t n_services;
+	char **svc_problems;      /* NULL-terminated: what makes a service's every start fail
+	                           * (a missing ssh_key_file); -t fails on them, the gateway
+	                           * logs them and serves the other services */
 };
 
 /* Load and validate FILE. On error returns NULL and appends one line per

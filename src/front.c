@@ -35,6 +35,7 @@
 #include <jansson.h>
 
 #include "access.h"
+#include "accesslog.h"
 #include "admin.h"
 #include "auth.h"
 #include "config.h"
@@ -56,6 +57,7 @@ struct session {
 	const struct http_msg *v1msg;
 	bool v1feedback;
 	struct route_target rt;    /* the current request's resolved target */
+	struct accesslog_note note; /* the current request, for the access log */
 };
 
 /* Model names (service names and aliases), sorted, for /v1 routing. */
@@ -232,6 +234,8 @@ static void v1_route(struct session *ss)
 		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
 		goto out;
 	}
+	ss->note.service = service_config(s)->name;
+	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
 	if (!auth_key(c, m, s, true))
 		goto out;
 	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
@@ -242,6 +246,7 @@ static void v1_route(struct session *ss)
 	opt.hold = service_config(s)->hold;
 	opt.feedback = ss->v1feedback || stream;
 	fwd_opts(c, s, &opt);
+	opt.note = &ss->note;
 	target = upstream_target(ss->rt.path, ss->rt.plen, &ss->rt);
 	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
 	free(target);
@@ -272,6 +277,8 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	const struct http_hdr *wh, *acc;
 	struct proxy_opts opt = {0};
 
+	ss->note.service = cfg->name;
+	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
 	if (!auth_key(c, m, s, false))
 		return;
 	if (restlen == 0) {
@@ -294,6 +301,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
 	opt.feedback = wants_sse(m);
 	fwd_opts(c, s, &opt);
+	opt.note = &ss->note;
 	target = upstream_target(rest, restlen, &ss->rt);
 	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
 	free(target);
@@ -309,6 +317,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
 
 	router_target_free(&ss->rt);
+	accesslog_note_reset(&ss->note);
 	if (!host_ok(c, m))
 		return;
 	if (m->method == HTTP_CONNECT) {
@@ -405,7 +414,13 @@ static void s_closed(struct hconn *c, const char *why)
 	free(ss);
 }
 
+static void s_finished(struct hconn *c, const struct http_msg *m, const struct http_xfer *x)
+{
+	accesslog_write(c, m, x, &((struct session *)http_owner(c))->note);
+}
+
 static const struct hconn_ops session_ops = {
+	.finished = s_finished,
 	.head = s_head,
 	.body = s_body,
 	.done = s_done,

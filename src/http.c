@@ -72,6 +72,8 @@ struct hconn {
 	struct evbuffer *wbuf;
 	bool dirty, in_grave, budget_wait;
 	size_t owned;                     /* the owner's bytes for this request (http_set_owned) */
+	struct http_xfer xf;              /* the current exchange, for finished() */
+	bool xf_open;
 	TAILQ_ENTRY(hconn) dirty_link;
 	TAILQ_ENTRY(hconn) budget_link;   /* paused by the memory budget */
 	char peer_addr[48];
@@ -331,12 +333,25 @@ size_t http_count(bool server_side)
 }
 
 /* The end of a connection: tell the owner once, then free it soon. */
+/* The current exchange is over: tell the owner (the access log) once. */
+static void xfer_end(struct hconn *c, const struct hconn_ops *ops, bool complete)
+{
+	if (!c->xf_open)
+		return;
+	c->xf_open = false;
+	c->xf.t_end = now_s();
+	c->xf.complete = complete;
+	if (ops && ops->finished)
+		ops->finished(c, hparse_msg(&c->hp), &c->xf);
+}
+
 void http_close(struct hconn *c, const char *why)
 {
 	const struct hconn_ops *ops = c->ops;
 
 	if (c->dead)
 		return;
+	xfer_end(c, ops, false);
 	c->dead = true;
 	c->ops = NULL;
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
@@ -406,6 +421,7 @@ static void hp_begin(void *arg)
 	if (c->server) {
 		/* limits are shared and may change on reload: take them per message */
 		hparse_limits(&c->hp, (size_t)c->lim->max_header, c->lim->max_body);
+		c->xf = (struct http_xfer){.t_start = now_s()};
 		c->phase = PH_HEAD;
 		timer_set(c, c->lim->header_timeout);
 	}
@@ -418,6 +434,7 @@ static int hp_head(void *arg, struct http_msg *m)
 	if (c->server) {
 		c->head_req = m->method == HTTP_HEAD;
 		c->upgrade_req = m->upgrade;
+		c->xf_open = true;
 		c->phase = (m->chunked || m->content_length > 0) ? PH_BODY : PH_WAIT;
 		timer_set(c, c->phase == PH_BODY ? c->lim->body_timeout : 0);
 		if (c->ops && c->ops->head)
@@ -861,6 +878,7 @@ bool http_response_retract(struct hconn *c)
 	c->wbuf = keep;
 	c->resp_started = false;
 	c->out_chunked = c->out_nobody = false;
+	c->xf.bytes = 0;
 	return true;
 }
 
@@ -884,6 +902,8 @@ void http_respond(struct hconn *c, int status, const char *extra, long long clen
 		return;
 	c->resp_started = true;
 	c->resp_mark = evbuffer_get_length(c->wbuf);
+	c->xf.status = status;
+	c->xf.t_head = now_s();
 	/* Responding before the request body is read, to an upgrade that did not
 	 * happen, or to a client that asked for it: this connection ends here. */
 	if (!m->keep_alive || (!c->msg_complete && c->phase == PH_BODY) ||
@@ -921,6 +941,7 @@ void http_send(struct hconn *c, const void *p, size_t n)
 {
 	if (c->dead || n == 0 || c->out_nobody)
 		return;
+	c->xf.bytes += n;
 	if (c->out_chunked) {
 		out_printf(c, "%zx\r\n", n);
 		out_add(c, p, n);
@@ -940,6 +961,9 @@ void http_finish(struct hconn *c)
 	if (!c->server)
 		return;
 	c->resp_done = true;
+	xfer_end(c, c->ops, true);
+	if (c->dead)
+		return;
 	if (c->close_after) {
 		c->closing = true;
 		mark_dirty(c);

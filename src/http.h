@@ -29,6 +29,14 @@ struct event_base;
 struct evbuffer;
 struct hconn;
 
+/* One exchange on a server-side connection, as the access log sees it. */
+struct http_xfer {
+	int status;                 /* 0: no response was started */
+	unsigned long long bytes;   /* body bytes sent */
+	double t_start, t_head, t_end;   /* monotonic s: request begun, response head, end */
+	bool complete;              /* the response was finished (else the connection ended) */
+};
+
 struct hconn_ops {
 	void (*head)(struct hconn *c, struct http_msg *m);
 	void (*body)(struct hconn *c, const char *p, size_t n);
@@ -36,6 +44,9 @@ struct hconn_ops {
 	void (*closed)(struct hconn *c, const char *why);
 	void (*drained)(struct hconn *c);               /* output fell to the low mark (if asked) */
 	void (*connected)(struct hconn *c);             /* client side */
+	/* server side: the response to request M is complete, or the connection
+	 * ended first (before closed()); once per request head */
+	void (*finished)(struct hconn *c, const struct http_msg *m, const struct http_xfer *x);
 };
 
 /* Limits and timeouts of server-side connections (seconds, bytes). */

@@ -53,6 +53,9 @@ struct launcher_ops {
 	/* bash_file runs on this host: the config resolves it against the
 	 * config's folder and checks that it is executable. */
 	bool script_on_host;
+	/* It logs in with ssh_key_file (ssh runs with IdentitiesOnly=yes, so
+	 * without the key every start fails): the config checks the key. */
+	bool uses_ssh_key;
 	/* At start-up and after each reload, with the config in force (optional). */
 	void (*init)(struct event_base *base, const struct config *cfg);
 	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it

@@ -644,6 +644,7 @@ static void slurm_init(struct event_base *base, const struct config *cfg)
 const struct launcher_ops launcher_slurm = {
 	.name = "slurm",
 	.extra_ports = 1,   /* the instance a walltime handover starts */
+	.uses_ssh_key = true,
 	.init = slurm_init,
 	.start = slurm_start,
 	.stop = slurm_stop,

@@ -14,6 +14,8 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "accesslog.h"
+#include "confcheck.h"
 #include "config.h"
 #include "front.h"
 #include "http.h"
@@ -21,6 +23,7 @@
 #include "proc.h"
 #include "proxy.h"
 #include "ptree.h"
+#include "refusal.h"
 #include "runner.h"
 #include "service.h"
 #include "util.h"
@@ -28,13 +31,14 @@
 
 static struct event_base *base;
 static struct config *cfg;
-static struct event *sig_term, *sig_int, *sig_hup, *grace_ev, *deadline_ev;
+static struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *grace_ev, *deadline_ev;
 static bool shutting_down, stopping_services;
 static enum log_level log_level = LOG_LVL_INFO;
 static bool log_json_flag;   /* --log-json */
 static double shutdown_began;
 
 static int mkdir_p(const char *path);
+static void log_svc_problems(const struct config *c);
 
 static void usage(FILE *f)
 {
@@ -123,7 +127,7 @@ static size_t n_old_cfgs;
 /* SIGHUP: validate the file fully, then swap it in; a bad file changes nothing. */
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
-	char **errs = NULL;
+	char **errs = NULL, *cause = NULL;
 	struct config *next;
 
 	(void)sig, (void)what, (void)arg;
@@ -151,6 +155,13 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 		free(next->state_dir);
 		next->state_dir = xstrdup(cfg->state_dir);
 	}
+	log_svc_problems(next);
+	if (accesslog_configure(next->access_log, log_json_flag || next->log_json, &cause) != 0) {
+		log_error("reload: %s; keeping the access log as it was", cause);
+		free(cause);
+		free(next->access_log);
+		next->access_log = cfg->access_log ? xstrdup(cfg->access_log) : NULL;
+	}
 	old_cfgs = xrealloc(old_cfgs, (n_old_cfgs + 1) * sizeof *old_cfgs);
 	old_cfgs[n_old_cfgs++] = cfg;
 	cfg = next;
@@ -158,6 +169,13 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	services_reload(cfg);
 	front_reconfigure(cfg);
 	log_init(log_level, log_json_flag || cfg->log_json);
+}
+
+/* SIGUSR1: logrotate moved the access log; open it again by its name. */
+static void usr1_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig, (void)what, (void)arg;
+	accesslog_reopen();
 }
 
 /* mkdir -p, private: it holds known_hosts and ssh control sockets. */
@@ -218,6 +236,14 @@ static int lock_state_dir(const char *dir)
 	return fd;
 }
 
+/* What makes a service's every start fail: -t fails on it; a running
+ * gateway says so and serves the other services. */
+static void log_svc_problems(const struct config *c)
+{
+	for (char **e = c->svc_problems; e && *e; e++)
+		log_error("%s: %s (every start of this service will fail)", c->path, *e);
+}
+
 static void print_errors(const char *file, char **errs)
 {
 	for (char **e = errs; e && *e; e++)
@@ -270,9 +296,9 @@ int main(int argc, char **argv)
 	cfg = config_load(file, &errs);
 	if (cfg != NULL && listen != NULL) {
 		free(cfg->listen_host);
-		cfg->listen_host = NULL;
-		if (parse_hostport(listen, &cfg->listen_host, &cfg->listen_port) != 0) {
-			fprintf(stderr, "%s: -l %s: must be HOST:PORT\n", file, listen);
+		if (confcheck_listen(listen, &cfg->listen_host, &cfg->listen_port, &cause) != 0) {
+			fprintf(stderr, "%s: -l %s: %s\n", file, listen, cause);
+			free(cause);
 			config_free(cfg);
 			return 1;
 		}
@@ -288,6 +314,13 @@ int main(int argc, char **argv)
 	}
 	if (cfg->log_json)
 		log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, true);
+	if (test && cfg->svc_problems) {
+		/* the gateway would run, but these services could never start */
+		print_errors(file, cfg->svc_problems);
+		config_free(cfg);
+		return 1;
+	}
+	log_svc_problems(cfg);
 	if (test) {
 		printf("%s: ok (%zu services)\n", file, cfg->n_services);
 		config_free(cfg);
@@ -322,12 +355,21 @@ int main(int argc, char **argv)
 	event_config_free(ec);
 	if (base == NULL)
 		fatal("event_base_new failed");
+	if (accesslog_configure(cfg->access_log, json || cfg->log_json, &cause) != 0) {
+		log_error("%s", cause);
+		free(cause);
+		ptree_shutdown();
+		config_free(cfg);
+		event_base_free(base);
+		return 1;
+	}
 	http_init(base);
 	proc_init(base);
 	runners_init(base, cfg);
 	services_init(base, cfg);
 	if (front_start(base, cfg) != 0) {
 		services_free();
+		accesslog_free();
 		ptree_shutdown();
 		config_free(cfg);
 		event_base_free(base);
@@ -336,6 +378,8 @@ int main(int argc, char **argv)
 	sig_term = evsignal_new(base, SIGTERM, term_cb, NULL);
 	sig_int = evsignal_new(base, SIGINT, term_cb, NULL);
 	sig_hup = evsignal_new(base, SIGHUP, hup_cb, NULL);
+	sig_usr1 = evsignal_new(base, SIGUSR1, usr1_cb, NULL);
+	event_add(sig_usr1, NULL);
 	event_add(sig_term, NULL);
 	event_add(sig_int, NULL);
 	event_add(sig_hup, NULL);
@@ -348,17 +392,21 @@ int main(int argc, char **argv)
 	event_free(sig_term);
 	event_free(sig_int);
 	event_free(sig_hup);
+	event_free(sig_usr1);
 	/* freeing the signal events restored the default actions: a second
 	 * SIGTERM (or a HUP) in the last moments of the exit must not kill us
 	 * with a signal status instead of the exit code */
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
+	signal(SIGUSR1, SIG_IGN);
 	if (grace_ev)
 		event_free(grace_ev);
 	if (deadline_ev)
 		event_free(deadline_ev);
 	services_free();
+	refusal_free();
+	accesslog_free();
 	ptree_shutdown();   /* the keeper kills what is left: nothing, unless the deadline passed */
 	close(lock_fd);
 	config_free(cfg);

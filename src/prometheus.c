@@ -12,6 +12,7 @@
 #include "launcher.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "refusal.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -33,7 +34,7 @@ static void histo_write(struct evbuffer *b, const char *name, const char *labels
 }
 
 /* Escape a label value (\\, \", \n) into out. */
-static void metrics_label(char *out, size_t len, const char *value)
+void metrics_label(char *out, size_t len, const char *value)
 {
 	size_t o = 0;
 
@@ -95,6 +96,7 @@ void prometheus_metrics(struct hconn *c)
 				evbuffer_add_printf(b, "slurmgate_requests_total{service=\"%s\",code=\"%d\"} %llu\n",
 						    nm, code, (unsigned long long)m->by_status[code]);
 	}
+	refusal_metrics(b);
 	family(b, "slurmgate_requests_in_flight", "gauge", "Requests being answered by an instance.");
 	EACH evbuffer_add_printf(b, "slurmgate_requests_in_flight{service=\"%s\"} %d\n", LBL,
 				 service_inflight(SVC));

@@ -11,10 +11,12 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "accesslog.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "refusal.h"
 #include "router.h"
 #include "service.h"
 #include "util.h"
@@ -46,6 +48,7 @@ struct exchange {
 	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
 	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
+	struct accesslog_note *note; /* the client session's; only while down is set */
 };
 
 static const struct config *pcfg;
@@ -74,6 +77,7 @@ void proxy_init(struct event_base *base, const struct config *cfg)
 	pbase = base;
 	pcfg = cfg;
 	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
+	refusal_configure(base, cfg->log_repeat_interval);
 }
 
 size_t proxy_held_bytes(void)
@@ -164,6 +168,28 @@ static void feedback_start(struct exchange *ex)
 	event_add(ex->fb_ev, &(struct timeval){pcfg->feedback_interval, 0});
 }
 
+/* The class of a 503 the gateway answers itself, for /metrics (NULL: not a
+ * refusal, such as a 502 from a broken connection). */
+static const char *refusal_kind(const struct service *s, int status, const char *reason)
+{
+	static const struct { const char *reason, *kind; } known[] = {
+		{"the service is starting; retry later", "starting"},
+		{"service management is disabled", "management_disabled"},
+		{"the gateway is shutting down", "shutting_down"},
+		{"the service was removed from the config", "removed"},
+	};
+	const char *last;
+
+	if (status != 503)
+		return NULL;
+	for (size_t k = 0; k < sizeof known / sizeof *known; k++)
+		if (strcmp(reason, known[k].reason) == 0)
+			return known[k].kind;
+	/* last_error may hold a truncated copy of a long reason */
+	last = service_last_error(s);
+	return last[0] && strncmp(reason, last, strlen(last)) == 0 ? "start_failed" : "stopped";
+}
+
 /* Answer the client with an error of our own (if nothing was sent yet). */
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
 {
@@ -214,7 +240,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	}
 	if (status >= 100 && status < 600)
 		service_metrics(ex->svc)->by_status[status]++;
-	log_info("svc %s: %d %s", cfg->name, status, reason);
+	refusal_note(cfg->name, status, reason, refusal_kind(ex->svc, status, reason));
 	ex_end(ex, false);
 }
 
@@ -267,6 +293,10 @@ static void ex_go(struct exchange *ex, struct instance *i)
 		event_del(ex->fb_ev);
 	if (ex->early_head && ex->down)
 		sse_printf(ex->down, ": slurmgate: ready after %.1f s\n\n", ex->waited);
+	if (ex->note && ex->down) {
+		ex->note->instance = i->index;
+		ex->note->wait = ex->held ? ex->waited : -1;
+	}
 	ex->up = instance_pool_get(i);
 	if (ex->up != NULL) {
 		ex->reused = true;
@@ -396,6 +426,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->feedback = o->feedback;
 	ex->strip_auth = o->strip_auth;
 	ex->trust_fwd = o->trust_forwarded;
+	ex->note = o->note;
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {

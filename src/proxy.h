@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+struct accesslog_note;
 struct config;
 struct exchange;
 struct hconn;
@@ -28,6 +29,8 @@ struct proxy_opts {
 	bool trust_forwarded; /* the client is a trusted proxy: append to its
 	                       * X-Forwarded-For, pass its X-Forwarded-Proto/-Host;
 	                       * else all three are replaced */
+	struct accesslog_note *note; /* told the instance and the wait (while the
+	                              * client is connected), or NULL */
 };
 
 void proxy_init(struct event_base *base, const struct config *cfg);

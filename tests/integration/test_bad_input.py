@@ -349,3 +349,55 @@ def test_unknown_api_paths_get_404_json(gateway):
         assert r.status == 404, (path, r)
         assert "error" in r.json()
     assert g.svc()["starts"] == 0
+
+
+# issue 12, problem 4: -t passed what the start then refused or what breaks every start
+
+def test_check_and_start_agree_on_a_host_name_in_listen(tmp_path):
+    port = free_port()
+    p, out, path = check(tmp_path, {"Services": [demo_service()], "listen": f"localhost:{port}"})
+    assert p.returncode == 0, out
+    g = Gateway(tmp_path, [demo_service()], name="lh", listen=f"localhost:{port}")
+    try:
+        g.port = port
+        g.start()
+        assert g.get("/info").status == 200
+    finally:
+        g.close()
+
+
+def test_check_fails_on_listen_port_zero(tmp_path):
+    p, out, path = check(tmp_path, {"Services": [demo_service()], "listen": "127.0.0.1:0"})
+    assert p.returncode == 1, out
+    assert f"{path}: $.listen: port must be 1-65535, got 0" in out, out
+
+
+def test_check_fails_on_a_directory_as_bash_file(tmp_path):
+    p, out, path = check(tmp_path, {"Services": [demo_service(bash_file=str(tmp_path))]})
+    assert p.returncode == 1, out
+    assert "Services[0].bash_file" in out and "is a directory" in out, out
+
+
+def test_check_fails_on_a_missing_ssh_key_file(tmp_path):
+    svc = {"name": "s", "route_name": "s", "bash_file": "/remote/run.sh", "remote_port": 9999,
+           "remote_host": "login1", "ssh_key_file": str(tmp_path / "no_key")}
+    p, out, path = check(tmp_path, {"Services": [svc]})
+    assert p.returncode == 1, out
+    assert f"{path}: Services[0].ssh_key_file: {tmp_path / 'no_key'}: No such file" in out, out
+
+
+def test_check_says_the_type_of_a_wrong_port(tmp_path):
+    p, out, path = check(tmp_path, {"Services": [demo_service(remote_port="8083", local_port="8083")]})
+    assert p.returncode == 1, out
+    assert 'Services[0].remote_port: must be a port number, an integer 1-65535, got string "8083"' \
+        in out, out
+    assert "required" not in out, out
+
+
+def test_check_suggests_the_key_meant(tmp_path):
+    svc = demo_service()
+    svc["tiemout"] = svc.pop("timeout", 5)
+    p, out, path = check(tmp_path, {"Services": [svc], "max_body_sise": 5})
+    assert p.returncode == 1, out
+    assert 'Services[0].tiemout: unknown key (did you mean "timeout"?)' in out, out
+    assert '$.max_body_sise: unknown key (did you mean "max_body_size"?)' in out, out

@@ -100,12 +100,22 @@ def test_installed_binary_runs(root):
     assert r.stdout.strip() == f"slurmgate {version()}"
 
 
-def test_installed_example_config_passes_check(root):
+def test_installed_example_config_passes_check(root, tmp_path):
+    # the example's ssh key is the admin's to create: -t names it until then
     cfg = root / "etc/slurmgate/slurmgate.json"
     r = subprocess.run([str(root / "usr/sbin/slurmgate"), "-t", "-c", str(cfg)],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=10)
+    assert r.returncode == 1, r.stdout
+    assert all("ssh_key_file: /etc/slurmgate/ssh/id_ed25519" in ln
+               for ln in r.stdout.splitlines()), r.stdout
+    key = tmp_path / "id_ed25519"
+    key.write_text("key\n")
+    mine = tmp_path / "slurmgate.json"
+    mine.write_text(cfg.read_text().replace("/etc/slurmgate/ssh/id_ed25519", str(key)))
+    r = subprocess.run([str(root / "usr/sbin/slurmgate"), "-t", "-c", str(mine)],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=10)
     assert r.returncode == 0, r.stdout
-    assert r.stdout.strip() == f"{cfg}: ok (3 services)"
+    assert r.stdout.strip() == f"{mine}: ok (3 services)"
 
 
 def test_unit_points_at_the_installed_binary(root):

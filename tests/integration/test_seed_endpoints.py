@@ -127,8 +127,22 @@ def test_kill_disable_service_management_stops_everything_and_disables(gateway):
 
 
 def test_seed_sample_config_passes_the_config_check(tmp_path):
+    # its ssh key is not on this machine: -t names that, and nothing else
+    seed = seed_config_dict()
     cfg = tmp_path / "services_config.json"
-    cfg.write_text(json.dumps(seed_config_dict(), indent=4))
+    cfg.write_text(json.dumps(seed, indent=4))
+    p = run_check(cfg)
+    assert p.returncode == 1, f"rc={p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    lines = p.stderr.splitlines()
+    assert len(lines) == len(seed["Services"]), p.stderr
+    assert all(".ssh_key_file: " in ln and "No such file" in ln for ln in lines), p.stderr
+    # with the key in place the seed's file passes as it is
+    key = tmp_path / "key"
+    key.write_text("not a real key\n")
+    key.chmod(0o600)
+    for s in seed["Services"]:
+        s["ssh_key_file"] = str(key)
+    cfg.write_text(json.dumps(seed, indent=4))
     p = run_check(cfg)
     assert p.returncode == 0, f"rc={p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}"
 

@@ -229,6 +229,136 @@ static void test_local_bash_file_must_be_executable(void **state)
 	config_free_errors(errs);
 }
 
+
+/* issue 12, problem 4: what -t passed and the start then refused */
+static void test_listen_host_name_is_resolved_like_the_start_does(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"listen\": \"localhost:8090\", \"Services\": []}", &errs);
+
+	(void)state;
+	assert_null(errs);
+	assert_non_null(c);
+	assert_string_equal(c->listen_host, "127.0.0.1");
+	assert_int_equal(c->listen_port, 8090);
+	config_free(c);
+	c = load_text("{\"listen\": \"no-such-host.invalid:8090\", \"Services\": []}", &errs);
+	assert_null(c);
+	assert_true(has_error(errs, "$.listen: cannot resolve \"no-such-host.invalid\""));
+	config_free_errors(errs);
+}
+
+static void test_listen_port_zero_is_rejected(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"listen\": \"127.0.0.1:0\", \"Services\": []}", &errs);
+
+	(void)state;
+	assert_null(c);
+	assert_true(has_error(errs, "$.listen: port must be 1-65535, got 0"));
+	config_free_errors(errs);
+}
+
+static void test_bash_file_directory_is_rejected(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"Services\": [{\"name\": \"a\", \"route_name\": \"a\","
+				     "\"launcher\": \"local\", \"bash_file\": \".\", \"remote_port\": 5}]}",
+				     &errs);
+
+	(void)state;
+	assert_null(c);
+	assert_true(has_error(errs, "Services[0].bash_file:"));
+	assert_true(has_error(errs, "is a directory"));
+	config_free_errors(errs);
+}
+
+static void test_missing_ssh_key_file_is_a_problem(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"Services\": [{\"name\": \"a\", \"route_name\": \"a\","
+				     "\"ssh_key_file\": \"/nonexistent/id_ed25519\", \"bash_file\": \"/x\","
+				     "\"remote_port\": 5}, {\"name\": \"b\", \"route_name\": \"b\","
+				     "\"ssh_key_file\": \"/tmp\", \"bash_file\": \"/x\", \"remote_port\": 7}]}",
+				     &errs);
+
+	(void)state;
+	/* the gateway still starts (the other services work); -t fails on these */
+	assert_null(errs);
+	assert_non_null(c);
+	assert_true(has_error(c->svc_problems,
+			      "Services[0].ssh_key_file: /nonexistent/id_ed25519: No such file"));
+	assert_true(has_error(c->svc_problems, "Services[1].ssh_key_file: /tmp: is a directory"));
+	config_free(c);
+}
+
+static void test_port_of_the_wrong_type_says_so(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"Services\": [{\"name\": \"a\", \"route_name\": \"a\","
+				     "\"bash_file\": \"/x\", \"remote_port\": \"8083\", \"timeout\": 1.5}]}",
+				     &errs);
+
+	(void)state;
+	assert_null(c);
+	assert_true(has_error(errs, "Services[0].remote_port: must be a port number, an integer "
+				    "1-65535, got string \"8083\""));
+	assert_true(has_error(errs, "Services[0].timeout: must be a positive integer, got 1.5"));
+	assert_false(has_error(errs, "required"));
+	config_free_errors(errs);
+}
+
+static void test_misspelled_keys_get_a_hint(void **state)
+{
+	char **errs = NULL;
+	struct config *c = load_text("{\"Servcies\": [], \"admin_tokn\": \"x\", \"Services\": ["
+				     "{\"name\": \"a\", \"route_name\": \"a\", \"bash_file\": \"/x\","
+				     "\"remote_port\": 5, \"tiemout\": 5, \"Launcher\": \"local\","
+				     "\"zzzzzz\": 1}]}",
+				     &errs);
+
+	(void)state;
+	assert_null(c);
+	assert_true(has_error(errs, "$.Servcies: unknown key (did you mean \"Services\"?)"));
+	assert_true(has_error(errs, "$.admin_tokn: unknown key (did you mean \"admin_token\"?)"));
+	assert_true(has_error(errs, "Services[0].tiemout: unknown key (did you mean \"timeout\"?)"));
+	assert_true(has_error(errs, "Services[0].Launcher: unknown key (did you mean \"launcher\"?)"));
+	assert_true(has_error(errs, "Services[0].zzzzzz: unknown key"));
+	assert_false(has_error(errs, "zzzzzz: unknown key (did"));
+	config_free_errors(errs);
+}
+
+static void test_access_log_and_key_names(void **state)
+{
+	char **errs = NULL, text[1024];
+	struct config *c;
+
+	(void)state;
+	snprintf(text, sizeof text,
+		 "{\"access_log\": \"%s/access.log\", \"api_keys\": [{\"key\": \"0123456789\", \"name\": \"alice\"},"
+		 "{\"key\": \"abcdefghij\"}], \"Services\": []}", dir);
+	c = load_text(text, &errs);
+	assert_null(errs);
+	assert_non_null(c);
+	assert_string_equal(c->api_keys[0].name, "alice");
+	assert_null(c->api_keys[1].name);
+	assert_int_equal(c->log_repeat_interval, 10);
+	config_free(c);
+	c = load_text("{\"access_log\": \"/nonexistent-dir/a.log\", \"api_keys\": ["
+		      "{\"key\": \"0123456789\", \"name\": \"a b\"}, {\"key\": \"abcdefghij\", \"name\": \"x\"},"
+		      "{\"key\": \"klmnopqrst\", \"name\": \"x\"}], \"Services\": []}",
+		      &errs);
+	assert_null(c);
+	assert_true(has_error(errs, "$.access_log: /nonexistent-dir/a.log: cannot create it in /nonexistent-dir"));
+	assert_true(has_error(errs, "$.api_keys[0].name: must be letters"));
+	assert_true(has_error(errs, "api_keys[2].name: \"x\" also names api_keys[1]"));
+	config_free_errors(errs);
+	c = load_text("{\"access_log\": \"/tmp\", \"Services\": []}", &errs);
+	assert_null(c);
+	assert_true(has_error(errs, "$.access_log: /tmp: is a directory"));
+	config_free_errors(errs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -241,6 +371,13 @@ int main(void)
 		cmocka_unit_test(test_invalid_json_gives_line),
 		cmocka_unit_test(test_duplicate_key_and_missing_services),
 		cmocka_unit_test(test_local_bash_file_must_be_executable),
+		cmocka_unit_test(test_listen_host_name_is_resolved_like_the_start_does),
+		cmocka_unit_test(test_listen_port_zero_is_rejected),
+		cmocka_unit_test(test_bash_file_directory_is_rejected),
+		cmocka_unit_test(test_missing_ssh_key_file_is_a_problem),
+		cmocka_unit_test(test_port_of_the_wrong_type_says_so),
+		cmocka_unit_test(test_misspelled_keys_get_a_hint),
+		cmocka_unit_test(test_access_log_and_key_names),
 	};
 	return cmocka_run_group_tests_name("config", tests, setup, teardown);
 }

@@ -1,0 +1,42 @@
+/* test_sha256.c - the digest that names api keys in the access log (FIPS 180-4 vectors). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <cmocka.h>
+
+#include "../../src/sha256.c"
+
+static void hex(const char *in, size_t n, char out[65])
+{
+	uint8_t d[32];
+
+	sha256(in, n, d);
+	for (int k = 0; k < 32; k++)
+		snprintf(out + 2 * k, 3, "%02x", d[k]);
+}
+
+static void test_known_vectors(void **state)
+{
+	char out[65], big[1000];
+
+	(void)state;
+	hex("", 0, out);
+	assert_string_equal(out, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+	hex("abc", 3, out);
+	assert_string_equal(out, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, out);
+	assert_string_equal(out, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+	memset(big, 'a', sizeof big);
+	hex(big, sizeof big, out);
+	assert_string_equal(out, "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_known_vectors),
+	};
+	return cmocka_run_group_tests_name("sha256", tests, NULL, NULL);
+}
