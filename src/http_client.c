@@ -127,7 +127,7 @@ struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout
 void http_send_head(struct hconn *c, const char *head, size_t len, bool chunked, bool head_req)
 {
 	if (c->state == HC_PARKED)
-		hc_set_state(c, HC_OPEN);
+		hc_set_state(c, HC_OPEN, "request sent");
 	c->msg_complete = false;
 	c->head_req = head_req;
 	c->out_chunked = chunked;
@@ -157,7 +157,7 @@ void http_park(struct hconn *c, int idle_s)
 {
 	if (hc_dead(c))
 		return;
-	hc_set_state(c, HC_PARKED);
+	hc_set_state(c, HC_PARKED, "idle in a pool");
 	c->timeout_s = 0;
 	hc_timer_set(c, idle_s);
 }

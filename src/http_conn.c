@@ -88,15 +88,15 @@ static const unsigned legal[HC_NSTATES] = {
 };
 #undef S
 
-void hc_set_state(struct hconn *c, enum hc_state state)
+void hc_set_state(struct hconn *c, enum hc_state state, const char *why)
 {
 	if (c->state == state)
 		return;
 	if (!(legal[c->state] & (1u << state)))
-		fatal("%s connection %p: illegal state move %s -> %s", c->side->name, (void *)c,
-		      state_names[c->state], state_names[state]);
-	log_debug("%s connection %p: %s -> %s", c->side->name, (void *)c, state_names[c->state],
-		  state_names[state]);
+		fatal("%s connection %p: illegal state move %s -> %s (%s)", c->side->name, (void *)c,
+		      state_names[c->state], state_names[state], why);
+	log_debug("%s connection %p: %s -> %s (%s)", c->side->name, (void *)c,
+		  state_names[c->state], state_names[state], why);
 	c->state = state;
 }
 
@@ -333,7 +333,7 @@ void http_close(struct hconn *c, const char *why)
 
 	if (hc_dead(c))
 		return;
-	hc_set_state(c, HC_DEAD);
+	hc_set_state(c, HC_DEAD, why);
 	c->ops = NULL;
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
 	if (c->rev)
@@ -359,7 +359,7 @@ void http_close(struct hconn *c, const char *why)
 		p->peer = NULL;
 		/* let the partner send what it still holds, then close */
 		if (p->state == HC_TUNNEL)
-			hc_set_state(p, HC_TUNNEL_DRAIN);
+			hc_set_state(p, HC_TUNNEL_DRAIN, "tunnel partner closed");
 		hc_mark_dirty(p);
 	}
 	if (ops && ops->closed)
@@ -515,7 +515,7 @@ static void eventcb(struct bufferevent *bev, short what, void *arg)
 	enter();
 	if (what & BEV_EVENT_CONNECTED) {
 		int one = 1;
-		hc_set_state(c, HC_OPEN);
+		hc_set_state(c, HC_OPEN, "connected");
 		setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 		hc_timer_set(c, 0);
 		hc_start_reading(c);
@@ -756,7 +756,7 @@ void http_tunnel(struct hconn *a, struct hconn *b)
 		if (ops && ops->closed)
 			ops->closed(c, "upgraded to a tunnel");   /* the owner lets go */
 		if (!hc_dead(c))
-			hc_set_state(c, HC_TUNNEL);
+			hc_set_state(c, HC_TUNNEL, "upgraded");
 		c->peer = pair[1 - i];
 		c->ops = &tunnel_ops;
 		c->owner = NULL;

@@ -133,8 +133,9 @@ static inline bool hc_tunnel(const struct hconn *c)
 /* A new connection on FD (-1: not connected yet) in STATE. */
 struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
 		     const struct hconn_ops *ops, void *owner);
-/* Move C to NEW; fatal() if the table does not allow the move. */
-void hc_set_state(struct hconn *c, enum hc_state state);
+/* Move C to STATE because of WHY (for the debug log); fatal() if the table
+ * does not allow the move. Moving to the state C is in does nothing. */
+void hc_set_state(struct hconn *c, enum hc_state state, const char *why);
 void hc_out_add(struct hconn *c, const void *p, size_t n);
 void hc_out_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Put C on the dirty list: flushed (and its input processed, if asked)

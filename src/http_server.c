@@ -31,9 +31,9 @@ static void reply_and_close(struct hconn *c, int status, const char *msg);
 static void start_closing(struct hconn *c)
 {
 	if (c->state == HC_OPEN)
-		hc_set_state(c, HC_CLOSING);
+		hc_set_state(c, HC_CLOSING, "last answer composed");
 	else if (c->state == HC_TUNNEL)
-		hc_set_state(c, HC_TUNNEL_DRAIN);
+		hc_set_state(c, HC_TUNNEL_DRAIN, "last answer composed");
 	hc_mark_dirty(c);
 }
 
@@ -159,7 +159,7 @@ static bool srv_linger(struct hconn *c)
 {
 	if (!(c->phase == PH_HEAD || c->phase == PH_BODY || evbuffer_get_length(c->in) > 0))
 		return false;
-	hc_set_state(c, HC_LINGERING);
+	hc_set_state(c, HC_LINGERING, "the client still sends");
 	shutdown(c->fd, SHUT_WR);
 	c->pause_mask = 0;
 	hc_rd_update(c);

@@ -44,7 +44,7 @@ static void test_lifetimes_are_legal(void **state)
 	for (size_t k = 0; k < sizeof paths / sizeof paths[0]; k++) {
 		c.state = paths[k][0];
 		for (int j = 1; paths[k][j] != HC_NSTATES; j++) {
-			hc_set_state(&c, paths[k][j]);
+			hc_set_state(&c, paths[k][j], "test");
 			assert_int_equal(c.state, paths[k][j]);
 		}
 	}
@@ -69,7 +69,7 @@ static void test_illegal_move_is_fatal(void **state)
 		if (pid == 0) {
 			struct hconn c = {.side = &test_side, .state = moves[k][0]};
 			log_init(LOG_LVL_ERROR + 1, 0);   /* quiet */
-			hc_set_state(&c, moves[k][1]);
+			hc_set_state(&c, moves[k][1], "test");
 			_exit(0);
 		}
 		assert_int_equal(waitpid(pid, &st, 0), pid);
