@@ -1,162 +1,18 @@
 /* http.h - HTTP/1.1 connections on bufferevents, for both directions.
  *
- * An hconn is one TCP connection: the server side of a client's connection
- * (it parses requests) or the client side of an upstream connection (it
- * parses responses). Parsing is http_parse.c's (socket-free, strict);
- * heads are collected into an http_msg that stays valid until the message
- * is done, bodies are streamed to the owner as they arrive. The next
- * pipelined request is read only once the answers before it are (nearly)
- * written.
- *
- * Ownership: the owner gets every event through its hconn_ops. closed() is
- * called exactly once; the hconn is freed right after it returns (or, if
- * the hconn is inside one of its own callbacks, when that returns). The
- * owner must drop every pointer to it in closed().
- *
- * Output is composed in a side buffer and written once per loop iteration,
- * after all I/O callbacks ran (one writev for a head and body that are
- * ready together, and no epoll_ctl when the socket takes it all). */
+ * The layer is three objects (h2o's split):
+ *   http_conn.h    the connection core: ownership, output, flow control,
+ *                  tunnel, memory budget (http_conn.c);
+ *   http_server.h  the server side: requests in, responses out (http_server.c);
+ *   http_client.h  the client side: requests out, responses in (http_client.c).
+ * Parsing is http_parse.h's. This header includes them all, for callers
+ * that use both sides. */
 #ifndef SG_HTTP_H
 #define SG_HTTP_H
 
-#include <stdbool.h>
-#include <stddef.h>
-#include <sys/socket.h>
-
+#include "http_client.h"
+#include "http_conn.h"
 #include "http_parse.h"
-
-struct event_base;
-struct evbuffer;
-struct hconn;
-
-/* One exchange on a server-side connection, as the access log sees it. */
-struct http_xfer {
-	int status;                 /* 0: no response was started */
-	unsigned long long bytes;   /* body bytes sent */
-	double t_start, t_head, t_end;   /* monotonic s: request begun, response head, end */
-	bool complete;              /* the response was finished (else the connection ended) */
-};
-
-struct hconn_ops {
-	void (*head)(struct hconn *c, struct http_msg *m);
-	void (*body)(struct hconn *c, const char *p, size_t n);
-	void (*done)(struct hconn *c);                  /* message complete */
-	void (*closed)(struct hconn *c, const char *why);
-	void (*drained)(struct hconn *c);               /* output fell to the low mark (if asked) */
-	void (*connected)(struct hconn *c);             /* client side */
-	/* server side: the response to request M is complete, or the connection
-	 * ended first (before closed()); once per request head */
-	void (*finished)(struct hconn *c, const struct http_msg *m, const struct http_xfer *x);
-};
-
-/* Limits and timeouts of server-side connections (seconds, bytes). */
-struct http_limits {
-	int max_header;
-	long long max_body;
-	int header_timeout, body_timeout, keepalive_timeout, send_timeout;
-};
-
-/* Prepare the module for BASE (output flushing once per loop iteration). */
-void http_init(struct event_base *base);
-
-/* Wrap an accepted socket. */
-struct hconn *http_accept(int fd, const struct http_limits *lim, const struct hconn_ops *ops,
-			  void *owner);
-/* Connect to an upstream; connected() or closed() follows, never at once. */
-struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout_s,
-			   const struct hconn_ops *ops, void *owner);
-
-void *http_owner(struct hconn *c);
-void http_set_owner(struct hconn *c, const struct hconn_ops *ops, void *owner);
-const char *http_peer(struct hconn *c);   /* "1.2.3.4" */
-
-/* Close now; closed(why) is called. Never touch c afterwards. */
-void http_close(struct hconn *c, const char *why);
-
-/* --- server side: responses --- */
-/* Start a response. extra: preformatted "Name: value\r\n" lines or NULL.
- * clen < 0: unknown length (chunked to HTTP/1.1 clients, else until close). */
-void http_respond(struct hconn *c, int status, const char *extra, long long clen);
-/* Send body bytes of the current message (chunk-encoded if needed). */
-void http_send(struct hconn *c, const void *p, size_t n);
-/* End the current outgoing message. On the server side the next request on
- * the connection is then read. */
-void http_finish(struct hconn *c);
-/* A whole small response with a body. */
-void http_reply(struct hconn *c, int status, const char *ctype, const char *extra,
-		const char *body, size_t len);
-/* Reply with a JSON error body {"error": msg}. */
-void http_reply_error(struct hconn *c, int status, const char *extra, const char *msg);
-bool http_response_started(struct hconn *c);
-/* Take back a response whose first byte has not reached the socket yet
- * (its head and body were only composed): true if it is gone and another
- * response may be started instead, false if it is too late. */
-bool http_response_retract(struct hconn *c);
-/* Force "Connection: close" on the current response. */
-void http_set_close(struct hconn *c);
-/* The client asked for HEAD (so no body goes out). */
-bool http_is_head(struct hconn *c);
-
-/* --- client side: requests --- */
-/* Send a request head (raw bytes, ending in CRLF CRLF); chunked: the body
- * will be chunk-encoded by http_send. head_req: a HEAD request. */
-void http_send_head(struct hconn *c, const char *head, size_t len, bool chunked, bool head_req);
-/* Set or clear (0) the read timeout of a client conn. */
-void http_set_timeout(struct hconn *c, int timeout_s);
-/* Park a kept-alive client conn (set its owner first, with http_set_owner):
- * a hang-up, a stray byte or IDLE_S seconds close it, reported to closed(). */
-void http_park(struct hconn *c, int idle_s);
-/* The last response allows reuse of this client conn. */
-bool http_reusable(struct hconn *c);
-
-/* --- flow control --- */
-size_t http_pending_output(struct hconn *c);
-/* Stop / resume reading input (backpressure). A hang-up is still seen. */
-void http_pause(struct hconn *c, bool pause);
-/* Ask for one drained() call when pending output falls to the low mark. */
-void http_want_drain(struct hconn *c);
-/* Join two connections after an upgrade (101): bytes flow both ways raw,
- * with backpressure, until either side closes (then both close). */
-void http_tunnel(struct hconn *a, struct hconn *b);
-
-const char *http_status_text(int status);
-/* Connections open now: server side (clients) or client side (upstreams). */
-size_t http_count(bool server_side);
-
-/* --- the memory budget --- */
-/* Count EVBUFFER's bytes in the total (http_buffered); untrack it before
- * freeing it (its bytes leave the total). Connections' own buffers are
- * tracked. */
-void http_buffer_track(struct evbuffer *b);
-void http_buffer_untrack(struct evbuffer *b);
-/* N bytes the owner keeps for C's current request outside C's own buffers
- * (a /v1 body read before routing; track that buffer too): they count in
- * C's share, so C stops reading like any connection holding much. */
-void http_set_owned(struct hconn *c, size_t n);
-/* Bytes held in tracked buffers now. */
-size_t http_buffered(void);
-/* Past CAP bytes, client connections holding more than 64 KiB each stop
- * reading until the total falls below 7/8 of CAP. */
-void http_set_buffer_cap(size_t cap);
-size_t http_buffer_cap(void);
-
-/* Headers on everything the gateway answers itself: its pages, its JSON
- * answers and errors, its event streams, and the HTTP layer's own errors
- * (400, 408, 413, 431, 505). */
-#define SG_SEC_HEADERS                                                                    \
-	"X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n"                     \
-	"Referrer-Policy: no-referrer\r\n"
-/* ... for JSON and other non-HTML answers */
-#define SG_SEC_HEADERS_DATA                                                               \
-	SG_SEC_HEADERS "Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"
-/* ... for the gateway's HTML pages (inline script and style, same-origin fetches) */
-#define SG_SEC_HEADERS_PAGE                                                               \
-	SG_SEC_HEADERS                                                                     \
-	"Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "        \
-	"style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "            \
-	"base-uri 'none'; form-action 'self'; frame-ancestors 'none'\r\n"
-
-#define HTTP_HIGH_MARK (256 * 1024)
-#define HTTP_LOW_MARK (32 * 1024)
+#include "http_server.h"
 
 #endif

@@ -1,0 +1,29 @@
+/* http_client.h - the client side of HTTP/1.1: a connection to an upstream.
+ *
+ * It writes requests and reads responses on an hconn (http_conn.h), and
+ * can be parked idle between requests (a keep-alive pool keeps it). */
+#ifndef SG_HTTP_CLIENT_H
+#define SG_HTTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "http_conn.h"
+
+/* Connect to an upstream; connected() or closed() follows, never at once. */
+struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout_s,
+			   const struct hconn_ops *ops, void *owner);
+
+/* Send a request head (raw bytes, ending in CRLF CRLF); chunked: the body
+ * will be chunk-encoded by http_send. head_req: a HEAD request. */
+void http_send_head(struct hconn *c, const char *head, size_t len, bool chunked, bool head_req);
+/* Set or clear (0) the read timeout of a client conn. */
+void http_set_timeout(struct hconn *c, int timeout_s);
+/* Park a kept-alive client conn (set its owner first, with http_set_owner):
+ * a hang-up, a stray byte or IDLE_S seconds close it, reported to closed(). */
+void http_park(struct hconn *c, int idle_s);
+/* The last response allows reuse of this client conn. */
+bool http_reusable(struct hconn *c);
+
+#endif
