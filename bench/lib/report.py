@@ -137,7 +137,7 @@ def summary_scale(sc):
 def summary_slurm(res):
     g, s = res["gmed"], res["smed"]
     log("")
-    log(f"Slurm cold start (single-node clusterctl cluster, sshd on 127.0.0.1; median of "
+    log(f"Slurm cold start ({res.get('nodes', 1)}-node clusterctl cluster, sshd on 127.0.0.1; median of "
         f"{len(res['gw'])}): slurmgate (one ssh ControlMaster, squeue every {POLL_FAST_MS / 1000:g} s) vs the seed's way "
         f"(a fresh ssh per sbatch/squeue, squeue every 0.5 s, its own `ssh -N -L` tunnel).")
     log("")

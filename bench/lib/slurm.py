@@ -347,6 +347,7 @@ def slurm_runs(sb, res):
         if k < COLD_STARTS - 1:
             sb.stop_both(res["gw"][-1]["job_id"], res["seed"][-1]["job_id"])
     res["fresh_ssh_s"] = sb.seed.ssh_seconds / max(sb.seed.ssh_calls, 1)
+    res["nodes"] = len(sb.env.get("nodes") or [None])
     log(f"  a fresh ssh session (connect + login shell + command) took {res['fresh_ssh_s']:.2f} s "
         f"on average ({sb.seed.ssh_calls} of them); cold starts took {time.monotonic() - t:.0f} s")
 
