@@ -21,15 +21,14 @@ Standalone:  bench/seedshape.py CLUSTER_DIR/env.json [N]
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 sys.dont_write_bytecode = True   # no __pycache__ in the tree
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests", "lib"))
-from sgtestlib import free_port  # noqa: E402  (ports: one contract, shared with the tests)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+# ports (tests/lib, one contract with the tests) and raw HTTP: bench/lib/common.py
+from common import free_port, http_request  # noqa: E402
 
 # the seed's poll intervals, chosen equal to slurmgate's defaults so that only
 # the way of running the commands differs: squeue every 0.5 s (poll_fast_ms),
@@ -41,19 +40,10 @@ ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED"
 
 
 def http_get(port, path, timeout=5.0):
-    """GET with Connection: close -> (status, body, seconds to the first byte)."""
+    """GET with Connection: close -> (status, body, seconds to the first byte,
+    counted from before the connect)."""
     t0 = time.time()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        data = s.recv(65536)
-        t_fb = time.time()
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    status, _, body, _, t_fb = http_request(port, "GET", path, timeout=timeout)
     return status, body, t_fb - t0
 
 

@@ -52,7 +52,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,12 +63,13 @@ os.environ.setdefault("SLURMGATE_BIN", str(REPO / "build" / "slurmgate-asan"))
 sys.path[:0] = [str(REPO / "tests" / "integration"), str(REPO / "tests" / "integration" / "slurm")]
 
 import conftest as base  # noqa: E402
+import sgcluster  # noqa: E402  (tests/lib, on sys.path through conftest)
 import slurmlib  # noqa: E402
 from conftest import pid_alive, wait_until  # noqa: E402
+from sgtestlib import listening_ports  # noqa: E402
 
 DEMO_BIN = base.DEMO_BIN   # $DEMO_SERVICE_BIN or build/demo_service
 DEMO_SH = base.DEMO_SH
-CLUSTERCTL = REPO / "tests" / "env" / "clusterctl"
 
 ALL_FAULTS = ["kill_local_exec", "kill_local_nonexec", "kill_local_script", "kill_slurm_proc", "scancel", "requeue",
               "suspend", "drain", "down", "kill_ssh_master", "sighup", "kill9_gateway"]
@@ -169,23 +169,15 @@ class Soak:
         env.setdefault("CLUSTERCTL_TIMEOUT", "120")   # a loaded 2-core machine is slow
         if self.nodes_wanted:
             env["CLUSTERCTL_NODES"] = str(self.nodes_wanted)
-        for attempt in range(3):   # a loaded machine can miss clusterctl's deadline
-            d = tempfile.mkdtemp(prefix="chaos-slurm-")
-            self.cluster_dir = d
-            try:
-                p = subprocess.run([str(CLUSTERCTL), "start", d], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, timeout=300, env=env)
-                out, ok = p.stdout, p.returncode == 0
-            except subprocess.TimeoutExpired as e:
-                out, ok = f"clusterctl start timed out: {e}", False
-            if ok:
-                break
-            print(f"chaos: clusterctl start failed (attempt {attempt + 1}):\n{out[-1500:]}",
-                  flush=True)
-            self.stop_cluster()
-            self.cluster_dir = None
-        else:
-            raise SystemExit("chaos: could not start the test cluster")
+
+        def failed(attempt, out):
+            print(f"chaos: clusterctl start failed (attempt {attempt}):\n{out[-1500:]}", flush=True)
+        try:
+            d = sgcluster.start_cluster("chaos-slurm-", attempts=3, timeout=300, env=env,
+                                        keep=bool(os.environ.get("CHAOS_KEEP")),
+                                        on_dir=lambda x: setattr(self, "cluster_dir", x), on_fail=failed)
+        except sgcluster.ClusterError:
+            raise SystemExit("chaos: could not start the test cluster") from None
         self.cluster = slurmlib.Cluster(d)
         out = self.cluster.run("sinfo", "-h", "-N", "-o", "%N %o")
         self.nodes = {}
@@ -196,15 +188,9 @@ class Soak:
         print(f"chaos: cluster {d}: nodes {self.nodes}", flush=True)
 
     def stop_cluster(self):
-        if not self.cluster_dir:
-            return
-        try:
-            subprocess.run([str(CLUSTERCTL), "stop", self.cluster_dir], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, timeout=120)
-        except subprocess.TimeoutExpired:
-            print("chaos: clusterctl stop timed out", flush=True)
-        if not os.environ.get("CHAOS_KEEP"):
-            shutil.rmtree(self.cluster_dir, ignore_errors=True)
+        if self.cluster_dir and not sgcluster.stop_cluster(self.cluster_dir,
+                                                           keep=bool(os.environ.get("CHAOS_KEEP"))):
+            print(f"chaos: clusterctl stop failed; {self.cluster_dir} kept", flush=True)
 
     def write_scripts(self):
         d = self.dir
@@ -351,7 +337,7 @@ class Soak:
                    "slurmstepd" in " ".join(slurmlib.cmdline(a) or []) for a in anc):
                 continue
             args = slurmlib.cmdline(pid)
-            if args is None or not pid_alive(pid):
+            if not args or not pid_alive(pid):
                 continue
             msg = f"pid {pid} {' '.join(args)} (parents {anc[:3]})"
             with self.lock:
@@ -525,32 +511,30 @@ class Soak:
                    f"SIGKILL server pid {pids} of job {inst['job_id']}")
         return True
 
-    def f_scancel(self):
-        insts = self.instances("slm", ready_only=False)
-        insts = [i for i in insts if i.get("job_id")]
+    def hit_job(self, insts, name, argv, what):
+        """Run the Slurm command ARGV + [job] on a random job of INSTS; the
+        fault lasts until the job's server processes are gone. what(job,
+        inst, pids, output) describes it. False if there is no job."""
         if not insts:
             return False
         inst = self.rng.choice(insts)
         job = inst["job_id"]
         pids = self.job_pids(job)
         t0 = now()
-        self.cluster.run("scancel", job, check=False)
+        out = self.cluster.run(*argv, job, check=False)
         t1 = self.wait_dead(pids)
-        self.fault("scancel", t0, t1, "slm", job, f"scancel {job} ({inst.get('state')}), server pids {pids}")
+        self.fault(name, t0, t1, "slm", job, what(job, inst, pids, out))
         return True
 
+    def f_scancel(self):
+        insts = [i for i in self.instances("slm", ready_only=False) if i.get("job_id")]
+        return self.hit_job(insts, "scancel", ("scancel",), lambda job, inst, pids, out:
+                            f"scancel {job} ({inst.get('state')}), server pids {pids}")
+
     def f_requeue(self):
-        insts = self.slurm_instances()
-        if not insts:
-            return False
-        inst = self.rng.choice(insts)
-        job = inst["job_id"]
-        pids = self.job_pids(job)
-        t0 = now()
-        out = self.cluster.run("scontrol", "requeue", job, check=False)
-        t1 = self.wait_dead(pids)
-        self.fault("requeue", t0, t1, "slm", job, f"scontrol requeue {job}, server pids {pids} {out.strip()}")
-        return True
+        return self.hit_job(self.slurm_instances(), "requeue", ("scontrol", "requeue"),
+                            lambda job, inst, pids, out:
+                            f"scontrol requeue {job}, server pids {pids} {out.strip()}")
 
     def f_suspend(self):
         insts = self.slurm_instances()
@@ -754,18 +738,7 @@ class Soak:
                     inodes.add(link[8:-1])
         except OSError:
             return set()
-        ports = set()
-        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                with open(name) as f:
-                    next(f)
-                    for line in f:
-                        parts = line.split()
-                        if parts[3] == "0A" and parts[9] in inodes:
-                            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-            except (OSError, StopIteration):
-                continue
-        return ports
+        return listening_ports(inodes)
 
     def audit_once(self):
         """What exists but the gateway does not list: Slurm jobs of ours,

@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "lib"))
 # Ports and waiting: one contract each, shared with slurmlib.py and bench/.
 from sgtestlib import free_port, free_port_block, port_listening, wait_until  # noqa: E402,F401
+# /proc readers, shared with slurm/slurmlib.py, tests/chaos and bench/.
+from sgproc import (children_of, cmdline, pid_alive, pid_pgid, proc_ppid,  # noqa: E402,F401
+                    proc_start_time, proc_state)
 DEMO_SH = REPO / "examples" / "demo_service.sh"
 # The demo service (tests/fixtures/demo_service.c): $DEMO_SERVICE_BIN, an
 # absolute path (examples/demo_service.sh reads it too), e.g. the
@@ -49,74 +52,10 @@ SLACK = 2.0 if SLOW else 1.0
 # processes and ports
 # --------------------------------------------------------------------------
 
-def proc_state(pid):
-    """The one-letter state of PID from /proc/PID/stat, or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return data[data.rindex(")") + 2:].split()[0]
-
-
-def pid_alive(pid):
-    """True if PID exists and is not a zombie (pid 1 here does not reap)."""
-    st = proc_state(pid)
-    return st is not None and st not in ("Z", "X")
-
-
-def pid_pgid(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-        return int(data[data.rindex(")") + 2:].split()[2])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def pids_with_arg(*needles):
     """Live (non-zombie) pids whose command line contains every needle."""
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in args]
-        if all(n in args for n in needles) and pid_alive(int(d)):
-            found.append(int(d))
-    return found
-
-
-def proc_ppid(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-        return int(data[data.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def proc_start_time(pid):
-    """PID's start time (clock ticks since boot), to tell a pid from a reused one."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-        return int(data[data.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def children_of(pid):
-    """Live direct children of PID (from /proc)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and proc_ppid(int(d)) == pid and pid_alive(int(d)):
-            out.append(int(d))
-    return out
+    return [int(d) for d in os.listdir("/proc")
+            if d.isdigit() and all(n in cmdline(int(d)) for n in needles) and pid_alive(int(d))]
 
 
 def env_has(pid, name, value=None):

@@ -21,19 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "lib"))
 # Ports and waiting: one contract each, shared with conftest.py and bench/.
 from sgtestlib import free_port, wait_until  # noqa: E402,F401
+# one gateway binary and one slowness factor (SLACK) with the other tests
+from conftest import SLACK, gateway_bin  # noqa: E402,F401
 
 DEMO_SH = REPO / "examples" / "demo_service.sh"
 ARTIFACTS = REPO / "build" / "test-artifacts"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-
-
-def gateway_bin():
-    b = Path(os.environ.get("SLURMGATE_BIN", "build/slurmgate"))
-    return b if b.is_absolute() else REPO / b
-
-
-# A sanitizer build is slower: give every wait more time.
-SLACK = 2.0 if ("asan" in gateway_bin().name or os.environ.get("SLURMGATE_SLOW_TESTS")) else 1.0
 
 
 def chromium_bin():

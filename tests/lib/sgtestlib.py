@@ -13,6 +13,9 @@ free_port_block(n)   p such that p .. p+n-1 are all such ports, handed out
                      together.
 port_listening(p)    True if some socket listens on port p (any address,
                      IPv4 or IPv6).
+listening_ports(inodes=None)
+                     the set of such ports; with inodes (socket inode
+                     numbers, as strings), only those sockets' ports.
 wait_until(pred, timeout, interval=0.05, msg=None)
                      call pred() until it returns a truthy value, which is
                      returned; an exception from pred counts as "not yet".
@@ -31,20 +34,26 @@ class WaitTimeout(AssertionError):
     """wait_until's deadline passed."""
 
 
-def port_listening(port):
-    """True if some socket listens on PORT (any address, v4 or v6)."""
+def listening_ports(inodes=None):
+    """The ports some TCP socket listens on (any address, v4 or v6); with
+    INODES (socket inode numbers, as strings), only those sockets' ports."""
+    ports = set()
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
                 next(f)
                 for line in f:
                     parts = line.split()
-                    local, st = parts[1], parts[3]
-                    if st == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        return True
-        except FileNotFoundError:
+                    if parts[3] == "0A" and (inodes is None or parts[9] in inodes):
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except (OSError, StopIteration):
             continue
-    return False
+    return ports
+
+
+def port_listening(port):
+    """True if some socket listens on PORT (any address, v4 or v6)."""
+    return port in listening_ports()
 
 
 def _bindable(port):

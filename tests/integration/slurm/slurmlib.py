@@ -21,10 +21,8 @@ import atexit
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -33,10 +31,12 @@ from pathlib import Path
 import pytest
 
 import conftest as base
+import sgcluster  # tests/lib, on sys.path through conftest
 from conftest import SLACK, gateway_bin, http_request, pid_alive, wait_until
+from sgproc import children_of, cmdline, proc_ppid
 
 REPO = Path(__file__).resolve().parents[3]
-CLUSTERCTL = REPO / "tests" / "env" / "clusterctl"
+CLUSTERCTL = sgcluster.CLUSTERCTL
 DEMO_BIN = base.DEMO_BIN
 
 # Job states after which a job holds no resources.
@@ -249,9 +249,8 @@ _cluster = {"obj": None, "dir": None, "users": 0}
 _cluster_lock = threading.Lock()
 
 
-def _clusterctl(cmd, path, timeout):
-    return subprocess.run([str(CLUSTERCTL), cmd, str(path)], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+def _set_dir(d):
+    _cluster["dir"] = d
 
 
 def _stop_cluster():
@@ -260,32 +259,18 @@ def _stop_cluster():
         return
     _cluster["dir"] = None
     _cluster["obj"] = None
-    try:
-        stopped = _clusterctl("stop", d, 60).returncode == 0
-    except subprocess.TimeoutExpired:
-        stopped = False
     # keep the cluster's logs only when asked to, or when stop went wrong
-    if stopped and not os.environ.get("SLURMGATE_KEEP_CLUSTER"):
-        shutil.rmtree(d, ignore_errors=True)
+    sgcluster.stop_cluster(d, keep=bool(os.environ.get("SLURMGATE_KEEP_CLUSTER")), timeout=60)
 
 
 def _start_cluster():
-    last = None
-    for attempt in range(2):   # a loaded machine can miss clusterctl's deadline once
-        d = tempfile.mkdtemp(prefix="sg-slurm-")
-        _cluster["dir"] = d
-        try:
-            p = _clusterctl("start", d, 120)
-        except subprocess.TimeoutExpired as e:
-            last = f"clusterctl start timed out: {e}"
-            _stop_cluster()
-            continue
-        if p.returncode == 0:
-            _cluster["obj"] = Cluster(d)
-            return _cluster["obj"]
-        last = p.stdout[-4000:]
-        _stop_cluster()
-    pytest.fail(f"could not start the test cluster:\n{last}", pytrace=False)
+    try:
+        d = sgcluster.start_cluster("sg-slurm-", keep=bool(os.environ.get("SLURMGATE_KEEP_CLUSTER")),
+                                    on_dir=_set_dir)
+    except sgcluster.ClusterError as e:
+        pytest.fail(f"could not start the test cluster:\n{str(e)[-4000:]}", pytrace=False)
+    _cluster["obj"] = Cluster(d)
+    return _cluster["obj"]
 
 
 atexit.register(_stop_cluster)
@@ -315,26 +300,9 @@ def cluster():
 # processes
 # --------------------------------------------------------------------------
 
-def cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return None
-
-
-def ppid_of(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-        return int(data[data.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def children(pid):
-    return [int(d) for d in os.listdir("/proc")
-            if d.isdigit() and ppid_of(int(d)) == pid and pid_alive(int(d))]
+# the names these tests use for the shared /proc readers (tests/lib/sgproc.py)
+ppid_of = proc_ppid
+children = children_of
 
 
 def ssh_pids_with(needle):
