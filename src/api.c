@@ -5,6 +5,7 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "auth.h"
 #include "launcher.h"
 #include "service.h"
 #include "util.h"
@@ -76,6 +77,7 @@ json_t *api_state_json(void)
 
 	for (size_t k = 0; k < services_count(); k++)
 		json_array_append_new(a, api_service_json(service_at(k), false));
-	return json_pack("{s:s,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
-			 services_managed, "services", a);
+	return json_pack("{s:s,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
+			 services_managed, "admin_token_required", auth_admin_token_required(),
+			 "services", a);
 }

@@ -20,6 +20,11 @@ void auth_configure(const struct config *cfg)
 	acfg = cfg;
 }
 
+bool auth_admin_token_required(void)
+{
+	return acfg != NULL && acfg->admin_token != NULL;
+}
+
 bool auth_admin(struct hconn *c, const struct http_msg *m)
 {
 	size_t len = 0;

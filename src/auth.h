@@ -24,6 +24,9 @@ void auth_configure(const struct config *cfg);
 
 /* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
 bool auth_admin(struct hconn *c, const struct http_msg *m);
+/* Whether admin endpoints need the admin token (the status page hides its
+ * token box when not). */
+bool auth_admin_token_required(void);
 /* With api_keys set, using a service needs a key that may use it: 401
  * without one, 403 for a key limited to other services. The admin token
  * is never an api key. S may be NULL (any service will do). OPENAI: answer

@@ -346,3 +346,66 @@ def test_status_page_in_headless_chromium(tmp_path):
             if pid_alive(p):
                 os.kill(p, signal.SIGKILL)
     assert gw_rc == 0, f"slurmgate exit code after SIGTERM: {gw_rc}\n{gw.log()}"
+
+
+def _controls(cdp, name):
+    return cdp.eval("""(() => {
+      const s = document.querySelector('section.svc[data-service=%s]');
+      const shown = e => !!e && e.offsetParent !== null;
+      return {start: s.querySelector('.btn-start').disabled, stop: s.querySelector('.btn-stop').disabled,
+              reason: s.querySelector('.reason').textContent,
+              lastError: shown(s.querySelector('.last-error')) ? s.querySelector('.last-error').textContent : null,
+              tokenBox: shown(document.querySelector('.admin')),
+              enable: document.getElementById('btn-enable').disabled,
+              disable: document.getElementById('btn-disable').disabled};
+    })()""" % json.dumps(name))
+
+
+def test_status_page_controls_follow_the_state(tmp_path):
+    """Issue 12 problem 8: Start and Stop were both always enabled, a failed
+    card showed its error twice, and the admin-token box showed when no
+    token is configured."""
+    if not chromium_bin():
+        pytest.fail("headless Chromium is needed for this test: apt-get install chromium")
+    gw = Gateway(tmp_path)   # no admin_token
+    browser = Chromium(tmp_path)
+    cdp = None
+    try:
+        gw.start()
+        assert json.loads(gw.get("/api/services")[2])["admin_token_required"] is False
+        browser.start()
+        cdp = browser.page()
+        cdp.call("Runtime.enable")
+        cdp.call("Page.navigate", url=f"http://127.0.0.1:{gw.port}/")
+        wait_page_state(cdp, "stopped", 10)
+        c = _controls(cdp, "demo")
+        assert c["tokenBox"] is False, c            # nothing to type: no token configured
+        assert c["start"] is False and c["stop"] is True, c   # stopped: Start only
+        assert c["enable"] is True and c["disable"] is False, c   # management on: Disable only
+        gw.stop()
+        wait_until(lambda: cdp.eval("document.body.dataset.connected") == "false", 10 * SLACK,
+                   msg="the page to notice the gateway is gone")
+        err = "start script exited with status 3: CUDA out of memory"
+        for state, start_disabled, stop_disabled in (("ready", True, False), ("starting", True, False),
+                                                     ("failed", False, True), ("stopping", True, True)):
+            fake = {"version": "9.9.9", "service_management": False, "admin_token_required": True,
+                    "services": [_svc("x", state, route_name="x",
+                                      reason=("start failed: " + err) if state == "failed" else state,
+                                      last_error=err)]}
+            cdp.eval("window.slurmgateStatus.render(%s)" % json.dumps(fake))
+            c = _controls(cdp, "x")
+            assert (c["start"], c["stop"]) == (start_disabled, stop_disabled), (state, c)
+            assert c["tokenBox"] is True, c
+            assert c["enable"] is False and c["disable"] is True, c
+            if state == "failed":
+                assert err in c["reason"] and c["lastError"] is None, c   # said once
+            else:
+                assert c["lastError"] and err in c["lastError"], c          # an earlier failure
+    finally:
+        if cdp is not None:
+            try:
+                cdp.close()
+            except OSError:
+                pass
+        browser.stop()
+        gw.stop()
