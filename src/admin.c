@@ -136,7 +136,7 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 		if (!get)
 			reply_err(c, 405, "use GET");
 		else
-			reply_json(c, 200, api_state_json(), NULL);
+			reply_json(c, 200, api_state_json(false), NULL);
 		return;
 	}
 	if (plen <= 14 || memcmp(path, "/api/services/", 14) != 0) {
@@ -205,7 +205,7 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 		return true;
 	}
 	if (path_is(path, plen, "/info")) {
-		reply_json(c, 200, api_state_json(), NULL);
+		reply_json(c, 200, api_state_json(true), NULL);
 		return true;
 	}
 	if (path_is(path, plen, "/enable_service_management") ||

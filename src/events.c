@@ -14,6 +14,8 @@
 #include "api.h"
 #include "config.h"
 #include "http.h"
+#include "metrics.h"
+#include "reply.h"
 #include "service.h"
 #include "util.h"
 
@@ -22,9 +24,9 @@
 
 struct hist {
 	const struct service *s;
-	uint64_t last_requests;
+	uint64_t last_requests;     /* answered by the last sample (0 before the first) */
 	int next, count;
-	double rps[HIST_N];
+	unsigned requests[HIST_N];  /* answered in the step up to t */
 	unsigned short inst[HIST_N];
 	double t[HIST_N];
 };
@@ -39,8 +41,8 @@ static struct event *tick_ev, *sample_ev;
 
 static void send_state(struct hconn *c)
 {
-	json_t *o = api_state_json();
-	char *s = json_dumps(o, JSON_COMPACT);
+	json_t *o = api_state_json(false);
+	char *s = reply_dumps(o, false);
 	struct evbuffer *b = evbuffer_new();
 	size_t n;
 
@@ -97,9 +99,21 @@ static struct hist *hist_for(const struct service *s)
 			return &hists[k];
 	hists = xrealloc(hists, (nhists + 1) * sizeof *hists);
 	memset(&hists[nhists], 0, sizeof *hists);
+	/* the first sample counts from the service's start (the gateway's, or
+	 * its reload), not from the first sample: last_requests stays 0 */
 	hists[nhists].s = s;
-	hists[nhists].last_requests = service_requests(s);
 	return &hists[nhists++];
+}
+
+/* Requests answered for S: the sum slurmgate_requests_total shows. */
+static uint64_t answered(const struct service *s)
+{
+	const struct svc_metrics *m = service_metrics((struct service *)s);
+	uint64_t n = 0;
+
+	for (int code = 100; code < 600; code++)
+		n += m->by_status[code];
+	return n;
 }
 
 static void sample_cb(evutil_socket_t fd, short what, void *arg)
@@ -108,11 +122,11 @@ static void sample_cb(evutil_socket_t fd, short what, void *arg)
 	for (size_t k = 0; k < services_count(); k++) {
 		struct service *s = service_at(k);
 		struct hist *h = hist_for(s);
-		uint64_t r = service_requests(s);
+		uint64_t r = answered(s);
 		int ready = 0;
 		for (struct instance *i = service_first_instance(s); i; i = service_next_instance(i))
 			ready += i->state == INST_READY || i->state == INST_DRAINING;
-		h->rps[h->next] = (double)(r - h->last_requests) / HIST_STEP;
+		h->requests[h->next] = (unsigned)(r - h->last_requests);
 		h->inst[h->next] = (unsigned short)ready;
 		h->t[h->next] = wall_s();
 		h->last_requests = r;
@@ -126,26 +140,23 @@ static void sample_cb(evutil_socket_t fd, short what, void *arg)
 void events_history(struct hconn *c)
 {
 	json_t *o = json_object();
-	char *s;
 
 	for (size_t k = 0; k < services_count(); k++) {
 		struct service *sv = service_at(k);
 		struct hist *h = hist_for(sv);
-		json_t *t = json_array(), *rps = json_array(), *inst = json_array();
+		json_t *t = json_array(), *rps = json_array(), *req = json_array(), *inst = json_array();
 		for (int q = 0; q < h->count; q++) {
 			int at = (h->next - h->count + q + HIST_N) % HIST_N;
-			json_array_append_new(t, json_real(h->t[at]));
-			json_array_append_new(rps, json_real(h->rps[at]));
+			json_array_append_new(t, reply_real(h->t[at]));
+			json_array_append_new(rps, reply_real((double)h->requests[at] / HIST_STEP));
+			json_array_append_new(req, json_integer(h->requests[at]));
 			json_array_append_new(inst, json_integer(h->inst[at]));
 		}
 		json_object_set_new(o, service_config(sv)->name,
-				    json_pack("{s:o,s:o,s:o}", "t", t, "rps", rps, "instances", inst));
+				    json_pack("{s:o,s:o,s:o,s:o}", "t", t, "rps", rps, "requests", req,
+					      "instances", inst));
 	}
-	o = json_pack("{s:i,s:o}", "step_seconds", HIST_STEP, "services", o);
-	s = json_dumps(o, JSON_COMPACT);
-	json_decref(o);
-	http_reply(c, 200, "application/json", SG_SEC_HEADERS_DATA, s, strlen(s));
-	free(s);
+	reply_json(c, 200, json_pack("{s:i,s:o}", "step_seconds", HIST_STEP, "services", o), NULL);
 }
 
 void events_init(struct event_base *base)
