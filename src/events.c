@@ -126,7 +126,8 @@ static void sample_cb(evutil_socket_t fd, short what, void *arg)
 		int ready = 0;
 		for (struct instance *i = service_first_instance(s); i; i = service_next_instance(i))
 			ready += i->state == INST_READY || i->state == INST_DRAINING;
-		h->requests[h->next] = (unsigned)(r - h->last_requests);
+		/* fewer than before: another service at a freed one's address */
+		h->requests[h->next] = (unsigned)(r >= h->last_requests ? r - h->last_requests : r);
 		h->inst[h->next] = (unsigned short)ready;
 		h->t[h->next] = wall_s();
 		h->last_requests = r;
