@@ -224,6 +224,9 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 			   NULL);
 		return;
 	}
+	/* everything below is the state, or changes it */
+	if (!auth_read(c, m))
+		return;
 	if (plen == 11 && memcmp(path, "/api/events", 11) == 0 && get) {
 		*events = true;
 		events_subscribe(c);
@@ -292,6 +295,8 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 
 	router_split(rt, &seg, &seglen, &rest, &restlen, &drest, &drestlen);
 	if (seglen > 6 && memcmp(seg, "check_", 6) == 0 && drestlen == 0) {
+		if (!auth_read(c, m))
+			return true;
 		if ((s = service_by_route(seg + 6, seglen - 6)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
 		else
@@ -299,6 +304,8 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 		return true;
 	}
 	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && drestlen == 0) {
+		if (!auth_read(c, m))
+			return true;
 		if ((s = service_by_route(seg + 7, seglen - 7)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
 		else if (auth_same_site(c, m) && auth_admin(c, m))
@@ -306,13 +313,14 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 		return true;
 	}
 	if (path_is(path, plen, "/info")) {
-		reply_json(c, 200, api_state_json(true), NULL);
+		if (auth_read(c, m))
+			reply_json(c, 200, api_state_json(true), NULL);
 		return true;
 	}
 	if (path_is(path, plen, "/enable_service_management") ||
 	    path_is(path, plen, "/disable_service_management") ||
 	    path_is(path, plen, "/kill_disable_service_management")) {
-		if (auth_same_site(c, m) && auth_admin(c, m))
+		if (auth_read(c, m) && auth_same_site(c, m) && auth_admin(c, m))
 			ep_management(c, path[1] == 'e', path[1] == 'k');
 		return true;
 	}
@@ -321,7 +329,8 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 		return true;
 	}
 	if (path_is(path, plen, "/metrics")) {
-		prometheus_metrics(c);
+		if (auth_read(c, m))
+			prometheus_metrics(c);
 		return true;
 	}
 	if (path_is(path, plen, "/") || path_is(path, plen, "/status")) {

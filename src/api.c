@@ -82,7 +82,7 @@ json_t *api_state_json(bool seed_names)
 			json_object_set_new(o, "Name", json_string(service_config(service_at(k))->name));
 		json_array_append_new(a, o);
 	}
-	return json_pack("{s:s,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
+	return json_pack("{s:s,s:b,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
 			 services_managed, "admin_token_required", auth_admin_token_required(),
-			 "services", a);
+			 "public_status", auth_public_status(), "services", a);
 }

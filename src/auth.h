@@ -32,6 +32,14 @@ bool auth_admin_token_required(void);
  * is never an api key. S may be NULL (any service will do). OPENAI: answer
  * in OpenAI's error shape. */
 bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s, bool openai);
+/* The state (/info, /check_<route>, /api/..., /metrics): with
+ * public_status false, it needs an api key (any) or the admin token, else
+ * 401; with public_status true (the default) anyone may read it. */
+bool auth_read(struct hconn *c, const struct http_msg *m);
+bool auth_public_status(void);
+/* A service's logs (they may hold secrets): the admin token when one is
+ * set, else as auth_read. */
+bool auth_logs(struct hconn *c, const struct http_msg *m);
 /* State-changing endpoints refuse cross-site requests (403). */
 bool auth_same_site(struct hconn *c, const struct http_msg *m);
 

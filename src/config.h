@@ -77,6 +77,7 @@ struct config {
 	struct api_key *api_keys; /* inline and from api_keys_file */
 	size_t n_api_keys;
 	bool log_json;            /* one JSON object per log line */
+	bool public_status;       /* the state (/info, /api, /metrics, the page's data) needs no key */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
 	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
 	long long max_held_body;  /* bytes of request bodies held in RAM, all waiting requests

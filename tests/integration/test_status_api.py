@@ -6,7 +6,7 @@ import json
 import re
 import threading
 
-from conftest import SLACK, demo_service, http_request, wait_until
+from conftest import SLACK, Gateway, demo_service, run_check, wait_until
 from test_metrics import scrape
 
 
@@ -90,3 +90,64 @@ def test_json_answers_end_with_a_newline_carry_name_once_and_round_floats(gatewa
     for s in state["services"]:
         assert "name" in s and "Name" not in s, s
     assert not LONG_FRACTION.search(line.decode()), line
+
+
+# --------------------------------------------------------------------------
+# problem 10: what a key-less client may read (public_status)
+# --------------------------------------------------------------------------
+
+KEY = "user-key-0123456789"
+ADMIN = "admin-T0ken-0123456789"
+STATE_PATHS = ("/info", "/check_llm", "/api/services", "/api/services/demo", "/api/history",
+               "/api/events", "/metrics")
+
+
+def _get(g, path, token=None):
+    h = {"Authorization": f"Bearer {token}"} if token else {}
+    if path == "/api/events":   # a stream: the head is enough
+        conn = g.connection()
+        try:
+            conn.request("GET", path, headers=h)
+            r = conn.getresponse()
+            return r.status
+        finally:
+            conn.close()
+    return g.get(path, headers=h).status
+
+
+def test_state_is_public_by_default_with_api_keys(gateway):
+    """Today's behaviour stays the default: with api_keys set, the state is
+    still readable without a key (public_status defaults to true), and says so."""
+    g = gateway(api_keys=[{"key": KEY}])
+    for path in STATE_PATHS:
+        assert _get(g, path) == 200, path
+    assert g.get("/api/services").json()["public_status"] is True
+    assert g.get("/llm/health").status == 401   # the services still need the key
+
+
+def test_public_status_false_needs_a_key_for_the_state(gateway, tmp_path):
+    """public_status false: /info, /check_, /api, /metrics need an api key or
+    the admin token (401 without); /api/health and the page's HTML stay open."""
+    g = gateway(api_keys=[{"key": KEY, "services": ["demo"]}], admin_token=ADMIN, public_status=False)
+    for path in STATE_PATHS:
+        assert _get(g, path) == 401, path
+        assert _get(g, path, "wrong-key") == 401, path
+        assert _get(g, path, KEY) == 200, path
+        assert _get(g, path, ADMIN) == 200, path
+    r = g.get("/info")
+    assert r.header("WWW-Authenticate", "").lower().startswith("bearer"), dict(r.headers)
+    assert "public_status" in r.json()["error"], r.json()
+    assert g.get("/api/health").status == 200
+    assert g.get("/status").status == 200          # the page holds no data
+    assert g.get("/api/services", headers={"Authorization": f"Bearer {KEY}"}).json()["public_status"] is False
+    # the admin endpoints still need the admin token, not just a key
+    assert g.get("/enable_service_management", headers={"Authorization": f"Bearer {KEY}"}).status == 401
+
+
+def test_public_status_false_without_keys_or_token_is_refused_by_check(tmp_path):
+    g = Gateway(tmp_path, [demo_service()], public_status=False)
+    r = run_check(g.config_path)
+    assert r.returncode == 1 and "public_status" in r.stdout + r.stderr, r
+    g2 = Gateway(tmp_path, [demo_service()], name="gw2", public_status="no")
+    r = run_check(g2.config_path)
+    assert r.returncode == 1 and "public_status" in r.stdout + r.stderr, r

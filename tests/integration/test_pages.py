@@ -1,8 +1,10 @@
-"""The page a browser waits on while its service starts (issue 12 problem
-7), in headless Chromium: styled like the status page and self-contained,
-never showing the service's internal address, with a link to the status
-page, following the start live and landing on the service once it is ready.
-A screenshot is kept as build/test-artifacts/waiting-page.png."""
+"""The pages of issue 12 in headless Chromium: the page a browser waits on
+while its service starts (problem 7: styled like the status page and
+self-contained, never showing the service's internal address, with a link
+to the status page, following the start live and landing on the service
+once it is ready), the status page of a gateway whose state is not public
+(problem 10: it asks for a key) and its log panels. Screenshots are kept in
+build/test-artifacts/."""
 import json
 
 import pytest
@@ -105,3 +107,58 @@ def test_waiting_page_is_styled_hides_the_address_and_links_the_status_page(tmp_
         rc = gw.stop()
     assert rc == 0, f"slurmgate exit code after SIGTERM: {rc}\n{gw.log()}"
 
+
+
+def _open(browser, url):
+    cdp = browser.page()
+    cdp.call("Page.enable")
+    cdp.call("Runtime.enable")
+    cdp.call("Page.navigate", url=url)
+    wait_until(lambda: cdp.eval("document.readyState") == "complete", 15 * SLACK, msg="the page to load")
+    return cdp
+
+
+def test_status_page_asks_for_a_key_when_the_state_is_not_public(tmp_path):
+    """public_status false: the page cannot read the state without a key; it
+    says so, shows the key box, and with a key typed in it goes live."""
+    if not chromium_bin():
+        pytest.fail("headless Chromium is needed for this test: apt-get install chromium")
+    key = "page-key-0123456789"
+    gw = Gateway(tmp_path, api_keys=[{"key": key}], public_status=False)
+    browser = Chromium(tmp_path)
+    cdp = None
+    try:
+        gw.start()
+        browser.start()
+        cdp = _open(browser, f"http://127.0.0.1:{gw.port}/status")
+
+        def asks():
+            v = cdp.eval("""(() => ({box: document.querySelector('header .admin').offsetParent !== null,
+                label: document.getElementById('token-label').textContent,
+                empty: document.getElementById('empty').textContent,
+                cards: document.querySelectorAll('section.svc').length}))()""")
+            return v if v["box"] and "key" in v["empty"] else None
+        v = wait_until(asks, 10 * SLACK, interval=0.1, msg="the page to ask for a key")
+        assert v["cards"] == 0 and "API key" in v["label"], v
+        cdp.eval("""(() => { const i = document.getElementById('admin-token');
+                   i.focus(); i.value = %s; i.dispatchEvent(new Event('input')); })()""" % json.dumps(key))
+        wait_until(lambda: cdp.eval("document.querySelectorAll('section.svc').length") == 1 and
+                   cdp.eval("document.body.dataset.connected") == "true", 10 * SLACK, interval=0.1,
+                   msg="the page to show the service with the key")
+        assert cdp.eval("document.querySelector('section.svc').dataset.service") == "demo"
+        screenshot(cdp, ARTIFACTS / "status-page-key.png", full_page=False)
+        cdp.drain(0.2)
+        errors = [e["params"] for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"]
+        assert not errors, errors
+    except BaseException:
+        print(f"--- gateway log ---\n{gw.log()}\n--- chromium log ---\n{browser.log()}")
+        raise
+    finally:
+        if cdp is not None:
+            try:
+                cdp.close()
+            except OSError:
+                pass
+        browser.stop()
+        rc = gw.stop()
+    assert rc == 0, f"slurmgate exit code after SIGTERM: {rc}\n{gw.log()}"
