@@ -3,6 +3,7 @@
 #include "admin.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
@@ -14,7 +15,9 @@
 #include "config.h"
 #include "events.h"
 #include "http.h"
+#include "launcher.h"
 #include "log.h"
+#include "logring.h"
 #include "metrics.h"
 #include "prometheus.h"
 #include "reply.h"
@@ -211,9 +214,82 @@ void admin_waiting_page(struct hconn *c, struct service *s)
 
 /* --- /api --- */
 
-static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, size_t plen,
+/* The value of NAME in the query Q ("?a=1&b=2", QLEN bytes) into BUF, or
+ * false when it is not there. */
+static bool query_get(const char *q, size_t qlen, const char *name, char *buf, size_t len)
+{
+	size_t nlen = strlen(name);
+	const char *p = q, *end = q + qlen;
+
+	if (q == NULL || qlen == 0)
+		return false;
+	if (*p == '?')
+		p++;
+	while (p < end) {
+		const char *amp = memchr(p, '&', (size_t)(end - p));
+		const char *e = amp ? amp : end;
+		if ((size_t)(e - p) >= nlen && memcmp(p, name, nlen) == 0 &&
+		    (p + nlen == e || p[nlen] == '=')) {
+			const char *v = p + nlen == e ? e : p + nlen + 1;
+			snprintf(buf, len, "%.*s", (int)(e - v), v);
+			return true;
+		}
+		p = e + 1;
+	}
+	return false;
+}
+
+/* GET /api/services/<name>/logs[?lines=N][&follow=1]: the tail of what
+ * the service's instances wrote, as text; with follow, as SSE (one data
+ * line per line) that goes on with what they write next. */
+static void ep_logs(struct hconn *c, const struct route_target *rt, struct service *s,
+		    bool *events)
+{
+	const struct launcher_ops *lops = service_config(s)->launcher;
+	char v[32], *end, *cause = NULL;
+	long lines = 100;
+	bool follow = false;
+	uint64_t from = 0;
+	struct evbuffer *b;
+
+	if (query_get(rt->query, rt->qlen, "lines", v, sizeof v)) {
+		lines = strtol(v, &end, 10);
+		if (v[0] == '\0' || *end != '\0' || lines < 0 || lines > LOGRING_LINES) {
+			char msg[120];
+			snprintf(msg, sizeof msg, "lines must be a number from 0 to %d", LOGRING_LINES);
+			reply_err(c, 400, msg);
+			return;
+		}
+	}
+	if (query_get(rt->query, rt->qlen, "follow", v, sizeof v))
+		follow = strcmp(v, "0") != 0 && strcmp(v, "false") != 0;
+	if (lops->logs == NULL) {
+		reply_err(c, 501, "this service's launcher keeps no logs");
+		return;
+	}
+	b = evbuffer_new();
+	if (lops->logs(s, &from, (size_t)lines, b, &cause) != 0) {
+		reply_err(c, 501, cause);
+		free(cause);
+		evbuffer_free(b);
+		return;
+	}
+	if (follow) {
+		*events = true;
+		events_logs_follow(c, s, b, from);
+	} else {
+		size_t n = evbuffer_get_length(b);
+		http_reply(c, 200, "text/plain; charset=utf-8", SG_SEC_HEADERS_DATA "Cache-Control: no-store\r\n",
+			   (const char *)evbuffer_pullup(b, -1), n);
+	}
+	evbuffer_free(b);
+}
+
+static void ep_api(struct hconn *c, const struct http_msg *m, const struct route_target *rt,
 		   bool *events)
 {
+	const char *path = rt->dpath;
+	size_t plen = rt->dlen;
 	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
 	char name[256];
 	const char *rest;
@@ -259,6 +335,13 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const char *path, 
 			reply_err(c, 405, "use GET");
 		else
 			reply_json(c, 200, api_service_json(s, false), NULL);
+		return;
+	}
+	if ((size_t)(path + plen - rest) == 5 && memcmp(rest, "/logs", 5) == 0) {
+		if (!get)
+			reply_err(c, 405, "use GET");
+		else if (auth_logs(c, m))
+			ep_logs(c, rt, s, events);
 		return;
 	}
 	if (m->method != HTTP_POST) {
@@ -325,7 +408,7 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 		return true;
 	}
 	if (seglen == 3 && memcmp(seg, "api", 3) == 0) {
-		ep_api(c, m, path, plen, events);
+		ep_api(c, m, rt, events);
 		return true;
 	}
 	if (path_is(path, plen, "/metrics")) {

@@ -151,3 +151,127 @@ def test_public_status_false_without_keys_or_token_is_refused_by_check(tmp_path)
     g2 = Gateway(tmp_path, [demo_service()], name="gw2", public_status="no")
     r = run_check(g2.config_path)
     assert r.returncode == 1 and "public_status" in r.stdout + r.stderr, r
+
+
+# --------------------------------------------------------------------------
+# service logs: /api/services/<name>/logs
+# --------------------------------------------------------------------------
+
+def chatty_script(tmp_path, body, name="chatty.sh"):
+    """A start script that writes BODY's output, then runs the demo service
+    (not with exec for the ticker variants: what users really write)."""
+    p = tmp_path / name
+    p.write_text(f"#!/bin/sh\n{body}\n")
+    p.chmod(0o755)
+    return str(p)
+
+
+def _sse_lines(port, path, want, timeout, headers=None):
+    """Read data: lines from an SSE stream until want(lines) holds."""
+    import http.client
+    import socket
+    import time
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    lines = []
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        assert r.status == 200, (r.status, r.read())
+        assert r.getheader("Content-Type") == "text/event-stream", r.getheaders()
+        deadline = time.monotonic() + timeout
+        while not want(lines):
+            assert time.monotonic() < deadline, f"timed out; lines so far: {lines[-20:]}"
+            try:
+                ln = r.fp.readline()
+            except socket.timeout:
+                continue
+            assert ln, f"the stream ended; lines so far: {lines[-20:]}"
+            if ln.startswith(b"data: "):
+                lines.append(ln[6:].rstrip(b"\n").decode())
+        return lines
+    finally:
+        conn.close()
+
+
+def test_service_logs_show_stdout_and_stderr_and_follow(gateway, tmp_path):
+    """llama-swap's logs: the tail of a local service's stdout and stderr,
+    bounded by ?lines=N, and ?follow=1 as SSE with what comes next."""
+    script = chatty_script(tmp_path, """echo "hello on stdout, port $1"
+echo "hello on stderr" >&2
+( i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 0.2; done ) &
+exec "$DEMO" "$@"
+""")
+    g = gateway([demo_service(bash_file=script)], env={"DEMO": str(__import__("conftest").DEMO_SH)})
+    assert g.get("/api/services/demo/logs").text == ""   # nothing started yet
+    assert g.get("/llm/health", timeout=20).status == 200
+
+    def has(text):
+        r = g.get("/api/services/demo/logs")
+        return r if r.status == 200 and text in r.text else None
+    r = wait_until(lambda: has("tick 3"), 10 * SLACK, interval=0.1, msg="the ticks in the log")
+    assert r.header("Content-Type", "").startswith("text/plain"), r
+    lines = r.text.splitlines()
+    assert any(ln.startswith("[0] --- slurmgate: started ") for ln in lines), lines
+    assert any(ln.startswith("[0] hello on stdout, port ") for ln in lines), lines
+    assert "[0] hello on stderr" in lines, lines
+    one = g.get("/api/services/demo/logs?lines=1").text
+    assert one.count("\n") == 1 and one.startswith("[0] tick "), one
+    assert g.get("/api/services/demo/logs?lines=0").text == ""
+    for bad in ("abc", "-1", "2001", ""):
+        r = g.get(f"/api/services/demo/logs?lines={bad}")
+        assert r.status == 400 and "lines" in r.json()["error"], (bad, r)
+    assert g.post("/api/services/demo/logs").status == 405
+    assert g.get("/api/services/nope/logs").status == 404
+
+    # follow: the tail first (2 lines), then ticks that were not written yet
+    last = int(g.get("/api/services/demo/logs?lines=1").text.split()[-1])
+    got = _sse_lines(g.port, "/api/services/demo/logs?lines=2&follow=1",
+                     lambda ls: any(x.startswith("[0] tick ") and int(x.split()[-1]) >= last + 5 for x in ls),
+                     10 * SLACK)
+    assert len(got) >= 2 and all(x.startswith("[0] tick ") for x in got), got
+    ticks = [int(x.split()[-1]) for x in got]
+    assert ticks == sorted(ticks) and len(set(ticks)) == len(ticks), ticks   # no line twice
+
+
+def test_service_logs_keep_a_failed_start_and_stay_bounded(gateway, tmp_path):
+    """What a start script said before it failed is there after it exited;
+    a chatty service keeps only the newest lines."""
+    script = chatty_script(tmp_path, """i=0; while [ $i -lt 5000 ]; do i=$((i+1)); echo "line $i of noise"; done
+echo "CUDA error: out of memory" >&2
+exit 3
+""")
+    g = gateway([demo_service(bash_file=script)])
+    r = g.get("/llm/health", timeout=20)
+    assert r.status == 503, r
+    text = g.get("/api/services/demo/logs").text
+    lines = text.splitlines()
+    assert len(lines) == 100, len(lines)
+    assert lines[-2] == "[0] CUDA error: out of memory", lines[-3:]
+    assert lines[-1] == "[0] --- slurmgate: the process exited with status 3 ---", lines[-3:]
+    most = g.get("/api/services/demo/logs?lines=2000").text.splitlines()
+    assert len(most) == 2000 and most[0] != "[0] line 1 of noise", most[:2]
+
+
+def test_service_logs_need_the_admin_token_when_one_is_set(gateway):
+    """Logs may hold secrets: with an admin_token they need it (an api key
+    is not enough), even while the state is public."""
+    g = gateway(admin_token=ADMIN, api_keys=[{"key": KEY}])
+    assert g.get("/api/services/demo").status == 200            # public state
+    r = g.get("/api/services/demo/logs")
+    assert r.status == 401, r
+    assert g.get("/api/services/demo/logs", headers={"Authorization": f"Bearer {KEY}"}).status == 401
+    assert g.get("/api/services/demo/logs", headers={"Authorization": f"Bearer {ADMIN}"}).status == 200
+    assert g.get("/api/services/demo/logs?follow=1").status == 401
+
+
+def test_service_logs_of_a_slurm_service_say_they_are_not_available_yet(tmp_path):
+    from conftest import seed_config_dict
+    cfg = seed_config_dict()
+    g = Gateway(tmp_path, cfg["Services"], name="seed",
+                **{k: v for k, v in cfg.items() if k != "Services"})
+    try:
+        g.start()
+        r = g.get("/api/services/translation_service/logs")
+        assert r.status == 501 and "not available yet" in r.json()["error"], r
+    finally:
+        g.close()
