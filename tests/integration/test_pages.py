@@ -162,3 +162,58 @@ def test_status_page_asks_for_a_key_when_the_state_is_not_public(tmp_path):
         browser.stop()
         rc = gw.stop()
     assert rc == 0, f"slurmgate exit code after SIGTERM: {rc}\n{gw.log()}"
+
+
+def test_status_page_log_panel_follows_the_service_output(tmp_path):
+    """A collapsible log panel per card: opened, it shows the tail of the
+    service's stdout/stderr and follows what comes next."""
+    if not chromium_bin():
+        pytest.fail("headless Chromium is needed for this test: apt-get install chromium")
+    script = tmp_path / "ticker.sh"
+    script.write_text('#!/bin/sh\necho "model loaded <b>bold</b>" >&2\n'
+                      '( i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 0.2; done ) &\n'
+                      'exec "$DEMO" "$@"\n')
+    script.chmod(0o755)
+    from status_page_helpers import DEMO_SH
+    gw = Gateway(tmp_path, env={"DEMO": str(DEMO_SH)})
+    gw.config["Services"][0]["bash_file"] = str(script)
+    gw.config_path.write_text(json.dumps(gw.config, indent=2))
+    browser = Chromium(tmp_path)
+    cdp = None
+    try:
+        gw.start()
+        st, _, _ = gw.get("/llm/health", timeout=20)
+        assert st == 200, st
+        browser.start()
+        cdp = _open(browser, f"http://127.0.0.1:{gw.port}/status")
+        card = "document.querySelector('section.svc[data-service=\"demo\"]')"
+        wait_until(lambda: cdp.eval(f"!!{card}"), 10 * SLACK, msg="the card")
+        assert cdp.eval(f"{card}.querySelector('details.logs').open") is False   # collapsed at first
+        cdp.eval(f"{card}.querySelector('details.logs summary').click()")
+
+        def text():
+            return cdp.eval(f"{card}.querySelector('.log-text').textContent")
+        t0 = wait_until(lambda: (lambda t: t if "tick 2" in t else None)(text()), 10 * SLACK, interval=0.1,
+                        msg="the log panel to show the output")
+        assert "[0] model loaded <b>bold</b>" in t0, t0          # text, not markup
+        assert cdp.eval(f"{card}.querySelectorAll('.log-text b').length") == 0
+        n0 = max(int(ln.split()[-1]) for ln in t0.splitlines() if " tick " in ln)
+        wait_until(lambda: f"tick {n0 + 5}" in text(), 10 * SLACK, interval=0.1,
+                   msg="the panel to follow new lines")
+        screenshot(cdp, ARTIFACTS / "status-page-logs.png")
+        cdp.eval(f"{card}.querySelector('details.logs summary').click()")   # closed: the stream stops
+        cdp.drain(0.2)
+        errors = [e["params"] for e in cdp.events if e.get("method") == "Runtime.exceptionThrown"]
+        assert not errors, errors
+    except BaseException:
+        print(f"--- gateway log ---\n{gw.log()}\n--- chromium log ---\n{browser.log()}")
+        raise
+    finally:
+        if cdp is not None:
+            try:
+                cdp.close()
+            except OSError:
+                pass
+        browser.stop()
+        rc = gw.stop()
+    assert rc == 0, f"slurmgate exit code after SIGTERM: {rc}\n{gw.log()}"
