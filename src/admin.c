@@ -261,8 +261,8 @@ static void ep_logs(struct hconn *c, const struct route_target *rt, struct servi
 			return;
 		}
 	}
-	if (query_get(rt->query, rt->qlen, "follow", v, sizeof v))
-		follow = strcmp(v, "0") != 0 && strcmp(v, "false") != 0;
+	if (query_get(rt->query, rt->qlen, "follow", v, sizeof v))   /* a HEAD gets the head only */
+		follow = strcmp(v, "0") != 0 && strcmp(v, "false") != 0 && !http_is_head(c);
 	if (lops->logs == NULL) {
 		reply_err(c, 501, "this service's launcher keeps no logs");
 		return;

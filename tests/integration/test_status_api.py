@@ -182,7 +182,7 @@ def _sse_lines(port, path, want, timeout, headers=None):
         while not want(lines):
             assert time.monotonic() < deadline, f"timed out; lines so far: {lines[-20:]}"
             try:
-                ln = r.fp.readline()
+                ln = r.readline()
             except socket.timeout:
                 continue
             assert ln, f"the stream ended; lines so far: {lines[-20:]}"
@@ -221,6 +221,7 @@ exec "$DEMO" "$@"
         r = g.get(f"/api/services/demo/logs?lines={bad}")
         assert r.status == 400 and "lines" in r.json()["error"], (bad, r)
     assert g.post("/api/services/demo/logs").status == 405
+    assert g.request("HEAD", "/api/services/demo/logs?follow=1", timeout=5).status == 200   # no stream
     assert g.get("/api/services/nope/logs").status == 404
 
     # follow: the tail first (2 lines), then ticks that were not written yet
@@ -276,3 +277,31 @@ def test_service_logs_of_a_slurm_service_say_they_are_not_available_yet(tmp_path
         assert r.status == 501 and "not available yet" in r.json()["error"], r
     finally:
         g.close()
+
+
+def test_followed_log_ends_when_its_service_leaves_the_config(gateway):
+    """A reload that removes the service ends its log stream (an "end"
+    event, then the response ends); the gateway keeps serving."""
+    import http.client
+    import os
+    import signal
+    other = demo_service(name="other", route="tr")
+    g = gateway([demo_service(), other])
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=10 * SLACK)
+    try:
+        conn.request("GET", "/api/services/demo/logs?follow=1")
+        r = conn.getresponse()
+        assert r.status == 200
+        assert r.readline() == b"retry: 2000\n"
+        cfg = dict(g.config)
+        cfg["Services"] = [other]
+        tmp = g.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cfg))
+        os.replace(tmp, g.config_path)
+        g.proc.send_signal(signal.SIGHUP)
+        rest = r.read()   # to the end of the response
+        assert b"event: end\ndata: the service left the config\n" in rest, rest
+    finally:
+        conn.close()
+    assert g.get("/api/services/demo/logs").status == 404
+    assert g.get("/api/services/other/logs").status == 200
