@@ -7,16 +7,17 @@
 #include "config.h"
 #include "auth.h"
 #include "launcher.h"
+#include "reply.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
 
 static json_t *instance_json(const struct instance *i, const struct launcher_ops *lops)
 {
-	json_t *o = json_pack("{s:i,s:s,s:s,s:i,s:i,s:I,s:f}", "index", i->index, "state",
+	json_t *o = json_pack("{s:i,s:s,s:s,s:i,s:i,s:I,s:o}", "index", i->index, "state",
 			      instance_state_name(i->state), "detail", i->detail, "port", i->remote_port,
 			      "in_flight", i->inflight, "served", (json_int_t)i->served,
-			      "age_seconds", now_s() - i->created);
+			      "age_seconds", reply_real(now_s() - i->created));
 
 	json_object_set_new(o, "address", i->addr_str[0] ? json_string(i->addr_str) : json_null());
 	/* what the launcher knows: these three, null where it has none */
@@ -30,7 +31,7 @@ static json_t *instance_json(const struct instance *i, const struct launcher_ops
 		json_decref(d);
 	}
 	json_object_set_new(o, "time_left_seconds",
-			    i->deadline > 0 ? json_real(i->deadline - now_s()) : json_null());
+			    i->deadline > 0 ? reply_real(i->deadline - now_s()) : json_null());
 	return o;
 }
 
@@ -45,17 +46,17 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	struct instance *i;
 
 	service_reason(s, reason, sizeof reason);
-	o = json_pack("{s:s,s:b,s:b,s:s}", "Name", cfg->name, "started",
+	/* the seed's "Name" in the seed's answers, "name" everywhere else */
+	o = json_pack("{s:s,s:b,s:b,s:s}", seed_style ? "Name" : "name", cfg->name, "started",
 		      st == SVC_STARTING || st == SVC_READY, "running", st == SVC_READY, "reason", reason);
 	if (seed_style)
 		return o;
-	json_object_set_new(o, "name", json_string(cfg->name));
 	json_object_set_new(o, "route_name", json_string(cfg->route_name));
 	json_object_set_new(o, "state", json_string(service_state_name(st)));
 	json_object_set_new(o, "launcher", json_string(cfg->launcher->name));
 	json_object_set_new(o, "in_flight", json_integer(service_inflight(s)));
 	json_object_set_new(o, "waiting", json_integer(service_waiting(s)));
-	json_object_set_new(o, "idle_seconds_left", idle >= 0 ? json_real(idle) : json_null());
+	json_object_set_new(o, "idle_seconds_left", idle >= 0 ? reply_real(idle) : json_null());
 	json_object_set_new(o, "timeout", json_integer(cfg->timeout));
 	json_object_set_new(o, "start_timeout", json_integer(cfg->start_timeout));
 	json_object_set_new(o, "min_instances", json_integer(cfg->min_instances));
@@ -71,13 +72,17 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	return o;
 }
 
-json_t *api_state_json(void)
+json_t *api_state_json(bool seed_names)
 {
 	json_t *a = json_array();
 
-	for (size_t k = 0; k < services_count(); k++)
-		json_array_append_new(a, api_service_json(service_at(k), false));
-	return json_pack("{s:s,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
+	for (size_t k = 0; k < services_count(); k++) {
+		json_t *o = api_service_json(service_at(k), false);
+		if (seed_names)   /* /info: the seed's clients read "Name" */
+			json_object_set_new(o, "Name", json_string(service_config(service_at(k))->name));
+		json_array_append_new(a, o);
+	}
+	return json_pack("{s:s,s:b,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
 			 services_managed, "admin_token_required", auth_admin_token_required(),
-			 "services", a);
+			 "public_status", auth_public_status(), "services", a);
 }

@@ -8,9 +8,11 @@
 
 struct service;
 
-/* One service: the seed's {"Name","started","running","reason"}, or all of it. */
+/* One service: the seed's {"Name","started","running","reason"}, or all of
+ * it ("name", no "Name"). */
 json_t *api_service_json(const struct service *s, bool seed_style);
-/* {"version","service_management","services":[...]} */
-json_t *api_state_json(void);
+/* {"version","service_management","admin_token_required","services":[...]};
+ * SEED_NAMES (/info): each service carries the seed's "Name" beside "name". */
+json_t *api_state_json(bool seed_names);
 
 #endif

@@ -95,3 +95,36 @@ bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s
 	}
 	return true;
 }
+
+bool auth_public_status(void)
+{
+	return acfg == NULL || acfg->public_status;
+}
+
+bool auth_read(struct hconn *c, const struct http_msg *m)
+{
+	size_t len = 0;
+	const char *t;
+
+	if (auth_public_status())
+		return true;
+	t = access_bearer(m, &len);
+	if (t != NULL && ((acfg->admin_token && access_secret_eq(t, len, acfg->admin_token)) ||
+			  access_key_find(t, len) != NULL))
+		return true;
+	reply_json(c, 401,
+		   json_pack("{s:s,s:i}", "error",
+			     t ? "invalid api key" :
+				 "the gateway's state needs Authorization: Bearer <api key or admin token> "
+				 "(public_status is false)",
+			     "status", 401),
+		   "WWW-Authenticate: Bearer realm=\"slurmgate\"\r\n");
+	return false;
+}
+
+bool auth_logs(struct hconn *c, const struct http_msg *m)
+{
+	if (acfg->admin_token != NULL)
+		return auth_admin(c, m);
+	return auth_read(c, m);
+}

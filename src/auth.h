@@ -27,6 +27,9 @@ void auth_configure(const struct config *cfg);
 bool auth_admin_token_required(void);
 /* Admin endpoints need "Authorization: Bearer <admin_token>" when one is set. */
 bool auth_admin(struct hconn *c, const struct http_msg *m);
+/* Whether admin endpoints need the admin token (the status page hides its
+ * token box when not). */
+bool auth_admin_token_required(void);
 /* With api_keys set, using a service needs a key that may use it: 401
  * without one, 403 for a key limited to other services. The admin token
  * is never an api key. S may be NULL (any service will do). OPENAI: answer
@@ -35,6 +38,14 @@ bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s
 /* The id of M's api key for logs and usage (its name or a digest prefix,
  * never the key), "" when there is none or it is not one of ours. */
 const char *auth_key_id(const struct http_msg *m);
+/* The state (/info, /check_<route>, /api/..., /metrics): with
+ * public_status false, it needs an api key (any) or the admin token, else
+ * 401; with public_status true (the default) anyone may read it. */
+bool auth_read(struct hconn *c, const struct http_msg *m);
+bool auth_public_status(void);
+/* A service's logs (they may hold secrets): the admin token when one is
+ * set, else as auth_read. */
+bool auth_logs(struct hconn *c, const struct http_msg *m);
 /* State-changing endpoints refuse cross-site requests (403). */
 bool auth_same_site(struct hconn *c, const struct http_msg *m);
 

@@ -102,6 +102,7 @@ static const struct field cfg_fields[] = {
 	{"admin_token_file", F_STR, CFG(admin_token_file), false, 0, NULL, 0, 0},
 	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},
 	{"log_json", F_BOOL, CFG(log_json), false, 0, NULL, 0, 0},
+	{"public_status", F_BOOL, CFG(public_status), false, 1, NULL, 0, 0},
 	{"feedback_interval", F_INT, CFG(feedback_interval), false, 3, NULL, 1, 600},
 	{"max_json_body", F_LLONG, CFG(max_json_body), false, 1LL << 20, NULL, 64, 1LL << 30},
 	{"max_held_body", F_LLONG, CFG(max_held_body), false, 8LL << 20, NULL, 0, 1LL << 40},
@@ -606,6 +607,9 @@ static void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 					log_escape(*sv, strlen(*sv)));
 		}
 	}
+	if (!cfg->public_status && cfg->n_api_keys == 0 && cfg->admin_token == NULL)
+		err_add(e, "$.public_status: false needs api_keys or an admin_token (else nobody "
+			   "could read the state)");
 }
 
 void config_free(struct config *cfg)

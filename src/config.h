@@ -81,6 +81,7 @@ struct config {
 	char *access_log;         /* a file, "-" for stderr, or NULL: none */
 	int log_repeat_interval;  /* seconds: identical errors are logged once per service and
 	                           * interval, with a count (0: each one) */
+	bool public_status;       /* the state (/info, /api, /metrics, the page's data) needs no key */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
 	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
 	long long max_held_body;  /* bytes of request bodies held in RAM, all waiting requests

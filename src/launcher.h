@@ -21,12 +21,15 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
 struct config;
 struct event_base;
+struct evbuffer;
 struct instance;
+struct service;
 
 /* Why a start did not reach READY: the reason label of
  * slurmgate_start_failures_total (launch_fail_name). A launcher reports
@@ -82,6 +85,12 @@ struct launcher_ops {
 	 * instance_hold(), instance_endpoint() or instance_gone(), at once or
 	 * later. I is out of rotation already. */
 	void (*check)(struct instance *i);
+	/* Optional: the service's recent output, for /api/services/<name>/logs:
+	 * append to OUT, each ending in '\n', the lines numbered *FROM and
+	 * later, at most MAX of them (the newest), and set *FROM to the number
+	 * the next line will get (0, 0: where the output stands now). Returns
+	 * 0, or -1 with *cause (malloc'd) when it has none to give. */
+	int (*logs)(struct service *s, uint64_t *from, size_t max, struct evbuffer *out, char **cause);
 };
 
 /* The built-in ones (a launcher needs no line here: launcher.c declares

@@ -18,10 +18,19 @@
 #include "config.h"
 #include "launcher.h"
 #include "log.h"
+#include "logring.h"
 #include "proc.h"
 #include "ptree.h"
 #include "service.h"
 #include "util.h"
+
+/* A line of the instance's stdout or stderr: into the service's log. */
+static void local_line(void *arg, const char *line, size_t len)
+{
+	struct instance *i = arg;
+
+	logring_addf(service_log(i->svc), "[%d] %.*s", i->index, (int)len, line);
+}
 
 static void local_exited(struct proc *p, int status, void *arg)
 {
@@ -30,6 +39,7 @@ static void local_exited(struct proc *p, int status, void *arg)
 	const char *last = proc_last_line(p);
 
 	proc_status_str(status, st, sizeof st);
+	logring_addf(service_log(i->svc), "[%d] --- slurmgate: the process %s ---", i->index, st);
 	i->lpriv = NULL;
 	if (i->state == INST_STARTING || i->state == INST_PROBING)
 		snprintf(why, sizeof why, "start script %s%s%s", st, last[0] ? ": " : "", last);
@@ -166,9 +176,14 @@ static int local_start(struct instance *i, char **cause)
 	o.pdeathsig = SIGTERM;
 	o.env = env;
 	o.log_prefix = prefix;
+	o.on_line = local_line;
 	p = proc_spawn(argv, &o, local_exited, i, cause);
-	if (p == NULL)
+	if (p == NULL) {
+		logring_addf(service_log(i->svc), "[%d] --- slurmgate: %s ---", i->index, *cause);
 		return -1;
+	}
+	logring_addf(service_log(i->svc), "[%d] --- slurmgate: started %s %s as process %d ---",
+		     i->index, cfg->bash_file, port, (int)proc_pid(p));
 	i->lpriv = p;
 	instance_set_detail(i, "process %d started", (int)proc_pid(p));
 	instance_endpoint(i, cfg->local_host, i->local_port);
@@ -191,10 +206,23 @@ static void local_describe(const struct instance *i, json_t *o)
 		json_object_set_new(o, "pid", json_integer(proc_pid(i->lpriv)));
 }
 
+/* What its processes wrote (stdout and stderr), from the service's ring. */
+static int local_logs(struct service *s, uint64_t *from, size_t max, struct evbuffer *out,
+		      char **cause)
+{
+	const struct logring *r = service_log_peek(s);
+
+	(void)cause;
+	if (r != NULL)
+		logring_read(r, from, max, out);
+	return 0;
+}
+
 const struct launcher_ops launcher_local = {
 	.name = "local",
 	.script_on_host = true,
 	.start = local_start,
 	.stop = local_stop,
 	.describe = local_describe,
+	.logs = local_logs,
 };

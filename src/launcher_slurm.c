@@ -641,6 +641,18 @@ static void slurm_init(struct event_base *base, const struct config *cfg)
 		poll_ev = evtimer_new(base, poll_cb, NULL);
 }
 
+/* Not yet: the job's output is a file on the cluster (another change reads
+ * it through the remote agent). */
+static int slurm_logs(struct service *s, uint64_t *from, size_t max, struct evbuffer *out,
+		      char **cause)
+{
+	(void)s, (void)from, (void)max, (void)out;
+	*cause = xstrdup("logs are not available yet for Slurm services: the job's output is in its "
+			 "output file on the cluster (Slurm's default: slurm-<job id>.out in the "
+			 "directory sbatch ran in)");
+	return -1;
+}
+
 const struct launcher_ops launcher_slurm = {
 	.name = "slurm",
 	.extra_ports = 1,   /* the instance a walltime handover starts */
@@ -651,4 +663,5 @@ const struct launcher_ops launcher_slurm = {
 	.describe = slurm_describe,
 	.recover = slurm_recover,
 	.check = slurm_check,
+	.logs = slurm_logs,
 };

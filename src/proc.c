@@ -39,6 +39,7 @@ struct proc {
 	struct event *poll_ev; /* waiting for the tree to be gone */
 	proc_exit_cb cb;
 	void *arg;
+	void (*on_line)(void *arg, const char *line, size_t len);
 	int out_fd, err_fd;
 	struct event *out_ev, *err_ev, *kill_ev, *deadline_ev;
 	struct evbuffer *out;
@@ -92,6 +93,8 @@ static void err_bytes(struct proc *p, const char *buf, size_t n)
 				snprintf(p->last, sizeof p->last, "%s", log_escape(p->line, p->linelen));
 				log_debug("%s: %s", p->prefix, log_escape(p->line, p->linelen));
 			}
+			if (p->on_line && (p->linelen > 0 || ch == '\n'))
+				p->on_line(p->arg, p->line, p->linelen);
 			p->linelen = 0;
 			if (ch == '\n')
 				continue;
@@ -356,6 +359,7 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 		ptree_set_leader(tree, o->new_pgrp ? pid : 0);
 	p->cb = cb;
 	p->arg = arg;
+	p->on_line = o->on_line;
 	p->out = evbuffer_new();
 	p->prefix = xstrdup(o->log_prefix ? o->log_prefix : argv[0]);
 	p->err_fd = errp[0];
@@ -432,6 +436,7 @@ void proc_terminate(struct proc *p, int grace_s)
 void proc_forget(struct proc *p)
 {
 	p->cb = NULL;
+	p->on_line = NULL;
 	p->arg = NULL;
 }
 

@@ -31,6 +31,9 @@ struct proc_opts {
 	 * killed as a whole: SIGKILL to the rest when the leader exits on its
 	 * own; on proc_terminate SIGTERM to all, SIGKILL after the grace. */
 	bool tree;
+	/* Each line the child writes to stderr (and stdout, unless captured),
+	 * with the ARG of proc_spawn; not after proc_forget. */
+	void (*on_line)(void *arg, const char *line, size_t len);
 };
 
 void proc_init(struct event_base *base);

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "refusal.h"
+#include "reply.h"
 #include "router.h"
 #include "service.h"
 #include "util.h"
@@ -217,7 +218,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status", status);
 		if (retry_after > 0)
 			json_object_set_new(o, "retry_after", json_integer(retry_after));
-		body = json_dumps(o, JSON_COMPACT);
+		body = reply_dumps(o, true);
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
 		free(body);
 		json_decref(o);

@@ -1,11 +1,33 @@
 /* reply.c - the gateway's own JSON answers (see reply.h). */
 #include "reply.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "http.h"
 #include "util.h"
+
+json_t *reply_real(double v)
+{
+	if (!isfinite(v))
+		return json_null();
+	return json_real(round(v * 1000.0) / 1000.0);
+}
+
+char *reply_dumps(const json_t *o, bool newline)
+{
+	/* 15 significant digits: a rounded value prints as it was rounded
+	 * (58.823, not 58.822999999999997), a wall-clock time keeps its ms */
+	char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
+	char *out;
+
+	if (!newline)
+		return s;
+	out = xasprintf("%s\n", s);
+	free(s);
+	return out;
+}
 
 void reply_json(struct hconn *c, int status, json_t *o, const char *extra)
 {
@@ -15,7 +37,7 @@ void reply_json(struct hconn *c, int status, json_t *o, const char *extra)
 		http_reply_error(c, 500, SG_SEC_HEADERS_DATA, "could not encode the answer as JSON");
 		return;
 	}
-	body = json_dumps(o, JSON_COMPACT);
+	body = reply_dumps(o, true);
 	if (extra != NULL) {
 		char *h = xasprintf("%s%s", SG_SEC_HEADERS_DATA, extra);
 		http_reply(c, status, "application/json", h, body, strlen(body));

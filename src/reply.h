@@ -1,10 +1,22 @@
 /* reply.h - the gateway's own JSON answers: {"error","status"} for its
  * endpoints, OpenAI's error shape for /v1. Each takes the head of the
- * answer; the security headers for data are always sent. */
+ * answer; the security headers for data are always sent.
+ *
+ * Every JSON body ends with a newline; reals are rounded to 3 decimals
+ * (reply_real) and printed with 15 significant digits, so a client sees
+ * 58.824, never 58.82375594399997. */
 #ifndef SG_REPLY_H
 #define SG_REPLY_H
 
+#include <stdbool.h>
+
 #include <jansson.h>
+
+/* V rounded to 3 decimals (null if not finite). */
+json_t *reply_real(double v);
+/* O as compact JSON (malloc'd), with a trailing newline if NEWLINE (an
+ * SSE data line wants none). */
+char *reply_dumps(const json_t *o, bool newline);
 
 struct hconn;
 

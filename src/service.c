@@ -17,6 +17,7 @@
 #include "http.h"
 #include "launcher.h"
 #include "log.h"
+#include "logring.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -42,6 +43,7 @@ struct service {
 	struct event *scale_ev;
 	struct event *dispatch_ev;   /* dispatch_waiters, outside anyone's callback */
 	struct svc_metrics m;
+	struct logring *log;         /* its instances' output (service_log) */
 };
 
 bool services_managed = true;
@@ -1106,6 +1108,7 @@ void services_shutdown(void (*done_cb)(void))
 
 static void service_free(struct service *s)
 {
+	logring_free(s->log);
 	event_free(s->scale_ev);
 	event_free(s->dispatch_ev);
 	free(s);
@@ -1266,6 +1269,18 @@ struct instance *service_next_instance(const struct instance *i)
 struct svc_metrics *service_metrics(struct service *s)
 {
 	return &s->m;
+}
+
+struct logring *service_log(struct service *s)
+{
+	if (s->log == NULL)
+		s->log = logring_new();
+	return s->log;
+}
+
+const struct logring *service_log_peek(const struct service *s)
+{
+	return s->log;
 }
 
 uint64_t service_requests(const struct service *s)

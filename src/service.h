@@ -36,6 +36,7 @@ struct hconn;
 struct svc_config;
 struct service;
 struct launcher_ops;
+struct logring;
 
 /* A request waiting for an instance, then in flight on one; embedded in
  * the caller's object. */
@@ -120,6 +121,11 @@ struct instance *service_first_instance(const struct service *s);
 struct instance *service_next_instance(const struct instance *i);
 /* Counters. */
 struct svc_metrics *service_metrics(struct service *s);
+/* What its instances wrote, as far as the gateway sees it (a launcher adds
+ * to it; created on first use, kept across instances and reloads);
+ * service_log_peek: NULL while nothing was written. */
+struct logring *service_log(struct service *s);
+const struct logring *service_log_peek(const struct service *s);
 uint64_t service_requests(const struct service *s);
 uint64_t service_starts(const struct service *s);
 uint64_t service_start_failures(const struct service *s);
