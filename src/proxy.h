@@ -28,6 +28,8 @@ struct proxy_opts {
 	bool trust_forwarded; /* the client is a trusted proxy: append to its
 	                       * X-Forwarded-For, pass its X-Forwarded-Proto/-Host;
 	                       * else all three are replaced */
+	bool openai;        /* the gateway's own errors in OpenAI's shape
+	                     * {"error":{"message","type","param","code"}} (/v1) */
 };
 
 void proxy_init(struct event_base *base, const struct config *cfg);

@@ -1,0 +1,260 @@
+"""What real OpenAI and Hugging Face clients hit (issue 12): the official
+`openai` npm client and `@huggingface/inference` against the gateway.
+
+- GET /v1/models/{id} (models.retrieve) answers the model object, or an
+  OpenAI-shaped 404 (problem 2);
+- every error the gateway makes on /v1 is in OpenAI's shape, and a cold
+  stream whose service answers 4xx carries the service's own message
+  (problem 3);
+- a GET whose service dies is retried only on another instance, and the
+  502 says the service died (problem 6);
+- multipart /v1/audio/* requests are routed by their "model" field, and
+  /v1/responses and /v1/messages by the JSON body's;
+- usage per key and service in /metrics and /api."""
+import json
+import os
+import signal
+import threading
+
+from conftest import (DEMO_SH, SLACK, demo_service, http_request, pid_alive, wait_until,
+                      write_script)
+from jsclient import run_js
+
+
+def openai_shape(r, status):
+    """R is {"error":{"message","type","param":null,"code"}} with STATUS."""
+    assert r.status == status, r
+    assert r.header("Content-Type", "").startswith("application/json"), dict(r.headers)
+    o = r.json()
+    assert set(o) == {"error"}, o
+    e = o["error"]
+    assert set(e) == {"message", "type", "param", "code"}, o
+    assert isinstance(e["message"], str) and e["message"], o
+    assert isinstance(e["type"], str) and e["type"], o
+    assert e["param"] is None, o
+    return e
+
+
+def jpost(g, path, obj, headers=None, timeout=20.0):
+    h = {"Content-Type": "application/json", **(headers or {})}
+    return http_request(g.port, "POST", path, body=json.dumps(obj).encode(), headers=h,
+                        timeout=timeout * SLACK)
+
+
+# --------------------------------------------------------------------------
+# problem 2: GET /v1/models/{id}
+# --------------------------------------------------------------------------
+
+def test_models_retrieve_answers_the_model_or_an_openai_404(gateway):
+    g = gateway([demo_service(aliases=["gpt-4o-mini", "org/Model-7B"])])
+    out = run_js(g, """
+        const a = await client.models.retrieve('gpt-4o-mini');
+        const b = await client.models.retrieve('org/Model-7B');
+        let miss;
+        try { await client.models.retrieve('no-such-model'); } catch (e) {
+          miss = { status: e.status, code: e.code, type: e.type, message: e.message }; }
+        return { a, b, miss };""")
+    for key, mid in (("a", "gpt-4o-mini"), ("b", "org/Model-7B")):
+        m = out[key]
+        assert m["id"] == mid and m["object"] == "model", out
+        assert m["service"] == "demo" and m["state"] == "stopped", out
+        assert isinstance(m["created"], int) and m["owned_by"] == "slurmgate", out
+    miss = out["miss"]
+    assert miss["status"] == 404 and miss["code"] == "model_not_found", out
+    assert "no-such-model" in miss["message"] and not miss["message"].startswith('404 "'), out
+    # retrieving starts nothing
+    assert g.svc("demo")["starts"] == 0
+    # the same answer over plain HTTP, the unencoded slash too
+    r = g.get("/v1/models/org/Model-7B")
+    assert r.status == 200 and r.json()["id"] == "org/Model-7B", r
+    openai_shape(g.get("/v1/models/nope"), 404)
+
+
+def test_models_retrieve_needs_a_key_and_hides_models_the_key_may_not_use(gateway):
+    g = gateway([demo_service(name="demo", route="llm"),
+                 demo_service(name="other", route="other")],
+                api_keys=[{"key": "sk-demo-0123456789", "services": ["demo"]}])
+    openai_shape(g.get("/v1/models/demo"), 401)
+    h = {"Authorization": "Bearer sk-demo-0123456789"}
+    assert g.get("/v1/models/demo", headers=h).json()["id"] == "demo"
+    openai_shape(g.get("/v1/models/other", headers=h), 404)
+
+
+# --------------------------------------------------------------------------
+# problem 3: /v1 errors in OpenAI's shape
+# --------------------------------------------------------------------------
+
+def test_v1_start_failure_is_an_openai_error_the_client_reads(gateway, tmp_path):
+    bad = write_script(tmp_path / "bad.sh", '#!/bin/sh\necho "no GPU here" >&2\nexit 3\n')
+    g = gateway([demo_service(bash_file=str(bad))])
+    out = run_js(g, """
+        return await client.chat.completions.create({ model: 'demo',
+            messages: [{ role: 'user', content: 'hi' }] });""")
+    t = out["thrown"]
+    assert t["status"] == 503, out
+    # the real reason, not 503 "start script..." (a JSON string the client printed)
+    assert not t["message"].startswith('503 "'), out
+    assert "exited with status 3" in t["message"] and "no GPU here" in t["message"], out
+    assert t["type"] == "service_unavailable", out
+    # over plain HTTP: the shape, and Retry-After (the back-off)
+    r = jpost(g, "/v1/chat/completions", {"model": "demo", "messages": []})
+    e = openai_shape(r, 503)
+    assert "exited with status 3" in e["message"], e
+    assert int(r.header("Retry-After")) >= 1, dict(r.headers)
+
+
+def test_v1_no_hold_503_and_upstream_502_are_openai_errors(gateway, tmp_path):
+    g = gateway([demo_service(hold=False)], env={"DEMO_DELAY": "2"})
+    r = jpost(g, "/v1/chat/completions", {"model": "demo", "messages": []})
+    e = openai_shape(r, 503)
+    assert "starting" in e["message"], e
+    assert r.header("Retry-After"), dict(r.headers)
+    # a route request keeps the gateway's own shape
+    r = g.get("/llm/health")
+    assert r.status == 503 and isinstance(r.json()["error"], str), r
+
+
+def test_cold_stream_whose_service_answers_400_carries_the_services_message(gateway):
+    g = gateway(env={"DEMO_DELAY": "1"}, feedback_interval=1)
+    out = run_js(g, """
+        const s = await client.chat.completions.create({ model: 'demo', stream: true,
+            max_tokens: -1, messages: [{ role: 'user', content: 'hi' }] });
+        const got = [];
+        for await (const ch of s) got.push(ch);
+        return { got };""")
+    t = out["thrown"]
+    assert "token count must be a non-negative integer" in t["message"], out
+    assert "the service answered 400" != t["message"], out
+    # warm, the same request gets the same reason
+    out = run_js(g, """
+        return await client.chat.completions.create({ model: 'demo', stream: true,
+            max_tokens: -1, messages: [{ role: 'user', content: 'hi' }] });""")
+    assert "token count must be a non-negative integer" in out["thrown"]["message"], out
+
+
+# --------------------------------------------------------------------------
+# problem 6: a GET whose service dies
+# --------------------------------------------------------------------------
+
+def test_get_whose_service_dies_is_not_retried_on_the_dead_instance(gateway, tmp_path):
+    # what users run: the server as the script's child, no exec
+    sh = write_script(tmp_path / "noexec.sh",
+                      f'#!/bin/sh\n"{DEMO_SH}" "$@"\necho "server ended" >&2\nexit 1\n')
+    g = gateway([demo_service(bash_file=str(sh))])
+    # warm, with a kept-alive upstream connection in the pool
+    assert g.get("/llm/health").status == 200
+    r = g.get("/llm/pid")
+    assert r.status == 200, r
+    server = r.json()["pid"]
+    holder = {}
+    t = threading.Thread(target=lambda: holder.setdefault(
+        "r", http_request(g.port, "GET", "/llm/slow?ms=8000", timeout=15 * SLACK)))
+    t.start()
+    wait_until(lambda: g.svc()["in_flight"] == 1, 5 * SLACK, msg="the GET in flight")
+    os.kill(server, signal.SIGKILL)
+    t.join(15 * SLACK)
+    assert not t.is_alive()
+    r = holder["r"]
+    assert r.status == 502, r
+    msg = r.json()["error"]
+    assert "Connection refused" not in msg and "connect failed" not in msg, msg
+    assert "exited with status 1" in msg, msg
+    assert r.elapsed < 7 * SLACK, r
+    assert "connect failed" not in g.log(), g.log()
+    wait_until(lambda: not pid_alive(server), 3)
+
+
+# --------------------------------------------------------------------------
+# model routing beyond JSON chat
+# --------------------------------------------------------------------------
+
+def wav(path, seconds=0.5, rate=16000):
+    """A small real WAV file: a 440 Hz tone, 16-bit mono."""
+    import math
+    import struct
+    import wave
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * k / rate)))
+                               for k in range(int(seconds * rate))))
+    return path
+
+
+def whisper_and_chat():
+    return [demo_service(name="whisper", route="whisper", aliases=["whisper-1"]),
+            demo_service(name="chat", route="chat", aliases=["gpt-4o-mini"])]
+
+
+def test_audio_transcription_and_translation_are_routed_by_the_form_model(gateway, tmp_path):
+    g = gateway(whisper_and_chat())
+    f = wav(tmp_path / "hello.wav")
+    out = run_js(g, f"""
+        const t = await client.audio.transcriptions.create({{
+            file: fs.createReadStream({json.dumps(str(f))}), model: 'whisper-1' }});
+        const r = await client.audio.translations.create({{
+            file: fs.createReadStream({json.dumps(str(f))}), model: 'whisper-1' }});
+        return {{ t, r }};""")
+    size = f.stat().st_size
+    for key, path in (("t", "/v1/audio/transcriptions"), ("r", "/v1/audio/translations")):
+        e = out[key]
+        assert e["path"] == path and e["method"] == "POST", out
+        assert e["headers"]["content-type"].startswith("multipart/form-data; boundary="), e
+        # the whole form arrived, the audio file in it
+        assert e["body_length"] > size, e
+    # the whisper service answered; the chat service was never started
+    assert g.svc("whisper")["requests"] == 2
+    assert g.svc("chat")["starts"] == 0
+
+
+def form(boundary, fields):
+    """A multipart/form-data body from (name, filename or None, bytes)."""
+    out = b""
+    for name, filename, data in fields:
+        fn = f'; filename="{filename}"' if filename else ""
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{fn}\r\n"
+                + ("Content-Type: audio/wav\r\n" if filename else "") + "\r\n").encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_form_model_field_is_read_up_to_max_form_scan_and_the_rest_streams(gateway, tmp_path):
+    g = gateway(whisper_and_chat(), max_form_scan=65536)
+    audio = os.urandom(1 << 20)   # 1 MiB, far past max_form_scan
+    h = {"Content-Type": "multipart/form-data; boundary=sg-test-b0undary"}
+    body = form("sg-test-b0undary", [("model", None, b"whisper-1"), ("file", "a.wav", audio)])
+    r = http_request(g.port, "POST", "/v1/audio/transcriptions", body=body, headers=h,
+                     timeout=20 * SLACK)
+    assert r.status == 200, r
+    assert r.json()["body_length"] == len(body), r
+    # the file first: the model field is past max_form_scan
+    body = form("sg-test-b0undary", [("file", "a.wav", audio), ("model", None, b"whisper-1")])
+    e = openai_shape(http_request(g.port, "POST", "/v1/audio/transcriptions", body=body,
+                                  headers=h, timeout=20 * SLACK), 413)
+    assert "max_form_scan" in e["message"], e
+    # no model field, an unknown model, a form that is not one
+    body = form("sg-test-b0undary", [("file", "a.wav", b"RIFF")])
+    assert openai_shape(http_request(g.port, "POST", "/v1/audio/translations", body=body,
+                                     headers=h), 400)["code"] == "model_required"
+    body = form("sg-test-b0undary", [("model", None, b"nope"), ("file", "a.wav", b"RIFF")])
+    assert openai_shape(http_request(g.port, "POST", "/v1/audio/translations", body=body,
+                                     headers=h), 404)["code"] == "model_not_found"
+    r = http_request(g.port, "POST", "/v1/audio/translations", body=b"x",
+                     headers={"Content-Type": "multipart/form-data"})
+    assert openai_shape(r, 400)["code"] == "invalid_form"
+    assert g.svc("chat")["starts"] == 0 and g.svc("whisper")["requests"] == 1
+
+
+def test_responses_and_anthropic_messages_are_routed_by_the_json_model(gateway):
+    g = gateway(whisper_and_chat())
+    out = run_js(g, """
+        return await client.responses.create({ model: 'gpt-4o-mini', input: 'hello' });""")
+    assert out["path"] == "/v1/responses", out
+    assert json.loads(out["body"])["input"] == "hello", out
+    r = jpost(g, "/v1/messages", {"model": "chat", "max_tokens": 8,
+                                  "messages": [{"role": "user", "content": "hi"}]},
+              headers={"x-api-key": "sk-ant-x", "anthropic-version": "2023-06-01"})
+    assert r.status == 200 and r.json()["path"] == "/v1/messages", r
+    assert r.json()["headers"]["anthropic-version"] == "2023-06-01", r
+    assert g.svc("chat")["requests"] == 2 and g.svc("whisper")["starts"] == 0
