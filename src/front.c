@@ -46,6 +46,7 @@
 #include "reply.h"
 #include "router.h"
 #include "service.h"
+#include "usage.h"
 #include "util.h"
 
 struct session {
@@ -221,11 +222,14 @@ static bool wants_sse(const struct http_msg *m)
 	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
 }
 
-/* Forward options for a request from C to S. */
-static void fwd_opts(struct hconn *c, const struct service *s, struct proxy_opts *opt)
+/* Forward options for request M from C to S (KEYBUF: the key id's room). */
+static void fwd_opts(struct hconn *c, const struct http_msg *m, const struct service *s,
+		     struct proxy_opts *opt, char *keybuf)
 {
 	opt->strip_auth = fcfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
 	opt->trust_forwarded = access_peer_trusted(c);
+	key_id(request_key(m), keybuf);
+	opt->key_id = keybuf;
 }
 
 /* The upstream target: the normalised path and the query as sent. */
@@ -266,7 +270,7 @@ static void v1_forward(struct session *ss, const char *model, bool stream, bool 
 	char *target;
 	struct service *s;
 	struct proxy_opts opt = {0};
-	char msg[400];
+	char msg[400], keybuf[KEY_ID_MAX];
 
 	s = model_find(model);
 	if (s == NULL) {
@@ -285,7 +289,7 @@ static void v1_forward(struct session *ss, const char *model, bool stream, bool 
 	opt.hold = service_config(s)->hold;
 	opt.openai = true;
 	opt.feedback = ss->v1feedback || stream;
-	fwd_opts(c, s, &opt);
+	fwd_opts(c, m, s, &opt, keybuf);
 	target = upstream_target(ss->rt.path, ss->rt.plen, &ss->rt);
 	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
 	free(target);
@@ -393,6 +397,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	char *target;
 	const struct http_hdr *wh, *acc;
 	struct proxy_opts opt = {0};
+	char keybuf[KEY_ID_MAX];
 
 	if (!auth_key(c, m, s, false))
 		return;
@@ -415,7 +420,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	wh = http_find(m, "x-slurmgate-wait");
 	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
 	opt.feedback = wants_sse(m);
-	fwd_opts(c, s, &opt);
+	fwd_opts(c, m, s, &opt, keybuf);
 	target = upstream_target(rest, restlen, &ss->rt);
 	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
 	free(target);
@@ -678,4 +683,5 @@ void front_free(void)
 	free(models);
 	models = NULL;
 	access_free();
+	usage_free();
 }

@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "router.h"
 #include "service.h"
+#include "usage.h"
 #include "util.h"
 
 /* Body bytes held for a request whose service is not ready yet, before we
@@ -28,6 +29,8 @@
 #define ERRBODY_MAX (16 * 1024)
 /* Instances one request tries before it gives up. */
 #define MAX_TRIED 8
+/* The last bytes of a JSON or event-stream response kept for its "usage". */
+#define TAIL_MAX (64 * 1024)
 
 struct exchange {
 	struct hconn *down, *up;
@@ -56,6 +59,8 @@ struct exchange {
 	char *aborted;              /* ... here */
 	char *verdict_why;          /* waiting for a suspect instance's end: why it is suspect */
 	struct event *verdict_ev;
+	char key[KEY_ID_MAX];       /* the api key's id, for usage */
+	struct evbuffer *tail;      /* the response's last TAIL_MAX bytes, for its "usage" */
 	int err_status;             /* the service's error status after an early head */
 	struct evbuffer *errbody;   /* ... and its body, for the error event */
 	size_t held_n;              /* bytes of body counted in held_total */
@@ -127,6 +132,8 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	held_total -= ex->held_n;
 	if (ex->errbody)
 		evbuffer_free(ex->errbody);
+	if (ex->tail)
+		evbuffer_free(ex->tail);
 	if (ex->verdict_ev)
 		event_free(ex->verdict_ev);
 	for (int k = 0; k < ex->ntried; k++)
@@ -447,6 +454,8 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->strip_auth = o->strip_auth;
 	ex->trust_fwd = o->trust_forwarded;
 	ex->openai = o->openai;
+	snprintf(ex->key, sizeof ex->key, "%s", o->key_id ? o->key_id : "-");
+	usage_request(service_config(svc)->name, ex->key);
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
@@ -578,6 +587,13 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
 	if (ex->down == NULL)
 		return;
+	if (m->status >= 200 && m->status < 300) {
+		/* an OpenAI-style answer: its "usage" comes at its end */
+		const struct http_hdr *ct = http_find(m, "content-type");
+		if (ct && ((ct->vlen >= 16 && strncase_eq(ct->value, 16, "application/json")) ||
+			   (ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream"))))
+			ex->tail = evbuffer_new();
+	}
 	if (ex->early_head) {
 		/* our head went out already; a service error becomes an error event */
 		if (m->status >= 300) {
@@ -637,6 +653,17 @@ static void up_body(struct hconn *c, const char *p, size_t n)
 
 	if (ex->errbody && evbuffer_get_length(ex->errbody) + n <= ERRBODY_MAX)
 		evbuffer_add(ex->errbody, p, n);
+	if (ex->tail) {
+		size_t have;
+		if (n >= TAIL_MAX) {
+			evbuffer_drain(ex->tail, evbuffer_get_length(ex->tail));
+			evbuffer_add(ex->tail, p + n - TAIL_MAX, TAIL_MAX);
+		} else {
+			evbuffer_add(ex->tail, p, n);
+		}
+		if ((have = evbuffer_get_length(ex->tail)) > TAIL_MAX)
+			evbuffer_drain(ex->tail, have - TAIL_MAX);
+	}
 	if (ex->down == NULL || ex->discard_body)
 		return;
 	http_send(ex->down, p, n);
@@ -656,6 +683,13 @@ static void up_done(struct hconn *c)
 	ex->slot = NULL;
 	if (down && ex->errbody)
 		error_event(ex);
+	if (ex->tail) {
+		uint64_t prompt, completion;
+		size_t n = evbuffer_get_length(ex->tail);
+		if (n > 0 && usage_parse((const char *)evbuffer_pullup(ex->tail, -1), n, &prompt,
+					 &completion))
+			usage_tokens(service_config(ex->svc)->name, ex->key, prompt, completion);
+	}
 	if (down)
 		http_finish(down);
 	ex_end(ex, ex->req_done && http_reusable(c));

@@ -28,6 +28,7 @@ struct proxy_opts {
 	bool trust_forwarded; /* the client is a trusted proxy: append to its
 	                       * X-Forwarded-For, pass its X-Forwarded-Proto/-Host;
 	                       * else all three are replaced */
+	const char *key_id; /* the api key's id (usage.h key_id), or NULL: "-" */
 	bool openai;        /* the gateway's own errors in OpenAI's shape
 	                     * {"error":{"message","type","param","code"}} (/v1) */
 };

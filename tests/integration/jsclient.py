@@ -25,7 +25,7 @@ import fs from 'node:fs';
 const base = process.env.SG_BASE;
 const client = new OpenAI({ baseURL: base + '/v1', apiKey: process.env.SG_KEY || 'sk-none',
                             maxRetries: 0, timeout: Number(process.env.SG_TIMEOUT_MS) });
-const hf = new InferenceClient(process.env.SG_KEY || 'hf_none');
+const hf = new InferenceClient(process.env.SG_KEY || undefined, { endpointUrl: base });
 let out;
 try {
   out = await (async () => { %s })();

@@ -258,3 +258,82 @@ def test_responses_and_anthropic_messages_are_routed_by_the_json_model(gateway):
     assert r.status == 200 and r.json()["path"] == "/v1/messages", r
     assert r.json()["headers"]["anthropic-version"] == "2023-06-01", r
     assert g.svc("chat")["requests"] == 2 and g.svc("whisper")["starts"] == 0
+
+
+# --------------------------------------------------------------------------
+# usage per key and service
+# --------------------------------------------------------------------------
+
+K1 = "sk-usage-one-0123456789"
+K2 = "sk-usage-two-0123456789"
+
+
+def kid(key):
+    import hashlib
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def metric(text, name, **labels):
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return int(float(line.split()[-1]))
+    return None
+
+
+def test_usage_per_key_and_service_in_metrics_and_api(gateway):
+    g = gateway([demo_service(name="demo", route="llm", aliases=["gpt-4o-mini"]),
+                 demo_service(name="other", route="other")],
+                api_keys=[{"key": K1}, {"key": K2, "services": ["demo"]}])
+    msgs = "[{ role: 'user', content: 'one two three four five' }]"
+    one = run_js(g, f"""
+        const a = await client.chat.completions.create({{ model: 'demo', max_tokens: 3, messages: {msgs} }});
+        const b = await client.chat.completions.create({{ model: 'gpt-4o-mini', max_tokens: 4, messages: {msgs} }});
+        return [a.usage, b.usage];""", key=K1)
+    two = run_js(g, f"""
+        const s = await client.chat.completions.create({{ model: 'demo', max_tokens: 5, messages: {msgs},
+            stream: true, stream_options: {{ include_usage: true }} }});
+        let usage = null, n = 0;
+        for await (const ch of s) {{ n++; if (ch.usage) usage = ch.usage; }}
+        // without include_usage: a request, no tokens
+        const s2 = await client.chat.completions.create({{ model: 'demo', max_tokens: 2, messages: {msgs},
+            stream: true }});
+        for await (const ch of s2) {{ if (ch.usage) throw new Error('usage without include_usage'); }}
+        // the Hugging Face client
+        const h = await hf.chatCompletion({{ model: 'demo', max_tokens: 6, messages: {msgs} }},
+                                          {{ retry_on_error: false }});
+        return [usage, h.usage, n];""", key=K2)
+    assert all(u for u in one) and one[1]["completion_tokens"] == 4, one
+    assert two[0] and two[0]["completion_tokens"] == 5 and two[1]["completion_tokens"] == 6, two
+
+    m = g.get("/metrics").text
+    k1, k2 = kid(K1), kid(K2)
+    assert metric(m, "slurmgate_key_requests_total", service="demo", key=k1) == 2, m
+    assert metric(m, "slurmgate_key_requests_total", service="demo", key=k2) == 3, m
+    for k, us in ((k1, one), (k2, two[:2])):
+        assert metric(m, "slurmgate_tokens_total", service="demo", key=k, kind="prompt") == \
+            sum(u["prompt_tokens"] for u in us), m
+        assert metric(m, "slurmgate_tokens_total", service="demo", key=k, kind="completion") == \
+            sum(u["completion_tokens"] for u in us), m
+    assert metric(m, "slurmgate_key_requests_total", service="other", key=k1) is None, m
+    # /api: per service, per key
+    api = g.svc("demo")["usage"]
+    assert api[k1] == {"requests": 2, "prompt_tokens": one[0]["prompt_tokens"] + one[1]["prompt_tokens"],
+                       "completion_tokens": 7}, api
+    assert api[k2]["requests"] == 3 and api[k2]["completion_tokens"] == 11, api
+    assert g.svc("other")["usage"] == {}
+    # never the key itself
+    state = g.get("/api/services").text
+    for k in (K1, K2):
+        assert k not in m and k not in state
+
+
+def test_usage_without_api_keys_is_counted_under_a_dash(gateway):
+    g = gateway()
+    r = jpost(g, "/v1/chat/completions", {"model": "demo", "max_tokens": 3, "messages": []})
+    assert r.status == 200, r
+    u = r.json()["usage"]
+    m = g.get("/metrics").text
+    assert metric(m, "slurmgate_key_requests_total", service="demo", key="-") == 1, m
+    assert metric(m, "slurmgate_tokens_total", service="demo", key="-", kind="completion") == \
+        u["completion_tokens"] == 3, m
