@@ -59,6 +59,7 @@ struct exchange {
 	char *aborted;              /* ... here */
 	char *verdict_why;          /* waiting for a suspect instance's end: why it is suspect */
 	struct event *verdict_ev;
+	bool verdict_resend;        /* ... and may send the request again if it comes back */
 	char key[KEY_ID_MAX];       /* the api key's id, for usage */
 	struct evbuffer *tail;      /* the response's last TAIL_MAX bytes, for its "usage" */
 	int err_status;             /* the service's error status after an early head */
@@ -703,8 +704,9 @@ static bool closed_early(const struct exchange *ex, const char *why)
 	       (strstr(why, "closed the connection") || strstr(why, "connection error"));
 }
 
-/* Waited long enough for the suspect instance's end: answer with what the
- * connection said. */
+/* Waited long enough for the suspect instance's end: if a probe brought
+ * it back, send a request that lost nothing once more; else answer with
+ * what the connection said. */
 static void verdict_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct exchange *ex = arg;
@@ -712,6 +714,13 @@ static void verdict_cb(evutil_socket_t fd, short what, void *arg)
 	char reason[400];
 
 	(void)fd, (void)what;
+	if (i != NULL && i->state == INST_READY && ex->verdict_resend) {
+		ex->verdict_resend = false;
+		log_info("svc %s: [%d] answers probes again: sending the request once more",
+			 service_config(ex->svc)->name, i->index);
+		ex_connect(ex);
+		return;
+	}
 	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name,
 		 ex->verdict_why);
 	if (i != NULL) {
@@ -759,8 +768,11 @@ static void suspect_instance(struct exchange *ex, const char *why, bool resend)
 			ex_fail(ex, status, r, ra);
 		return;
 	}
+	free(ex->verdict_why);
 	ex->verdict_why = xstrdup(why);
-	ex->verdict_ev = evtimer_new(pbase, verdict_cb, ex);
+	ex->verdict_resend = resend && ex->verdict_ev == NULL;   /* once */
+	if (ex->verdict_ev == NULL)
+		ex->verdict_ev = evtimer_new(pbase, verdict_cb, ex);
 	event_add(ex->verdict_ev, &(struct timeval){pcfg->upstream_connect_timeout, 0});
 }
 

@@ -338,3 +338,39 @@ def test_usage_without_api_keys_is_counted_under_a_dash(gateway):
     assert metric(m, "slurmgate_key_requests_total", service="demo", key="-") == 1, m
     assert metric(m, "slurmgate_tokens_total", service="demo", key="-", kind="completion") == \
         u["completion_tokens"] == 3, m
+
+
+FLAKY = r'''
+import socket, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+seen = 0
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        global seen
+        if self.path == "/flaky":
+            seen += 1
+            if seen == 1:   # the first one: closed before any response byte
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+        body = b'{"ok":true,"seen":%d}' % seen
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+def test_get_closed_early_by_a_live_instance_is_sent_again_once_it_answers_probes(gateway, tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    sh = write_script(tmp_path / "flaky.sh", f'#!/bin/sh\nexec python3 "{tmp_path}/flaky.py" "$1"\n')
+    g = gateway([demo_service(bash_file=str(sh))], upstream_connect_timeout=1)
+    r = http_request(g.port, "GET", "/llm/flaky", timeout=15 * SLACK)
+    # the instance was only suspect: a probe brought it back, and the GET
+    # (nothing of it lost) went to it once more
+    assert r.status == 200 and r.json()["seen"] == 2, r
+    assert "answers probes again" in g.log(), g.log()
