@@ -374,3 +374,30 @@ def test_get_closed_early_by_a_live_instance_is_sent_again_once_it_answers_probe
     # (nothing of it lost) went to it once more
     assert r.status == 200 and r.json()["seen"] == 2, r
     assert "answers probes again" in g.log(), g.log()
+
+
+def test_get_whose_instance_dies_is_retried_on_the_other_instance(port_block, gateway, tmp_path):
+    # port_block first: its teardown (no demo left on the ports) after the gateway's
+    sh = write_script(tmp_path / "noexec.sh",
+                      f'#!/bin/sh\n"{DEMO_SH}" "$@"\necho "server ended" >&2\nexit 1\n')
+    p = port_block(2)
+    g = gateway([demo_service(bash_file=str(sh), port=p, min_instances=2, max_instances=2)])
+    wait_until(lambda: sum(i["state"] == "ready" for i in g.svc()["instances"]) == 2, 15 * SLACK,
+               msg="two ready instances")
+    holder = {}
+    t = threading.Thread(target=lambda: holder.setdefault(
+        "r", http_request(g.port, "GET", "/llm/slow?ms=1500", timeout=15 * SLACK)))
+    t.start()
+    wait_until(lambda: g.svc()["in_flight"] == 1, 5 * SLACK, msg="the GET in flight")
+    busy = [i for i in g.svc()["instances"] if i["in_flight"] == 1][0]
+    # the server under the script of the busy instance (its --port)
+    from conftest import pids_with_arg
+    server = [q for q in pids_with_arg("--port", str(busy["port"])) if q != busy["pid"]]
+    assert server, busy
+    for q in server:
+        os.kill(q, signal.SIGKILL)
+    t.join(15 * SLACK)
+    r = holder["r"]
+    # sent again, to the other instance only, which answered it
+    assert r.status == 200 and r.json()["slept_ms"] == 1500, r
+    assert g.log().count("retrying a request on another instance") == 1, g.log()
