@@ -33,7 +33,7 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
-TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev
+TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev nodejs
 BENCH_PKGS = wrk nginx-light
 
 .PHONY: all run test unit unit-asan integration asan chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
@@ -45,6 +45,17 @@ deps:
 
 test-deps: deps
 	@tools/ensure-packages $(TEST_PKGS)
+	@$(MAKE) --no-print-directory $(JS_DEPS)
+
+# The real JavaScript clients the integration tests drive (the `openai` and
+# `@huggingface/inference` npm packages; tests/integration/jsclient.py), at
+# the versions tests/js/package-lock.json pins. npm comes with Node.js from
+# NodeSource; Debian ships it as its own package.
+JS_DEPS = tests/js/node_modules/.installed
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	@command -v npm >/dev/null || tools/ensure-packages npm
+	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 bench-deps: deps
 	@tools/ensure-packages $(BENCH_PKGS)

@@ -9,6 +9,7 @@
 #include "launcher.h"
 #include "reply.h"
 #include "service.h"
+#include "usage.h"
 #include "util.h"
 #include "version.h"
 
@@ -65,6 +66,7 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	json_object_set_new(o, "requests", json_integer((json_int_t)service_requests(s)));
 	json_object_set_new(o, "starts", json_integer((json_int_t)service_starts(s)));
 	json_object_set_new(o, "start_failures", json_integer((json_int_t)service_start_failures(s)));
+	json_object_set_new(o, "usage", usage_json(cfg->name));
 	insts = json_array();
 	for (i = service_first_instance(s); i; i = service_next_instance(i))
 		json_array_append_new(insts, instance_json(i, cfg->launcher));

@@ -84,6 +84,8 @@ struct config {
 	bool public_status;       /* the state (/info, /api, /metrics, the page's data) needs no key */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
 	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
+	long long max_form_scan;  /* bytes of a multipart /v1 body read to reach its "model"
+	                           * field (413 beyond); the rest streams */
 	long long max_held_body;  /* bytes of request bodies held in RAM, all waiting requests
 	                           * together; past it, those clients are not read from */
 	char **allowed_hosts;     /* Host values served (NULL: any), against DNS rebinding */

@@ -47,6 +47,7 @@
 #include "reply.h"
 #include "router.h"
 #include "service.h"
+#include "usage.h"
 #include "util.h"
 
 struct session {
@@ -56,6 +57,7 @@ struct session {
 	struct evbuffer *v1body;   /* an OpenAI request's body, read before routing */
 	const struct http_msg *v1msg;
 	bool v1feedback;
+	struct form_scan *form;    /* a multipart/form-data /v1 body: the scan for its model */
 	struct route_target rt;    /* the current request's resolved target */
 	struct accesslog_note note; /* the current request, for the access log */
 };
@@ -133,29 +135,85 @@ static void short_state(const struct service *s, char *buf, size_t len)
 	}
 }
 
+/* One entry of GET /v1/models, also GET /v1/models/{id}'s answer. */
+static json_t *model_json(const char *name, const struct service *s)
+{
+	char st[300];
+
+	short_state(s, st, sizeof st);
+	return json_pack("{s:s,s:s,s:i,s:s,s:s,s:s}", "id", name, "object", "model", "created", 0,
+			 "owned_by", "slurmgate", "service", service_config(s)->name, "state", st);
+}
+
+/* The api key of M when keys are configured (auth_key passed), else NULL. */
+static const struct api_key *request_key(const struct http_msg *m)
+{
+	size_t len;
+	const char *t = access_bearer(m, &len);
+
+	return fcfg->n_api_keys > 0 ? access_key_find(t, len) : NULL;
+}
+
 static void ep_models(struct hconn *c, const struct http_msg *m)
 {
 	json_t *data;
-	const struct api_key *k = NULL;
-	size_t len;
-	const char *t = access_bearer(m, &len);
-	char st[300];
+	const struct api_key *k;
 
 	if (!auth_key(c, m, NULL, true))
 		return;
 	data = json_array();
-	if (fcfg->n_api_keys > 0)
-		k = access_key_find(t, len);
+	k = request_key(m);
 	for (size_t q = 0; q < nmodels; q++) {
 		struct service *s = models[q].svc;
 		if (k && !access_key_allows(k, s))
 			continue;
-		short_state(s, st, sizeof st);
-		json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s,s:s,s:s}", "id", models[q].name,
-						      "object", "model", "created", 0, "owned_by", "slurmgate",
-						      "service", service_config(s)->name, "state", st));
+		json_array_append_new(data, model_json(models[q].name, s));
 	}
 	reply_json(c, 200, json_pack("{s:s,s:o}", "object", "list", "data", data), NULL);
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	ch = (char)(ch | 0x20);
+	return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* GET /v1/models/{id} (the SDK's models.retrieve): the list's entry for
+ * ID, or an OpenAI 404 (also for a model the key may not use, as the list
+ * hides it). ID is the raw rest of the target, percent-decoded here: model
+ * ids hold '/' ("org/Model-7B", which the SDK sends as %2F), and this is
+ * the gateway's own answer, so nothing is forwarded. */
+static void ep_model(struct hconn *c, const struct http_msg *m, const char *raw, size_t rlen)
+{
+	char *id = xmalloc(rlen + 1), msg[400];
+	size_t n = 0;
+	const struct api_key *k;
+	struct service *s;
+
+	for (size_t q = 0; q < rlen && raw[q] != '?' && raw[q] != '#'; q++) {
+		if (raw[q] == '%' && q + 2 < rlen && hexval(raw[q + 1]) >= 0 && hexval(raw[q + 2]) >= 0) {
+			id[n++] = (char)(hexval(raw[q + 1]) * 16 + hexval(raw[q + 2]));
+			q += 2;
+		} else {
+			id[n++] = raw[q];
+		}
+	}
+	id[n] = '\0';
+	if (!auth_key(c, m, NULL, true))
+		goto out;
+	k = request_key(m);
+	s = strlen(id) == n ? model_find(id) : NULL;
+	if (s == NULL || (k && !access_key_allows(k, s))) {
+		snprintf(msg, sizeof msg, "The model '%s' does not exist; GET /v1/models lists them",
+			 log_escape(id, n > 200 ? 200 : n));
+		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
+		goto out;
+	}
+	reply_json(c, 200, model_json(id, s), NULL);
+out:
+	free(id);
 }
 
 /* Does the client read an event stream? */
@@ -166,11 +224,14 @@ static bool wants_sse(const struct http_msg *m)
 	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
 }
 
-/* Forward options for a request from C to S. */
-static void fwd_opts(struct hconn *c, const struct service *s, struct proxy_opts *opt)
+/* Forward options for request M from C to S (KEYBUF: the key id's room). */
+static void fwd_opts(struct hconn *c, const struct http_msg *m, const struct service *s,
+		     struct proxy_opts *opt, char *keybuf)
 {
 	opt->strip_auth = fcfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
 	opt->trust_forwarded = access_peer_trusted(c);
+	key_id(request_key(m), keybuf);
+	opt->key_id = keybuf;
 }
 
 /* The upstream target: the normalised path and the query as sent. */
@@ -191,6 +252,8 @@ static void v1body_start(struct session *ss, const struct http_msg *m)
 
 static void v1body_free(struct session *ss)
 {
+	free(ss->form);
+	ss->form = NULL;
 	if (ss->v1body == NULL)
 		return;
 	http_buffer_untrack(ss->v1body);
@@ -200,19 +263,108 @@ static void v1body_free(struct session *ss)
 	http_set_owned(ss->c, 0);
 }
 
+/* Forward the /v1 request of SS to the service of MODEL, with the body
+ * read so far (ss->v1body); the rest, if any, follows in s_body. */
+static void v1_forward(struct session *ss, const char *model, bool stream, bool done)
+{
+	struct hconn *c = ss->c;
+	const struct http_msg *m = ss->v1msg;
+	char *target;
+	struct service *s;
+	struct proxy_opts opt = {0};
+	char msg[400], keybuf[KEY_ID_MAX];
+
+	s = model_find(model);
+	if (s == NULL) {
+		snprintf(msg, sizeof msg, "The model '%s' does not exist; GET /v1/models lists them",
+			 log_escape(model, strlen(model)));
+		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
+		return;
+	}
+	ss->note.service = service_config(s)->name;
+	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
+	if (!auth_key(c, m, s, true))
+		return;
+	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
+		reply_openai_err(c, 404, "invalid_request_error", "path_not_allowed",
+				 "this path is not in the service's api_paths", NULL);
+		return;
+	}
+	opt.hold = service_config(s)->hold;
+	opt.openai = true;
+	opt.feedback = ss->v1feedback || stream;
+	fwd_opts(c, m, s, &opt, keybuf);
+	opt.note = &ss->note;
+	target = upstream_target(ss->rt.path, ss->rt.plen, &ss->rt);
+	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
+	free(target);
+	/* the body read so far, piece by piece (never linearised: a form's
+	 * audio may precede its model) */
+	while (ss->ex && evbuffer_get_length(ss->v1body) > 0) {
+		struct evbuffer_iovec v[8];
+		int k = evbuffer_peek(ss->v1body, -1, NULL, v, 8);
+		size_t sent = 0;
+		for (int j = 0; j < k && j < 8 && ss->ex; j++) {
+			proxy_body(ss->ex, v[j].iov_base, v[j].iov_len);
+			sent += v[j].iov_len;
+		}
+		evbuffer_drain(ss->v1body, sent);
+	}
+	if (ss->ex && done)
+		proxy_req_done(ss->ex);
+}
+
+/* A multipart/form-data /v1 body has more bytes (P, N; already in
+ * ss->v1body): route it once its "model" field is read. */
+static void v1_form_feed(struct session *ss, const char *p, size_t n, bool done)
+{
+	struct hconn *c = ss->c;
+	char *model = NULL;
+
+	switch (router_form_feed(ss->form, p, n, &model)) {
+	case FORM_MORE:
+		if (done)
+			goto no_model;
+		if (evbuffer_get_length(ss->v1body) > (size_t)fcfg->max_form_scan) {
+			v1body_free(ss);
+			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
+					 "the form's \"model\" field does not come within max_form_scan bytes",
+					 NULL);
+		}
+		return;
+	case FORM_OK:
+		v1_forward(ss, model, false, done);
+		free(model);
+		v1body_free(ss);
+		return;
+	case FORM_NO_MODEL:
+	no_model:
+		v1body_free(ss);
+		reply_openai_err(c, 400, "invalid_request_error", "model_required",
+				 "the form needs a \"model\" field", NULL);
+		return;
+	case FORM_BAD:
+		v1body_free(ss);
+		reply_openai_err(c, 400, "invalid_request_error", "invalid_form",
+				 "the body is not a well-formed multipart/form-data form", NULL);
+		return;
+	}
+}
+
 /* The whole body of a /v1 request is here: route it by its "model". */
 static void v1_route(struct session *ss)
 {
 	struct hconn *c = ss->c;
-	const struct http_msg *m = ss->v1msg;
 	size_t n = evbuffer_get_length(ss->v1body);
-	const char *body = (const char *)evbuffer_pullup(ss->v1body, -1);
-	char *model = NULL, *target;
+	const char *body;
+	char *model = NULL;
 	bool stream = false;
-	struct service *s;
-	struct proxy_opts opt = {0};
-	char msg[400];
 
+	if (ss->form) {
+		v1_form_feed(ss, "", 0, true);
+		return;
+	}
+	body = (const char *)evbuffer_pullup(ss->v1body, -1);
 	switch (router_v1_model(body, n, &model, &stream)) {
 	case V1_NO_BODY:
 	case V1_NOT_OBJECT:
@@ -227,33 +379,7 @@ static void v1_route(struct session *ss)
 	case V1_OK:
 		break;
 	}
-	s = model_find(model);
-	if (s == NULL) {
-		snprintf(msg, sizeof msg, "The model '%s' does not exist; GET /v1/models lists them",
-			 log_escape(model, strlen(model)));
-		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
-		goto out;
-	}
-	ss->note.service = service_config(s)->name;
-	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
-	if (!auth_key(c, m, s, true))
-		goto out;
-	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
-		reply_openai_err(c, 404, "invalid_request_error", "path_not_allowed",
-				 "this path is not in the service's api_paths", NULL);
-		goto out;
-	}
-	opt.hold = service_config(s)->hold;
-	opt.feedback = ss->v1feedback || stream;
-	fwd_opts(c, s, &opt);
-	opt.note = &ss->note;
-	target = upstream_target(ss->rt.path, ss->rt.plen, &ss->rt);
-	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
-	free(target);
-	if (ss->ex)
-		proxy_body(ss->ex, body, n);
-	if (ss->ex)
-		proxy_req_done(ss->ex);
+	v1_forward(ss, model, stream, true);
 out:
 	free(model);
 	v1body_free(ss);
@@ -276,6 +402,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	char *target;
 	const struct http_hdr *wh, *acc;
 	struct proxy_opts opt = {0};
+	char keybuf[KEY_ID_MAX];
 
 	ss->note.service = cfg->name;
 	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
@@ -300,7 +427,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	wh = http_find(m, "x-slurmgate-wait");
 	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
 	opt.feedback = wants_sse(m);
-	fwd_opts(c, s, &opt);
+	fwd_opts(c, m, s, &opt, keybuf);
 	opt.note = &ss->note;
 	target = upstream_target(rest, restlen, &ss->rt);
 	proxy_begin(c, m, s, target, strlen(target), &opt, &ss->ex);
@@ -314,6 +441,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 	const char *path, *seg, *rest, *drest, *cause;
 	size_t plen, seglen, restlen, drestlen;
 	struct service *s;
+	const struct http_hdr *ct;
 	bool get = m->method == HTTP_GET || m->method == HTTP_HEAD;
 
 	router_target_free(&ss->rt);
@@ -322,6 +450,10 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		return;
 	if (m->method == HTTP_CONNECT) {
 		reply_err(c, 405, "CONNECT is not supported");
+		return;
+	}
+	if (get && m->url_len > 11 && memcmp(m->url, "/v1/models/", 11) == 0) {
+		ep_model(c, m, m->url + 11, m->url_len - 11);
 		return;
 	}
 	if (router_resolve(m->url, m->url_len, &ss->rt, &cause) != 0) {
@@ -342,6 +474,22 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		/* the api key first, on the head: no body is read for a stranger */
 		if (!auth_key(c, m, NULL, true))
 			return;
+		ct = http_find(m, "content-type");
+		if (ct != NULL && ct->vlen >= 10 && strncasecmp(ct->value, "multipart/", 10) == 0) {
+			/* a form (/v1/audio/...): route by its "model" field, read
+			 * up to max_form_scan bytes; the rest streams */
+			struct form_scan *fs = xmalloc(sizeof *fs);
+			if (router_form_start(fs, ct->value, ct->vlen) != 0) {
+				free(fs);
+				reply_openai_err(c, 400, "invalid_request_error", "invalid_form",
+						 "a multipart body needs multipart/form-data with a boundary",
+						 NULL);
+				return;
+			}
+			v1body_start(ss, m);
+			ss->form = fs;
+			return;
+		}
 		if (m->content_length > fcfg->max_json_body) {
 			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
 					 "the JSON body is larger than max_json_body", NULL);
@@ -369,7 +517,11 @@ static void s_body(struct hconn *c, const char *p, size_t n)
 
 	if (ss->ex)
 		proxy_body(ss->ex, p, n);
-	else if (ss->v1body) {
+	else if (ss->form) {
+		evbuffer_add(ss->v1body, p, n);
+		http_set_owned(c, evbuffer_get_length(ss->v1body));
+		v1_form_feed(ss, p, n, false);
+	} else if (ss->v1body) {
 		if (evbuffer_get_length(ss->v1body) + n > (size_t)fcfg->max_json_body) {
 			/* chunked, or more than announced: stop here (the connection ends) */
 			v1body_free(ss);
@@ -546,4 +698,5 @@ void front_free(void)
 	free(models);
 	models = NULL;
 	access_free();
+	usage_free();
 }

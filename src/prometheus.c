@@ -14,6 +14,7 @@
 #include "proxy.h"
 #include "refusal.h"
 #include "service.h"
+#include "usage.h"
 #include "util.h"
 #include "version.h"
 
@@ -155,6 +156,27 @@ void prometheus_metrics(struct hconn *c)
 	EACH {
 		snprintf(lbl, sizeof lbl, "service=\"%s\"", LBL);
 		histo_write(b, "slurmgate_time_to_first_byte_seconds", lbl, &service_metrics(SVC)->ttfb);
+	}
+	family(b, "slurmgate_key_requests_total", "counter",
+	       "Requests to a service by api key (its name or sha256 prefix; \"-\" without api_keys).");
+	for (size_t k = 0; k < usage_count(); k++) {
+		const struct usage *u = usage_at(k);
+		metrics_label(name, sizeof name, u->service);
+		metrics_label(lbl, sizeof lbl, u->key);
+		evbuffer_add_printf(b, "slurmgate_key_requests_total{service=\"%s\",key=\"%s\"} %llu\n", name,
+				    lbl, (unsigned long long)u->requests);
+	}
+	family(b, "slurmgate_tokens_total", "counter",
+	       "Tokens the service's responses reported in OpenAI's usage, by service, api key and kind.");
+	for (size_t k = 0; k < usage_count(); k++) {
+		const struct usage *u = usage_at(k);
+		metrics_label(name, sizeof name, u->service);
+		metrics_label(lbl, sizeof lbl, u->key);
+		evbuffer_add_printf(b, "slurmgate_tokens_total{service=\"%s\",key=\"%s\",kind=\"prompt\"} %llu\n",
+				    name, lbl, (unsigned long long)u->prompt_tokens);
+		evbuffer_add_printf(b,
+				    "slurmgate_tokens_total{service=\"%s\",key=\"%s\",kind=\"completion\"} %llu\n",
+				    name, lbl, (unsigned long long)u->completion_tokens);
 	}
 #undef EACH
 #undef SVC

@@ -20,12 +20,20 @@
 #include "reply.h"
 #include "router.h"
 #include "service.h"
+#include "usage.h"
 #include "util.h"
 
 /* Body bytes held for a request whose service is not ready yet, before we
  * stop reading the client (it then waits in its own TCP window). All held
  * requests together keep at most max_held_body (held_total). */
 #define HELD_BODY_MAX (1024 * 1024)
+/* Bytes of a service's error body kept for the error event of a stream
+ * whose head went out early. */
+#define ERRBODY_MAX (16 * 1024)
+/* Instances one request tries before it gives up. */
+#define MAX_TRIED 8
+/* The last bytes of a JSON or event-stream response kept for its "usage". */
+#define TAIL_MAX (64 * 1024)
 
 struct exchange {
 	struct hconn *down, *up;
@@ -47,6 +55,18 @@ struct exchange {
 	bool discard_body;          /* the service's error body, after an early head */
 	bool strip_auth;            /* Authorization was our api key, not the service's */
 	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
+	bool openai;                /* errors in OpenAI's shape (/v1) */
+	struct instance *tried[MAX_TRIED]; /* instances refused or closed early (referenced) */
+	int ntried;
+	bool checking;              /* inside instance_unreachable(): an abort is noted ... */
+	char *aborted;              /* ... here */
+	char *verdict_why;          /* waiting for a suspect instance's end: why it is suspect */
+	struct event *verdict_ev;
+	bool verdict_resend;        /* ... and may send the request again if it comes back */
+	char key[KEY_ID_MAX];       /* the api key's id, for usage */
+	struct evbuffer *tail;      /* the response's last TAIL_MAX bytes, for its "usage" */
+	int err_status;             /* the service's error status after an early head */
+	struct evbuffer *errbody;   /* ... and its body, for the error event */
 	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
 	struct accesslog_note *note; /* the client session's; only while down is set */
@@ -116,6 +136,16 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	if (ex->fb_ev)
 		event_free(ex->fb_ev);
 	held_total -= ex->held_n;
+	if (ex->errbody)
+		evbuffer_free(ex->errbody);
+	if (ex->tail)
+		evbuffer_free(ex->tail);
+	if (ex->verdict_ev)
+		event_free(ex->verdict_ev);
+	for (int k = 0; k < ex->ntried; k++)
+		instance_unref(ex->tried[k]);
+	free(ex->verdict_why);
+	free(ex->aborted);
 	http_buffer_untrack(ex->body);
 	evbuffer_free(ex->body);
 	free(ex->head);
@@ -191,7 +221,23 @@ static const char *refusal_kind(const struct service *s, int status, const char 
 	return last[0] && strncmp(reason, last, strlen(last)) == 0 ? "start_failed" : "stopped";
 }
 
-/* Answer the client with an error of our own (if nothing was sent yet). */
+/* OpenAI's error "type" and "code" for a status the gateway answers with. */
+static const char *err_type(int status)
+{
+	return status == 503 ? "service_unavailable" : "upstream_error";
+}
+
+static const char *err_code(int status)
+{
+	switch (status) {
+	case 503: return "service_unavailable";
+	case 504: return "upstream_timeout";
+	default: return "upstream_error";
+	}
+}
+
+/* Answer the client with an error of our own (if nothing was sent yet):
+ * in OpenAI's shape on /v1 (opts.openai), else the gateway's own. */
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
 {
 	const struct svc_config *cfg = service_config(ex->svc);
@@ -215,9 +261,15 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		if (retry_after > 0)
 			snprintf(extra, sizeof extra, "%sRetry-After: %d\r\n", SG_SEC_HEADERS_DATA,
 				 retry_after);
-		o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status", status);
-		if (retry_after > 0)
-			json_object_set_new(o, "retry_after", json_integer(retry_after));
+		if (ex->openai) {
+			o = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", reason, "type",
+				      err_type(status), "param", "code", err_code(status));
+		} else {
+			o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status",
+				      status);
+			if (retry_after > 0)
+				json_object_set_new(o, "retry_after", json_integer(retry_after));
+		}
 		body = reply_dumps(o, true);
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
 		free(body);
@@ -330,6 +382,12 @@ static void w_abort(struct waiter *w, int status, const char *reason)
 	struct exchange *ex = of_waiter(w);
 
 	ex->inst = NULL;   /* detached already */
+	if (ex->checking) {
+		/* from inside suspect_instance(), which answers */
+		free(ex->aborted);
+		ex->aborted = xstrdup(reason);
+		return;
+	}
 	ex_fail(ex, status, reason, 0);
 }
 
@@ -428,6 +486,9 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->strip_auth = o->strip_auth;
 	ex->trust_fwd = o->trust_forwarded;
 	ex->note = o->note;
+	ex->openai = o->openai;
+	snprintf(ex->key, sizeof ex->key, "%s", o->key_id ? o->key_id : "-");
+	usage_request(service_config(svc)->name, ex->key);
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
@@ -497,6 +558,51 @@ static void up_drained(struct hconn *c)
 		http_pause(ex->down, false);
 }
 
+/* The service answered ERR_STATUS after our early event-stream head: end
+ * the stream with an error event that carries the service's own error:
+ * its {"error":{...}} object as it is, else its message (an "error",
+ * "message" or "detail" string, or the body's text). */
+static void error_event(struct exchange *ex)
+{
+	size_t n = evbuffer_get_length(ex->errbody);
+	const char *p = n ? (const char *)evbuffer_pullup(ex->errbody, -1) : "";
+	json_t *b = n ? json_loadb(p, n, 0, NULL) : NULL, *e = NULL, *o;
+	const char *msg = NULL;
+	char text[1200];
+	char *out;
+
+	if (json_is_object(b)) {
+		json_t *err = json_object_get(b, "error");
+		if (json_is_object(err) && json_is_string(json_object_get(err, "message")))
+			e = json_incref(err);
+		else if (json_is_string(err))
+			msg = json_string_value(err);
+		else if (json_is_string(json_object_get(b, "message")))
+			msg = json_string_value(json_object_get(b, "message"));
+		else if (json_is_string(json_object_get(b, "detail")))
+			msg = json_string_value(json_object_get(b, "detail"));
+	}
+	if (e == NULL) {
+		if (msg == NULL && n > 0)
+			msg = log_escape(p, n > 1000 ? 1000 : n);
+		snprintf(text, sizeof text, "the service answered %d%s%s", ex->err_status,
+			 msg ? ": " : "", msg ? msg : "");
+		e = json_pack("{s:s,s:s,s:i}", "message", text, "type", "upstream_error", "code",
+			      ex->err_status);
+		if (e == NULL)   /* cut inside a UTF-8 sequence */
+			e = json_pack("{s:s,s:s,s:i}", "message", "the service answered an error", "type",
+				      "upstream_error", "code", ex->err_status);
+	}
+	o = json_pack("{s:o}", "error", e);
+	out = json_dumps(o, JSON_COMPACT);
+	http_send(ex->down, "data: ", 6);
+	http_send(ex->down, out, strlen(out));
+	http_send(ex->down, "\n\n", 2);
+	free(out);
+	json_decref(o);
+	json_decref(b);
+}
+
 static void up_head(struct hconn *c, struct http_msg *m)
 {
 	struct exchange *ex = http_owner(c);
@@ -514,15 +620,20 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
 	if (ex->down == NULL)
 		return;
+	if (m->status >= 200 && m->status < 300) {
+		/* an OpenAI-style answer: its "usage" comes at its end */
+		const struct http_hdr *ct = http_find(m, "content-type");
+		if (ct && ((ct->vlen >= 16 && strncase_eq(ct->value, 16, "application/json")) ||
+			   (ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream"))))
+			ex->tail = evbuffer_new();
+	}
 	if (ex->early_head) {
 		/* our head went out already; a service error becomes an error event */
 		if (m->status >= 300) {
-			char msg[100];
+			/* kept (up to ERRBODY_MAX) for the error event at its end */
 			ex->discard_body = true;
-			snprintf(msg, sizeof msg, "the service answered %d", m->status);
-			sse_printf(ex->down,
-				   "data: {\"error\":{\"message\":\"%s\",\"type\":\"upstream_error\",\"code\":%d}}\n\n",
-				   msg, m->status);
+			ex->err_status = m->status;
+			ex->errbody = evbuffer_new();
 		}
 		ex->resp_started = true;
 		return;
@@ -573,6 +684,19 @@ static void up_body(struct hconn *c, const char *p, size_t n)
 {
 	struct exchange *ex = http_owner(c);
 
+	if (ex->errbody && evbuffer_get_length(ex->errbody) + n <= ERRBODY_MAX)
+		evbuffer_add(ex->errbody, p, n);
+	if (ex->tail) {
+		size_t have;
+		if (n >= TAIL_MAX) {
+			evbuffer_drain(ex->tail, evbuffer_get_length(ex->tail));
+			evbuffer_add(ex->tail, p + n - TAIL_MAX, TAIL_MAX);
+		} else {
+			evbuffer_add(ex->tail, p, n);
+		}
+		if ((have = evbuffer_get_length(ex->tail)) > TAIL_MAX)
+			evbuffer_drain(ex->tail, have - TAIL_MAX);
+	}
 	if (ex->down == NULL || ex->discard_body)
 		return;
 	http_send(ex->down, p, n);
@@ -590,6 +714,15 @@ static void up_done(struct hconn *c)
 	if (ex->slot)
 		*ex->slot = NULL;
 	ex->slot = NULL;
+	if (down && ex->errbody)
+		error_event(ex);
+	if (ex->tail) {
+		uint64_t prompt, completion;
+		size_t n = evbuffer_get_length(ex->tail);
+		if (n > 0 && usage_parse((const char *)evbuffer_pullup(ex->tail, -1), n, &prompt,
+					 &completion))
+			usage_tokens(service_config(ex->svc)->name, ex->key, prompt, completion);
+	}
 	if (down)
 		http_finish(down);
 	ex_end(ex, ex->req_done && http_reusable(c));
@@ -603,6 +736,78 @@ static bool closed_early(const struct exchange *ex, const char *why)
 	       (strstr(why, "closed the connection") || strstr(why, "connection error"));
 }
 
+/* Waited long enough for the suspect instance's end: if a probe brought
+ * it back, send a request that lost nothing once more; else answer with
+ * what the connection said. */
+static void verdict_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+	struct instance *i = ex->inst;
+	char reason[400];
+
+	(void)fd, (void)what;
+	if (i != NULL && i->state == INST_READY && ex->verdict_resend) {
+		ex->verdict_resend = false;
+		log_info("svc %s: [%d] answers probes again: sending the request once more",
+			 service_config(ex->svc)->name, i->index);
+		ex_connect(ex);
+		return;
+	}
+	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name,
+		 ex->verdict_why);
+	if (i != NULL) {
+		ex->inst = NULL;
+		instance_release(i, &ex->w);
+	}
+	ex_fail(ex, 502, reason, 0);
+}
+
+/* The connection to ex->inst was refused or closed before any response
+ * byte (WHY): the instance leaves rotation and joins the tried set. A
+ * request whose body is not lost (RESEND) moves to another instance not
+ * tried yet, if one is ready; else it stays on this one until the instance
+ * ends (the 502 then says how: "instance ended: process exited with status
+ * 1") or upstream_connect_timeout passes (the 502 says WHY). */
+static void suspect_instance(struct exchange *ex, const char *why, bool resend)
+{
+	struct instance *old = ex->inst, *inst = NULL;
+	const char *r = NULL;
+	int status = 0, ra = 0, rc;
+
+	if (ex->ntried < MAX_TRIED) {
+		instance_ref(old);
+		ex->tried[ex->ntried++] = old;
+		ex->w.tried = ex->tried;
+		ex->w.ntried = ex->ntried;
+	}
+	ex->checking = true;
+	instance_unreachable(old, why);   /* its launcher may say it is gone at once */
+	ex->checking = false;
+	if (ex->aborted != NULL) {
+		ex_fail(ex, 502, ex->aborted, 0);
+		return;
+	}
+	if (resend && ex->ntried < MAX_TRIED && service_has_untried(ex->svc, ex->tried, ex->ntried)) {
+		ex->inst = NULL;
+		instance_release(old, &ex->w);
+		ex->tries++;
+		log_info("svc %s: retrying a request on another instance (%s)",
+			 service_config(ex->svc)->name, why);
+		rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
+		if (rc == 0)
+			ex_go(ex, inst);
+		else
+			ex_fail(ex, status, r, ra);
+		return;
+	}
+	free(ex->verdict_why);
+	ex->verdict_why = xstrdup(why);
+	ex->verdict_resend = resend && ex->verdict_ev == NULL;   /* once */
+	if (ex->verdict_ev == NULL)
+		ex->verdict_ev = evtimer_new(pbase, verdict_cb, ex);
+	event_add(ex->verdict_ev, &(struct timeval){pcfg->upstream_connect_timeout, 0});
+}
+
 static void up_closed(struct hconn *c, const char *why)
 {
 	struct exchange *ex = http_owner(c);
@@ -611,40 +816,19 @@ static void up_closed(struct hconn *c, const char *why)
 	if (ex == NULL)
 		return;
 	ex->up = NULL;
-	/* Nothing reached the service (connect refused, or the connection
-	 * closed before any response byte), or a kept-alive connection it had
-	 * closed took a request without a body: once more, on whichever
-	 * instance is ready now. A refusal or an early close also takes the
-	 * instance out of rotation (its launcher is asked to check it). */
-	if (!ex->resp_started && ex->inst &&
-	    (!ex->up_connected || closed_early(ex, why) || (ex->reused && !ex->req_has_body))) {
-		struct instance *old = ex->inst, *inst = NULL;
+	if (!ex->resp_started && ex->inst) {
 		bool suspect = !ex->up_connected || closed_early(ex, why);
-		bool retry = ex->tries == 0 && (!ex->up_connected || !ex->req_has_body);
-		const char *r = NULL;
-		int status = 0, ra = 0, rc;
 
-		/* leave the instance first: what it does next may end other exchanges */
-		instance_ref(old);
-		ex->inst = NULL;
-		instance_release(old, &ex->w);
-		if (suspect)
-			instance_unreachable(old, why);
-		else
-			instance_pool_flush(old);   /* its other idle connections are suspect too */
-		instance_unref(old);
-		if (retry) {
-			ex->tries++;
-			ex->w.avoid = old;   /* compared, never dereferenced */
-			log_info("svc %s: retrying a request on another instance (%s)",
-				 service_config(ex->svc)->name, why);
-			rc = service_request(ex->svc, &ex->w, true, &inst, &status, &r, &ra);
-			if (rc == 0)
-				ex_go(ex, inst);
-			else if (rc == 1)
-				ex->held = true;
-			else
-				ex_fail(ex, status, r, ra);
+		/* a kept-alive connection the service had closed took a request
+		 * without a body: once more, on a fresh connection to the same
+		 * instance (its other idle connections are suspect too) */
+		if (!suspect && ex->reused && !ex->req_has_body) {
+			instance_pool_flush(ex->inst);
+			ex_connect(ex);
+			return;
+		}
+		if (suspect) {
+			suspect_instance(ex, why, !ex->up_connected || !ex->req_has_body);
 			return;
 		}
 	}

@@ -31,6 +31,9 @@ struct proxy_opts {
 	                       * else all three are replaced */
 	struct accesslog_note *note; /* told the instance and the wait (while the
 	                              * client is connected), or NULL */
+	const char *key_id; /* the api key's id (usage.h key_id), or NULL: "-" */
+	bool openai;        /* the gateway's own errors in OpenAI's shape
+	                     * {"error":{"message","type","param","code"}} (/v1) */
 };
 
 void proxy_init(struct event_base *base, const struct config *cfg);

@@ -411,3 +411,152 @@ enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *s
 	json_decref(o);
 	return V1_OK;
 }
+
+/* --- a multipart/form-data /v1 body --- */
+
+enum { F_SKIP, F_AFTER, F_AFTER_LF, F_AFTER_DASH, F_HDR, F_VAL, F_DONE };
+
+/* The parameter NAME (";"-separated, case-insensitive, maybe quoted) of a
+ * header value V: its value into OUT (NUL-terminated). */
+static bool header_param(const char *v, size_t n, const char *name, char *out, size_t outlen)
+{
+	size_t nl = strlen(name), k = 0;
+
+	while (k < n) {
+		size_t e = k, o = 0;
+		while (e < n && v[e] != ';')
+			e++;
+		while (k < e && (v[k] == ' ' || v[k] == '\t'))
+			k++;
+		if (e - k > nl && strncasecmp(v + k, name, nl) == 0 && v[k + nl] == '=') {
+			const char *p = v + k + nl + 1, *end = v + e;
+			bool q = p < end && *p == '"';
+			if (q) {
+				p++;
+				end = memchr(p, '"', (size_t)(v + n - p));
+				if (end == NULL)
+					return false;
+			}
+			while (end > p && !q && (end[-1] == ' ' || end[-1] == '\t'))
+				end--;
+			for (; p < end && o + 1 < outlen; p++)
+				out[o++] = *p;
+			out[o] = '\0';
+			return p == end;
+		}
+		k = e + 1;
+	}
+	return false;
+}
+
+int router_form_start(struct form_scan *s, const char *ct, size_t len)
+{
+	char b[80];
+
+	memset(s, 0, sizeof *s);
+	if (len < 19 || strncasecmp(ct, "multipart/form-data", 19) != 0 ||
+	    (len > 19 && ct[19] != ';' && ct[19] != ' '))
+		return -1;
+	if (!header_param(ct + 19, len - 19, "boundary", b, sizeof b) || b[0] == '\0' ||
+	    strlen(b) > 70 || strpbrk(b, "\r\n") != NULL)
+		return -1;
+	s->dlen = (size_t)snprintf(s->delim, sizeof s->delim, "\r\n--%s", b);
+	s->match = 2;   /* the first delimiter has no CRLF before it */
+	s->state = F_SKIP;
+	return 0;
+}
+
+/* One byte against the delimiter; true when it is complete. Its '\r'
+ * comes only first (a boundary holds no CR), so a mismatch restarts at 0,
+ * or at 1 on a '\r'. */
+static bool delim_step(struct form_scan *s, char ch)
+{
+	if (ch == s->delim[s->match])
+		s->match++;
+	else
+		s->match = ch == '\r' ? 1 : 0;
+	if (s->match < s->dlen)
+		return false;
+	s->match = 0;
+	return true;
+}
+
+/* A part's headers are complete: is it the "model" field? */
+static bool part_is_model(const struct form_scan *s)
+{
+	const char *h = s->hdr, *end = s->hdr + s->hlen;
+	char name[64];
+
+	while (h < end) {
+		const char *eol = memmem(h, (size_t)(end - h), "\r\n", 2);
+		if (eol == NULL)
+			eol = end;
+		if ((size_t)(eol - h) > 20 && strncasecmp(h, "content-disposition:", 20) == 0)
+			return header_param(h + 20, (size_t)(eol - h - 20), "name", name, sizeof name) &&
+			       strcmp(name, "model") == 0;
+		h = eol + 2;
+	}
+	return false;
+}
+
+enum form_result router_form_feed(struct form_scan *s, const char *p, size_t n, char **model)
+{
+	for (size_t k = 0; k < n; k++) {
+		char ch = p[k];
+
+		switch (s->state) {
+		case F_SKIP:
+			if (s->match == 0) {   /* to the next possible delimiter at once */
+				const char *cr = memchr(p + k, '\r', n - k);
+				if (cr == NULL)
+					return FORM_MORE;
+				k = (size_t)(cr - p);
+				ch = '\r';
+			}
+			if (delim_step(s, ch))
+				s->state = F_AFTER;
+			break;
+		case F_AFTER:
+			if (ch == '-')
+				s->state = F_AFTER_DASH;
+			else if (ch == '\r')
+				s->state = F_AFTER_LF;
+			else if (ch != ' ' && ch != '\t')
+				return FORM_BAD;
+			break;
+		case F_AFTER_DASH:
+			return ch == '-' ? FORM_NO_MODEL : FORM_BAD;   /* the closing delimiter */
+		case F_AFTER_LF:
+			if (ch != '\n')
+				return FORM_BAD;
+			s->state = F_HDR;
+			s->hlen = 0;
+			break;
+		case F_HDR:
+			if (s->hlen == sizeof s->hdr)
+				return FORM_BAD;
+			s->hdr[s->hlen++] = ch;
+			if (s->hlen >= 2 && memcmp(s->hdr + s->hlen - 2, "\r\n", 2) == 0 &&
+			    (s->hlen == 2 || (s->hlen >= 4 && memcmp(s->hdr + s->hlen - 4, "\r\n", 2) == 0))) {
+				s->hlen -= 2;   /* the empty line */
+				s->match = 0;
+				s->vlen = 0;
+				s->state = part_is_model(s) ? F_VAL : F_SKIP;
+			}
+			break;
+		case F_VAL:
+			if (s->vlen == sizeof s->val)
+				return FORM_BAD;
+			s->val[s->vlen++] = ch;
+			if (delim_step(s, ch)) {
+				s->state = F_DONE;
+				*model = xstrndup(s->val, s->vlen - s->dlen);
+				return FORM_OK;
+			}
+			break;
+		default:
+			return FORM_BAD;
+		}
+	}
+	return FORM_MORE;
+}

@@ -81,4 +81,32 @@ enum v1_result {
  * malloc'd NUL-terminated copy and *STREAM says whether "stream" is true. */
 enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream);
 
+/* --- a multipart/form-data /v1 body (OpenAI's /v1/audio/...) --- */
+
+/* A streaming scan for the "model" field of a multipart/form-data body
+ * (RFC 7578), fed in pieces as they arrive. It keeps one part's headers
+ * and the model's value, never the other fields (the audio file). */
+struct form_scan {
+	char delim[80];          /* "\r\n--" and the boundary */
+	size_t dlen, match;      /* its length, and how much of it matched */
+	int state;
+	char hdr[2048];          /* the current part's headers */
+	size_t hlen;
+	char val[256 + 80];      /* the model's value, then the delimiter */
+	size_t vlen;
+};
+
+enum form_result {
+	FORM_MORE,       /* not found yet: feed more */
+	FORM_OK,         /* *MODEL is the field's value (malloc'd) */
+	FORM_NO_MODEL,   /* the body ended without a "model" field */
+	FORM_BAD,        /* not a well-formed form, or a field too long */
+};
+
+/* Start a scan for the Content-Type value CT (LEN bytes). -1 if it is not
+ * multipart/form-data with a valid boundary. */
+int router_form_start(struct form_scan *s, const char *ct, size_t len);
+/* Feed the next N bytes of the body. */
+enum form_result router_form_feed(struct form_scan *s, const char *p, size_t n, char **model);
+
 #endif

@@ -180,13 +180,21 @@ static bool any_pending_except(const struct service *s, const struct instance *e
 
 /* The ready instance with the fewest requests in flight; among ties, one
  * at random (reservoir sampling), so equal instances share the load. */
-static struct instance *pick_ready_avoiding(struct service *s, const struct instance *avoid)
+static bool among(const struct instance *i, struct instance *const *set, int n)
+{
+	for (int k = 0; k < n; k++)
+		if (set[k] == i)
+			return true;
+	return false;
+}
+
+static struct instance *pick_ready_avoiding(struct service *s, struct instance *const *tried, int n)
 {
 	struct instance *i, *best = NULL;
 	int ties = 0;
 
 	TAILQ_FOREACH(i, &s->insts, link) {
-		if (i->state != INST_READY || i == avoid)
+		if (i->state != INST_READY || among(i, tried, n))
 			continue;
 		if (best == NULL || i->inflight < best->inflight) {
 			best = i;
@@ -200,7 +208,7 @@ static struct instance *pick_ready_avoiding(struct service *s, const struct inst
 
 static struct instance *pick_ready(struct service *s)
 {
-	return pick_ready_avoiding(s, NULL);
+	return pick_ready_avoiding(s, NULL, 0);
 }
 
 /* How many requests a ready instance takes while others still boot: its
@@ -369,15 +377,30 @@ static int service_start(struct service *s, const char **reason, int *retry_afte
 	return 0;
 }
 
+bool service_has_untried(struct service *s, struct instance *const *tried, int n)
+{
+	return pick_ready_avoiding(s, tried, n) != NULL;
+}
+
 int service_request(struct service *s, struct waiter *w, bool hold, struct instance **inst,
 		    int *status, const char **reason, int *retry_after)
 {
 	struct instance *i;
 
+	if (w->ntried > 0) {
+		/* a retry: only on an instance it has not tried, ready now */
+		if ((i = pick_ready_avoiding(s, w->tried, w->ntried)) == NULL) {
+			*status = 502;
+			*reason = "no other instance is ready";
+			*retry_after = 0;
+			return -1;
+		}
+		assign(i, w);
+		*inst = i;
+		return 0;
+	}
 	s->requests++;
-	/* a retry goes to another instance if there is one */
-	if ((w->avoid == NULL || (i = pick_ready_avoiding(s, w->avoid)) == NULL))
-		i = pick_ready(s);
+	i = pick_ready(s);
 	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < dispatch_limit(s))) {
 		assign(i, w);
 		*inst = i;

@@ -47,7 +47,8 @@ struct waiter {
 	bool attached;              /* in flight on inst */
 	struct instance *inst;
 	double since;
-	struct instance *avoid;     /* a retry: prefer any other ready instance */
+	struct instance *const *tried; /* a retry: only a ready instance not among these */
+	int ntried;
 	/* called once: with a ready instance (its in-flight count already
 	 * includes this request), or with a failure */
 	void (*ready)(struct waiter *w, struct instance *inst);
@@ -76,6 +77,8 @@ size_t services_count(void);
 struct service *service_at(size_t i);
 const struct svc_config *service_config(const struct service *s);
 
+/* A retry: is an instance of S ready that is not among TRIED (N)? */
+bool service_has_untried(struct service *s, struct instance *const *tried, int n);
 /* Ask for a ready instance.
  *  0: w->ready was NOT called; *inst is ready and counts this request;
  *  1: queued; w->ready or w->fail follows;

@@ -1,5 +1,7 @@
 /* fuzz_v1model.c - libFuzzer target for the /v1 body's model lookup
- * (router_v1_model in src/router.c): arbitrary bytes as a JSON body. */
+ * (router_v1_model in src/router.c): arbitrary bytes as a JSON body, and
+ * as a multipart form (router_form_feed), fed whole and in pieces whose
+ * sizes the first byte picks: both feeds must agree. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,5 +24,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	}
 	free(model);
+
+	/* the same bytes as a form, whole and in pieces */
+	{
+		static const char ct[] = "multipart/form-data; boundary=b0";
+		struct form_scan *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+		char *ma = NULL, *mb = NULL;
+		enum form_result ra, rb = FORM_MORE;
+		size_t step = size ? (size_t)data[0] % 7 + 1 : 1;
+
+		if (router_form_start(a, ct, sizeof ct - 1) != 0 || router_form_start(b, ct, sizeof ct - 1) != 0)
+			abort();
+		ra = router_form_feed(a, (const char *)data, size, &ma);
+		for (size_t k = 0; k < size && rb == FORM_MORE; k += step)
+			rb = router_form_feed(b, (const char *)data + k, size - k < step ? size - k : step, &mb);
+		if (ra != rb || (ra == FORM_OK) != (ma != NULL) || (ma && strcmp(ma, mb) != 0)) {
+			fprintf(stderr, "fuzz_v1model: the form scan depends on how it is fed\n");
+			abort();
+		}
+		free(ma);
+		free(mb);
+		free(a);
+		free(b);
+	}
 	return 0;
 }

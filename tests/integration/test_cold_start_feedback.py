@@ -208,9 +208,11 @@ def test_service_error_after_the_wait_becomes_an_error_event(gateway):
     s.read_all()
     s.close()
     e = assert_error_event(s, "upstream_error", 404)
-    assert "404" in e["message"], e
-    # the service's own 404 body is not appended to the stream
-    assert all("not found" not in l for _, l in s.lines), s.lines
+    # the service's own message is in the event (issue 12, problem 3) ...
+    assert "404" in e["message"] and "not found" in e["message"], e
+    # ... but its 404 body is not appended to the stream
+    assert all('"path"' not in l for _, l in s.lines), s.lines
+    assert len(s.data()) == 1, s.lines
 
 
 # --------------------------------------------------------------------------

@@ -189,12 +189,12 @@ def test_completions_and_embeddings_reach_their_services_path_unchanged(gateway,
 
 def test_any_other_v1_path_with_a_model_is_forwarded_unchanged(gateway, tmp_path):
     g = gateway(two_services(tmp_path))
-    # the demo has no /v1/responses: its own 404 (not the gateway's) proves the
-    # request reached it with the path unchanged
-    r = jpost(g, "/v1/responses?x=1", {"model": "demo", "input": "hi"})
+    # the demo has no /v1/images/generations: its own 404 (not the gateway's)
+    # proves the request reached it with the path unchanged
+    r = jpost(g, "/v1/images/generations?x=1", {"model": "demo", "prompt": "hi"})
     assert r.status == 404, r
     o = r.json()
-    assert o.get("path") == "/v1/responses", o
+    assert o.get("path") == "/v1/images/generations", o
     assert g.svc("demo")["requests"] == 1
     assert g.svc("other")["starts"] == 0
 

@@ -193,6 +193,51 @@ static void test_authority_and_model(void **state)
 			 V1_NOT_OBJECT);
 }
 
+/* Feed BODY to a scan for content type CT, STEP bytes at a time. */
+static enum form_result form(const char *ct, const char *body, size_t step, char **model)
+{
+	struct form_scan *s = malloc(sizeof *s);
+	size_t n = strlen(body);
+	enum form_result r = FORM_MORE;
+
+	*model = NULL;
+	assert_int_equal(router_form_start(s, ct, strlen(ct)), 0);
+	for (size_t k = 0; k < n && r == FORM_MORE; k += step)
+		r = router_form_feed(s, body + k, n - k < step ? n - k : step, model);
+	free(s);
+	return r;
+}
+
+static void test_form_model(void **state)
+{
+	struct form_scan s;
+	const char *ct = "multipart/form-data; boundary=XyZ";
+	const char *file_first =
+		"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"model\"\r\n"
+		"Content-Type: audio/wav\r\n\r\nRIFF\r\n--Xy\r\r\n--XyQ-data\r\n"
+		"--XyZ\r\ncontent-disposition: form-data; name=model\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
+	char *model;
+
+	(void)state;
+	for (size_t step = 1; step <= 7; step++) {
+		assert_int_equal(form(ct, file_first, step, &model), FORM_OK);
+		assert_string_equal(model, "whisper-1");
+		free(model);
+	}
+	assert_int_equal(form("Multipart/Form-Data; boundary=\"a b\"",
+			      "preamble\r\n--a b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n"
+			      "org/M\r\n--a b--", 3, &model), FORM_OK);
+	assert_string_equal(model, "org/M");
+	free(model);
+	assert_int_equal(form(ct, "--XyZ\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--XyZ--",
+			      4, &model), FORM_NO_MODEL);
+	assert_int_equal(form(ct, "--XyZ\r\nno empty line after the headers", 5, &model), FORM_MORE);
+	assert_int_equal(form(ct, "--XyZ junk", 1, &model), FORM_BAD);
+	assert_int_equal(router_form_start(&s, "application/json", 16), -1);
+	assert_int_equal(router_form_start(&s, "multipart/form-data", 19), -1);
+	assert_int_equal(router_form_start(&s, "multipart/form-datax; boundary=a", 32), -1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -202,6 +247,7 @@ int main(void)
 		cmocka_unit_test(test_hosts),
 		cmocka_unit_test(test_cidr),
 		cmocka_unit_test(test_authority_and_model),
+		cmocka_unit_test(test_form_model),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
