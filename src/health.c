@@ -43,10 +43,10 @@ static void inst_ready(struct instance *i)
 		instance_drain(old, "replaced before its time limit");
 	}
 	instance_ref(i);
-	dispatch_waiters(s);
+	svc_dispatch(s);
 	if (i->inflight == 0 && i->state == INST_READY)
-		idle_arm(i);
-	scale_check(s);
+		inst_idle_arm(i);
+	svc_scale(s);
 	instance_unref(i);
 }
 
@@ -140,7 +140,7 @@ void instance_unreachable(struct instance *i, const char *why)
 	if (s->lops->check)
 		s->lops->check(i);   /* "something looks wrong with I": the launcher looks now */
 	if (i->state != INST_GONE)
-		scale_check(s);
+		svc_scale(s);
 	instance_unref(i);
 }
 

@@ -55,7 +55,7 @@ bool service_move_legal(enum svc_state from, enum svc_state to)
 }
 
 /* The one setter of a service's state: checked and logged. */
-void svc_set_state(struct service *s, enum svc_state st, const char *why)
+static void svc_set_state(struct service *s, enum svc_state st, const char *why)
 {
 	if (!service_move_legal(s->state, st)) {
 		log_warn("svc %s: BUG: illegal move %s -> %s (%s) refused", s->cfg->name,
@@ -71,12 +71,12 @@ void svc_set_state(struct service *s, enum svc_state st, const char *why)
 	s->state = st;
 }
 
-bool booting(enum inst_state st)
+bool inst_booting(enum inst_state st)
 {
 	return st == INST_STARTING || st == INST_PROBING;
 }
 
-int count_state(const struct service *s, enum inst_state a, enum inst_state b)
+int svc_count(const struct service *s, enum inst_state a, enum inst_state b)
 {
 	struct instance *i;
 	int n = 0;
@@ -93,13 +93,13 @@ void svc_settle(struct service *s, const char *why)
 
 	if (s->state == SVC_RETIRED)
 		return;
-	if (count_state(s, INST_READY, INST_READY) > 0)
+	if (svc_count(s, INST_READY, INST_READY) > 0)
 		st = SVC_READY;
-	else if (count_state(s, INST_STARTING, INST_PROBING) > 0)
+	else if (svc_count(s, INST_STARTING, INST_PROBING) > 0)
 		st = SVC_STARTING;
-	else if (count_state(s, INST_HELD, INST_UNHEALTHY) > 0)
+	else if (svc_count(s, INST_HELD, INST_UNHEALTHY) > 0)
 		st = SVC_DEGRADED;
-	else if (count_state(s, INST_DRAINING, INST_STOPPING) > 0)
+	else if (svc_count(s, INST_DRAINING, INST_STOPPING) > 0)
 		st = SVC_STOPPING;
 	else if (s->failures > 0)
 		st = SVC_FAILED;
@@ -126,23 +126,23 @@ static bool any_booting_except(const struct service *s, const struct instance *e
 	struct instance *i;
 
 	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && booting(i->state))
+		if (i != except && inst_booting(i->state))
 			return true;
 	return false;
 }
 
-bool any_booting(const struct service *s)
+static bool any_booting(const struct service *s)
 {
 	return any_booting_except(s, NULL);
 }
 
 /* Booting, or held by its launcher: a start is under way (no second one). */
-bool any_pending_except(const struct service *s, const struct instance *except)
+bool svc_any_pending(const struct service *s, const struct instance *except)
 {
 	struct instance *i;
 
 	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && (booting(i->state) || i->state == INST_HELD))
+		if (i != except && (inst_booting(i->state) || i->state == INST_HELD))
 			return true;
 	return false;
 }
@@ -176,7 +176,7 @@ static struct instance *pick_ready_avoiding(struct service *s, const struct inst
 	return k < 0 ? NULL : bal_at[k];
 }
 
-struct instance *pick_ready(struct service *s)
+struct instance *svc_pick_ready(struct service *s)
 {
 	return pick_ready_avoiding(s, NULL);
 }
@@ -200,13 +200,13 @@ static void assign(struct instance *i, struct waiter *w)
 
 /* Hand waiting requests to ready instances, in arrival order, each to the
  * least loaded, no instance beyond its share while others boot. */
-void dispatch_waiters(struct service *s)
+void svc_dispatch(struct service *s)
 {
 	struct waiter *w;
 	struct instance *i;
 	int limit = dispatch_limit(s);
 
-	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = pick_ready(s)) != NULL &&
+	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = svc_pick_ready(s)) != NULL &&
 	       i->inflight < limit) {
 		TAILQ_REMOVE(&s->waiters, w, link);
 		s->nwaiting--;
@@ -217,7 +217,7 @@ void dispatch_waiters(struct service *s)
 }
 
 /* Fail every waiting request with 503 and REASON. */
-void fail_waiters(struct service *s, const char *reason, int retry_after)
+void svc_fail_waiters(struct service *s, const char *reason, int retry_after)
 {
 	struct waiter *w;
 
@@ -229,7 +229,7 @@ void fail_waiters(struct service *s, const char *reason, int retry_after)
 	}
 }
 
-int backoff_left(const struct service *s)
+int svc_backoff_left(const struct service *s)
 {
 	double left = s->backoff_until - now_s();
 	return left > 0 ? (int)ceil(left) : 0;
@@ -243,12 +243,12 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	s->requests++;
 	/* a retry goes to another instance if there is one */
 	if ((w->avoid == NULL || (i = pick_ready_avoiding(s, w->avoid)) == NULL))
-		i = pick_ready(s);
+		i = svc_pick_ready(s);
 	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < dispatch_limit(s))) {
 		assign(i, w);
 		*inst = i;
 		if (s->cfg->max_instances > 1)
-			scale_check(s);
+			svc_scale(s);
 		return 0;
 	}
 	*status = 503;
@@ -264,7 +264,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	w->since = now_s();
 	TAILQ_INSERT_TAIL(&s->waiters, w, link);
 	s->nwaiting++;
-	scale_check(s);
+	svc_scale(s);
 	return 1;
 }
 
@@ -285,7 +285,7 @@ void service_demand(struct service *s)
 
 	if (s->state == SVC_RETIRED)
 		return;
-	if (pick_ready(s) == NULL) {
+	if (svc_pick_ready(s) == NULL) {
 		if (s->recovering)
 			s->demanded = true;   /* started once the look for earlier jobs is over */
 		else
@@ -294,14 +294,14 @@ void service_demand(struct service *s)
 	}
 	TAILQ_FOREACH(i, &s->insts, link)
 		if (i->state == INST_READY && i->inflight == 0)
-			idle_arm(i);
+			inst_idle_arm(i);
 }
 
 void service_stop_all(struct service *s, const char *why)
 {
 	struct instance *i, *next;
 
-	fail_waiters(s, why, 30);
+	svc_fail_waiters(s, why, 30);
 	for (i = TAILQ_FIRST(&s->insts); i != NULL; i = next) {
 		next = TAILQ_NEXT(i, link);
 		inst_stop(i, why);
@@ -311,7 +311,7 @@ void service_stop_all(struct service *s, const char *why)
 static void dispatch_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what;
-	dispatch_waiters(arg);
+	svc_dispatch(arg);
 }
 
 /* --- set-up, reload and look-up --- */
@@ -332,7 +332,7 @@ static struct service *service_new(struct svc_config *c)
 	s->lops = c->launcher == LAUNCHER_LOCAL ? &launcher_local : &launcher_slurm;
 	TAILQ_INIT(&s->insts);
 	TAILQ_INIT(&s->waiters);
-	s->scale_ev = evtimer_new(sbase, scale_cb, s);
+	s->scale_ev = evtimer_new(sbase, svc_scale_cb, s);
 	s->dispatch_ev = evtimer_new(sbase, dispatch_cb, s);
 	metrics_init(&s->m);
 	return s;
@@ -380,7 +380,7 @@ void services_init(struct event_base *base, struct config *cfg)
 	index_routes();
 	launchers_prepare(true);
 	for (size_t k = 0; k < nsvcs; k++)
-		scale_check(svcs[k]);   /* min_instances */
+		svc_scale(svcs[k]);   /* min_instances */
 }
 
 /* Services dropped by a reload: kept (stopping) until exit, since requests
@@ -420,7 +420,7 @@ void services_reload(struct config *cfg)
 			/* first: nothing (min_instances, a demand, a kick) starts it again */
 			svc_set_state(s, SVC_RETIRED, "removed from the config");
 			s->demanded = false;
-			fail_waiters(s, "the service was removed from the config", 30);
+			svc_fail_waiters(s, "the service was removed from the config", 30);
 			for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
 				nx = TAILQ_NEXT(i, link);
 				if ((i->state == INST_READY || i->state == INST_UNHEALTHY) && i->inflight > 0)
@@ -441,7 +441,7 @@ void services_reload(struct config *cfg)
 	index_routes();
 	launchers_prepare(false);
 	for (size_t k = 0; k < nsvcs; k++)
-		scale_check(svcs[k]);
+		svc_scale(svcs[k]);
 	log_info("config reloaded: %zu services (%zu added, %zu kept, %zu removed)", nsvcs, added,
 		 changed, removed);
 }
@@ -449,7 +449,7 @@ void services_reload(struct config *cfg)
 void services_fail_waiters(const char *why)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		fail_waiters(svcs[k], why, 5);
+		svc_fail_waiters(svcs[k], why, 5);
 }
 
 void services_shutdown(void (*done_cb)(void))

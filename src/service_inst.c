@@ -36,7 +36,7 @@ static int free_index(const struct service *s, int limit)
 }
 
 /* A new instance at INDEX in STARTING state, its start deadline running. */
-struct instance *inst_new(struct service *s, int index)
+static struct instance *inst_new(struct service *s, int index)
 {
 	struct instance *i = instance_new(s, index);
 
@@ -110,7 +110,7 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 		*retry_after = 30;
 		return -1;
 	}
-	if (any_pending_except(s, NULL))
+	if (svc_any_pending(s, NULL))
 		return 0;
 	if (!services_managed) {
 		*reason = "service management is disabled";
@@ -122,20 +122,20 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 		*retry_after = 5;
 		return -1;
 	}
-	if (backoff_left(s) > 0) {
+	if (svc_backoff_left(s) > 0) {
 		*reason = s->last_error;
-		*retry_after = backoff_left(s);
+		*retry_after = svc_backoff_left(s);
 		return -1;
 	}
 	/* still looking for instances of an earlier run, or the previous
 	 * instance is still stopping: the start comes when that is over */
 	if (s->recovering || free_index(s, s->cfg->max_instances) < 0) {
-		s->demanded = true;   /* kick() starts it then, waiters or not */
+		s->demanded = true;   /* svc_kick() starts it then, waiters or not */
 		return 0;
 	}
 	if (inst_start(s, free_index(s, s->cfg->max_instances)) == NULL) {
 		*reason = s->last_error;
-		*retry_after = backoff_left(s) > 0 ? backoff_left(s) : 1;
+		*retry_after = svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1;
 		return -1;
 	}
 	return 0;
@@ -143,7 +143,7 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 
 /* --- the idle clock --- */
 
-void idle_arm(struct instance *i)
+void inst_idle_arm(struct instance *i)
 {
 	i->idle_since = now_s();
 	event_add(i->timer, &(struct timeval){i->svc->cfg->timeout, 0});
@@ -158,7 +158,7 @@ void service_instance_released(struct instance *i)
 	i->served++;
 	if (i->inflight == 0) {
 		if (i->state == INST_READY)
-			idle_arm(i);
+			inst_idle_arm(i);
 		else if (i->state == INST_DRAINING)
 			inst_stop(i, "drained");
 	}
@@ -167,7 +167,7 @@ void service_instance_released(struct instance *i)
 	if (s->nwaiting > 0)
 		event_active(s->dispatch_ev, EV_TIMEOUT, 0);
 	if (s->cfg->max_instances > 1 || s->cfg->min_instances > 0)
-		scale_check(s);
+		svc_scale(s);
 }
 
 
@@ -186,8 +186,8 @@ void service_instance_timer(struct instance *i)
 		.state = i->state,
 		.inflight = i->inflight,
 		.waiting = s->nwaiting,
-		.ready = count_state(s, INST_READY, INST_READY),
-		.ready_or_held = count_state(s, INST_READY, INST_HELD),
+		.ready = svc_count(s, INST_READY, INST_READY),
+		.ready_or_held = svc_count(s, INST_READY, INST_HELD),
 		.min_instances = s->cfg->min_instances,
 	};
 
@@ -195,7 +195,7 @@ void service_instance_timer(struct instance *i)
 	case IDLE_NOTHING:
 		break;
 	case IDLE_REARM:
-		idle_arm(i);   /* kept: min_instances, or a held one still needed */
+		inst_idle_arm(i);   /* kept: min_instances, or a held one still needed */
 		break;
 	case IDLE_STOP:
 		snprintf(why, sizeof why, "idle for %d s", s->cfg->timeout);
@@ -222,10 +222,10 @@ void service_instance_timer(struct instance *i)
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 void instance_drain(struct instance *i, const char *why)
 {
-	if (i->state != INST_READY && i->state != INST_UNHEALTHY && !booting(i->state) &&
+	if (i->state != INST_READY && i->state != INST_UNHEALTHY && !inst_booting(i->state) &&
 	    i->state != INST_HELD)
 		return;
-	if (i->inflight == 0 || booting(i->state) || i->state == INST_HELD) {
+	if (i->inflight == 0 || inst_booting(i->state) || i->state == INST_HELD) {
 		inst_stop(i, why);
 		return;
 	}
@@ -237,7 +237,7 @@ void instance_drain(struct instance *i, const char *why)
 /* May one more instance start now? */
 static bool can_start(const struct service *s, int limit)
 {
-	return services_managed && svc_shutdown_done == NULL && !s->recovering && backoff_left(s) == 0 &&
+	return services_managed && svc_shutdown_done == NULL && !s->recovering && svc_backoff_left(s) == 0 &&
 	       s->state != SVC_RETIRED && free_index(s, limit) >= 0;
 }
 
@@ -265,15 +265,15 @@ static void start_for(struct service *s, const char *fmt, ...)
 
 /* The scaler (scaler.c) applied: starts, a drain, a later re-check. Cheap;
  * runs on every change of load. */
-void scale_check(struct service *s)
+void svc_scale(struct service *s)
 {
 	const struct svc_config *c = s->cfg;
 	struct scaler_config sc = {c->min_instances, c->max_instances, c->target_concurrency,
 				   c->scale_up_delay, c->scale_down_delay};
 	struct scaler_input in = {
-		.ready = count_state(s, INST_READY, INST_READY),
-		.starting = count_state(s, INST_STARTING, INST_PROBING),
-		.other = count_state(s, INST_HELD, INST_UNHEALTHY),
+		.ready = svc_count(s, INST_READY, INST_READY),
+		.starting = svc_count(s, INST_STARTING, INST_PROBING),
+		.other = svc_count(s, INST_HELD, INST_UNHEALTHY),
 		.inflight = s->inflight,
 		.waiting = s->nwaiting,
 	};
@@ -294,8 +294,8 @@ void scale_check(struct service *s)
 				  in.ready, c->target_concurrency, c->scale_up_delay);
 	}
 	if (d.why == SCALE_MIN) {
-		if (k < d.start && backoff_left(s) > 0)
-			scale_later(s, backoff_left(s));
+		if (k < d.start && svc_backoff_left(s) > 0)
+			scale_later(s, svc_backoff_left(s));
 		return;
 	}
 	if (d.recheck >= 0)
@@ -311,10 +311,10 @@ void scale_check(struct service *s)
 	}
 }
 
-void scale_cb(evutil_socket_t fd, short what, void *arg)
+void svc_scale_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what;
-	scale_check(arg);
+	svc_scale(arg);
 }
 
 /* The job's time limit comes near: start its replacement. */
@@ -372,22 +372,22 @@ void inst_stop(struct instance *i, const char *why)
 }
 
 /* Requests wait and nothing is starting: start (a deferred start). */
-void kick(struct service *s)
+void svc_kick(struct service *s)
 {
 	const char *reason;
 	int ra;
 
 	if (s->state == SVC_RETIRED)
 		return;
-	if ((!TAILQ_EMPTY(&s->waiters) || s->demanded) && !s->recovering && !any_pending_except(s, NULL) &&
-	    pick_ready(s) == NULL) {
+	if ((!TAILQ_EMPTY(&s->waiters) || s->demanded) && !s->recovering && !svc_any_pending(s, NULL) &&
+	    svc_pick_ready(s) == NULL) {
 		s->demanded = false;
 		if (service_start(s, &reason, &ra) != 0)
-			fail_waiters(s, reason, ra);
+			svc_fail_waiters(s, reason, ra);
 	}
 	if (s->nwaiting > 0)
-		dispatch_waiters(s);   /* an instance that boots no more frees the others' share */
-	scale_check(s);
+		svc_dispatch(s);   /* an instance that boots no more frees the others' share */
+	svc_scale(s);
 }
 
 /* I is gone: off the service's list (the object lives on while referenced). */
@@ -414,7 +414,7 @@ void instance_gone(struct instance *i, const char *reason)
 
 	if (was == INST_GONE)
 		return;
-	if (booting(was)) {
+	if (inst_booting(was)) {
 		start_failed(i, reason);
 	} else if (was != INST_STOPPING) {
 		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
@@ -431,9 +431,9 @@ void instance_gone(struct instance *i, const char *reason)
 	inst_detach(i);
 	snprintf(why, sizeof why, "[%d] gone", i->index);
 	svc_settle(s, why);
-	if (booting(was) && !any_pending_except(s, NULL) && pick_ready(s) == NULL)
-		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
-	kick(s);
+	if (inst_booting(was) && !svc_any_pending(s, NULL) && svc_pick_ready(s) == NULL)
+		svc_fail_waiters(s, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
+	svc_kick(s);
 	instance_unref(i);   /* the launcher's reference */
 	if (svc_shutdown_done != NULL && svc_live_instances == 0) {
 		void (*cb)(void) = svc_shutdown_done;
@@ -445,13 +445,13 @@ void instance_fail(struct instance *i, const char *reason)
 {
 	struct service *s = i->svc;
 
-	if (!booting(i->state)) {
+	if (!inst_booting(i->state)) {
 		inst_stop(i, reason);
 		return;
 	}
 	start_failed(i, reason);
-	if (!any_pending_except(s, i) && pick_ready(s) == NULL)
-		fail_waiters(s, reason, backoff_left(s) > 0 ? backoff_left(s) : 1);
+	if (!svc_any_pending(s, i) && svc_pick_ready(s) == NULL)
+		svc_fail_waiters(s, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
 	inst_stop(i, reason);
 }
 
@@ -477,8 +477,8 @@ void instance_hold(struct instance *i, const char *reason)
 	/* out of rotation: in flight ends with the reason, the rest waits */
 	instance_detach_all(i, why, true);
 	if (i->state == INST_HELD && i->inflight == 0)
-		idle_arm(i);   /* no start deadline while held; the idle clock runs */
-	scale_check(s);
+		inst_idle_arm(i);   /* no start deadline while held; the idle clock runs */
+	svc_scale(s);
 	instance_unref(i);
 }
 
@@ -499,7 +499,7 @@ void service_recovered(struct service *s)
 	if (!s->recovering)
 		return;
 	s->recovering = false;
-	kick(s);
+	svc_kick(s);
 }
 
 /* --- what the instances say about their service --- */

@@ -38,7 +38,7 @@ struct service {
 	struct scaler_timers scale;   /* the scaler's clocks (scaler.h) */
 	double last_start_s;  /* how long the last successful start took */
 	struct event *scale_ev;
-	struct event *dispatch_ev;   /* dispatch_waiters, outside anyone's callback */
+	struct event *dispatch_ev;   /* svc_dispatch, outside anyone's callback */
 	struct svc_metrics m;
 };
 
@@ -49,27 +49,24 @@ extern int svc_live_instances;
 
 /* --- service.c: states and the wait queue --- */
 
-/* The one setter of a service's state: checked and logged. */
-void svc_set_state(struct service *s, enum svc_state st, const char *why);
 /* After any instance moved: the state the service is in now. */
 void svc_settle(struct service *s, const char *why);
 /* Move I (checked, logged) and settle its service. */
 void inst_move(struct instance *i, enum inst_state st, const char *why);
 /* STARTING or PROBING: a first boot. */
-bool booting(enum inst_state st);
+bool inst_booting(enum inst_state st);
 /* Instances of S in state A or B. */
-int count_state(const struct service *s, enum inst_state a, enum inst_state b);
-bool any_booting(const struct service *s);
+int svc_count(const struct service *s, enum inst_state a, enum inst_state b);
 /* Booting, or held by its launcher: a start is under way (no second one). */
-bool any_pending_except(const struct service *s, const struct instance *except);
+bool svc_any_pending(const struct service *s, const struct instance *except);
 /* The least loaded ready instance (NULL: none). */
-struct instance *pick_ready(struct service *s);
+struct instance *svc_pick_ready(struct service *s);
 /* Hand waiting requests to ready instances, in arrival order. */
-void dispatch_waiters(struct service *s);
+void svc_dispatch(struct service *s);
 /* Fail every waiting request with 503 and REASON. */
-void fail_waiters(struct service *s, const char *reason, int retry_after);
+void svc_fail_waiters(struct service *s, const char *reason, int retry_after);
 /* Seconds of start back-off left (0: none). */
-int backoff_left(const struct service *s);
+int svc_backoff_left(const struct service *s);
 
 /* --- service_inst.c: starting, stopping, the idle clock, the scaler --- */
 
@@ -77,17 +74,15 @@ int backoff_left(const struct service *s);
  * with *reason (static or the service's) and *retry_after. */
 int service_start(struct service *s, const char **reason, int *retry_after);
 /* Requests wait and nothing is starting: start (a deferred start). */
-void kick(struct service *s);
+void svc_kick(struct service *s);
 /* Run the scaler now and apply its decision. */
-void scale_check(struct service *s);
-void scale_cb(evutil_socket_t fd, short what, void *arg);
+void svc_scale(struct service *s);
+void svc_scale_cb(evutil_socket_t fd, short what, void *arg);
 /* Restart I's idle clock. */
-void idle_arm(struct instance *i);
+void inst_idle_arm(struct instance *i);
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 void instance_drain(struct instance *i, const char *why);
 /* Ask the launcher to stop I. */
 void inst_stop(struct instance *i, const char *why);
-/* A new instance of S at INDEX in STARTING state (adopted: not started). */
-struct instance *inst_new(struct service *s, int index);
 
 #endif

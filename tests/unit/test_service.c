@@ -376,7 +376,7 @@ static void test_unhealthy_does_not_count_as_starting(void **state)
 	assert_int_equal(i->state, INST_UNHEALTHY);
 	assert_int_equal(service_state(s), SVC_DEGRADED);
 	assert_false(any_booting(s));
-	assert_false(any_pending_except(s, NULL));   /* blocks no start */
+	assert_false(svc_any_pending(s, NULL));   /* blocks no start */
 	service_reason(s, reason, sizeof reason);
 	assert_null(strstr(reason, "starting"));
 	assert_non_null(strstr(reason, "unhealthy"));
@@ -472,8 +472,8 @@ static void test_retired_service_never_starts(void **state)
 	starts = service_starts(s);
 	service_demand(s);
 	s->demanded = true;
-	kick(s);
-	scale_check(s);
+	svc_kick(s);
+	svc_scale(s);
 	rec_init(&r);
 	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), -1);
 	assert_string_equal(reason, "the service was removed from the config");
