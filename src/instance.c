@@ -1,6 +1,6 @@
 /* instance.c - the instance object: references, checked states, the
- * requests in flight on it, its health probe and its pool of idle upstream
- * connections. The policy (when to start, stop, hold) is service.c's. */
+ * requests in flight on it and its health probe (its pool of idle
+ * upstream connections is http_pool.c's). The policy (when to start, stop, hold) is service.c's. */
 #include "instance.h"
 
 #include <assert.h>
@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "http_pool.h"
 #include "log.h"
 #include "service.h"
 #include "util.h"
@@ -23,12 +24,11 @@
 #define PROBE_TIMEOUT_S 5
 
 static struct event_base *ibase;
-static int pool_cap = 1024;
 
 void instances_init(struct event_base *base, int upstream_keepalive)
 {
 	ibase = base;
-	pool_cap = upstream_keepalive;
+	http_pool_init(upstream_keepalive);
 }
 
 const char *instance_state_name(enum inst_state st)
@@ -171,75 +171,6 @@ void instance_release(struct instance *i, struct waiter *w)
 	detach_user(i, w);
 	service_instance_released(i);
 	instance_unref(i);
-}
-
-/* --- the pool of idle upstream connections --- */
-
-static void pool_remove(struct instance *i, struct hconn *c)
-{
-	for (int k = 0; k < i->npool; k++)
-		if (i->pool[k] == c) {
-			i->pool[k] = i->pool[--i->npool];
-			instance_unref(i);
-			return;
-		}
-}
-
-static void pool_closed(struct hconn *c, const char *why)
-{
-	(void)why;
-	pool_remove(http_owner(c), c);
-}
-
-static const struct hconn_ops pool_ops = {
-	.closed = pool_closed,
-};
-
-struct hconn *instance_pool_get(struct instance *i)
-{
-	struct hconn *c;
-
-	if (i->npool == 0 || i->state != INST_READY)
-		return NULL;
-	c = i->pool[--i->npool];   /* the most recently used */
-	http_set_owner(c, NULL, NULL);
-	instance_unref(i);         /* I is still referenced by the caller's exchange */
-	return c;
-}
-
-void instance_pool_flush(struct instance *i)
-{
-	struct hconn **pool = i->pool;
-	int n = i->npool;
-
-	/* take the array first: closing never sees a half-compacted pool */
-	i->pool = NULL;
-	i->npool = i->poolcap = 0;
-	instance_ref(i);
-	for (int k = 0; k < n; k++) {
-		http_set_owner(pool[k], NULL, NULL);
-		http_close(pool[k], "pool flushed");
-		instance_unref(i);
-	}
-	free(pool);
-	instance_unref(i);
-}
-
-void instance_pool_put(struct instance *i, struct hconn *c)
-{
-	if (i->state != INST_READY || i->npool >= pool_cap) {
-		http_set_owner(c, NULL, NULL);   /* the exchange that used it is ending */
-		http_close(c, i->state != INST_READY ? "instance out of rotation" : "pool full");
-		return;
-	}
-	if (i->npool == i->poolcap) {
-		i->poolcap = i->poolcap ? i->poolcap * 2 : 16;
-		i->pool = xrealloc(i->pool, (size_t)i->poolcap * sizeof *i->pool);
-	}
-	i->pool[i->npool++] = c;
-	instance_ref(i);
-	http_set_owner(c, &pool_ops, i);
-	http_park(c, 30);
 }
 
 /* --- health probes --- */

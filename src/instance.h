@@ -38,6 +38,8 @@ struct hconn;
 struct service;
 struct waiter;
 
+#include "http_pool.h"
+
 enum inst_state {
 	INST_STARTING,
 	INST_PROBING,
@@ -121,11 +123,7 @@ void instance_release(struct instance *i, struct waiter *w);
 /* A connection to I was refused or closed before any response byte: take
  * I out of rotation until a probe passes, and ask the launcher to check it. */
 void instance_unreachable(struct instance *i, const char *why);
-/* Pool of idle upstream connections (each holds a reference to I). */
-struct hconn *instance_pool_get(struct instance *i);
-void instance_pool_put(struct instance *i, struct hconn *c);
-/* Close every idle connection to I (one of them turned out stale). */
-void instance_pool_flush(struct instance *i);
+/* The pool of idle upstream connections: http_pool.h (included above). */
 
 /* --- the object itself (instance.c), for service.c --- */
 

@@ -1,5 +1,6 @@
-/* service.h - services, the wait queue, the balancer, the scaler and the
- * idle clock.
+/* service.h - services and the wait queue (service.c); their instances
+ * are started, stopped and scaled by service_inst.c, after the pure
+ * policies in scaler.c, balancer.c, idle.c and health.c.
  *
  * A service is one configured entry. It runs zero or more instances (a
  * local process or a Slurm job each; see instance.h). Requests ask the

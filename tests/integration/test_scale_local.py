@@ -1,34 +1,38 @@
-"""Scale-out with the local launcher: several instances of one service.
+"""Scale-out with the local launcher, end to end: several instances of one
+service, against the real gateway and real demo processes.
 
-min_instances / max_instances / target_concurrency, the cold burst (as many
-instances as the waiting requests need, at once), balancing over the ready
-instances (least in flight), the idle stop of each instance down to
-min_instances, scale up after scale_up_delay and drain after
-scale_down_delay, and an instance whose process dies under load (a refused
-connect is retried on another instance; min_instances brings it back).
+The policies themselves are unit-tested without a clock or a process:
+tests/unit/test_scaler.c (min_instances, scale up after scale_up_delay and
+its grace for clients in lock step, scale down after scale_down_delay, the
+max_instances cap, the cold burst, held/unhealthy not counted as starting,
+the walltime handover), test_balancer.c (least outstanding, the tried set,
+the cold-burst spread) and test_idle.c (the idle clock, never below
+min_instances). What is left here is what only the whole gateway shows: a
+cold burst starts every instance at once and all of them serve; instances
+stop on their idle timeout, never before it, down to min_instances; warm
+instances from start-up; an instance killed under load; a scale up and a
+drain under real traffic; the retry of a request on another instance.
 
 Instance i of a service listens on local_port + i, so every test takes a
-block of consecutive free ports. Every wait polls against a deadline and
-every request has a timeout; everything runs on 127.0.0.1.
+block of consecutive free ports. Every wait polls against a deadline (no
+sleep stands in for an event) and every request has a timeout; everything
+runs on 127.0.0.1.
 """
 import os
 import signal
-import socket
 import threading
 import time
 
 import pytest
 
 import conftest as base
-from conftest import (SLACK, demo_service, http_request, pid_alive, pids_with_arg, port_listening,
+from conftest import (SLACK, demo_service, http_request, pid_alive, port_listening,
                       wait_until)
 
 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
 
 class Load:
     """N client threads, each doing PATH (or path(i, k)) in a loop on a fresh
@@ -118,6 +122,99 @@ def log_lines(g, needle):
     return [ln for ln in full_log(g).splitlines() if needle in ln]
 
 
+
+class Watch:
+    """Polls /api/services/demo in a thread (every 50 ms) and keeps, per
+    instance (by pid):
+      busy[pid]     a lower bound of the last moment it was not idle: the
+                    start of a poll that saw it booting or with a request in
+                    flight, or the start of the poll before one whose served
+                    count went up (that request ended after it);
+      stopped[pid]  the end of the first poll that saw it stopping or gone,
+                    after it had been ready.
+    A poll that is late or missed only makes busy[] earlier, so a check
+    "stopped - busy >= timeout" can never fail by chance: it fails only if
+    the gateway stopped an instance before its timeout."""
+
+    def __init__(self, g):
+        self.g = g
+        self.busy, self.stopped, self.served, self.ready = {}, {}, {}, set()
+        self.last = None
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.halt.set()
+        self.thread.join(10 * SLACK)
+
+    def _run(self):
+        prev_t0 = None
+        while not self.halt.is_set():
+            t0 = time.monotonic()
+            try:
+                info = self.g.svc()
+            except Exception:  # noqa: BLE001 - a failed poll is a missed poll
+                prev_t0 = None
+                self.halt.wait(0.05)
+                continue
+            t1 = time.monotonic()
+            with self.lock:
+                self.last = info
+                present = set()
+                for i in info["instances"]:
+                    pid = i["pid"]
+                    if not pid:
+                        continue
+                    present.add(pid)
+                    if i["state"] in ("starting", "probing") or i["in_flight"] > 0:
+                        self.busy[pid] = t0
+                    elif prev_t0 is not None and i["served"] != self.served.get(pid, i["served"]):
+                        self.busy[pid] = max(self.busy.get(pid, 0.0), prev_t0)
+                    self.served[pid] = i["served"]
+                    if i["state"] == "ready":
+                        self.ready.add(pid)
+                    elif pid in self.ready and i["state"] == "stopping":
+                        self.stopped.setdefault(pid, t1)
+                for pid in self.ready - present:
+                    self.stopped.setdefault(pid, t1)
+            prev_t0 = t0
+            self.halt.wait(0.05)
+
+    def idle_gaps(self):
+        """{pid: seconds from the last moment it was busy to its stop}."""
+        with self.lock:
+            return {pid: round(t - self.busy[pid], 3) for pid, t in self.stopped.items()
+                    if pid in self.busy}
+
+
+# libevent's timers may run on a coarse clock: a few ms early against ours
+CLOCK_TOLERANCE = 0.05
+
+
+def idle_rearmed(g, pid):
+    """Wait until the idle clock of the only idle instance, PID, starts over
+    without a request: its timer fired and kept it (min_instances). Returns
+    how long that took."""
+    t0 = time.monotonic()
+    seen = []
+
+    def rearmed():
+        info = g.svc()
+        assert [(i["pid"], i["state"]) for i in info["instances"]] == [(pid, "ready")], info
+        left = info["idle_seconds_left"]
+        seen.append(left)
+        return len(seen) > 1 and left is not None and seen[-2] is not None and left > seen[-2] + 0.3
+
+    timeout = g.svc()["timeout"]
+    wait_until(rearmed, (timeout * 2 + 2) * SLACK, msg=f"the idle clock of {pid} to start over")
+    return time.monotonic() - t0
+
+
 # --------------------------------------------------------------------------
 # 1. a cold burst starts max_instances at once, and all of them serve
 # --------------------------------------------------------------------------
@@ -131,7 +228,7 @@ def test_cold_burst_starts_all_instances_at_once_and_all_serve(port_block, gatew
     assert g.svc()["instances"] == []
 
     n = 6
-    load = Load(g.port, n, lambda i, k: f"/llm/slow?ms=1000&c={i}.{k}")
+    load = Load(g.port, n, lambda i, k: f"/llm/slow?ms=300&c={i}.{k}")
     t0 = time.monotonic()
     load.start()
     try:
@@ -147,17 +244,12 @@ def test_cold_burst_starts_all_instances_at_once_and_all_serve(port_block, gatew
         info = wait_svc(g, lambda i: len(ready_insts(i)) == 3, 10,
                         msg="all 3 instances ready")
         all_ready_after = time.monotonic() - t0
-        first_wave = {i["index"]: i["in_flight"] for i in info["instances"]}
         assert len({i["pid"] for i in info["instances"]}) == 3, info
         assert sorted(i["address"] for i in info["instances"]) == \
             [f"127.0.0.1:{p + k}" for k in range(3)], info
-
-        # a sustained burst: least-in-flight balancing spreads it over all three
-        samples = []
-        t_end = time.monotonic() + 6.0
-        while time.monotonic() < t_end:
-            samples.append({i["index"]: i["in_flight"] for i in g.svc()["instances"]})
-            time.sleep(0.25)
+        # the burst goes on: every instance serves a share of it
+        info = wait_svc(g, lambda i: all(x["served"] >= 3 for x in i["instances"]), 10,
+                        msg="every instance to serve 3 requests of the burst")
     finally:
         results = load.stop()
 
@@ -166,12 +258,7 @@ def test_cold_burst_starts_all_instances_at_once_and_all_serve(port_block, gatew
     info = g.svc()
     assert info["starts"] == 3, f"more starts than max_instances: {info}"
     served = {i["index"]: i["served"] for i in info["instances"]}
-    assert len(served) == 3 and all(v > 0 for v in served.values()), \
-        f"every instance must serve a share of the burst: {served}"
-    total = sum(served.values())
-    assert total == len(results), (served, len(results))
-    # balanced: with 6 clients on 3 instances none should get much less than a third
-    assert min(served.values()) >= total / 3 * 0.4, f"unbalanced: {served}"
+    assert sum(served.values()) == len(results), (served, len(results))
 
     # each instance is a separate process on its own port (asked directly)
     ports = set()
@@ -186,122 +273,127 @@ def test_cold_burst_starts_all_instances_at_once_and_all_serve(port_block, gatew
     assert len(ups) == 2, f"two scale-up steps expected for the cold burst:\n" + "\n".join(ups)
     assert all("waiting" in ln for ln in ups), ups
     print(f"\n3 instances started {started_after:.2f} s after the burst began, all ready after "
-          f"{all_ready_after:.2f} s; first wave in flight per instance {first_wave}; "
-          f"served per instance {served}; in-flight samples (last 4) {samples[-4:]}")
+          f"{all_ready_after:.2f} s; served per instance {served}")
 
 
 # --------------------------------------------------------------------------
-# 2. after the burst each instance stops on its idle timeout, down to min
+# 2. after a burst each instance stops on its idle timeout, never before it,
+#    down to min_instances
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("min_instances", [0, 1])
 def test_after_a_burst_instances_stop_on_idle_timeout_down_to_min(port_block, gateway,
                                                                   min_instances):
+    # Deterministic (it was flaky): no instance has to be busy until a given
+    # moment. The Watch records when each one was last seen busy, and the
+    # check is that none stopped sooner than the timeout after that.
     timeout = 2
     p = port_block(3)
     svc = demo_service(port=p, max_instances=3, min_instances=min_instances,
-                       target_concurrency=1, timeout=timeout, scale_up_delay=1,
+                       target_concurrency=1, timeout=timeout, scale_up_delay=0,
                        scale_down_delay=600)
     g = gateway([svc], env={"DEMO_DELAY": "1"})
     if min_instances:
-        # warm: the burst scales up after scale_up_delay (not a cold burst)
         wait_svc(g, lambda i: len(ready_insts(i)) == 1, 10, msg="the warm instance")
 
-    # staggered clients (see test_lockstep_clients_... for why)
-    load = Load(g.port, 6, "/llm/slow?ms=700", stagger=0.1)
-    load.start()
-    try:
-        wait_svc(g, lambda i: len(ready_insts(i)) == 3, 10, msg="3 ready instances")
-        time.sleep(2.0)
-        info = g.svc()
-        pids = {i["index"]: i["pid"] for i in info["instances"]}
-        assert len(pids) == 3 and all(pids.values()), info
-    finally:
-        t_stop = time.monotonic()
-        results = load.stop()
-    t_last = max(r[2] for r in results)   # the last response: every instance idle from here
-    bad = [r for r in results if r[3] != 200]
-    assert not bad, bad[:5]
-    served = {i["index"]: i["served"] for i in g.svc()["instances"]}
-    assert all(v > 0 for v in served.values()) and len(served) == 3, served
+    with Watch(g) as watch:
+        load = Load(g.port, 6, "/llm/slow?ms=300", stagger=0.05)
+        load.start()
+        try:
+            info = wait_svc(g, lambda i: len(ready_insts(i)) == 3 and
+                            all(x["served"] > 0 for x in i["instances"]), 10,
+                            msg="3 ready instances, each serving")
+            pids = {i["index"]: i["pid"] for i in info["instances"]}
+        finally:
+            results = load.stop()
+        t_last = max(r[2] for r in results)   # the last response
+        bad = [r for r in results if r[3] != 200]
+        assert not bad, bad[:5]
 
-    # nobody stops before its timeout: every instance served until ~t_stop
-    history = []
-    while time.monotonic() < t_stop + timeout - 0.4:
-        info = g.svc()
-        history.append((round(time.monotonic() - t_stop, 2), states(info)))
-        assert len(info["instances"]) == 3, \
-            f"an instance stopped {time.monotonic() - t_stop:.2f} s after the load " \
-            f"ended (timeout {timeout} s): {history}"
-        time.sleep(0.1)
+        info = wait_svc(g, lambda i: len(i["instances"]) == min_instances, timeout + 5,
+                        msg=f"down to {min_instances} instances")
+        down_after = time.monotonic() - t_last
+        stopped = [pid for pid in pids.values()
+                   if not any(i["pid"] == pid for i in info["instances"])]
+        assert len(stopped) == 3 - min_instances, (pids, info)
+        # the Watch's own polls see it too (they run behind ours)
+        wait_until(lambda: all(pid in watch.stopped for pid in stopped), 5 * SLACK,
+                   msg=f"the watch to see {stopped} stopped")
+        gaps = watch.idle_gaps()
 
-    # ... and all but min_instances stop soon after it
-    info = wait_svc(g, lambda i: len(i["instances"]) == min_instances, timeout + 4,
-                    msg=f"down to {min_instances} instances")
-    down_after = time.monotonic() - t_last
+    # nobody stopped before its timeout
+    for pid in stopped:
+        assert pid in gaps, f"pid {pid} was never seen busy and then stopping: {gaps}"
+        assert gaps[pid] >= timeout - CLOCK_TOLERANCE, \
+            f"pid {pid} stopped {gaps[pid]} s after it was last busy; timeout is {timeout} s: {gaps}"
     for idx, pid in pids.items():
-        if not any(i["pid"] == pid for i in info["instances"]):
+        if pid in stopped:
             wait_until(lambda: not pid_alive(pid) and not port_listening(p + idx), 5 * SLACK,
                        msg=f"instance [{idx}] pid {pid} gone, port {p + idx} closed")
-    idle_stops = log_lines(g, "idle for 2 s")
+    idle_stops = log_lines(g, f"idle for {timeout} s")
     assert len(idle_stops) == 3 - min_instances, idle_stops
 
     if min_instances:
-        # the last one stays, well past its timeout, and stays warm
+        # the last one stays past its timeout (its idle clock starts over),
+        # and stays warm
         [kept] = info["instances"]
         assert kept["state"] == "ready", kept
-        time.sleep(timeout * 1.5)
-        info = g.svc()
-        assert [(i["index"], i["pid"], i["state"]) for i in info["instances"]] == \
-            [(kept["index"], kept["pid"], "ready")], info
+        idle_rearmed(g, kept["pid"])
         assert pid_alive(kept["pid"])
-        assert info["state"] == "ready"
+        assert g.svc()["state"] == "ready"
         r = g.get("/llm/pid")
         assert r.status == 200 and r.json()["pid"] == kept["pid"], r
         assert r.header("X-Slurmgate-Cold-Start") is None, r.headers
     else:
         assert info["state"] == "stopped", info
     print(f"\nmin_instances={min_instances}: down to {min_instances} instance(s) "
-          f"{down_after:.2f} s after the last response (timeout {timeout} s)")
+          f"{down_after:.2f} s after the last response (timeout {timeout} s); "
+          f"idle before each stop: {gaps}")
 
 
 # --------------------------------------------------------------------------
-# 3. min_instances keeps one warm from start-up
+# 3. min_instances: warm from start-up, all at once, and they stay
 # --------------------------------------------------------------------------
 
-def test_min_instances_one_is_warm_from_startup_and_stays(port_block, gateway):
+def test_min_instances_start_together_and_stay_warm(port_block, gateway):
     timeout = 2
-    p = port_block(2)
-    svc = demo_service(port=p, max_instances=2, min_instances=1, timeout=timeout)
+    p = port_block(3)
+    svc = demo_service(port=p, max_instances=3, min_instances=2, timeout=timeout,
+                       scale_down_delay=600)
     t0 = time.monotonic()
-    g = gateway([svc])
-    info = wait_svc(g, lambda i: i["state"] == "ready", 10, msg="ready without any request")
+    g = gateway([svc], env={"DEMO_DELAY": "2"})
+    # both start at once, before the first is ready (DEMO_DELAY 2 s)
+    info = wait_svc(g, lambda i: len(i["instances"]) == 2, 1.0,
+                    msg="2 instances starting at once (DEMO_DELAY 2 s)")
+    assert not ready_insts(info), info
+    info = wait_svc(g, lambda i: len(ready_insts(i)) == 2, 10, msg="2 warm instances")
     warm_after = time.monotonic() - t0
-    [inst] = info["instances"]
-    assert inst["index"] == 0 and inst["pid"], inst
-    assert info["requests"] == 0 and info["starts"] == 1, info
-    pid = inst["pid"]
-    assert pid_alive(pid)
-    assert "min_instances is 1" in full_log(g), full_log(g)
+    assert sorted(i["index"] for i in info["instances"]) == [0, 1], info
+    assert info["requests"] == 0 and info["starts"] == 2, info
+    pids = sorted(i["pid"] for i in info["instances"])
+    assert "min_instances is 2" in full_log(g), full_log(g)
 
-    # well past the idle timeout: still the same one
-    time.sleep(timeout * 2 + 0.5)
-    info = g.svc()
-    assert [(i["pid"], i["state"]) for i in info["instances"]] == [(pid, "ready")], info
-    assert info["starts"] == 1, info
+    # past the idle timeout: the same two, ready, and no idle stop
+    wait_until(lambda: g.svc()["idle_seconds_left"] is not None, 5 * SLACK, msg="idle clocks run")
+    seen = []
 
-    # the first request is warm (no cold-start wait), and served by it
+    def rearmed():
+        info = g.svc()
+        assert sorted(i["pid"] for i in info["instances"]) == pids, info
+        assert all(i["state"] == "ready" for i in info["instances"]), info
+        seen.append(info["idle_seconds_left"])
+        return len(seen) > 1 and seen[-1] > seen[-2] + 0.3
+
+    wait_until(rearmed, (timeout * 2 + 2) * SLACK, msg="the idle clock to start over")
+    assert not log_lines(g, "idle for"), full_log(g)
+
+    # the first request is warm (no cold-start wait)
     r = g.get("/llm/pid")
     assert r.status == 200, r
-    assert r.json()["pid"] == pid
+    assert r.json()["pid"] in pids
     assert r.header("X-Slurmgate-Cold-Start") is None, r.headers
-
-    # and after another timeout it is still there
-    time.sleep(timeout + 1)
-    info = g.svc()
-    assert [(i["pid"], i["state"]) for i in info["instances"]] == [(pid, "ready")], info
-    assert info["starts"] == 1 and not log_lines(g, "idle for"), full_log(g)
-    print(f"\nwarm instance ready {warm_after:.2f} s after the gateway started")
+    assert g.svc()["starts"] == 2
+    print(f"\n2 warm instances ready {warm_after:.2f} s after the gateway started")
 
 
 # --------------------------------------------------------------------------
@@ -319,18 +411,22 @@ def test_killed_instance_under_load_loses_only_its_in_flight_requests_and_comes_
     load = Load(g.port, 4, lambda i, k: f"/llm/slow?ms=100&c={i}.{k}")
     load.start()
     try:
-        time.sleep(1.5)
-        info = g.svc()
-        victim = next(i for i in info["instances"] if i["index"] == 0)
-        assert victim["state"] == "ready", info
+        # both under load
+        wait_svc(g, lambda i: all(x["served"] >= 2 for x in i["instances"]), 10,
+                 msg="both instances serving")
         t_read = time.monotonic()
         info = g.svc()
         victim = next(i for i in info["instances"] if i["index"] == 0)
+        assert victim["state"] == "ready", info
         in_flight_at_kill = victim["in_flight"]
         t_kill0 = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
         t_kill = time.monotonic()
-        time.sleep(2.5)
+        # the load goes on until the replacement is ready and has served
+        info = wait_svc(g, lambda i: len(ready_insts(i)) == 2 and
+                        all(x["pid"] != victim["pid"] for x in i["instances"]) and
+                        all(x["served"] > 0 for x in i["instances"]), 10,
+                        msg="a replacement for the killed instance, serving")
     finally:
         results = load.stop()
 
@@ -353,23 +449,12 @@ def test_killed_instance_under_load_loses_only_its_in_flight_requests_and_comes_
     after = [r for r in results if r[1] > t_kill + 0.05]
     assert after and all(r[3] == 200 for r in after), [r for r in after if r[3] != 200][:5]
 
-    # the instance is replaced (min_instances=2) ...
-    info = wait_svc(g, lambda i: len(ready_insts(i)) == 2 and
-                    all(x["pid"] != victim["pid"] for x in i["instances"]), 10,
-                    msg="a replacement for the killed instance")
+    # the instance was replaced (min_instances=2), and the replacement served
     new = next(i for i in info["instances"] if i["pid"] != victim["pid"] and i["index"] == 0)
+    assert new["served"] > 0, info
     assert not pid_alive(victim["pid"])
     assert info["starts"] == 3, info
     assert "exited unexpectedly" in full_log(g), full_log(g)
-
-    # ... and the replacement serves
-    load = Load(g.port, 4, "/llm/slow?ms=100").start()
-    try:
-        wait_svc(g, lambda i: any(x["pid"] == new["pid"] and x["served"] > 0
-                                  for x in i["instances"]), 5, msg="the replacement to serve")
-    finally:
-        res2 = load.stop()
-    assert all(r[3] == 200 for r in res2), [r for r in res2 if r[3] != 200][:5]
     retries = log_lines(g, "retrying a request on another instance")
     print(f"gateway retried {len(retries)} request(s); replacement pid {new['pid']}")
 
@@ -393,7 +478,6 @@ def test_scale_up_after_delay_then_drain_the_spare_instance(port_block, gateway)
         wait_svc(g, lambda i: len(i["instances"]) == 2, 1 + 3, msg="scale up to 2")
         up_after = time.monotonic() - t0
         wait_svc(g, lambda i: len(ready_insts(i)) == 2, 5, msg="2 ready")
-        time.sleep(1.0)
     finally:
         r1 = load.stop()
     assert all(r[3] == 200 for r in r1), [r for r in r1 if r[3] != 200][:5]
@@ -413,7 +497,6 @@ def test_scale_up_after_delay_then_drain_the_spare_instance(port_block, gateway)
         draining = [x for x in info["instances"] if x["state"] == "draining"]
         info = wait_svc(g, lambda i: len(i["instances"]) == 1, 6, msg="the drained one stopped")
         seen.append(states(info))
-        time.sleep(1.0)
     finally:
         r2 = load.stop()
     assert all(r[3] == 200 for r in r2), f"a request on the draining instance failed: {r2}"
@@ -427,57 +510,7 @@ def test_scale_up_after_delay_then_drain_the_spare_instance(port_block, gateway)
 
 
 # --------------------------------------------------------------------------
-# 6. known problem: clients in lock step never trigger a scale up
-# --------------------------------------------------------------------------
-
-def test_lockstep_clients_above_target_scale_up(port_block, gateway):
-    p = port_block(2)
-    svc = demo_service(port=p, max_instances=2, min_instances=1, target_concurrency=1,
-                       scale_up_delay=1, scale_down_delay=600, timeout=60)
-    g = gateway([svc])
-    wait_svc(g, lambda i: len(ready_insts(i)) == 1, 10, msg="the warm instance")
-
-    # 4 clients in rounds: all 4 send, all 4 wait for their answers, again.
-    # Load is 4 on one instance (target 1) all the time but for the few ms
-    # between two rounds.
-    n, halt, failures, rounds = 4, threading.Event(), [], [0]
-    barrier = threading.Barrier(n, timeout=20 * SLACK)
-
-    def client(i):
-        while not halt.is_set():
-            try:
-                barrier.wait()
-            except threading.BrokenBarrierError:
-                return
-            try:
-                r = http_request(g.port, "GET", "/llm/slow?ms=400", timeout=15 * SLACK)
-                if r.status != 200:
-                    failures.append(r)
-            except Exception as e:  # noqa: BLE001
-                failures.append(e)
-            if i == 0:
-                rounds[0] += 1
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    try:
-        # 1 s of scale_up_delay, generous slack: 4 s
-        info = wait_svc(g, lambda i: len(i["instances"]) == 2, 4,
-                        msg="a second instance for 4 lock-step clients at target 1")
-        print(f"\nscaled up {time.monotonic() - t0:.2f} s into the load")
-    finally:
-        halt.set()
-        barrier.abort()
-        for t in threads:
-            t.join(20 * SLACK)
-        print(f"{rounds[0]} rounds; instances {states(g.svc())}")
-    assert not failures, failures[:5]
-
-
-# --------------------------------------------------------------------------
-# 7. known problem: the retry of a request can go to the instance that failed
+# 6. the retry of a request goes to another instance (the tried set)
 # --------------------------------------------------------------------------
 
 def test_retry_after_a_dead_kept_alive_connection_goes_to_another_instance(
@@ -529,23 +562,3 @@ def test_retry_after_a_dead_kept_alive_connection_goes_to_another_instance(
     assert retries, full_log(g)
     # the request was retried; another instance was ready: it must succeed
     assert res["r"].status == 200, res["r"]
-
-
-# --------------------------------------------------------------------------
-# 8. known problem: min_instances warm up one after the other
-# --------------------------------------------------------------------------
-
-def test_min_instances_start_together(port_block, gateway):
-    p = port_block(3)
-    svc = demo_service(port=p, max_instances=3, min_instances=3, timeout=60,
-                       scale_down_delay=600)
-    t0 = time.monotonic()
-    g = gateway([svc], env={"DEMO_DELAY": "2"})
-    try:
-        info = wait_svc(g, lambda i: len(i["instances"]) == 3, 1.0,
-                        msg="3 instances starting (DEMO_DELAY 2 s)")
-        assert not ready_insts(info), info
-    finally:
-        info = wait_svc(g, lambda i: len(ready_insts(i)) == 3, 15, msg="3 warm instances")
-        print(f"\n3 warm instances after {time.monotonic() - t0:.2f} s (DEMO_DELAY 2 s): "
-              f"{[ln.split(' info  ')[-1] for ln in log_lines(g, 'scale up:')]}")

@@ -7,6 +7,7 @@
 
 #include "../../src/service.c"
 #include "config.h"
+#include "http.h"
 #include "proc.h"
 
 /* after service.c: cmocka defines a fail() macro */
@@ -71,13 +72,46 @@ static void write_script(const char *name, const char *body)
 	chmod(path, 0755);
 }
 
-/* Run the loop until *flag becomes nonzero or 10 s pass. */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	*(bool *)arg = true;
+}
+
+/* Run the loop until COND(ARG) holds, at most 10 s (a bound, never a wait:
+ * each round blocks until an event, and returns as soon as COND holds). */
+static bool run_until_cond(bool (*cond)(const void *), const void *arg)
+{
+	bool late = false;
+	struct event *dl = evtimer_new(base, deadline_cb, &late);
+	struct timeval ten = {10, 0};
+
+	evtimer_add(dl, &ten);
+	while (!cond(arg) && !late)
+		event_base_loop(base, EVLOOP_ONCE);
+	event_free(dl);
+	return cond(arg);
+}
+
+static bool flag_set(const void *flag)
+{
+	return *(const int *)flag != 0;
+}
+
+/* Run the loop until *flag becomes nonzero, at most 10 s. */
 static void run_until(const int *flag)
 {
-	double end = now_s() + 10;
+	(void)run_until_cond(flag_set, flag);
+}
 
-	while (!*flag && now_s() < end)
-		event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(1000);
+static bool is_ready(const void *i)
+{
+	return ((const struct instance *)i)->state == INST_READY;
+}
+
+static bool no_instance(const void *s)
+{
+	return service_first_instance(s) == NULL;
 }
 
 static int setup(void **state)
@@ -219,7 +253,7 @@ static void test_cancelled_waiter_is_not_answered(void **state)
 	struct rec a, b;
 	struct instance *inst;
 	const char *reason;
-	int status, ra, gone = 0;
+	int status, ra;
 
 	(void)state;
 	rec_init(&a);
@@ -240,11 +274,9 @@ static void test_cancelled_waiter_is_not_answered(void **state)
 	assert_true(service_idle_left(s) < 0);
 	instance_release(b.inst, &b.w);
 	assert_true(service_idle_left(s) > 0);
-	/* idle for timeout (1 s): stopped, and the process reaped */
-	while (service_first_instance(s) != NULL && !gone) {
-		run_until(&gone);   /* bounded: returns after 10 s at most */
-		gone = service_first_instance(s) == NULL;
-	}
+	/* idle for timeout (1 s): stopped, and the process reaped (the loop
+	 * runs until the instance is gone, not for a fixed time) */
+	assert_true(run_until_cond(no_instance, s));
 	assert_null(service_first_instance(s));
 	assert_int_equal(service_state(s), SVC_STOPPED);
 	assert_int_equal(proc_count(), 0);
@@ -338,14 +370,13 @@ static void test_unhealthy_does_not_count_as_starting(void **state)
 	struct service *s = service_by_route("llm", 3);
 	struct instance *i = ready_llm(s);
 	char reason[600];
-	int back = 0;
 
 	(void)state;
 	instance_unreachable(i, "upstream closed the connection");
 	assert_int_equal(i->state, INST_UNHEALTHY);
 	assert_int_equal(service_state(s), SVC_DEGRADED);
 	assert_false(any_booting(s));
-	assert_false(any_pending_except(s, NULL));   /* blocks no start */
+	assert_false(svc_any_pending(s, NULL));   /* blocks no start */
 	service_reason(s, reason, sizeof reason);
 	assert_null(strstr(reason, "starting"));
 	assert_non_null(strstr(reason, "unhealthy"));
@@ -353,11 +384,7 @@ static void test_unhealthy_does_not_count_as_starting(void **state)
 	/* the service still answers probes: back in rotation (polled through
 	 * the service: the idle timeout may end the instance soon after) */
 	instance_ref(i);
-	for (double end = now_s() + 10; !back && now_s() < end;) {
-		event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-		back = i->state == INST_READY;
-	}
-	assert_true(back);
+	assert_true(run_until_cond(is_ready, i));
 	assert_int_equal(service_state(s), SVC_READY);
 	instance_unref(i);
 }
@@ -449,8 +476,8 @@ static void test_retired_service_never_starts(void **state)
 	starts = service_starts(s);
 	service_demand(s);
 	s->demanded = true;
-	kick(s);
-	scale_check(s);
+	svc_kick(s);
+	svc_scale(s);
 	rec_init(&r);
 	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), -1);
 	assert_string_equal(reason, "the service was removed from the config");

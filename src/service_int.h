@@ -1,0 +1,89 @@
+/* service_int.h - what service.c (registry, wait queue, reload),
+ * service_inst.c (its instances: start, stop, the end, the scaler applied)
+ * and health.c (probe verdicts) share. Not for other files: they go
+ * through service.h. */
+#ifndef SG_SERVICE_INT_H
+#define SG_SERVICE_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <event2/util.h>
+
+#include "instance.h"
+#include "metrics.h"
+#include "scaler.h"
+#include "service.h"
+
+struct event;
+struct event_base;
+struct config;
+
+struct service {
+	struct svc_config *cfg;
+	const struct launcher_ops *lops;
+	enum svc_state state;
+	TAILQ_HEAD(, instance) insts;
+	int ninst;
+	TAILQ_HEAD(, waiter) waiters;
+	int nwaiting;
+	int inflight;
+	char last_error[512];
+	int failures;         /* consecutive failed starts */
+	double backoff_until; /* no new start before this (monotonic s) */
+	uint64_t requests, starts, start_failures;
+	bool recovering;      /* the launcher is still looking for earlier instances */
+	bool demanded;        /* a start was asked for while recovering */
+	struct scaler_timers scale;   /* the scaler's clocks (scaler.h) */
+	double last_start_s;  /* how long the last successful start took */
+	struct event *scale_ev;
+	struct event *dispatch_ev;   /* svc_dispatch, outside anyone's callback */
+	struct svc_metrics m;
+	struct logring *log;         /* its instances' output (service_log) */
+};
+
+/* services_shutdown() was called: its callback, for when the last instance is gone */
+extern void (*svc_shutdown_done)(void);
+/* instances not yet gone, over all services */
+extern int svc_live_instances;
+
+/* --- service.c: states and the wait queue --- */
+
+/* After any instance moved: the state the service is in now. */
+void svc_settle(struct service *s, const char *why);
+/* Move I (checked, logged) and settle its service. */
+void inst_move(struct instance *i, enum inst_state st, const char *why);
+/* STARTING or PROBING: a first boot. */
+bool inst_booting(enum inst_state st);
+/* Instances of S in state A or B. */
+int svc_count(const struct service *s, enum inst_state a, enum inst_state b);
+/* Booting, or held by its launcher: a start is under way (no second one). */
+bool svc_any_pending(const struct service *s, const struct instance *except);
+/* The least loaded ready instance (NULL: none). */
+struct instance *svc_pick_ready(struct service *s);
+/* Hand waiting requests to ready instances, in arrival order. */
+void svc_dispatch(struct service *s);
+/* Fail every waiting request with 503 and REASON. */
+void svc_fail_waiters(struct service *s, const char *reason, int retry_after);
+/* Seconds of start back-off left (0: none). */
+int svc_backoff_left(const struct service *s);
+
+/* --- service_inst.c: starting, stopping, the idle clock, the scaler --- */
+
+/* Start a stopped service. Returns 0 if a start is under way, else -1
+ * with *reason (static or the service's) and *retry_after. */
+int service_start(struct service *s, const char **reason, int *retry_after);
+/* Requests wait and nothing is starting: start (a deferred start). */
+void svc_kick(struct service *s);
+/* Run the scaler now and apply its decision. */
+void svc_scale(struct service *s);
+void svc_scale_cb(evutil_socket_t fd, short what, void *arg);
+/* Restart I's idle clock. */
+void inst_idle_arm(struct instance *i);
+/* Take I out of rotation; it stops once nothing is in flight on it. */
+void instance_drain(struct instance *i, const char *why);
+/* Ask the launcher to stop I. */
+void inst_stop(struct instance *i, const char *why);
+
+#endif
