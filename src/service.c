@@ -14,7 +14,6 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
-#include "balancer.h"
 #include "config.h"
 #include "launcher.h"
 #include "log.h"
@@ -120,89 +119,6 @@ void inst_move(struct instance *i, enum inst_state st, const char *why)
 	svc_settle(i->svc, what);
 }
 
-/* --- the balancer --- */
-
-static bool any_booting_except(const struct service *s, const struct instance *except)
-{
-	struct instance *i;
-
-	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && inst_booting(i->state))
-			return true;
-	return false;
-}
-
-static bool any_booting(const struct service *s)
-{
-	return any_booting_except(s, NULL);
-}
-
-/* Booting, or held by its launcher: a start is under way (no second one). */
-bool svc_any_pending(const struct service *s, const struct instance *except)
-{
-	struct instance *i;
-
-	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && (inst_booting(i->state) || i->state == INST_HELD))
-			return true;
-	return false;
-}
-
-/* pick_ready_avoiding's scratch: a service's instances as balancer targets */
-static struct bal_target *bal_t;
-static struct instance **bal_at;
-static bool *bal_tried;
-static size_t bal_cap;
-
-static bool among(const struct instance *i, struct instance *const *set, int n)
-{
-	for (int k = 0; k < n; k++)
-		if (set[k] == i)
-			return true;
-	return false;
-}
-
-/* The ready instance with the fewest requests in flight, skipping the N in
- * TRIED (balancer.c); among ties one at random. */
-static struct instance *pick_ready_avoiding(struct service *s, struct instance *const *tried, int ntried)
-{
-	struct instance *i;
-	size_t n = 0;
-	int k;
-
-	if ((size_t)s->ninst > bal_cap) {
-		bal_cap = (size_t)s->ninst * 2;
-		bal_t = xrealloc(bal_t, bal_cap * sizeof *bal_t);
-		bal_at = xrealloc(bal_at, bal_cap * sizeof *bal_at);
-		bal_tried = xrealloc(bal_tried, bal_cap * sizeof *bal_tried);
-	}
-	TAILQ_FOREACH(i, &s->insts, link) {
-		bal_t[n] = (struct bal_target){i->inflight, i->state == INST_READY};
-		bal_tried[n] = among(i, tried, ntried);
-		bal_at[n++] = i;
-	}
-	k = balancer_pick(bal_t, n, ntried > 0 ? bal_tried : NULL, random);
-	return k < 0 ? NULL : bal_at[k];
-}
-
-struct instance *svc_pick_ready(struct service *s)
-{
-	return pick_ready_avoiding(s, NULL, 0);
-}
-
-bool service_has_untried(struct service *s, struct instance *const *tried, int n)
-{
-	return pick_ready_avoiding(s, tried, n) != NULL;
-}
-
-/* How many requests a ready instance takes while others still boot: its
- * share (target_concurrency), so a cold burst spreads over the instances
- * as they become ready. Unlimited when nothing else boots. */
-static int dispatch_limit(const struct service *s)
-{
-	return balancer_limit(any_booting(s), s->cfg->target_concurrency);
-}
-
 static void assign(struct instance *i, struct waiter *w)
 {
 	i->inflight++;
@@ -218,7 +134,7 @@ void svc_dispatch(struct service *s)
 {
 	struct waiter *w;
 	struct instance *i;
-	int limit = dispatch_limit(s);
+	int limit = svc_dispatch_limit(s);
 
 	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = svc_pick_ready(s)) != NULL &&
 	       i->inflight < limit) {
@@ -256,7 +172,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 
 	if (w->ntried > 0) {
 		/* a retry: only on an instance it has not tried, ready now */
-		if ((i = pick_ready_avoiding(s, w->tried, w->ntried)) == NULL) {
+		if ((i = svc_pick_untried(s, w->tried, w->ntried)) == NULL) {
 			*status = 502;
 			*reason = "no other instance is ready";
 			*retry_after = 0;
@@ -268,7 +184,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	}
 	s->requests++;
 	i = svc_pick_ready(s);
-	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < dispatch_limit(s))) {
+	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < svc_dispatch_limit(s))) {
 		assign(i, w);
 		*inst = i;
 		if (s->cfg->max_instances > 1)
@@ -506,13 +422,7 @@ void services_free(void)
 	free(svcs);
 	free(retired);
 	free(by_route);
-	free(bal_t);
-	free(bal_at);
-	free(bal_tried);
-	bal_t = NULL;
-	bal_at = NULL;
-	bal_tried = NULL;
-	bal_cap = 0;
+	svc_pick_free();
 	svcs = retired = by_route = NULL;
 	nsvcs = nretired = 0;
 }
