@@ -15,6 +15,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "service.h"
+#include "slurm_agent.h"
 #include "util.h"
 #include "version.h"
 
@@ -73,6 +74,10 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	json_object_set_new(o, "route_name", json_string(cfg->route_name));
 	json_object_set_new(o, "state", json_string(service_state_name(st)));
 	json_object_set_new(o, "launcher", json_string(cfg->launcher == LAUNCHER_LOCAL ? "local" : "slurm"));
+	if (cfg->launcher == LAUNCHER_SLURM) {
+		const char *ag = sagent_status(runner_for(cfg));
+		json_object_set_new(o, "slurm_agent", ag ? json_string(ag) : json_null());
+	}
 	json_object_set_new(o, "in_flight", json_integer(service_inflight(s)));
 	json_object_set_new(o, "waiting", json_integer(service_waiting(s)));
 	json_object_set_new(o, "idle_seconds_left", idle >= 0 ? json_real(idle) : json_null());

@@ -37,6 +37,7 @@ struct svc_config {
 	int ssh_port;             /* 0: ssh's default */
 	char **ssh_options;       /* extra "-o" settings, NULL-terminated */
 	char **sbatch_args;       /* extra sbatch arguments, NULL-terminated */
+	char *slurm_agent;        /* slurmgate-agent on the login node (NULL: plain commands) */
 	int min_instances;        /* kept running, even when idle */
 	int max_instances;        /* instances at most */
 	int target_concurrency;   /* requests in flight per instance the scaler aims for */

@@ -35,6 +35,7 @@
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurm_agent.h"
 #include "slurmjob.h"
 #include "util.h"
 
@@ -128,7 +129,7 @@ static void job_cancel(struct sjob *j)
 	j->cancel_tries++;
 	j->cancel_at = now_s();
 	j->refs++;
-	runner_run(j->r, argv, 60, cancel_done, j);
+	sagent_run(j->r, argv, 60, cancel_done, j);
 	poll_schedule(true);
 }
 
@@ -205,7 +206,7 @@ static int slurm_start(struct instance *i, char **cause)
 	j->refs = 1;   /* the sbatch callback */
 	i->lpriv = j;
 	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
-	runner_run(j->r, argv, 120, submitted, j);
+	sagent_run(j->r, argv, 120, submitted, j);
 	free(argv);
 	(void)cause;
 	return 0;
@@ -515,7 +516,7 @@ static void lost_scontrol_done(void *arg, int status, const char *out, const cha
 	snprintf(j->lost, sizeof j->lost, "%s", err[0] ? err : "no such job");
 	log_info("Slurm job %s is not in squeue and scontrol does not know it (%s): asking sacct",
 		 j->id, j->lost);
-	runner_run(j->r, argv, 60, lost_sacct_done, j);   /* keeps the reference */
+	sagent_run(j->r, argv, 60, lost_sacct_done, j);   /* keeps the reference */
 }
 
 /* J is tracked but not in squeue's answer: purged after its end, or squeue
@@ -530,7 +531,7 @@ static void job_lost(struct sjob *j)
 	j->asking = true;
 	j->refs++;
 	log_info("Slurm job %s is not in squeue: asking scontrol", j->id);
-	runner_run(j->r, argv, 60, lost_scontrol_done, j);
+	sagent_run(j->r, argv, 60, lost_scontrol_done, j);
 }
 
 static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r", NULL};
@@ -538,23 +539,29 @@ static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct sjob *j, *k;
+	bool watched = false;
 
 	(void)fd, (void)what, (void)arg;
 	if (polls_in_flight > 0)
 		return;   /* the running cycle schedules the next */
-	/* one squeue per target, whatever the number of jobs */
+	/* one squeue per target, whatever the number of jobs; a target whose
+	 * agent watches pushes its changes (slurm_agent.c) */
 	LIST_FOREACH(j, &jobs, link) {
 		bool first = true;
 		for (k = LIST_FIRST(&jobs); k != j; k = LIST_NEXT(k, link))
 			first &= k->r != j->r;
-		if (first) {
+		if (first && sagent_watching(j->r))
+			watched = true;
+		else if (first) {
 			struct pollctx *x = xcalloc(1, sizeof *x);
 			x->r = j->r;
 			x->started = now_s();
 			polls_in_flight++;
-			runner_run(j->r, squeue_argv, 60, squeue_done, x);
+			sagent_run(j->r, squeue_argv, 60, squeue_done, x);
 		}
 	}
+	if (watched && polls_in_flight == 0)
+		poll_schedule(false);   /* in case an agent stops watching */
 }
 
 static void poll_schedule(bool fast)
@@ -583,6 +590,10 @@ static void slurm_check(struct instance *i)
 
 	if (j == NULL || !j->tracked || LIST_EMPTY(&jobs))
 		return;
+	if (sagent_watching(j->r)) {
+		sagent_poll(j->r);
+		return;
+	}
 	if (polls_in_flight > 0) {
 		poll_again = true;   /* that answer may predate the trouble */
 		return;
@@ -768,7 +779,7 @@ static void node_addr(struct sjob *j, addr_cb cb)
 	q->cb = cb;
 	LIST_INSERT_HEAD(&addrqs, q, link);
 	j->refs++;
-	runner_run(j->r, argv, 60, sinfo_done, q);
+	sagent_run(j->r, argv, 60, sinfo_done, q);
 }
 
 static void tunnel_to(struct sjob *j, const char *addr)
@@ -895,14 +906,51 @@ static void slurm_recover(void)
 		x->r = r;
 		x->recover = true;
 		polls_in_flight++;
-		runner_run(r, squeue_argv, 60, squeue_done, x);
+		sagent_run(r, squeue_argv, 60, squeue_done, x);
 	}
+}
+
+/* --- what the agent pushes (slurm_agent.h) --- */
+
+static struct sjob *job_by_id(struct runner *r, const char *id)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &jobs, link)
+		if (j->r == r && strcmp(j->id, id) == 0)
+			return j;
+	return NULL;
+}
+
+static void agent_job(struct runner *r, char **f, int nf)
+{
+	struct sjob *j = job_by_id(r, f[0]);
+
+	(void)nf;
+	if (j && j->st != J_SUBMITTING)
+		job_update(j, f[2], f[3], f[4], f[5], now_s());
+}
+
+static void agent_gone(struct runner *r, const char *id)
+{
+	struct sjob *j = job_by_id(r, id);
+
+	if (j && j->st != J_SUBMITTING)
+		job_lost(j);
+}
+
+static void agent_kick(void)
+{
+	poll_schedule(true);
 }
 
 static void slurm_init(struct event_base *base, const struct config *cfg)
 {
+	static const struct sagent_hooks h = {agent_job, agent_gone, agent_kick};
+
 	lbase = base;
 	lcfg = cfg;
+	sagent_init(base, cfg, &h);
 	if (poll_ev == NULL)
 		poll_ev = evtimer_new(base, poll_cb, NULL);
 }

@@ -22,6 +22,7 @@
 #include "proxy.h"
 #include "ptree.h"
 #include "runner.h"
+#include "slurm_agent.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -344,6 +345,7 @@ int main(int argc, char **argv)
 	event_base_dispatch(base);
 
 	front_free();
+	sagent_shutdown();
 	runners_shutdown();
 	event_free(sig_term);
 	event_free(sig_int);

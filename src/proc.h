@@ -31,6 +31,12 @@ struct proc_opts {
 	 * killed as a whole: SIGKILL to the rest when the leader exits on its
 	 * own; on proc_terminate SIGTERM to all, SIGKILL after the grace. */
 	bool tree;
+	/* stdin from a pipe whose write end is proc_stdin_fd() (the proc owns
+	 * it and closes it when freed), instead of /dev/null */
+	bool stdin_pipe;
+	/* capture_stdout: called each time bytes were added to proc_stdout()
+	 * (not after the exit callback) */
+	void (*on_stdout)(struct proc *p, void *arg);
 };
 
 void proc_init(struct event_base *base);
@@ -43,6 +49,8 @@ pid_t proc_pid(const struct proc *p);
 const char *proc_last_line(const struct proc *p);
 /* Everything the child wrote to stdout so far (capture_stdout). */
 struct evbuffer *proc_stdout(struct proc *p);
+/* The write end of the child's stdin (stdin_pipe), -1 otherwise. */
+int proc_stdin_fd(const struct proc *p);
 /* SIGTERM to the child (its group or tree if it has one), SIGKILL after grace_s. */
 void proc_terminate(struct proc *p, int grace_s);
 /* The owner no longer wants the exit callback; the proc still gets reaped. */

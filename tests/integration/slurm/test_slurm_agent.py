@@ -1,0 +1,185 @@
+"""The remote agent (remote/slurmgate-agent, issue 11) against the real test
+cluster and sshd: Slurm commands through one long-lived agent session, job
+changes pushed by its watcher, the agent as the forced command of a
+least-privilege key (restrict, port-forwarding, permitopen), its allow-list
+of job scripts, and the fallback to plain commands when it cannot start."""
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SLACK, pid_alive, wait_until
+from slurmlib import REPO, cluster, demo_job_script, slurm_gateway, slurm_service, write_script  # noqa: F401
+
+AGENT = REPO / "remote" / "slurmgate-agent"
+
+
+def install_agent(tmp_path):
+    """The agent as an admin installs it: a copy on the "login node" with its
+    allow-list directory beside it (slurmgate-agent.allow)."""
+    d = tmp_path / "login"
+    d.mkdir()
+    agent = d / "slurmgate-agent"
+    shutil.copy(AGENT, agent)
+    agent.chmod(0o755)
+    allow = d / "slurmgate-agent.allow"
+    allow.mkdir()
+    return agent, allow
+
+
+@pytest.fixture
+def forced_key(cluster, tmp_path):
+    """Factory: forced_key(command, ports) -> a new private key whose
+    authorized_keys entry on the test sshd is
+    restrict,command="COMMAND",port-forwarding,permitopen="NODE:PORT"...
+    The entry is removed afterwards."""
+    authkeys = Path(cluster.ssh_key).parent / "authorized_keys"
+    added = []
+
+    def make(command, ports):
+        key = tmp_path / f"fkey{len(added)}"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True, timeout=30)
+        pub = (tmp_path / f"{key.name}.pub").read_text().strip()
+        opens = ",".join(f'permitopen="{n["addr"]}:{p}"' for n in cluster.nodes for p in ports)
+        line = f'restrict,command="{command}",port-forwarding,{opens} {pub}\n'
+        with open(authkeys, "a") as f:
+            f.write(line)
+        added.append(line)
+        return key
+
+    yield make
+    text = authkeys.read_text()
+    for line in added:
+        text = text.replace(line, "")
+    authkeys.write_text(text)
+
+
+def ssh_with(cluster, key, *command, stdin=""):
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+         "-o", f"UserKnownHostsFile={cluster.known_hosts}", "-p", str(cluster.ssh_port),
+         f"{cluster.ssh_user}@127.0.0.1", *command],
+        input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+
+
+def agent_service(cluster, tmp_path, forced=None, **kw):
+    """A service whose job script is on the agent's allow-list; with FORCED
+    (the forced_key factory) its key runs only the agent."""
+    agent, allow = install_agent(tmp_path)
+    job = demo_job_script(allow / "job.sh")
+    svc = slurm_service(cluster, job, slurm_agent=str(agent), **kw)
+    if forced is not None:
+        svc["ssh_key_file"] = str(forced(f"{agent} -l {tmp_path}/agent.log",
+                                         [svc["remote_port"], svc["remote_port"] + 1]))
+    return svc, agent, allow
+
+
+def test_agent_forced_command_cold_start_adoption_and_idle_cancel(cluster, slurm_gateway,
+                                                                   tmp_path, forced_key):
+    timeout = 4
+    svc, _, _ = agent_service(cluster, tmp_path, forced_key, timeout=timeout)
+    g = slurm_gateway([svc])
+    name = g.job_name()
+
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    info = g.svc()
+    assert info["slurm_agent"] == "up", info
+    assert "running plain Slurm commands" not in g.log()
+    [(job1, _, state, _)] = cluster.jobs(name)
+    assert state == "RUNNING"
+
+    # adoption after a restart of the gateway, through a new agent
+    assert g.kill9() == -signal.SIGKILL
+    g.restart()
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    assert r.json()["pid"] == pid1, "not served by the adopted job"
+    assert [j[0] for j in cluster.jobs(name)] == [job1], "a second job was submitted"
+    assert "adopting Slurm job" in g.log()
+    assert g.svc()["slurm_agent"] == "up"
+
+    # idle: cancelled through the agent, the end pushed by its watcher
+    wait_until(lambda: not cluster.live_jobs(name), (timeout + 10) * SLACK, interval=0.2,
+               msg=f"job {job1} cancelled after idle")
+    g.wait_svc(lambda i: i["state"] == "stopped" and not i["instances"], 15,
+               msg="the service stopped")
+    assert "plain" not in g.log()
+
+
+def test_agent_forced_command_requeue_holds_and_resumes(cluster, slurm_gateway, tmp_path,
+                                                        forced_key):
+    svc, _, _ = agent_service(cluster, tmp_path, forced_key)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    [inst] = g.svc()["instances"]
+    job_id = inst["job_id"]
+
+    cluster.run("scontrol", "requeue", job_id)
+    g.wait_svc(lambda i: i["instances"] and "requeued" in i["instances"][0]["detail"], 15,
+               msg="the instance held: requeued")
+    r = g.get("/llm/pid", timeout=90)
+    assert r.status == 200, r
+    assert r.json()["pid"] != pid1
+    info = g.svc()
+    assert info["instances"][0]["job_id"] == job_id and info["starts"] == 1, info
+    assert info["slurm_agent"] == "up"
+
+
+def test_forced_command_refuses_other_commands_and_unlisted_scripts(cluster, slurm_gateway,
+                                                                    tmp_path, forced_key):
+    svc, agent, allow = agent_service(cluster, tmp_path, forced_key)
+    key = svc["ssh_key_file"]
+    log = tmp_path / "agent.log"
+
+    # an arbitrary command with the key: refused, nothing runs
+    p = ssh_with(cluster, key, "squeue")
+    assert p.returncode != 0 and "refused" in p.stderr and p.stdout == "", p
+    p = ssh_with(cluster, key, "sh", "-c", "'touch /tmp/sg-agent-pwned'")
+    assert p.returncode != 0 and "refused" in p.stderr, p
+    assert not Path("/tmp/sg-agent-pwned").exists()
+    # the agent itself, asked for by path, speaks its protocol; an sbatch of
+    # a script that is not on its allow-list is refused
+    outside = write_script(tmp_path / "evil.sh", "#!/bin/sh\ntouch /tmp/sg-agent-pwned\n")
+    p = ssh_with(cluster, key, str(agent),
+                 stdin=f"1\tsubmit\tsg:x:evil:0\t9\t{outside}\t--chdir={cluster.work_dir}\n"
+                       f"2\tsubmit\tsg:x:evil:0\t9\t{allow}/../../evil.sh\n"
+                       f"3\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t--wrap=id\n"
+                       f"4\tcancel\t1\n4\tquit\n")
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("*\thello"), p
+    for k in (1, 2, 3):
+        assert any(line.startswith(f"{k}\t126\t") for line in lines), (k, lines)
+    text = log.read_text()
+    assert "refused command" in text and "squeue" in text, text
+    assert f"sbatch of {outside}: not on the allow-list" in text, text
+
+    # the gateway with a service whose script is not listed: a clear 503
+    bad = slurm_service(cluster, outside, name="evil", route="evil",
+                        slurm_agent=str(agent), ssh_key_file=key, hold=False)
+    good = dict(svc)
+    g = slurm_gateway([good, bad])
+    r = g.get("/evil/x", timeout=30)
+    assert r.status == 503, r
+    info = g.wait_svc(lambda i: i["last_error"], 30, name="evil")
+    assert "not on the allow-list" in info["last_error"], info
+    assert cluster.jobs(g.job_name("evil")) == []
+    assert not Path("/tmp/sg-agent-pwned").exists()
+
+
+def test_agent_that_cannot_start_falls_back_to_plain_commands(cluster, slurm_gateway, tmp_path):
+    job = demo_job_script(tmp_path / "job.sh")
+    svc = slurm_service(cluster, job, slurm_agent="/nonexistent/slurmgate-agent")
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    info = g.svc()
+    assert info["slurm_agent"].startswith("fallback: "), info
+    assert "running plain Slurm commands" in g.log()
