@@ -59,6 +59,7 @@ struct sjob {
 	enum jstate st;
 	bool want_cancel, seen, tracked;
 	bool asking;             /* not in squeue: scontrol/sacct asked */
+	bool ending;             /* ended by itself: its output's tail is asked for */
 	char lost[200];          /* scontrol's answer about a job not in squeue */
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
@@ -234,6 +235,47 @@ static void slurm_stop(struct instance *i, int grace_s)
 
 /* --- tracking --- */
 
+/* The tail of an ended job's output, asked for by job_ended. */
+struct endq {
+	struct sjob *j;
+	char why[600];
+};
+
+static void ended_tail_done(void *arg, int status, const char *out, const char *err)
+{
+	struct endq *q = arg;
+	struct sjob *j = q->j;
+	char tail[500], why[sizeof q->why + sizeof tail + 40];
+
+	(void)err;
+	tail[0] = '\0';
+	if (status == 0)
+		slurmjob_tail_lines(out, tail, sizeof tail);
+	snprintf(why, sizeof why, "%s%s%s", q->why, tail[0] ? "; its output ends: " : "", tail);
+	if (j->tracked)
+		job_gone(j, why);
+	job_unref(j);
+	free(q);
+}
+
+/* J ended by itself (WHY): the last lines of its output (its StdErr file,
+ * else StdOut) go into the reason, as a local process's stderr does. */
+static void job_ended(struct sjob *j, const char *why)
+{
+	struct endq *q;
+
+	if (j->inst == NULL) {
+		job_gone(j, why);
+		return;
+	}
+	j->ending = true;
+	j->refs++;
+	q = xcalloc(1, sizeof *q);
+	q->j = j;
+	snprintf(q->why, sizeof q->why, "%s", why);
+	sagent_tail(j->r, j->id, 5, ended_tail_done, q);
+}
+
 /* Slurm says the job, which ran, is not running now (WHAT, with Slurm's
  * REASON): hold its instance. KEEP_FWD: the job stays on its node
  * (suspended, completing), so its forward stays too. */
@@ -293,6 +335,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
 
 	j->seen = true;
+	if (j->ending)
+		return;
 	if (j->st == J_CANCELLING) {
 		if (c == SJ_ENDED) {
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
@@ -305,7 +349,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	if (c == SJ_ENDED) {
 		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
 			 slurmjob_has_reason(reason) ? " " : "", slurmjob_has_reason(reason) ? reason : "");
-		job_gone(j, why);
+		job_ended(j, why);
 		return;
 	}
 	if (c == SJ_RUNNING) {
@@ -486,7 +530,10 @@ static void lost_sacct_done(void *arg, int status, const char *out, const char *
 			 j->lost, err[0] ? err : (status == 0 ? "no such job" : "failed"));
 	}
 	log_info("%s", why);
-	job_gone(j, why);
+	if (j->st == J_CANCELLING)
+		job_gone(j, why);
+	else
+		job_ended(j, why);
 	job_unref(j);
 	poll_schedule(false);
 }
@@ -526,7 +573,7 @@ static void job_lost(struct sjob *j)
 {
 	char *argv[] = {"scontrol", "-o", "show", "job", j->id, NULL};
 
-	if (j->asking)
+	if (j->asking || j->ending)
 		return;
 	j->asking = true;
 	j->refs++;

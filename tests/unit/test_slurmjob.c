@@ -125,6 +125,26 @@ static void test_sacct_line(void **state)
 	assert_false(slurmjob_sacct_line("\n|0:0\n", st, sizeof st, code, sizeof code));
 }
 
+static void test_tail_lines(void **state)
+{
+	char buf[40];
+
+	(void)state;
+	slurmjob_tail_lines("loading\n\n  RuntimeError: CUDA out of memory  \r\n", buf, sizeof buf);
+	assert_string_equal(buf, "...g | RuntimeError: CUDA out of memory");
+	slurmjob_tail_lines("a\nb\n", buf, sizeof buf);
+	assert_string_equal(buf, "a | b");
+	slurmjob_tail_lines("", buf, sizeof buf);
+	assert_string_equal(buf, "");
+	slurmjob_tail_lines("\n \n", buf, sizeof buf);
+	assert_string_equal(buf, "");
+	/* too long: the end is what matters */
+	slurmjob_tail_lines("0123456789012345678901234567890123456789\nthe end", buf, sizeof buf);
+	assert_int_equal(strlen(buf), sizeof buf - 1);
+	assert_true(strncmp(buf, "...", 3) == 0);
+	assert_true(strstr(buf, "| the end") != NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -134,6 +154,7 @@ int main(void)
 		cmocka_unit_test(test_time_left),
 		cmocka_unit_test(test_field),
 		cmocka_unit_test(test_sacct_line),
+		cmocka_unit_test(test_tail_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
