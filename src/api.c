@@ -52,6 +52,8 @@ static json_t *instance_json(const struct instance *i)
 	json_object_set_new(o, "node", i->node[0] ? json_string(i->node) : json_null());
 	json_object_set_new(o, "time_left_seconds",
 			    i->deadline > 0 ? json_real(i->deadline - now_s()) : json_null());
+	json_object_set_new(o, "expected_start",
+			    i->expected_start > 0 ? json_real(i->expected_start) : json_null());
 	return o;
 }
 
@@ -65,11 +67,15 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	json_t *o, *insts;
 	struct instance *i;
 
+	double eta = service_expected_start_in(s);
+
 	service_reason(s, reason, sizeof reason);
 	o = json_pack("{s:s,s:b,s:b,s:s}", "Name", cfg->name, "started",
 		      st == SVC_STARTING || st == SVC_READY, "running", st == SVC_READY, "reason", reason);
 	if (seed_style)
-		return o;
+		return o;   /* the seed's keys only: the expected start is in the reason */
+	/* Slurm's expected start of a pending job, in seconds from now */
+	json_object_set_new(o, "expected_start_in", eta >= 0 ? json_real(eta) : json_null());
 	json_object_set_new(o, "name", json_string(cfg->name));
 	json_object_set_new(o, "route_name", json_string(cfg->route_name));
 	json_object_set_new(o, "state", json_string(service_state_name(st)));

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -66,6 +67,7 @@ struct sjob {
 	double cancel_at;        /* when the last scancel was sent */
 	double submitted, running_at;
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
+	double eta;              /* Slurm's expected start (squeue %S), 0: none */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 
@@ -352,6 +354,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		job_ended(j, why);
 		return;
 	}
+	if (j->inst)
+		j->inst->expected_start = 0;
 	if (c == SJ_RUNNING) {
 		long secs = slurmjob_time_left(left);
 		if (secs >= 0 && j->inst)
@@ -380,10 +384,18 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		return;
 	}
 	if (!ran) {
-		/* not running yet: what Slurm says is the start's progress */
-		if (j->inst && j->st == J_QUEUED)
-			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says,
-					    slurmjob_has_reason(reason) ? reason : "no reason given");
+		/* not running yet: what Slurm says is the start's progress, and
+		 * when it expects to start the job */
+		if (j->inst && j->st == J_QUEUED) {
+			char at[64] = "";
+			time_t t = (time_t)j->eta;
+			struct tm tm;
+			if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
+				strftime(at, sizeof at, ", expected to start %Y-%m-%dT%H:%M:%SZ", &tm);
+			j->inst->expected_start = at[0] ? j->eta : 0;
+			instance_set_detail(j->inst, "Slurm job %s %s (%s)%s", j->id, says,
+					    slurmjob_has_reason(reason) ? reason : "no reason given", at);
+		}
 		return;
 	}
 	switch (c) {
@@ -480,8 +492,8 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		if (j->r == x->r)
 			j->seen = false;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char *f[6] = {"", "", "", "", "", ""};
-		if (split(line, f, 6) < 6)
+		char *f[7] = {"", "", "", "", "", "", ""};
+		if (split(line, f, 7) < 6)
 			continue;
 		if (x->recover) {
 			recover_line(x->r, f);
@@ -490,6 +502,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		for (j = LIST_FIRST(&jobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
+				j->eta = slurmjob_start_time(f[6]);
 				job_update(j, f[2], f[3], f[4], f[5], x->started);
 				break;
 			}
@@ -581,7 +594,7 @@ static void job_lost(struct sjob *j)
 	sagent_run(j->r, argv, 60, lost_scontrol_done, j);
 }
 
-static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r", NULL};
+static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r|%S", NULL};
 
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -974,8 +987,10 @@ static void agent_job(struct runner *r, char **f, int nf)
 	struct sjob *j = job_by_id(r, f[0]);
 
 	(void)nf;
-	if (j && j->st != J_SUBMITTING)
+	if (j && j->st != J_SUBMITTING) {
+		j->eta = slurmjob_start_time(f[6]);
 		job_update(j, f[2], f[3], f[4], f[5], now_s());
+	}
 }
 
 static void agent_gone(struct runner *r, const char *id)

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -182,4 +183,23 @@ void slurmjob_tail_lines(const char *out, char *buf, size_t len)
 	else
 		buf[0] = '\0';
 	free(all);
+}
+
+double slurmjob_start_time(const char *s)
+{
+	struct tm tm = {0};
+	char end;
+	long long secs;
+	time_t t;
+
+	if (s[0] >= '0' && s[0] <= '9' && sscanf(s, "%lld%c", &secs, &end) == 1)
+		return secs > 0 ? (double)secs : 0;
+	if (sscanf(s, "%d-%d-%dT%d:%d:%d%c", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+		   &tm.tm_min, &tm.tm_sec, &end) != 6)
+		return 0;
+	tm.tm_year -= 1900;
+	tm.tm_mon -= 1;
+	tm.tm_isdst = -1;
+	t = mktime(&tm);
+	return t == (time_t)-1 ? 0 : (double)t;
 }

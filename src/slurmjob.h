@@ -35,6 +35,10 @@ void slurmjob_field(const char *text, const char *key, char *out, size_t len);
 /* The first line of `sacct -n -X -P -o State,ExitCode` ("CANCELLED by 0|0:0")
  * split into STATE ("CANCELLED") and CODE ("0:0"); false if it has no state. */
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen);
+/* Slurm's expected start (squeue %S): seconds since the epoch (with
+ * SLURM_TIME_FORMAT=%s) or "2026-11-29T12:24:16" in local time; 0 for
+ * "N/A", "Unknown", "" or anything else. */
+double slurmjob_start_time(const char *s);
 /* The non-empty lines of OUT (a job's output tail), trimmed and joined by
  * " | ", into BUF; when too long, the end is kept, after "...". */
 void slurmjob_tail_lines(const char *out, char *buf, size_t len);

@@ -145,6 +145,20 @@ static void test_tail_lines(void **state)
 	assert_true(strstr(buf, "| the end") != NULL);
 }
 
+static void test_start_time(void **state)
+{
+	(void)state;
+	setenv("TZ", "UTC", 1);
+	tzset();
+	assert_true(slurmjob_start_time("2026-11-29T12:24:16") == 1795955056.0);
+	assert_true(slurmjob_start_time("1795955056") == 1795955056.0);
+	assert_true(slurmjob_start_time("N/A") == 0);
+	assert_true(slurmjob_start_time("Unknown") == 0);
+	assert_true(slurmjob_start_time("") == 0);
+	assert_true(slurmjob_start_time("12x") == 0);
+	assert_true(slurmjob_start_time("2026-11-29T12:24:16x") == 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -155,6 +169,7 @@ int main(void)
 		cmocka_unit_test(test_field),
 		cmocka_unit_test(test_sacct_line),
 		cmocka_unit_test(test_tail_lines),
+		cmocka_unit_test(test_start_time),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -204,3 +204,53 @@ def test_failed_job_output_tail_in_503_and_api(cluster, slurm_gateway, tmp_path,
     info = g.svc()
     assert "CUDA out of memory" in info["last_error"], info
     assert info["slurm_agent"] == ("up" if via == "agent" else None), info
+
+
+def sse_comment_with(port, path, needle, timeout):
+    """Open an SSE request and read its comments until one holds NEEDLE."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        data = b""
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in data:
+            assert time.monotonic() < deadline, data
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        return [ln for ln in data.decode(errors="replace").splitlines() if needle in ln][0]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("via", ["agent", "plain"])
+def test_pending_job_expected_start_in_check_api_sse_waiting_page_and_retry_after(
+        cluster, slurm_gateway, tmp_path, via):
+    """A pending job's expected start (squeue %S, here from --begin=now+60)
+    is in /check_, /api, the SSE comments, the waiting page, and is the
+    Retry-After of a no-hold 503."""
+    agent, allow = install_agent(tmp_path)
+    job = demo_job_script(allow / "job.sh")
+    kw = {"slurm_agent": str(agent)} if via == "agent" else {}
+    args = [f"--chdir={cluster.work_dir}", "--begin=now+60"]
+    held = slurm_service(cluster, job, sbatch_args=args, **kw)
+    nohold = slurm_service(cluster, job, name="nh", route="nh", hold=False, sbatch_args=args, **kw)
+    g = slurm_gateway([held, nohold], feedback_interval=1)
+
+    r = g.get("/nh/x", timeout=30)
+    assert r.status == 503, r
+    info = g.wait_svc(lambda i: i["expected_start_in"] is not None, 15, name="nh")
+    assert 30 < info["expected_start_in"] <= 61, info
+    [inst] = info["instances"]
+    assert inst["expected_start"] and "expected to start 20" in inst["detail"], inst
+    r = g.get("/nh/x", timeout=30)
+    assert r.status == 503, r
+    assert 30 < int(r.headers["retry-after"]) <= 61, r.headers
+    assert "expected to start" in g.get("/check_nh").json()["reason"]
+
+    # the held service: its SSE comments and the waiting page say it too
+    line = sse_comment_with(g.port, "/llm/stream", "expected to start", 20 * SLACK)
+    assert line.startswith(": slurmgate: starting") and "BeginTime" in line, line
+    r = g.get("/llm/", headers={"Accept": "text/html"})
+    assert r.status == 503 and b"expected to start" in r.body, r
