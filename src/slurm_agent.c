@@ -516,13 +516,22 @@ static void agent_exited(struct proc *p, int status, void *arg)
 	evbuffer_drain(a->outq, evbuffer_get_length(a->outq));
 	proc_status_str(status, st, sizeof st);
 	snprintf(why, sizeof why, "%s", last[0] ? last : st);
-	if (was_up && now_s() - a->up_at > 10) {
-		/* it ran a while: start the next at once, with what was sent
-		 * (but a submit, which may have happened) */
+	if (was_up) {
+		/* it ran: start the next at once, with what was sent (but a
+		 * submit, which may have happened); three quick deaths in a row
+		 * fall back */
+		a->fails = now_s() - a->up_at < 10 ? a->fails + 1 : 0;
+	}
+	if (was_up && a->fails < 3) {
+		struct areqs old = TAILQ_HEAD_INITIALIZER(old);
+
 		log_warn("slurm agent on %s exited (%s); starting it again", runner_name(a->r), why);
-		for (q = TAILQ_LAST(&a->sent, areqs); q; q = next) {
+		/* requests made from the callbacks below wait for the next agent */
+		a->st = A_STARTING;
+		TAILQ_CONCAT(&old, &a->sent, link);
+		for (q = TAILQ_LAST(&old, areqs); q; q = next) {
 			next = TAILQ_PREV(q, areqs, link);
-			TAILQ_REMOVE(&a->sent, q, link);
+			TAILQ_REMOVE(&old, q, link);
 			if (q->submit) {
 				if (q->cb)
 					q->cb(q->arg, 255 << 8, "", "the slurm agent died during sbatch");
@@ -531,23 +540,22 @@ static void agent_exited(struct proc *p, int status, void *arg)
 				TAILQ_INSERT_HEAD(&a->waiting, q, link);
 			}
 		}
-		a->fails = 0;
-		a->st = A_DOWN;
 		agent_start(a);
 		if (hooks.kick)
 			hooks.kick();
 		return;
 	}
-	a->fails++;
+	if (!was_up)
+		a->fails++;
 	delay = RESTART_MIN_S << (a->fails > 6 ? 6 : a->fails - 1);
 	if (delay > RESTART_MAX_S)
 		delay = RESTART_MAX_S;
 	snprintf(a->why, sizeof a->why, "%s", why);
 	snprintf(a->status, sizeof a->status, "fallback: %s", why);
+	a->st = A_FALLBACK;
 	log_warn("slurm agent %s on %s %s (%s): running plain Slurm commands; trying again in %d s",
 		 a->path, runner_name(a->r), was_up ? "exited soon after its start" : "could not be started",
 		 why, delay);
-	a->st = A_FALLBACK;
 	all_plain(a);
 	event_add(a->retry_ev, &(struct timeval){delay, 0});
 	if (hooks.kick)

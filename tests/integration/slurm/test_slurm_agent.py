@@ -254,3 +254,40 @@ def test_pending_job_expected_start_in_check_api_sse_waiting_page_and_retry_afte
     assert line.startswith(": slurmgate: starting") and "BeginTime" in line, line
     r = g.get("/llm/", headers={"Accept": "text/html"})
     assert r.status == 503 and b"expected to start" in r.body, r
+
+
+def agent_pids(agent):
+    """The agent's processes (its main loop and its watcher, run by sh)."""
+    import os
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.decode(errors="replace") == str(agent) for a in args[1:2]):
+                out.append(int(d))
+    return out
+
+
+def test_killed_agent_is_started_again_and_keeps_watching(cluster, slurm_gateway, tmp_path,
+                                                         forced_key):
+    import os
+    svc, agent, _ = agent_service(cluster, tmp_path, forced_key)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    [inst] = g.svc()["instances"]
+    pids = agent_pids(agent)
+    assert pids, "no agent process found"
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    wait_until(lambda: "starting it again" in g.log() and g.svc()["slurm_agent"] == "up"
+               and not set(agent_pids(agent)) & set(pids), 20 * SLACK,
+               msg="a new agent")
+    # the new agent watches the job: its end from outside is seen
+    cluster.scancel(inst["job_id"])
+    g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed")
+    assert "running plain Slurm commands" not in g.log()
+    assert g.get("/llm/pid", timeout=60).status == 200
