@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLACK, pid_alive, wait_until
+from conftest import SLACK, http_request, wait_until
 from slurmlib import REPO, cluster, demo_job_script, slurm_gateway, slurm_service, write_script  # noqa: F401
 
 AGENT = REPO / "remote" / "slurmgate-agent"
@@ -291,3 +291,72 @@ def test_killed_agent_is_started_again_and_keeps_watching(cluster, slurm_gateway
     g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed")
     assert "running plain Slurm commands" not in g.log()
     assert g.get("/llm/pid", timeout=60).status == 200
+
+
+def _stamp(line):
+    import re
+    from datetime import datetime, timezone
+    m = re.match(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]", line)
+    return datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp() if m else None
+
+
+def _cold_start_timeline(cluster, g, off):
+    """One cold start of g's service: (added beyond Slurm's own part,
+    RUNNING noticed after Slurm set it) in seconds, from the gateway's log,
+    slurmctld's log and the job script's first line."""
+    import re
+    from datetime import datetime, timezone
+    t0 = time.time()
+    r = g.get("/llm/health", timeout=120)
+    t1 = time.time()
+    assert r.status == 200, r
+    text = g.log_path.read_text(errors="replace")[off:]
+    job = re.search(r"svc demo\[0\]: Slurm job (\d+) submitted", text).group(1)
+    seen = None
+    for line in text.splitlines():
+        if re.search(rf"Slurm job {job} running on ", line):
+            seen = datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f").replace(
+                tzinfo=timezone.utc).timestamp()
+    ctld = (cluster.dir / "slurm" / "slurmctld.log").read_text(errors="replace").splitlines()
+    submit = next(_stamp(ln) for ln in ctld if f"submit_batch_job: JobId={job} " in ln)
+    alloc = next(_stamp(ln) for ln in ctld if re.search(rf"Allocate JobId={job}\b", ln))
+    out = Path(cluster.work_dir, f"slurm-{job}.out").read_text()
+    start = float(re.search(r"bench-job-start (\d+\.\d+)", out).group(1))
+    return (t1 - t0) - (start - submit), seen - alloc
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("SLURMGATE_MEASURE"),
+                    reason="a measurement (SLURMGATE_MEASURE=1), not a check")
+def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_path):
+    """Cold start added time beyond Slurm's own part, and RUNNING noticed,
+    through plain commands and through the agent (same poll_fast_ms)."""
+    import statistics
+    n = int(__import__("os").environ.get("SLURMGATE_MEASURE_N", "5"))
+    res = {}
+    for via in ("plain", "agent"):
+        d = tmp_path / via
+        d.mkdir()
+        agent, allow = install_agent(d)
+        job = demo_job_script(allow / "job.sh", extra='echo "bench-job-start $(date +%s.%N)"\n')
+        kw = {"slurm_agent": str(agent)} if via == "agent" else {}
+        g = slurm_gateway([slurm_service(cluster, job, **kw)], poll_fast_ms=200, poll_slow_s=15)
+        # steady state: the master is up (and the agent, which did the
+        # start-up squeue)
+        wait_until(lambda: "ssh master" in g.log() and (via == "plain" or
+                                                        g.svc()["slurm_agent"] == "up"), 20)
+        rows = []
+        for _ in range(n):
+            off = len(g.log_path.read_text(errors="replace"))
+            rows.append(_cold_start_timeline(cluster, g, off))
+            http_request(g.port, "POST", "/api/services/demo/stop", timeout=10)
+            g.wait_svc(lambda i: i["state"] == "stopped", 30)
+            wait_until(lambda: not cluster.live_jobs(g.job_name()), 30)
+        res[via] = rows
+        g.terminate()
+    for via, rows in res.items():
+        added = [a for a, _ in rows]
+        seen = [s for _, s in rows]
+        print(f"{via}: added beyond Slurm median {statistics.median(added) * 1000:.0f} ms "
+              f"(min {min(added) * 1000:.0f}, max {max(added) * 1000:.0f}); RUNNING noticed "
+              f"median {statistics.median(seen) * 1000:.0f} ms (min {min(seen) * 1000:.0f}, "
+              f"max {max(seen) * 1000:.0f}); n={len(rows)}")
