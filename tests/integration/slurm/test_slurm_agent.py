@@ -152,11 +152,14 @@ def test_forced_command_refuses_other_commands_and_unlisted_scripts(cluster, slu
                  stdin=f"1\tsubmit\tsg:x:evil:0\t9\t{outside}\t--chdir={cluster.work_dir}\n"
                        f"2\tsubmit\tsg:x:evil:0\t9\t{allow}/../../evil.sh\n"
                        f"3\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t--wrap=id\n"
-                       f"4\tcancel\t1\n4\tquit\n")
+                       f"5\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t-Ho{tmp_path}/x\n"
+                       f"6\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t-w\tnode2\n"
+                       f"7\tquit\n")
     lines = p.stdout.splitlines()
     assert lines[0].startswith("*\thello"), p
-    for k in (1, 2, 3):
+    for k in (1, 2, 3, 5, 6):
         assert any(line.startswith(f"{k}\t126\t") for line in lines), (k, lines)
+    assert not (tmp_path / "x").exists()
     text = log.read_text()
     assert "refused command" in text and "squeue" in text, text
     assert f"sbatch of {outside}: not on the allow-list" in text, text
