@@ -98,7 +98,8 @@ static const struct field cfg_fields[] = {
 	{"instance_id", F_STR, CFG(instance_id), false, 0, NULL, 0, 0},
 	{"ssh_host_key_checking", F_STR, CFG(ssh_host_key_checking), false, 0, "accept-new", 0, 0},
 	{"keep_jobs_on_exit", F_BOOL, CFG(keep_jobs_on_exit), false, 0, NULL, 0, 0},
-	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 500, NULL, 50, 60000},
+	/* 0: 500 ms, 200 ms through a slurm_agent (no ssh per squeue) */
+	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 0, NULL, 50, 60000},
 	{"poll_slow_s", F_INT, CFG(poll_slow_s), false, 15, NULL, 1, 3600},
 	{"admin_token_file", F_STR, CFG(admin_token_file), false, 0, NULL, 0, 0},
 	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},

@@ -71,7 +71,8 @@ struct config {
 	char *instance_id;        /* names this gateway's Slurm jobs */
 	char *ssh_host_key_checking; /* "accept-new" or "yes" */
 	bool keep_jobs_on_exit;   /* leave jobs running at exit (a restart adopts them) */
-	int poll_fast_ms;         /* squeue interval while something starts or stops */
+	int poll_fast_ms;         /* squeue interval while something starts or stops
+	                           * (0: not set; 500, or 200 through a slurm_agent) */
 	int poll_slow_s;          /* squeue interval otherwise */
 	char *admin_token_file;
 	char *api_keys_file;

@@ -636,7 +636,8 @@ static void poll_schedule(bool fast)
 		fast = true;
 		event_del(poll_ev);
 	}
-	ms = fast || busy_jobs() ? lcfg->poll_fast_ms : lcfg->poll_slow_s * 1000;
+	ms = fast || busy_jobs() ? (lcfg->poll_fast_ms > 0 ? lcfg->poll_fast_ms : 500)
+				 : lcfg->poll_slow_s * 1000;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});

@@ -28,6 +28,8 @@
 #define RESTART_MAX_S 300
 #define HELLO_TIMEOUT_S 60
 #define MAX_JOBS 1024
+#define AGENT_FAST_MS 200   /* the watcher's cycle while jobs start or stop,
+			     * unless poll_fast_ms is set */
 
 enum astate {
 	A_DOWN,       /* not running; starts with the next request */
@@ -345,8 +347,8 @@ static void pushed(struct agent *a, char *rest)
 		log_info("slurm agent on %s up after %.2f s (%s)", runner_name(a->r),
 			 a->up_at - a->spawned_at, val);
 		snprintf(a->status, sizeof a->status, "up");
-		watch = xasprintf("watch\tsg:%s:\t%d\t%d", acfg->instance_id, acfg->poll_fast_ms,
-				  acfg->poll_slow_s);
+		watch = xasprintf("watch\tsg:%s:\t%d\t%d", acfg->instance_id,
+				  acfg->poll_fast_ms > 0 ? acfg->poll_fast_ms : AGENT_FAST_MS, acfg->poll_slow_s);
 		evbuffer_add_printf(a->outq, "0\t%s\n", watch);
 		free(watch);
 		LIST_FOREACH(j, &a->jobs, link)

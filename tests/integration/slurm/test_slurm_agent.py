@@ -334,7 +334,9 @@ def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_p
     """Cold start added time beyond Slurm's own part, and RUNNING noticed,
     through plain commands and through the agent (same poll_fast_ms)."""
     import statistics
-    n = int(__import__("os").environ.get("SLURMGATE_MEASURE_N", "5"))
+    env = __import__("os").environ
+    n = int(env.get("SLURMGATE_MEASURE_N", "5"))
+    fast_ms = int(env.get("SLURMGATE_MEASURE_FAST_MS", "200"))
     res = {}
     for via in ("plain", "agent"):
         d = tmp_path / via
@@ -342,7 +344,8 @@ def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_p
         agent, allow = install_agent(d)
         job = demo_job_script(allow / "job.sh", extra='echo "bench-job-start $(date +%s.%N)"\n')
         kw = {"slurm_agent": str(agent)} if via == "agent" else {}
-        g = slurm_gateway([slurm_service(cluster, job, **kw)], poll_fast_ms=200, poll_slow_s=15)
+        g = slurm_gateway([slurm_service(cluster, job, **kw)], poll_fast_ms=fast_ms,
+                          poll_slow_s=15)
         # steady state: the master is up (and the agent, which did the
         # start-up squeue)
         wait_until(lambda: "ssh master" in g.log() and (via == "plain" or
