@@ -81,7 +81,7 @@ def agent_service(cluster, tmp_path, forced=None, **kw):
 def test_agent_forced_command_cold_start_adoption_and_idle_cancel(cluster, slurm_gateway,
                                                                    tmp_path, forced_key):
     timeout = 4
-    svc, _, _ = agent_service(cluster, tmp_path, forced_key, timeout=timeout)
+    svc, agent, _ = agent_service(cluster, tmp_path, forced_key, timeout=timeout)
     g = slurm_gateway([svc])
     name = g.job_name()
 
@@ -110,6 +110,10 @@ def test_agent_forced_command_cold_start_adoption_and_idle_cancel(cluster, slurm
     g.wait_svc(lambda i: i["state"] == "stopped" and not i["instances"], 15,
                msg="the service stopped")
     assert "plain" not in g.log()
+    # the agent on the login node ends with the gateway's session
+    assert agent_pids(agent)
+    assert g.terminate() == 0
+    wait_until(lambda: not agent_pids(agent), 10 * SLACK, msg="the agent gone with the gateway")
 
 
 def test_agent_forced_command_requeue_holds_and_resumes(cluster, slurm_gateway, tmp_path,
@@ -366,3 +370,20 @@ def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_p
               f"(min {min(added) * 1000:.0f}, max {max(added) * 1000:.0f}); RUNNING noticed "
               f"median {statistics.median(seen) * 1000:.0f} ms (min {min(seen) * 1000:.0f}, "
               f"max {max(seen) * 1000:.0f}); n={len(rows)}")
+
+
+def test_agent_runs_here_without_remote_host(cluster, slurm_gateway, tmp_path):
+    """Without remote_host the agent is a child of the gateway: no ssh."""
+    svc, agent, _ = agent_service(cluster, tmp_path, timeout=3)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf})
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    assert g.svc()["slurm_agent"] == "up"
+    assert g.master_pids() == [] and g.ssh_leftovers() == []
+    assert agent_pids(agent)
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 20 * SLACK, interval=0.2,
+               msg="the idle job to be cancelled")
+    assert g.terminate() == 0
+    wait_until(lambda: not agent_pids(agent), 10 * SLACK, msg="the agent gone with the gateway")
