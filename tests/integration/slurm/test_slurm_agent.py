@@ -387,3 +387,22 @@ def test_agent_runs_here_without_remote_host(cluster, slurm_gateway, tmp_path):
                msg="the idle job to be cancelled")
     assert g.terminate() == 0
     wait_until(lambda: not agent_pids(agent), 10 * SLACK, msg="the agent gone with the gateway")
+
+
+def test_killed_ssh_master_takes_the_agent_which_comes_back_with_it(cluster, slurm_gateway,
+                                                                   tmp_path, forced_key):
+    import os
+    svc, agent, _ = agent_service(cluster, tmp_path, forced_key)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    [master] = g.master_pids()
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: g.master_pids() and g.master_pids() != [master], 30 * SLACK,
+               msg="a new ssh master")
+    wait_until(lambda: g.svc()["slurm_agent"] == "up" and "starting it again" in g.log(),
+               30 * SLACK, msg="the agent back")
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200 and r.json()["pid"] == pid1, r
+    assert "running plain Slurm commands" not in g.log()
