@@ -43,7 +43,8 @@ struct rop {
 	int timeout_s;
 	runner_cb cb;
 	void *arg;
-	struct proc_opts popts;      /* OP_SPAWN */
+	struct proc_opts popts;      /* OP_SPAWN (log_prefix: a copy, env: none) */
+	char *prefix;
 	runner_spawned_cb spawned;
 	proc_exit_cb exited;
 };
@@ -401,6 +402,7 @@ static void rop_exec(struct runner *r, struct rop *op)
 static void rop_free(struct rop *op)
 {
 	av_free(op->argv);
+	free(op->prefix);
 	free(op);
 }
 
@@ -443,6 +445,10 @@ void runner_spawn(struct runner *r, char *const argv[], const struct proc_opts *
 	op->kind = OP_SPAWN;
 	op->argv = a.v;
 	op->popts = *o;
+	/* the caller's strings may be gone when the master is up */
+	op->prefix = o->log_prefix ? xstrdup(o->log_prefix) : NULL;
+	op->popts.log_prefix = op->prefix;
+	op->popts.env = NULL;
 	op->spawned = spawned;
 	op->exited = exited;
 	op->arg = arg;

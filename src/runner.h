@@ -44,7 +44,8 @@ bool runner_forwarding(struct runner *r, int lport);
  * ERR says why). */
 typedef void (*runner_spawned_cb)(void *arg, struct proc *p, const char *err);
 /* Start argv on R as a long-lived process with options O (a remote target:
- * a session through the master, once the master is up). SPAWNED reports
+ * a session through the master, once the master is up; O's log_prefix is
+ * copied, its env is not used). SPAWNED reports
  * the start; EXITED is proc_spawn's exit callback for it. */
 void runner_spawn(struct runner *r, char *const argv[], const struct proc_opts *o,
 		  runner_spawned_cb spawned, proc_exit_cb exited, void *arg);
