@@ -71,6 +71,7 @@ struct agent {
 	struct areqs waiting, sent;
 	unsigned seq;
 	int fails;
+	bool unused;             /* no service names it since a reload */
 	double spawned_at, up_at;
 	char why[400];           /* A_FALLBACK: why */
 	char status[440];        /* for /api */
@@ -87,13 +88,14 @@ static struct sagent_hooks hooks;
 static void agent_start(struct agent *a);
 static void agent_flush(struct agent *a);
 
+/* R's agent (NULL: none, or none since a reload). */
 static struct agent *agent_of(const struct runner *r)
 {
 	struct agent *a;
 
 	LIST_FOREACH(a, &agents, link)
 		if (a->r == r)
-			return a;
+			return a->unused ? NULL : a;
 	return NULL;
 }
 
@@ -518,6 +520,12 @@ static void agent_exited(struct proc *p, int status, void *arg)
 	evbuffer_drain(a->outq, evbuffer_get_length(a->outq));
 	proc_status_str(status, st, sizeof st);
 	snprintf(why, sizeof why, "%s", last[0] ? last : st);
+	if (a->unused) {
+		log_info("slurm agent on %s stopped (no service names it now)", runner_name(a->r));
+		a->st = A_FALLBACK;
+		all_plain(a);
+		return;
+	}
 	if (was_up) {
 		/* it ran: start the next at once, with what was sent (but a
 		 * submit, which may have happened); three quick deaths in a row
@@ -573,6 +581,8 @@ static void spawned(void *arg, struct proc *p, const char *err)
 		event_free(a->wev);
 		a->wev = event_new(abase, proc_stdin_fd(p), EV_WRITE, writable_cb, a);
 		event_add(a->tick_ev, &(struct timeval){1, 0});
+		if (a->unused)
+			proc_terminate(p, 2);   /* a reload dropped it meanwhile */
 		return;
 	}
 	a->fails++;
@@ -634,7 +644,7 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 	struct agent *a = arg;
 
 	(void)fd, (void)what;
-	if (a->st == A_FALLBACK) {
+	if (a->st == A_FALLBACK && !a->unused) {
 		a->st = A_DOWN;
 		agent_start(a);
 	}
@@ -644,18 +654,31 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 
 void sagent_init(struct event_base *base, const struct config *cfg, const struct sagent_hooks *h)
 {
+	struct agent *a;
+
 	abase = base;
 	acfg = cfg;
 	hooks = *h;
+	LIST_FOREACH(a, &agents, link)
+		a->unused = true;
 	for (size_t k = 0; k < cfg->n_services; k++) {
 		const struct svc_config *s = &cfg->services[k];
 		struct runner *r;
-		struct agent *a;
 
 		if (s->launcher != LAUNCHER_SLURM || s->slurm_agent == NULL)
 			continue;
 		r = runner_for(s);
-		if ((a = agent_of(r)) != NULL) {
+		LIST_FOREACH(a, &agents, link)
+			if (a->r == r)
+				break;
+		if (a != NULL) {
+			if (a->unused && a->st == A_FALLBACK && a->p == NULL) {
+				/* named again after a reload: start afresh */
+				event_del(a->retry_ev);
+				a->fails = 0;
+				a->st = A_DOWN;
+			}
+			a->unused = false;
 			if (strcmp(a->path, s->slurm_agent) != 0) {
 				/* a new path: the next start uses it */
 				log_info("slurm agent on %s: now %s", runner_name(r), s->slurm_agent);
@@ -669,6 +692,7 @@ void sagent_init(struct event_base *base, const struct config *cfg, const struct
 		a = xcalloc(1, sizeof *a);
 		a->r = r;
 		a->path = xstrdup(s->slurm_agent);
+		snprintf(a->status, sizeof a->status, "not started");
 		a->outq = evbuffer_new();
 		a->wev = event_new(base, -1, 0, writable_cb, a);
 		a->tick_ev = evtimer_new(base, tick_cb, a);
@@ -676,9 +700,11 @@ void sagent_init(struct event_base *base, const struct config *cfg, const struct
 		TAILQ_INIT(&a->waiting);
 		TAILQ_INIT(&a->sent);
 		LIST_INIT(&a->jobs);
-		snprintf(a->status, sizeof a->status, "not started");
 		LIST_INSERT_HEAD(&agents, a, link);
 	}
+	LIST_FOREACH(a, &agents, link)
+		if (a->unused && a->p != NULL)
+			proc_terminate(a->p, 2);   /* its exit runs what it had the plain way */
 }
 
 bool sagent_watching(const struct runner *r)

@@ -406,3 +406,33 @@ def test_killed_ssh_master_takes_the_agent_which_comes_back_with_it(cluster, slu
     r = g.get("/llm/pid", timeout=60)
     assert r.status == 200 and r.json()["pid"] == pid1, r
     assert "running plain Slurm commands" not in g.log()
+
+
+def test_reload_drops_and_brings_back_the_agent(cluster, slurm_gateway, tmp_path):
+    import json
+    svc, agent, _ = agent_service(cluster, tmp_path)
+    g = slurm_gateway([svc])
+    assert g.get("/llm/pid", timeout=60).status == 200
+    assert g.svc()["slurm_agent"] == "up"
+
+    def reload(with_agent):
+        cfg = json.loads(g.config_path.read_text())
+        if with_agent:
+            cfg["Services"][0]["slurm_agent"] = str(agent)
+        else:
+            cfg["Services"][0].pop("slurm_agent", None)
+        g.config_path.write_text(json.dumps(cfg))
+        g.proc.send_signal(signal.SIGHUP)
+
+    reload(False)
+    wait_until(lambda: g.svc()["slurm_agent"] is None and not agent_pids(agent), 20 * SLACK,
+               msg="the agent stopped after the reload")
+    assert "no service names it now" in g.log()
+    # plain polling follows the job now
+    [inst] = g.svc()["instances"]
+    cluster.scancel(inst["job_id"])
+    g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed without agent")
+
+    reload(True)
+    wait_until(lambda: g.get("/llm/pid", timeout=60).status == 200, 60 * SLACK)
+    assert g.svc()["slurm_agent"] == "up" and agent_pids(agent)
