@@ -344,6 +344,9 @@ static void pushed(struct agent *a, char *rest)
 		struct ajob *j;
 		char *watch;
 
+		for (char *p = val; *p; p++)
+			if (*p == '\t')
+				*p = ' ';   /* "slurmgate-agent 1": its name and protocol version */
 		a->st = A_UP;
 		a->up_at = now_s();
 		log_info("slurm agent on %s up after %.2f s (%s)", runner_name(a->r),
