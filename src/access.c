@@ -59,15 +59,20 @@ void access_configure(const struct config *cfg)
 
 const char *access_key_id(const struct api_key *k)
 {
+	static char id[24];   /* a key not in the table: its id, until the next call */
+	uint8_t d[32];
 	uint64_t h;
 
 	if (k->name)
 		return k->name;
 	h = fnv1a(k->key, strlen(k->key));
-	for (size_t at = h % nkeyslots, probes = 0; probes < nkeyslots; at = (at + 1) % nkeyslots, probes++)
+	for (size_t at = nkeyslots ? h % nkeyslots : 0, probes = 0; probes < nkeyslots;
+	     at = (at + 1) % nkeyslots, probes++)
 		if (keys[at].key == k)
 			return keys[at].id;
-	return "-";
+	sha256(k->key, strlen(k->key), d);
+	snprintf(id, sizeof id, "sha256:%02x%02x%02x%02x%02x%02x", d[0], d[1], d[2], d[3], d[4], d[5]);
+	return id;
 }
 
 void access_free(void)

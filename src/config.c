@@ -66,6 +66,7 @@ static const struct field svc_fields[] = {
 	{"ssh_port", F_PORT, SVC(ssh_port), false, 0, NULL, 1, 65535},
 	{"ssh_options", F_STRLIST, SVC(ssh_options), false, 0, NULL, 0, 0},
 	{"sbatch_args", F_STRLIST, SVC(sbatch_args), false, 0, NULL, 0, 0},
+	{"slurm_agent", F_STR, SVC(slurm_agent), false, 0, NULL, 0, 0},
 	{"min_instances", F_INT, SVC(min_instances), false, 0, NULL, 0, 64},
 	{"max_instances", F_INT, SVC(max_instances), false, 1, NULL, 1, 64},
 	{"target_concurrency", F_INT, SVC(target_concurrency), false, 4, NULL, 1, 100000},
@@ -97,7 +98,8 @@ static const struct field cfg_fields[] = {
 	{"instance_id", F_STR, CFG(instance_id), false, 0, NULL, 0, 0},
 	{"ssh_host_key_checking", F_STR, CFG(ssh_host_key_checking), false, 0, "accept-new", 0, 0},
 	{"keep_jobs_on_exit", F_BOOL, CFG(keep_jobs_on_exit), false, 0, NULL, 0, 0},
-	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 500, NULL, 50, 60000},
+	/* 0: 500 ms, 200 ms through a slurm_agent (no ssh per squeue) */
+	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 0, NULL, 50, 60000},
 	{"poll_slow_s", F_INT, CFG(poll_slow_s), false, 15, NULL, 1, 3600},
 	{"admin_token_file", F_STR, CFG(admin_token_file), false, 0, NULL, 0, 0},
 	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},
@@ -322,6 +324,34 @@ static bool route_char_ok(char c)
 }
 
 /* Cross-field checks and normalisation of one service. */
+/* A control character (TAB, newline ...): the agent's protocol cannot carry it. */
+static bool has_ctl(const char *v)
+{
+	for (; v && *v; v++)
+		if ((unsigned char)*v < 0x20 || *v == 0x7f)
+			return true;
+	return false;
+}
+
+/* slurm_agent: a path on the login node; what goes through it must fit
+ * the agent's line protocol (remote/slurmgate-agent). */
+static void agent_check(const struct svc_config *s, const char *path, struct errs *e)
+{
+	if (s->launcher == NULL || !s->launcher->remote_agent)
+		err_add(e, "%s.slurm_agent: only for launcher \"slurm\"", path);
+	if (s->slurm_agent[0] == '\0' || has_ctl(s->slurm_agent))
+		err_add(e, "%s.slurm_agent: must be a path on the login node, without control characters",
+			path);
+	if (has_ctl(s->bash_file) || (s->bash_file && s->bash_file[0] != '/'))
+		err_add(e, "%s.bash_file: with slurm_agent, must be an absolute path without control "
+			   "characters (the agent checks it against its allow-list)", path);
+	for (char **a = s->sbatch_args; a && *a; a++)
+		if (has_ctl(*a) || (*a)[0] != '-' || strcmp(*a, "-") == 0 || strcmp(*a, "--") == 0)
+			err_add(e, "%s.sbatch_args: with slurm_agent, each must be one option word "
+				   "(\"--option=value\"), without control characters: \"%s\"", path,
+				log_escape(*a, strlen(*a)));
+}
+
 static void service_check(struct svc_config *s, json_t *o, const char *path, const char *cfgdir,
 			  struct errs *e, struct errs *problems)
 {
@@ -388,6 +418,8 @@ static void service_check(struct svc_config *s, json_t *o, const char *path, con
 		err_add(problems, "%s.ssh_key_file: %s", path, cause);
 		free(cause);
 	}
+	if (s->slurm_agent)
+		agent_check(s, path, e);
 }
 
 static void free_list(char **list)
@@ -469,6 +501,7 @@ static void svc_config_free(struct svc_config *s)
 	free_list(s->api_paths);
 	free_list(s->ssh_options);
 	free_list(s->sbatch_args);
+	free(s->slurm_agent);
 	free_list(s->aliases);
 }
 
@@ -746,6 +779,16 @@ struct config *config_load(const char *file, char ***errs_out)
 				err_add(&e, "Services[%zu].remote_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,
 					a->remote_port, a->remote_port + port_span(a) - 1, j, b->remote_port,
 					b->remote_port + port_span(b) - 1);
+		}
+		for (size_t j = 0; j < i; j++) {
+			struct svc_config *b = &cfg->services[j];
+			/* one agent per target (runner_for's key) */
+			if (a->launcher && a->launcher->remote_agent && a->launcher == b->launcher &&
+			    same_str(a->remote_host, b->remote_host) && same_str(a->ssh_username, b->ssh_username) &&
+			    a->ssh_port == b->ssh_port && same_str(a->ssh_key_file, b->ssh_key_file) &&
+			    !same_str(a->slurm_agent, b->slurm_agent))
+				err_add(&e, "Services[%zu].slurm_agent: Services[%zu] has the same login node "
+					    "and must name the same agent", i, j);
 		}
 		if (ranges_overlap(a->local_port, port_span(a), cfg->listen_port, 1))
 			err_add(&e, "Services[%zu].local_port: %d is the gateway's own listen port", i,

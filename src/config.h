@@ -38,6 +38,7 @@ struct svc_config {
 	int ssh_port;             /* 0: ssh's default */
 	char **ssh_options;       /* extra "-o" settings, NULL-terminated */
 	char **sbatch_args;       /* extra sbatch arguments, NULL-terminated */
+	char *slurm_agent;        /* slurmgate-agent on the login node (NULL: plain commands) */
 	int min_instances;        /* kept running, even when idle */
 	int max_instances;        /* instances at most */
 	int target_concurrency;   /* requests in flight per instance the scaler aims for */
@@ -71,7 +72,8 @@ struct config {
 	char *instance_id;        /* names this gateway's Slurm jobs */
 	char *ssh_host_key_checking; /* "accept-new" or "yes" */
 	bool keep_jobs_on_exit;   /* leave jobs running at exit (a restart adopts them) */
-	int poll_fast_ms;         /* squeue interval while something starts or stops */
+	int poll_fast_ms;         /* squeue interval while something starts or stops
+	                           * (0: not set; 500, or 200 through a slurm_agent) */
 	int poll_slow_s;          /* squeue interval otherwise */
 	char *admin_token_file;
 	char *api_keys_file;

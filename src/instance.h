@@ -76,6 +76,8 @@ struct instance {
 	int probe_status;
 	int probe_fails;              /* consecutive failed probes while ready */
 	double deadline;              /* slurm: when the job's time limit ends (0: none) */
+	double expected_start;        /* slurm: Slurm's expected start while pending
+	                               * (wall clock, wall_s(); 0: none) */
 	struct instance *replaces;    /* a handover: the instance this one takes over from */
 	struct instance *replaced_by;
 	struct hconn *probe;

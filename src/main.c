@@ -25,6 +25,7 @@
 #include "ptree.h"
 #include "refusal.h"
 #include "runner.h"
+#include "slurm_agent.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -388,6 +389,7 @@ int main(int argc, char **argv)
 	event_base_dispatch(base);
 
 	front_free();
+	sagent_shutdown();
 	runners_shutdown();
 	event_free(sig_term);
 	event_free(sig_int);

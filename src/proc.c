@@ -40,7 +40,8 @@ struct proc {
 	proc_exit_cb cb;
 	void *arg;
 	void (*on_line)(void *arg, const char *line, size_t len);
-	int out_fd, err_fd;
+	int out_fd, err_fd, in_fd;
+	void (*on_stdout)(struct proc *p, void *arg);
 	struct event *out_ev, *err_ev, *kill_ev, *deadline_ev;
 	struct evbuffer *out;
 	char line[512];      /* the stderr line being read */
@@ -77,6 +78,8 @@ static void proc_free(struct proc *p)
 		close(p->out_fd);
 	if (p->err_fd >= 0)
 		close(p->err_fd);
+	if (p->in_fd >= 0)
+		close(p->in_fd);
 	evbuffer_free(p->out);
 	free(p->prefix);
 	free(p);
@@ -132,8 +135,13 @@ static void pipe_cb(evutil_socket_t fd, short what, void *arg)
 	struct proc *p = arg;
 	bool is_out = fd == p->out_fd;
 
+	int more;
+
 	(void)what;
-	if (pipe_read(p, fd, is_out) == 0) {
+	more = pipe_read(p, fd, is_out);
+	if (is_out && p->on_stdout && evbuffer_get_length(p->out) > 0)
+		p->on_stdout(p, p->arg);
+	if (more == 0) {
 		struct event **ev = is_out ? &p->out_ev : &p->err_ev;
 		event_free(*ev);
 		*ev = NULL;
@@ -241,8 +249,8 @@ void proc_init(struct event_base *base)
 }
 
 /* In the child: never returns. */
-static void child(char *const argv[], const struct proc_opts *o, struct ptree *tree, int out_w,
-		  int err_w, int exec_w)
+static void child(char *const argv[], const struct proc_opts *o, struct ptree *tree, int in_r,
+		  int out_w, int err_w, int exec_w)
 {
 	sigset_t none;
 	int devnull;
@@ -264,7 +272,7 @@ static void child(char *const argv[], const struct proc_opts *o, struct ptree *t
 		}
 		putenv((char *)ptree_env(tree));
 	}
-	devnull = open("/dev/null", O_RDONLY);
+	devnull = in_r >= 0 ? in_r : open("/dev/null", O_RDONLY);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
 		goto fail;
 	/* every descriptor past stderr closes on exec, the report pipe too */
@@ -287,7 +295,7 @@ fail:;
 struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit_cb cb, void *arg,
 			char **cause)
 {
-	int outp[2] = {-1, -1}, errp[2], execp[2];
+	int outp[2] = {-1, -1}, inp[2] = {-1, -1}, errp[2], execp[2];
 	sigset_t all, old;
 	struct ptree *tree = NULL;
 	struct proc *p;
@@ -304,11 +312,20 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 		close(errp[0]), close(errp[1]);
 		return NULL;
 	}
+	if (o->stdin_pipe && pipe2(inp, O_CLOEXEC) != 0) {
+		*cause = xasprintf("pipe: %s", strerror(errno));
+		close(errp[0]), close(errp[1]);
+		if (outp[0] >= 0)
+			close(outp[0]), close(outp[1]);
+		return NULL;
+	}
 	if (pipe2(execp, O_CLOEXEC) != 0) {
 		*cause = xasprintf("pipe: %s", strerror(errno));
 		close(errp[0]), close(errp[1]);
 		if (outp[0] >= 0)
 			close(outp[0]), close(outp[1]);
+		if (inp[0] >= 0)
+			close(inp[0]), close(inp[1]);
 		return NULL;
 	}
 	if (o->tree)
@@ -317,18 +334,22 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	sigprocmask(SIG_SETMASK, &all, &old);
 	pid = fork();
 	if (pid == 0)
-		child(argv, o, tree, o->capture_stdout ? outp[1] : errp[1], errp[1], execp[1]);
+		child(argv, o, tree, inp[0], o->capture_stdout ? outp[1] : errp[1], errp[1], execp[1]);
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	close(execp[1]);
 	close(errp[1]);
 	if (outp[1] >= 0)
 		close(outp[1]);
+	if (inp[0] >= 0)
+		close(inp[0]);
 	if (pid < 0) {
 		*cause = xasprintf("fork: %s", strerror(errno));
 		ptree_free(tree);
 		close(execp[0]), close(errp[0]);
 		if (outp[0] >= 0)
 			close(outp[0]);
+		if (inp[1] >= 0)
+			close(inp[1]);
 		return NULL;
 	}
 	/* wait for exec: EOF means it worked, an int is the child's errno */
@@ -346,6 +367,8 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 		close(errp[0]);
 		if (outp[0] >= 0)
 			close(outp[0]);
+		if (inp[1] >= 0)
+			close(inp[1]);
 		return NULL;
 	}
 	if (o->new_pgrp)
@@ -364,6 +387,10 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	p->prefix = xstrdup(o->log_prefix ? o->log_prefix : argv[0]);
 	p->err_fd = errp[0];
 	p->out_fd = outp[0];
+	p->in_fd = inp[1];
+	p->on_stdout = o->on_stdout;
+	if (p->in_fd >= 0)
+		evutil_make_socket_nonblocking(p->in_fd);
 	evutil_make_socket_nonblocking(p->err_fd);
 	p->err_ev = event_new(pbase, p->err_fd, EV_READ | EV_PERSIST, pipe_cb, p);
 	event_add(p->err_ev, NULL);
@@ -389,6 +416,11 @@ pid_t proc_pid(const struct proc *p)
 const char *proc_last_line(const struct proc *p)
 {
 	return p->last;
+}
+
+int proc_stdin_fd(const struct proc *p)
+{
+	return p->in_fd;
 }
 
 struct evbuffer *proc_stdout(struct proc *p)

@@ -22,7 +22,7 @@
 #define MASTER_CONNECT_S 30
 #define MASTER_POLL_MS 25
 
-enum op_kind { OP_CMD, OP_FWD, OP_CANCEL };
+enum op_kind { OP_CMD, OP_FWD, OP_CANCEL, OP_SPAWN };
 enum mstate { M_DOWN, M_CONNECTING, M_UP };
 
 /* A forward this runner wants in place: registered when asked for, so it
@@ -43,6 +43,10 @@ struct rop {
 	int timeout_s;
 	runner_cb cb;
 	void *arg;
+	struct proc_opts popts;      /* OP_SPAWN (log_prefix: a copy, env: none) */
+	char *prefix;
+	runner_spawned_cb spawned;
+	proc_exit_cb exited;
 };
 
 struct runner {
@@ -348,18 +352,32 @@ static void spawn(struct runner *r, char **argv, int timeout_s, enum op_kind kin
 	}
 }
 
+/* OP_SPAWN: start ARGV as a long-lived process. */
+static void spawn_long(struct rop *op, char *const argv[])
+{
+	char *cause = NULL;
+	struct proc *p = proc_spawn(argv, &op->popts, op->exited, op->arg, &cause);
+
+	op->spawned(op->arg, p, p ? NULL : cause);
+	free(cause);
+}
+
 static void rop_exec(struct runner *r, struct rop *op)
 {
 	struct argv_b a = {0};
 	char spec[300];
 
+	if (!r->remote && op->kind == OP_SPAWN) {
+		spawn_long(op, op->argv);
+		return;
+	}
 	if (!r->remote) {
 		spawn(r, op->argv, op->timeout_s, OP_CMD, NULL, op->cb, op->arg);
 		return;
 	}
 	ssh_base(r, &a);
 	av_opt(&a, "ControlMaster=%s", "no");
-	if (op->kind == OP_CMD) {
+	if (op->kind == OP_CMD || op->kind == OP_SPAWN) {
 		char *line = sh_join(op->argv);
 		av_add(&a, r->host);
 		av_add(&a, "--");
@@ -374,13 +392,17 @@ static void rop_exec(struct runner *r, struct rop *op)
 		av_add(&a, spec);
 		av_add(&a, r->host);
 	}
-	spawn(r, a.v, op->timeout_s, op->kind, &op->f, op->cb, op->arg);
+	if (op->kind == OP_SPAWN)
+		spawn_long(op, a.v);
+	else
+		spawn(r, a.v, op->timeout_s, op->kind, &op->f, op->cb, op->arg);
 	av_free(a.v);
 }
 
 static void rop_free(struct rop *op)
 {
 	av_free(op->argv);
+	free(op->prefix);
 	free(op);
 }
 
@@ -408,6 +430,27 @@ void runner_run(struct runner *r, char *const argv[], int timeout_s, runner_cb c
 	op->argv = a.v;
 	op->timeout_s = timeout_s;
 	op->cb = cb;
+	op->arg = arg;
+	rop_submit(r, op);
+}
+
+void runner_spawn(struct runner *r, char *const argv[], const struct proc_opts *o,
+		  runner_spawned_cb spawned, proc_exit_cb exited, void *arg)
+{
+	struct rop *op = xcalloc(1, sizeof *op);
+	struct argv_b a = {0};
+
+	for (int k = 0; argv[k]; k++)
+		av_add(&a, argv[k]);
+	op->kind = OP_SPAWN;
+	op->argv = a.v;
+	op->popts = *o;
+	/* the caller's strings may be gone when the master is up */
+	op->prefix = o->log_prefix ? xstrdup(o->log_prefix) : NULL;
+	op->popts.log_prefix = op->prefix;
+	op->popts.env = NULL;
+	op->spawned = spawned;
+	op->exited = exited;
 	op->arg = arg;
 	rop_submit(r, op);
 }
@@ -471,7 +514,9 @@ static void fail_queue(struct runner *r, const char *why)
 		TAILQ_REMOVE(&r->queue, op, link);
 		if (op->kind == OP_FWD)
 			fwd_result(r, &op->f, 255 << 8);
-		if (op->cb)
+		if (op->kind == OP_SPAWN)
+			op->spawned(op->arg, NULL, why);
+		else if (op->cb)
 			op->cb(op->arg, 255 << 8, "", why);
 		rop_free(op);
 	}

@@ -11,6 +11,8 @@
 
 #include <stdbool.h>
 
+#include "proc.h"
+
 struct config;
 struct runner;
 struct svc_config;
@@ -38,6 +40,15 @@ void runner_unforward(struct runner *r, int lport);
 /* Is the forward on LPORT wanted and not failed (in place or opening)?
  * False once a restore after a master restart failed. */
 bool runner_forwarding(struct runner *r, int lport);
+/* spawned: the process is running (P), or it could not be started (P NULL,
+ * ERR says why). */
+typedef void (*runner_spawned_cb)(void *arg, struct proc *p, const char *err);
+/* Start argv on R as a long-lived process with options O (a remote target:
+ * a session through the master, once the master is up; O's log_prefix is
+ * copied, its env is not used). SPAWNED reports
+ * the start; EXITED is proc_spawn's exit callback for it. */
+void runner_spawn(struct runner *r, char *const argv[], const struct proc_opts *o,
+		  runner_spawned_cb spawned, proc_exit_cb exited, void *arg);
 /* Stop every master connection (at exit). */
 void runners_shutdown(void);
 

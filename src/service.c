@@ -196,7 +196,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 		return -1;
 	if (!hold) {
 		*reason = "the service is starting; retry later";
-		*retry_after = 5;
+		*retry_after = service_retry_after(s, 5);
 		return -1;
 	}
 	w->svc = s;
@@ -488,6 +488,31 @@ int service_waiting(const struct service *s)
 int service_inflight(const struct service *s)
 {
 	return s->inflight;
+}
+
+double service_expected_start_in(const struct service *s)
+{
+	const struct instance *i;
+	double best = -1;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i->state == INST_STARTING && i->expected_start > 0) {
+			double in = i->expected_start - wall_s();   /* a wall-clock time */
+			if (in < 0)
+				in = 0;
+			if (best < 0 || in < best)
+				best = in;
+		}
+	return best;
+}
+
+int service_retry_after(const struct service *s, int def)
+{
+	double in = service_expected_start_in(s);
+
+	if (in < 0)
+		return def;
+	return in < 1 ? 1 : in > 86400 ? 86400 : (int)(in + 0.999);
 }
 
 struct instance *service_first_instance(const struct service *s)

@@ -119,6 +119,11 @@ void service_reason(const struct service *s, char *buf, size_t len);
 const char *service_last_error(const struct service *s);
 int service_waiting(const struct service *s);
 int service_inflight(const struct service *s);
+/* Seconds until Slurm expects to start a pending instance (the soonest;
+ * -1: none known). */
+double service_expected_start_in(const struct service *s);
+/* Retry-After for a 503 while it starts: the expected start, else DEF. */
+int service_retry_after(const struct service *s, int def);
 /* Seconds until the idle stop (-1: not counting down). */
 double service_idle_left(const struct service *s);
 struct instance *service_first_instance(const struct service *s);

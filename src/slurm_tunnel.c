@@ -19,6 +19,7 @@
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurm_agent.h"
 #include "slurmjob.h"
 #include "util.h"
 
@@ -204,7 +205,7 @@ static void node_addr(struct sjob *j, addr_cb cb)
 	q->cb = cb;
 	LIST_INSERT_HEAD(&addrqs, q, link);
 	j->refs++;
-	runner_run(j->r, argv, 60, sinfo_done, q);
+	sagent_run(j->r, argv, 60, sinfo_done, q);
 }
 
 static void tunnel_to(struct sjob *j, const char *addr)

@@ -31,6 +31,7 @@ struct sjob {
 	enum jstate st;
 	bool want_cancel, seen, tracked;
 	bool asking;             /* not in squeue: scontrol/sacct asked */
+	bool ending;             /* ended by itself: its output's tail is asked for */
 	char lost[200];          /* scontrol's answer about a job not in squeue */
 	char pending[128];       /* why Slurm keeps it queued (J_QUEUED; "": not said yet) */
 	int refs;                /* runner callbacks outstanding */
@@ -38,6 +39,7 @@ struct sjob {
 	double cancel_at;        /* when the last scancel was sent */
 	double submitted, running_at;
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
+	double eta;              /* Slurm's expected start (squeue %S), 0: none */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 
