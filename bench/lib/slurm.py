@@ -562,7 +562,6 @@ def report_slurm(res):
         log(f"  {label} (median): " + ", ".join(f"{WAY_NAMES[w]} {ms(m[w][key])}" for w in WAYS)
             + f"; goal <= {goal * 1000:.0f} ms")
     res["med"], res["ratios"] = m, r
-    res["gmed"], res["smed"] = m["gw"], m["seed"]
 
 
 def ms(x):
