@@ -59,8 +59,8 @@ NOFILE = 1024   # set by bench/run from RLIMIT_NOFILE
 WATCHDOG_S = (60 + ROUNDS * 3 * (WARMUP + DURATION + 2) + 3 * (LOWLOAD + 3) + 2 * (OVERLOAD_S + 5) + 120
               + (40 if DO_STRACE else 0)
               + (60 + 2 * (SCALE_DURATION + 8) if SCALE else 0)
-              # cluster up and down, and per cold start (both ways) a start and a stop on a busy machine
-              + (240 + COLD_STARTS * 150 + 5 * (WARM_DURATION + 10) if SLURM else 0))
+              # cluster up and down, and per cold start (all three ways) a start and a stop on a busy machine
+              + (240 + COLD_STARTS * 220 + 5 * (WARM_DURATION + 10) if SLURM else 0))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "nginx", "slurmgate")
@@ -176,7 +176,11 @@ def write_json(name, obj):
 def start_gateway(config, log_name):
     """slurmgate with CONFIG (written to tmpdir as LOG_NAME's stem + .json),
     its output in tmpdir/LOG_NAME; the caller waits for it (wait_http)."""
-    path = write_json(os.path.splitext(log_name)[0] + ".json", config)
+    stem = os.path.splitext(log_name)[0]
+    # a state_dir of its own: the default (/var/lib/slurmgate as root) is
+    # locked by any other slurmgate running on this machine
+    config.setdefault("state_dir", os.path.join(tmpdir, stem + "-state"))
+    path = write_json(stem + ".json", config)
     logf = open(os.path.join(tmpdir, log_name), "w")
     p = spawn([SLURMGATE, "-c", path], stdout=logf, stderr=subprocess.STDOUT)
     logf.close()
