@@ -23,7 +23,6 @@
 
 #include "http_parse.h"
 
-struct event_base;
 struct gw;
 struct evbuffer;
 struct hconn;

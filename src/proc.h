@@ -10,7 +10,6 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-struct event_base;
 struct gw;
 struct evbuffer;
 struct proc;

@@ -11,14 +11,11 @@
 #include <stddef.h>
 
 struct accesslog_note;
-struct config;
 struct exchange;
 struct gw;
 struct hconn;
 struct http_msg;
 struct service;
-
-struct event_base;
 
 /* How to forward one request. */
 struct proxy_opts {

@@ -11,10 +11,8 @@
 
 #include <stdbool.h>
 
-struct config;
 struct runner;
 struct svc_config;
-struct event_base;
 struct gw;
 
 /* status: wait status of the command (0 = success); out: its stdout;

@@ -30,9 +30,7 @@
 
 #include "instance.h"
 
-struct config;
 struct event;
-struct event_base;
 struct gw;
 struct hconn;
 struct svc_config;

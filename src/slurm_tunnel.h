@@ -7,7 +7,6 @@
 #include <stdbool.h>
 #include <sys/queue.h>
 
-struct config;
 struct gw;
 struct instance;
 struct runner;
