@@ -646,10 +646,30 @@ static void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 			   "could read the state)");
 }
 
+static size_t nlive;   /* configs allocated and not yet freed */
+
+size_t config_live(void)
+{
+	return nlive;
+}
+
+struct config *config_ref(struct config *cfg)
+{
+	cfg->refs++;
+	return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+	if (cfg != NULL && --cfg->refs == 0)
+		config_free(cfg);
+}
+
 void config_free(struct config *cfg)
 {
 	if (cfg == NULL)
 		return;
+	nlive--;
 	for (size_t i = 0; i < cfg->n_services; i++)
 		svc_config_free(&cfg->services[i]);
 	free(cfg->services);
@@ -702,6 +722,8 @@ struct config *config_load(const char *file, char ***errs_out)
 		return NULL;
 	}
 	cfg = xcalloc(1, sizeof *cfg);
+	cfg->refs = 1;
+	nlive++;
 	cfg->path = xstrdup(file);
 	dircopy = xstrdup(file);
 	cfgdir = dirname(dircopy);

@@ -52,6 +52,7 @@ struct svc_config {
 };
 
 struct config {
+	int refs;                 /* config_ref/config_unref; freed with the last */
 	char *path;
 	char *listen_host;
 	int listen_port;
@@ -105,7 +106,16 @@ struct config {
  * problem ("Services[0].timeout: must be a positive integer") to *errs
  * (a NULL-terminated malloc'd array the caller frees with config_free_errors). */
 struct config *config_load(const char *file, char ***errs);
+/* Lifetime: config_load returns a config with one reference (the
+ * caller's). Whatever keeps pointers into it past a reload (the gateway's
+ * context for the one in force, each service for the one its svc_config
+ * lives in) holds a reference; the last config_unref frees it. */
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg);
+/* Free CFG now, whatever its references (a config nobody else has seen). */
 void config_free(struct config *cfg);
+/* Configs allocated and not yet freed (slurmgate_configs_live in /metrics). */
+size_t config_live(void);
 void config_free_errors(char **errs);
 
 #endif

@@ -34,13 +34,14 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "gw.h"
 #include "log.h"
 #include "util.h"
 
 TAILQ_HEAD(hconn_list, hconn);
 static struct hconn_list dirty = TAILQ_HEAD_INITIALIZER(dirty);
 static struct hconn_list grave = TAILQ_HEAD_INITIALIZER(grave);
-static struct event_base *hbase;
+static struct gw *gw;
 static struct event *flush_ev;
 static int depth;
 static size_t n_open[2];   /* [true]: server side (it reads requests), [false]: client side */
@@ -316,11 +317,11 @@ static void budget_cb(evutil_socket_t fd, short what, void *arg)
 	leave();
 }
 
-void http_init(struct event_base *base)
+void http_init(struct gw *g)
 {
-	hbase = base;
-	flush_ev = event_new(base, -1, 0, flush_cb, NULL);
-	budget_ev = event_new(base, -1, 0, budget_cb, NULL);
+	gw = g;
+	flush_ev = event_new(g->base, -1, 0, flush_cb, NULL);
+	budget_ev = event_new(g->base, -1, 0, budget_cb, NULL);
 }
 
 /* --- closing --- */
@@ -515,7 +516,7 @@ static void writecb(struct bufferevent *bev, void *arg)
 
 void hc_start_reading(struct hconn *c)
 {
-	c->rev = event_new(hbase, c->fd, EV_READ | EV_PERSIST, read_cb, c);
+	c->rev = event_new(gw->base, c->fd, EV_READ | EV_PERSIST, read_cb, c);
 	hc_rd_update(c);
 }
 
@@ -593,7 +594,7 @@ struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
 	c->side = side;
 	c->ops = ops;
 	c->owner = owner;
-	c->bev = bufferevent_socket_new(hbase, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->bev = bufferevent_socket_new(gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL)
 		fatal("bufferevent_socket_new failed");
 	bufferevent_setcb(c->bev, NULL, writecb, eventcb, c);
@@ -601,7 +602,7 @@ struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
 	http_buffer_track(c->in);
 	http_buffer_track(bufferevent_get_output(c->bev));
 	bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_LOW_MARK, 0);
-	c->timer = evtimer_new(hbase, timer_cb, c);
+	c->timer = evtimer_new(gw->base, timer_cb, c);
 	c->wbuf = evbuffer_new();
 	http_buffer_track(c->wbuf);
 	hparse_init(&c->hp, side->requests, side->hp_ops, c);
@@ -681,7 +682,7 @@ void hc_rd_update(struct hconn *c)
 	} else {
 		event_del(c->rev);
 		if (c->closed_ev == NULL)
-			c->closed_ev = event_new(hbase, c->fd, EV_CLOSED | EV_PERSIST, closed_cb, c);
+			c->closed_ev = event_new(gw->base, c->fd, EV_CLOSED | EV_PERSIST, closed_cb, c);
 		event_add(c->closed_ev, NULL);
 	}
 }

@@ -25,8 +25,7 @@
 
 #include <jansson.h>
 
-struct config;
-struct event_base;
+struct gw;
 struct evbuffer;
 struct instance;
 struct svc_config;
@@ -62,8 +61,9 @@ struct launcher_ops {
 	bool uses_ssh_key;
 	/* It can send its commands through remote/slurmgate-agent (slurm_agent). */
 	bool remote_agent;
-	/* At start-up and after each reload, with the config in force (optional). */
-	void (*init)(struct event_base *base, const struct config *cfg);
+	/* At start-up and after each reload (optional): G (gw.h) holds the
+	 * event base and the config in force; keep G, not its config. */
+	void (*init)(struct gw *g);
 	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it
 	 * fails at once; nothing is reported back then (counted as "other"). */
 	int (*start)(struct instance *i, char **cause);

@@ -27,6 +27,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "gw.h"
 #include "launcher.h"
 #include "log.h"
 #include "runner.h"
@@ -37,8 +38,7 @@
 #include "util.h"
 
 static LIST_HEAD(, sjob) jobs = LIST_HEAD_INITIALIZER(jobs);
-static struct event_base *lbase;
-static const struct config *lcfg;
+static struct gw *gw;
 static struct event *poll_ev;
 static int polls_in_flight;
 
@@ -151,7 +151,7 @@ static int slurm_start(struct instance *i, char **cause)
 	argv = xcalloc((size_t)extra + 8, sizeof *argv);
 	/* ':' is in neither an instance_id nor a route_name: the name parses back
 	 * unambiguously, and no gateway mistakes another's jobs for its own */
-	snprintf(name, sizeof name, "--job-name=sg:%s:%s:%d", lcfg->instance_id, cfg->route_name,
+	snprintf(name, sizeof name, "--job-name=sg:%s:%s:%d", gw->cfg->instance_id, cfg->route_name,
 		 i->index);
 	snprintf(port, sizeof port, "%d", i->remote_port);
 	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
@@ -188,7 +188,7 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if ((flags & LSTOP_EXITING) && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	if ((flags & LSTOP_EXITING) && gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);
@@ -586,8 +586,8 @@ static void poll_schedule(bool fast)
 		fast = true;
 		event_del(poll_ev);
 	}
-	ms = fast || busy_jobs() ? (lcfg->poll_fast_ms > 0 ? lcfg->poll_fast_ms : 500)
-				 : lcfg->poll_slow_s * 1000;
+	ms = fast || busy_jobs() ? (gw->cfg->poll_fast_ms > 0 ? gw->cfg->poll_fast_ms : 500)
+				 : gw->cfg->poll_slow_s * 1000;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
@@ -624,7 +624,7 @@ static void recover_line(struct runner *r, char **f)
 	struct sjob *j;
 	int index;
 
-	snprintf(prefix, sizeof prefix, "sg:%s:", lcfg->instance_id);
+	snprintf(prefix, sizeof prefix, "sg:%s:", gw->cfg->instance_id);
 	if (!has_prefix(f[1], prefix))
 		return;
 	rest = f[1] + strlen(prefix);
@@ -744,16 +744,15 @@ static void slurm_describe_service(const struct svc_config *c, json_t *o)
 	json_object_set_new(o, "slurm_agent", ag ? json_string(ag) : json_null());
 }
 
-static void slurm_init(struct event_base *base, const struct config *cfg)
+static void slurm_init(struct gw *g)
 {
 	static const struct sagent_hooks h = {agent_job, agent_gone, agent_kick};
 
-	lbase = base;
-	lcfg = cfg;
-	slurm_tunnel_init(cfg);
-	sagent_init(base, cfg, &h);
+	gw = g;
+	slurm_tunnel_init(g);
+	sagent_init(g, &h);
 	if (poll_ev == NULL)
-		poll_ev = evtimer_new(base, poll_cb, NULL);
+		poll_ev = evtimer_new(g->base, poll_cb, NULL);
 }
 
 /* Not yet: the job's output is a file on the cluster (another change reads

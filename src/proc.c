@@ -19,6 +19,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gw.h"
 #include "log.h"
 #include "ptree.h"
 #include "util.h"
@@ -52,7 +53,7 @@ struct proc {
 };
 
 static LIST_HEAD(, proc) procs = LIST_HEAD_INITIALIZER(procs);
-static struct event_base *pbase;
+static struct gw *gw;
 static struct event *sigchld_ev;
 static int nprocs;
 
@@ -188,7 +189,7 @@ static void tree_check(struct proc *p)
 	if (p->killed)
 		ptree_signal(p->tree, SIGKILL);
 	if (p->poll_ev == NULL)
-		p->poll_ev = evtimer_new(pbase, tree_poll_cb, p);
+		p->poll_ev = evtimer_new(gw->base, tree_poll_cb, p);
 	event_add(p->poll_ev, &(struct timeval){0, 50000});
 }
 
@@ -241,10 +242,10 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
-void proc_init(struct event_base *base)
+void proc_init(struct gw *g)
 {
-	pbase = base;
-	sigchld_ev = evsignal_new(base, SIGCHLD, sigchld_cb, NULL);
+	gw = g;
+	sigchld_ev = evsignal_new(g->base, SIGCHLD, sigchld_cb, NULL);
 	event_add(sigchld_ev, NULL);
 }
 
@@ -392,17 +393,17 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	if (p->in_fd >= 0)
 		evutil_make_socket_nonblocking(p->in_fd);
 	evutil_make_socket_nonblocking(p->err_fd);
-	p->err_ev = event_new(pbase, p->err_fd, EV_READ | EV_PERSIST, pipe_cb, p);
+	p->err_ev = event_new(gw->base, p->err_fd, EV_READ | EV_PERSIST, pipe_cb, p);
 	event_add(p->err_ev, NULL);
 	if (p->out_fd >= 0) {
 		evutil_make_socket_nonblocking(p->out_fd);
-		p->out_ev = event_new(pbase, p->out_fd, EV_READ | EV_PERSIST, pipe_cb, p);
+		p->out_ev = event_new(gw->base, p->out_fd, EV_READ | EV_PERSIST, pipe_cb, p);
 		event_add(p->out_ev, NULL);
 	}
 	LIST_INSERT_HEAD(&procs, p, link);
 	nprocs++;
 	if (o->timeout_s > 0) {
-		p->kill_ev = evtimer_new(pbase, kill_cb, p);
+		p->kill_ev = evtimer_new(gw->base, kill_cb, p);
 		event_add(p->kill_ev, &(struct timeval){o->timeout_s, 0});
 	}
 	return p;
@@ -451,7 +452,7 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 void proc_terminate(struct proc *p, int grace_s)
 {
 	if (p->kill_ev == NULL)
-		p->kill_ev = evtimer_new(pbase, kill_cb, p);
+		p->kill_ev = evtimer_new(gw->base, kill_cb, p);
 	if (p->terminating && p->tree)
 		return;   /* already under way; the deadline stands */
 	p->terminating = true;

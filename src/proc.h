@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-struct event_base;
+struct gw;
 struct evbuffer;
 struct proc;
 struct ptree;
@@ -42,7 +42,8 @@ struct proc_opts {
 	void (*on_stdout)(struct proc *p, void *arg);
 };
 
-void proc_init(struct event_base *base);
+/* Set up SIGCHLD handling on G's event base (gw.h). */
+void proc_init(struct gw *g);
 /* Start argv[0] (searched in PATH). Returns NULL and sets *cause (malloc'd)
  * if it cannot be executed. */
 struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit_cb cb, void *arg,

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "gw.h"
 #include "log.h"
 #include "proc.h"
 #include "shquote.h"
@@ -69,8 +70,7 @@ struct runner {
 };
 
 static LIST_HEAD(, runner) runners = LIST_HEAD_INITIALIZER(runners);
-static struct event_base *rbase;
-static const struct config *rcfg;
+static struct gw *gw;
 static int nrunners;
 
 static void master_start(struct runner *r);
@@ -78,10 +78,9 @@ static void rop_exec(struct runner *r, struct rop *op);
 static void master_poll_cb(evutil_socket_t fd, short what, void *arg);
 static void master_retry_cb(evutil_socket_t fd, short what, void *arg);
 
-void runners_init(struct event_base *base, const struct config *cfg)
+void runners_init(struct gw *g)
 {
-	rbase = base;
-	rcfg = cfg;
+	gw = g;
 }
 
 bool runner_is_remote(const struct runner *r)
@@ -97,6 +96,22 @@ const char *runner_name(const struct runner *r)
 static bool same(const char *a, const char *b)
 {
 	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* A copy of a NULL-terminated list (NULL for none). */
+static char **opts_dup(char *const *v)
+{
+	size_t n = 0;
+	char **out;
+
+	if (v == NULL)
+		return NULL;
+	while (v[n])
+		n++;
+	out = xcalloc(n + 1, sizeof *out);
+	for (size_t k = 0; k < n; k++)
+		out[k] = xstrdup(v[k]);
+	return out;
 }
 
 struct runner *runner_for(const struct svc_config *svc)
@@ -117,17 +132,17 @@ struct runner *runner_for(const struct svc_config *svc)
 		r->user = svc->ssh_username ? xstrdup(svc->ssh_username) : NULL;
 		r->key = svc->ssh_key_file ? xstrdup(svc->ssh_key_file) : NULL;
 		r->port = svc->ssh_port;
-		r->opts = svc->ssh_options;
+		r->opts = opts_dup(svc->ssh_options);   /* the runner outlives the config */
 		r->name = xasprintf("%s%s%s%s%.0d", r->user ? r->user : "", r->user ? "@" : "", r->host,
 				    r->port ? ":" : "", r->port);
 		/* a unix socket path is short (108 bytes, and ssh adds a 17-byte
 		 * temporary suffix): fall back to /tmp for a deep state_dir */
-		if (strlen(rcfg->state_dir) + 6 + 8 + 17 < sizeof r->ctl)
-			snprintf(r->ctl, sizeof r->ctl, "%s/cm-%d", rcfg->state_dir, nrunners);
+		if (strlen(gw->cfg->state_dir) + 6 + 8 + 17 < sizeof r->ctl)
+			snprintf(r->ctl, sizeof r->ctl, "%s/cm-%d", gw->cfg->state_dir, nrunners);
 		else
 			snprintf(r->ctl, sizeof r->ctl, "/tmp/slurmgate-cm-%d-%d", (int)getpid(), nrunners);
-		r->poll_ev = evtimer_new(rbase, master_poll_cb, r);
-		r->retry_ev = evtimer_new(rbase, master_retry_cb, r);
+		r->poll_ev = evtimer_new(gw->base, master_poll_cb, r);
+		r->retry_ev = evtimer_new(gw->base, master_retry_cb, r);
 	} else {
 		r->name = xstrdup("local");
 	}
@@ -218,10 +233,10 @@ static void ssh_base(struct runner *r, struct argv_b *a)
 	av_add(a, e);
 	free(e);
 	av_opt(a, "BatchMode=%s", "yes");
-	av_opt(a, "StrictHostKeyChecking=%s", rcfg->ssh_host_key_checking);
+	av_opt(a, "StrictHostKeyChecking=%s", gw->cfg->ssh_host_key_checking);
 	/* ours first (new keys go there), then the user's */
 	known[0] = '\0';
-	snprintf(path, sizeof path, "%s/known_hosts", rcfg->state_dir);
+	snprintf(path, sizeof path, "%s/known_hosts", gw->cfg->state_dir);
 	ssh_quoted(known, sizeof known, path);
 	if (home) {
 		snprintf(path, sizeof path, "%s/.ssh/known_hosts", home);
@@ -662,6 +677,9 @@ void runners_shutdown(void)
 		free(r->host);
 		free(r->user);
 		free(r->key);
+		for (char **o = r->opts; o && *o; o++)
+			free(*o);
+		free(r->opts);
 		free(r);
 	}
 }

@@ -13,16 +13,17 @@
 
 #include "proc.h"
 
-struct config;
 struct runner;
 struct svc_config;
-struct event_base;
+struct gw;
 
 /* status: wait status of the command (0 = success); out: its stdout;
  * err: its last stderr line (or why it could not run). */
 typedef void (*runner_cb)(void *arg, int status, const char *out, const char *err);
 
-void runners_init(struct event_base *base, const struct config *cfg);
+/* Keep G (gw.h): its base, and its config in force (state_dir, host key
+ * checking). A runner copies what it keeps of a service's settings. */
+void runners_init(struct gw *g);
 /* The runner for a service's target (shared between services). */
 struct runner *runner_for(const struct svc_config *svc);
 bool runner_is_remote(const struct runner *r);

@@ -15,6 +15,7 @@
 #include <event2/util.h>
 
 #include "config.h"
+#include "gw.h"
 #include "launcher.h"
 #include "log.h"
 #include "logring.h"
@@ -27,8 +28,7 @@ bool services_exiting;
 void (*svc_shutdown_done)(void);
 int svc_live_instances;
 
-static struct event_base *sbase;
-static struct config *scfg;
+static struct gw *gw;
 static struct service **svcs;
 static size_t nsvcs;
 static struct service **by_route;   /* sorted by route_name */
@@ -267,11 +267,12 @@ static struct service *service_new(struct svc_config *c)
 	struct service *s = xcalloc(1, sizeof *s);
 
 	s->cfg = c;
+	s->conf = config_ref(gw->cfg);
 	s->lops = c->launcher;
 	TAILQ_INIT(&s->insts);
 	TAILQ_INIT(&s->waiters);
-	s->scale_ev = evtimer_new(sbase, svc_scale_cb, s);
-	s->dispatch_ev = evtimer_new(sbase, dispatch_cb, s);
+	s->scale_ev = evtimer_new(gw->base, svc_scale_cb, s);
+	s->dispatch_ev = evtimer_new(gw->base, dispatch_cb, s);
 	metrics_init(&s->m);
 	return s;
 }
@@ -297,7 +298,7 @@ static void launchers_prepare(bool recover)
 		if (!used)
 			continue;
 		if (lo->init)
-			lo->init(sbase, scfg);   /* idempotent: also takes a new config */
+			lo->init(gw);   /* idempotent: also after a reload */
 		if (!recover || lo->recover == NULL)
 			continue;
 		for (size_t k = 0; k < nsvcs; k++)
@@ -307,11 +308,16 @@ static void launchers_prepare(bool recover)
 	}
 }
 
-void services_init(struct event_base *base, struct config *cfg)
+static void sweep_cb(evutil_socket_t fd, short what, void *arg);
+static struct event *sweep_ev;   /* frees retired services nothing refers to */
+
+void services_init(struct gw *g)
 {
-	sbase = base;
-	scfg = cfg;
-	instances_init(base, cfg->upstream_keepalive);
+	struct config *cfg = g->cfg;
+
+	gw = g;
+	sweep_ev = event_new(g->base, -1, 0, sweep_cb, NULL);
+	instances_init(g);
 	nsvcs = cfg->n_services;
 	svcs = xcalloc(nsvcs ? nsvcs : 1, sizeof *svcs);
 	for (size_t k = 0; k < nsvcs; k++)
@@ -322,13 +328,47 @@ void services_init(struct event_base *base, struct config *cfg)
 		svc_scale(svcs[k]);   /* min_instances */
 }
 
-/* Services dropped by a reload: kept (stopping) until exit, since requests
- * in flight may still point at them. */
+/* Services dropped by a reload: kept (stopping) while instances or
+ * requests in flight still refer to them, then freed by sweep_cb. */
 static struct service **retired;
 static size_t nretired;
 
-void services_reload(struct config *cfg)
+static void service_free(struct service *s);
+
+void service_ref(struct service *s)
 {
+	s->refs++;
+}
+
+void service_unref(struct service *s)
+{
+	assert(s->refs > 0);
+	if (--s->refs == 0 && s->state == SVC_RETIRED)
+		event_active(sweep_ev, EV_TIMEOUT, 1);   /* not inside the caller's callback */
+}
+
+/* Free the retired services nothing refers to any more. */
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	size_t kept = 0;
+
+	(void)fd, (void)what, (void)arg;
+	for (size_t k = 0; k < nretired; k++) {
+		struct service *s = retired[k];
+		if (s->refs > 0) {
+			retired[kept++] = s;
+			continue;
+		}
+		assert(s->ninst == 0 && s->nwaiting == 0);
+		log_debug("svc %s: retired and unused: freed", s->cfg->name);
+		service_free(s);
+	}
+	nretired = kept;
+}
+
+void services_reload(void)
+{
+	struct config *cfg = gw->cfg;
 	struct service **next = xcalloc(cfg->n_services ? cfg->n_services : 1, sizeof *next);
 	size_t added = 0, changed = 0, removed = 0;
 
@@ -338,6 +378,8 @@ void services_reload(struct config *cfg)
 		if (old != NULL && old->cfg->launcher == c->launcher) {
 			/* the same service: new settings apply from now on, to new instances */
 			old->cfg = c;
+			config_unref(old->conf);
+			old->conf = config_ref(cfg);
 			next[k] = old;
 			changed++;
 		} else {
@@ -370,13 +412,14 @@ void services_reload(struct config *cfg)
 		}
 		retired = xrealloc(retired, (nretired + 1) * sizeof *retired);
 		retired[nretired++] = svcs[k];
+		if (svcs[k]->refs == 0)
+			event_active(sweep_ev, EV_TIMEOUT, 1);
 		removed++;
 	}
 	free(svcs);
 	svcs = next;
 	nsvcs = cfg->n_services;
-	scfg = cfg;
-	instances_init(sbase, cfg->upstream_keepalive);
+	instances_init(gw);
 	index_routes();
 	launchers_prepare(false);
 	for (size_t k = 0; k < nsvcs; k++)
@@ -407,6 +450,7 @@ void services_shutdown(void (*done_cb)(void))
 
 static void service_free(struct service *s)
 {
+	config_unref(s->conf);
 	logring_free(s->log);
 	event_free(s->scale_ev);
 	event_free(s->dispatch_ev);
@@ -425,6 +469,9 @@ void services_free(void)
 	svc_pick_free();
 	svcs = retired = by_route = NULL;
 	nsvcs = nretired = 0;
+	if (sweep_ev)
+		event_free(sweep_ev);
+	sweep_ev = NULL;
 }
 
 struct service *service_by_route(const char *route, size_t len)

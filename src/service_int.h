@@ -22,6 +22,8 @@ struct config;
 
 struct service {
 	struct svc_config *cfg;
+	struct config *conf;  /* the config CFG lives in: one reference */
+	int refs;             /* instances and exchanges (service_ref); not the registry's */
 	const struct launcher_ops *lops;
 	enum svc_state state;
 	TAILQ_HEAD(, instance) insts;

@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "gw.h"
 #include "launcher.h"
 #include "log.h"
 #include "proc.h"
@@ -82,8 +83,7 @@ struct agent {
 };
 
 static LIST_HEAD(, agent) agents = LIST_HEAD_INITIALIZER(agents);
-static struct event_base *abase;
-static const struct config *acfg;
+static struct gw *gw;   /* the event base and the config in force (gw.h) */
 static struct sagent_hooks hooks;
 
 static void agent_start(struct agent *a);
@@ -353,8 +353,8 @@ static void pushed(struct agent *a, char *rest)
 		log_info("slurm agent on %s up after %.2f s (%s)", runner_name(a->r),
 			 a->up_at - a->spawned_at, val);
 		snprintf(a->status, sizeof a->status, "up");
-		watch = xasprintf("watch\tsg:%s:\t%d\t%d", acfg->instance_id,
-				  acfg->poll_fast_ms > 0 ? acfg->poll_fast_ms : AGENT_FAST_MS, acfg->poll_slow_s);
+		watch = xasprintf("watch\tsg:%s:\t%d\t%d", gw->cfg->instance_id,
+				  gw->cfg->poll_fast_ms > 0 ? gw->cfg->poll_fast_ms : AGENT_FAST_MS, gw->cfg->poll_slow_s);
 		evbuffer_add_printf(a->outq, "0\t%s\n", watch);
 		free(watch);
 		LIST_FOREACH(j, &a->jobs, link)
@@ -583,7 +583,7 @@ static void spawned(void *arg, struct proc *p, const char *err)
 	if (p != NULL) {
 		a->p = p;
 		event_free(a->wev);
-		a->wev = event_new(abase, proc_stdin_fd(p), EV_WRITE, writable_cb, a);
+		a->wev = event_new(gw->base, proc_stdin_fd(p), EV_WRITE, writable_cb, a);
 		event_add(a->tick_ev, &(struct timeval){1, 0});
 		if (a->unused)
 			proc_terminate(p, 2);   /* a reload dropped it meanwhile */
@@ -656,12 +656,12 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 
 /* --- the rest of the interface --- */
 
-void sagent_init(struct event_base *base, const struct config *cfg, const struct sagent_hooks *h)
+void sagent_init(struct gw *g, const struct sagent_hooks *h)
 {
+	const struct config *cfg = g->cfg;
 	struct agent *a;
 
-	abase = base;
-	acfg = cfg;
+	gw = g;
 	hooks = *h;
 	LIST_FOREACH(a, &agents, link)
 		a->unused = true;
@@ -698,9 +698,9 @@ void sagent_init(struct event_base *base, const struct config *cfg, const struct
 		a->path = xstrdup(s->slurm_agent);
 		snprintf(a->status, sizeof a->status, "not started");
 		a->outq = evbuffer_new();
-		a->wev = event_new(base, -1, 0, writable_cb, a);
-		a->tick_ev = evtimer_new(base, tick_cb, a);
-		a->retry_ev = evtimer_new(base, retry_cb, a);
+		a->wev = event_new(gw->base, -1, 0, writable_cb, a);
+		a->tick_ev = evtimer_new(gw->base, tick_cb, a);
+		a->retry_ev = evtimer_new(gw->base, retry_cb, a);
 		TAILQ_INIT(&a->waiting);
 		TAILQ_INIT(&a->sent);
 		LIST_INIT(&a->jobs);

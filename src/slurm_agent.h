@@ -15,8 +15,7 @@
 
 #include "runner.h"
 
-struct config;
-struct event_base;
+struct gw;
 
 /* What the agent pushes: a job line (F: id, name, state, nodes, time left,
  * reason, expected start; NF fields) or a job that left squeue. KICK: the
@@ -28,7 +27,7 @@ struct sagent_hooks {
 };
 
 /* At start-up and after each reload (the config in force). */
-void sagent_init(struct event_base *base, const struct config *cfg, const struct sagent_hooks *h);
+void sagent_init(struct gw *g, const struct sagent_hooks *h);
 /* Run a Slurm command (sbatch, scancel, squeue, scontrol -o show job,
  * sacct, sinfo as the Slurm launcher builds them) on R: through R's agent
  * if R has one that is up or starting, else with runner_run. Same contract

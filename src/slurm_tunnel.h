@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <sys/queue.h>
 
-struct config;
+struct gw;
 struct instance;
 struct runner;
 
@@ -49,8 +49,8 @@ void sjob_unref(struct sjob *j);
  * runner cancels it when it comes up). Every change of lport goes through here. */
 void sjob_fwd_close(struct sjob *j);
 
-/* slurm_tunnel.c: take the config in force (the ports services use). */
-void slurm_tunnel_init(const struct config *cfg);
+/* slurm_tunnel.c: keep G (gw.h): its config in force says which ports services use. */
+void slurm_tunnel_init(struct gw *g);
 /* slurm_tunnel.c: reach J's service on the node it runs on now (J_TUNNEL),
  * at its NodeAddr: through a forward from a free local port over the
  * runner's SSH master, or directly without remote_host. Any earlier

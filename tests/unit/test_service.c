@@ -19,6 +19,7 @@
 static char dir[] = "/tmp/sg-svc-XXXXXX";
 static struct event_base *base;
 static struct config *cfg;
+static struct gw ctx;   /* the gateway context (gw.h) */
 
 struct rec {
 	struct waiter w;
@@ -143,9 +144,10 @@ static int setup(void **state)
 	if (cfg == NULL)
 		return -1;
 	base = event_base_new();
-	http_init(base);
-	proc_init(base);
-	services_init(base, cfg);
+	ctx = (struct gw){base, cfg};
+	http_init(&ctx);
+	proc_init(&ctx);
+	services_init(&ctx);
 	return 0;
 }
 
@@ -155,7 +157,7 @@ static int teardown(void **state)
 
 	(void)state;
 	services_free();
-	config_free(cfg);
+	config_unref(cfg);
 	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
 	return system(cmd) == 0 ? 0 : -1;
 }
