@@ -33,6 +33,7 @@
 #include "runner.h"
 #include "service.h"
 #include "slurm_agent.h"
+#include "slurm_logs.h"
 #include "slurm_tunnel.h"
 #include "slurmjob.h"
 #include "util.h"
@@ -755,16 +756,21 @@ static void slurm_init(struct gw *g)
 		poll_ev = evtimer_new(g->base, poll_cb, NULL);
 }
 
-/* Not yet: the job's output is a file on the cluster (another change reads
- * it through the remote agent). */
+/* The output of S's newest job that has an id (slurm_logs.c). */
 static int slurm_logs(struct service *s, uint64_t *from, size_t max, struct evbuffer *out,
 		      char **cause)
 {
-	(void)s, (void)from, (void)max, (void)out;
-	*cause = xstrdup("logs are not available yet for Slurm services: the job's output is in its "
-			 "output file on the cluster (Slurm's default: slurm-<job id>.out in the "
-			 "directory sbatch ran in)");
-	return -1;
+	struct sjob *j, *pick = NULL;
+
+	(void)cause;
+	LIST_FOREACH(j, &jobs, link)   /* newest first */
+		if (j->inst != NULL && j->inst->svc == s && j->id[0]) {
+			pick = j;
+			break;
+		}
+	if (pick)
+		return slurm_logs_read(s, pick->r, pick->id, pick->inst->index, from, max, out);
+	return slurm_logs_read(s, runner_for(service_config(s)), NULL, 0, from, max, out);
 }
 
 const struct launcher_ops launcher_slurm = {

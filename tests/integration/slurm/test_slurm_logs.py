@@ -1,0 +1,101 @@
+"""/api/services/<name>/logs for a Slurm service (issue 12, "Service logs,
+as llama-swap offers"): the job's output file on the cluster, read through
+the remote agent or plain ssh (scontrol + tail), shown as the tail and
+followed with ?follow=1. The job script does not exec its server."""
+import http.client
+import shutil
+import socket
+import time
+
+from conftest import SLACK, wait_until
+from slurmlib import DEMO_BIN, NODE_ADDR_SH, REPO, cluster, slurm_gateway, slurm_service, write_script  # noqa: F401
+
+AGENT = REPO / "remote" / "slurmgate-agent"
+
+
+def chatty_job(path):
+    """A job script that prints lines, then ticks every 0.3 s, and runs the
+    demo service as a child (no exec)."""
+    return write_script(path, "#!/bin/sh\n"
+                        'echo "hello-from-job $SLURM_JOB_ID"\n'
+                        'echo "hello-on-stderr" >&2\n'
+                        '( i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 0.3; done ) &\n'
+                        + NODE_ADDR_SH +
+                        f'"{DEMO_BIN}" --host "$addr" --port "$1" &\n'
+                        "wait\n")
+
+
+def sse_lines(port, path, want, timeout):
+    """The data: lines of an SSE stream, until want(lines) holds."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    lines = []
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        assert r.status == 200, (r.status, r.read())
+        assert r.getheader("Content-Type") == "text/event-stream", r.getheaders()
+        deadline = time.monotonic() + timeout
+        while not want(lines):
+            assert time.monotonic() < deadline, f"timed out; lines so far: {lines[-20:]}"
+            try:
+                ln = r.readline()
+            except socket.timeout:
+                continue
+            assert ln, f"the stream ended; lines so far: {lines[-20:]}"
+            if ln.startswith(b"data: "):
+                lines.append(ln[6:].rstrip(b"\n").decode())
+        return lines
+    finally:
+        conn.close()
+
+
+def ticks_of(lines):
+    return [int(x.split()[-1]) for x in lines if x.startswith("[0] tick ")]
+
+
+def check_logs(g, cluster):
+    r = g.get("/llm/health", timeout=60)
+    assert r.status == 200, r
+    [(job, _, _, _)] = cluster.jobs(g.job_name())
+
+    def has(text):
+        r = g.get("/api/services/demo/logs")
+        assert r.status == 200, r
+        return r if text in r.text else None
+    r = wait_until(lambda: has("tick 3"), 15 * SLACK, interval=0.3, msg="the job's output in the logs")
+    assert r.header("Content-Type", "").startswith("text/plain"), r
+    lines = r.text.splitlines()
+    assert f"[0] hello-from-job {job}" in lines, lines
+    assert "[0] hello-on-stderr" in lines, lines
+    assert any(ln.startswith("[0] --- slurmgate: ") and job in ln for ln in lines), lines
+    ticks = ticks_of(lines)
+    assert ticks == list(range(1, len(ticks) + 1)), ticks   # each line once, none left out
+    one = g.get("/api/services/demo/logs?lines=1").text
+    assert one.count("\n") == 1, one
+
+    # follow: lines the job prints later arrive, in order, each once
+    last = ticks[-1]
+    got = sse_lines(g.port, "/api/services/demo/logs?lines=1&follow=1",
+                    lambda ls: any(t >= last + 5 for t in ticks_of(ls)), 15 * SLACK)
+    t = ticks_of(got)
+    assert t == sorted(t) and len(set(t)) == len(t), got
+    assert t == list(range(t[0], t[-1] + 1)), t
+
+
+def test_slurm_logs_show_the_job_output_through_ssh(cluster, slurm_gateway, tmp_path):
+    job = chatty_job(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job)])
+    check_logs(g, cluster)
+
+
+def test_slurm_logs_show_the_job_output_through_the_agent(cluster, slurm_gateway, tmp_path):
+    d = tmp_path / "login"
+    allow = d / "slurmgate-agent.allow"
+    allow.mkdir(parents=True)
+    agent = d / "slurmgate-agent"
+    shutil.copy(AGENT, agent)
+    agent.chmod(0o755)
+    job = chatty_job(allow / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job, slurm_agent=str(agent))])
+    check_logs(g, cluster)
+    assert g.svc()["slurm_agent"] == "up"
