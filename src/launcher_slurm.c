@@ -241,6 +241,7 @@ static void job_ended(struct sjob *j, const char *why)
 	q->j = j;
 	snprintf(q->why, sizeof q->why, "%s", why);
 	sagent_tail(j->r, j->id, 5, ended_tail_done, q);
+	slurm_logs_ended(j->inst->svc, j->r, j->id, j->inst->index);
 }
 
 /* Slurm says the job, which ran, is not running now (WHAT, with Slurm's

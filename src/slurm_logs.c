@@ -163,40 +163,61 @@ done:
 	free(f);
 }
 
+/* L reads JOB (of S's instance INDEX) from now on. */
+static void slog_job(struct slog *l, struct service *s, const char *job, int index)
+{
+	if (strcmp(job, l->job) == 0)
+		return;
+	snprintf(l->job, sizeof l->job, "%s", job);
+	prev_clear(l);
+	l->fetched = l->final = l->ended = false;
+	l->err[0] = '\0';
+	l->last = 0;
+	l->index = index;
+	/* what the first request shows: the output comes a moment later */
+	logring_addf(service_log(s), "[%d] --- slurmgate: the output of Slurm job %s (read from the "
+		     "cluster about once a second while someone reads it) ---", index, job);
+}
+
+/* Fetch L's job's output tail through R, unless a fetch is in flight. */
+static void slog_fetch(struct slog *l, struct runner *r)
+{
+	struct fetch *f;
+
+	if (l->inflight || l->job[0] == '\0' || l->final)
+		return;
+	f = xcalloc(1, sizeof *f);
+	f->name = xstrdup(l->name);
+	snprintf(f->job, sizeof f->job, "%s", l->job);
+	f->ended = l->ended;
+	l->inflight = true;
+	l->last = now_s();
+	sagent_tail(r, l->job, SLURM_LOGS_FETCH_LINES, fetched, f);
+}
+
 int slurm_logs_read(struct service *s, struct runner *r, const char *job, int index,
 		    uint64_t *from, size_t max, struct evbuffer *out)
 {
 	struct slog *l = slog_for(service_config(s)->name);
 	const struct logring *ring;
-	double now = now_s();
 
-	if (job != NULL && strcmp(job, l->job) != 0) {   /* a new job: read it from the start */
-		snprintf(l->job, sizeof l->job, "%s", job);
-		prev_clear(l);
-		l->fetched = l->final = l->ended = false;
-		l->err[0] = '\0';
-		l->last = 0;
-		l->index = index;
-		/* what the first request shows: the output comes a moment later */
-		logring_addf(service_log(s), "[%d] --- slurmgate: the output of Slurm job %s (read "
-			     "from the cluster about once a second while someone reads it) ---",
-			     index, job);
-	}
-	if (job == NULL)
+	if (job != NULL)
+		slog_job(l, s, job, index);
+	else
 		l->ended = true;
 	ring = service_log_peek(s);
 	if (ring != NULL)
 		logring_read(ring, from, max, out);
-	if (l->job[0] == '\0' || l->final)
-		return 0;
-	if (!l->inflight && now - l->last >= FETCH_EVERY_S) {
-		struct fetch *f = xcalloc(1, sizeof *f);
-		f->name = xstrdup(l->name);
-		snprintf(f->job, sizeof f->job, "%s", l->job);
-		f->ended = l->ended;
-		l->inflight = true;
-		l->last = now;
-		sagent_tail(r, l->job, SLURM_LOGS_FETCH_LINES, fetched, f);
-	}
+	if (now_s() - l->last >= FETCH_EVERY_S)
+		slog_fetch(l, r);
 	return 0;
+}
+
+void slurm_logs_ended(struct service *s, struct runner *r, const char *job, int index)
+{
+	struct slog *l = slog_for(service_config(s)->name);
+
+	slog_job(l, s, job, index);
+	l->ended = true;
+	slog_fetch(l, r);
 }

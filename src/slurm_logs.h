@@ -5,9 +5,10 @@
  * or scontrol + tail over the runner) is fetched at most once a second,
  * one fetch in flight per service, and the lines that are new since the
  * last fetch go into the service's ring (logring.h), prefixed "[INDEX] "
- * as a local service's. The endpoint serves from the ring: the first
- * request after a quiet time shows what the ring holds (and a note that the
- * output is being read); the next one, a second later, the job's output. */
+ * as a local service's. The endpoint serves from the ring at once and
+ * starts a fetch: the first request for a new job shows a mark, one after a
+ * quiet time the output as of the last read; a request a second later the
+ * output as it is now. A job that ends by itself is read once more. */
 #ifndef SG_SLURM_LOGS_H
 #define SG_SLURM_LOGS_H
 
@@ -26,5 +27,9 @@ struct service;
  * end succeeded. */
 int slurm_logs_read(struct service *s, struct runner *r, const char *job, int index,
 		    uint64_t *from, size_t max, struct evbuffer *out);
+/* Job JOB (of S's instance INDEX, through R) ended by itself: read its
+ * output once more, so that a failed job's last lines stay in S's logs
+ * although nobody read them while it ran. */
+void slurm_logs_ended(struct service *s, struct runner *r, const char *job, int index);
 
 #endif

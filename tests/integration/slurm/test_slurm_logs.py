@@ -99,3 +99,24 @@ def test_slurm_logs_show_the_job_output_through_the_agent(cluster, slurm_gateway
     g = slurm_gateway([slurm_service(cluster, job, slurm_agent=str(agent))])
     check_logs(g, cluster)
     assert g.svc()["slurm_agent"] == "up"
+
+
+def test_slurm_logs_keep_a_failed_job_output_nobody_read(cluster, slurm_gateway, tmp_path):
+    """A job that exits by itself: its last lines go into the logs although
+    nobody read them while it ran (as a local failed start's output)."""
+    job = write_script(tmp_path / "job.sh", "#!/bin/sh\n"
+                       'echo "oops-before-exit $SLURM_JOB_ID"\n'
+                       "sleep 1\n"
+                       "exit 3\n")
+    g = slurm_gateway([slurm_service(cluster, job)])
+    r = g.get("/llm/health", timeout=60)
+    assert r.status >= 500, r
+    [(jid, _, _, _)] = cluster.jobs(g.job_name())[:1]
+    # the end is known (the reason quotes the output) before the logs are read
+    g.wait_svc(lambda i: "oops-before-exit" in str(i), 30, msg="the job's end with its output")
+
+    def has():
+        r = g.get("/api/services/demo/logs")
+        assert r.status == 200, r
+        return r.text if f"[0] oops-before-exit {jid}" in r.text.splitlines() else None
+    wait_until(has, 10 * SLACK, interval=0.3, msg="the failed job's output in the logs")
