@@ -28,7 +28,6 @@ struct slog {
 	int index;          /* its instance's index */
 	char **prev;        /* the complete lines the last fetch of JOB got */
 	size_t nprev;
-	bool fetched;       /* a fetch of JOB succeeded */
 	bool inflight;      /* one fetch at a time */
 	bool final;         /* JOB ended and was read after: nothing more to read */
 	bool ended;         /* JOB is not tracked any more */
@@ -140,10 +139,13 @@ static void fetched(void *arg, int status, const char *out, const char *err)
 	text = xstrdup(out);
 	nc = split_lines(text, &cur);
 	k = overlap(l->prev, l->nprev, cur, nc);
-	if (k == 0 && l->nprev > 0 && nc > 0)
-		logring_addf(ring, "[%d] --- slurmgate: Slurm job %s's output changed by more than %d "
-			     "lines since it was last read: some may be missing ---",
-			     l->index, l->job, SLURM_LOGS_FETCH_LINES);
+	if (k == 0 && l->nprev > 0 && nc >= SLURM_LOGS_FETCH_LINES)
+		logring_addf(ring, "[%d] --- slurmgate: more than %d lines of Slurm job %s's output "
+			     "since it was last read: some are missing ---",
+			     l->index, SLURM_LOGS_FETCH_LINES, l->job);
+	else if (k == 0 && l->nprev > 0 && nc > 0)   /* e.g. truncated when the job was requeued */
+		logring_addf(ring, "[%d] --- slurmgate: Slurm job %s's output file started anew ---",
+			     l->index, l->job);
 	for (size_t i = k; i < nc; i++)
 		logring_addf(ring, "[%d] %s", l->index, cur[i]);
 	if (nc > 0 || l->nprev == 0) {   /* an empty answer keeps what was seen */
@@ -155,7 +157,6 @@ static void fetched(void *arg, int status, const char *out, const char *err)
 	}
 	free(cur);
 	free(text);
-	l->fetched = true;
 	if (f->ended)
 		l->final = true;
 done:
@@ -170,7 +171,7 @@ static void slog_job(struct slog *l, struct service *s, const char *job, int ind
 		return;
 	snprintf(l->job, sizeof l->job, "%s", job);
 	prev_clear(l);
-	l->fetched = l->final = l->ended = false;
+	l->final = l->ended = false;
 	l->err[0] = '\0';
 	l->last = 0;
 	l->index = index;
