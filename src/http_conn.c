@@ -201,13 +201,39 @@ size_t http_pending_output(struct hconn *c)
 	return evbuffer_get_length(c->wbuf) + evbuffer_get_length(bufferevent_get_output(c->bev));
 }
 
+/* libevent's common timeout for SECS: timers of one duration in a queue
+ * rather than the heap, so arming one (every request does, a few times) is
+ * O(1). NULL when the table is full. */
+static struct {
+	int secs;
+	const struct timeval *tv;
+} known_timeouts[32];
+static int nknown_timeouts;   /* of hbase: reset by http_init */
+
+static const struct timeval *common_timeout(int secs)
+{
+	struct timeval tv = {secs, 0};
+	const struct timeval *ct;
+
+	for (int k = 0; k < nknown_timeouts; k++)
+		if (known_timeouts[k].secs == secs)
+			return known_timeouts[k].tv;
+	if (nknown_timeouts == (int)(sizeof known_timeouts / sizeof *known_timeouts) ||
+	    (ct = event_base_init_common_timeout(hbase, &tv)) == NULL)
+		return NULL;
+	known_timeouts[nknown_timeouts].secs = secs;
+	known_timeouts[nknown_timeouts++].tv = ct;
+	return ct;
+}
+
 void hc_timer_set(struct hconn *c, int secs)
 {
 	if (secs <= 0) {
 		event_del(c->timer);
 	} else {
+		const struct timeval *ct = common_timeout(secs);
 		struct timeval tv = {secs, 0};
-		event_add(c->timer, &tv);
+		event_add(c->timer, ct ? ct : &tv);
 	}
 }
 
@@ -319,6 +345,7 @@ static void budget_cb(evutil_socket_t fd, short what, void *arg)
 void http_init(struct event_base *base)
 {
 	hbase = base;
+	nknown_timeouts = 0;
 	flush_ev = event_new(base, -1, 0, flush_cb, NULL);
 	budget_ev = event_new(base, -1, 0, budget_cb, NULL);
 }

@@ -57,6 +57,7 @@ CONNS = env_int("BENCH_CONNS", 50)
 THREADS = env_int("BENCH_THREADS", 2)
 IDLE_CONNS = env_int("BENCH_IDLE_CONNS", 10000)   # lowered by bench/run to fit RLIMIT_NOFILE
 NGINX_RSS = env_int("BENCH_NGINX_RSS", 1)
+NGINX_FWD = env_int("BENCH_NGINX_FWD", 1)   # nginx forwards Host and X-Forwarded-* as slurmgate does
 DO_STRACE = env_int("BENCH_STRACE", 0)
 LOWLOAD = env_int("BENCH_LOWLOAD", 3)
 OVERLOAD_CONNS = env_int("BENCH_OVERLOAD_CONNS", 2000)

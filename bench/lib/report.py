@@ -88,7 +88,9 @@ def summary(rds, load1, rss, over, low, syscalls, sc, sl):
         f"wrk -t{THREADS} -c{CONNS}, {DURATION} s runs after {WARMUP} s warm-up, median of "
         f"{ROUNDS} rounds interleaving every target on every upstream, {os.cpu_count()} CPUs "
         f"(load average at start {load1:.2f}), all on 127.0.0.1; nginx {nginx_version()}: "
-        f"1 worker, upstream keepalive 64, proxy_buffering off. Upstreams: " +
+        f"1 worker, upstream keepalive 64, proxy_buffering off, "
+        f"{'forwarding Host and X-Forwarded-For/-Proto/-Host as slurmgate does' if C.NGINX_FWD else 'its default request fields (no X-Forwarded-*)'}. "
+        f"Upstreams: " +
         "; ".join(f"{u}{' (the headline)' if u == HEADLINE else ''}: {UPSTREAMS[u]['desc']}"
                   for u in rds) + ".")
     log("")
