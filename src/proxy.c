@@ -569,7 +569,6 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->slot = slot;
 	*slot = ex;
 	ex->svc = svc;
-	ex->t0 = now_s();
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
@@ -593,6 +592,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	if (r == 0) {
 		ex_go(ex, inst);
 	} else if (r == 1) {
+		ex->t0 = now_s();   /* only a held request's wait is timed */
 		ex->held = true;
 		if (held_total >= (size_t)pcfg->max_held_body && ex->req_has_body)
 			http_pause(down, true);   /* the budget is spent: wait in the TCP window */
