@@ -168,13 +168,15 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	if (ex->head != ex->headbuf)
 		free(ex->head);
 	nactive--;
+#if SPARE_MAX > 0
 	if (nspares < SPARE_MAX) {
 		ex->next_spare = spares;
 		spares = ex;
 		nspares++;
-	} else {
-		free(ex);
+		return;
 	}
+#endif
+	free(ex);
 }
 
 static struct exchange *ex_new(void)
