@@ -249,7 +249,7 @@ static int on_headers_complete(http_parser *p)
 	if (hp->nhoff + 1 > hp->hdrcap) {
 		/* one more for absolute_form's Host; kept for the next message */
 		free(m->hdrs);
-		hp->hdrcap = hp->nhoff + 1 < 16 ? 16 : hp->nhoff + 1;
+		hp->hdrcap = hp->nhoff + 1;   /* no more: an idle connection keeps it */
 		m->hdrs = xcalloc(hp->hdrcap, sizeof *m->hdrs);
 	}
 	m->nhdrs = 0;
