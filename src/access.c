@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "config.h"
+#include "gw.h"
 #include "http.h"
 #include "router.h"
 #include "service.h"
@@ -23,7 +24,7 @@ struct keyslot {
 	char id[20];   /* "sha256:" and 12 hex digits of the key's digest */
 };
 
-static const struct config *acfg;
+static struct gw *gw;
 static struct keyslot *keys;
 static size_t nkeyslots;
 
@@ -36,11 +37,20 @@ static uint64_t fnv1a(const char *p, size_t n)
 	return h;
 }
 
-void access_configure(const struct config *cfg)
+/* "sha256:" and 12 hex digits of KEY's digest, into OUT. */
+static void digest_id(const char *key, char out[20])
 {
 	uint8_t d[32];
 
-	acfg = cfg;
+	sha256(key, strlen(key), d);
+	snprintf(out, 20, "sha256:%02x%02x%02x%02x%02x%02x", d[0], d[1], d[2], d[3], d[4], d[5]);
+}
+
+void access_configure(struct gw *g)
+{
+	const struct config *cfg = g->cfg;
+
+	gw = g;
 	free(keys);
 	nkeyslots = cfg->n_api_keys * 2 + 1;
 	keys = xcalloc(nkeyslots, sizeof *keys);
@@ -51,23 +61,24 @@ void access_configure(const struct config *cfg)
 		while (keys[at].key)
 			at = (at + 1) % nkeyslots;
 		keys[at] = (struct keyslot){h, ak, ""};
-		sha256(ak->key, strlen(ak->key), d);
-		snprintf(keys[at].id, sizeof keys[at].id, "sha256:%02x%02x%02x%02x%02x%02x", d[0], d[1],
-			 d[2], d[3], d[4], d[5]);
+		digest_id(ak->key, keys[at].id);
 	}
 }
 
 const char *access_key_id(const struct api_key *k)
 {
+	static char id[20];   /* a key not in the index (none configured yet) */
 	uint64_t h;
 
 	if (k->name)
 		return k->name;
 	h = fnv1a(k->key, strlen(k->key));
-	for (size_t at = h % nkeyslots, probes = 0; probes < nkeyslots; at = (at + 1) % nkeyslots, probes++)
+	for (size_t at = nkeyslots ? h % nkeyslots : 0, probes = 0; probes < nkeyslots;
+	     at = (at + 1) % nkeyslots, probes++)
 		if (keys[at].key == k)
 			return keys[at].id;
-	return "-";
+	digest_id(k->key, id);
+	return id;
 }
 
 void access_free(void)
@@ -75,7 +86,7 @@ void access_free(void)
 	free(keys);
 	keys = NULL;
 	nkeyslots = 0;
-	acfg = NULL;
+	gw = NULL;
 }
 
 bool access_secret_eq(const char *given, size_t glen, const char *real)
@@ -129,12 +140,12 @@ bool access_peer_trusted(struct hconn *c)
 	struct sockaddr_in sin = {.sin_family = AF_INET};
 	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6};
 
-	if (acfg == NULL || acfg->n_proxies == 0 || p == NULL)
+	if (gw == NULL || gw->cfg->n_proxies == 0 || p == NULL)
 		return false;
 	if (inet_pton(AF_INET, p, &sin.sin_addr) == 1)
-		return router_cidr_match(acfg->proxies, acfg->n_proxies, (struct sockaddr *)&sin);
+		return router_cidr_match(gw->cfg->proxies, gw->cfg->n_proxies, (struct sockaddr *)&sin);
 	if (inet_pton(AF_INET6, p, &sin6.sin6_addr) == 1)
-		return router_cidr_match(acfg->proxies, acfg->n_proxies, (struct sockaddr *)&sin6);
+		return router_cidr_match(gw->cfg->proxies, gw->cfg->n_proxies, (struct sockaddr *)&sin6);
 	return false;
 }
 

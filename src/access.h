@@ -7,14 +7,15 @@
 #include <stddef.h>
 
 struct api_key;
-struct config;
+struct gw;
 struct hconn;
 struct http_msg;
 struct service;
 
-/* Take CFG's api keys (indexed by hash) and trusted proxies. CFG must
- * outlive the next call. */
-void access_configure(const struct config *cfg);
+/* Index the api keys of the config in force (gw.h) by hash; call again
+ * after a reload, before the old config may go. Trusted proxies are read
+ * from the config in force. */
+void access_configure(struct gw *g);
 void access_free(void);
 
 /* Constant-time comparison of a presented secret with the real one. */

@@ -30,6 +30,7 @@ static bool alog_failing;   /* the last write failed (logged once) */
 
 void accesslog_note_reset(struct accesslog_note *n)
 {
+	free(n->service);
 	n->service = NULL;
 	n->instance = -1;
 	n->wait = -1;

@@ -15,13 +15,15 @@ struct http_xfer;
 
 /* What routing and the proxy learn about one exchange. */
 struct accesslog_note {
-	const char *service;   /* the service's name (its config lives until exit), or NULL */
+	char *service;         /* a copy of the service's name (malloc'd; a reload may
+	                        * free the service first), or NULL */
 	int instance;          /* the instance that answered, -1: none */
 	double wait;           /* seconds held for a start, < 0: not held */
 	char key[72];          /* the api key's id, "" for none */
 };
 
-/* A note for a new request: nothing known yet. */
+/* A note for a new request: nothing known yet (frees what N held; N starts
+ * zeroed). Also the note's end. */
 void accesslog_note_reset(struct accesslog_note *n);
 
 /* Log to FILE ("-": stderr; NULL: no access log), as JSON lines or not.

@@ -36,13 +36,16 @@ static void ep_check(struct hconn *c, struct service *s)
 static void ep_demand(struct hconn *c, struct service *s)
 {
 	json_t *o;
+	char ra[40];
 
 	service_demand(s);
 	o = api_service_json(s, true);
+	/* a pending Slurm job: when Slurm expects to start it */
+	snprintf(ra, sizeof ra, "Retry-After: %d\r\n", service_retry_after(s, 5));
 	if (service_state(s) == SVC_READY)
 		reply_json(c, 200, o, NULL);
 	else
-		reply_json(c, 503, o, "Retry-After: 5\r\n");
+		reply_json(c, 503, o, ra);
 }
 
 static void ep_management(struct hconn *c, bool enable, bool kill)

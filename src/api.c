@@ -33,6 +33,8 @@ static json_t *instance_json(const struct instance *i, const struct launcher_ops
 	}
 	json_object_set_new(o, "time_left_seconds",
 			    i->deadline > 0 ? reply_real(i->deadline - now_s()) : json_null());
+	json_object_set_new(o, "expected_start",
+			    i->expected_start > 0 ? reply_real(i->expected_start) : json_null());
 	return o;
 }
 
@@ -45,16 +47,21 @@ json_t *api_service_json(const struct service *s, bool seed_style)
 	const char *err = service_last_error(s);
 	json_t *o, *insts;
 	struct instance *i;
+	double eta = service_expected_start_in(s);
 
 	service_reason(s, reason, sizeof reason);
 	/* the seed's "Name" in the seed's answers, "name" everywhere else */
 	o = json_pack("{s:s,s:b,s:b,s:s}", seed_style ? "Name" : "name", cfg->name, "started",
 		      st == SVC_STARTING || st == SVC_READY, "running", st == SVC_READY, "reason", reason);
 	if (seed_style)
-		return o;
+		return o;   /* the seed's keys only: the expected start is in the reason */
 	json_object_set_new(o, "route_name", json_string(cfg->route_name));
 	json_object_set_new(o, "state", json_string(service_state_name(st)));
 	json_object_set_new(o, "launcher", json_string(cfg->launcher->name));
+	/* Slurm's expected start of a pending job, in seconds from now */
+	json_object_set_new(o, "expected_start_in", eta >= 0 ? reply_real(eta) : json_null());
+	if (cfg->launcher->describe_service)
+		cfg->launcher->describe_service(cfg, o);
 	json_object_set_new(o, "in_flight", json_integer(service_inflight(s)));
 	json_object_set_new(o, "waiting", json_integer(service_waiting(s)));
 	json_object_set_new(o, "idle_seconds_left", idle >= 0 ? reply_real(idle) : json_null());

@@ -8,21 +8,22 @@
 
 #include "access.h"
 #include "config.h"
+#include "gw.h"
 #include "http.h"
 #include "log.h"
 #include "reply.h"
 #include "util.h"
 
-static const struct config *acfg;
+static struct gw *gw;
 
-void auth_configure(const struct config *cfg)
+void auth_configure(struct gw *g)
 {
-	acfg = cfg;
+	gw = g;
 }
 
 bool auth_admin_token_required(void)
 {
-	return acfg != NULL && acfg->admin_token != NULL;
+	return gw != NULL && gw->cfg->admin_token != NULL;
 }
 
 bool auth_admin(struct hconn *c, const struct http_msg *m)
@@ -30,10 +31,10 @@ bool auth_admin(struct hconn *c, const struct http_msg *m)
 	size_t len = 0;
 	const char *t;
 
-	if (acfg->admin_token == NULL)
+	if (gw->cfg->admin_token == NULL)
 		return true;
 	t = access_bearer(m, &len);
-	if (t != NULL && access_secret_eq(t, len, acfg->admin_token))
+	if (t != NULL && access_secret_eq(t, len, gw->cfg->admin_token))
 		return true;
 	reply_json(c, 401,
 		   json_pack("{s:s,s:i}", "error",
@@ -60,7 +61,7 @@ const char *auth_key_id(const struct http_msg *m)
 	const char *t;
 	const struct api_key *k;
 
-	if (acfg->n_api_keys == 0 || (t = access_bearer(m, &len)) == NULL)
+	if (gw->cfg->n_api_keys == 0 || (t = access_bearer(m, &len)) == NULL)
 		return "";
 	k = access_key_find(t, len);
 	return k ? access_key_id(k) : "";
@@ -73,7 +74,7 @@ bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s
 	const struct api_key *k;
 	const char *www = "WWW-Authenticate: Bearer realm=\"slurmgate\"\r\n";
 
-	if (acfg->n_api_keys == 0)
+	if (gw->cfg->n_api_keys == 0)
 		return true;
 	t = access_bearer(m, &len);
 	k = t ? access_key_find(t, len) : NULL;
@@ -98,7 +99,7 @@ bool auth_key(struct hconn *c, const struct http_msg *m, const struct service *s
 
 bool auth_public_status(void)
 {
-	return acfg == NULL || acfg->public_status;
+	return gw == NULL || gw->cfg->public_status;
 }
 
 bool auth_read(struct hconn *c, const struct http_msg *m)
@@ -109,7 +110,7 @@ bool auth_read(struct hconn *c, const struct http_msg *m)
 	if (auth_public_status())
 		return true;
 	t = access_bearer(m, &len);
-	if (t != NULL && ((acfg->admin_token && access_secret_eq(t, len, acfg->admin_token)) ||
+	if (t != NULL && ((gw->cfg->admin_token && access_secret_eq(t, len, gw->cfg->admin_token)) ||
 			  access_key_find(t, len) != NULL))
 		return true;
 	reply_json(c, 401,
@@ -124,7 +125,7 @@ bool auth_read(struct hconn *c, const struct http_msg *m)
 
 bool auth_logs(struct hconn *c, const struct http_msg *m)
 {
-	if (acfg->admin_token != NULL)
+	if (gw->cfg->admin_token != NULL)
 		return auth_admin(c, m);
 	return auth_read(c, m);
 }

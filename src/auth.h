@@ -14,13 +14,13 @@
 
 #include <stdbool.h>
 
-struct config;
+struct gw;
 struct hconn;
 struct http_msg;
 struct service;
 
-/* Take CFG's admin_token and api_keys (CFG outlives the next call). */
-void auth_configure(const struct config *cfg);
+/* The admin_token and api_keys are those of G's config in force (gw.h). */
+void auth_configure(struct gw *g);
 
 /* Whether admin endpoints need the admin token (the status page hides its
  * token box when not). */

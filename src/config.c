@@ -18,6 +18,7 @@
 
 #include "launcher.h"
 #include "confcheck.h"
+#include "config_int.h"
 #include "log.h"
 #include "util.h"
 
@@ -66,6 +67,7 @@ static const struct field svc_fields[] = {
 	{"ssh_port", F_PORT, SVC(ssh_port), false, 0, NULL, 1, 65535},
 	{"ssh_options", F_STRLIST, SVC(ssh_options), false, 0, NULL, 0, 0},
 	{"sbatch_args", F_STRLIST, SVC(sbatch_args), false, 0, NULL, 0, 0},
+	{"slurm_agent", F_STR, SVC(slurm_agent), false, 0, NULL, 0, 0},
 	{"min_instances", F_INT, SVC(min_instances), false, 0, NULL, 0, 64},
 	{"max_instances", F_INT, SVC(max_instances), false, 1, NULL, 1, 64},
 	{"target_concurrency", F_INT, SVC(target_concurrency), false, 4, NULL, 1, 100000},
@@ -97,7 +99,8 @@ static const struct field cfg_fields[] = {
 	{"instance_id", F_STR, CFG(instance_id), false, 0, NULL, 0, 0},
 	{"ssh_host_key_checking", F_STR, CFG(ssh_host_key_checking), false, 0, "accept-new", 0, 0},
 	{"keep_jobs_on_exit", F_BOOL, CFG(keep_jobs_on_exit), false, 0, NULL, 0, 0},
-	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 500, NULL, 50, 60000},
+	/* 0: 500 ms, 200 ms through a slurm_agent (no ssh per squeue) */
+	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 0, NULL, 50, 60000},
 	{"poll_slow_s", F_INT, CFG(poll_slow_s), false, 15, NULL, 1, 3600},
 	{"admin_token_file", F_STR, CFG(admin_token_file), false, 0, NULL, 0, 0},
 	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},
@@ -120,14 +123,7 @@ static const char *const reserved_routes[] = {
 	"disable_service_management", "kill_disable_service_management", "favicon.ico", NULL,
 };
 
-struct errs {
-	char **v;
-	size_t n;
-};
-
-static void err_add(struct errs *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void err_add(struct errs *e, const char *fmt, ...)
+void err_add(struct errs *e, const char *fmt, ...)
 {
 	va_list ap;
 	char *s;
@@ -315,10 +311,38 @@ static void fields_load(const struct field *tab, void *base, json_t *obj, const 
 	}
 }
 
-static bool route_char_ok(char c)
+bool route_char_ok(char c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
 	       c == '_' || c == '-' || c == '.' || c == '~';
+}
+
+/* A control character (TAB, newline ...): the agent's protocol cannot carry it. */
+static bool has_ctl(const char *v)
+{
+	for (; v && *v; v++)
+		if ((unsigned char)*v < 0x20 || *v == 0x7f)
+			return true;
+	return false;
+}
+
+/* slurm_agent: a path on the login node; what goes through it must fit
+ * the agent's line protocol (remote/slurmgate-agent). */
+static void agent_check(const struct svc_config *s, const char *path, struct errs *e)
+{
+	if (s->launcher == NULL || !s->launcher->remote_agent)
+		err_add(e, "%s.slurm_agent: only for launcher \"slurm\"", path);
+	if (s->slurm_agent[0] == '\0' || has_ctl(s->slurm_agent))
+		err_add(e, "%s.slurm_agent: must be a path on the login node, without control characters",
+			path);
+	if (has_ctl(s->bash_file) || (s->bash_file && s->bash_file[0] != '/'))
+		err_add(e, "%s.bash_file: with slurm_agent, must be an absolute path without control "
+			   "characters (the agent checks it against its allow-list)", path);
+	for (char **a = s->sbatch_args; a && *a; a++)
+		if (has_ctl(*a) || (*a)[0] != '-' || strcmp(*a, "-") == 0 || strcmp(*a, "--") == 0)
+			err_add(e, "%s.sbatch_args: with slurm_agent, each must be one option word "
+				   "(\"--option=value\"), without control characters: \"%s\"", path,
+				log_escape(*a, strlen(*a)));
 }
 
 /* Cross-field checks and normalisation of one service. */
@@ -388,6 +412,8 @@ static void service_check(struct svc_config *s, json_t *o, const char *path, con
 		err_add(problems, "%s.ssh_key_file: %s", path, cause);
 		free(cause);
 	}
+	if (s->slurm_agent)
+		agent_check(s, path, e);
 }
 
 static void free_list(char **list)
@@ -469,154 +495,34 @@ static void svc_config_free(struct svc_config *s)
 	free_list(s->api_paths);
 	free_list(s->ssh_options);
 	free_list(s->sbatch_args);
+	free(s->slurm_agent);
 	free_list(s->aliases);
 }
 
-/* A file holding a secret should be readable by its owner alone. */
-static void check_secrecy(const char *path, const char *what)
-{
-	struct stat st;
+static size_t nlive;   /* configs allocated and not yet freed */
 
-	if (stat(path, &st) == 0 && (st.st_mode & 077))
-		log_warn("%s %s is readable by others (mode %03o): chmod 600 it", what, path,
-			 (unsigned)(st.st_mode & 0777));
+size_t config_live(void)
+{
+	return nlive;
 }
 
-/* An api key's name goes into access log lines as it is: a plain word. */
-static bool key_name_ok(json_t *v)
+struct config *config_ref(struct config *cfg)
 {
-	const char *s = json_string_value(v);
-	size_t n = s ? strlen(s) : 0;
-
-	if (n == 0 || n > 64)
-		return false;
-	for (const char *p = s; *p; p++)
-		if (!route_char_ok(*p) && *p != '@')
-			return false;
-	return *s != '-';
+	cfg->refs++;
+	return cfg;
 }
 
-/* api_keys: [{"key": "...", "services": ["name", ...], "name": "..."}, ...] from V (PATH names it). */
-static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct errs *e)
+void config_unref(struct config *cfg)
 {
-	size_t i;
-	json_t *o;
-
-	if (!json_is_array(v)) {
-		err_add(e, "%s: must be an array of {\"key\", \"services\"} objects", path);
-		return;
-	}
-	json_array_foreach(v, i, o) {
-		json_t *k = json_object_get(o, "key"), *sv = json_object_get(o, "services");
-		json_t *nm = json_object_get(o, "name");
-		const char *name;
-		json_t *val;
-		struct api_key *ak;
-
-		if (!json_is_object(o)) {
-			err_add(e, "%s[%zu]: must be an object", path, i);
-			continue;
-		}
-		json_object_foreach(o, name, val)
-			if (strcmp(name, "key") != 0 && strcmp(name, "services") != 0 &&
-			    strcmp(name, "name") != 0)
-				err_add(e, "%s[%zu].%s: unknown key", path, i, log_escape(name, strlen(name)));
-		if (nm != NULL && !key_name_ok(nm)) {
-			err_add(e, "%s[%zu].name: must be letters, digits, '_', '-', '.' or '@' (1-64)",
-				path, i);
-			nm = NULL;
-		}
-		if (!json_is_string(k) || json_string_length(k) < 8) {
-			err_add(e, "%s[%zu].key: must be a string of at least 8 characters", path, i);
-			continue;
-		}
-		if (sv != NULL && !json_is_array(sv)) {
-			err_add(e, "%s[%zu].services: must be an array of service names", path, i);
-			continue;
-		}
-		cfg->api_keys = xrealloc(cfg->api_keys, (cfg->n_api_keys + 1) * sizeof *cfg->api_keys);
-		ak = &cfg->api_keys[cfg->n_api_keys++];
-		ak->key = xstrdup(json_string_value(k));
-		ak->name = nm ? xstrdup(json_string_value(nm)) : NULL;
-		ak->services = NULL;
-		if (sv != NULL) {
-			size_t n = json_array_size(sv);
-			ak->services = xcalloc(n + 1, sizeof *ak->services);
-			for (size_t q = 0; q < n; q++) {
-				const char *sn = json_string_value(json_array_get(sv, q));
-				ak->services[q] = xstrdup(sn ? sn : "");
-				if (sn == NULL)
-					err_add(e, "%s[%zu].services[%zu]: must be a string", path, i, q);
-			}
-		}
-	}
-}
-
-/* Secrets that live in files, and the api keys' service names. */
-static void secrets_load(struct config *cfg, json_t *root, struct errs *e)
-{
-	json_t *keys = json_object_get(root, "api_keys");
-
-	if (keys)
-		api_keys_add(cfg, keys, "$.api_keys", e);
-	if (cfg->admin_token_file) {
-		FILE *f = fopen(cfg->admin_token_file, "r");
-		char buf[512] = "";
-		size_t n;
-		if (cfg->admin_token)
-			err_add(e, "$.admin_token_file: give admin_token or admin_token_file, not both");
-		else if (f == NULL)
-			err_add(e, "$.admin_token_file: %s: %s", cfg->admin_token_file, strerror(errno));
-		else {
-			n = fread(buf, 1, sizeof buf - 1, f);
-			buf[n] = '\0';
-			while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
-				buf[--n] = '\0';
-			if (n == 0)
-				err_add(e, "$.admin_token_file: %s is empty", cfg->admin_token_file);
-			else
-				cfg->admin_token = xstrdup(buf);
-			check_secrecy(cfg->admin_token_file, "admin_token_file");
-		}
-		if (f)
-			fclose(f);
-	}
-	if (cfg->api_keys_file) {
-		json_error_t jerr;
-		json_t *v = json_load_file(cfg->api_keys_file, 0, &jerr);
-		if (v == NULL)
-			err_add(e, "$.api_keys_file: %s:%d: %s", cfg->api_keys_file, jerr.line, jerr.text);
-		else
-			api_keys_add(cfg, json_is_object(v) ? json_object_get(v, "api_keys") : v,
-				     "$.api_keys_file", e);
-		json_decref(v);
-		check_secrecy(cfg->api_keys_file, "api_keys_file");
-	}
-	for (size_t k = 0; k < cfg->n_api_keys; k++) {
-		for (size_t q = 0; q < k && cfg->api_keys[k].name; q++)
-			if (cfg->api_keys[q].name && strcmp(cfg->api_keys[q].name, cfg->api_keys[k].name) == 0)
-				err_add(e, "api_keys[%zu].name: \"%s\" also names api_keys[%zu]", k,
-					cfg->api_keys[k].name, q);
-		if (cfg->admin_token && strcmp(cfg->api_keys[k].key, cfg->admin_token) == 0)
-			err_add(e, "api_keys[%zu].key: must differ from the admin token", k);
-		for (char **sv = cfg->api_keys[k].services; sv && *sv; sv++) {
-			bool found = false;
-			for (size_t q = 0; q < cfg->n_services; q++)
-				found |= cfg->services[q].name && strcmp(cfg->services[q].name, *sv) == 0;
-			if (!found)
-				err_add(e, "api_keys[%zu].services: no service is named \"%s\"", k,
-					log_escape(*sv, strlen(*sv)));
-		}
-	}
-	if (!cfg->public_status && cfg->n_api_keys == 0 && cfg->admin_token == NULL)
-		err_add(e, "$.public_status: false needs api_keys or an admin_token (else nobody "
-			   "could read the state)");
+	if (cfg != NULL && --cfg->refs == 0)
+		config_free(cfg);
 }
 
 void config_free(struct config *cfg)
 {
 	if (cfg == NULL)
 		return;
+	nlive--;
 	for (size_t i = 0; i < cfg->n_services; i++)
 		svc_config_free(&cfg->services[i]);
 	free(cfg->services);
@@ -669,6 +575,8 @@ struct config *config_load(const char *file, char ***errs_out)
 		return NULL;
 	}
 	cfg = xcalloc(1, sizeof *cfg);
+	cfg->refs = 1;
+	nlive++;
 	cfg->path = xstrdup(file);
 	dircopy = xstrdup(file);
 	cfgdir = dirname(dircopy);
@@ -746,6 +654,16 @@ struct config *config_load(const char *file, char ***errs_out)
 				err_add(&e, "Services[%zu].remote_port: ports %d-%d overlap Services[%zu] (%d-%d)", i,
 					a->remote_port, a->remote_port + port_span(a) - 1, j, b->remote_port,
 					b->remote_port + port_span(b) - 1);
+		}
+		for (size_t j = 0; j < i; j++) {
+			struct svc_config *b = &cfg->services[j];
+			/* one agent per target (runner_for's key) */
+			if (a->launcher && a->launcher->remote_agent && a->launcher == b->launcher &&
+			    same_str(a->remote_host, b->remote_host) && same_str(a->ssh_username, b->ssh_username) &&
+			    a->ssh_port == b->ssh_port && same_str(a->ssh_key_file, b->ssh_key_file) &&
+			    !same_str(a->slurm_agent, b->slurm_agent))
+				err_add(&e, "Services[%zu].slurm_agent: Services[%zu] has the same login node "
+					    "and must name the same agent", i, j);
 		}
 		if (ranges_overlap(a->local_port, port_span(a), cfg->listen_port, 1))
 			err_add(&e, "Services[%zu].local_port: %d is the gateway's own listen port", i,

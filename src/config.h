@@ -38,6 +38,7 @@ struct svc_config {
 	int ssh_port;             /* 0: ssh's default */
 	char **ssh_options;       /* extra "-o" settings, NULL-terminated */
 	char **sbatch_args;       /* extra sbatch arguments, NULL-terminated */
+	char *slurm_agent;        /* slurmgate-agent on the login node (NULL: plain commands) */
 	int min_instances;        /* kept running, even when idle */
 	int max_instances;        /* instances at most */
 	int target_concurrency;   /* requests in flight per instance the scaler aims for */
@@ -51,6 +52,7 @@ struct svc_config {
 };
 
 struct config {
+	int refs;                 /* config_ref/config_unref; freed with the last */
 	char *path;
 	char *listen_host;
 	int listen_port;
@@ -71,7 +73,8 @@ struct config {
 	char *instance_id;        /* names this gateway's Slurm jobs */
 	char *ssh_host_key_checking; /* "accept-new" or "yes" */
 	bool keep_jobs_on_exit;   /* leave jobs running at exit (a restart adopts them) */
-	int poll_fast_ms;         /* squeue interval while something starts or stops */
+	int poll_fast_ms;         /* squeue interval while something starts or stops
+	                           * (0: not set; 500, or 200 through a slurm_agent) */
 	int poll_slow_s;          /* squeue interval otherwise */
 	char *admin_token_file;
 	char *api_keys_file;
@@ -103,7 +106,16 @@ struct config {
  * problem ("Services[0].timeout: must be a positive integer") to *errs
  * (a NULL-terminated malloc'd array the caller frees with config_free_errors). */
 struct config *config_load(const char *file, char ***errs);
+/* Lifetime: config_load returns a config with one reference (the
+ * caller's). Whatever keeps pointers into it past a reload (the gateway's
+ * context for the one in force, each service for the one its svc_config
+ * lives in) holds a reference; the last config_unref frees it. */
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg);
+/* Free CFG now, whatever its references (a config nobody else has seen). */
 void config_free(struct config *cfg);
+/* Configs allocated and not yet freed (slurmgate_configs_live in /metrics). */
+size_t config_live(void);
 void config_free_errors(char **errs);
 
 #endif

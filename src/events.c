@@ -206,9 +206,26 @@ static uint64_t answered(const struct service *s)
 	return n;
 }
 
+/* Forget the history of services no longer in the config (a reload
+ * removed them; they may be freed, so their pointers are only compared). */
+static void hist_prune(void)
+{
+	size_t kept = 0;
+
+	for (size_t k = 0; k < nhists; k++) {
+		bool live = false;
+		for (size_t q = 0; q < services_count() && !live; q++)
+			live = service_at(q) == hists[k].s;
+		if (live)
+			hists[kept++] = hists[k];
+	}
+	nhists = kept;
+}
+
 static void sample_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what, (void)arg;
+	hist_prune();
 	for (size_t k = 0; k < services_count(); k++) {
 		struct service *s = service_at(k);
 		struct hist *h = hist_for(s);

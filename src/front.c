@@ -40,6 +40,7 @@
 #include "auth.h"
 #include "config.h"
 #include "events.h"
+#include "gw.h"
 #include "http.h"
 #include "launcher.h"
 #include "log.h"
@@ -68,11 +69,10 @@ struct model {
 	struct service *svc;
 };
 
-static struct config *fcfg;
+static struct gw *gw;
 static struct http_limits limits;
 static struct evconnlistener *listener;
 static struct event *resume_ev;
-static struct event_base *fbase;
 static struct model *models;
 static size_t nmodels;
 
@@ -82,9 +82,9 @@ static bool host_ok(struct hconn *c, const struct http_msg *m)
 	const struct http_hdr *h = http_find(m, "host");
 	char msg[300];
 
-	if (fcfg->allowed_hosts == NULL)
+	if (gw->cfg->allowed_hosts == NULL)
 		return true;
-	if (h != NULL && router_host_allowed(h->value, h->vlen, fcfg->allowed_hosts))
+	if (h != NULL && router_host_allowed(h->value, h->vlen, gw->cfg->allowed_hosts))
 		return true;
 	snprintf(msg, sizeof msg, "this gateway does not serve the host \"%s\" (allowed_hosts)",
 		 h ? log_escape(h->value, h->vlen > 100 ? 100 : h->vlen) : "");
@@ -151,7 +151,7 @@ static const struct api_key *request_key(const struct http_msg *m)
 	size_t len;
 	const char *t = access_bearer(m, &len);
 
-	return fcfg->n_api_keys > 0 ? access_key_find(t, len) : NULL;
+	return gw->cfg->n_api_keys > 0 ? access_key_find(t, len) : NULL;
 }
 
 static void ep_models(struct hconn *c, const struct http_msg *m)
@@ -228,7 +228,7 @@ static bool wants_sse(const struct http_msg *m)
 static void fwd_opts(struct hconn *c, const struct http_msg *m, const struct service *s,
 		     struct proxy_opts *opt, char *keybuf)
 {
-	opt->strip_auth = fcfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
+	opt->strip_auth = gw->cfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
 	opt->trust_forwarded = access_peer_trusted(c);
 	key_id(request_key(m), keybuf);
 	opt->key_id = keybuf;
@@ -288,7 +288,8 @@ static void v1_forward(struct session *ss, const char *model, bool stream, bool 
 		reply_openai_err(c, 404, "invalid_request_error", "model_not_found", msg, NULL);
 		return;
 	}
-	ss->note.service = service_config(s)->name;
+	free(ss->note.service);
+	ss->note.service = xstrdup(service_config(s)->name);
 	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
 	if (!auth_key(c, m, s, true))
 		return;
@@ -332,7 +333,7 @@ static void v1_form_feed(struct session *ss, const char *p, size_t n, bool done)
 	case FORM_MORE:
 		if (done)
 			goto no_model;
-		if (evbuffer_get_length(ss->v1body) > (size_t)fcfg->max_form_scan) {
+		if (evbuffer_get_length(ss->v1body) > (size_t)gw->cfg->max_form_scan) {
 			v1body_free(ss);
 			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
 					 "the form's \"model\" field does not come within max_form_scan bytes",
@@ -411,7 +412,8 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	struct proxy_opts opt = {0};
 	char keybuf[KEY_ID_MAX];
 
-	ss->note.service = cfg->name;
+	free(ss->note.service);
+	ss->note.service = xstrdup(cfg->name);
 	snprintf(ss->note.key, sizeof ss->note.key, "%s", auth_key_id(m));
 	if (!auth_key(c, m, s, false))
 		return;
@@ -497,7 +499,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 			ss->form = fs;
 			return;
 		}
-		if (m->content_length > fcfg->max_json_body) {
+		if (m->content_length > gw->cfg->max_json_body) {
 			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
 					 "the JSON body is larger than max_json_body", NULL);
 			return;
@@ -529,7 +531,7 @@ static void s_body(struct hconn *c, const char *p, size_t n)
 		http_set_owned(c, evbuffer_get_length(ss->v1body));
 		v1_form_feed(ss, p, n, false);
 	} else if (ss->v1body) {
-		if (evbuffer_get_length(ss->v1body) + n > (size_t)fcfg->max_json_body) {
+		if (evbuffer_get_length(ss->v1body) + n > (size_t)gw->cfg->max_json_body) {
 			/* chunked, or more than announced: stop here (the connection ends) */
 			v1body_free(ss);
 			reply_openai_err(c, 413, "invalid_request_error", "request_too_large",
@@ -570,6 +572,7 @@ static void s_closed(struct hconn *c, const char *why)
 		events_unsubscribe(c);
 	v1body_free(ss);
 	router_target_free(&ss->rt);
+	accesslog_note_reset(&ss->note);
 	free(ss);
 }
 
@@ -595,8 +598,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	struct session *ss;
 
 	(void)l, (void)sa, (void)salen, (void)arg;
-	if (http_count(true) >= (size_t)fcfg->max_connections) {
-		log_warn("max_connections (%d) reached: refusing a connection", fcfg->max_connections);
+	if (http_count(true) >= (size_t)gw->cfg->max_connections) {
+		log_warn("max_connections (%d) reached: refusing a connection", gw->cfg->max_connections);
 		evutil_closesocket(fd);
 		return;
 	}
@@ -622,8 +625,8 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 	event_add(resume_ev, &(struct timeval){1, 0});
 }
 
-/* Index model names and api keys of CFG. */
-static void build_indexes(struct config *cfg)
+/* Index model names and api keys of the config in force. */
+static void build_indexes(void)
 {
 	free(models);
 	nmodels = 0;
@@ -641,13 +644,14 @@ static void build_indexes(struct config *cfg)
 	}
 	qsort(models, nmodels, sizeof *models, model_cmp);
 
-	access_configure(cfg);
-	auth_configure(cfg);
+	access_configure(gw);
+	auth_configure(gw);
 }
 
-void front_reconfigure(struct config *cfg)
+void front_reconfigure(void)
 {
-	fcfg = cfg;
+	const struct config *cfg = gw->cfg;
+
 	/* connections share this struct: new limits apply at once */
 	limits.max_header = cfg->max_header_size;
 	limits.max_body = cfg->max_body_size;
@@ -655,18 +659,20 @@ void front_reconfigure(struct config *cfg)
 	limits.body_timeout = cfg->body_timeout;
 	limits.keepalive_timeout = cfg->keepalive_timeout;
 	limits.send_timeout = cfg->send_timeout;
-	proxy_init(fbase, cfg);
-	build_indexes(cfg);
+	proxy_init(gw);
+	build_indexes();
 }
 
-int front_start(struct event_base *base, struct config *cfg)
+int front_start(struct gw *g)
 {
+	const struct config *cfg = g->cfg;
+	struct event_base *base = g->base;
 	char spec[300];
 	struct sockaddr_storage ss;
 	int len = sizeof ss;
 
-	fbase = base;
-	front_reconfigure(cfg);
+	gw = g;
+	front_reconfigure();
 	events_init(base);
 	snprintf(spec, sizeof spec, strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
 		 cfg->listen_host, cfg->listen_port);

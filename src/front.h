@@ -5,13 +5,14 @@
 
 #include <stddef.h>
 
-struct config;
-struct event_base;
+struct gw;
 
-/* Listen on cfg->listen_host:listen_port. Returns -1 (and logs) on failure. */
-int front_start(struct event_base *base, struct config *cfg);
-/* Take a reloaded config (limits, tokens, keys); the listener stays. */
-void front_reconfigure(struct config *cfg);
+/* Listen on the listen_host:listen_port of G's config (G: gw.h, kept).
+ * Returns -1 (and logs) on failure. */
+int front_start(struct gw *g);
+/* After a reload swapped gw->cfg: apply its limits, tokens and keys (and
+ * drop every pointer into the old config); the listener stays. */
+void front_reconfigure(void);
 /* Stop accepting new connections (shutdown). */
 void front_stop_accepting(void);
 /* Close the listener. */

@@ -34,13 +34,14 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "gw.h"
 #include "log.h"
 #include "util.h"
 
 TAILQ_HEAD(hconn_list, hconn);
 static struct hconn_list dirty = TAILQ_HEAD_INITIALIZER(dirty);
 static struct hconn_list grave = TAILQ_HEAD_INITIALIZER(grave);
-static struct event_base *hbase;
+static struct gw *gw;
 static struct event *flush_ev;
 static int depth;
 static size_t n_open[2];   /* [true]: server side (it reads requests), [false]: client side */
@@ -208,7 +209,7 @@ static struct {
 	int secs;
 	const struct timeval *tv;
 } known_timeouts[32];
-static int nknown_timeouts;   /* of hbase: reset by http_init */
+static int nknown_timeouts;   /* of gw->base: reset by http_init */
 
 static const struct timeval *common_timeout(int secs)
 {
@@ -219,7 +220,7 @@ static const struct timeval *common_timeout(int secs)
 		if (known_timeouts[k].secs == secs)
 			return known_timeouts[k].tv;
 	if (nknown_timeouts == (int)(sizeof known_timeouts / sizeof *known_timeouts) ||
-	    (ct = event_base_init_common_timeout(hbase, &tv)) == NULL)
+	    (ct = event_base_init_common_timeout(gw->base, &tv)) == NULL)
 		return NULL;
 	known_timeouts[nknown_timeouts].secs = secs;
 	known_timeouts[nknown_timeouts++].tv = ct;
@@ -342,12 +343,12 @@ static void budget_cb(evutil_socket_t fd, short what, void *arg)
 	leave();
 }
 
-void http_init(struct event_base *base)
+void http_init(struct gw *g)
 {
-	hbase = base;
+	gw = g;
 	nknown_timeouts = 0;
-	flush_ev = event_new(base, -1, 0, flush_cb, NULL);
-	budget_ev = event_new(base, -1, 0, budget_cb, NULL);
+	flush_ev = event_new(g->base, -1, 0, flush_cb, NULL);
+	budget_ev = event_new(g->base, -1, 0, budget_cb, NULL);
 }
 
 /* --- closing --- */
@@ -619,7 +620,7 @@ static void writecb(struct bufferevent *bev, void *arg)
 
 void hc_start_reading(struct hconn *c)
 {
-	c->rev = event_new(hbase, c->fd, EV_READ | EV_PERSIST, read_cb, c);
+	c->rev = event_new(gw->base, c->fd, EV_READ | EV_PERSIST, read_cb, c);
 	hc_rd_update(c);
 }
 
@@ -697,7 +698,7 @@ struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
 	c->side = side;
 	c->ops = ops;
 	c->owner = owner;
-	c->bev = bufferevent_socket_new(hbase, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->bev = bufferevent_socket_new(gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL)
 		fatal("bufferevent_socket_new failed");
 	bufferevent_setcb(c->bev, NULL, writecb, eventcb, c);
@@ -705,7 +706,7 @@ struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
 	http_buffer_track(c->in);
 	http_buffer_track(bufferevent_get_output(c->bev));
 	bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_LOW_MARK, 0);
-	c->timer = evtimer_new(hbase, timer_cb, c);
+	c->timer = evtimer_new(gw->base, timer_cb, c);
 	c->wbuf = evbuffer_new();
 	http_buffer_track(c->wbuf);
 	hparse_init(&c->hp, side->requests, side->hp_ops, c);
@@ -785,7 +786,7 @@ void hc_rd_update(struct hconn *c)
 	} else {
 		event_del(c->rev);
 		if (c->closed_ev == NULL)
-			c->closed_ev = event_new(hbase, c->fd, EV_CLOSED | EV_PERSIST, closed_cb, c);
+			c->closed_ev = event_new(gw->base, c->fd, EV_CLOSED | EV_PERSIST, closed_cb, c);
 		event_add(c->closed_ev, NULL);
 	}
 }

@@ -23,7 +23,7 @@
 
 #include "http_parse.h"
 
-struct event_base;
+struct gw;
 struct evbuffer;
 struct hconn;
 
@@ -47,8 +47,9 @@ struct hconn_ops {
 	void (*finished)(struct hconn *c, const struct http_msg *m, const struct http_xfer *x);
 };
 
-/* Prepare the module for BASE (output flushing once per loop iteration). */
-void http_init(struct event_base *base);
+/* Prepare the module for G's event base (gw.h; output flushing once per
+ * loop iteration). */
+void http_init(struct gw *g);
 
 void *http_owner(struct hconn *c);
 void http_set_owner(struct hconn *c, const struct hconn_ops *ops, void *owner);

@@ -13,6 +13,7 @@
 #include <event2/util.h>
 
 #include "config.h"
+#include "gw.h"
 #include "http.h"
 #include "http_pool.h"
 #include "log.h"
@@ -23,12 +24,12 @@
 #define PROBE_MAX_MS 100
 #define PROBE_TIMEOUT_S 5
 
-static struct event_base *ibase;
+static struct gw *gw;
 
-void instances_init(struct event_base *base, int upstream_keepalive)
+void instances_init(struct gw *g)
 {
-	ibase = base;
-	http_pool_init(upstream_keepalive);
+	gw = g;
+	http_pool_init(g->cfg->upstream_keepalive);
 }
 
 const char *instance_state_name(enum inst_state st)
@@ -112,14 +113,15 @@ struct instance *instance_new(struct service *s, int index)
 
 	i->index = index;
 	i->svc = s;
+	service_ref(s);   /* until I is freed: a gone instance still names it */
 	i->refs = 1;   /* the launcher's, dropped by instance_gone */
 	i->state = INST_STARTING;
 	i->created = i->state_since = now_s();
 	i->remote_port = c->remote_port + index;
 	i->local_port = c->local_port + index;
-	i->timer = evtimer_new(ibase, timer_cb, i);
-	i->probe_timer = evtimer_new(ibase, probe_timer_cb, i);
-	i->handover_ev = evtimer_new(ibase, handover_cb, i);
+	i->timer = evtimer_new(gw->base, timer_cb, i);
+	i->probe_timer = evtimer_new(gw->base, probe_timer_cb, i);
+	i->handover_ev = evtimer_new(gw->base, handover_cb, i);
 	TAILQ_INIT(&i->users);
 	snprintf(i->detail, sizeof i->detail, "launching");
 	return i;
@@ -141,6 +143,7 @@ void instance_unref(struct instance *i)
 	event_free(i->probe_timer);
 	event_free(i->handover_ev);
 	free(i->pool);
+	service_unref(i->svc);
 	free(i);
 }
 

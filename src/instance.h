@@ -6,7 +6,8 @@
  * reference is dropped when the launcher says "gone" (instance_gone); the
  * instance is freed when no reference is left. A gone instance is detached
  * from its service at once (not listed, not picked), so a late reference
- * only ever sees it in state GONE.
+ * only ever sees it in state GONE. An instance holds a reference on its
+ * service (service_ref) until it is freed.
  *
  * States (one meaning each; every move goes through instance_set_state(),
  * which checks a table of legal moves and logs "old -> new (why)"):
@@ -76,6 +77,8 @@ struct instance {
 	int probe_status;
 	int probe_fails;              /* consecutive failed probes while ready */
 	double deadline;              /* slurm: when the job's time limit ends (0: none) */
+	double expected_start;        /* slurm: Slurm's expected start while pending
+	                               * (wall clock, wall_s(); 0: none) */
 	struct instance *replaces;    /* a handover: the instance this one takes over from */
 	struct instance *replaced_by;
 	struct hconn *probe;
@@ -149,9 +152,11 @@ void instance_detach_all(struct instance *i, const char *why, bool abort_users);
 void instance_probe_restart(struct instance *i);
 /* The next probe of a booting or unhealthy instance, with backoff. */
 void instance_probe_schedule(struct instance *i);
-/* Set up the module (timers on BASE; at most KEEPALIVE idle connections per instance). */
-struct event_base;
-void instances_init(struct event_base *base, int upstream_keepalive);
+/* Set up the module (timers on G's base, gw.h; the config's
+ * upstream_keepalive idle connections per instance at most). Again after a
+ * reload: the new upstream_keepalive. */
+struct gw;
+void instances_init(struct gw *g);
 /* Parse HOST:PORT into i->addr; -1 with *cause (static) if it does not parse. */
 int instance_set_addr(struct instance *i, const char *host, int port, const char **cause);
 

@@ -25,10 +25,10 @@
 
 #include <jansson.h>
 
-struct config;
-struct event_base;
+struct gw;
 struct evbuffer;
 struct instance;
+struct svc_config;
 struct service;
 
 /* Why a start did not reach READY: the reason label of
@@ -59,14 +59,20 @@ struct launcher_ops {
 	/* It logs in with ssh_key_file (ssh runs with IdentitiesOnly=yes, so
 	 * without the key every start fails): the config checks the key. */
 	bool uses_ssh_key;
-	/* At start-up and after each reload, with the config in force (optional). */
-	void (*init)(struct event_base *base, const struct config *cfg);
+	/* It can send its commands through remote/slurmgate-agent (slurm_agent). */
+	bool remote_agent;
+	/* At start-up and after each reload (optional): G (gw.h) holds the
+	 * event base and the config in force; keep G, not its config. */
+	void (*init)(struct gw *g);
 	/* Begin starting I. Returns 0, or -1 with *cause (malloc'd) when it
 	 * fails at once; nothing is reported back then (counted as "other"). */
 	int (*start)(struct instance *i, char **cause);
 	/* Stop I (grace_s between polite and forced; FLAGS: LSTOP_*);
 	 * instance_gone() follows, maybe from inside stop. */
 	void (*stop)(struct instance *i, int grace_s, int flags);
+	/* Optional: add what the launcher knows of service C to its /api object O
+	 * (slurm: the state of its remote agent). */
+	void (*describe_service)(const struct svc_config *c, json_t *o);
 	/* What the launcher knows about I, as members of O (all optional):
 	 *   "pid"     integer: its process, "job_id" string: its batch job,
 	 *   "node"    string: where it runs (all three shown by the API),

@@ -21,22 +21,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/queue.h>
 
 #include <event2/event.h>
 
 #include "config.h"
+#include "gw.h"
 #include "launcher.h"
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurm_agent.h"
 #include "slurm_tunnel.h"
 #include "slurmjob.h"
 #include "util.h"
 
 static LIST_HEAD(, sjob) jobs = LIST_HEAD_INITIALIZER(jobs);
-static struct event_base *lbase;
-static const struct config *lcfg;
+static struct gw *gw;
 static struct event *poll_ev;
 static int polls_in_flight;
 
@@ -95,7 +97,7 @@ static void job_cancel(struct sjob *j)
 	j->cancel_tries++;
 	j->cancel_at = now_s();
 	j->refs++;
-	runner_run(j->r, argv, 60, cancel_done, j);
+	sagent_run(j->r, argv, 60, cancel_done, j);
 	poll_schedule(true);
 }
 
@@ -149,7 +151,7 @@ static int slurm_start(struct instance *i, char **cause)
 	argv = xcalloc((size_t)extra + 8, sizeof *argv);
 	/* ':' is in neither an instance_id nor a route_name: the name parses back
 	 * unambiguously, and no gateway mistakes another's jobs for its own */
-	snprintf(name, sizeof name, "--job-name=sg:%s:%s:%d", lcfg->instance_id, cfg->route_name,
+	snprintf(name, sizeof name, "--job-name=sg:%s:%s:%d", gw->cfg->instance_id, cfg->route_name,
 		 i->index);
 	snprintf(port, sizeof port, "%d", i->remote_port);
 	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
@@ -171,7 +173,7 @@ static int slurm_start(struct instance *i, char **cause)
 	j->refs = 1;   /* the sbatch callback */
 	i->lpriv = j;
 	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
-	runner_run(j->r, argv, 120, submitted, j);
+	sagent_run(j->r, argv, 120, submitted, j);
 	free(argv);
 	(void)cause;
 	return 0;
@@ -186,7 +188,7 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if ((flags & LSTOP_EXITING) && lcfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	if ((flags & LSTOP_EXITING) && gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);
@@ -198,6 +200,47 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 }
 
 /* --- tracking --- */
+
+/* The tail of an ended job's output, asked for by job_ended. */
+struct endq {
+	struct sjob *j;
+	char why[600];
+};
+
+static void ended_tail_done(void *arg, int status, const char *out, const char *err)
+{
+	struct endq *q = arg;
+	struct sjob *j = q->j;
+	char tail[500], why[sizeof q->why + sizeof tail + 40];
+
+	(void)err;
+	tail[0] = '\0';
+	if (status == 0)
+		slurmjob_tail_lines(out, tail, sizeof tail);
+	snprintf(why, sizeof why, "%s%s%s", q->why, tail[0] ? "; its output ends: " : "", tail);
+	if (j->tracked)
+		job_gone(j, why);
+	sjob_unref(j);
+	free(q);
+}
+
+/* J ended by itself (WHY): the last lines of its output (its StdErr file,
+ * else StdOut) go into the reason, as a local process's stderr does. */
+static void job_ended(struct sjob *j, const char *why)
+{
+	struct endq *q;
+
+	if (j->inst == NULL) {
+		job_gone(j, why);
+		return;
+	}
+	j->ending = true;
+	j->refs++;
+	q = xcalloc(1, sizeof *q);
+	q->j = j;
+	snprintf(q->why, sizeof q->why, "%s", why);
+	sagent_tail(j->r, j->id, 5, ended_tail_done, q);
+}
 
 /* Slurm says the job, which ran, is not running now (WHAT, with Slurm's
  * REASON): hold its instance. KEEP_FWD: the job stays on its node
@@ -256,6 +299,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
 
 	j->seen = true;
+	if (j->ending)
+		return;
 	if (j->st == J_CANCELLING) {
 		if (c == SJ_ENDED) {
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
@@ -268,9 +313,11 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	if (c == SJ_ENDED) {
 		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
 			 slurmjob_has_reason(reason) ? " " : "", slurmjob_has_reason(reason) ? reason : "");
-		job_gone(j, why);
+		job_ended(j, why);
 		return;
 	}
+	if (j->inst)
+		j->inst->expected_start = 0;
 	if (c == SJ_RUNNING) {
 		long secs = slurmjob_time_left(left);
 		if (secs >= 0 && j->inst)
@@ -299,10 +346,17 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		return;
 	}
 	if (!ran) {
-		/* not running yet: what Slurm says is the start's progress */
+		/* not running yet: what Slurm says is the start's progress, and
+		 * when it expects to start the job */
 		if (j->inst && j->st == J_QUEUED) {
 			const char *r = slurmjob_has_reason(reason) ? reason : "no reason given";
-			instance_set_detail(j->inst, "Slurm job %s %s (%s)", j->id, says, r);
+			char at[64] = "";
+			time_t t = (time_t)j->eta;
+			struct tm tm;
+			if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
+				strftime(at, sizeof at, ", expected to start %Y-%m-%dT%H:%M:%SZ", &tm);
+			j->inst->expected_start = at[0] ? j->eta : 0;
+			instance_set_detail(j->inst, "Slurm job %s %s (%s)%s", j->id, says, r, at);
 			/* what /v1/models shows as "pending: <reason>" */
 			snprintf(j->pending, sizeof j->pending, "%s", strcmp(says, "pending") == 0 ? r : "");
 		}
@@ -388,8 +442,8 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		if (j->r == x->r)
 			j->seen = false;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char *f[6] = {"", "", "", "", "", ""};
-		if (slurmjob_split(line, f, 6) < 6)
+		char *f[7] = {"", "", "", "", "", "", ""};
+		if (slurmjob_split(line, f, 7) < 6)
 			continue;
 		if (x->recover) {
 			recover_line(x->r, f);
@@ -398,6 +452,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		for (j = LIST_FIRST(&jobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
+				j->eta = slurmjob_start_time(f[6]);
 				job_update(j, f[2], f[3], f[4], f[5], x->started);
 				break;
 			}
@@ -438,7 +493,10 @@ static void lost_sacct_done(void *arg, int status, const char *out, const char *
 			 j->lost, err[0] ? err : (status == 0 ? "no such job" : "failed"));
 	}
 	log_info("%s", why);
-	job_gone(j, why);
+	if (j->st == J_CANCELLING)
+		job_gone(j, why);
+	else
+		job_ended(j, why);
 	sjob_unref(j);
 	poll_schedule(false);
 }
@@ -468,7 +526,7 @@ static void lost_scontrol_done(void *arg, int status, const char *out, const cha
 	snprintf(j->lost, sizeof j->lost, "%s", err[0] ? err : "no such job");
 	log_info("Slurm job %s is not in squeue and scontrol does not know it (%s): asking sacct",
 		 j->id, j->lost);
-	runner_run(j->r, argv, 60, lost_sacct_done, j);   /* keeps the reference */
+	sagent_run(j->r, argv, 60, lost_sacct_done, j);   /* keeps the reference */
 }
 
 /* J is tracked but not in squeue's answer: purged after its end, or squeue
@@ -478,36 +536,42 @@ static void job_lost(struct sjob *j)
 {
 	char *argv[] = {"scontrol", "-o", "show", "job", j->id, NULL};
 
-	if (j->asking)
+	if (j->asking || j->ending)
 		return;
 	j->asking = true;
 	j->refs++;
 	log_info("Slurm job %s is not in squeue: asking scontrol", j->id);
-	runner_run(j->r, argv, 60, lost_scontrol_done, j);
+	sagent_run(j->r, argv, 60, lost_scontrol_done, j);
 }
 
-static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r", NULL};
+static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r|%S", NULL};
 
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct sjob *j, *k;
+	bool watched = false;
 
 	(void)fd, (void)what, (void)arg;
 	if (polls_in_flight > 0)
 		return;   /* the running cycle schedules the next */
-	/* one squeue per target, whatever the number of jobs */
+	/* one squeue per target, whatever the number of jobs; a target whose
+	 * agent watches pushes its changes (slurm_agent.c) */
 	LIST_FOREACH(j, &jobs, link) {
 		bool first = true;
 		for (k = LIST_FIRST(&jobs); k != j; k = LIST_NEXT(k, link))
 			first &= k->r != j->r;
-		if (first) {
+		if (first && sagent_watching(j->r))
+			watched = true;
+		else if (first) {
 			struct pollctx *x = xcalloc(1, sizeof *x);
 			x->r = j->r;
 			x->started = now_s();
 			polls_in_flight++;
-			runner_run(j->r, squeue_argv, 60, squeue_done, x);
+			sagent_run(j->r, squeue_argv, 60, squeue_done, x);
 		}
 	}
+	if (watched && polls_in_flight == 0)
+		poll_schedule(false);   /* in case an agent stops watching */
 }
 
 static void poll_schedule(bool fast)
@@ -522,7 +586,8 @@ static void poll_schedule(bool fast)
 		fast = true;
 		event_del(poll_ev);
 	}
-	ms = fast || busy_jobs() ? lcfg->poll_fast_ms : lcfg->poll_slow_s * 1000;
+	ms = fast || busy_jobs() ? (gw->cfg->poll_fast_ms > 0 ? gw->cfg->poll_fast_ms : 500)
+				 : gw->cfg->poll_slow_s * 1000;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
@@ -536,6 +601,10 @@ static void slurm_check(struct instance *i)
 
 	if (j == NULL || !j->tracked || LIST_EMPTY(&jobs))
 		return;
+	if (sagent_watching(j->r)) {
+		sagent_poll(j->r);
+		return;
+	}
 	if (polls_in_flight > 0) {
 		poll_again = true;   /* that answer may predate the trouble */
 		return;
@@ -555,7 +624,7 @@ static void recover_line(struct runner *r, char **f)
 	struct sjob *j;
 	int index;
 
-	snprintf(prefix, sizeof prefix, "sg:%s:", lcfg->instance_id);
+	snprintf(prefix, sizeof prefix, "sg:%s:", gw->cfg->instance_id);
 	if (!has_prefix(f[1], prefix))
 		return;
 	rest = f[1] + strlen(prefix);
@@ -614,7 +683,7 @@ static void slurm_recover(void)
 		x->r = r;
 		x->recover = true;
 		polls_in_flight++;
-		runner_run(r, squeue_argv, 60, squeue_done, x);
+		sagent_run(r, squeue_argv, 60, squeue_done, x);
 	}
 }
 
@@ -632,13 +701,58 @@ static void slurm_describe(const struct instance *i, json_t *o)
 		json_object_set_new(o, "pending", json_string(j->pending));
 }
 
-static void slurm_init(struct event_base *base, const struct config *cfg)
+/* --- what the agent pushes (slurm_agent.h) --- */
+
+static struct sjob *job_by_id(struct runner *r, const char *id)
 {
-	lbase = base;
-	lcfg = cfg;
-	slurm_tunnel_init(cfg);
+	struct sjob *j;
+
+	LIST_FOREACH(j, &jobs, link)
+		if (j->r == r && strcmp(j->id, id) == 0)
+			return j;
+	return NULL;
+}
+
+static void agent_job(struct runner *r, char **f, int nf)
+{
+	struct sjob *j = job_by_id(r, f[0]);
+
+	(void)nf;
+	if (j && j->st != J_SUBMITTING) {
+		j->eta = slurmjob_start_time(f[6]);
+		job_update(j, f[2], f[3], f[4], f[5], now_s());
+	}
+}
+
+static void agent_gone(struct runner *r, const char *id)
+{
+	struct sjob *j = job_by_id(r, id);
+
+	if (j && j->st != J_SUBMITTING)
+		job_lost(j);
+}
+
+static void agent_kick(void)
+{
+	poll_schedule(true);
+}
+
+static void slurm_describe_service(const struct svc_config *c, json_t *o)
+{
+	const char *ag = sagent_status(runner_for(c));
+
+	json_object_set_new(o, "slurm_agent", ag ? json_string(ag) : json_null());
+}
+
+static void slurm_init(struct gw *g)
+{
+	static const struct sagent_hooks h = {agent_job, agent_gone, agent_kick};
+
+	gw = g;
+	slurm_tunnel_init(g);
+	sagent_init(g, &h);
 	if (poll_ev == NULL)
-		poll_ev = evtimer_new(base, poll_cb, NULL);
+		poll_ev = evtimer_new(g->base, poll_cb, NULL);
 }
 
 /* Not yet: the job's output is a file on the cluster (another change reads
@@ -657,9 +771,11 @@ const struct launcher_ops launcher_slurm = {
 	.name = "slurm",
 	.extra_ports = 1,   /* the instance a walltime handover starts */
 	.uses_ssh_key = true,
+	.remote_agent = true,
 	.init = slurm_init,
 	.start = slurm_start,
 	.stop = slurm_stop,
+	.describe_service = slurm_describe_service,
 	.describe = slurm_describe,
 	.recover = slurm_recover,
 	.check = slurm_check,

@@ -18,6 +18,7 @@
 #include "confcheck.h"
 #include "config.h"
 #include "front.h"
+#include "gw.h"
 #include "http.h"
 #include "log.h"
 #include "proc.h"
@@ -25,12 +26,13 @@
 #include "ptree.h"
 #include "refusal.h"
 #include "runner.h"
+#include "slurm_agent.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
 
-static struct event_base *base;
-static struct config *cfg;
+/* The context every module gets (gw.h): this is the one instance. */
+static struct gw gw;
 static struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *grace_ev, *deadline_ev;
 static bool shutting_down, stopping_services;
 static enum log_level log_level = LOG_LVL_INFO;
@@ -62,7 +64,7 @@ static void usage(FILE *f)
 static void all_gone(void)
 {
 	log_info("every service is stopped; exiting");
-	event_base_loopexit(base, NULL);
+	event_base_loopexit(gw.base, NULL);
 }
 
 static void stop_services(void)
@@ -77,10 +79,10 @@ static void stop_services(void)
 static void grace_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what, (void)arg;
-	if (proxy_active() == 0 || now_s() - shutdown_began >= cfg->shutdown_grace) {
+	if (proxy_active() == 0 || now_s() - shutdown_began >= gw.cfg->shutdown_grace) {
 		if (proxy_active() > 0)
 			log_warn("shutdown: %zu requests still in flight after %d s; stopping anyway",
-				 proxy_active(), cfg->shutdown_grace);
+				 proxy_active(), gw.cfg->shutdown_grace);
 		stop_services();
 		return;
 	}
@@ -91,7 +93,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what, (void)arg;
 	log_error("shutdown: services did not stop in time; exiting anyway");
-	event_base_loopexit(base, NULL);
+	event_base_loopexit(gw.base, NULL);
 }
 
 static void term_cb(evutil_socket_t sig, short what, void *arg)
@@ -107,34 +109,29 @@ static void term_cb(evutil_socket_t sig, short what, void *arg)
 	shutting_down = true;
 	shutdown_began = now_s();
 	log_info("signal %d: shutting down (grace %d s for requests in flight)", (int)sig,
-		 cfg->shutdown_grace);
+		 gw.cfg->shutdown_grace);
 	front_stop_accepting();
 	services_fail_waiters("the gateway is shutting down");
-	for (size_t k = 0; k < cfg->n_services; k++)
-		if (cfg->services[k].stop_grace > max_grace)
-			max_grace = cfg->services[k].stop_grace;
-	deadline_ev = evtimer_new(base, deadline_cb, NULL);
-	event_add(deadline_ev, &(struct timeval){cfg->shutdown_grace + max_grace + 5, 0});
-	grace_ev = evtimer_new(base, grace_cb, NULL);
+	for (size_t k = 0; k < gw.cfg->n_services; k++)
+		if (gw.cfg->services[k].stop_grace > max_grace)
+			max_grace = gw.cfg->services[k].stop_grace;
+	deadline_ev = evtimer_new(gw.base, deadline_cb, NULL);
+	event_add(deadline_ev, &(struct timeval){gw.cfg->shutdown_grace + max_grace + 5, 0});
+	grace_ev = evtimer_new(gw.base, grace_cb, NULL);
 	grace_cb(-1, 0, NULL);
 }
-
-/* Configs replaced by a reload: services and runners may still point
- * into them, so they live until exit. */
-static struct config **old_cfgs;
-static size_t n_old_cfgs;
 
 /* SIGHUP: validate the file fully, then swap it in; a bad file changes nothing. */
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	char **errs = NULL, *cause = NULL;
-	struct config *next;
+	struct config *next, *old;
 
 	(void)sig, (void)what, (void)arg;
 	if (shutting_down)
 		return;
-	log_info("SIGHUP: reloading %s", cfg->path);
-	next = config_load(cfg->path, &errs);
+	log_info("SIGHUP: reloading %s", gw.cfg->path);
+	next = config_load(gw.cfg->path, &errs);
 	if (next == NULL) {
 		for (char **e = errs; e && *e; e++)
 			log_error("reload: %s", *e);
@@ -142,33 +139,35 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 		config_free_errors(errs);
 		return;
 	}
-	if (strcmp(next->listen_host, cfg->listen_host) != 0 || next->listen_port != cfg->listen_port) {
+	if (strcmp(next->listen_host, gw.cfg->listen_host) != 0 || next->listen_port != gw.cfg->listen_port) {
 		log_warn("reload: a new listen address takes a restart; still listening on %s:%d",
-			 cfg->listen_host, cfg->listen_port);
+			 gw.cfg->listen_host, gw.cfg->listen_port);
 		free(next->listen_host);
-		next->listen_host = xstrdup(cfg->listen_host);
-		next->listen_port = cfg->listen_port;
+		next->listen_host = xstrdup(gw.cfg->listen_host);
+		next->listen_port = gw.cfg->listen_port;
 	}
-	if (strcmp(next->state_dir, cfg->state_dir) != 0) {
+	if (strcmp(next->state_dir, gw.cfg->state_dir) != 0) {
 		/* it is locked, and holds the record of our process trees */
-		log_warn("reload: a new state_dir takes a restart; still using %s", cfg->state_dir);
+		log_warn("reload: a new state_dir takes a restart; still using %s", gw.cfg->state_dir);
 		free(next->state_dir);
-		next->state_dir = xstrdup(cfg->state_dir);
+		next->state_dir = xstrdup(gw.cfg->state_dir);
 	}
 	log_svc_problems(next);
 	if (accesslog_configure(next->access_log, log_json_flag || next->log_json, &cause) != 0) {
 		log_error("reload: %s; keeping the access log as it was", cause);
 		free(cause);
 		free(next->access_log);
-		next->access_log = cfg->access_log ? xstrdup(cfg->access_log) : NULL;
+		next->access_log = gw.cfg->access_log ? xstrdup(gw.cfg->access_log) : NULL;
 	}
-	old_cfgs = xrealloc(old_cfgs, (n_old_cfgs + 1) * sizeof *old_cfgs);
-	old_cfgs[n_old_cfgs++] = cfg;
-	cfg = next;
-	runners_init(base, cfg);
-	services_reload(cfg);
-	front_reconfigure(cfg);
-	log_init(log_level, log_json_flag || cfg->log_json);
+	/* swap: every module reads the config in force through gw; what still
+	 * points into the old one holds a reference (a removed service while
+	 * requests on it end), so ours goes once the indexes are rebuilt */
+	old = gw.cfg;
+	gw.cfg = next;
+	services_reload();
+	front_reconfigure();
+	log_init(log_level, log_json_flag || gw.cfg->log_json);
+	config_unref(old);
 }
 
 /* SIGUSR1: logrotate moved the access log; open it again by its name. */
@@ -293,17 +292,17 @@ int main(int argc, char **argv)
 			log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, json = true);
 		json_decref(r);
 	}
-	cfg = config_load(file, &errs);
-	if (cfg != NULL && listen != NULL) {
-		free(cfg->listen_host);
-		if (confcheck_listen(listen, &cfg->listen_host, &cfg->listen_port, &cause) != 0) {
+	gw.cfg = config_load(file, &errs);
+	if (gw.cfg != NULL && listen != NULL) {
+		free(gw.cfg->listen_host);
+		if (confcheck_listen(listen, &gw.cfg->listen_host, &gw.cfg->listen_port, &cause) != 0) {
 			fprintf(stderr, "%s: -l %s: %s\n", file, listen, cause);
 			free(cause);
-			config_free(cfg);
+			config_free(gw.cfg);
 			return 1;
 		}
 	}
-	if (cfg == NULL) {
+	if (gw.cfg == NULL) {
 		if (json && !test)
 			for (char **e = errs; e && *e; e++)
 				log_error("%s: %s", file, *e);
@@ -312,18 +311,18 @@ int main(int argc, char **argv)
 		config_free_errors(errs);
 		return 1;
 	}
-	if (cfg->log_json)
+	if (gw.cfg->log_json)
 		log_init(verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, true);
-	if (test && cfg->svc_problems) {
+	if (test && gw.cfg->svc_problems) {
 		/* the gateway would run, but these services could never start */
-		print_errors(file, cfg->svc_problems);
-		config_free(cfg);
+		print_errors(file, gw.cfg->svc_problems);
+		config_free(gw.cfg);
 		return 1;
 	}
-	log_svc_problems(cfg);
+	log_svc_problems(gw.cfg);
 	if (test) {
-		printf("%s: ok (%zu services)\n", file, cfg->n_services);
-		config_free(cfg);
+		printf("%s: ok (%zu services)\n", file, gw.cfg->n_services);
+		config_free(gw.cfg);
 		return 0;
 	}
 
@@ -333,61 +332,62 @@ int main(int argc, char **argv)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	if (mkdir_p(cfg->state_dir) != 0) {
-		log_error("state_dir %s: %s", cfg->state_dir, strerror(errno));
-		config_free(cfg);
+	if (mkdir_p(gw.cfg->state_dir) != 0) {
+		log_error("state_dir %s: %s", gw.cfg->state_dir, strerror(errno));
+		config_free(gw.cfg);
 		return 1;
 	}
-	if ((lock_fd = lock_state_dir(cfg->state_dir)) < 0) {
-		config_free(cfg);
+	if ((lock_fd = lock_state_dir(gw.cfg->state_dir)) < 0) {
+		config_free(gw.cfg);
 		return 1;
 	}
 	/* before any child: kill what an earlier run left, start the keeper */
-	if (ptree_init(cfg->state_dir, &cause) != 0) {
+	if (ptree_init(gw.cfg->state_dir, &cause) != 0) {
 		log_error("%s", cause);
 		free(cause);
-		config_free(cfg);
+		config_free(gw.cfg);
 		return 1;
 	}
 	ec = event_config_new();
 	event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-	base = event_base_new_with_config(ec);
+	gw.base = event_base_new_with_config(ec);
 	event_config_free(ec);
-	if (base == NULL)
+	if (gw.base == NULL)
 		fatal("event_base_new failed");
-	if (accesslog_configure(cfg->access_log, json || cfg->log_json, &cause) != 0) {
+	if (accesslog_configure(gw.cfg->access_log, json || gw.cfg->log_json, &cause) != 0) {
 		log_error("%s", cause);
 		free(cause);
 		ptree_shutdown();
-		config_free(cfg);
-		event_base_free(base);
+		config_free(gw.cfg);
+		event_base_free(gw.base);
 		return 1;
 	}
-	http_init(base);
-	proc_init(base);
-	runners_init(base, cfg);
-	services_init(base, cfg);
-	if (front_start(base, cfg) != 0) {
+	http_init(&gw);
+	proc_init(&gw);
+	runners_init(&gw);
+	services_init(&gw);
+	if (front_start(&gw) != 0) {
 		services_free();
 		accesslog_free();
 		ptree_shutdown();
-		config_free(cfg);
-		event_base_free(base);
+		config_unref(gw.cfg);
+		event_base_free(gw.base);
 		return 1;
 	}
-	sig_term = evsignal_new(base, SIGTERM, term_cb, NULL);
-	sig_int = evsignal_new(base, SIGINT, term_cb, NULL);
-	sig_hup = evsignal_new(base, SIGHUP, hup_cb, NULL);
-	sig_usr1 = evsignal_new(base, SIGUSR1, usr1_cb, NULL);
+	sig_term = evsignal_new(gw.base, SIGTERM, term_cb, NULL);
+	sig_int = evsignal_new(gw.base, SIGINT, term_cb, NULL);
+	sig_hup = evsignal_new(gw.base, SIGHUP, hup_cb, NULL);
+	sig_usr1 = evsignal_new(gw.base, SIGUSR1, usr1_cb, NULL);
 	event_add(sig_usr1, NULL);
 	event_add(sig_term, NULL);
 	event_add(sig_int, NULL);
 	event_add(sig_hup, NULL);
-	log_info("slurmgate %s: %zu services from %s", SLURMGATE_VERSION, cfg->n_services, file);
+	log_info("slurmgate %s: %zu services from %s", SLURMGATE_VERSION, gw.cfg->n_services, file);
 
-	event_base_dispatch(base);
+	event_base_dispatch(gw.base);
 
 	front_free();
+	sagent_shutdown();
 	runners_shutdown();
 	event_free(sig_term);
 	event_free(sig_int);
@@ -409,9 +409,6 @@ int main(int argc, char **argv)
 	accesslog_free();
 	ptree_shutdown();   /* the keeper kills what is left: nothing, unless the deadline passed */
 	close(lock_fd);
-	config_free(cfg);
-	for (size_t k = 0; k < n_old_cfgs; k++)
-		config_free(old_cfgs[k]);
-	free(old_cfgs);
+	config_unref(gw.cfg);   /* the last: the services let theirs go */
 	return 0;
 }

@@ -19,6 +19,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "gw.h"
 #include "log.h"
 #include "ptree.h"
 #include "util.h"
@@ -40,7 +41,8 @@ struct proc {
 	proc_exit_cb cb;
 	void *arg;
 	void (*on_line)(void *arg, const char *line, size_t len);
-	int out_fd, err_fd;
+	int out_fd, err_fd, in_fd;
+	void (*on_stdout)(struct proc *p, void *arg);
 	struct event *out_ev, *err_ev, *kill_ev, *deadline_ev;
 	struct evbuffer *out;
 	char line[512];      /* the stderr line being read */
@@ -51,7 +53,7 @@ struct proc {
 };
 
 static LIST_HEAD(, proc) procs = LIST_HEAD_INITIALIZER(procs);
-static struct event_base *pbase;
+static struct gw *gw;
 static struct event *sigchld_ev;
 static int nprocs;
 
@@ -77,6 +79,8 @@ static void proc_free(struct proc *p)
 		close(p->out_fd);
 	if (p->err_fd >= 0)
 		close(p->err_fd);
+	if (p->in_fd >= 0)
+		close(p->in_fd);
 	evbuffer_free(p->out);
 	free(p->prefix);
 	free(p);
@@ -132,8 +136,13 @@ static void pipe_cb(evutil_socket_t fd, short what, void *arg)
 	struct proc *p = arg;
 	bool is_out = fd == p->out_fd;
 
+	int more;
+
 	(void)what;
-	if (pipe_read(p, fd, is_out) == 0) {
+	more = pipe_read(p, fd, is_out);
+	if (is_out && p->on_stdout && evbuffer_get_length(p->out) > 0)
+		p->on_stdout(p, p->arg);
+	if (more == 0) {
 		struct event **ev = is_out ? &p->out_ev : &p->err_ev;
 		event_free(*ev);
 		*ev = NULL;
@@ -180,7 +189,7 @@ static void tree_check(struct proc *p)
 	if (p->killed)
 		ptree_signal(p->tree, SIGKILL);
 	if (p->poll_ev == NULL)
-		p->poll_ev = evtimer_new(pbase, tree_poll_cb, p);
+		p->poll_ev = evtimer_new(gw->base, tree_poll_cb, p);
 	event_add(p->poll_ev, &(struct timeval){0, 50000});
 }
 
@@ -233,16 +242,16 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
-void proc_init(struct event_base *base)
+void proc_init(struct gw *g)
 {
-	pbase = base;
-	sigchld_ev = evsignal_new(base, SIGCHLD, sigchld_cb, NULL);
+	gw = g;
+	sigchld_ev = evsignal_new(g->base, SIGCHLD, sigchld_cb, NULL);
 	event_add(sigchld_ev, NULL);
 }
 
 /* In the child: never returns. */
-static void child(char *const argv[], const struct proc_opts *o, struct ptree *tree, int out_w,
-		  int err_w, int exec_w)
+static void child(char *const argv[], const struct proc_opts *o, struct ptree *tree, int in_r,
+		  int out_w, int err_w, int exec_w)
 {
 	sigset_t none;
 	int devnull;
@@ -264,7 +273,7 @@ static void child(char *const argv[], const struct proc_opts *o, struct ptree *t
 		}
 		putenv((char *)ptree_env(tree));
 	}
-	devnull = open("/dev/null", O_RDONLY);
+	devnull = in_r >= 0 ? in_r : open("/dev/null", O_RDONLY);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
 		goto fail;
 	/* every descriptor past stderr closes on exec, the report pipe too */
@@ -287,7 +296,7 @@ fail:;
 struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit_cb cb, void *arg,
 			char **cause)
 {
-	int outp[2] = {-1, -1}, errp[2], execp[2];
+	int outp[2] = {-1, -1}, inp[2] = {-1, -1}, errp[2], execp[2];
 	sigset_t all, old;
 	struct ptree *tree = NULL;
 	struct proc *p;
@@ -304,11 +313,20 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 		close(errp[0]), close(errp[1]);
 		return NULL;
 	}
+	if (o->stdin_pipe && pipe2(inp, O_CLOEXEC) != 0) {
+		*cause = xasprintf("pipe: %s", strerror(errno));
+		close(errp[0]), close(errp[1]);
+		if (outp[0] >= 0)
+			close(outp[0]), close(outp[1]);
+		return NULL;
+	}
 	if (pipe2(execp, O_CLOEXEC) != 0) {
 		*cause = xasprintf("pipe: %s", strerror(errno));
 		close(errp[0]), close(errp[1]);
 		if (outp[0] >= 0)
 			close(outp[0]), close(outp[1]);
+		if (inp[0] >= 0)
+			close(inp[0]), close(inp[1]);
 		return NULL;
 	}
 	if (o->tree)
@@ -317,18 +335,22 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	sigprocmask(SIG_SETMASK, &all, &old);
 	pid = fork();
 	if (pid == 0)
-		child(argv, o, tree, o->capture_stdout ? outp[1] : errp[1], errp[1], execp[1]);
+		child(argv, o, tree, inp[0], o->capture_stdout ? outp[1] : errp[1], errp[1], execp[1]);
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	close(execp[1]);
 	close(errp[1]);
 	if (outp[1] >= 0)
 		close(outp[1]);
+	if (inp[0] >= 0)
+		close(inp[0]);
 	if (pid < 0) {
 		*cause = xasprintf("fork: %s", strerror(errno));
 		ptree_free(tree);
 		close(execp[0]), close(errp[0]);
 		if (outp[0] >= 0)
 			close(outp[0]);
+		if (inp[1] >= 0)
+			close(inp[1]);
 		return NULL;
 	}
 	/* wait for exec: EOF means it worked, an int is the child's errno */
@@ -346,6 +368,8 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 		close(errp[0]);
 		if (outp[0] >= 0)
 			close(outp[0]);
+		if (inp[1] >= 0)
+			close(inp[1]);
 		return NULL;
 	}
 	if (o->new_pgrp)
@@ -364,18 +388,22 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 	p->prefix = xstrdup(o->log_prefix ? o->log_prefix : argv[0]);
 	p->err_fd = errp[0];
 	p->out_fd = outp[0];
+	p->in_fd = inp[1];
+	p->on_stdout = o->on_stdout;
+	if (p->in_fd >= 0)
+		evutil_make_socket_nonblocking(p->in_fd);
 	evutil_make_socket_nonblocking(p->err_fd);
-	p->err_ev = event_new(pbase, p->err_fd, EV_READ | EV_PERSIST, pipe_cb, p);
+	p->err_ev = event_new(gw->base, p->err_fd, EV_READ | EV_PERSIST, pipe_cb, p);
 	event_add(p->err_ev, NULL);
 	if (p->out_fd >= 0) {
 		evutil_make_socket_nonblocking(p->out_fd);
-		p->out_ev = event_new(pbase, p->out_fd, EV_READ | EV_PERSIST, pipe_cb, p);
+		p->out_ev = event_new(gw->base, p->out_fd, EV_READ | EV_PERSIST, pipe_cb, p);
 		event_add(p->out_ev, NULL);
 	}
 	LIST_INSERT_HEAD(&procs, p, link);
 	nprocs++;
 	if (o->timeout_s > 0) {
-		p->kill_ev = evtimer_new(pbase, kill_cb, p);
+		p->kill_ev = evtimer_new(gw->base, kill_cb, p);
 		event_add(p->kill_ev, &(struct timeval){o->timeout_s, 0});
 	}
 	return p;
@@ -389,6 +417,11 @@ pid_t proc_pid(const struct proc *p)
 const char *proc_last_line(const struct proc *p)
 {
 	return p->last;
+}
+
+int proc_stdin_fd(const struct proc *p)
+{
+	return p->in_fd;
 }
 
 struct evbuffer *proc_stdout(struct proc *p)
@@ -419,7 +452,7 @@ static void kill_cb(evutil_socket_t fd, short what, void *arg)
 void proc_terminate(struct proc *p, int grace_s)
 {
 	if (p->kill_ev == NULL)
-		p->kill_ev = evtimer_new(pbase, kill_cb, p);
+		p->kill_ev = evtimer_new(gw->base, kill_cb, p);
 	if (p->terminating && p->tree)
 		return;   /* already under way; the deadline stands */
 	p->terminating = true;

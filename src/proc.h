@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-struct event_base;
+struct gw;
 struct evbuffer;
 struct proc;
 struct ptree;
@@ -34,9 +34,16 @@ struct proc_opts {
 	/* Each line the child writes to stderr (and stdout, unless captured),
 	 * with the ARG of proc_spawn; not after proc_forget. */
 	void (*on_line)(void *arg, const char *line, size_t len);
+	/* stdin from a pipe whose write end is proc_stdin_fd() (the proc owns
+	 * it and closes it when freed), instead of /dev/null */
+	bool stdin_pipe;
+	/* capture_stdout: called each time bytes were added to proc_stdout()
+	 * (not after the exit callback) */
+	void (*on_stdout)(struct proc *p, void *arg);
 };
 
-void proc_init(struct event_base *base);
+/* Set up SIGCHLD handling on G's event base (gw.h). */
+void proc_init(struct gw *g);
 /* Start argv[0] (searched in PATH). Returns NULL and sets *cause (malloc'd)
  * if it cannot be executed. */
 struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit_cb cb, void *arg,
@@ -46,6 +53,8 @@ pid_t proc_pid(const struct proc *p);
 const char *proc_last_line(const struct proc *p);
 /* Everything the child wrote to stdout so far (capture_stdout). */
 struct evbuffer *proc_stdout(struct proc *p);
+/* The write end of the child's stdin (stdin_pipe), -1 otherwise. */
+int proc_stdin_fd(const struct proc *p);
 /* SIGTERM to the child (its group or tree if it has one), SIGKILL after grace_s. */
 void proc_terminate(struct proc *p, int grace_s);
 /* The owner no longer wants the exit callback; the proc still gets reaped. */

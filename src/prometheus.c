@@ -87,6 +87,9 @@ void prometheus_metrics(struct hconn *c)
 	family(b, "slurmgate_held_body_bytes", "gauge",
 	       "Request body bytes held while services start (bounded by max_held_body).");
 	evbuffer_add_printf(b, "slurmgate_held_body_bytes %zu\n", proxy_held_bytes());
+	family(b, "slurmgate_configs_live", "gauge",
+	       "Configs in memory: the one in force and those still referred to after a reload.");
+	evbuffer_add_printf(b, "slurmgate_configs_live %zu\n", config_live());
 
 	family(b, "slurmgate_requests_total", "counter", "Requests answered, by service and status code.");
 	EACH {

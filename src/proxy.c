@@ -13,6 +13,7 @@
 
 #include "accesslog.h"
 #include "config.h"
+#include "gw.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -85,8 +86,7 @@ struct exchange {
 	char headbuf[1024];
 };
 
-static const struct config *pcfg;
-static struct event_base *pbase;
+static struct gw *gw;
 static size_t nactive;
 static size_t held_total;   /* held body bytes of all exchanges */
 static struct exchange *spares;
@@ -108,12 +108,11 @@ static const struct hconn_ops up_ops = {
 	.drained = up_drained,
 };
 
-void proxy_init(struct event_base *base, const struct config *cfg)
+void proxy_init(struct gw *g)
 {
-	pbase = base;
-	pcfg = cfg;
-	http_set_buffer_cap((size_t)cfg->max_buffer_bytes);
-	refusal_configure(base, cfg->log_repeat_interval);
+	gw = g;
+	http_set_buffer_cap((size_t)g->cfg->max_buffer_bytes);
+	refusal_configure(g->base, g->cfg->log_repeat_interval);
 }
 
 size_t proxy_held_bytes(void)
@@ -167,6 +166,7 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	}
 	if (ex->head != ex->headbuf)
 		free(ex->head);
+	service_unref(ex->svc);
 	nactive--;
 #if SPARE_MAX > 0
 	if (nspares < SPARE_MAX) {
@@ -218,7 +218,7 @@ static void feedback_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	service_reason(ex->svc, reason, sizeof reason);
 	sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
-	event_add(ex->fb_ev, &(struct timeval){pcfg->feedback_interval, 0});
+	event_add(ex->fb_ev, &(struct timeval){gw->cfg->feedback_interval, 0});
 }
 
 /* Held, and the client reads SSE: answer the head now and keep it posted. */
@@ -233,8 +233,8 @@ static void feedback_start(struct exchange *ex)
 	ex->early_head = true;
 	service_reason(ex->svc, reason, sizeof reason);
 	sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
-	ex->fb_ev = evtimer_new(pbase, feedback_cb, ex);
-	event_add(ex->fb_ev, &(struct timeval){pcfg->feedback_interval, 0});
+	ex->fb_ev = evtimer_new(gw->base, feedback_cb, ex);
+	event_add(ex->fb_ev, &(struct timeval){gw->cfg->feedback_interval, 0});
 }
 
 /* The class of a 503 the gateway answers itself, for /metrics (NULL: not a
@@ -359,7 +359,7 @@ static void send_request(struct exchange *ex)
 	if (ex->req_done)
 		http_finish(ex->up);
 	ex->up_sent = true;
-	http_set_timeout(ex->up, pcfg->upstream_timeout);
+	http_set_timeout(ex->up, gw->cfg->upstream_timeout);
 	if (ex->down)
 		http_pause(ex->down, false);
 }
@@ -370,7 +370,7 @@ static void ex_connect(struct exchange *ex)
 
 	ex->up_connected = false;
 	ex->reused = false;
-	ex->up = http_connect((struct sockaddr *)&i->addr, i->addrlen, pcfg->upstream_connect_timeout,
+	ex->up = http_connect((struct sockaddr *)&i->addr, i->addrlen, gw->cfg->upstream_connect_timeout,
 			      &up_ops, ex);
 }
 
@@ -571,6 +571,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->slot = slot;
 	*slot = ex;
 	ex->svc = svc;
+	service_ref(svc);   /* until the exchange is freed: it may outlive a reload */
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
@@ -596,7 +597,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	} else if (r == 1) {
 		ex->t0 = now_s();   /* only a held request's wait is timed */
 		ex->held = true;
-		if (held_total >= (size_t)pcfg->max_held_body && ex->req_has_body)
+		if (held_total >= (size_t)gw->cfg->max_held_body && ex->req_has_body)
 			http_pause(down, true);   /* the budget is spent: wait in the TCP window */
 		if (ex->feedback)
 			feedback_start(ex);
@@ -621,7 +622,7 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 		ex->held_n += n;
 		held_total += n;
 		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX ||
-		    held_total >= (size_t)pcfg->max_held_body)
+		    held_total >= (size_t)gw->cfg->max_held_body)
 			http_pause(ex->down, true);
 	}
 }
@@ -920,8 +921,8 @@ static void suspect_instance(struct exchange *ex, const char *why, bool resend)
 	ex->verdict_why = xstrdup(why);
 	ex->verdict_resend = resend && ex->verdict_ev == NULL;   /* once */
 	if (ex->verdict_ev == NULL)
-		ex->verdict_ev = evtimer_new(pbase, verdict_cb, ex);
-	event_add(ex->verdict_ev, &(struct timeval){pcfg->upstream_connect_timeout, 0});
+		ex->verdict_ev = evtimer_new(gw->base, verdict_cb, ex);
+	event_add(ex->verdict_ev, &(struct timeval){gw->cfg->upstream_connect_timeout, 0});
 }
 
 static void up_closed(struct hconn *c, const char *why)

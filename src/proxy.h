@@ -11,13 +11,11 @@
 #include <stddef.h>
 
 struct accesslog_note;
-struct config;
 struct exchange;
+struct gw;
 struct hconn;
 struct http_msg;
 struct service;
-
-struct event_base;
 
 /* How to forward one request. */
 struct proxy_opts {
@@ -36,7 +34,9 @@ struct proxy_opts {
 	                     * {"error":{"message","type","param","code"}} (/v1) */
 };
 
-void proxy_init(struct event_base *base, const struct config *cfg);
+/* Keep G (gw.h); apply its config's buffer cap and refusal logging. Again
+ * after each reload. */
+void proxy_init(struct gw *g);
 /* Begin forwarding request M (head just parsed on DOWN) to SVC as
  * PATH (the upstream target, query included). *slot points at the
  * exchange while it lives and is set to NULL when it ends. */

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "gw.h"
 #include "log.h"
 #include "proc.h"
 #include "shquote.h"
@@ -22,7 +23,7 @@
 #define MASTER_CONNECT_S 30
 #define MASTER_POLL_MS 25
 
-enum op_kind { OP_CMD, OP_FWD, OP_CANCEL };
+enum op_kind { OP_CMD, OP_FWD, OP_CANCEL, OP_SPAWN };
 enum mstate { M_DOWN, M_CONNECTING, M_UP };
 
 /* A forward this runner wants in place: registered when asked for, so it
@@ -43,6 +44,10 @@ struct rop {
 	int timeout_s;
 	runner_cb cb;
 	void *arg;
+	struct proc_opts popts;      /* OP_SPAWN (log_prefix: a copy, env: none) */
+	char *prefix;
+	runner_spawned_cb spawned;
+	proc_exit_cb exited;
 };
 
 struct runner {
@@ -65,8 +70,7 @@ struct runner {
 };
 
 static LIST_HEAD(, runner) runners = LIST_HEAD_INITIALIZER(runners);
-static struct event_base *rbase;
-static const struct config *rcfg;
+static struct gw *gw;
 static int nrunners;
 
 static void master_start(struct runner *r);
@@ -74,10 +78,9 @@ static void rop_exec(struct runner *r, struct rop *op);
 static void master_poll_cb(evutil_socket_t fd, short what, void *arg);
 static void master_retry_cb(evutil_socket_t fd, short what, void *arg);
 
-void runners_init(struct event_base *base, const struct config *cfg)
+void runners_init(struct gw *g)
 {
-	rbase = base;
-	rcfg = cfg;
+	gw = g;
 }
 
 bool runner_is_remote(const struct runner *r)
@@ -93,6 +96,22 @@ const char *runner_name(const struct runner *r)
 static bool same(const char *a, const char *b)
 {
 	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+/* A copy of a NULL-terminated list (NULL for none). */
+static char **opts_dup(char *const *v)
+{
+	size_t n = 0;
+	char **out;
+
+	if (v == NULL)
+		return NULL;
+	while (v[n])
+		n++;
+	out = xcalloc(n + 1, sizeof *out);
+	for (size_t k = 0; k < n; k++)
+		out[k] = xstrdup(v[k]);
+	return out;
 }
 
 struct runner *runner_for(const struct svc_config *svc)
@@ -113,17 +132,17 @@ struct runner *runner_for(const struct svc_config *svc)
 		r->user = svc->ssh_username ? xstrdup(svc->ssh_username) : NULL;
 		r->key = svc->ssh_key_file ? xstrdup(svc->ssh_key_file) : NULL;
 		r->port = svc->ssh_port;
-		r->opts = svc->ssh_options;
+		r->opts = opts_dup(svc->ssh_options);   /* the runner outlives the config */
 		r->name = xasprintf("%s%s%s%s%.0d", r->user ? r->user : "", r->user ? "@" : "", r->host,
 				    r->port ? ":" : "", r->port);
 		/* a unix socket path is short (108 bytes, and ssh adds a 17-byte
 		 * temporary suffix): fall back to /tmp for a deep state_dir */
-		if (strlen(rcfg->state_dir) + 6 + 8 + 17 < sizeof r->ctl)
-			snprintf(r->ctl, sizeof r->ctl, "%s/cm-%d", rcfg->state_dir, nrunners);
+		if (strlen(gw->cfg->state_dir) + 6 + 8 + 17 < sizeof r->ctl)
+			snprintf(r->ctl, sizeof r->ctl, "%s/cm-%d", gw->cfg->state_dir, nrunners);
 		else
 			snprintf(r->ctl, sizeof r->ctl, "/tmp/slurmgate-cm-%d-%d", (int)getpid(), nrunners);
-		r->poll_ev = evtimer_new(rbase, master_poll_cb, r);
-		r->retry_ev = evtimer_new(rbase, master_retry_cb, r);
+		r->poll_ev = evtimer_new(gw->base, master_poll_cb, r);
+		r->retry_ev = evtimer_new(gw->base, master_retry_cb, r);
 	} else {
 		r->name = xstrdup("local");
 	}
@@ -214,10 +233,10 @@ static void ssh_base(struct runner *r, struct argv_b *a)
 	av_add(a, e);
 	free(e);
 	av_opt(a, "BatchMode=%s", "yes");
-	av_opt(a, "StrictHostKeyChecking=%s", rcfg->ssh_host_key_checking);
+	av_opt(a, "StrictHostKeyChecking=%s", gw->cfg->ssh_host_key_checking);
 	/* ours first (new keys go there), then the user's */
 	known[0] = '\0';
-	snprintf(path, sizeof path, "%s/known_hosts", rcfg->state_dir);
+	snprintf(path, sizeof path, "%s/known_hosts", gw->cfg->state_dir);
 	ssh_quoted(known, sizeof known, path);
 	if (home) {
 		snprintf(path, sizeof path, "%s/.ssh/known_hosts", home);
@@ -348,18 +367,32 @@ static void spawn(struct runner *r, char **argv, int timeout_s, enum op_kind kin
 	}
 }
 
+/* OP_SPAWN: start ARGV as a long-lived process. */
+static void spawn_long(struct rop *op, char *const argv[])
+{
+	char *cause = NULL;
+	struct proc *p = proc_spawn(argv, &op->popts, op->exited, op->arg, &cause);
+
+	op->spawned(op->arg, p, p ? NULL : cause);
+	free(cause);
+}
+
 static void rop_exec(struct runner *r, struct rop *op)
 {
 	struct argv_b a = {0};
 	char spec[300];
 
+	if (!r->remote && op->kind == OP_SPAWN) {
+		spawn_long(op, op->argv);
+		return;
+	}
 	if (!r->remote) {
 		spawn(r, op->argv, op->timeout_s, OP_CMD, NULL, op->cb, op->arg);
 		return;
 	}
 	ssh_base(r, &a);
 	av_opt(&a, "ControlMaster=%s", "no");
-	if (op->kind == OP_CMD) {
+	if (op->kind == OP_CMD || op->kind == OP_SPAWN) {
 		char *line = sh_join(op->argv);
 		av_add(&a, r->host);
 		av_add(&a, "--");
@@ -374,13 +407,17 @@ static void rop_exec(struct runner *r, struct rop *op)
 		av_add(&a, spec);
 		av_add(&a, r->host);
 	}
-	spawn(r, a.v, op->timeout_s, op->kind, &op->f, op->cb, op->arg);
+	if (op->kind == OP_SPAWN)
+		spawn_long(op, a.v);
+	else
+		spawn(r, a.v, op->timeout_s, op->kind, &op->f, op->cb, op->arg);
 	av_free(a.v);
 }
 
 static void rop_free(struct rop *op)
 {
 	av_free(op->argv);
+	free(op->prefix);
 	free(op);
 }
 
@@ -408,6 +445,27 @@ void runner_run(struct runner *r, char *const argv[], int timeout_s, runner_cb c
 	op->argv = a.v;
 	op->timeout_s = timeout_s;
 	op->cb = cb;
+	op->arg = arg;
+	rop_submit(r, op);
+}
+
+void runner_spawn(struct runner *r, char *const argv[], const struct proc_opts *o,
+		  runner_spawned_cb spawned, proc_exit_cb exited, void *arg)
+{
+	struct rop *op = xcalloc(1, sizeof *op);
+	struct argv_b a = {0};
+
+	for (int k = 0; argv[k]; k++)
+		av_add(&a, argv[k]);
+	op->kind = OP_SPAWN;
+	op->argv = a.v;
+	op->popts = *o;
+	/* the caller's strings may be gone when the master is up */
+	op->prefix = o->log_prefix ? xstrdup(o->log_prefix) : NULL;
+	op->popts.log_prefix = op->prefix;
+	op->popts.env = NULL;
+	op->spawned = spawned;
+	op->exited = exited;
 	op->arg = arg;
 	rop_submit(r, op);
 }
@@ -471,7 +529,9 @@ static void fail_queue(struct runner *r, const char *why)
 		TAILQ_REMOVE(&r->queue, op, link);
 		if (op->kind == OP_FWD)
 			fwd_result(r, &op->f, 255 << 8);
-		if (op->cb)
+		if (op->kind == OP_SPAWN)
+			op->spawned(op->arg, NULL, why);
+		else if (op->cb)
 			op->cb(op->arg, 255 << 8, "", why);
 		rop_free(op);
 	}
@@ -617,6 +677,9 @@ void runners_shutdown(void)
 		free(r->host);
 		free(r->user);
 		free(r->key);
+		for (char **o = r->opts; o && *o; o++)
+			free(*o);
+		free(r->opts);
 		free(r);
 	}
 }

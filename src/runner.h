@@ -11,16 +11,19 @@
 
 #include <stdbool.h>
 
-struct config;
+#include "proc.h"
+
 struct runner;
 struct svc_config;
-struct event_base;
+struct gw;
 
 /* status: wait status of the command (0 = success); out: its stdout;
  * err: its last stderr line (or why it could not run). */
 typedef void (*runner_cb)(void *arg, int status, const char *out, const char *err);
 
-void runners_init(struct event_base *base, const struct config *cfg);
+/* Keep G (gw.h): its base, and its config in force (state_dir, host key
+ * checking). A runner copies what it keeps of a service's settings. */
+void runners_init(struct gw *g);
 /* The runner for a service's target (shared between services). */
 struct runner *runner_for(const struct svc_config *svc);
 bool runner_is_remote(const struct runner *r);
@@ -38,6 +41,15 @@ void runner_unforward(struct runner *r, int lport);
 /* Is the forward on LPORT wanted and not failed (in place or opening)?
  * False once a restore after a master restart failed. */
 bool runner_forwarding(struct runner *r, int lport);
+/* spawned: the process is running (P), or it could not be started (P NULL,
+ * ERR says why). */
+typedef void (*runner_spawned_cb)(void *arg, struct proc *p, const char *err);
+/* Start argv on R as a long-lived process with options O (a remote target:
+ * a session through the master, once the master is up; O's log_prefix is
+ * copied, its env is not used). SPAWNED reports
+ * the start; EXITED is proc_spawn's exit callback for it. */
+void runner_spawn(struct runner *r, char *const argv[], const struct proc_opts *o,
+		  runner_spawned_cb spawned, proc_exit_cb exited, void *arg);
 /* Stop every master connection (at exit). */
 void runners_shutdown(void);
 

@@ -14,8 +14,8 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
-#include "balancer.h"
 #include "config.h"
+#include "gw.h"
 #include "launcher.h"
 #include "log.h"
 #include "logring.h"
@@ -28,8 +28,7 @@ bool services_exiting;
 void (*svc_shutdown_done)(void);
 int svc_live_instances;
 
-static struct event_base *sbase;
-static struct config *scfg;
+static struct gw *gw;
 static struct service **svcs;
 static size_t nsvcs;
 static struct service **by_route;   /* sorted by route_name */
@@ -120,89 +119,6 @@ void inst_move(struct instance *i, enum inst_state st, const char *why)
 	svc_settle(i->svc, what);
 }
 
-/* --- the balancer --- */
-
-static bool any_booting_except(const struct service *s, const struct instance *except)
-{
-	struct instance *i;
-
-	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && inst_booting(i->state))
-			return true;
-	return false;
-}
-
-static bool any_booting(const struct service *s)
-{
-	return any_booting_except(s, NULL);
-}
-
-/* Booting, or held by its launcher: a start is under way (no second one). */
-bool svc_any_pending(const struct service *s, const struct instance *except)
-{
-	struct instance *i;
-
-	TAILQ_FOREACH(i, &s->insts, link)
-		if (i != except && (inst_booting(i->state) || i->state == INST_HELD))
-			return true;
-	return false;
-}
-
-/* pick_ready_avoiding's scratch: a service's instances as balancer targets */
-static struct bal_target *bal_t;
-static struct instance **bal_at;
-static bool *bal_tried;
-static size_t bal_cap;
-
-static bool among(const struct instance *i, struct instance *const *set, int n)
-{
-	for (int k = 0; k < n; k++)
-		if (set[k] == i)
-			return true;
-	return false;
-}
-
-/* The ready instance with the fewest requests in flight, skipping the N in
- * TRIED (balancer.c); among ties one at random. */
-static struct instance *pick_ready_avoiding(struct service *s, struct instance *const *tried, int ntried)
-{
-	struct instance *i;
-	size_t n = 0;
-	int k;
-
-	if ((size_t)s->ninst > bal_cap) {
-		bal_cap = (size_t)s->ninst * 2;
-		bal_t = xrealloc(bal_t, bal_cap * sizeof *bal_t);
-		bal_at = xrealloc(bal_at, bal_cap * sizeof *bal_at);
-		bal_tried = xrealloc(bal_tried, bal_cap * sizeof *bal_tried);
-	}
-	TAILQ_FOREACH(i, &s->insts, link) {
-		bal_t[n] = (struct bal_target){i->inflight, i->state == INST_READY};
-		bal_tried[n] = among(i, tried, ntried);
-		bal_at[n++] = i;
-	}
-	k = balancer_pick(bal_t, n, ntried > 0 ? bal_tried : NULL, random);
-	return k < 0 ? NULL : bal_at[k];
-}
-
-struct instance *svc_pick_ready(struct service *s)
-{
-	return pick_ready_avoiding(s, NULL, 0);
-}
-
-bool service_has_untried(struct service *s, struct instance *const *tried, int n)
-{
-	return pick_ready_avoiding(s, tried, n) != NULL;
-}
-
-/* How many requests a ready instance takes while others still boot: its
- * share (target_concurrency), so a cold burst spreads over the instances
- * as they become ready. Unlimited when nothing else boots. */
-static int dispatch_limit(const struct service *s)
-{
-	return balancer_limit(any_booting(s), s->cfg->target_concurrency);
-}
-
 static void assign(struct instance *i, struct waiter *w)
 {
 	i->inflight++;
@@ -218,7 +134,7 @@ void svc_dispatch(struct service *s)
 {
 	struct waiter *w;
 	struct instance *i;
-	int limit = dispatch_limit(s);
+	int limit = svc_dispatch_limit(s);
 
 	while ((w = TAILQ_FIRST(&s->waiters)) != NULL && (i = svc_pick_ready(s)) != NULL &&
 	       i->inflight < limit) {
@@ -256,7 +172,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 
 	if (w->ntried > 0) {
 		/* a retry: only on an instance it has not tried, ready now */
-		if ((i = pick_ready_avoiding(s, w->tried, w->ntried)) == NULL) {
+		if ((i = svc_pick_untried(s, w->tried, w->ntried)) == NULL) {
 			*status = 502;
 			*reason = "no other instance is ready";
 			*retry_after = 0;
@@ -268,7 +184,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 	}
 	s->requests++;
 	i = svc_pick_ready(s);
-	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < dispatch_limit(s))) {
+	if (i != NULL && TAILQ_EMPTY(&s->waiters) && (!hold || i->inflight < svc_dispatch_limit(s))) {
 		assign(i, w);
 		*inst = i;
 		if (s->cfg->max_instances > 1)
@@ -280,7 +196,7 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 		return -1;
 	if (!hold) {
 		*reason = "the service is starting; retry later";
-		*retry_after = 5;
+		*retry_after = service_retry_after(s, 5);
 		return -1;
 	}
 	w->svc = s;
@@ -351,11 +267,12 @@ static struct service *service_new(struct svc_config *c)
 	struct service *s = xcalloc(1, sizeof *s);
 
 	s->cfg = c;
+	s->conf = config_ref(gw->cfg);
 	s->lops = c->launcher;
 	TAILQ_INIT(&s->insts);
 	TAILQ_INIT(&s->waiters);
-	s->scale_ev = evtimer_new(sbase, svc_scale_cb, s);
-	s->dispatch_ev = evtimer_new(sbase, dispatch_cb, s);
+	s->scale_ev = evtimer_new(gw->base, svc_scale_cb, s);
+	s->dispatch_ev = evtimer_new(gw->base, dispatch_cb, s);
 	metrics_init(&s->m);
 	return s;
 }
@@ -381,7 +298,7 @@ static void launchers_prepare(bool recover)
 		if (!used)
 			continue;
 		if (lo->init)
-			lo->init(sbase, scfg);   /* idempotent: also takes a new config */
+			lo->init(gw);   /* idempotent: also after a reload */
 		if (!recover || lo->recover == NULL)
 			continue;
 		for (size_t k = 0; k < nsvcs; k++)
@@ -391,11 +308,16 @@ static void launchers_prepare(bool recover)
 	}
 }
 
-void services_init(struct event_base *base, struct config *cfg)
+static void sweep_cb(evutil_socket_t fd, short what, void *arg);
+static struct event *sweep_ev;   /* frees retired services nothing refers to */
+
+void services_init(struct gw *g)
 {
-	sbase = base;
-	scfg = cfg;
-	instances_init(base, cfg->upstream_keepalive);
+	struct config *cfg = g->cfg;
+
+	gw = g;
+	sweep_ev = event_new(g->base, -1, 0, sweep_cb, NULL);
+	instances_init(g);
 	nsvcs = cfg->n_services;
 	svcs = xcalloc(nsvcs ? nsvcs : 1, sizeof *svcs);
 	for (size_t k = 0; k < nsvcs; k++)
@@ -406,13 +328,47 @@ void services_init(struct event_base *base, struct config *cfg)
 		svc_scale(svcs[k]);   /* min_instances */
 }
 
-/* Services dropped by a reload: kept (stopping) until exit, since requests
- * in flight may still point at them. */
+/* Services dropped by a reload: kept (stopping) while instances or
+ * requests in flight still refer to them, then freed by sweep_cb. */
 static struct service **retired;
 static size_t nretired;
 
-void services_reload(struct config *cfg)
+static void service_free(struct service *s);
+
+void service_ref(struct service *s)
 {
+	s->refs++;
+}
+
+void service_unref(struct service *s)
+{
+	assert(s->refs > 0);
+	if (--s->refs == 0 && s->state == SVC_RETIRED)
+		event_active(sweep_ev, EV_TIMEOUT, 1);   /* not inside the caller's callback */
+}
+
+/* Free the retired services nothing refers to any more. */
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	size_t kept = 0;
+
+	(void)fd, (void)what, (void)arg;
+	for (size_t k = 0; k < nretired; k++) {
+		struct service *s = retired[k];
+		if (s->refs > 0) {
+			retired[kept++] = s;
+			continue;
+		}
+		assert(s->ninst == 0 && s->nwaiting == 0);
+		log_debug("svc %s: retired and unused: freed", s->cfg->name);
+		service_free(s);
+	}
+	nretired = kept;
+}
+
+void services_reload(void)
+{
+	struct config *cfg = gw->cfg;
 	struct service **next = xcalloc(cfg->n_services ? cfg->n_services : 1, sizeof *next);
 	size_t added = 0, changed = 0, removed = 0;
 
@@ -422,6 +378,8 @@ void services_reload(struct config *cfg)
 		if (old != NULL && old->cfg->launcher == c->launcher) {
 			/* the same service: new settings apply from now on, to new instances */
 			old->cfg = c;
+			config_unref(old->conf);
+			old->conf = config_ref(cfg);
 			next[k] = old;
 			changed++;
 		} else {
@@ -454,13 +412,14 @@ void services_reload(struct config *cfg)
 		}
 		retired = xrealloc(retired, (nretired + 1) * sizeof *retired);
 		retired[nretired++] = svcs[k];
+		if (svcs[k]->refs == 0)
+			event_active(sweep_ev, EV_TIMEOUT, 1);
 		removed++;
 	}
 	free(svcs);
 	svcs = next;
 	nsvcs = cfg->n_services;
-	scfg = cfg;
-	instances_init(sbase, cfg->upstream_keepalive);
+	instances_init(gw);
 	index_routes();
 	launchers_prepare(false);
 	for (size_t k = 0; k < nsvcs; k++)
@@ -491,6 +450,7 @@ void services_shutdown(void (*done_cb)(void))
 
 static void service_free(struct service *s)
 {
+	config_unref(s->conf);
 	logring_free(s->log);
 	event_free(s->scale_ev);
 	event_free(s->dispatch_ev);
@@ -506,15 +466,12 @@ void services_free(void)
 	free(svcs);
 	free(retired);
 	free(by_route);
-	free(bal_t);
-	free(bal_at);
-	free(bal_tried);
-	bal_t = NULL;
-	bal_at = NULL;
-	bal_tried = NULL;
-	bal_cap = 0;
+	svc_pick_free();
 	svcs = retired = by_route = NULL;
 	nsvcs = nretired = 0;
+	if (sweep_ev)
+		event_free(sweep_ev);
+	sweep_ev = NULL;
 }
 
 struct service *service_by_route(const char *route, size_t len)

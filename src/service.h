@@ -30,9 +30,8 @@
 
 #include "instance.h"
 
-struct config;
 struct event;
-struct event_base;
+struct gw;
 struct hconn;
 struct svc_config;
 struct service;
@@ -59,18 +58,29 @@ struct waiter {
 	void (*abort)(struct waiter *w, int status, const char *reason);
 };
 
-/* Set up every service of CFG. */
-void services_init(struct event_base *base, struct config *cfg);
+/* Set up every service of G's config (G: gw.h, kept). */
+void services_init(struct gw *g);
 /* Stop everything (SIGTERM then SIGKILL); done_cb runs when all are gone. */
 void services_shutdown(void (*done_cb)(void));
-/* Apply a new, already validated config: added services appear, removed
- * ones drain and stop, kept ones take their new settings (for new
- * instances). The old config must stay allocated. */
-void services_reload(struct config *cfg);
+/* Apply the new, already validated config main.c put in gw->cfg: added
+ * services appear, removed ones drain and stop, kept ones take their new
+ * settings (for new instances). Each service holds a reference on the
+ * config its settings live in; a removed one keeps the old config until it
+ * is freed (see service_ref), so the caller may drop its own reference to
+ * the old config afterwards. */
+void services_reload(void);
 /* Answer every waiting request with 503 and WHY. */
 void services_fail_waiters(const char *why);
 /* Remove all services (at exit, after shutdown). */
 void services_free(void);
+
+/* Lifetime: the registry holds a service while it is in the config.
+ * Whatever may outlive a reload holds a reference: each instance (until it
+ * is freed) and each exchange (proxy.c). A service removed by a reload is
+ * freed, with its reference on its config, soon after its last reference
+ * goes (from the event loop, never inside a caller's callback). */
+void service_ref(struct service *s);
+void service_unref(struct service *s);
 
 struct service *service_by_route(const char *route, size_t len);
 struct service *service_by_name(const char *name);
@@ -119,6 +129,11 @@ void service_reason(const struct service *s, char *buf, size_t len);
 const char *service_last_error(const struct service *s);
 int service_waiting(const struct service *s);
 int service_inflight(const struct service *s);
+/* Seconds until Slurm expects to start a pending instance (the soonest;
+ * -1: none known). */
+double service_expected_start_in(const struct service *s);
+/* Retry-After for a 503 while it starts: the expected start, else DEF. */
+int service_retry_after(const struct service *s, int def);
 /* Seconds until the idle stop (-1: not counting down). */
 double service_idle_left(const struct service *s);
 struct instance *service_first_instance(const struct service *s);

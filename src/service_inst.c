@@ -556,3 +556,30 @@ double service_idle_left(const struct service *s)
 		}
 	return best;
 }
+
+/* --- a queued start's expected time (Slurm's squeue --start) --- */
+
+double service_expected_start_in(const struct service *s)
+{
+	const struct instance *i;
+	double best = -1;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if (i->state == INST_STARTING && i->expected_start > 0) {
+			double in = i->expected_start - wall_s();   /* a wall-clock time */
+			if (in < 0)
+				in = 0;
+			if (best < 0 || in < best)
+				best = in;
+		}
+	return best;
+}
+
+int service_retry_after(const struct service *s, int def)
+{
+	double in = service_expected_start_in(s);
+
+	if (in < 0)
+		return def;
+	return in < 1 ? 1 : in > 86400 ? 86400 : (int)(in + 0.999);
+}

@@ -22,6 +22,8 @@ struct config;
 
 struct service {
 	struct svc_config *cfg;
+	struct config *conf;  /* the config CFG lives in: one reference */
+	int refs;             /* instances and exchanges (service_ref); not the registry's */
 	const struct launcher_ops *lops;
 	enum svc_state state;
 	TAILQ_HEAD(, instance) insts;
@@ -58,10 +60,22 @@ void inst_move(struct instance *i, enum inst_state st, const char *why);
 bool inst_booting(enum inst_state st);
 /* Instances of S in state A or B. */
 int svc_count(const struct service *s, enum inst_state a, enum inst_state b);
+
+/* --- service_pick.c: choosing an instance --- */
+
 /* Booting, or held by its launcher: a start is under way (no second one). */
 bool svc_any_pending(const struct service *s, const struct instance *except);
 /* The least loaded ready instance (NULL: none). */
 struct instance *svc_pick_ready(struct service *s);
+/* The least loaded ready instance not among the N in TRIED, or NULL. */
+struct instance *svc_pick_untried(struct service *s, struct instance *const *tried, int n);
+/* How many requests a ready instance takes while others still boot. */
+int svc_dispatch_limit(const struct service *s);
+/* Free the picker's scratch (at exit). */
+void svc_pick_free(void);
+
+/* --- service.c: the wait queue --- */
+
 /* Hand waiting requests to ready instances, in arrival order. */
 void svc_dispatch(struct service *s);
 /* Fail every waiting request with 503 and REASON. */

@@ -16,17 +16,19 @@
 
 #include "config.h"
 #include "launcher.h"
+#include "gw.h"
 #include "log.h"
 #include "runner.h"
 #include "service.h"
+#include "slurm_agent.h"
 #include "slurmjob.h"
 #include "util.h"
 
-static const struct config *tcfg;
+static struct gw *gw;
 
-void slurm_tunnel_init(const struct config *cfg)
+void slurm_tunnel_init(struct gw *g)
 {
-	tcfg = cfg;
+	gw = g;
 }
 
 /* A free local port that no service of ours would bind. */
@@ -44,8 +46,8 @@ static int alloc_port(void)
 		    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
 			port = ntohs(sa.sin_port);
 		close(fd);
-		for (size_t k = 0; k < tcfg->n_services; k++) {
-			const struct svc_config *s = &tcfg->services[k];
+		for (size_t k = 0; k < gw->cfg->n_services; k++) {
+			const struct svc_config *s = &gw->cfg->services[k];
 			/* + 1: the port a walltime handover's replacement uses */
 			clash |= port >= s->remote_port && port <= s->remote_port + s->max_instances;
 			clash |= port >= s->local_port && port <= s->local_port + s->max_instances;
@@ -204,7 +206,7 @@ static void node_addr(struct sjob *j, addr_cb cb)
 	q->cb = cb;
 	LIST_INSERT_HEAD(&addrqs, q, link);
 	j->refs++;
-	runner_run(j->r, argv, 60, sinfo_done, q);
+	sagent_run(j->r, argv, 60, sinfo_done, q);
 }
 
 static void tunnel_to(struct sjob *j, const char *addr)

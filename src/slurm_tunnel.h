@@ -7,7 +7,7 @@
 #include <stdbool.h>
 #include <sys/queue.h>
 
-struct config;
+struct gw;
 struct instance;
 struct runner;
 
@@ -31,6 +31,7 @@ struct sjob {
 	enum jstate st;
 	bool want_cancel, seen, tracked;
 	bool asking;             /* not in squeue: scontrol/sacct asked */
+	bool ending;             /* ended by itself: its output's tail is asked for */
 	char lost[200];          /* scontrol's answer about a job not in squeue */
 	char pending[128];       /* why Slurm keeps it queued (J_QUEUED; "": not said yet) */
 	int refs;                /* runner callbacks outstanding */
@@ -38,6 +39,7 @@ struct sjob {
 	double cancel_at;        /* when the last scancel was sent */
 	double submitted, running_at;
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
+	double eta;              /* Slurm's expected start (squeue %S), 0: none */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 
@@ -47,8 +49,8 @@ void sjob_unref(struct sjob *j);
  * runner cancels it when it comes up). Every change of lport goes through here. */
 void sjob_fwd_close(struct sjob *j);
 
-/* slurm_tunnel.c: take the config in force (the ports services use). */
-void slurm_tunnel_init(const struct config *cfg);
+/* slurm_tunnel.c: keep G (gw.h): its config in force says which ports services use. */
+void slurm_tunnel_init(struct gw *g);
 /* slurm_tunnel.c: reach J's service on the node it runs on now (J_TUNNEL),
  * at its NodeAddr: through a forward from a free local port over the
  * runner's SSH master, or directly without remote_host. Any earlier

@@ -2,8 +2,12 @@
 #include "slurmjob.h"
 
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "util.h"
 
 /* Every state squeue (%T), scontrol and sacct print, as of Slurm 22.05
  * (job_state_string): the flags first, then the base states. */
@@ -149,4 +153,66 @@ int slurmjob_split(char *line, char **f, int n)
 			f[k++] = p + 1;
 		}
 	return k;
+}
+
+void slurmjob_tail_lines(const char *out, char *buf, size_t len)
+{
+	size_t total = 0, o = 0;
+	const char *p, *e;
+	char *all;
+
+	if (len == 0)
+		return;
+	/* joined in full first, then the end kept */
+	for (p = out; *p; p++)
+		total += 4;
+	all = xmalloc(total + 1);
+	all[0] = '\0';
+	for (p = out; *p; p = *e ? e + 1 : e) {
+		size_t l;
+
+		e = strchr(p, '\n');
+		if (e == NULL)
+			e = p + strlen(p);
+		while (p < e && isspace((unsigned char)*p))
+			p++;
+		l = (size_t)(e - p);
+		while (l > 0 && isspace((unsigned char)p[l - 1]))
+			l--;
+		if (l == 0)
+			continue;
+		if (o > 0) {
+			memcpy(all + o, " | ", 3);
+			o += 3;
+		}
+		memcpy(all + o, p, l);
+		o += l;
+		all[o] = '\0';
+	}
+	if (o < len)
+		snprintf(buf, len, "%s", all);
+	else if (len > 4)
+		snprintf(buf, len, "...%s", all + o - (len - 4));
+	else
+		buf[0] = '\0';
+	free(all);
+}
+
+double slurmjob_start_time(const char *s)
+{
+	struct tm tm = {0};
+	char end;
+	long long secs;
+	time_t t;
+
+	if (s[0] >= '0' && s[0] <= '9' && sscanf(s, "%lld%c", &secs, &end) == 1)
+		return secs > 0 ? (double)secs : 0;
+	if (sscanf(s, "%d-%d-%dT%d:%d:%d%c", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+		   &tm.tm_min, &tm.tm_sec, &end) != 6)
+		return 0;
+	tm.tm_year -= 1900;
+	tm.tm_mon -= 1;
+	tm.tm_isdst = -1;
+	t = mktime(&tm);
+	return t == (time_t)-1 ? 0 : (double)t;
 }

@@ -38,5 +38,12 @@ bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, 
 /* Split "a|b|c" (squeue -o, sinfo -o) in place into up to N fields F;
  * returns how many there are. */
 int slurmjob_split(char *line, char **f, int n);
+/* Slurm's expected start (squeue %S): seconds since the epoch (with
+ * SLURM_TIME_FORMAT=%s) or "2026-11-29T12:24:16" in local time; 0 for
+ * "N/A", "Unknown", "" or anything else. */
+double slurmjob_start_time(const char *s);
+/* The non-empty lines of OUT (a job's output tail), trimmed and joined by
+ * " | ", into BUF; when too long, the end is kept, after "...". */
+void slurmjob_tail_lines(const char *out, char *buf, size_t len);
 
 #endif

@@ -38,7 +38,7 @@ UPSTREAMS = {
         "desc": "bench/upstream.c (raw epoll, Content-Type and Content-Length, 3-byte body)",
     },
 }
-HEADLINE = "realistic"
+PROXY_HEADLINE = "realistic"
 DEMO_BIN = os.path.join(BUILD, "demo_service")
 DEMO_SH = os.path.join(ROOT, "examples", "demo_service.sh")
 
@@ -75,8 +75,8 @@ WATCHDOG_S = (60 + ROUNDS * 3 * len(UPSTREAMS) * (WARMUP + DURATION + 2) + 3 * l
               + 2 * (OVERLOAD_S + 5) + 120
               + (40 * len(UPSTREAMS) if DO_STRACE else 0)
               + (60 + 2 * (SCALE_DURATION + 8) if SCALE else 0)
-              # cluster up and down, and per cold start (both ways) a start and a stop on a busy machine
-              + (240 + COLD_STARTS * 150 + 5 * (WARM_DURATION + 10) if SLURM else 0))
+              # cluster up and down, and per cold start (all three ways) a start and a stop on a busy machine
+              + (240 + COLD_STARTS * 220 + 5 * (WARM_DURATION + 10) if SLURM else 0))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "nginx", "slurmgate")
@@ -192,7 +192,11 @@ def write_json(name, obj):
 def start_gateway(config, log_name):
     """slurmgate with CONFIG (written to tmpdir as LOG_NAME's stem + .json),
     its output in tmpdir/LOG_NAME; the caller waits for it (wait_http)."""
-    path = write_json(os.path.splitext(log_name)[0] + ".json", config)
+    stem = os.path.splitext(log_name)[0]
+    # a state_dir of its own: the default (/var/lib/slurmgate as root) is
+    # locked by any other slurmgate running on this machine
+    config.setdefault("state_dir", os.path.join(tmpdir, stem + "-state"))
+    path = write_json(stem + ".json", config)
     logf = open(os.path.join(tmpdir, log_name), "w")
     p = spawn([SLURMGATE, "-c", path], stdout=logf, stderr=subprocess.STDOUT)
     logf.close()

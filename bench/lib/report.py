@@ -6,10 +6,10 @@ import re
 import subprocess
 
 import common as C
-from common import (CONNS, CPU_MS, DURATION, HEADLINE, OVERLOAD_S, POLL_FAST_MS, ROOT,
+from common import (CONNS, CPU_MS, DURATION, OVERLOAD_S, PROXY_HEADLINE, ROOT,
                     ROUNDS, SCALE_DURATION, SLURMGATE, TARGETS, THREADS, UPSTREAMS, WARM_DURATION,
                     WARMUP, fmt, log, median, ratio)
-from slurm import PHASES, per_run, phase_ratio
+from slurm import HEADLINE, PHASES, WAY_NAMES, WAYS, ms, per_run
 
 
 def verdict(ok):
@@ -91,7 +91,7 @@ def summary(rds, load1, rss, over, low, syscalls, sc, sl):
         f"1 worker, upstream keepalive 64, proxy_buffering off, "
         f"{'forwarding Host and X-Forwarded-For/-Proto/-Host as slurmgate does' if C.NGINX_FWD else 'its default request fields (no X-Forwarded-*)'}. "
         f"Upstreams: " +
-        "; ".join(f"{u}{' (the headline)' if u == HEADLINE else ''}: {UPSTREAMS[u]['desc']}"
+        "; ".join(f"{u}{' (the headline)' if u == PROXY_HEADLINE else ''}: {UPSTREAMS[u]['desc']}"
                   for u in rds) + ".")
     log("")
     log("| upstream | target | req/s | p50 (ms) | p99 (ms) | proxy CPU (us/req) | non-2xx / socket errors |")
@@ -156,21 +156,35 @@ def summary_scale(sc):
 
 
 def summary_slurm(res):
-    g, s = res["gmed"], res["smed"]
+    m, r = res["med"], res["ratios"]
+    pg, pa = res["poll_fast_ms"]["gw"], res["poll_fast_ms"]["agent"]
+    polls = (f"the same poll_fast_ms {pg} for both, so the agent's column shows the agent's own effect"
+             if pg == pa else
+             f"poll_fast_ms {pg} plain and {pa} with the agent (each one's default: the agent's column "
+             f"shows the agent and its shorter interval together)")
     log("")
     log(f"Slurm cold start ({res.get('nodes', 1)}-node clusterctl cluster, sshd on 127.0.0.1; median of "
-        f"{len(res['gw'])}): slurmgate (one ssh ControlMaster, squeue every {POLL_FAST_MS / 1000:g} s) vs the seed's way "
-        f"(a fresh ssh per sbatch/squeue, squeue every 0.5 s, its own `ssh -N -L` tunnel).")
+        f"{len(res['gw'])}, the three ways one after the other in rotating order): slurmgate (one ssh "
+        f"ControlMaster, squeue every {pg / 1000:g} s), slurmgate + remote agent (`slurm_agent`: one "
+        f"long-lived remote/slurmgate-agent session through the same ControlMaster, its watcher's squeue "
+        f"every {pa / 1000:g} s while a job starts, changes pushed) and the seed's way (a fresh ssh per "
+        f"sbatch/squeue, squeue every 0.5 s, its own `ssh -N -L` tunnel); {polls}.")
     log("")
-    log("| phase (s) | slurmgate | seed | seed / slurmgate |")
-    log("|---|---:|---:|---:|")
+    log("| phase (s) | slurmgate | sg + agent | seed | seed / slurmgate | slurmgate / sg + agent "
+        "| seed / sg + agent |")
+    log("|---|---:|---:|---:|---:|---:|---:|")
     for key, label, _ in PHASES:
-        log(f"| {label} | {fmt(g[key], '.2f')} | {fmt(s[key], '.2f')} | "
-            f"{fmt(phase_ratio(key, s[key], g[key]), '.2f')} |")
+        log(f"| {label} | {fmt(m['gw'][key], '.2f')} | {fmt(m['agent'][key], '.2f')} | "
+            f"{fmt(m['seed'][key], '.2f')} | " + " | ".join(fmt(x, '.2f') for x in r[key]) + " |")
     log("")
-    log(f"Per run (s): total slurmgate {per_run(res['gw'], 'total')}, seed "
-        f"{per_run(res['seed'], 'total')}; added beyond Slurm slurmgate {per_run(res['gw'], 'added')}, "
-        f"seed {per_run(res['seed'], 'added')}. A fresh ssh session (connect + login shell + command) "
+    log("| median (per run) | slurmgate | sg + agent | seed | goal (issue 11) |")
+    log("|---|---:|---:|---:|---:|")
+    for key, label, goal in HEADLINE:
+        log(f"| {label} | " + " | ".join(f"{ms(m[w][key])} ({per_run(res[w], key)} s)" for w in WAYS)
+            + f" | <= {goal * 1000:.0f} ms |")
+    log("")
+    log("Per run (s): total " + ", ".join(f"{WAY_NAMES[w]} {per_run(res[w], 'total')}" for w in WAYS)
+        + f". A fresh ssh session (connect + login shell + command) "
         f"took {res['fresh_ssh_s']:.2f} s on average; Slurm's own part varies by seconds from job "
         f"to job, so compare the added time rather than the totals.")
     w = res["warm"]

@@ -316,3 +316,87 @@ def test_a_stream_in_flight_survives_reloads(gateway):
     assert "error" not in result, result
     events = [l for l in result["r"].text.split("\n") if l.startswith("data:")]
     assert len(events) == 15, result["r"]
+
+
+# --------------------------------------------------------------------------
+# config lifetime: a reload frees the old config once nothing refers to it
+# --------------------------------------------------------------------------
+
+def configs_live(g):
+    for line in g.get("/metrics").text.splitlines():
+        if line.startswith("slurmgate_configs_live "):
+            return int(line.split()[1])
+    raise AssertionError("no slurmgate_configs_live in /metrics")
+
+
+def background_get(g, path, result):
+    def run():
+        try:
+            result["r"] = http_request(g.port, "GET", path, timeout=30 * SLACK)
+        except Exception as e:  # noqa: BLE001
+            result["error"] = repr(e)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def stream_ok(result, n):
+    assert "error" not in result, f"the stream was cut: {result}"
+    events = [l for l in result["r"].text.split("\n") if l.startswith("data:")]
+    assert events == [f"data: {k}" for k in range(n)], result["r"]
+
+
+def test_removed_service_keeps_its_config_until_its_request_ends(gateway):
+    g = gateway([demo_service(name="demo", route="llm"),
+                 demo_service(name="gone", route="gone")])
+    assert g.get("/gone/health").status == 200
+    assert configs_live(g) == 1
+    result = {}
+    t = background_get(g, "/gone/stream?n=10&ms=150", result)
+    wait_until(lambda: g.svc("gone")["in_flight"] == 1, 3 * SLACK, msg="the stream in flight")
+    reload(g, config_with(g, g.services[:1]), expect_ok=True)
+    # the retired service (and its stream) still use the old config
+    assert configs_live(g) == 2
+    t.join(20 * SLACK)
+    stream_ok(result, 10)
+    wait_until(lambda: configs_live(g) == 1, 5 * SLACK, msg="the old config to be freed")
+
+
+def test_old_configs_are_freed_after_many_reloads(gateway):
+    """50 reloads, each with a changed config and the second service removed
+    or added back; a stream in flight across all of them and one on a
+    service removed under it. The configs in memory stay bounded, and
+    every one but the last is freed once nothing uses it (the ASan build's
+    LeakSanitizer checks the rest at exit: the teardown wants exit code 0)."""
+    g = gateway([demo_service(name="demo", route="llm"),
+                 demo_service(name="extra", route="extra")],
+                env={"DEMO_TOKEN_DELAY_MS": "100"})
+    assert g.get("/llm/health").status == 200
+    long_run, on_removed = {}, {}
+    t1 = background_get(g, "/llm/stream?n=30&ms=100", long_run)
+    wait_until(lambda: g.svc()["in_flight"] == 1, 3 * SLACK, msg="the long stream in flight")
+    most = 0
+    t2 = None
+    for k in range(50):
+        with_extra = k % 2 == 1
+        if k == 12:
+            # extra is in the config (k = 11 added it): a request on it, then remove it
+            assert g.get("/extra/health").status == 200
+            t2 = background_get(g, "/extra/stream?n=10&ms=150", on_removed)
+            wait_until(lambda: g.svc("extra")["in_flight"] == 1, 3 * SLACK,
+                       msg="the stream on extra in flight")
+        demo = dict(g.services[0], timeout=30 + k, aliases=[f"model-{k}"])
+        services = [demo] + (g.services[1:] if with_extra else [])
+        reload(g, config_with(g, services, feedback_interval=1 + k % 3), expect_ok=True)
+        most = max(most, configs_live(g))
+    t1.join(30 * SLACK)
+    t2.join(30 * SLACK)
+    stream_ok(long_run, 30)
+    stream_ok(on_removed, 10)
+    # in force, the one of the long stream's retired... at most a few at once
+    assert most <= 4, f"{most} configs in memory during 50 reloads"
+    wait_until(lambda: configs_live(g) == 1, 5 * SLACK, msg="every old config to be freed")
+    assert g.svc()["timeout"] == 79
+    # the exit frees the rest: an ASan build's LeakSanitizer finds nothing
+    rc = g.terminate()
+    assert rc == 0 and "Sanitizer" not in g.log(tail=10 ** 7), g.log()

@@ -125,6 +125,28 @@ static void test_bad_timeout_names_the_field(void **state)
 	config_free_errors(errs);
 }
 
+/* A config lives while anything holds a reference (the gateway's context,
+ * a service): the last config_unref frees it; a failed load leaves none. */
+static void test_config_freed_with_last_reference(void **state)
+{
+	char **errs = NULL;
+	size_t before = config_live();
+	struct config *c = load_text("{\"Services\": []}", &errs), *held;
+
+	(void)state;
+	assert_non_null(c);
+	assert_int_equal(config_live(), before + 1);
+	held = config_ref(c);   /* a service's */
+	config_unref(c);        /* the context moves to a newer config */
+	assert_int_equal(config_live(), before + 1);
+	assert_non_null(held->path);   /* still there (ASan: not freed) */
+	config_unref(held);     /* the retired service is freed */
+	assert_int_equal(config_live(), before);
+	assert_null(load_text("{\"Services\": 1}", &errs));
+	assert_int_equal(config_live(), before);
+	config_free_errors(errs);
+}
+
 /* The launcher is looked up in the registry (launcher.c): an unknown name,
  * or a value that is no name, is refused with every known name listed. */
 static void test_unknown_launcher_refused_with_known_names(void **state)
@@ -378,6 +400,7 @@ int main(void)
 		cmocka_unit_test(test_port_of_the_wrong_type_says_so),
 		cmocka_unit_test(test_misspelled_keys_get_a_hint),
 		cmocka_unit_test(test_access_log_and_key_names),
+		cmocka_unit_test(test_config_freed_with_last_reference),
 	};
 	return cmocka_run_group_tests_name("config", tests, setup, teardown);
 }

@@ -81,6 +81,7 @@ static void test_illegal_move_is_fatal(void **state)
 /* --- over sockets --- */
 
 static struct event_base *base;
+static struct gw ctx;   /* the gateway context (gw.h) */
 
 /* Run the loop until *FLAG is set (at most about 5 s). */
 static void loop_until(const int *flag)
@@ -265,7 +266,8 @@ int main(void)
 	int rc;
 
 	base = event_base_new();
-	http_init(base);
+	ctx.base = base;
+	http_init(&ctx);
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
 	event_free(flush_ev);
 	event_free(budget_ev);

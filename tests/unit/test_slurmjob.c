@@ -142,6 +142,40 @@ static void test_split(void **state)
 	assert_string_equal(f[0], "");
 }
 
+static void test_tail_lines(void **state)
+{
+	char buf[40];
+
+	(void)state;
+	slurmjob_tail_lines("loading\n\n  RuntimeError: CUDA out of memory  \r\n", buf, sizeof buf);
+	assert_string_equal(buf, "...g | RuntimeError: CUDA out of memory");
+	slurmjob_tail_lines("a\nb\n", buf, sizeof buf);
+	assert_string_equal(buf, "a | b");
+	slurmjob_tail_lines("", buf, sizeof buf);
+	assert_string_equal(buf, "");
+	slurmjob_tail_lines("\n \n", buf, sizeof buf);
+	assert_string_equal(buf, "");
+	/* too long: the end is what matters */
+	slurmjob_tail_lines("0123456789012345678901234567890123456789\nthe end", buf, sizeof buf);
+	assert_int_equal(strlen(buf), sizeof buf - 1);
+	assert_true(strncmp(buf, "...", 3) == 0);
+	assert_true(strstr(buf, "| the end") != NULL);
+}
+
+static void test_start_time(void **state)
+{
+	(void)state;
+	setenv("TZ", "UTC", 1);
+	tzset();
+	assert_true(slurmjob_start_time("2026-11-29T12:24:16") == 1795955056.0);
+	assert_true(slurmjob_start_time("1795955056") == 1795955056.0);
+	assert_true(slurmjob_start_time("N/A") == 0);
+	assert_true(slurmjob_start_time("Unknown") == 0);
+	assert_true(slurmjob_start_time("") == 0);
+	assert_true(slurmjob_start_time("12x") == 0);
+	assert_true(slurmjob_start_time("2026-11-29T12:24:16x") == 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -152,6 +186,8 @@ int main(void)
 		cmocka_unit_test(test_field),
 		cmocka_unit_test(test_sacct_line),
 		cmocka_unit_test(test_split),
+		cmocka_unit_test(test_tail_lines),
+		cmocka_unit_test(test_start_time),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

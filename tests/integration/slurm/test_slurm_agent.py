@@ -1,0 +1,438 @@
+"""The remote agent (remote/slurmgate-agent, issue 11) against the real test
+cluster and sshd: Slurm commands through one long-lived agent session, job
+changes pushed by its watcher, the agent as the forced command of a
+least-privilege key (restrict, port-forwarding, permitopen), its allow-list
+of job scripts, and the fallback to plain commands when it cannot start."""
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SLACK, http_request, wait_until
+from slurmlib import REPO, cluster, demo_job_script, slurm_gateway, slurm_service, write_script  # noqa: F401
+
+AGENT = REPO / "remote" / "slurmgate-agent"
+
+
+def install_agent(tmp_path):
+    """The agent as an admin installs it: a copy on the "login node" with its
+    allow-list directory beside it (slurmgate-agent.allow)."""
+    d = tmp_path / "login"
+    d.mkdir()
+    agent = d / "slurmgate-agent"
+    shutil.copy(AGENT, agent)
+    agent.chmod(0o755)
+    allow = d / "slurmgate-agent.allow"
+    allow.mkdir()
+    return agent, allow
+
+
+@pytest.fixture
+def forced_key(cluster, tmp_path):
+    """Factory: forced_key(command, ports) -> a new private key whose
+    authorized_keys entry on the test sshd is
+    restrict,command="COMMAND",port-forwarding,permitopen="NODE:PORT"...
+    The entry is removed afterwards."""
+    authkeys = Path(cluster.ssh_key).parent / "authorized_keys"
+    added = []
+
+    def make(command, ports):
+        key = tmp_path / f"fkey{len(added)}"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True, timeout=30)
+        pub = (tmp_path / f"{key.name}.pub").read_text().strip()
+        opens = ",".join(f'permitopen="{n["addr"]}:{p}"' for n in cluster.nodes for p in ports)
+        line = f'restrict,command="{command}",port-forwarding,{opens} {pub}\n'
+        with open(authkeys, "a") as f:
+            f.write(line)
+        added.append(line)
+        return key
+
+    yield make
+    text = authkeys.read_text()
+    for line in added:
+        text = text.replace(line, "")
+    authkeys.write_text(text)
+
+
+def ssh_with(cluster, key, *command, stdin=""):
+    return subprocess.run(
+        ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+         "-o", f"UserKnownHostsFile={cluster.known_hosts}", "-p", str(cluster.ssh_port),
+         f"{cluster.ssh_user}@127.0.0.1", *command],
+        input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+
+
+def agent_service(cluster, tmp_path, forced=None, **kw):
+    """A service whose job script is on the agent's allow-list; with FORCED
+    (the forced_key factory) its key runs only the agent."""
+    agent, allow = install_agent(tmp_path)
+    job = demo_job_script(allow / "job.sh")
+    svc = slurm_service(cluster, job, slurm_agent=str(agent), **kw)
+    if forced is not None:
+        svc["ssh_key_file"] = str(forced(f"{agent} -l {tmp_path}/agent.log",
+                                         [svc["remote_port"], svc["remote_port"] + 1]))
+    return svc, agent, allow
+
+
+def test_agent_forced_command_cold_start_adoption_and_idle_cancel(cluster, slurm_gateway,
+                                                                   tmp_path, forced_key):
+    timeout = 4
+    svc, agent, _ = agent_service(cluster, tmp_path, forced_key, timeout=timeout)
+    g = slurm_gateway([svc])
+    name = g.job_name()
+
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    info = g.svc()
+    assert info["slurm_agent"] == "up", info
+    assert "running plain Slurm commands" not in g.log()
+    [(job1, _, state, _)] = cluster.jobs(name)
+    assert state == "RUNNING"
+
+    # adoption after a restart of the gateway, through a new agent
+    assert g.kill9() == -signal.SIGKILL
+    g.restart()
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    assert r.json()["pid"] == pid1, "not served by the adopted job"
+    assert [j[0] for j in cluster.jobs(name)] == [job1], "a second job was submitted"
+    assert "adopting Slurm job" in g.log()
+    assert g.svc()["slurm_agent"] == "up"
+
+    # idle: cancelled through the agent, the end pushed by its watcher
+    wait_until(lambda: not cluster.live_jobs(name), (timeout + 10) * SLACK, interval=0.2,
+               msg=f"job {job1} cancelled after idle")
+    g.wait_svc(lambda i: i["state"] == "stopped" and not i["instances"], 15,
+               msg="the service stopped")
+    assert "plain" not in g.log()
+    # the agent on the login node ends with the gateway's session
+    assert agent_pids(agent)
+    assert g.terminate() == 0
+    wait_until(lambda: not agent_pids(agent), 10 * SLACK, msg="the agent gone with the gateway")
+
+
+def test_agent_forced_command_requeue_holds_and_resumes(cluster, slurm_gateway, tmp_path,
+                                                        forced_key):
+    svc, _, _ = agent_service(cluster, tmp_path, forced_key)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    [inst] = g.svc()["instances"]
+    job_id = inst["job_id"]
+
+    cluster.run("scontrol", "requeue", job_id)
+    g.wait_svc(lambda i: i["instances"] and "requeued" in i["instances"][0]["detail"], 15,
+               msg="the instance held: requeued")
+    r = g.get("/llm/pid", timeout=90)
+    assert r.status == 200, r
+    assert r.json()["pid"] != pid1
+    info = g.svc()
+    assert info["instances"][0]["job_id"] == job_id and info["starts"] == 1, info
+    assert info["slurm_agent"] == "up"
+
+
+def test_forced_command_refuses_other_commands_and_unlisted_scripts(cluster, slurm_gateway,
+                                                                    tmp_path, forced_key):
+    svc, agent, allow = agent_service(cluster, tmp_path, forced_key)
+    key = svc["ssh_key_file"]
+    log = tmp_path / "agent.log"
+
+    # an arbitrary command with the key: refused, nothing runs
+    p = ssh_with(cluster, key, "squeue")
+    assert p.returncode != 0 and "refused" in p.stderr and p.stdout == "", p
+    p = ssh_with(cluster, key, "sh", "-c", "'touch /tmp/sg-agent-pwned'")
+    assert p.returncode != 0 and "refused" in p.stderr, p
+    assert not Path("/tmp/sg-agent-pwned").exists()
+    # the agent itself, asked for by path, speaks its protocol; an sbatch of
+    # a script that is not on its allow-list is refused
+    outside = write_script(tmp_path / "evil.sh", "#!/bin/sh\ntouch /tmp/sg-agent-pwned\n")
+    p = ssh_with(cluster, key, str(agent),
+                 stdin=f"1\tsubmit\tsg:x:evil:0\t9\t{outside}\t--chdir={cluster.work_dir}\n"
+                       f"2\tsubmit\tsg:x:evil:0\t9\t{allow}/../../evil.sh\n"
+                       f"3\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t--wrap=id\n"
+                       f"5\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t-Ho{tmp_path}/x\n"
+                       f"6\tsubmit\tsg:x:evil:0\t9\t{allow}/job.sh\t-w\tnode2\n"
+                       f"7\tquit\n")
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("*\thello"), p
+    for k in (1, 2, 3, 5, 6):
+        assert any(line.startswith(f"{k}\t126\t") for line in lines), (k, lines)
+    assert not (tmp_path / "x").exists()
+    text = log.read_text()
+    assert "refused command" in text and "squeue" in text, text
+    assert f"sbatch of {outside}: not on the allow-list" in text, text
+
+    # the gateway with a service whose script is not listed: a clear 503
+    bad = slurm_service(cluster, outside, name="evil", route="evil",
+                        slurm_agent=str(agent), ssh_key_file=key, hold=False)
+    good = dict(svc)
+    g = slurm_gateway([good, bad])
+    r = g.get("/evil/x", timeout=30)
+    assert r.status == 503, r
+    info = g.wait_svc(lambda i: i["last_error"], 30, name="evil")
+    assert "not on the allow-list" in info["last_error"], info
+    assert cluster.jobs(g.job_name("evil")) == []
+    assert not Path("/tmp/sg-agent-pwned").exists()
+
+
+def test_agent_that_cannot_start_falls_back_to_plain_commands(cluster, slurm_gateway, tmp_path):
+    job = demo_job_script(tmp_path / "job.sh")
+    svc = slurm_service(cluster, job, slurm_agent="/nonexistent/slurmgate-agent")
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    info = g.svc()
+    assert info["slurm_agent"].startswith("fallback: "), info
+    assert "running plain Slurm commands" in g.log()
+
+
+@pytest.mark.parametrize("via", ["agent", "plain"])
+def test_failed_job_output_tail_in_503_and_api(cluster, slurm_gateway, tmp_path, via):
+    """A job that fails explains itself: the last lines of its output file
+    (StdErr, else StdOut, from scontrol) are in the 503 and in /api."""
+    agent, allow = install_agent(tmp_path)
+    job = write_script(allow / "oom.sh",
+                       "#!/bin/sh\necho 'loading model'\n"
+                       "echo 'RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB' >&2\n"
+                       "exit 1\n")
+    kw = {"slurm_agent": str(agent)} if via == "agent" else {}
+    g = slurm_gateway([slurm_service(cluster, job, **kw)])
+    r = g.get("/llm/x", timeout=60)
+    assert r.status == 503, r
+    err = r.json()["error"]
+    assert "FAILED" in err and "CUDA out of memory" in err, err
+    assert "loading model | RuntimeError: CUDA out of memory" in err, err
+    info = g.svc()
+    assert "CUDA out of memory" in info["last_error"], info
+    assert info["slurm_agent"] == ("up" if via == "agent" else None), info
+
+
+def sse_comment_with(port, path, needle, timeout):
+    """Open an SSE request and read its comments until one holds NEEDLE."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        data = b""
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in data:
+            assert time.monotonic() < deadline, data
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        return [ln for ln in data.decode(errors="replace").splitlines() if needle in ln][0]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("via", ["agent", "plain"])
+def test_pending_job_expected_start_in_check_api_sse_waiting_page_and_retry_after(
+        cluster, slurm_gateway, tmp_path, via):
+    """A pending job's expected start (squeue %S, here from --begin=now+60)
+    is in /check_, /api, the SSE comments, the waiting page, and is the
+    Retry-After of a no-hold 503."""
+    agent, allow = install_agent(tmp_path)
+    job = demo_job_script(allow / "job.sh")
+    kw = {"slurm_agent": str(agent)} if via == "agent" else {}
+    args = [f"--chdir={cluster.work_dir}", "--begin=now+60"]
+    held = slurm_service(cluster, job, sbatch_args=args, **kw)
+    nohold = slurm_service(cluster, job, name="nh", route="nh", hold=False, sbatch_args=args, **kw)
+    g = slurm_gateway([held, nohold], feedback_interval=1)
+
+    r = g.get("/nh/x", timeout=30)
+    assert r.status == 503, r
+    info = g.wait_svc(lambda i: i["expected_start_in"] is not None, 15, name="nh")
+    assert 30 < info["expected_start_in"] <= 61, info
+    [inst] = info["instances"]
+    assert inst["expected_start"] and "expected to start 20" in inst["detail"], inst
+    r = g.get("/nh/x", timeout=30)
+    assert r.status == 503, r
+    assert 30 < int(r.headers["retry-after"]) <= 61, r.headers
+    assert "expected to start" in g.get("/check_nh").json()["reason"]
+
+    # the held service: its SSE comments and the waiting page say it too
+    line = sse_comment_with(g.port, "/llm/stream", "expected to start", 20 * SLACK)
+    assert line.startswith(": slurmgate: starting") and "BeginTime" in line, line
+    r = g.get("/llm/", headers={"Accept": "text/html"})
+    assert r.status == 503 and b"expected to start" in r.body, r
+
+
+def agent_pids(agent):
+    """The agent's processes (its main loop and its watcher, run by sh)."""
+    import os
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                args = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(a.decode(errors="replace") == str(agent) for a in args[1:2]):
+                out.append(int(d))
+    return out
+
+
+def test_killed_agent_is_started_again_and_keeps_watching(cluster, slurm_gateway, tmp_path,
+                                                         forced_key):
+    import os
+    svc, agent, _ = agent_service(cluster, tmp_path, forced_key)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    [inst] = g.svc()["instances"]
+    pids = agent_pids(agent)
+    assert pids, "no agent process found"
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    wait_until(lambda: "starting it again" in g.log() and g.svc()["slurm_agent"] == "up"
+               and not set(agent_pids(agent)) & set(pids), 20 * SLACK,
+               msg="a new agent")
+    # the new agent watches the job: its end from outside is seen
+    cluster.scancel(inst["job_id"])
+    g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed")
+    assert "running plain Slurm commands" not in g.log()
+    assert g.get("/llm/pid", timeout=60).status == 200
+
+
+def _stamp(line):
+    import re
+    from datetime import datetime, timezone
+    m = re.match(r"\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]", line)
+    return datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp() if m else None
+
+
+def _cold_start_timeline(cluster, g, off):
+    """One cold start of g's service: (added beyond Slurm's own part,
+    RUNNING noticed after Slurm set it) in seconds, from the gateway's log,
+    slurmctld's log and the job script's first line."""
+    import re
+    from datetime import datetime, timezone
+    t0 = time.time()
+    r = g.get("/llm/health", timeout=120)
+    t1 = time.time()
+    assert r.status == 200, r
+    text = g.log_path.read_text(errors="replace")[off:]
+    job = re.search(r"svc demo\[0\]: Slurm job (\d+) submitted", text).group(1)
+    seen = None
+    for line in text.splitlines():
+        if re.search(rf"Slurm job {job} running on ", line):
+            seen = datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f").replace(
+                tzinfo=timezone.utc).timestamp()
+    ctld = (cluster.dir / "slurm" / "slurmctld.log").read_text(errors="replace").splitlines()
+    submit = next(_stamp(ln) for ln in ctld if f"submit_batch_job: JobId={job} " in ln)
+    alloc = next(_stamp(ln) for ln in ctld if re.search(rf"Allocate JobId={job}\b", ln))
+    out = Path(cluster.work_dir, f"slurm-{job}.out").read_text()
+    start = float(re.search(r"bench-job-start (\d+\.\d+)", out).group(1))
+    return (t1 - t0) - (start - submit), seen - alloc
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("SLURMGATE_MEASURE"),
+                    reason="a measurement (SLURMGATE_MEASURE=1), not a check")
+def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_path):
+    """Cold start added time beyond Slurm's own part, and RUNNING noticed,
+    through plain commands and through the agent (same poll_fast_ms)."""
+    import statistics
+    env = __import__("os").environ
+    n = int(env.get("SLURMGATE_MEASURE_N", "5"))
+    fast_ms = int(env.get("SLURMGATE_MEASURE_FAST_MS", "200"))
+    res = {}
+    for via in ("plain", "agent"):
+        d = tmp_path / via
+        d.mkdir()
+        agent, allow = install_agent(d)
+        job = demo_job_script(allow / "job.sh", extra='echo "bench-job-start $(date +%s.%N)"\n')
+        kw = {"slurm_agent": str(agent)} if via == "agent" else {}
+        g = slurm_gateway([slurm_service(cluster, job, **kw)], poll_fast_ms=fast_ms,
+                          poll_slow_s=15)
+        # steady state: the master is up (and the agent, which did the
+        # start-up squeue)
+        wait_until(lambda: "ssh master" in g.log() and (via == "plain" or
+                                                        g.svc()["slurm_agent"] == "up"), 20)
+        rows = []
+        for _ in range(n):
+            off = len(g.log_path.read_text(errors="replace"))
+            rows.append(_cold_start_timeline(cluster, g, off))
+            http_request(g.port, "POST", "/api/services/demo/stop", timeout=10)
+            g.wait_svc(lambda i: i["state"] == "stopped", 30)
+            wait_until(lambda: not cluster.live_jobs(g.job_name()), 30)
+        res[via] = rows
+        g.terminate()
+    for via, rows in res.items():
+        added = [a for a, _ in rows]
+        seen = [s for _, s in rows]
+        print(f"{via}: added beyond Slurm median {statistics.median(added) * 1000:.0f} ms "
+              f"(min {min(added) * 1000:.0f}, max {max(added) * 1000:.0f}); RUNNING noticed "
+              f"median {statistics.median(seen) * 1000:.0f} ms (min {min(seen) * 1000:.0f}, "
+              f"max {max(seen) * 1000:.0f}); n={len(rows)}")
+
+
+def test_agent_runs_here_without_remote_host(cluster, slurm_gateway, tmp_path):
+    """Without remote_host the agent is a child of the gateway: no ssh."""
+    svc, agent, _ = agent_service(cluster, tmp_path, timeout=3)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf})
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    assert g.svc()["slurm_agent"] == "up"
+    assert g.master_pids() == [] and g.ssh_leftovers() == []
+    assert agent_pids(agent)
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 20 * SLACK, interval=0.2,
+               msg="the idle job to be cancelled")
+    assert g.terminate() == 0
+    wait_until(lambda: not agent_pids(agent), 10 * SLACK, msg="the agent gone with the gateway")
+
+
+def test_killed_ssh_master_takes_the_agent_which_comes_back_with_it(cluster, slurm_gateway,
+                                                                   tmp_path, forced_key):
+    import os
+    svc, agent, _ = agent_service(cluster, tmp_path, forced_key)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    [master] = g.master_pids()
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: g.master_pids() and g.master_pids() != [master], 30 * SLACK,
+               msg="a new ssh master")
+    wait_until(lambda: g.svc()["slurm_agent"] == "up" and "starting it again" in g.log(),
+               30 * SLACK, msg="the agent back")
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200 and r.json()["pid"] == pid1, r
+    assert "running plain Slurm commands" not in g.log()
+
+
+def test_reload_drops_and_brings_back_the_agent(cluster, slurm_gateway, tmp_path):
+    import json
+    svc, agent, _ = agent_service(cluster, tmp_path)
+    g = slurm_gateway([svc])
+    assert g.get("/llm/pid", timeout=60).status == 200
+    assert g.svc()["slurm_agent"] == "up"
+
+    def reload(with_agent):
+        cfg = json.loads(g.config_path.read_text())
+        if with_agent:
+            cfg["Services"][0]["slurm_agent"] = str(agent)
+        else:
+            cfg["Services"][0].pop("slurm_agent", None)
+        g.config_path.write_text(json.dumps(cfg))
+        g.proc.send_signal(signal.SIGHUP)
+
+    reload(False)
+    wait_until(lambda: g.svc()["slurm_agent"] is None and not agent_pids(agent), 20 * SLACK,
+               msg="the agent stopped after the reload")
+    assert "no service names it now" in g.log()
+    # plain polling follows the job now
+    [inst] = g.svc()["instances"]
+    cluster.scancel(inst["job_id"])
+    g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed without agent")
+
+    reload(True)
+    wait_until(lambda: g.get("/llm/pid", timeout=60).status == 200, 60 * SLACK)
+    assert g.svc()["slurm_agent"] == "up" and agent_pids(agent)
