@@ -237,7 +237,14 @@ static void fwd_opts(struct hconn *c, const struct http_msg *m, const struct ser
 /* The upstream target: the normalised path and the query as sent. */
 static char *upstream_target(const char *path, size_t plen, const struct route_target *rt)
 {
-	return xasprintf("%.*s%.*s", (int)plen, path, (int)rt->qlen, rt->query ? rt->query : "");
+	size_t qlen = rt->query ? rt->qlen : 0;
+	char *t = xmalloc(plen + qlen + 1);   /* no printf: on every proxied request */
+
+	memcpy(t, path, plen);
+	if (qlen)
+		memcpy(t + plen, rt->query, qlen);
+	t[plen + qlen] = '\0';
+	return t;
 }
 
 /* The /v1 body read for the model lookup: in the memory budget while it

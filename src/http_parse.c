@@ -39,6 +39,9 @@ enum {
 
 #define CHUNK_LINE_MAX 4096
 
+/* NAME (N bytes) is the literal LIT, ignoring case: the length first. */
+#define NAME_IS(name, n, lit) ((n) == sizeof(lit) - 1 && strncasecmp((name), (lit), sizeof(lit) - 1) == 0)
+
 static const http_parser_settings settings;
 
 static struct hparse *hpof(http_parser *p)
@@ -161,16 +164,25 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
  * "Content-Length : 5" is a smuggling attempt, not a header). */
 static bool is_token(const char *p, size_t n)
 {
-	static const char extra[] = "!#$%&'*+-.^_`|~";
+#define T2(a, b) [a] = 1, [b] = 1
+	static const unsigned char tchar[256] = {
+		T2('!', '#'), T2('$', '%'), T2('&', '\''), T2('*', '+'), T2('-', '.'), T2('^', '_'),
+		T2('`', '|'), ['~'] = 1,
+		T2('0', '1'), T2('2', '3'), T2('4', '5'), T2('6', '7'), T2('8', '9'),
+		T2('a', 'b'), T2('c', 'd'), T2('e', 'f'), T2('g', 'h'), T2('i', 'j'), T2('k', 'l'),
+		T2('m', 'n'), T2('o', 'p'), T2('q', 'r'), T2('s', 't'), T2('u', 'v'), T2('w', 'x'),
+		T2('y', 'z'),
+		T2('A', 'B'), T2('C', 'D'), T2('E', 'F'), T2('G', 'H'), T2('I', 'J'), T2('K', 'L'),
+		T2('M', 'N'), T2('O', 'P'), T2('Q', 'R'), T2('S', 'T'), T2('U', 'V'), T2('W', 'X'),
+		T2('Y', 'Z'),
+	};
+#undef T2
 
 	if (n == 0)
 		return false;
-	for (size_t k = 0; k < n; k++) {
-		unsigned char ch = (unsigned char)p[k];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-		      (ch != '\0' && strchr(extra, ch))))
+	for (size_t k = 0; k < n; k++)
+		if (!tchar[(unsigned char)p[k]])
 			return false;
-	}
 	return true;
 }
 
@@ -206,7 +218,7 @@ static int absolute_form(struct hparse *hp, struct http_msg *m)
 	if (a < end && *a != '/')
 		return refuse(hp, 400, "the path of an absolute request target must start with '/'");
 	for (size_t k = 0; k < m->nhdrs; k++)
-		if (strncase_eq(m->hdrs[k].name, m->hdrs[k].nlen, "host"))
+		if (NAME_IS(m->hdrs[k].name, m->hdrs[k].nlen, "host"))
 			host = &m->hdrs[k];
 	if (host == NULL) {
 		host = &m->hdrs[m->nhdrs++];   /* room was left for it */
@@ -234,8 +246,12 @@ static int on_headers_complete(http_parser *p)
 
 	if (hbuf_add(hp, "", 1) != 0)
 		return -1;
-	free(m->hdrs);
-	m->hdrs = xcalloc(hp->nhoff + 1, sizeof *m->hdrs);
+	if (hp->nhoff + 1 > hp->hdrcap) {
+		/* one more for absolute_form's Host; kept for the next message */
+		free(m->hdrs);
+		hp->hdrcap = hp->nhoff + 1;   /* no more: an idle connection keeps it */
+		m->hdrs = xcalloc(hp->hdrcap, sizeof *m->hdrs);
+	}
 	m->nhdrs = 0;
 	m->url = hp->hbuf;
 	m->url_len = hp->url_len;
@@ -253,16 +269,16 @@ static int on_headers_complete(http_parser *p)
 		h->vlen = hp->hoff[i].vlen;
 		trim(&h->value, &h->vlen);
 		m->nhdrs++;
-		if (strncase_eq(h->name, h->nlen, "content-length")) {
+		if (NAME_IS(h->name, h->nlen, "content-length")) {
 			hp->saw_cl = true;
-		} else if (strncase_eq(h->name, h->nlen, "transfer-encoding")) {
-			if (hp->saw_te || !strncase_eq(h->value, h->vlen, "chunked"))
+		} else if (NAME_IS(h->name, h->nlen, "transfer-encoding")) {
+			if (hp->saw_te || !NAME_IS(h->value, h->vlen, "chunked"))
 				te_ok = false;
 			hp->saw_te = true;
-		} else if (strncase_eq(h->name, h->nlen, "host")) {
+		} else if (NAME_IS(h->name, h->nlen, "host")) {
 			nhost++;
-		} else if (strncase_eq(h->name, h->nlen, "expect") &&
-			   strncase_eq(h->value, h->vlen, "100-continue")) {
+		} else if (NAME_IS(h->name, h->nlen, "expect") &&
+			   NAME_IS(h->value, h->vlen, "100-continue")) {
 			m->expect_continue = true;
 		}
 	}
@@ -646,6 +662,7 @@ void hparse_free(struct hparse *hp)
 	hp->hbuf = NULL;
 	hp->hoff = NULL;
 	hp->msg.hdrs = NULL;
+	hp->hdrcap = 0;
 }
 
 void hparse_limits(struct hparse *hp, size_t max_header, long long max_body)
@@ -690,8 +707,10 @@ const struct http_msg *hparse_msg(const struct hparse *hp)
 
 const struct http_hdr *http_find(const struct http_msg *m, const char *name)
 {
+	size_t n = strlen(name);
+
 	for (size_t i = 0; i < m->nhdrs; i++)
-		if (strncase_eq(m->hdrs[i].name, m->hdrs[i].nlen, name))
+		if (m->hdrs[i].nlen == n && strncasecmp(m->hdrs[i].name, name, n) == 0)
 			return &m->hdrs[i];
 	return NULL;
 }
@@ -701,7 +720,7 @@ static bool connection_lists(const struct http_msg *m, const char *name, size_t 
 {
 	for (size_t i = 0; i < m->nhdrs; i++) {
 		const char *v, *end;
-		if (!strncase_eq(m->hdrs[i].name, m->hdrs[i].nlen, "connection"))
+		if (!NAME_IS(m->hdrs[i].name, m->hdrs[i].nlen, "connection"))
 			continue;
 		v = m->hdrs[i].value;
 		end = v + m->hdrs[i].vlen;
@@ -723,18 +742,32 @@ static bool connection_lists(const struct http_msg *m, const char *name, size_t 
 
 bool http_hop_by_hop(const struct http_hdr *h, const struct http_msg *m)
 {
-	static const char *const hop[] = {
-		"connection", "keep-alive", "proxy-connection", "te", "trailer",
-		"transfer-encoding", "upgrade", "content-length", "expect", "proxy-authenticate",
-		"proxy-authorization", NULL,
-	};
+	const char *n = h->name;
+	size_t len = h->nlen;
+	bool hop;
 
-	for (const char *const *p = hop; *p; p++)
-		if (strncase_eq(h->name, h->nlen, *p))
-			return true;
-	/* Connection may name extensions, never Host (nor the framing, which
-	 * is hop-by-hop above and re-added by whoever forwards the message) */
-	if (strncase_eq(h->name, h->nlen, "host"))
-		return false;
-	return connection_lists(m, h->name, h->nlen);
+	/* connection, keep-alive, proxy-connection, te, trailer,
+	 * transfer-encoding, upgrade, content-length, expect,
+	 * proxy-authenticate, proxy-authorization: by length first */
+	switch (len) {
+	case 2: hop = NAME_IS(n, len, "te"); break;
+	case 4:
+		/* Connection may name extensions, never Host (nor the framing,
+		 * which is hop-by-hop here and re-added by whoever forwards the
+		 * message) */
+		if (NAME_IS(n, len, "host"))
+			return false;
+		hop = false;
+		break;
+	case 6: hop = NAME_IS(n, len, "expect"); break;
+	case 7: hop = NAME_IS(n, len, "trailer") || NAME_IS(n, len, "upgrade"); break;
+	case 10: hop = NAME_IS(n, len, "connection") || NAME_IS(n, len, "keep-alive"); break;
+	case 14: hop = NAME_IS(n, len, "content-length"); break;
+	case 16: hop = NAME_IS(n, len, "proxy-connection"); break;
+	case 17: hop = NAME_IS(n, len, "transfer-encoding"); break;
+	case 18: hop = NAME_IS(n, len, "proxy-authenticate"); break;
+	case 19: hop = NAME_IS(n, len, "proxy-authorization"); break;
+	default: hop = false;
+	}
+	return hop || connection_lists(m, n, len);
 }

@@ -73,6 +73,7 @@ struct hparse {
 	size_t hlen, hcap;
 	struct hdr_off *hoff;
 	size_t nhoff, hoffcap;
+	size_t hdrcap;            /* room in msg.hdrs, kept from message to message */
 	int last_cb;
 	size_t url_len;
 	struct http_msg msg;

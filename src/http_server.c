@@ -304,11 +304,29 @@ bool http_is_head(struct hconn *c)
 	return c->head_req;
 }
 
-void http_respond(struct hconn *c, int status, const char *extra, long long clen)
+/* Decimal digits of V (>= 0) at P; returns their count. */
+static size_t put_dec(char *p, unsigned long long v)
+{
+	char tmp[24];
+	size_t n = 0, k = 0;
+
+	do
+		tmp[n++] = (char)('0' + v % 10);
+	while ((v /= 10) > 0);
+	while (n > 0)
+		p[k++] = tmp[--n];
+	return k;
+}
+
+void http_respond_n(struct hconn *c, int status, const char *extra, size_t extralen,
+		    long long clen)
 {
 	const struct http_msg *m = hparse_msg(&c->hp);
 	bool http11 = m->major == 1 && m->minor >= 1;
 	bool nobody = !status_has_body(status);
+	const char *text, *framing = "", *end;
+	char line[80], num[24];
+	size_t tlen, llen, flen = 0, nlen = 0, elen;
 
 	if (hc_dead(c) || c->resp_started)
 		return;
@@ -323,30 +341,72 @@ void http_respond(struct hconn *c, int status, const char *extra, long long clen
 		c->close_after = true;
 	if (status == 101)
 		c->close_after = false;
-	hc_out_printf(c, "HTTP/1.1 %d %s\r\n", status, http_status_text(status));
-	if (extra)
-		hc_out_add(c, extra, strlen(extra));
+	/* the status line, without printf: "HTTP/1.1 NNN Text\r\n" */
+	text = http_status_text(status);
+	tlen = strlen(text);
+	memcpy(line, "HTTP/1.1 ", 9);
+	llen = 9 + put_dec(line + 9, (unsigned long long)(status < 0 ? 0 : status));
+	line[llen++] = ' ';
+	if (tlen > sizeof line - llen - 2)
+		tlen = sizeof line - llen - 2;
+	memcpy(line + llen, text, tlen);
+	llen += tlen;
+	line[llen++] = '\r';
+	line[llen++] = '\n';
 	c->out_nobody = nobody || c->head_req;
 	if (nobody) {
 		/* no framing */
 	} else if (clen >= 0) {
-		hc_out_printf(c, "Content-Length: %lld\r\n", clen);
+		framing = "Content-Length: ";
+		flen = 16;
+		nlen = put_dec(num, (unsigned long long)clen);
+		num[nlen++] = '\r';
+		num[nlen++] = '\n';
 	} else if (c->head_req) {
 		/* length unknown, and no body anyway */
 	} else if (http11) {
-		hc_out_add(c, "Transfer-Encoding: chunked\r\n", 28);
+		framing = "Transfer-Encoding: chunked\r\n";
+		flen = 28;
 		c->out_chunked = true;
 	} else {
 		c->close_after = true;
 	}
 	if (status == 101)
-		hc_out_add(c, "\r\n", 2);
+		end = "\r\n";
 	else if (c->close_after)
-		hc_out_add(c, "Connection: close\r\n\r\n", 21);
+		end = "Connection: close\r\n\r\n";
 	else if (!http11)
-		hc_out_add(c, "Connection: keep-alive\r\n\r\n", 26);
+		end = "Connection: keep-alive\r\n\r\n";
 	else
-		hc_out_add(c, "\r\n", 2);
+		end = "\r\n";
+	elen = strlen(end);
+	{
+		/* one piece for the output buffer: the head of a typical response */
+		char head[2048];
+		size_t total = llen + extralen + flen + nlen + elen, k = 0;
+
+		if (total > sizeof head) {
+			hc_out_add(c, line, llen);
+			if (extralen)
+				hc_out_add(c, extra, extralen);
+			hc_out_add(c, framing, flen);
+			hc_out_add(c, num, nlen);
+			hc_out_add(c, end, elen);
+			return;
+		}
+		memcpy(head + k, line, llen), k += llen;
+		if (extralen)
+			memcpy(head + k, extra, extralen), k += extralen;
+		memcpy(head + k, framing, flen), k += flen;
+		memcpy(head + k, num, nlen), k += nlen;
+		memcpy(head + k, end, elen), k += elen;
+		hc_out_add(c, head, k);
+	}
+}
+
+void http_respond(struct hconn *c, int status, const char *extra, long long clen)
+{
+	http_respond_n(c, status, extra, extra ? strlen(extra) : 0, clen);
 }
 
 void http_reply(struct hconn *c, int status, const char *ctype, const char *extra,

@@ -29,6 +29,9 @@ struct hconn *http_accept(int fd, const struct http_limits *lim, const struct hc
  * clen < 0: unknown length (chunked to HTTP/1.1 clients, else until close).
  * Its body goes out with http_send, and http_finish ends it. */
 void http_respond(struct hconn *c, int status, const char *extra, long long clen);
+/* The same with EXTRA's length given (EXTRA need not end in NUL). */
+void http_respond_n(struct hconn *c, int status, const char *extra, size_t extralen,
+		    long long clen);
 /* A whole small response with a body. */
 void http_reply(struct hconn *c, int status, const char *ctype, const char *extra,
 		const char *body, size_t len);

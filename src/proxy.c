@@ -35,6 +35,13 @@
 #define MAX_TRIED 8
 /* The last bytes of a JSON or event-stream response kept for its "usage". */
 #define TAIL_MAX (64 * 1024)
+/* Ended exchanges kept for the next requests (none under ASan, which
+ * then sees every use after the end). */
+#if defined(__SANITIZE_ADDRESS__)
+#define SPARE_MAX 0
+#else
+#define SPARE_MAX 256
+#endif
 
 struct exchange {
 	struct hconn *down, *up;
@@ -42,9 +49,9 @@ struct exchange {
 	struct service *svc;
 	struct instance *inst;
 	struct waiter w;
-	char *head;                 /* the request head for the upstream */
+	char *head;                 /* the request head for the upstream (headbuf, or malloc'ed) */
 	size_t headlen;
-	struct evbuffer *body;      /* body bytes not yet sent upstream */
+	struct evbuffer *body;      /* body bytes not yet sent upstream (NULL: none held) */
 	bool req_chunked, req_has_body, req_done, head_req, upgrade;
 	bool up_sent, up_connected, resp_started, reused;
 	bool sse;                   /* the service's response is an event stream */
@@ -65,17 +72,25 @@ struct exchange {
 	struct event *verdict_ev;
 	bool verdict_resend;        /* ... and may send the request again if it comes back */
 	char key[KEY_ID_MAX];       /* the api key's id, for usage */
-	struct evbuffer *tail;      /* the response's last TAIL_MAX bytes, for its "usage" */
+	bool want_tail;             /* keep the response's end for its "usage": */
+	struct evbuffer *tail;      /* its last TAIL_MAX bytes, once more than tail_s holds */
+	size_t tail_n;              /* ... else tail_s holds them */
 	int err_status;             /* the service's error status after an early head */
 	struct evbuffer *errbody;   /* ... and its body, for the error event */
 	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
 	struct accesslog_note *note; /* the client session's; only while down is set */
+	struct exchange *next_spare;
+	/* not cleared for a new exchange (after this point) */
+	char tail_s[512];
+	char headbuf[1024];
 };
 
 static struct gw *gw;
 static size_t nactive;
 static size_t held_total;   /* held body bytes of all exchanges */
+static struct exchange *spares;
+static size_t nspares;
 
 static void up_connected(struct hconn *c);
 static void up_head(struct hconn *c, struct http_msg *m);
@@ -145,12 +160,35 @@ static void ex_end(struct exchange *ex, bool keep_up)
 		instance_unref(ex->tried[k]);
 	free(ex->verdict_why);
 	free(ex->aborted);
-	http_buffer_untrack(ex->body);
-	evbuffer_free(ex->body);
-	free(ex->head);
+	if (ex->body) {
+		http_buffer_untrack(ex->body);
+		evbuffer_free(ex->body);
+	}
+	if (ex->head != ex->headbuf)
+		free(ex->head);
 	service_unref(ex->svc);
-	free(ex);
 	nactive--;
+#if SPARE_MAX > 0
+	if (nspares < SPARE_MAX) {
+		ex->next_spare = spares;
+		spares = ex;
+		nspares++;
+		return;
+	}
+#endif
+	free(ex);
+}
+
+static struct exchange *ex_new(void)
+{
+	struct exchange *ex = spares;
+
+	if (ex == NULL)
+		return xcalloc(1, sizeof *ex);
+	spares = ex->next_spare;
+	nspares--;
+	memset(ex, 0, offsetof(struct exchange, tail_s));
+	return ex;
 }
 
 static void sse_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -299,7 +337,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 
 static void send_request(struct exchange *ex)
 {
-	size_t n = evbuffer_get_length(ex->body);
+	size_t n = ex->body ? evbuffer_get_length(ex->body) : 0;
 
 	ex->t_sent = now_s();
 	held_total -= ex->held_n;
@@ -391,79 +429,139 @@ static void w_abort(struct waiter *w, int status, const char *reason)
 	ex_fail(ex, status, reason, 0);
 }
 
-/* Serialise the request head for the upstream, once. */
+/* A head being composed: in a fixed buffer while it fits, then on the heap. */
+struct hbuf {
+	char *p;
+	size_t n, cap;
+	bool heap;
+};
+
+static void hb_add(struct hbuf *b, const char *s, size_t n)
+{
+	if (b->n + n > b->cap) {
+		size_t cap = (b->n + n) * 2;
+		char *q = xmalloc(cap);
+		memcpy(q, b->p, b->n);
+		if (b->heap)
+			free(b->p);
+		b->p = q;
+		b->cap = cap;
+		b->heap = true;
+	}
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+}
+
+#define HB_LIT(b, lit) hb_add((b), (lit), sizeof(lit) - 1)
+
+static void hb_str(struct hbuf *b, const char *s)
+{
+	hb_add(b, s, strlen(s));
+}
+
+/* "Name: value\r\n" */
+static void hb_field(struct hbuf *b, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+	if (b->n + nlen + vlen + 4 <= b->cap) {
+		char *q = b->p + b->n;
+		memcpy(q, name, nlen);
+		q += nlen;
+		*q++ = ':';
+		*q++ = ' ';
+		memcpy(q, value, vlen);
+		q += vlen;
+		*q++ = '\r';
+		*q++ = '\n';
+		b->n += nlen + vlen + 4;
+		return;
+	}
+	hb_add(b, name, nlen);
+	HB_LIT(b, ": ");
+	hb_add(b, value, vlen);
+	HB_LIT(b, "\r\n");
+}
+
+/* NAME (N bytes) is the literal LIT, ignoring case: the length first. */
+#define NAME_IS(name, n, lit) ((n) == sizeof(lit) - 1 && strncasecmp((name), (lit), sizeof(lit) - 1) == 0)
+
+/* Serialise the request head for the upstream, once, into ex->headbuf
+ * (or the heap when it does not fit). No printf: the pieces are copied. */
 static void build_head(struct exchange *ex, struct hconn *down, const struct http_msg *m,
 		       const char *path, size_t plen)
 {
-	struct evbuffer *b = evbuffer_new();
+	struct hbuf b = {.p = ex->headbuf, .cap = sizeof ex->headbuf};
 	const struct http_hdr *xff = NULL, *xfp = NULL, *xfh = NULL, *host = NULL, *upg = NULL;
 
-	evbuffer_add_printf(b, "%s ", m->method_str);
-	evbuffer_add(b, path, plen);
-	evbuffer_add(b, " HTTP/1.1\r\n", 11);
+	hb_str(&b, m->method_str);
+	HB_LIT(&b, " ");
+	hb_add(&b, path, plen);
+	HB_LIT(&b, " HTTP/1.1\r\n");
 	for (size_t k = 0; k < m->nhdrs; k++) {
 		const struct http_hdr *h = &m->hdrs[k];
-		if (strncase_eq(h->name, h->nlen, "x-forwarded-for"))
+		const char *n = h->name;
+		size_t len = h->nlen;
+		if (NAME_IS(n, len, "x-forwarded-for"))
 			xff = h;
-		else if (strncase_eq(h->name, h->nlen, "x-forwarded-proto"))
+		else if (NAME_IS(n, len, "x-forwarded-proto"))
 			xfp = h;
-		else if (strncase_eq(h->name, h->nlen, "x-forwarded-host"))
+		else if (NAME_IS(n, len, "x-forwarded-host"))
 			xfh = h;
-		else if (strncase_eq(h->name, h->nlen, "upgrade"))
+		else if (NAME_IS(n, len, "upgrade"))
 			upg = h;
-		else if (strncase_eq(h->name, h->nlen, "x-slurmgate-wait"))
+		else if (NAME_IS(n, len, "x-slurmgate-wait"))
 			continue;
-		else if (!ex->trust_fwd && (strncase_eq(h->name, h->nlen, "forwarded") ||
-					    strncase_eq(h->name, h->nlen, "x-real-ip")))
+		else if (!ex->trust_fwd && (NAME_IS(n, len, "forwarded") || NAME_IS(n, len, "x-real-ip")))
 			continue;   /* a client's claims, not a proxy's */
-		else if (ex->strip_auth && strncase_eq(h->name, h->nlen, "authorization"))
+		else if (ex->strip_auth && NAME_IS(n, len, "authorization"))
 			continue;
-		if (strncase_eq(h->name, h->nlen, "host"))
+		if (NAME_IS(n, len, "host"))
 			host = h;
 		if (h == xff || h == xfp || h == xfh || http_hop_by_hop(h, m))
 			continue;
-		evbuffer_add(b, h->name, h->nlen);
-		evbuffer_add(b, ": ", 2);
-		evbuffer_add(b, h->value, h->vlen);
-		evbuffer_add(b, "\r\n", 2);
+		hb_field(&b, n, len, h->value, h->vlen);
 	}
 	if (!ex->trust_fwd)
 		xff = xfp = xfh = NULL;   /* replaced, never passed on */
-	if (xff)
-		evbuffer_add_printf(b, "X-Forwarded-For: %.*s, %s\r\n", (int)xff->vlen, xff->value,
-				    http_peer(down));
-	else
-		evbuffer_add_printf(b, "X-Forwarded-For: %s\r\n", http_peer(down));
+	HB_LIT(&b, "X-Forwarded-For: ");
+	if (xff) {
+		hb_add(&b, xff->value, xff->vlen);
+		HB_LIT(&b, ", ");
+	}
+	hb_str(&b, http_peer(down));
+	HB_LIT(&b, "\r\n");
 	if (xfp)
-		evbuffer_add_printf(b, "X-Forwarded-Proto: %.*s\r\n", (int)xfp->vlen, xfp->value);
+		hb_field(&b, "X-Forwarded-Proto", 17, xfp->value, xfp->vlen);
 	else
-		evbuffer_add_printf(b, "X-Forwarded-Proto: http\r\n");
+		HB_LIT(&b, "X-Forwarded-Proto: http\r\n");
 	if (xfh)
-		evbuffer_add_printf(b, "X-Forwarded-Host: %.*s\r\n", (int)xfh->vlen, xfh->value);
+		hb_field(&b, "X-Forwarded-Host", 16, xfh->value, xfh->vlen);
 	else if (host)
-		evbuffer_add_printf(b, "X-Forwarded-Host: %.*s\r\n", (int)host->vlen, host->value);
-	if (!host)
-		evbuffer_add_printf(b, "Host: %s\r\n", service_config(ex->svc)->local_host);
+		hb_field(&b, "X-Forwarded-Host", 16, host->value, host->vlen);
+	if (!host) {
+		const char *lh = service_config(ex->svc)->local_host;
+		hb_field(&b, "Host", 4, lh, strlen(lh));
+	}
 	if (m->upgrade && upg) {
-		evbuffer_add_printf(b, "Connection: upgrade\r\nUpgrade: %.*s\r\n", (int)upg->vlen,
-				    upg->value);
+		HB_LIT(&b, "Connection: upgrade\r\n");
+		hb_field(&b, "Upgrade", 7, upg->value, upg->vlen);
 		ex->upgrade = true;
 	}
-	if (m->chunked)
-		evbuffer_add(b, "Transfer-Encoding: chunked\r\n", 28);
-	else if (m->content_length >= 0)
-		evbuffer_add_printf(b, "Content-Length: %lld\r\n", m->content_length);
-	evbuffer_add(b, "\r\n", 2);
-	ex->headlen = evbuffer_get_length(b);
-	ex->head = xmalloc(ex->headlen);
-	evbuffer_remove(b, ex->head, ex->headlen);
-	evbuffer_free(b);
+	if (m->chunked) {
+		HB_LIT(&b, "Transfer-Encoding: chunked\r\n");
+	} else if (m->content_length >= 0) {
+		char num[32];
+		int n = snprintf(num, sizeof num, "%lld", m->content_length);
+		hb_field(&b, "Content-Length", 14, num, (size_t)n);
+	}
+	HB_LIT(&b, "\r\n");
+	ex->head = b.p;
+	ex->headlen = b.n;
 }
 
 void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *svc,
 		 const char *path, size_t plen, const struct proxy_opts *o, struct exchange **slot)
 {
-	struct exchange *ex = xcalloc(1, sizeof *ex);
+	struct exchange *ex = ex_new();
 	struct instance *inst = NULL;
 	const char *reason = NULL;
 	int status = 0, retry_after = 0, r;
@@ -474,9 +572,6 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	*slot = ex;
 	ex->svc = svc;
 	service_ref(svc);   /* until the exchange is freed: it may outlive a reload */
-	ex->t0 = now_s();
-	ex->body = evbuffer_new();
-	http_buffer_track(ex->body);   /* held bodies count in the memory budget */
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
@@ -488,13 +583,19 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->trust_fwd = o->trust_forwarded;
 	ex->note = o->note;
 	ex->openai = o->openai;
-	snprintf(ex->key, sizeof ex->key, "%s", o->key_id ? o->key_id : "-");
+	{
+		const char *key = o->key_id ? o->key_id : "-";
+		size_t klen = strnlen(key, sizeof ex->key - 1);
+		memcpy(ex->key, key, klen);
+		ex->key[klen] = '\0';
+	}
 	usage_request(service_config(svc)->name, ex->key);
 	build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
 		ex_go(ex, inst);
 	} else if (r == 1) {
+		ex->t0 = now_s();   /* only a held request's wait is timed */
 		ex->held = true;
 		if (held_total >= (size_t)gw->cfg->max_held_body && ex->req_has_body)
 			http_pause(down, true);   /* the budget is spent: wait in the TCP window */
@@ -513,6 +614,10 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 			http_want_drain(ex->up);
 		}
 	} else {
+		if (ex->body == NULL) {
+			ex->body = evbuffer_new();
+			http_buffer_track(ex->body);   /* held bodies count in the memory budget */
+		}
 		evbuffer_add(ex->body, p, n);
 		ex->held_n += n;
 		held_total += n;
@@ -607,9 +712,9 @@ static void error_event(struct exchange *ex)
 static void up_head(struct hconn *c, struct http_msg *m)
 {
 	struct exchange *ex = http_owner(c);
-	struct evbuffer *b;
-	char *extra;
-	size_t n;
+	const struct http_hdr *ct = NULL;
+	char stack[2048];
+	struct hbuf b = {.p = stack, .cap = sizeof stack};
 
 	if (m->status == 101 && !ex->upgrade) {
 		/* one request, one final response: a protocol switch nobody asked for is not one */
@@ -621,12 +726,19 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
 	if (ex->down == NULL)
 		return;
+	/* the response's fields but the hop-by-hop ones, in one pass */
+	for (size_t k = 0; k < m->nhdrs; k++) {
+		const struct http_hdr *h = &m->hdrs[k];
+		if (ct == NULL && NAME_IS(h->name, h->nlen, "content-type"))
+			ct = h;
+		if (!ex->early_head && !http_hop_by_hop(h, m))
+			hb_field(&b, h->name, h->nlen, h->value, h->vlen);
+	}
 	if (m->status >= 200 && m->status < 300) {
 		/* an OpenAI-style answer: its "usage" comes at its end */
-		const struct http_hdr *ct = http_find(m, "content-type");
 		if (ct && ((ct->vlen >= 16 && strncase_eq(ct->value, 16, "application/json")) ||
 			   (ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream"))))
-			ex->tail = evbuffer_new();
+			ex->want_tail = true;
 	}
 	if (ex->early_head) {
 		/* our head went out already; a service error becomes an error event */
@@ -639,34 +751,22 @@ static void up_head(struct hconn *c, struct http_msg *m)
 		ex->resp_started = true;
 		return;
 	}
-	b = evbuffer_new();
-	for (size_t k = 0; k < m->nhdrs; k++) {
-		const struct http_hdr *h = &m->hdrs[k];
-		if (http_hop_by_hop(h, m))
-			continue;
-		evbuffer_add(b, h->name, h->nlen);
-		evbuffer_add(b, ": ", 2);
-		evbuffer_add(b, h->value, h->vlen);
-		evbuffer_add(b, "\r\n", 2);
+	if (ex->held) {
+		char cs[64];
+		int n = snprintf(cs, sizeof cs, "X-Slurmgate-Cold-Start: %.3f\r\n", ex->waited);
+		hb_add(&b, cs, (size_t)n);
 	}
-	if (ex->held)
-		evbuffer_add_printf(b, "X-Slurmgate-Cold-Start: %.3f\r\n", ex->waited);
 	if (m->status == 101) {
 		const struct http_hdr *u = http_find(m, "upgrade");
-		evbuffer_add_printf(b, "Connection: upgrade\r\nUpgrade: %.*s\r\n", u ? (int)u->vlen : 0,
-				    u ? u->value : "");
+		HB_LIT(&b, "Connection: upgrade\r\n");
+		hb_field(&b, "Upgrade", 7, u ? u->value : "", u ? u->vlen : 0);
 	}
-	evbuffer_add(b, "", 1);
-	n = evbuffer_get_length(b);
-	extra = (char *)evbuffer_pullup(b, (ssize_t)n);
 	ex->resp_started = true;
-	{
-		const struct http_hdr *ct = http_find(m, "content-type");
-		ex->sse = ct && ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream");
-	}
-	http_respond(ex->down, m->status, extra,
-		     (m->content_length >= 0 && !m->chunked) ? m->content_length : -1);
-	evbuffer_free(b);
+	ex->sse = ct && ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream");
+	http_respond_n(ex->down, m->status, b.p, b.n,
+		       (m->content_length >= 0 && !m->chunked) ? m->content_length : -1);
+	if (b.heap)
+		free(b.p);
 	if (m->status == 101 && ex->upgrade) {
 		struct hconn *down = ex->down, *up = ex->up;
 		/* from now on the two connections carry raw bytes */
@@ -681,23 +781,39 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	}
 }
 
+/* Keep the response's last TAIL_MAX bytes: in tail_s while they fit. */
+static void tail_add(struct exchange *ex, const char *p, size_t n)
+{
+	size_t have;
+
+	if (ex->tail == NULL) {
+		if (ex->tail_n + n <= sizeof ex->tail_s) {
+			memcpy(ex->tail_s + ex->tail_n, p, n);
+			ex->tail_n += n;
+			return;
+		}
+		ex->tail = evbuffer_new();
+		evbuffer_add(ex->tail, ex->tail_s, ex->tail_n);
+		ex->tail_n = 0;
+	}
+	if (n >= TAIL_MAX) {
+		evbuffer_drain(ex->tail, evbuffer_get_length(ex->tail));
+		evbuffer_add(ex->tail, p + n - TAIL_MAX, TAIL_MAX);
+	} else {
+		evbuffer_add(ex->tail, p, n);
+	}
+	if ((have = evbuffer_get_length(ex->tail)) > TAIL_MAX)
+		evbuffer_drain(ex->tail, have - TAIL_MAX);
+}
+
 static void up_body(struct hconn *c, const char *p, size_t n)
 {
 	struct exchange *ex = http_owner(c);
 
 	if (ex->errbody && evbuffer_get_length(ex->errbody) + n <= ERRBODY_MAX)
 		evbuffer_add(ex->errbody, p, n);
-	if (ex->tail) {
-		size_t have;
-		if (n >= TAIL_MAX) {
-			evbuffer_drain(ex->tail, evbuffer_get_length(ex->tail));
-			evbuffer_add(ex->tail, p + n - TAIL_MAX, TAIL_MAX);
-		} else {
-			evbuffer_add(ex->tail, p, n);
-		}
-		if ((have = evbuffer_get_length(ex->tail)) > TAIL_MAX)
-			evbuffer_drain(ex->tail, have - TAIL_MAX);
-	}
+	if (ex->want_tail)
+		tail_add(ex, p, n);
 	if (ex->down == NULL || ex->discard_body)
 		return;
 	http_send(ex->down, p, n);
@@ -717,11 +833,11 @@ static void up_done(struct hconn *c)
 	ex->slot = NULL;
 	if (down && ex->errbody)
 		error_event(ex);
-	if (ex->tail) {
+	if (ex->want_tail) {
 		uint64_t prompt, completion;
-		size_t n = evbuffer_get_length(ex->tail);
-		if (n > 0 && usage_parse((const char *)evbuffer_pullup(ex->tail, -1), n, &prompt,
-					 &completion))
+		size_t n = ex->tail ? evbuffer_get_length(ex->tail) : ex->tail_n;
+		const char *p = ex->tail ? (const char *)evbuffer_pullup(ex->tail, -1) : ex->tail_s;
+		if (n > 0 && usage_parse(p, n, &prompt, &completion))
 			usage_tokens(service_config(ex->svc)->name, ex->key, prompt, completion);
 	}
 	if (down)

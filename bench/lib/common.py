@@ -22,9 +22,23 @@ from sgtestlib import WaitTimeout, free_port, free_port_block, wait_until  # noq
 
 BUILD = os.path.join(ROOT, "build")
 SLURMGATE = os.environ.get("SLURMGATE_BIN", os.path.join(BUILD, "slurmgate"))
-UPSTREAM_BIN = os.path.join(BUILD, "bench_upstream")
-UPSTREAM_SRC = os.path.join(ROOT, "bench", "upstream.c")
-UPSTREAM_SH = os.path.join(ROOT, "bench", "upstream.sh")
+# The upstreams the proxy table runs against, the headline first: each is
+# compiled by the bench (build/NAME from bench/SRC) and started by slurmgate
+# through its start script as a local service under /ROUTE/.
+UPSTREAMS = {
+    "realistic": {
+        "src": "upstream_evhttp.c", "bin": "bench_upstream_evhttp", "sh": "upstream_evhttp.sh",
+        "libs": ["-levent"], "route": "r",
+        "desc": "bench/upstream_evhttp.c (libevent's evhttp, like a typical Python/libevent "
+                "server: Content-Type, Date, Content-Length, 100-byte JSON body)",
+    },
+    "minimal": {
+        "src": "upstream.c", "bin": "bench_upstream", "sh": "upstream.sh",
+        "libs": [], "route": "b",
+        "desc": "bench/upstream.c (raw epoll, Content-Type and Content-Length, 3-byte body)",
+    },
+}
+PROXY_HEADLINE = "realistic"
 DEMO_BIN = os.path.join(BUILD, "demo_service")
 DEMO_SH = os.path.join(ROOT, "examples", "demo_service.sh")
 
@@ -43,6 +57,7 @@ CONNS = env_int("BENCH_CONNS", 50)
 THREADS = env_int("BENCH_THREADS", 2)
 IDLE_CONNS = env_int("BENCH_IDLE_CONNS", 10000)   # lowered by bench/run to fit RLIMIT_NOFILE
 NGINX_RSS = env_int("BENCH_NGINX_RSS", 1)
+NGINX_FWD = env_int("BENCH_NGINX_FWD", 1)   # nginx forwards Host and X-Forwarded-* as slurmgate does
 DO_STRACE = env_int("BENCH_STRACE", 0)
 LOWLOAD = env_int("BENCH_LOWLOAD", 3)
 OVERLOAD_CONNS = env_int("BENCH_OVERLOAD_CONNS", 2000)
@@ -56,8 +71,9 @@ COLD_STARTS = max(env_int("BENCH_COLD_STARTS", 3), 1)
 WARM_DURATION = env_int("BENCH_WARM_DURATION", 5)
 POLL_FAST_MS = env_int("BENCH_POLL_FAST_MS", 500)   # slurmgate's poll_fast_ms (its default: 500)
 NOFILE = 1024   # set by bench/run from RLIMIT_NOFILE
-WATCHDOG_S = (60 + ROUNDS * 3 * (WARMUP + DURATION + 2) + 3 * (LOWLOAD + 3) + 2 * (OVERLOAD_S + 5) + 120
-              + (40 if DO_STRACE else 0)
+WATCHDOG_S = (60 + ROUNDS * 3 * len(UPSTREAMS) * (WARMUP + DURATION + 2) + 3 * len(UPSTREAMS) * (LOWLOAD + 3)
+              + 2 * (OVERLOAD_S + 5) + 120
+              + (40 * len(UPSTREAMS) if DO_STRACE else 0)
               + (60 + 2 * (SCALE_DURATION + 8) if SCALE else 0)
               # cluster up and down, and per cold start (all three ways) a start and a stop on a busy machine
               + (240 + COLD_STARTS * 220 + 5 * (WARM_DURATION + 10) if SLURM else 0))
