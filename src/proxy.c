@@ -1,7 +1,6 @@
 /* proxy.c - one request through the gateway to a service instance. */
-#include "proxy.h"
+#include "proxy_int.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +30,6 @@
 /* Bytes of a service's error body kept for the error event of a stream
  * whose head went out early. */
 #define ERRBODY_MAX (16 * 1024)
-/* Instances one request tries before it gives up. */
-#define MAX_TRIED 8
-/* The last bytes of a JSON or event-stream response kept for its "usage". */
-#define TAIL_MAX (64 * 1024)
 /* Ended exchanges kept for the next requests (none under ASan, which
  * then sees every use after the end). */
 #if defined(__SANITIZE_ADDRESS__)
@@ -43,50 +38,7 @@
 #define SPARE_MAX 256
 #endif
 
-struct exchange {
-	struct hconn *down, *up;
-	struct exchange **slot;
-	struct service *svc;
-	struct instance *inst;
-	struct waiter w;
-	char *head;                 /* the request head for the upstream (headbuf, or malloc'ed) */
-	size_t headlen;
-	struct evbuffer *body;      /* body bytes not yet sent upstream (NULL: none held) */
-	bool req_chunked, req_has_body, req_done, head_req, upgrade;
-	bool up_sent, up_connected, resp_started, reused;
-	bool sse;                   /* the service's response is an event stream */
-	int tries;
-	double t0, waited, t_sent;
-	bool held;
-	bool feedback;              /* the client takes SSE: tell it how the start goes */
-	bool early_head;            /* our 200 event-stream head went out while waiting */
-	bool discard_body;          /* the service's error body, after an early head */
-	bool strip_auth;            /* Authorization was our api key, not the service's */
-	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
-	bool openai;                /* errors in OpenAI's shape (/v1) */
-	struct instance *tried[MAX_TRIED]; /* instances refused or closed early (referenced) */
-	int ntried;
-	bool checking;              /* inside instance_unreachable(): an abort is noted ... */
-	char *aborted;              /* ... here */
-	char *verdict_why;          /* waiting for a suspect instance's end: why it is suspect */
-	struct event *verdict_ev;
-	bool verdict_resend;        /* ... and may send the request again if it comes back */
-	char key[KEY_ID_MAX];       /* the api key's id, for usage */
-	bool want_tail;             /* keep the response's end for its "usage": */
-	struct evbuffer *tail;      /* its last TAIL_MAX bytes, once more than tail_s holds */
-	size_t tail_n;              /* ... else tail_s holds them */
-	int err_status;             /* the service's error status after an early head */
-	struct evbuffer *errbody;   /* ... and its body, for the error event */
-	size_t held_n;              /* bytes of body counted in held_total */
-	struct event *fb_ev;
-	struct accesslog_note *note; /* the client session's; only while down is set */
-	struct exchange *next_spare;
-	/* not cleared for a new exchange (after this point) */
-	char tail_s[512];
-	char headbuf[1024];
-};
-
-static struct gw *gw;
+struct gw *px_gw;
 static size_t nactive;
 static size_t held_total;   /* held body bytes of all exchanges */
 static struct exchange *spares;
@@ -110,7 +62,7 @@ static const struct hconn_ops up_ops = {
 
 void proxy_init(struct gw *g)
 {
-	gw = g;
+	px_gw = g;
 	http_set_buffer_cap((size_t)g->cfg->max_buffer_bytes);
 	refusal_configure(g->base, g->cfg->log_repeat_interval);
 }
@@ -191,51 +143,6 @@ static struct exchange *ex_new(void)
 	return ex;
 }
 
-static void sse_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* Send a formatted piece of an event stream. */
-static void sse_printf(struct hconn *c, const char *fmt, ...)
-{
-	char buf[2048];
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		http_send(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-}
-
-/* Every few seconds while held: an SSE comment saying how the start goes. */
-static void feedback_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct exchange *ex = arg;
-	char reason[600];
-
-	(void)fd, (void)what;
-	if (ex->down == NULL || ex->inst != NULL)
-		return;
-	service_reason(ex->svc, reason, sizeof reason);
-	sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
-	event_add(ex->fb_ev, &(struct timeval){gw->cfg->feedback_interval, 0});
-}
-
-/* Held, and the client reads SSE: answer the head now and keep it posted. */
-static void feedback_start(struct exchange *ex)
-{
-	char reason[600];
-
-	http_respond(ex->down, 200,
-		     SG_SEC_HEADERS_DATA "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-		     "X-Accel-Buffering: no\r\nX-Slurmgate-Cold-Start: waiting\r\n",
-		     -1);
-	ex->early_head = true;
-	service_reason(ex->svc, reason, sizeof reason);
-	sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
-	ex->fb_ev = evtimer_new(gw->base, feedback_cb, ex);
-	event_add(ex->fb_ev, &(struct timeval){gw->cfg->feedback_interval, 0});
-}
 
 /* The class of a 503 the gateway answers itself, for /metrics (NULL: not a
  * refusal, such as a 502 from a broken connection). */
@@ -291,7 +198,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
 			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
 		body = json_dumps(o, JSON_COMPACT);
-		sse_printf(ex->down, "data: %s\n\n", body);
+		px_sse_printf(ex->down, "data: %s\n\n", body);
 		http_finish(ex->down);
 		free(body);
 		json_decref(o);
@@ -317,7 +224,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
 			      "code", status);
 		body = json_dumps(o, JSON_COMPACT);
-		sse_printf(ex->down, "\n\ndata: %s\n\n", body);
+		px_sse_printf(ex->down, "\n\ndata: %s\n\n", body);
 		http_finish(ex->down);
 		free(body);
 		json_decref(o);
@@ -359,7 +266,7 @@ static void send_request(struct exchange *ex)
 	if (ex->req_done)
 		http_finish(ex->up);
 	ex->up_sent = true;
-	http_set_timeout(ex->up, gw->cfg->upstream_timeout);
+	http_set_timeout(ex->up, px_gw->cfg->upstream_timeout);
 	if (ex->down)
 		http_pause(ex->down, false);
 }
@@ -370,7 +277,7 @@ static void ex_connect(struct exchange *ex)
 
 	ex->up_connected = false;
 	ex->reused = false;
-	ex->up = http_connect((struct sockaddr *)&i->addr, i->addrlen, gw->cfg->upstream_connect_timeout,
+	ex->up = http_connect((struct sockaddr *)&i->addr, i->addrlen, px_gw->cfg->upstream_connect_timeout,
 			      &up_ops, ex);
 }
 
@@ -383,7 +290,7 @@ static void ex_go(struct exchange *ex, struct instance *i)
 	if (ex->fb_ev)
 		event_del(ex->fb_ev);
 	if (ex->early_head && ex->down)
-		sse_printf(ex->down, ": slurmgate: ready after %.1f s\n\n", ex->waited);
+		px_sse_printf(ex->down, ": slurmgate: ready after %.1f s\n\n", ex->waited);
 	if (ex->note && ex->down) {
 		ex->note->instance = i->index;
 		ex->note->wait = ex->held ? ex->waited : -1;
@@ -429,134 +336,6 @@ static void w_abort(struct waiter *w, int status, const char *reason)
 	ex_fail(ex, status, reason, 0);
 }
 
-/* A head being composed: in a fixed buffer while it fits, then on the heap. */
-struct hbuf {
-	char *p;
-	size_t n, cap;
-	bool heap;
-};
-
-static void hb_add(struct hbuf *b, const char *s, size_t n)
-{
-	if (b->n + n > b->cap) {
-		size_t cap = (b->n + n) * 2;
-		char *q = xmalloc(cap);
-		memcpy(q, b->p, b->n);
-		if (b->heap)
-			free(b->p);
-		b->p = q;
-		b->cap = cap;
-		b->heap = true;
-	}
-	memcpy(b->p + b->n, s, n);
-	b->n += n;
-}
-
-#define HB_LIT(b, lit) hb_add((b), (lit), sizeof(lit) - 1)
-
-static void hb_str(struct hbuf *b, const char *s)
-{
-	hb_add(b, s, strlen(s));
-}
-
-/* "Name: value\r\n" */
-static void hb_field(struct hbuf *b, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-	if (b->n + nlen + vlen + 4 <= b->cap) {
-		char *q = b->p + b->n;
-		memcpy(q, name, nlen);
-		q += nlen;
-		*q++ = ':';
-		*q++ = ' ';
-		memcpy(q, value, vlen);
-		q += vlen;
-		*q++ = '\r';
-		*q++ = '\n';
-		b->n += nlen + vlen + 4;
-		return;
-	}
-	hb_add(b, name, nlen);
-	HB_LIT(b, ": ");
-	hb_add(b, value, vlen);
-	HB_LIT(b, "\r\n");
-}
-
-/* NAME (N bytes) is the literal LIT, ignoring case: the length first. */
-#define NAME_IS(name, n, lit) ((n) == sizeof(lit) - 1 && strncasecmp((name), (lit), sizeof(lit) - 1) == 0)
-
-/* Serialise the request head for the upstream, once, into ex->headbuf
- * (or the heap when it does not fit). No printf: the pieces are copied. */
-static void build_head(struct exchange *ex, struct hconn *down, const struct http_msg *m,
-		       const char *path, size_t plen)
-{
-	struct hbuf b = {.p = ex->headbuf, .cap = sizeof ex->headbuf};
-	const struct http_hdr *xff = NULL, *xfp = NULL, *xfh = NULL, *host = NULL, *upg = NULL;
-
-	hb_str(&b, m->method_str);
-	HB_LIT(&b, " ");
-	hb_add(&b, path, plen);
-	HB_LIT(&b, " HTTP/1.1\r\n");
-	for (size_t k = 0; k < m->nhdrs; k++) {
-		const struct http_hdr *h = &m->hdrs[k];
-		const char *n = h->name;
-		size_t len = h->nlen;
-		if (NAME_IS(n, len, "x-forwarded-for"))
-			xff = h;
-		else if (NAME_IS(n, len, "x-forwarded-proto"))
-			xfp = h;
-		else if (NAME_IS(n, len, "x-forwarded-host"))
-			xfh = h;
-		else if (NAME_IS(n, len, "upgrade"))
-			upg = h;
-		else if (NAME_IS(n, len, "x-slurmgate-wait"))
-			continue;
-		else if (!ex->trust_fwd && (NAME_IS(n, len, "forwarded") || NAME_IS(n, len, "x-real-ip")))
-			continue;   /* a client's claims, not a proxy's */
-		else if (ex->strip_auth && NAME_IS(n, len, "authorization"))
-			continue;
-		if (NAME_IS(n, len, "host"))
-			host = h;
-		if (h == xff || h == xfp || h == xfh || http_hop_by_hop(h, m))
-			continue;
-		hb_field(&b, n, len, h->value, h->vlen);
-	}
-	if (!ex->trust_fwd)
-		xff = xfp = xfh = NULL;   /* replaced, never passed on */
-	HB_LIT(&b, "X-Forwarded-For: ");
-	if (xff) {
-		hb_add(&b, xff->value, xff->vlen);
-		HB_LIT(&b, ", ");
-	}
-	hb_str(&b, http_peer(down));
-	HB_LIT(&b, "\r\n");
-	if (xfp)
-		hb_field(&b, "X-Forwarded-Proto", 17, xfp->value, xfp->vlen);
-	else
-		HB_LIT(&b, "X-Forwarded-Proto: http\r\n");
-	if (xfh)
-		hb_field(&b, "X-Forwarded-Host", 16, xfh->value, xfh->vlen);
-	else if (host)
-		hb_field(&b, "X-Forwarded-Host", 16, host->value, host->vlen);
-	if (!host) {
-		const char *lh = service_config(ex->svc)->local_host;
-		hb_field(&b, "Host", 4, lh, strlen(lh));
-	}
-	if (m->upgrade && upg) {
-		HB_LIT(&b, "Connection: upgrade\r\n");
-		hb_field(&b, "Upgrade", 7, upg->value, upg->vlen);
-		ex->upgrade = true;
-	}
-	if (m->chunked) {
-		HB_LIT(&b, "Transfer-Encoding: chunked\r\n");
-	} else if (m->content_length >= 0) {
-		char num[32];
-		int n = snprintf(num, sizeof num, "%lld", m->content_length);
-		hb_field(&b, "Content-Length", 14, num, (size_t)n);
-	}
-	HB_LIT(&b, "\r\n");
-	ex->head = b.p;
-	ex->headlen = b.n;
-}
 
 void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *svc,
 		 const char *path, size_t plen, const struct proxy_opts *o, struct exchange **slot)
@@ -590,17 +369,17 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 		ex->key[klen] = '\0';
 	}
 	usage_request(service_config(svc)->name, ex->key);
-	build_head(ex, down, m, path, plen);
+	px_build_head(ex, down, m, path, plen);
 	r = service_request(svc, &ex->w, o->hold, &inst, &status, &reason, &retry_after);
 	if (r == 0) {
 		ex_go(ex, inst);
 	} else if (r == 1) {
 		ex->t0 = now_s();   /* only a held request's wait is timed */
 		ex->held = true;
-		if (held_total >= (size_t)gw->cfg->max_held_body && ex->req_has_body)
+		if (held_total >= (size_t)px_gw->cfg->max_held_body && ex->req_has_body)
 			http_pause(down, true);   /* the budget is spent: wait in the TCP window */
 		if (ex->feedback)
-			feedback_start(ex);
+			px_feedback_start(ex);
 	} else
 		ex_fail(ex, status, reason, retry_after);
 }
@@ -622,7 +401,7 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 		ex->held_n += n;
 		held_total += n;
 		if (evbuffer_get_length(ex->body) > HELD_BODY_MAX ||
-		    held_total >= (size_t)gw->cfg->max_held_body)
+		    held_total >= (size_t)px_gw->cfg->max_held_body)
 			http_pause(ex->down, true);
 	}
 }
@@ -664,50 +443,6 @@ static void up_drained(struct hconn *c)
 		http_pause(ex->down, false);
 }
 
-/* The service answered ERR_STATUS after our early event-stream head: end
- * the stream with an error event that carries the service's own error:
- * its {"error":{...}} object as it is, else its message (an "error",
- * "message" or "detail" string, or the body's text). */
-static void error_event(struct exchange *ex)
-{
-	size_t n = evbuffer_get_length(ex->errbody);
-	const char *p = n ? (const char *)evbuffer_pullup(ex->errbody, -1) : "";
-	json_t *b = n ? json_loadb(p, n, 0, NULL) : NULL, *e = NULL, *o;
-	const char *msg = NULL;
-	char text[1200];
-	char *out;
-
-	if (json_is_object(b)) {
-		json_t *err = json_object_get(b, "error");
-		if (json_is_object(err) && json_is_string(json_object_get(err, "message")))
-			e = json_incref(err);
-		else if (json_is_string(err))
-			msg = json_string_value(err);
-		else if (json_is_string(json_object_get(b, "message")))
-			msg = json_string_value(json_object_get(b, "message"));
-		else if (json_is_string(json_object_get(b, "detail")))
-			msg = json_string_value(json_object_get(b, "detail"));
-	}
-	if (e == NULL) {
-		if (msg == NULL && n > 0)
-			msg = log_escape(p, n > 1000 ? 1000 : n);
-		snprintf(text, sizeof text, "the service answered %d%s%s", ex->err_status,
-			 msg ? ": " : "", msg ? msg : "");
-		e = json_pack("{s:s,s:s,s:i}", "message", text, "type", "upstream_error", "code",
-			      ex->err_status);
-		if (e == NULL)   /* cut inside a UTF-8 sequence */
-			e = json_pack("{s:s,s:s,s:i}", "message", "the service answered an error", "type",
-				      "upstream_error", "code", ex->err_status);
-	}
-	o = json_pack("{s:o}", "error", e);
-	out = json_dumps(o, JSON_COMPACT);
-	http_send(ex->down, "data: ", 6);
-	http_send(ex->down, out, strlen(out));
-	http_send(ex->down, "\n\n", 2);
-	free(out);
-	json_decref(o);
-	json_decref(b);
-}
 
 static void up_head(struct hconn *c, struct http_msg *m)
 {
@@ -732,7 +467,7 @@ static void up_head(struct hconn *c, struct http_msg *m)
 		if (ct == NULL && NAME_IS(h->name, h->nlen, "content-type"))
 			ct = h;
 		if (!ex->early_head && !http_hop_by_hop(h, m))
-			hb_field(&b, h->name, h->nlen, h->value, h->vlen);
+			px_hb_field(&b, h->name, h->nlen, h->value, h->vlen);
 	}
 	if (m->status >= 200 && m->status < 300) {
 		/* an OpenAI-style answer: its "usage" comes at its end */
@@ -754,12 +489,12 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	if (ex->held) {
 		char cs[64];
 		int n = snprintf(cs, sizeof cs, "X-Slurmgate-Cold-Start: %.3f\r\n", ex->waited);
-		hb_add(&b, cs, (size_t)n);
+		px_hb_add(&b, cs, (size_t)n);
 	}
 	if (m->status == 101) {
 		const struct http_hdr *u = http_find(m, "upgrade");
 		HB_LIT(&b, "Connection: upgrade\r\n");
-		hb_field(&b, "Upgrade", 7, u ? u->value : "", u ? u->vlen : 0);
+		px_hb_field(&b, "Upgrade", 7, u ? u->value : "", u ? u->vlen : 0);
 	}
 	ex->resp_started = true;
 	ex->sse = ct && ct->vlen >= 17 && strncase_eq(ct->value, 17, "text/event-stream");
@@ -832,7 +567,7 @@ static void up_done(struct hconn *c)
 		*ex->slot = NULL;
 	ex->slot = NULL;
 	if (down && ex->errbody)
-		error_event(ex);
+		px_error_event(ex);
 	if (ex->want_tail) {
 		uint64_t prompt, completion;
 		size_t n = ex->tail ? evbuffer_get_length(ex->tail) : ex->tail_n;
@@ -921,8 +656,8 @@ static void suspect_instance(struct exchange *ex, const char *why, bool resend)
 	ex->verdict_why = xstrdup(why);
 	ex->verdict_resend = resend && ex->verdict_ev == NULL;   /* once */
 	if (ex->verdict_ev == NULL)
-		ex->verdict_ev = evtimer_new(gw->base, verdict_cb, ex);
-	event_add(ex->verdict_ev, &(struct timeval){gw->cfg->upstream_connect_timeout, 0});
+		ex->verdict_ev = evtimer_new(px_gw->base, verdict_cb, ex);
+	event_add(ex->verdict_ev, &(struct timeval){px_gw->cfg->upstream_connect_timeout, 0});
 }
 
 static void up_closed(struct hconn *c, const char *why)

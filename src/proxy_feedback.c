@@ -1,0 +1,109 @@
+/* proxy_feedback.c - what a client reading an event stream is told: how
+ * a cold start goes while its request is held, and the service's error
+ * as an error event once our early head went out. */
+#include "proxy_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "gw.h"
+#include "http.h"
+#include "log.h"
+#include "reply.h"
+#include "util.h"
+
+/* Send a formatted piece of an event stream. */
+void px_sse_printf(struct hconn *c, const char *fmt, ...)
+{
+	char buf[2048];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		http_send(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+/* Every few seconds while held: an SSE comment saying how the start goes. */
+static void feedback_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+	char reason[600];
+
+	(void)fd, (void)what;
+	if (ex->down == NULL || ex->inst != NULL)
+		return;
+	service_reason(ex->svc, reason, sizeof reason);
+	px_sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
+	event_add(ex->fb_ev, &(struct timeval){px_gw->cfg->feedback_interval, 0});
+}
+
+/* Held, and the client reads SSE: answer the head now and keep it posted. */
+void px_feedback_start(struct exchange *ex)
+{
+	char reason[600];
+
+	http_respond(ex->down, 200,
+		     SG_SEC_HEADERS_DATA "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+		     "X-Accel-Buffering: no\r\nX-Slurmgate-Cold-Start: waiting\r\n",
+		     -1);
+	ex->early_head = true;
+	service_reason(ex->svc, reason, sizeof reason);
+	px_sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
+	ex->fb_ev = evtimer_new(px_gw->base, feedback_cb, ex);
+	event_add(ex->fb_ev, &(struct timeval){px_gw->cfg->feedback_interval, 0});
+}
+
+/* The service answered ERR_STATUS after our early event-stream head: end
+ * the stream with an error event that carries the service's own error:
+ * its {"error":{...}} object as it is, else its message (an "error",
+ * "message" or "detail" string, or the body's text). */
+void px_error_event(struct exchange *ex)
+{
+	size_t n = evbuffer_get_length(ex->errbody);
+	const char *p = n ? (const char *)evbuffer_pullup(ex->errbody, -1) : "";
+	json_t *b = n ? json_loadb(p, n, 0, NULL) : NULL, *e = NULL, *o;
+	const char *msg = NULL;
+	char text[1200];
+	char *out;
+
+	if (json_is_object(b)) {
+		json_t *err = json_object_get(b, "error");
+		if (json_is_object(err) && json_is_string(json_object_get(err, "message")))
+			e = json_incref(err);
+		else if (json_is_string(err))
+			msg = json_string_value(err);
+		else if (json_is_string(json_object_get(b, "message")))
+			msg = json_string_value(json_object_get(b, "message"));
+		else if (json_is_string(json_object_get(b, "detail")))
+			msg = json_string_value(json_object_get(b, "detail"));
+	}
+	if (e == NULL) {
+		if (msg == NULL && n > 0)
+			msg = log_escape(p, n > 1000 ? 1000 : n);
+		snprintf(text, sizeof text, "the service answered %d%s%s", ex->err_status,
+			 msg ? ": " : "", msg ? msg : "");
+		e = json_pack("{s:s,s:s,s:i}", "message", text, "type", "upstream_error", "code",
+			      ex->err_status);
+		if (e == NULL)   /* cut inside a UTF-8 sequence */
+			e = json_pack("{s:s,s:s,s:i}", "message", "the service answered an error", "type",
+				      "upstream_error", "code", ex->err_status);
+	}
+	o = json_pack("{s:o}", "error", e);
+	out = json_dumps(o, JSON_COMPACT);
+	http_send(ex->down, "data: ", 6);
+	http_send(ex->down, out, strlen(out));
+	http_send(ex->down, "\n\n", 2);
+	free(out);
+	json_decref(o);
+	json_decref(b);
+}
