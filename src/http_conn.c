@@ -17,7 +17,8 @@
  * so nothing is freed inside its own callback.
  *
  * Where the server side (http_server.c) and the client side (http_client.c)
- * differ, the core calls the hooks of the connection's struct hconn_side. */
+ * differ, the core calls the hooks of the connection's struct hconn_side.
+ * The memory budget is in http_budget.c, the raw tunnel in http_tunnel.c. */
 #include "http_conn_impl.h"
 
 #include <errno.h>
@@ -46,19 +47,8 @@ static struct event *flush_ev;
 static int depth;
 static size_t n_open[2];   /* [true]: server side (it reads requests), [false]: client side */
 
-/* The memory budget: bytes held in every tracked buffer (input read but not
- * parsed, output not yet written, held request bodies). Past the cap,
- * client connections that hold more than BUDGET_OWN themselves stop
- * reading until the total falls below 7/8 of it; small requests from
- * others still get in. */
-#define BUDGET_OWN (64 * 1024)
-static size_t buffered, buffer_cap = (size_t)-1;
-static struct hconn_list budget_list = TAILQ_HEAD_INITIALIZER(budget_list);
-static struct event *budget_ev;
-
 static void flush_all(void);
 static void process_input(struct hconn *c);
-static void tunnel_move(struct hconn *c);
 static void finalize_close(struct hconn *c);
 
 /* --- states --- */
@@ -101,67 +91,17 @@ void hc_set_state(struct hconn *c, enum hc_state state, const char *why)
 	c->state = state;
 }
 
-/* --- the memory budget --- */
-
-static void buf_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg)
-{
-	(void)b, (void)arg;
-	buffered += info->n_added;
-	buffered -= info->n_deleted;
-	if (info->n_deleted > 0 && !TAILQ_EMPTY(&budget_list) && buffered < buffer_cap - buffer_cap / 8)
-		event_active(budget_ev, EV_TIMEOUT, 0);
-}
-
-void http_buffer_track(struct evbuffer *b)
-{
-	buffered += evbuffer_get_length(b);
-	evbuffer_add_cb(b, buf_cb, NULL);
-}
-
-void http_buffer_untrack(struct evbuffer *b)
-{
-	/* not by draining: a bufferevent's output may be frozen */
-	evbuffer_remove_cb(b, buf_cb, NULL);
-	buffered -= evbuffer_get_length(b);
-}
-
-size_t http_buffered(void)
-{
-	return buffered;
-}
-
-size_t http_buffer_cap(void)
-{
-	return buffer_cap;
-}
-
-void http_set_buffer_cap(size_t cap)
-{
-	buffer_cap = cap;
-	if (budget_ev && !TAILQ_EMPTY(&budget_list))
-		event_active(budget_ev, EV_TIMEOUT, 0);
-}
-
-static size_t own_bytes(struct hconn *c)
-{
-	return evbuffer_get_length(c->in) + http_pending_output(c) + c->owned;
-}
-
-void http_set_owned(struct hconn *c, size_t n)
-{
-	c->owned = n;
-}
-
 /* --- output --- */
 
-/* Every callback from libevent into this module is bracketed by enter/leave;
- * leaving the outermost one flushes output and frees the dead. */
-static void enter(void)
+/* Every callback from libevent into the layer is bracketed by
+ * hc_enter/hc_leave; leaving the outermost one flushes output and frees the
+ * dead. */
+void hc_enter(void)
 {
 	depth++;
 }
 
-static void leave(void)
+void hc_leave(void)
 {
 	if (--depth == 0)
 		flush_all();
@@ -326,29 +266,12 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	flush_all();
 }
 
-/* The total fell below the budget: connections paused by it read again. */
-static void budget_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct hconn_list now = TAILQ_HEAD_INITIALIZER(now);
-	struct hconn *c;
-
-	(void)fd, (void)what, (void)arg;
-	enter();
-	TAILQ_CONCAT(&now, &budget_list, budget_link);
-	while ((c = TAILQ_FIRST(&now)) != NULL) {
-		TAILQ_REMOVE(&now, c, budget_link);
-		c->budget_wait = false;
-		hc_rd_update(c);   /* may wait again, on budget_wait */
-	}
-	leave();
-}
-
 void http_init(struct gw *g)
 {
 	gw = g;
 	nknown_timeouts = 0;
 	flush_ev = event_new(g->base, -1, 0, flush_cb, NULL);
-	budget_ev = event_new(g->base, -1, 0, budget_cb, NULL);
+	hc_budget_init(g->base);
 }
 
 /* --- closing --- */
@@ -387,10 +310,7 @@ void http_close(struct hconn *c, const char *why)
 		TAILQ_REMOVE(&dirty, c, dirty_link);
 		c->dirty = false;
 	}
-	if (c->budget_wait) {
-		TAILQ_REMOVE(&budget_list, c, budget_link);
-		c->budget_wait = false;
-	}
+	hc_budget_forget(c);
 	TAILQ_INSERT_TAIL(&grave, c, dirty_link);
 	if (depth == 0)
 		event_active(flush_ev, EV_TIMEOUT, 0);
@@ -432,7 +352,7 @@ static bool parsed(struct hconn *c, size_t n)
 		return false;
 	if (hc_tunnel(c)) {
 		/* upgraded inside this parse: what follows the head is raw */
-		tunnel_move(c);
+		hc_tunnel_move(c);
 		return false;
 	}
 	if (c->state == HC_PARKED && evbuffer_get_length(c->in) > 0) {
@@ -517,7 +437,7 @@ static void on_readable(struct hconn *c, const char *direct, size_t n)
 	} else if (hc_tunnel(c)) {
 		if (direct)
 			evbuffer_add(c->in, direct, n);
-		tunnel_move(c);
+		hc_tunnel_move(c);
 	} else if (c->state == HC_PARKED) {
 		http_close(c, "upstream sent bytes on an idle connection");
 	} else {
@@ -546,7 +466,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 	int err = 0;
 
 	(void)what;
-	enter();
+	hc_enter();
 	if (evbuffer_get_length(c->in) == 0) {
 		ssize_t n = recv(fd, scratch, sizeof scratch, 0);
 
@@ -602,7 +522,7 @@ read_done:
 	}
 	if (!hc_dead(c))
 		hc_rd_update(c);
-	leave();
+	hc_leave();
 }
 
 static void writecb(struct bufferevent *bev, void *arg)
@@ -610,12 +530,12 @@ static void writecb(struct bufferevent *bev, void *arg)
 	struct hconn *c = arg;
 
 	(void)bev;
-	enter();
+	hc_enter();
 	if (c->state != HC_CONNECTING && c->side->progress)
 		c->side->progress(c);   /* upload progress: the service is reading */
 	if (!c->dirty)
 		flush_one(c);
-	leave();
+	hc_leave();
 }
 
 void hc_start_reading(struct hconn *c)
@@ -630,7 +550,7 @@ static void eventcb(struct bufferevent *bev, short what, void *arg)
 	char why[160];
 
 	(void)bev;
-	enter();
+	hc_enter();
 	if (what & BEV_EVENT_CONNECTED) {
 		int one = 1;
 		hc_set_state(c, HC_OPEN, "connected");
@@ -652,7 +572,7 @@ static void eventcb(struct bufferevent *bev, short what, void *arg)
 			 evutil_socket_error_to_string(e));
 		http_close(c, why);
 	}
-	leave();
+	hc_leave();
 }
 
 /* The peer closed its side. */
@@ -669,12 +589,12 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct hconn *c = arg;
 
 	(void)fd, (void)what;
-	enter();
+	hc_enter();
 	if (c->state == HC_LINGERING)
 		http_close(c, "closed after linger");
 	else
 		c->side->timeout(c);
-	leave();
+	hc_leave();
 }
 
 /* EPOLLRDHUP on a connection we are not reading: the peer hung up. */
@@ -683,9 +603,9 @@ static void closed_cb(evutil_socket_t fd, short what, void *arg)
 	struct hconn *c = arg;
 
 	(void)fd, (void)what;
-	enter();
+	hc_enter();
 	http_close(c, c->side->hangup);
-	leave();
+	hc_leave();
 }
 
 struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
@@ -767,15 +687,12 @@ void http_finish(struct hconn *c)
 void hc_rd_update(struct hconn *c)
 {
 	bool lingering = c->state == HC_LINGERING;
-	bool over = c->side->budgeted && !hc_dead(c) && !lingering && buffered >= buffer_cap &&
-		    own_bytes(c) > BUDGET_OWN;
+	bool over = c->side->budgeted && !hc_dead(c) && !lingering && hc_budget_over(c);
 	bool want = !hc_dead(c) && c->rev != NULL && !(c->pause_mask & PAUSE_FLOW) && !over &&
 		    (lingering || evbuffer_get_length(c->in) < INPUT_MAX);
 
-	if (over && !c->budget_wait) {
-		c->budget_wait = true;
-		TAILQ_INSERT_TAIL(&budget_list, c, budget_link);
-	}
+	if (over && !c->budget_wait)
+		hc_budget_wait(c);
 	if (want == c->rd_on || c->rev == NULL)
 		return;
 	c->rd_on = want;
@@ -825,68 +742,4 @@ void http_want_drain(struct hconn *c)
 size_t http_count(bool server_side)
 {
 	return n_open[server_side];
-}
-
-/* --- the tunnel --- */
-
-/* Move what C read to its partner; past the high mark, C stops reading
- * until the partner's output drains. */
-static void tunnel_move(struct hconn *c)
-{
-	struct evbuffer *in = c->in;
-	struct hconn *p = c->peer;
-
-	if (p == NULL || hc_dead(p)) {
-		evbuffer_drain(in, evbuffer_get_length(in));
-		return;
-	}
-	evbuffer_add_buffer(p->wbuf, in);
-	hc_mark_dirty(p);
-	if (http_pending_output(p) > HTTP_HIGH_MARK) {
-		http_pause(c, true);
-		http_want_drain(p);
-	}
-}
-
-static void tunnel_drained(struct hconn *c)
-{
-	if (c->peer)
-		http_pause(c->peer, false);
-}
-
-static void tunnel_closed(struct hconn *c, const char *why)
-{
-	(void)c, (void)why;
-}
-
-static const struct hconn_ops tunnel_ops = {
-	.drained = tunnel_drained,
-	.closed = tunnel_closed,
-};
-
-void http_tunnel(struct hconn *a, struct hconn *b)
-{
-	struct hconn *pair[2] = {a, b};
-
-	for (int i = 0; i < 2; i++) {
-		struct hconn *c = pair[i];
-		const struct hconn_ops *ops = c->ops;
-		c->ops = NULL;
-		if (ops && ops->closed)
-			ops->closed(c, "upgraded to a tunnel");   /* the owner lets go */
-		if (!hc_dead(c))
-			hc_set_state(c, HC_TUNNEL, "upgraded");
-		c->peer = pair[1 - i];
-		c->ops = &tunnel_ops;
-		c->owner = NULL;
-		c->timeout_s = 0;
-		hc_timer_set(c, 0);
-		c->pause_mask = 0;
-		hc_rd_update(c);
-	}
-	/* bytes already read go across now; a side being parsed right now
-	 * (the 101 head itself) moves its rest once the parser let go */
-	for (int i = 0; i < 2; i++)
-		if (!pair[i]->in_parse && evbuffer_get_length(pair[i]->in) > 0)
-			tunnel_move(pair[i]);
 }

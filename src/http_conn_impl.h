@@ -1,11 +1,13 @@
-/* http_conn_impl.h - what http_conn.c, http_server.c and http_client.c share.
+/* http_conn_impl.h - what the files of the HTTP layer share (http_conn.c,
+ * http_budget.c, http_tunnel.c, http_server.c, http_client.c).
  *
- * Not a public interface: only the three files of the HTTP layer include it.
+ * Not a public interface: only the files of the HTTP layer include it.
  * Everyone else goes through http.h (http_conn.h, http_server.h,
  * http_client.h).
  *
  * An hconn is one connection core (http_conn.c: read loop, output flushing,
- * graveyard, timer, tunnel) plus a side: the server side of a client's
+ * graveyard, timer; the memory budget in http_budget.c, the tunnel in
+ * http_tunnel.c) plus a side: the server side of a client's
  * connection (http_server.c) or the client side of an upstream connection
  * (http_client.c). The core never asks which side it has; it calls the
  * side's hooks (struct hconn_side) where the two differ. */
@@ -21,6 +23,7 @@
 struct bufferevent;
 struct event;
 struct evbuffer;
+struct event_base;
 
 /* The lifetime of a connection. Every move goes through hc_set_state(),
  * which checks it against the table in http_conn.c and logs it (debug). */
@@ -153,5 +156,26 @@ void hc_rd_update(struct hconn *c);
 void hc_start_reading(struct hconn *c);
 /* The parser runs only while nothing holds the connection's input. */
 void hc_sync_pause(struct hconn *c);
+/* Bracket every callback from libevent into the layer: leaving the
+ * outermost one flushes output and frees the dead. */
+void hc_enter(void);
+void hc_leave(void);
+
+/* --- the memory budget (http_budget.c), for the core --- */
+/* Create the event that lets connections paused by the budget read again. */
+void hc_budget_init(struct event_base *base);
+/* Free that event (unit tests, for the leak checker). */
+void hc_budget_free(void);
+/* True if the total is over the cap and C itself holds more than its share. */
+bool hc_budget_over(struct hconn *c);
+/* C stops reading for the budget: queue it (c->budget_wait must be false). */
+void hc_budget_wait(struct hconn *c);
+/* C closes: take it off the budget's queue if it is on it. */
+void hc_budget_forget(struct hconn *c);
+
+/* --- the tunnel (http_tunnel.c), for the core --- */
+/* Move what C read to its partner (or drop it if the partner is gone); past
+ * the high mark, C stops reading until the partner's output drains. */
+void hc_tunnel_move(struct hconn *c);
 
 #endif

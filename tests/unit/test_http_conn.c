@@ -270,7 +270,7 @@ int main(void)
 	http_init(&ctx);
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
 	event_free(flush_ev);
-	event_free(budget_ev);
+	hc_budget_free();
 	event_base_free(base);
 	return rc;
 }

@@ -1,0 +1,71 @@
+/* http_tunnel.c - the raw tunnel after an upgrade (a 101).
+ *
+ * The two connections forget their owners and pass what they read to each
+ * other unparsed; past the high mark a side stops reading until its
+ * partner's output drains. When one closes, the other drains what it holds
+ * and closes (HC_TUNNEL_DRAIN, in http_close). */
+#include "http_conn_impl.h"
+
+#include <stddef.h>
+
+#include <event2/buffer.h>
+
+void hc_tunnel_move(struct hconn *c)
+{
+	struct evbuffer *in = c->in;
+	struct hconn *p = c->peer;
+
+	if (p == NULL || hc_dead(p)) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	evbuffer_add_buffer(p->wbuf, in);
+	hc_mark_dirty(p);
+	if (http_pending_output(p) > HTTP_HIGH_MARK) {
+		http_pause(c, true);
+		http_want_drain(p);
+	}
+}
+
+static void tunnel_drained(struct hconn *c)
+{
+	if (c->peer)
+		http_pause(c->peer, false);
+}
+
+static void tunnel_closed(struct hconn *c, const char *why)
+{
+	(void)c, (void)why;
+}
+
+static const struct hconn_ops tunnel_ops = {
+	.drained = tunnel_drained,
+	.closed = tunnel_closed,
+};
+
+void http_tunnel(struct hconn *a, struct hconn *b)
+{
+	struct hconn *pair[2] = {a, b};
+
+	for (int i = 0; i < 2; i++) {
+		struct hconn *c = pair[i];
+		const struct hconn_ops *ops = c->ops;
+		c->ops = NULL;
+		if (ops && ops->closed)
+			ops->closed(c, "upgraded to a tunnel");   /* the owner lets go */
+		if (!hc_dead(c))
+			hc_set_state(c, HC_TUNNEL, "upgraded");
+		c->peer = pair[1 - i];
+		c->ops = &tunnel_ops;
+		c->owner = NULL;
+		c->timeout_s = 0;
+		hc_timer_set(c, 0);
+		c->pause_mask = 0;
+		hc_rd_update(c);
+	}
+	/* bytes already read go across now; a side being parsed right now
+	 * (the 101 head itself) moves its rest once the parser let go */
+	for (int i = 0; i < 2; i++)
+		if (!pair[i]->in_parse && evbuffer_get_length(pair[i]->in) > 0)
+			hc_tunnel_move(pair[i]);
+}
