@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -117,29 +118,111 @@ void hc_mark_dirty(struct hconn *c)
 		event_active(flush_ev, EV_TIMEOUT, 0);
 }
 
+/* Output blocks: a request's output is composed, written and given back
+ * within one callback, so a few blocks serve every connection (no evbuffer
+ * chain allocated and freed, no buffer callbacks, per response). */
+#define WBLOCK 16384
+#define WSPARE_MAX 16
+static char *wspare[WSPARE_MAX];
+static int nwspare;
+
+static void w_release(struct hconn *c)
+{
+	if (c->w == NULL)
+		return;
+	if (c->wcap == WBLOCK && nwspare < WSPARE_MAX)
+		wspare[nwspare++] = c->w;
+	else
+		free(c->w);
+	c->w = NULL;
+	c->wn = c->wcap = 0;
+}
+
+static void w_reserve(struct hconn *c, size_t n)
+{
+	size_t need = c->wn + n, cap;
+
+	if (need <= c->wcap)
+		return;
+	if (c->w == NULL && need <= WBLOCK) {
+		c->w = nwspare > 0 ? wspare[--nwspare] : xmalloc(WBLOCK);
+		c->wcap = WBLOCK;
+		return;
+	}
+	for (cap = c->wcap ? c->wcap : WBLOCK; cap < need; cap *= 2)
+		;
+	c->w = xrealloc(c->w, cap);
+	c->wcap = cap;
+}
+
 void hc_out_add(struct hconn *c, const void *p, size_t n)
 {
 	if (hc_dead(c))
 		return;
-	evbuffer_add(c->wbuf, p, n);
+	if (n > 0) {
+		w_reserve(c, n);
+		memcpy(c->w + c->wn, p, n);
+		c->wn += n;
+	}
+	hc_mark_dirty(c);
+}
+
+void hc_out_add_buffer(struct hconn *c, struct evbuffer *b)
+{
+	struct evbuffer_iovec v[8];
+	int nv;
+
+	while ((nv = evbuffer_peek(b, -1, NULL, v, 8)) > 0) {
+		size_t moved = 0;
+
+		for (int k = 0; k < nv && k < 8; k++) {
+			hc_out_add(c, v[k].iov_base, v[k].iov_len);
+			moved += v[k].iov_len;
+		}
+		evbuffer_drain(b, moved);
+	}
 	hc_mark_dirty(c);
 }
 
 void hc_out_printf(struct hconn *c, const char *fmt, ...)
 {
 	va_list ap;
+	char small[256];
+	int n;
 
 	if (hc_dead(c))
 		return;
 	va_start(ap, fmt);
-	evbuffer_add_vprintf(c->wbuf, fmt, ap);
+	n = vsnprintf(small, sizeof small, fmt, ap);
 	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof small) {
+		hc_out_add(c, small, (size_t)n);
+		return;
+	}
+	w_reserve(c, (size_t)n + 1);
+	va_start(ap, fmt);
+	vsnprintf(c->w + c->wn, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	c->wn += (size_t)n;
 	hc_mark_dirty(c);
+}
+
+size_t hc_out_composed(const struct hconn *c)
+{
+	return c->wn;
+}
+
+void hc_out_truncate(struct hconn *c, size_t n)
+{
+	if (n < c->wn)
+		c->wn = n;
 }
 
 size_t http_pending_output(struct hconn *c)
 {
-	return evbuffer_get_length(c->wbuf) + evbuffer_get_length(bufferevent_get_output(c->bev));
+	return c->wn + evbuffer_get_length(bufferevent_get_output(c->bev));
 }
 
 /* libevent's common timeout for SECS: timers of one duration in a queue
@@ -167,15 +250,62 @@ static const struct timeval *common_timeout(int secs)
 	return ct;
 }
 
+/* The coarse monotonic clock in ms: a vDSO read without a clock source
+ * access, good to a few ms, which is all a timeout in seconds needs. */
+static uint64_t coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void timer_arm(struct hconn *c, uint64_t now, uint64_t ms)
+{
+	const struct timeval *ct = ms % 1000 == 0 ? common_timeout((int)(ms / 1000)) : NULL;
+	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+
+	c->armed_ms = now + ms;
+	event_add(c->timer, ct ? ct : &tv);
+}
+
+/* Lazily: a connection's timeout moves on nearly every event (six times a
+ * proxied request), so the deadline is only recorded; the libevent timer
+ * is moved when it would fire too late, and when it fires early (the
+ * deadline moved on, or was cleared) it re-arms for the rest or does
+ * nothing. One event_add a request instead of six. */
 void hc_timer_set(struct hconn *c, int secs)
 {
+	uint64_t now, dl;
+
 	if (secs <= 0) {
-		event_del(c->timer);
-	} else {
-		const struct timeval *ct = common_timeout(secs);
-		struct timeval tv = {secs, 0};
-		event_add(c->timer, ct ? ct : &tv);
+		c->deadline_ms = 0;
+		return;
 	}
+	now = coarse_ms();
+	dl = now + (uint64_t)secs * 1000;
+	c->deadline_ms = dl;
+	if (c->armed_ms != 0 && c->armed_ms <= dl)
+		return;   /* fires first, then re-arms */
+	timer_arm(c, now, (uint64_t)secs * 1000);
+}
+
+/* The libevent timer fired: is the deadline there? (A coarse clock read
+ * can lag the timer by a tick: a few ms early counts as on time.) */
+static bool timer_due(struct hconn *c)
+{
+	uint64_t now;
+
+	c->armed_ms = 0;
+	if (c->deadline_ms == 0)
+		return false;
+	now = coarse_ms();
+	if (now + 10 < c->deadline_ms) {
+		timer_arm(c, now, c->deadline_ms - now);
+		return false;
+	}
+	c->deadline_ms = 0;
+	return true;
 }
 
 /* Closing, lingering or draining a tunnel: ends once output is out. */
@@ -192,13 +322,25 @@ static void flush_one(struct hconn *c)
 
 	if (hc_dead(c))
 		return;
-	if (evbuffer_get_length(c->wbuf) > 0) {
-		if (connected && evbuffer_get_length(out) == 0 && evbuffer_write(c->wbuf, c->fd) > 0 &&
-		    c->side->progress)
-			c->side->progress(c);   /* upload progress: the service is reading */
-		/* errors surface through the bufferevent */
-		if (evbuffer_get_length(c->wbuf) > 0)
-			evbuffer_add_buffer(out, c->wbuf);
+	if (c->wn > 0) {
+		size_t done = 0;
+
+		if (connected && evbuffer_get_length(out) == 0) {
+			ssize_t k;
+
+			do
+				k = send(c->fd, c->w, c->wn, MSG_NOSIGNAL);
+			while (k < 0 && errno == EINTR);
+			if (k > 0) {
+				done = (size_t)k;
+				if (c->side->progress)
+					c->side->progress(c);   /* upload progress: the service is reading */
+			}
+		}
+		/* the rest waits in the bufferevent; errors surface through it */
+		if (done < c->wn)
+			evbuffer_add(out, c->w + done, c->wn - done);
+		w_release(c);
 		if (c->resp_started)
 			c->resp_sent = true;
 	}
@@ -218,7 +360,6 @@ static void hconn_free(struct hconn *c)
 {
 	n_open[c->side->requests]--;
 	http_buffer_untrack(c->in);
-	http_buffer_untrack(c->wbuf);
 	http_buffer_untrack(bufferevent_get_output(c->bev));
 	bufferevent_free(c->bev);   /* closes the fd */
 	event_free(c->timer);
@@ -227,7 +368,7 @@ static void hconn_free(struct hconn *c)
 	if (c->rev)
 		event_free(c->rev);
 	evbuffer_free(c->in);
-	evbuffer_free(c->wbuf);
+	w_release(c);
 	hparse_free(&c->hp);
 	free(c);
 }
@@ -304,6 +445,7 @@ void http_close(struct hconn *c, const char *why)
 		event_del(c->rev);
 	bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
 	event_del(c->timer);
+	c->armed_ms = c->deadline_ms = 0;
 	if (c->closed_ev)
 		event_del(c->closed_ev);
 	if (c->dirty) {
@@ -589,6 +731,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct hconn *c = arg;
 
 	(void)fd, (void)what;
+	if (!timer_due(c))
+		return;
 	hc_enter();
 	if (c->state == HC_LINGERING)
 		http_close(c, "closed after linger");
@@ -627,8 +771,6 @@ struct hconn *hc_new(int fd, const struct hconn_side *side, enum hc_state state,
 	http_buffer_track(bufferevent_get_output(c->bev));
 	bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_LOW_MARK, 0);
 	c->timer = evtimer_new(gw->base, timer_cb, c);
-	c->wbuf = evbuffer_new();
-	http_buffer_track(c->wbuf);
 	hparse_init(&c->hp, side->requests, side->hp_ops, c);
 	n_open[side->requests]++;
 	return c;

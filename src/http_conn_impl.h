@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/queue.h>
 
 #include "http.h"
@@ -83,6 +84,8 @@ struct hconn {
 	void *owner;
 	struct hparse hp;
 	struct event *timer;
+	uint64_t deadline_ms;     /* hc_timer_set's deadline (coarse monotonic ms), 0: none */
+	uint64_t armed_ms;        /* when the libevent timer fires, 0: not armed */
 	struct event *closed_ev;
 	struct event *rev;        /* our own read event: one recv per wake-up */
 	struct evbuffer *in;      /* bytes read, not parsed yet */
@@ -108,8 +111,11 @@ struct hconn {
 	/* client side (http_client.c) */
 	int timeout_s;            /* read timeout, re-armed on every read */
 
-	/* output and the memory budget */
-	struct evbuffer *wbuf;
+	/* output and the memory budget: what callbacks compose goes to w
+	 * (a pooled block, taken on the first byte), written out or handed
+	 * to the bufferevent when the outermost callback returns */
+	char *w;
+	size_t wn, wcap;
 	bool dirty, budget_wait;
 	size_t owned;                     /* the owner's bytes for this request (http_set_owned) */
 	struct http_xfer xf;              /* the current exchange, for finished() */
@@ -149,6 +155,11 @@ void hc_out_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(
  * when the outermost callback returns. */
 void hc_mark_dirty(struct hconn *c);
 /* Arm C's timer for SECS seconds (<= 0: disarm). */
+/* Output composed (not written yet): append an evbuffer's bytes (drains
+ * it), how much there is, cut it back to N bytes. */
+void hc_out_add_buffer(struct hconn *c, struct evbuffer *b);
+size_t hc_out_composed(const struct hconn *c);
+void hc_out_truncate(struct hconn *c, size_t n);
 void hc_timer_set(struct hconn *c, int secs);
 /* Start (or stop) reading the socket as pause, budget and input allow. */
 void hc_rd_update(struct hconn *c);
