@@ -277,17 +277,10 @@ bool http_response_started(struct hconn *c)
 
 bool http_response_retract(struct hconn *c)
 {
-	struct evbuffer *keep;
-
 	if (hc_dead(c) || !c->resp_started || c->resp_sent || c->resp_done)
 		return false;
 	/* drop what the response composed; what came before it stays */
-	keep = evbuffer_new();
-	http_buffer_track(keep);
-	evbuffer_remove_buffer(c->wbuf, keep, c->resp_mark);
-	http_buffer_untrack(c->wbuf);
-	evbuffer_free(c->wbuf);
-	c->wbuf = keep;
+	hc_out_truncate(c, c->resp_mark);
 	c->resp_started = false;
 	c->xf.bytes = 0;
 	c->out_chunked = c->out_nobody = false;
@@ -331,7 +324,7 @@ void http_respond_n(struct hconn *c, int status, const char *extra, size_t extra
 	if (hc_dead(c) || c->resp_started)
 		return;
 	c->resp_started = true;
-	c->resp_mark = evbuffer_get_length(c->wbuf);
+	c->resp_mark = hc_out_composed(c);
 	c->xf.status = status;
 	c->xf.t_head = now_s();
 	/* Responding before the request body is read, to an upgrade that did not

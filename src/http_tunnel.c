@@ -19,8 +19,7 @@ void hc_tunnel_move(struct hconn *c)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		return;
 	}
-	evbuffer_add_buffer(p->wbuf, in);
-	hc_mark_dirty(p);
+	hc_out_add_buffer(p, in);
 	if (http_pending_output(p) > HTTP_HIGH_MARK) {
 		http_pause(c, true);
 		http_want_drain(p);

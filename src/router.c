@@ -108,9 +108,15 @@ static bool seg_is(const char *s, size_t n, const char *lit)
 static int remove_dots(char *d, size_t *dlen, const char **cause)
 {
 	size_t n = *dlen, o = 0, k = 1;
-	size_t *starts = xmalloc((n + 1) * sizeof *starts);   /* output segment starts */
-	size_t depth = 0;
-	char *out = xmalloc(n + 2);
+	size_t *starts, depth = 0;   /* output segment starts */
+	char *out;
+
+	/* a dot segment ("." or "..", alone or before ';') starts with "/.":
+	 * most paths have none and are left as they are */
+	if (memmem(d, n, "/.", 2) == NULL)
+		return 0;
+	starts = xmalloc((n + 1) * sizeof *starts);
+	out = xmalloc(n + 2);
 
 	out[o++] = '/';
 	while (k <= n) {

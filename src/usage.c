@@ -15,7 +15,7 @@ static size_t nrows;
 void key_id(const struct api_key *k, char out[KEY_ID_MAX])
 {
 	/* the same id as the access log's: the key's name, else a digest prefix */
-	snprintf(out, KEY_ID_MAX, "%s", k ? access_key_id(k) : "-");
+	str_copy(out, KEY_ID_MAX, k ? access_key_id(k) : "-");
 }
 
 static struct usage *row(const char *service, const char *key)
@@ -57,6 +57,9 @@ static bool count_of(json_t *o, const char *a, const char *b, uint64_t *out)
 
 bool usage_parse(const char *p, size_t n, uint64_t *prompt, uint64_t *completion)
 {
+	/* most answers have no "usage" at all: one fast scan says so */
+	if (memmem(p, n, "\"usage\"", 7) == NULL)
+		return false;
 	/* from the end: a stream's last chunk (include_usage), a body's "usage" */
 	for (size_t q = n >= 7 ? n - 7 + 1 : 0; q-- > 0;) {
 		size_t r = q + 7;

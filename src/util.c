@@ -103,6 +103,14 @@ int has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+void str_copy(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 int parse_hostport(const char *s, char **host, int *port)
 {
 	const char *colon = strrchr(s, ':');

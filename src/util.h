@@ -28,6 +28,11 @@ int strncase_eq(const char *a, size_t alen, const char *b);
 /* 1 if s starts with prefix. */
 int has_prefix(const char *s, const char *prefix);
 
+/* Copy the string SRC into DST of CAP (> 0) bytes, cut to fit, always
+ * NUL-terminated: snprintf(dst, cap, "%s", src) without the format engine
+ * (the hot path does it per request). */
+void str_copy(char *dst, size_t cap, const char *src);
+
 /* Parse "host:port" (port required, host may be empty for 0.0.0.0).
  * Returns 0 and fills *host (malloc'd) and *port, or -1. */
 int parse_hostport(const char *s, char **host, int *port);
