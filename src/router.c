@@ -33,8 +33,25 @@ static int hexval(unsigned char c)
 /* Bytes that go out as they are in a path (RFC 3986 pchar minus '%', plus '/'). */
 static bool path_char_plain(unsigned char c)
 {
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	       strchr("-._~!$&'()*+,;=:@/", c) != NULL;
+	static unsigned char plain[256];
+	static bool ready;
+
+	if (!ready) {
+		for (int k = 1; k < 256; k++)
+			plain[k] = (k >= 'a' && k <= 'z') || (k >= 'A' && k <= 'Z') ||
+				   (k >= '0' && k <= '9') || strchr("-._~!$&'()*+,;=:@/", k) != NULL;
+		ready = true;
+	}
+	return plain[c];
+}
+
+/* A path of plain bytes only (most are) decodes and encodes to itself. */
+static bool path_plain(const char *p, size_t n)
+{
+	for (size_t k = 0; k < n; k++)
+		if (!path_char_plain((unsigned char)p[k]))
+			return false;
+	return true;
 }
 
 /* Overlong UTF-8 (C0/C1 leads, E0 80-9F, F0 80-8F) or a lead byte beyond
@@ -113,8 +130,11 @@ static int remove_dots(char *d, size_t *dlen, const char **cause)
 
 	/* a dot segment ("." or "..", alone or before ';') starts with "/.":
 	 * most paths have none and are left as they are */
-	if (memmem(d, n, "/.", 2) == NULL)
-		return 0;
+	for (const char *p = d; (p = memchr(p, '.', n - (size_t)(p - d))) != NULL; p++)
+		if (p > d && p[-1] == '/')
+			goto dots;
+	return 0;
+dots:
 	starts = xmalloc((n + 1) * sizeof *starts);
 	out = xmalloc(n + 2);
 
@@ -162,11 +182,10 @@ static int remove_dots(char *d, size_t *dlen, const char **cause)
 	return 0;
 }
 
-/* Encode the decoded path D for the upstream. */
-static char *encode_path(const char *d, size_t n, size_t *olen)
+/* Encode the decoded path D for the upstream into OUT (at least 3N+1 bytes). */
+static size_t encode_path(const char *d, size_t n, char *out)
 {
 	static const char hex[] = "0123456789ABCDEF";
-	char *out = xmalloc(n * 3 + 1);
 	size_t o = 0;
 
 	for (size_t k = 0; k < n; k++) {
@@ -180,14 +199,14 @@ static char *encode_path(const char *d, size_t n, size_t *olen)
 		}
 	}
 	out[o] = '\0';
-	*olen = o;
-	return out;
+	return o;
 }
 
 int router_resolve(const char *t, size_t len, struct route_target *rt, const char **cause)
 {
 	const char *path = t, *q, *end = t + len;
-	size_t plen;
+	size_t plen, qlen;
+	char *block;
 
 	memset(rt, 0, sizeof *rt);
 	/* origin-form only: http_parse.c made an absolute-form target one (its
@@ -200,29 +219,45 @@ int router_resolve(const char *t, size_t len, struct route_target *rt, const cha
 	}
 	q = memchr(path, '?', (size_t)(end - path));
 	plen = (size_t)((q ? q : end) - path);
+	qlen = q ? (size_t)(end - q) : 0;
 	if (plen == 0 || path[0] != '/') {
 		*cause = "the request target must be a path starting with '/'";
 		return -1;
 	}
-	rt->dpath = xmalloc(plen + 1);
-	if (decode_path(path, plen, rt->dpath, &rt->dlen, cause) != 0 ||
-	    remove_dots(rt->dpath, &rt->dlen, cause) != 0) {
+	/* one block: the decoded path, the encoded one (at most 3x), the query */
+	block = xmalloc((plen + 1) + (3 * plen + 1) + (qlen + 1));
+	rt->dpath = block;
+	rt->path = block + plen + 1;
+	if (path_plain(path, plen)) {
+		memcpy(rt->dpath, path, plen);
+		rt->dpath[plen] = '\0';
+		rt->dlen = plen;
+	} else if (decode_path(path, plen, rt->dpath, &rt->dlen, cause) != 0) {
 		router_target_free(rt);
 		return -1;
 	}
-	rt->path = encode_path(rt->dpath, rt->dlen, &rt->plen);
+	if (remove_dots(rt->dpath, &rt->dlen, cause) != 0) {
+		router_target_free(rt);
+		return -1;
+	}
+	if (path_plain(rt->dpath, rt->dlen)) {
+		memcpy(rt->path, rt->dpath, rt->dlen + 1);
+		rt->plen = rt->dlen;
+	} else {
+		rt->plen = encode_path(rt->dpath, rt->dlen, rt->path);
+	}
 	if (q) {
-		rt->qlen = (size_t)(end - q);
-		rt->query = xstrndup(q, rt->qlen);
+		rt->query = rt->path + 3 * plen + 1;
+		rt->qlen = qlen;
+		memcpy(rt->query, q, qlen);
+		rt->query[qlen] = '\0';
 	}
 	return 0;
 }
 
 void router_target_free(struct route_target *rt)
 {
-	free(rt->path);
-	free(rt->dpath);
-	free(rt->query);
+	free(rt->dpath);   /* the block: path and query are in it */
 	memset(rt, 0, sizeof *rt);
 }
 

@@ -18,12 +18,13 @@
  * unreserved characters, sub-delims, ':', '@' and '/' as they are,
  * everything else as %XX. Double slashes are kept. */
 struct route_target {
-	char *path;        /* normalised and re-encoded, starts with '/' (malloc'd) */
+	char *path;        /* normalised and re-encoded, starts with '/' */
 	size_t plen;
-	char *dpath;       /* normalised and decoded, NUL-terminated (malloc'd);
-	                    * never holds NUL, '\\' or an encoded '/' */
+	char *dpath;       /* normalised and decoded, NUL-terminated; never holds
+	                    * NUL, '\\' or an encoded '/' (malloc'd: the block that
+	                    * also holds path and query) */
 	size_t dlen;
-	char *query;       /* "?..." as sent (malloc'd copy), or NULL */
+	char *query;       /* "?..." as sent (a copy), or NULL */
 	size_t qlen;
 };
 
