@@ -31,18 +31,16 @@ static int hexval(unsigned char c)
 }
 
 /* Bytes that go out as they are in a path (RFC 3986 pchar minus '%', plus '/'). */
-static bool path_char_plain(unsigned char c)
-{
-	static unsigned char plain[256];
-	static bool ready;
+static const unsigned char plain_bytes[256] = {
+	['a' ... 'z'] = 1, ['A' ... 'Z'] = 1, ['0' ... '9'] = 1,
+	['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
+	['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, [':'] = 1,
+	['@'] = 1, ['/'] = 1,
+};
 
-	if (!ready) {
-		for (int k = 1; k < 256; k++)
-			plain[k] = (k >= 'a' && k <= 'z') || (k >= 'A' && k <= 'Z') ||
-				   (k >= '0' && k <= '9') || strchr("-._~!$&'()*+,;=:@/", k) != NULL;
-		ready = true;
-	}
-	return plain[c];
+static inline bool path_char_plain(unsigned char c)
+{
+	return plain_bytes[c];
 }
 
 /* A path of plain bytes only (most are) decodes and encodes to itself. */
