@@ -34,7 +34,7 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
 TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev nodejs
-BENCH_PKGS = wrk nginx-light
+BENCH_PKGS = wrk nginx-light valgrind
 
 .PHONY: all run test unit unit-asan integration asan chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
 

@@ -59,6 +59,8 @@ IDLE_CONNS = env_int("BENCH_IDLE_CONNS", 10000)   # lowered by bench/run to fit 
 NGINX_RSS = env_int("BENCH_NGINX_RSS", 1)
 NGINX_FWD = env_int("BENCH_NGINX_FWD", 1)   # nginx forwards Host and X-Forwarded-* as slurmgate does
 DO_STRACE = env_int("BENCH_STRACE", 0)
+CALLGRIND = env_int("BENCH_CALLGRIND", 1)   # instructions/request under callgrind (needs valgrind)
+CG_WARMUP, CG_DURATION, CG_START_S = 2, 4, 60   # wrk -t1 -c10 under callgrind; valgrind starts slowly
 LOWLOAD = env_int("BENCH_LOWLOAD", 3)
 OVERLOAD_CONNS = env_int("BENCH_OVERLOAD_CONNS", 2000)
 OVERLOAD_S = 3
@@ -74,6 +76,7 @@ NOFILE = 1024   # set by bench/run from RLIMIT_NOFILE
 WATCHDOG_S = (60 + ROUNDS * 3 * len(UPSTREAMS) * (WARMUP + DURATION + 2) + 3 * len(UPSTREAMS) * (LOWLOAD + 3)
               + 2 * (OVERLOAD_S + 5) + 120
               + (40 * len(UPSTREAMS) if DO_STRACE else 0)
+              + (2 * (CG_START_S + 30 + len(UPSTREAMS) * (CG_WARMUP + CG_DURATION + 20)) if CALLGRIND else 0)
               + (60 + 2 * (SCALE_DURATION + 8) if SCALE else 0)
               # cluster up and down, and per cold start (all three ways) a start and a stop on a busy machine
               + (240 + COLD_STARTS * 220 + 5 * (WARM_DURATION + 10) if SLURM else 0))
@@ -189,16 +192,17 @@ def write_json(name, obj):
     return path
 
 
-def start_gateway(config, log_name):
+def start_gateway(config, log_name, wrap=()):
     """slurmgate with CONFIG (written to tmpdir as LOG_NAME's stem + .json),
-    its output in tmpdir/LOG_NAME; the caller waits for it (wait_http)."""
+    its output in tmpdir/LOG_NAME, run under WRAP (argv prefix, e.g.
+    valgrind); the caller waits for it (wait_http)."""
     stem = os.path.splitext(log_name)[0]
     # a state_dir of its own: the default (/var/lib/slurmgate as root) is
     # locked by any other slurmgate running on this machine
     config.setdefault("state_dir", os.path.join(tmpdir, stem + "-state"))
     path = write_json(stem + ".json", config)
     logf = open(os.path.join(tmpdir, log_name), "w")
-    p = spawn([SLURMGATE, "-c", path], stdout=logf, stderr=subprocess.STDOUT)
+    p = spawn([*wrap, SLURMGATE, "-c", path], stdout=logf, stderr=subprocess.STDOUT)
     logf.close()
     return p
 

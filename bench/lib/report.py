@@ -79,9 +79,9 @@ class Rounds:
             f"   target < 1 ms   {verdict(self.add_p99 < 1.0)}")
 
 
-def summary(rds, load1, rss, over, low, syscalls, sc, sl):
+def summary(rds, load1, rss, over, low, syscalls, cg, sc, sl):
     """The markdown summary for the README; RDS: {upstream: Rounds}, the
-    headline first."""
+    headline first; CG: callgrind.callgrind_part's result or None."""
     log("")
     log("---- summary (markdown) ----")
     log(f"slurmgate {slurmgate_version()}; "
@@ -110,6 +110,10 @@ def summary(rds, load1, rss, over, low, syscalls, sc, sl):
         log(f"| {u}: CPU per request, slurmgate vs nginx | {rd.cpu_target()} | "
             f"{fmt(rd.cpu_sg, '.1f')} vs {fmt(rd.cpu_ng, '.1f')} us ({rd.cpu_ratio:.2f}x) | "
             f"{verdict(rd.ok_cpu) if rd.goal['cpu'] is not None else ''} |")
+        if cg and u in cg:
+            sg, ng = cg[u]["slurmgate"]["per_req"], cg[u]["nginx"]["per_req"]
+            log(f"| {u}: instructions per request (callgrind, user space), slurmgate vs nginx | - | "
+                f"{sg / 1000:.1f} K vs {ng / 1000:.1f} K ({fmt(ratio(sg, ng), '.2f')}x) | |")
         log(f"| {u}: slurmgate / direct req/s | - | {rd.r_di:.2f}x | |")
         log(f"| {u}: added p99 vs direct | < 1 ms | {rd.add_p99:+.2f} ms (nginx {rd.add_p99_ng:+.2f} ms) | "
             f"{verdict(rd.add_p99 < 1.0)} |")
