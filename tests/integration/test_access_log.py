@@ -115,12 +115,14 @@ def test_access_log_reopened_on_sigusr1_after_rename(gateway, tmp_path):
     assert g.get("/info?between").status == 200
     # until told, the gateway writes to the file it has open (now the rotated one)
     assert wait_until(lambda: any("/info?between" in ln for ln in lines_of(rotated)), 5 * SLACK)
+    before = g.log().count("access_log: reopened")
     g.proc.send_signal(signal.SIGUSR1)
-
-    def reopened():
-        g.get("/info?after")
-        return any("/info?after" in ln for ln in lines_of(log))
-    assert wait_until(reopened, 5 * SLACK), (lines_of(log), lines_of(rotated))
+    # a request sent before the signal is handled still goes to the old
+    # file: wait for the gateway to say it reopened, then send one
+    assert wait_until(lambda: g.log().count("access_log: reopened") > before, 5 * SLACK), g.log()
+    assert g.get("/info?after").status == 200
+    assert wait_until(lambda: any("/info?after" in ln for ln in lines_of(log)), 5 * SLACK), \
+        (lines_of(log), lines_of(rotated))
     assert not any("/info?after" in ln for ln in lines_of(rotated))
     assert "access_log" in g.log() and "reopen" in g.log(), g.log()
     assert g.get("/api/health").status == 200
