@@ -102,6 +102,9 @@ static void job_cancel(struct sjob *j)
 	poll_schedule(true);
 }
 
+static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r|%S", NULL};
+static void submit_lookup_done(void *arg, int status, const char *out, const char *err);
+
 static void submitted(void *arg, int status, const char *out, const char *err)
 {
 	struct sjob *j = arg;
@@ -109,6 +112,18 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 
 	while (isdigit((unsigned char)out[n]) && n < sizeof j->id - 1)
 		n++;
+	if (status != 0 && !j->looked_up &&
+	    (status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
+		/* the agent died while sbatch ran, or ssh itself failed (255): the
+		 * job may be queued all the same. Look for it by its name (unique
+		 * to this gateway and instance) before calling the start failed:
+		 * never a second job beside an untracked first one. */
+		j->looked_up = true;
+		log_warn("svc %s: %s; looking for job %s in squeue",
+			 j->inst ? service_config(j->inst->svc)->name : "-", err, j->name);
+		sagent_run(j->r, squeue_argv, 60, submit_lookup_done, j);
+		return;   /* the lookup keeps the sbatch callback's reference */
+	}
 	if (status != 0 || n == 0) {
 		char why[700];
 		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
@@ -139,6 +154,32 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	poll_schedule(true);
 }
 
+/* squeue's answer after a lost sbatch answer: J's job, if Slurm has it. */
+static void submit_lookup_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char *text = xstrdup(out), *save = NULL, found[32] = "";
+
+	for (char *line = strtok_r(text, "\n", &save); status == 0 && line && !found[0];
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *f[7] = {"", "", "", "", "", "", ""};
+		if (slurmjob_split(line, f, 7) >= 3 && strcmp(f[1], j->name) == 0 &&
+		    !slurmjob_ended(f[2]) && strlen(f[0]) < sizeof found)
+			str_copy(found, sizeof found, f[0]);
+	}
+	free(text);
+	if (found[0]) {
+		log_info("job %s was queued before its sbatch answer was lost: Slurm job %s", j->name,
+			 found);
+		submitted(j, 0, found, "");
+	} else {
+		char why[300];
+		snprintf(why, sizeof why, "%s (and squeue %s)", SAGENT_SBATCH_LOST,
+			 status == 0 ? "has no job of its name" : (err[0] ? err : "failed"));
+		submitted(j, 255 << 8, "", why);
+	}
+}
+
 static int slurm_start(struct instance *i, char **cause)
 {
 	const struct svc_config *cfg = service_config(i->svc);
@@ -152,8 +193,9 @@ static int slurm_start(struct instance *i, char **cause)
 	argv = xcalloc((size_t)extra + 8, sizeof *argv);
 	/* ':' is in neither an instance_id nor a route_name: the name parses back
 	 * unambiguously, and no gateway mistakes another's jobs for its own */
-	snprintf(name, sizeof name, "--job-name=sg:%s:%s:%d", gw->cfg->instance_id, cfg->route_name,
+	snprintf(j->name, sizeof j->name, "sg:%s:%s:%d", gw->cfg->instance_id, cfg->route_name,
 		 i->index);
+	snprintf(name, sizeof name, "--job-name=%s", j->name);
 	snprintf(port, sizeof port, "%d", i->remote_port);
 	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
 	argv[n++] = "sbatch";
@@ -546,7 +588,6 @@ static void job_lost(struct sjob *j)
 	sagent_run(j->r, argv, 60, lost_scontrol_done, j);
 }
 
-static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r|%S", NULL};
 
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {

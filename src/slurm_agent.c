@@ -496,7 +496,7 @@ static void all_plain(struct agent *a)
 		TAILQ_REMOVE(&a->sent, q, link);
 		if (q->submit) {
 			if (q->cb)
-				q->cb(q->arg, 255 << 8, "", "the slurm agent died during sbatch");
+				q->cb(q->arg, 255 << 8, "", SAGENT_SBATCH_LOST);
 			req_free(q);
 		} else {
 			req_plain(a, q);
@@ -548,7 +548,7 @@ static void agent_exited(struct proc *p, int status, void *arg)
 			TAILQ_REMOVE(&old, q, link);
 			if (q->submit) {
 				if (q->cb)
-					q->cb(q->arg, 255 << 8, "", "the slurm agent died during sbatch");
+					q->cb(q->arg, 255 << 8, "", SAGENT_SBATCH_LOST);
 				req_free(q);
 			} else {
 				TAILQ_INSERT_HEAD(&a->waiting, q, link);

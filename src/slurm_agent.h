@@ -46,4 +46,8 @@ const char *sagent_status(const struct runner *r);
 /* At exit: stop every agent. */
 void sagent_shutdown(void);
 
+/* The reason a submit fails with when the agent died while it ran: the
+ * job may have been queued all the same (launcher_slurm.c looks). */
+#define SAGENT_SBATCH_LOST "the slurm agent died during sbatch"
+
 #endif

@@ -436,3 +436,40 @@ def test_reload_drops_and_brings_back_the_agent(cluster, slurm_gateway, tmp_path
     reload(True)
     wait_until(lambda: g.get("/llm/pid", timeout=60).status == 200, 60 * SLACK)
     assert g.svc()["slurm_agent"] == "up" and agent_pids(agent)
+
+
+def test_agent_dying_during_sbatch_leaves_no_untracked_job(cluster, slurm_gateway, tmp_path):
+    """The agent dies after sbatch queued the job but before it answered
+    (an sbatch wrapper kills it, once): the gateway must find that job by
+    its name and track it, not fail the start and submit a second one
+    while the first runs untracked until its walltime."""
+    import os
+    svc, agent, _ = agent_service(cluster, tmp_path, timeout=3)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    mark = tmp_path / "agent-killed"
+    write_script(shims / "sbatch", f"""#!/bin/sh
+out=$({shutil.which("sbatch")} "$@"); st=$?
+echo "$out"
+if [ $st -eq 0 ] && [ ! -e {mark} ]; then
+    : > {mark}
+    for p in $(pgrep -f '{agent}( |$)'); do kill -9 "$p"; done
+    sleep 5
+fi
+exit $st
+""")
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf,
+                                  "PATH": f"{shims}:{os.environ['PATH']}"})
+    r = g.get("/llm/pid", timeout=90)
+    assert mark.exists(), "the wrapper did not run: the agent was not used"
+    assert r.status == 200, (r, g.log())
+    [inst] = g.svc()["instances"]
+    live = cluster.live_jobs(g.job_name())
+    assert [j[0] for j in live] == [inst["job_id"]], (live, inst, g.log())
+    assert "died during sbatch" in g.log(), g.log()
+    # the job found again is the gateway's like any other: its idle cancel
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
+               msg="the idle job to be cancelled")
+    assert g.terminate() == 0
