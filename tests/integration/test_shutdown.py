@@ -140,6 +140,10 @@ exec '{DEMO_SH}' "$@"
     svc = demo_service(bash_file=str(script), timeout=1, stop_grace=1)
     g = gateway([svc])
     pid = g.service_pid()
+    # a request in flight keeps the service up (idle timeout 1 s) while we
+    # look for the helpers: on a loaded machine the idle stop could otherwise
+    # come first and take them before we saw them
+    t, held = start_in_thread(lambda: g.get("/llm/slow?ms=4000", timeout=30))
 
     def helpers():
         found = []
@@ -153,7 +157,9 @@ exec '{DEMO_SH}' "$@"
                     pass
         return found
 
-    assert helpers(), "the helper processes did not start"
+    wait_until(helpers, 3 * SLACK, msg="the helper processes started")
+    t.join(30)
+    assert "r" in held and held["r"].status == 200, held
     g.wait_state("stopped", timeout=1 + 5)
     wait_until(lambda: service_gone(pid, svc["local_port"]) and not helpers(), 4 * SLACK,
                msg="service and its helpers gone after the idle stop")
