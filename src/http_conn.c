@@ -118,108 +118,6 @@ void hc_mark_dirty(struct hconn *c)
 		event_active(flush_ev, EV_TIMEOUT, 0);
 }
 
-/* Output blocks: a request's output is composed, written and given back
- * within one callback, so a few blocks serve every connection (no evbuffer
- * chain allocated and freed, no buffer callbacks, per response). */
-#define WBLOCK 16384
-#define WSPARE_MAX 16
-static char *wspare[WSPARE_MAX];
-static int nwspare;
-
-static void w_release(struct hconn *c)
-{
-	if (c->w == NULL)
-		return;
-	if (c->wcap == WBLOCK && nwspare < WSPARE_MAX)
-		wspare[nwspare++] = c->w;
-	else
-		free(c->w);
-	c->w = NULL;
-	c->wn = c->wcap = 0;
-}
-
-static void w_reserve(struct hconn *c, size_t n)
-{
-	size_t need = c->wn + n, cap;
-
-	if (need <= c->wcap)
-		return;
-	if (c->w == NULL && need <= WBLOCK) {
-		c->w = nwspare > 0 ? wspare[--nwspare] : xmalloc(WBLOCK);
-		c->wcap = WBLOCK;
-		return;
-	}
-	for (cap = c->wcap ? c->wcap : WBLOCK; cap < need; cap *= 2)
-		;
-	c->w = xrealloc(c->w, cap);
-	c->wcap = cap;
-}
-
-void hc_out_add(struct hconn *c, const void *p, size_t n)
-{
-	if (hc_dead(c))
-		return;
-	if (n > 0) {
-		w_reserve(c, n);
-		memcpy(c->w + c->wn, p, n);
-		c->wn += n;
-	}
-	hc_mark_dirty(c);
-}
-
-void hc_out_add_buffer(struct hconn *c, struct evbuffer *b)
-{
-	struct evbuffer_iovec v[8];
-	int nv;
-
-	while ((nv = evbuffer_peek(b, -1, NULL, v, 8)) > 0) {
-		size_t moved = 0;
-
-		for (int k = 0; k < nv && k < 8; k++) {
-			hc_out_add(c, v[k].iov_base, v[k].iov_len);
-			moved += v[k].iov_len;
-		}
-		evbuffer_drain(b, moved);
-	}
-	hc_mark_dirty(c);
-}
-
-void hc_out_printf(struct hconn *c, const char *fmt, ...)
-{
-	va_list ap;
-	char small[256];
-	int n;
-
-	if (hc_dead(c))
-		return;
-	va_start(ap, fmt);
-	n = vsnprintf(small, sizeof small, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n < sizeof small) {
-		hc_out_add(c, small, (size_t)n);
-		return;
-	}
-	w_reserve(c, (size_t)n + 1);
-	va_start(ap, fmt);
-	vsnprintf(c->w + c->wn, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	c->wn += (size_t)n;
-	hc_mark_dirty(c);
-}
-
-size_t hc_out_composed(const struct hconn *c)
-{
-	return c->wn;
-}
-
-void hc_out_truncate(struct hconn *c, size_t n)
-{
-	if (n < c->wn)
-		c->wn = n;
-}
-
 size_t http_pending_output(struct hconn *c)
 {
 	return c->wn + evbuffer_get_length(bufferevent_get_output(c->bev));
@@ -340,7 +238,7 @@ static void flush_one(struct hconn *c)
 		/* the rest waits in the bufferevent; errors surface through it */
 		if (done < c->wn)
 			evbuffer_add(out, c->w + done, c->wn - done);
-		w_release(c);
+		hc_out_release(c);
 		if (c->resp_started)
 			c->resp_sent = true;
 	}
@@ -368,7 +266,7 @@ static void hconn_free(struct hconn *c)
 	if (c->rev)
 		event_free(c->rev);
 	evbuffer_free(c->in);
-	w_release(c);
+	hc_out_release(c);
 	hparse_free(&c->hp);
 	free(c);
 }

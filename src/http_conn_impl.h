@@ -159,6 +159,8 @@ void hc_mark_dirty(struct hconn *c);
  * it), how much there is, cut it back to N bytes. */
 void hc_out_add_buffer(struct hconn *c, struct evbuffer *b);
 size_t hc_out_composed(const struct hconn *c);
+/* Give the connection's output block back (it was written or moved). */
+void hc_out_release(struct hconn *c);
 void hc_out_truncate(struct hconn *c, size_t n);
 void hc_timer_set(struct hconn *c, int secs);
 /* Start (or stop) reading the socket as pause, budget and input allow. */
