@@ -18,6 +18,13 @@
 #                                         (/opt/...) systemd would not find it
 #                                         there, so /etc/systemd/system.
 #   $(MANDIR)/man8/slurmgate.8, man5/slurmgate.json.5
+#   $(AGENTDIR)/slurmgate-agent           PREFIX/share/slurmgate: the remote agent
+#                                         (remote/slurmgate-agent, POSIX sh), not
+#                                         run on this host: the admin copies it to
+#                                         the Slurm login node (README, "The remote
+#                                         agent"), so architecture-independent data
+#                                         rather than libexec; mode 0755 so that
+#                                         scp keeps it executable.
 #   $(SYSCONFDIR)/slurmgate/slurmgate.json   /etc, whatever PREFIX is: the
 #                                         example config, installed only when no
 #                                         config is there (an admin's config is
@@ -36,6 +43,7 @@ PREFIX     ?= /usr/local
 DESTDIR    ?=
 SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
+AGENTDIR   ?= $(PREFIX)/share/slurmgate
 SYSCONFDIR ?= /etc
 ifneq ($(filter /usr /usr/ /usr/local /usr/local/,$(PREFIX)),)
 SYSTEMDUNITDIR ?= $(patsubst %/,%,$(PREFIX))/lib/systemd/system
@@ -48,7 +56,8 @@ SG_CONFIG  = $(DESTDIR)$(SYSCONFDIR)/slurmgate/slurmgate.json
 
 .PHONY: install uninstall
 
-install: build/slurmgate dist/slurmgate.service man/slurmgate.8 man/slurmgate.json.5 examples/slurmgate.json
+install: build/slurmgate dist/slurmgate.service man/slurmgate.8 man/slurmgate.json.5 examples/slurmgate.json \
+	 remote/slurmgate-agent
 	$(INSTALL) -D -m 0755 build/slurmgate $(DESTDIR)$(SBINDIR)/slurmgate
 	sed -e 's|/usr/local/sbin/slurmgate|$(SBINDIR)/slurmgate|g' \
 	    -e 's|/etc/slurmgate/|$(SYSCONFDIR)/slurmgate/|g' \
@@ -56,6 +65,7 @@ install: build/slurmgate dist/slurmgate.service man/slurmgate.8 man/slurmgate.js
 	$(INSTALL) -D -m 0644 build/slurmgate.service $(DESTDIR)$(SYSTEMDUNITDIR)/slurmgate.service
 	$(INSTALL) -D -m 0644 man/slurmgate.8 $(DESTDIR)$(MANDIR)/man8/slurmgate.8
 	$(INSTALL) -D -m 0644 man/slurmgate.json.5 $(DESTDIR)$(MANDIR)/man5/slurmgate.json.5
+	$(INSTALL) -D -m 0755 remote/slurmgate-agent $(DESTDIR)$(AGENTDIR)/slurmgate-agent
 	@if [ -e '$(SG_CONFIG)' ]; then \
 		echo "keeping the existing $(SG_CONFIG)"; \
 	else \
@@ -65,11 +75,14 @@ install: build/slurmgate dist/slurmgate.service man/slurmgate.8 man/slurmgate.js
 	@echo "installed. Edit $(SYSCONFDIR)/slurmgate/slurmgate.json, check it with"
 	@echo "  $(SBINDIR)/slurmgate -t -c $(SYSCONFDIR)/slurmgate/slurmgate.json"
 	@echo "then: systemctl daemon-reload && systemctl enable --now slurmgate"
+	@echo "For Slurm services with slurm_agent: copy $(AGENTDIR)/slurmgate-agent to the login node"
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/slurmgate
 	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/slurmgate.service
 	rm -f $(DESTDIR)$(MANDIR)/man8/slurmgate.8 $(DESTDIR)$(MANDIR)/man5/slurmgate.json.5
+	rm -f $(DESTDIR)$(AGENTDIR)/slurmgate-agent
+	rmdir $(DESTDIR)$(AGENTDIR) 2>/dev/null || true
 	@echo "kept $(SG_CONFIG) and $(DESTDIR)/var/lib/slurmgate (state): remove them by hand if unwanted"
 
 .DEFAULT_GOAL := $(sg_saved_default_goal)

@@ -615,3 +615,28 @@ class Stream:
         if cur is not None:
             out.append(cur)
         return out
+
+
+def sse_lines(port, path, want, timeout, headers=None):
+    """The data: lines of the SSE stream GET PATH answers (200, text/event-stream),
+    read until want(lines) holds; fails after TIMEOUT seconds or if the stream ends."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    lines = []
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        assert r.status == 200, (r.status, r.read())
+        assert r.getheader("Content-Type") == "text/event-stream", r.getheaders()
+        deadline = time.monotonic() + timeout
+        while not want(lines):
+            assert time.monotonic() < deadline, f"timed out; lines so far: {lines[-20:]}"
+            try:
+                ln = r.readline()
+            except socket.timeout:
+                continue
+            assert ln, f"the stream ended; lines so far: {lines[-20:]}"
+            if ln.startswith(b"data: "):
+                lines.append(ln[6:].rstrip(b"\n").decode())
+        return lines
+    finally:
+        conn.close()

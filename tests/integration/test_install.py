@@ -1,5 +1,6 @@
 """`make install` (mk/install.mk) into a staging DESTDIR: every file lands
-where it should with the right mode, the installed binary runs, the installed
+where it should with the right mode, the installed binary runs, the remote
+agent is installed as shipped (for the admin to copy to a login node), the installed
 example config passes `slurmgate -t`, the man pages render without warnings,
 the systemd unit passes `systemd-analyze verify` (when that tool exists), an
 admin's config survives a reinstall, `uninstall` removes what install put
@@ -81,6 +82,7 @@ def test_files_land_where_expected(root):
         "usr/lib/systemd/system/slurmgate.service": 0o644,
         "usr/share/man/man8/slurmgate.8": 0o644,
         "usr/share/man/man5/slurmgate.json.5": 0o644,
+        "usr/share/slurmgate/slurmgate-agent": 0o755,
         "etc/slurmgate/slurmgate.json": 0o640,
     }
     for rel, m in expected.items():
@@ -98,6 +100,21 @@ def test_installed_binary_runs(root):
                        stderr=subprocess.STDOUT, text=True, timeout=10)
     assert r.returncode == 0, r.stdout
     assert r.stdout.strip() == f"slurmgate {version()}"
+
+
+def test_installed_agent_is_the_shipped_script(root):
+    """The remote agent runs on the login node, not here: installed as it is
+    shipped, executable (scp keeps the mode), and a valid sh script."""
+    agent = root / "usr/share/slurmgate/slurmgate-agent"
+    assert agent.read_bytes() == (REPO / "remote/slurmgate-agent").read_bytes()
+    r = subprocess.run(["sh", "-n", str(agent)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=10)
+    assert r.returncode == 0, r.stdout
+
+
+def test_install_names_where_the_agent_went(tmp_path):
+    out = install(tmp_path)
+    assert "copy /usr/share/slurmgate/slurmgate-agent to the login node" in out, out
 
 
 def test_installed_example_config_passes_check(root, tmp_path):
@@ -196,6 +213,7 @@ def test_uninstall_removes_what_install_put_there(tmp_path):
     out = install(tmp_path, target="uninstall")
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["etc/slurmgate/slurmgate.json"], left
+    assert not (tmp_path / "usr/share/slurmgate").exists()   # the agent's directory too
     assert "kept" in out
 
 
@@ -207,7 +225,8 @@ def test_other_prefixes(tmp_path, prefix, unitdir):
     install(tmp_path, prefix=prefix)
     p = prefix.lstrip("/")
     for rel in (f"{p}/sbin/slurmgate", f"{p}/share/man/man8/slurmgate.8",
-                f"{p}/share/man/man5/slurmgate.json.5", f"{unitdir}/slurmgate.service",
+                f"{p}/share/man/man5/slurmgate.json.5", f"{p}/share/slurmgate/slurmgate-agent",
+                f"{unitdir}/slurmgate.service",
                 "etc/slurmgate/slurmgate.json"):
         assert (tmp_path / rel).is_file(), rel
     unit = (tmp_path / unitdir / "slurmgate.service").read_text()

@@ -6,7 +6,7 @@ import json
 import re
 import threading
 
-from conftest import SLACK, Gateway, demo_service, run_check, wait_until
+from conftest import SLACK, Gateway, demo_service, run_check, sse_lines, wait_until
 from test_metrics import scrape
 
 
@@ -166,33 +166,6 @@ def chatty_script(tmp_path, body, name="chatty.sh"):
     return str(p)
 
 
-def _sse_lines(port, path, want, timeout, headers=None):
-    """Read data: lines from an SSE stream until want(lines) holds."""
-    import http.client
-    import socket
-    import time
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    lines = []
-    try:
-        conn.request("GET", path, headers=headers or {})
-        r = conn.getresponse()
-        assert r.status == 200, (r.status, r.read())
-        assert r.getheader("Content-Type") == "text/event-stream", r.getheaders()
-        deadline = time.monotonic() + timeout
-        while not want(lines):
-            assert time.monotonic() < deadline, f"timed out; lines so far: {lines[-20:]}"
-            try:
-                ln = r.readline()
-            except socket.timeout:
-                continue
-            assert ln, f"the stream ended; lines so far: {lines[-20:]}"
-            if ln.startswith(b"data: "):
-                lines.append(ln[6:].rstrip(b"\n").decode())
-        return lines
-    finally:
-        conn.close()
-
-
 def test_service_logs_show_stdout_and_stderr_and_follow(gateway, tmp_path):
     """llama-swap's logs: the tail of a local service's stdout and stderr,
     bounded by ?lines=N, and ?follow=1 as SSE with what comes next."""
@@ -226,7 +199,7 @@ exec "$DEMO" "$@"
 
     # follow: the tail first (2 lines), then ticks that were not written yet
     last = int(g.get("/api/services/demo/logs?lines=1").text.split()[-1])
-    got = _sse_lines(g.port, "/api/services/demo/logs?lines=2&follow=1",
+    got = sse_lines(g.port, "/api/services/demo/logs?lines=2&follow=1",
                      lambda ls: any(x.startswith("[0] tick ") and int(x.split()[-1]) >= last + 5 for x in ls),
                      10 * SLACK)
     assert len(got) >= 2 and all(x.startswith("[0] tick ") for x in got), got

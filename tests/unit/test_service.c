@@ -1,7 +1,9 @@
 /* test_service.c - routing and the service state machine, driven through the
  * real event loop with real child processes (includes service.c). */
 #include <event2/event.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -115,15 +117,44 @@ static bool no_instance(const void *s)
 	return service_first_instance(s) == NULL;
 }
 
+/* N distinct ports the kernel hands out as free (bound to port 0 and read
+ * back, all held until each is known, then released for the services), so
+ * the test never collides with another process's fixed port. 0 or -1. */
+static int ephemeral_ports(int *ports, int n)
+{
+	int fds[8], rc = 0, k;
+
+	if (n > 8)
+		return -1;
+	for (k = 0; k < n; k++) {
+		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+		socklen_t sl = sizeof sa;
+
+		fds[k] = socket(AF_INET, SOCK_STREAM, 0);
+		if (fds[k] < 0 || bind(fds[k], (struct sockaddr *)&sa, sizeof sa) != 0 ||
+		    getsockname(fds[k], (struct sockaddr *)&sa, &sl) != 0) {
+			rc = -1;
+			k++;
+			break;
+		}
+		ports[k] = ntohs(sa.sin_port);
+	}
+	while (k-- > 0)
+		if (fds[k] >= 0)
+			close(fds[k]);
+	return rc;
+}
+
 static int setup(void **state)
 {
 	char path[300], demo[600], *errs_s = NULL;
 	char **errs = NULL;
+	int port[3];
 	FILE *f;
 
 	(void)state;
 	(void)errs_s;
-	if (mkdtemp(dir) == NULL)
+	if (mkdtemp(dir) == NULL || ephemeral_ports(port, 3) != 0)
 		return -1;
 	write_script("fail.sh", "#!/bin/sh\necho loading >&2\necho 'model not found' >&2\nexit 3\n");
 	if (realpath("examples/demo_service.sh", demo) == NULL)
@@ -133,12 +164,12 @@ static int setup(void **state)
 	fprintf(f,
 		"{\"Services\": ["
 		"{\"name\": \"bad\", \"route_name\": \"bad\", \"launcher\": \"local\", \"bash_file\": \"fail.sh\","
-		" \"remote_port\": 23901},"
+		" \"remote_port\": %d},"
 		"{\"name\": \"nohold\", \"route_name\": \"nohold\", \"launcher\": \"local\", \"bash_file\": \"fail.sh\","
-		" \"remote_port\": 23902, \"hold\": false},"
+		" \"remote_port\": %d, \"hold\": false},"
 		"{\"name\": \"demo\", \"route_name\": \"llm\", \"launcher\": \"local\", \"bash_file\": \"%s\","
-		" \"remote_port\": 23903, \"timeout\": 1, \"stop_grace\": 2}]}",
-		demo);
+		" \"remote_port\": %d, \"timeout\": 1, \"stop_grace\": 2}]}",
+		port[0], port[1], demo, port[2]);
 	fclose(f);
 	cfg = config_load(path, &errs);
 	if (cfg == NULL)

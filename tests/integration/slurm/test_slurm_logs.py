@@ -2,12 +2,9 @@
 as llama-swap offers"): the job's output file on the cluster, read through
 the remote agent or plain ssh (scontrol + tail), shown as the tail and
 followed with ?follow=1. The job script does not exec its server."""
-import http.client
 import shutil
-import socket
-import time
 
-from conftest import SLACK, wait_until
+from conftest import SLACK, sse_lines, wait_until
 from slurmlib import DEMO_BIN, NODE_ADDR_SH, REPO, cluster, slurm_gateway, slurm_service, write_script  # noqa: F401
 
 AGENT = REPO / "remote" / "slurmgate-agent"
@@ -23,30 +20,6 @@ def chatty_job(path):
                         + NODE_ADDR_SH +
                         f'"{DEMO_BIN}" --host "$addr" --port "$1" &\n'
                         "wait\n")
-
-
-def sse_lines(port, path, want, timeout):
-    """The data: lines of an SSE stream, until want(lines) holds."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    lines = []
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        assert r.status == 200, (r.status, r.read())
-        assert r.getheader("Content-Type") == "text/event-stream", r.getheaders()
-        deadline = time.monotonic() + timeout
-        while not want(lines):
-            assert time.monotonic() < deadline, f"timed out; lines so far: {lines[-20:]}"
-            try:
-                ln = r.readline()
-            except socket.timeout:
-                continue
-            assert ln, f"the stream ended; lines so far: {lines[-20:]}"
-            if ln.startswith(b"data: "):
-                lines.append(ln[6:].rstrip(b"\n").decode())
-        return lines
-    finally:
-        conn.close()
 
 
 def ticks_of(lines):
