@@ -1,7 +1,8 @@
 /* launcher_slurm.c - an instance is a Slurm batch job.
  *
- * start: sbatch --parsable (here, or on the login node through the
- * runner's SSH master); the job's name is sg:<instance_id>:<route>:<index>.
+ * start (slurm_submit.c): sbatch --parsable (here, or on the login node
+ * through the runner's SSH master); the job's name is
+ * sg:<instance_id>:<route>:<index>.
  * A tracker polls all of this gateway's jobs with one squeue per target
  * and cycle: fast while anything starts or stops, slowly otherwise. When a
  * job runs, a forward from a free local port to <node>:<port> is opened
@@ -17,7 +18,6 @@
  * runs again the forward goes to the node it runs on now. A job missing
  * from squeue is looked up once with scontrol and sacct before it is
  * declared gone. */
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,23 +29,21 @@
 #include "config.h"
 #include "gw.h"
 #include "launcher.h"
+#include "launcher_slurm_impl.h"
 #include "log.h"
 #include "runner.h"
 #include "service.h"
 #include "slurm_agent.h"
 #include "slurm_logs.h"
-#include "slurm_tunnel.h"
 #include "slurmjob.h"
 #include "util.h"
 
-static LIST_HEAD(, sjob) jobs = LIST_HEAD_INITIALIZER(jobs);
-static struct gw *gw;
+struct sjob_list sjobs = LIST_HEAD_INITIALIZER(sjobs);
+struct gw *slurm_gw;
 static struct event *poll_ev;
 static int polls_in_flight;
 
 static bool poll_again;   /* poll at once when the running cycle ends */
-
-static void poll_schedule(bool fast);
 
 void sjob_unref(struct sjob *j)
 {
@@ -90,7 +88,7 @@ static void cancel_done(void *arg, int status, const char *out, const char *err)
 	sjob_unref(j);
 }
 
-static void job_cancel(struct sjob *j)
+void sjob_cancel(struct sjob *j)
 {
 	char *argv[] = {"scancel", j->id, NULL};
 
@@ -99,128 +97,10 @@ static void job_cancel(struct sjob *j)
 	j->cancel_at = now_s();
 	j->refs++;
 	sagent_run(j->r, argv, 60, cancel_done, j);
-	poll_schedule(true);
+	slurm_poll_schedule(true);
 }
 
-static char *squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r|%S", NULL};
-static void submit_lookup_done(void *arg, int status, const char *out, const char *err);
-
-static void submitted(void *arg, int status, const char *out, const char *err)
-{
-	struct sjob *j = arg;
-	size_t n = 0;
-
-	while (isdigit((unsigned char)out[n]) && n < sizeof j->id - 1)
-		n++;
-	if (status != 0 && !j->looked_up &&
-	    (status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
-		/* the agent died while sbatch ran, or ssh itself failed (255): the
-		 * job may be queued all the same. Look for it by its name (unique
-		 * to this gateway and instance) before calling the start failed:
-		 * never a second job beside an untracked first one. */
-		j->looked_up = true;
-		log_warn("svc %s: %s; looking for job %s in squeue",
-			 j->inst ? service_config(j->inst->svc)->name : "-", err, j->name);
-		sagent_run(j->r, squeue_argv, 60, submit_lookup_done, j);
-		return;   /* the lookup keeps the sbatch callback's reference */
-	}
-	if (status != 0 || n == 0) {
-		char why[700];
-		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
-			 err[0] ? err : (out[0] ? out : "no job id"));
-		if (j->inst) {
-			j->inst->lpriv = NULL;
-			instance_gone(j->inst, LFAIL_SUBMIT, why);
-		}
-		j->inst = NULL;
-		sjob_unref(j);
-		return;
-	}
-	memcpy(j->id, out, n);
-	j->id[n] = '\0';
-	j->st = J_QUEUED;
-	j->tracked_at = now_s();
-	j->refs++;   /* tracked */
-	j->tracked = true;
-	LIST_INSERT_HEAD(&jobs, j, link);
-	if (j->inst) {
-		instance_set_detail(j->inst, "Slurm job %s submitted", j->id);
-		log_info("svc %s[%d]: Slurm job %s submitted via %s", service_config(j->inst->svc)->name,
-			 j->inst->index, j->id, runner_name(j->r));
-	}
-	if (j->want_cancel || j->inst == NULL)
-		job_cancel(j);
-	sjob_unref(j);   /* the sbatch callback's reference */
-	poll_schedule(true);
-}
-
-/* squeue's answer after a lost sbatch answer: J's job, if Slurm has it. */
-static void submit_lookup_done(void *arg, int status, const char *out, const char *err)
-{
-	struct sjob *j = arg;
-	char *text = xstrdup(out), *save = NULL, found[32] = "";
-
-	for (char *line = strtok_r(text, "\n", &save); status == 0 && line && !found[0];
-	     line = strtok_r(NULL, "\n", &save)) {
-		char *f[7] = {"", "", "", "", "", "", ""};
-		if (slurmjob_split(line, f, 7) >= 3 && strcmp(f[1], j->name) == 0 &&
-		    !slurmjob_ended(f[2]) && strlen(f[0]) < sizeof found)
-			str_copy(found, sizeof found, f[0]);
-	}
-	free(text);
-	if (found[0]) {
-		log_info("job %s was queued before its sbatch answer was lost: Slurm job %s", j->name,
-			 found);
-		submitted(j, 0, found, "");
-	} else {
-		char why[300];
-		snprintf(why, sizeof why, "%s (and squeue %s)", SAGENT_SBATCH_LOST,
-			 status == 0 ? "has no job of its name" : (err[0] ? err : "failed"));
-		submitted(j, 255 << 8, "", why);
-	}
-}
-
-static int slurm_start(struct instance *i, char **cause)
-{
-	const struct svc_config *cfg = service_config(i->svc);
-	struct sjob *j = xcalloc(1, sizeof *j);
-	char name[300], port[16], exp[64];
-	char **argv;
-	int n = 0, extra = 0;
-
-	for (char **a = cfg->sbatch_args; a && *a; a++)
-		extra++;
-	argv = xcalloc((size_t)extra + 8, sizeof *argv);
-	/* ':' is in neither an instance_id nor a route_name: the name parses back
-	 * unambiguously, and no gateway mistakes another's jobs for its own */
-	snprintf(j->name, sizeof j->name, "sg:%s:%s:%d", gw->cfg->instance_id, cfg->route_name,
-		 i->index);
-	snprintf(name, sizeof name, "--job-name=%s", j->name);
-	snprintf(port, sizeof port, "%d", i->remote_port);
-	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
-	argv[n++] = "sbatch";
-	argv[n++] = "--parsable";
-	argv[n++] = name;
-	argv[n++] = exp;
-	for (char **a = cfg->sbatch_args; a && *a; a++)
-		argv[n++] = *a;
-	argv[n++] = cfg->bash_file;
-	argv[n++] = port;
-	argv[n] = NULL;
-
-	j->inst = i;
-	j->r = runner_for(cfg);
-	j->rport = i->remote_port;
-	j->st = J_SUBMITTING;
-	j->submitted = now_s();
-	j->refs = 1;   /* the sbatch callback */
-	i->lpriv = j;
-	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
-	sagent_run(j->r, argv, 120, submitted, j);
-	free(argv);
-	(void)cause;
-	return 0;
-}
+char *slurm_squeue_argv[] = {"squeue", "--me", "-h", "-t", "all", "-o", "%i|%j|%T|%N|%L|%r|%S", NULL};
 
 static void slurm_stop(struct instance *i, int grace_s, int flags)
 {
@@ -231,7 +111,7 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if ((flags & LSTOP_EXITING) && gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	if ((flags & LSTOP_EXITING) && slurm_gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);
@@ -239,7 +119,7 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 	}
 	j->want_cancel = true;
 	if (j->st != J_SUBMITTING && j->st != J_CANCELLING)
-		job_cancel(j);
+		sjob_cancel(j);
 }
 
 /* --- tracking --- */
@@ -350,7 +230,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			snprintf(why, sizeof why, "Slurm job %s %s", j->id, state);
 			job_gone(j, why);
 		} else if (j->cancel_tries < 5 && c != SJ_LEAVING && poll_started > j->cancel_at + 2) {
-			job_cancel(j);   /* scancel did not take: again */
+			sjob_cancel(j);   /* scancel did not take: again */
 		}
 		return;
 	}
@@ -438,7 +318,7 @@ static bool busy_jobs(void)
 
 	/* polls come fast while a job starts, is held, or its instance is
 	 * probed (first boot, or unhealthy: something may have happened) */
-	LIST_FOREACH(j, &jobs, link)
+	LIST_FOREACH(j, &sjobs, link)
 		if (j->st != J_UP || (j->inst && (j->inst->state == INST_PROBING ||
 						  j->inst->state == INST_UNHEALTHY)))
 			return true;
@@ -479,10 +359,10 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		}
 		free(text);
 		free(x);
-		poll_schedule(false);
+		slurm_poll_schedule(false);
 		return;
 	}
-	LIST_FOREACH(j, &jobs, link)
+	LIST_FOREACH(j, &sjobs, link)
 		if (j->r == x->r)
 			j->seen = false;
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -493,7 +373,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 			recover_line(x->r, f);
 			continue;
 		}
-		for (j = LIST_FIRST(&jobs); j; j = next) {
+		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
 				j->eta = slurmjob_start_time(f[6]);
@@ -507,7 +387,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	} else {
 		/* tracked but no longer listed: ask once more before giving up
 		 * (the answer may come at once and end J) */
-		for (j = LIST_FIRST(&jobs); j; j = next) {
+		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
 				job_lost(j);
@@ -515,7 +395,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	}
 	free(text);
 	free(x);
-	poll_schedule(false);
+	slurm_poll_schedule(false);
 }
 
 static void lost_sacct_done(void *arg, int status, const char *out, const char *err)
@@ -542,7 +422,7 @@ static void lost_sacct_done(void *arg, int status, const char *out, const char *
 	else
 		job_ended(j, why);
 	sjob_unref(j);
-	poll_schedule(false);
+	slurm_poll_schedule(false);
 }
 
 static void lost_scontrol_done(void *arg, int status, const char *out, const char *err)
@@ -564,7 +444,7 @@ static void lost_scontrol_done(void *arg, int status, const char *out, const cha
 		j->asking = false;
 		job_update(j, state, strcmp(nodes, "(null)") ? nodes : "", "", reason, now_s());
 		sjob_unref(j);
-		poll_schedule(false);
+		slurm_poll_schedule(false);
 		return;
 	}
 	snprintf(j->lost, sizeof j->lost, "%s", err[0] ? err : "no such job");
@@ -599,9 +479,9 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 		return;   /* the running cycle schedules the next */
 	/* one squeue per target, whatever the number of jobs; a target whose
 	 * agent watches pushes its changes (slurm_agent.c) */
-	LIST_FOREACH(j, &jobs, link) {
+	LIST_FOREACH(j, &sjobs, link) {
 		bool first = true;
-		for (k = LIST_FIRST(&jobs); k != j; k = LIST_NEXT(k, link))
+		for (k = LIST_FIRST(&sjobs); k != j; k = LIST_NEXT(k, link))
 			first &= k->r != j->r;
 		if (first && sagent_watching(j->r))
 			watched = true;
@@ -610,18 +490,18 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 			x->r = j->r;
 			x->started = now_s();
 			polls_in_flight++;
-			sagent_run(j->r, squeue_argv, 60, squeue_done, x);
+			sagent_run(j->r, slurm_squeue_argv, 60, squeue_done, x);
 		}
 	}
 	if (watched && polls_in_flight == 0)
-		poll_schedule(false);   /* in case an agent stops watching */
+		slurm_poll_schedule(false);   /* in case an agent stops watching */
 }
 
-static void poll_schedule(bool fast)
+void slurm_poll_schedule(bool fast)
 {
 	int ms;
 
-	if (LIST_EMPTY(&jobs) || polls_in_flight > 0)
+	if (LIST_EMPTY(&sjobs) || polls_in_flight > 0)
 		return;
 	if (poll_again) {
 		/* a check came while squeue ran: once more, soon */
@@ -629,8 +509,8 @@ static void poll_schedule(bool fast)
 		fast = true;
 		event_del(poll_ev);
 	}
-	ms = fast || busy_jobs() ? (gw->cfg->poll_fast_ms > 0 ? gw->cfg->poll_fast_ms : 500)
-				 : gw->cfg->poll_slow_s * 1000;
+	ms = fast || busy_jobs() ? (slurm_gw->cfg->poll_fast_ms > 0 ? slurm_gw->cfg->poll_fast_ms : 500)
+				 : slurm_gw->cfg->poll_slow_s * 1000;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
@@ -642,7 +522,7 @@ static void slurm_check(struct instance *i)
 {
 	struct sjob *j = i->lpriv;
 
-	if (j == NULL || !j->tracked || LIST_EMPTY(&jobs))
+	if (j == NULL || !j->tracked || LIST_EMPTY(&sjobs))
 		return;
 	if (sagent_watching(j->r)) {
 		sagent_poll(j->r);
@@ -667,7 +547,7 @@ static void recover_line(struct runner *r, char **f)
 	struct sjob *j;
 	int index;
 
-	snprintf(prefix, sizeof prefix, "sg:%s:", gw->cfg->instance_id);
+	snprintf(prefix, sizeof prefix, "sg:%s:", slurm_gw->cfg->instance_id);
 	if (!has_prefix(f[1], prefix))
 		return;
 	rest = f[1] + strlen(prefix);
@@ -682,7 +562,7 @@ static void recover_line(struct runner *r, char **f)
 	snprintf(j->id, sizeof j->id, "%s", f[0]);
 	j->submitted = now_s();
 	j->tracked = true;
-	LIST_INSERT_HEAD(&jobs, j, link);
+	LIST_INSERT_HEAD(&sjobs, j, link);
 	if (s && service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r &&
 	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
 		log_info("svc %s[%d]: adopting Slurm job %s running on %s", service_config(s)->name, index,
@@ -698,7 +578,7 @@ static void recover_line(struct runner *r, char **f)
 		log_info("Slurm job %s (%s, %s) is left from an earlier run and not adoptable: cancelling",
 			 j->id, f[1], f[2]);
 		j->want_cancel = true;
-		job_cancel(j);
+		sjob_cancel(j);
 	}
 }
 
@@ -726,7 +606,7 @@ static void slurm_recover(void)
 		x->r = r;
 		x->recover = true;
 		polls_in_flight++;
-		sagent_run(r, squeue_argv, 60, squeue_done, x);
+		sagent_run(r, slurm_squeue_argv, 60, squeue_done, x);
 	}
 }
 
@@ -750,7 +630,7 @@ static struct sjob *job_by_id(struct runner *r, const char *id)
 {
 	struct sjob *j;
 
-	LIST_FOREACH(j, &jobs, link)
+	LIST_FOREACH(j, &sjobs, link)
 		if (j->r == r && strcmp(j->id, id) == 0)
 			return j;
 	return NULL;
@@ -777,7 +657,7 @@ static void agent_gone(struct runner *r, const char *id)
 
 static void agent_kick(void)
 {
-	poll_schedule(true);
+	slurm_poll_schedule(true);
 }
 
 static void slurm_describe_service(const struct svc_config *c, json_t *o)
@@ -791,7 +671,7 @@ static void slurm_init(struct gw *g)
 {
 	static const struct sagent_hooks h = {agent_job, agent_gone, agent_kick};
 
-	gw = g;
+	slurm_gw = g;
 	slurm_tunnel_init(g);
 	sagent_init(g, &h);
 	if (poll_ev == NULL)
@@ -805,7 +685,7 @@ static int slurm_logs(struct service *s, uint64_t *from, size_t max, struct evbu
 	struct sjob *j, *pick = NULL;
 
 	(void)cause;
-	LIST_FOREACH(j, &jobs, link)   /* newest first */
+	LIST_FOREACH(j, &sjobs, link)   /* newest first */
 		if (j->inst != NULL && j->inst->svc == s && j->id[0]) {
 			pick = j;
 			break;

@@ -2,8 +2,8 @@
  * address as Slurm knows it (NodeAddr, from sinfo on the target: node
  * names often do not resolve on the login node), then a forward from a
  * free local port through the runner's SSH master to <address>:<port>, or,
- * without remote_host, the node's address itself (see slurm_tunnel.h). */
-#include "slurm_tunnel.h"
+ * without remote_host, the node's address itself (see launcher_slurm_impl.h). */
+#include "launcher_slurm_impl.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>

@@ -1,8 +1,10 @@
-/* slurm_tunnel.h - the Slurm launcher's job (struct sjob), shared by its
- * two files: launcher_slurm.c (submit, track, cancel, adopt) and
- * slurm_tunnel.c (reach the service where the job runs). Private to them. */
-#ifndef SG_SLURM_TUNNEL_H
-#define SG_SLURM_TUNNEL_H
+/* launcher_slurm_impl.h - the Slurm launcher's job (struct sjob) and what
+ * else its three files share: launcher_slurm.c (track, cancel, adopt; the
+ * launcher_ops table), slurm_submit.c (sbatch, and the lookup by name when
+ * its answer is lost) and slurm_tunnel.c (reach the service where the job
+ * runs). Private to them: everyone else goes through launcher.h. */
+#ifndef SG_LAUNCHER_SLURM_IMPL_H
+#define SG_LAUNCHER_SLURM_IMPL_H
 
 #include <stdbool.h>
 #include <sys/queue.h>
@@ -45,11 +47,29 @@ struct sjob {
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 
+LIST_HEAD(sjob_list, sjob);
+
+/* launcher_slurm.c: the tracked jobs (those with an id), newest first. */
+extern struct sjob_list sjobs;
+/* launcher_slurm.c: the context (gw.h), kept by the launcher's init. */
+extern struct gw *slurm_gw;
+/* launcher_slurm.c: the squeue command the tracker runs (one line a job:
+ * id|name|state|nodes|time left|reason|start time). */
+extern char *slurm_squeue_argv[];
 /* launcher_slurm.c: drop a reference to J (freed with the last). */
 void sjob_unref(struct sjob *j);
 /* launcher_slurm.c: give up J's forward (also one still being opened: the
  * runner cancels it when it comes up). Every change of lport goes through here. */
 void sjob_fwd_close(struct sjob *j);
+/* launcher_slurm.c: scancel J (J_CANCELLING); the tracker waits for its end. */
+void sjob_cancel(struct sjob *j);
+/* launcher_slurm.c: schedule the tracker's next squeue: soon if FAST, else
+ * fast while a job starts, stops or is held, slowly otherwise. */
+void slurm_poll_schedule(bool fast);
+
+/* slurm_submit.c: the launcher's start op: sbatch I's job (J_SUBMITTING);
+ * its answer tracks the job (J_QUEUED) or ends I (instance_gone). */
+int slurm_start(struct instance *i, char **cause);
 
 /* slurm_tunnel.c: keep G (gw.h): its config in force says which ports services use. */
 void slurm_tunnel_init(struct gw *g);

@@ -1,0 +1,142 @@
+/* slurm_submit.c - the Slurm launcher's start: sbatch --parsable (here, or
+ * on the login node through the runner's SSH master) with the job name
+ * sg:<instance_id>:<route>:<index>. Its answer, the job id, makes the job
+ * tracked (launcher_slurm.c takes it from there). When that answer is lost
+ * (the agent died while sbatch ran, or ssh failed with 255) the job may be
+ * queued all the same: it is looked up by its name in squeue before the
+ * start is called failed. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "config.h"
+#include "gw.h"
+#include "launcher.h"
+#include "launcher_slurm_impl.h"
+#include "log.h"
+#include "runner.h"
+#include "service.h"
+#include "slurm_agent.h"
+#include "slurmjob.h"
+#include "util.h"
+
+static void submit_lookup_done(void *arg, int status, const char *out, const char *err);
+
+static void submitted(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	size_t n = 0;
+
+	while (isdigit((unsigned char)out[n]) && n < sizeof j->id - 1)
+		n++;
+	if (status != 0 && !j->looked_up &&
+	    (status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
+		/* the agent died while sbatch ran, or ssh itself failed (255): the
+		 * job may be queued all the same. Look for it by its name (unique
+		 * to this gateway and instance) before calling the start failed:
+		 * never a second job beside an untracked first one. */
+		j->looked_up = true;
+		log_warn("svc %s: %s; looking for job %s in squeue",
+			 j->inst ? service_config(j->inst->svc)->name : "-", err, j->name);
+		sagent_run(j->r, slurm_squeue_argv, 60, submit_lookup_done, j);
+		return;   /* the lookup keeps the sbatch callback's reference */
+	}
+	if (status != 0 || n == 0) {
+		char why[700];
+		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
+			 err[0] ? err : (out[0] ? out : "no job id"));
+		if (j->inst) {
+			j->inst->lpriv = NULL;
+			instance_gone(j->inst, LFAIL_SUBMIT, why);
+		}
+		j->inst = NULL;
+		sjob_unref(j);
+		return;
+	}
+	memcpy(j->id, out, n);
+	j->id[n] = '\0';
+	j->st = J_QUEUED;
+	j->tracked_at = now_s();
+	j->refs++;   /* tracked */
+	j->tracked = true;
+	LIST_INSERT_HEAD(&sjobs, j, link);
+	if (j->inst) {
+		instance_set_detail(j->inst, "Slurm job %s submitted", j->id);
+		log_info("svc %s[%d]: Slurm job %s submitted via %s", service_config(j->inst->svc)->name,
+			 j->inst->index, j->id, runner_name(j->r));
+	}
+	if (j->want_cancel || j->inst == NULL)
+		sjob_cancel(j);
+	sjob_unref(j);   /* the sbatch callback's reference */
+	slurm_poll_schedule(true);
+}
+
+/* squeue's answer after a lost sbatch answer: J's job, if Slurm has it. */
+static void submit_lookup_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	char *text = xstrdup(out), *save = NULL, found[32] = "";
+
+	for (char *line = strtok_r(text, "\n", &save); status == 0 && line && !found[0];
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *f[7] = {"", "", "", "", "", "", ""};
+		if (slurmjob_split(line, f, 7) >= 3 && strcmp(f[1], j->name) == 0 &&
+		    !slurmjob_ended(f[2]) && strlen(f[0]) < sizeof found)
+			str_copy(found, sizeof found, f[0]);
+	}
+	free(text);
+	if (found[0]) {
+		log_info("job %s was queued before its sbatch answer was lost: Slurm job %s", j->name,
+			 found);
+		submitted(j, 0, found, "");
+	} else {
+		char why[300];
+		snprintf(why, sizeof why, "%s (and squeue %s)", SAGENT_SBATCH_LOST,
+			 status == 0 ? "has no job of its name" : (err[0] ? err : "failed"));
+		submitted(j, 255 << 8, "", why);
+	}
+}
+
+int slurm_start(struct instance *i, char **cause)
+{
+	const struct svc_config *cfg = service_config(i->svc);
+	struct sjob *j = xcalloc(1, sizeof *j);
+	char name[300], port[16], exp[64];
+	char **argv;
+	int n = 0, extra = 0;
+
+	for (char **a = cfg->sbatch_args; a && *a; a++)
+		extra++;
+	argv = xcalloc((size_t)extra + 8, sizeof *argv);
+	/* ':' is in neither an instance_id nor a route_name: the name parses back
+	 * unambiguously, and no gateway mistakes another's jobs for its own */
+	snprintf(j->name, sizeof j->name, "sg:%s:%s:%d", slurm_gw->cfg->instance_id, cfg->route_name,
+		 i->index);
+	snprintf(name, sizeof name, "--job-name=%s", j->name);
+	snprintf(port, sizeof port, "%d", i->remote_port);
+	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
+	argv[n++] = "sbatch";
+	argv[n++] = "--parsable";
+	argv[n++] = name;
+	argv[n++] = exp;
+	for (char **a = cfg->sbatch_args; a && *a; a++)
+		argv[n++] = *a;
+	argv[n++] = cfg->bash_file;
+	argv[n++] = port;
+	argv[n] = NULL;
+
+	j->inst = i;
+	j->r = runner_for(cfg);
+	j->rport = i->remote_port;
+	j->st = J_SUBMITTING;
+	j->submitted = now_s();
+	j->refs = 1;   /* the sbatch callback */
+	i->lpriv = j;
+	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
+	sagent_run(j->r, argv, 120, submitted, j);
+	free(argv);
+	(void)cause;
+	return 0;
+}
