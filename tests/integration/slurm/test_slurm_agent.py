@@ -431,7 +431,7 @@ def test_reload_drops_and_brings_back_the_agent(cluster, slurm_gateway, tmp_path
     # plain polling follows the job now
     [inst] = g.svc()["instances"]
     cluster.scancel(inst["job_id"])
-    g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed without agent")
+    g.wait_svc(lambda i: not i["instances"], 20 * SLACK, msg="the cancelled job noticed without agent")
 
     reload(True)
     wait_until(lambda: g.get("/llm/pid", timeout=60).status == 200, 60 * SLACK)
