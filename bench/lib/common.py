@@ -51,6 +51,14 @@ def env_int(name, default):
 
 
 ROUNDS = env_int("BENCH_ROUNDS", 5)   # the req/s ratio moves ~10% round to round here
+# BENCH_PIN [1]: with 2+ CPUs, the proxy rounds run twice: first "isolated",
+# wrk on the first CPU and the system under test (the proxy and the
+# upstreams) on the others, then "shared", every process on every CPU. With
+# four busy threads on two CPUs, where the scheduler puts a woken thread
+# decides much of the shared result (measured: wrk's CPU per request and the
+# idle CPU move with the proxy's wake-up timing, the same proxy gains 20%
+# req/s once wrk has its own CPU); the isolated rounds measure the proxy.
+PIN = env_int("BENCH_PIN", 1)
 DURATION = env_int("BENCH_DURATION", 5)
 WARMUP = env_int("BENCH_WARMUP", 1)
 CONNS = env_int("BENCH_CONNS", 50)
@@ -73,7 +81,7 @@ COLD_STARTS = max(env_int("BENCH_COLD_STARTS", 3), 1)
 WARM_DURATION = env_int("BENCH_WARM_DURATION", 5)
 POLL_FAST_MS = env_int("BENCH_POLL_FAST_MS", 500)   # slurmgate's poll_fast_ms (its default: 500)
 NOFILE = 1024   # set by bench/run from RLIMIT_NOFILE
-WATCHDOG_S = (60 + ROUNDS * 3 * len(UPSTREAMS) * (WARMUP + DURATION + 2) + 3 * len(UPSTREAMS) * (LOWLOAD + 3)
+WATCHDOG_S = (60 + (2 if PIN else 1) * ROUNDS * 3 * len(UPSTREAMS) * (WARMUP + DURATION + 2) + 3 * len(UPSTREAMS) * (LOWLOAD + 3)
               + 2 * (OVERLOAD_S + 5) + 120
               + (40 * len(UPSTREAMS) if DO_STRACE else 0)
               + (2 * (CG_START_S + 30 + len(UPSTREAMS) * (CG_WARMUP + CG_DURATION + 20)) if CALLGRIND else 0)
@@ -291,8 +299,38 @@ def to_ms(s):
     return float(m.group(1)) * UNIT[m.group(2)] if m else float("nan")
 
 
-def run_wrk(url, duration, latency=True, threads=None, conns=None):
+def placements():
+    """The CPU placements of the proxy rounds: [(name, wrk's CPUs, the
+    system under test's CPUs)], None for every CPU (see PIN)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    shared = ("shared", None, None)
+    if not PIN or len(cpus) < 2:
+        return [shared]
+    return [("isolated", cpus[:1], cpus[1:]), shared]
+
+
+def pin(pids, cpus):
+    """Every thread of PIDS (and of their descendants) onto CPUS (None: the
+    CPUs this bench may use)."""
+    cpus = set(cpus) if cpus else os.sched_getaffinity(0)
+    todo, seen = list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(children_of(pid))
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+def run_wrk(url, duration, latency=True, threads=None, conns=None, cpus=None):
     argv = ["wrk", f"-t{threads or THREADS}", f"-c{conns or CONNS}", f"-d{duration}s"]
+    if cpus:
+        argv = ["taskset", "-c", ",".join(str(c) for c in cpus)] + argv
     if latency:
         argv.append("--latency")
     argv.append(url)

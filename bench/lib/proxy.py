@@ -162,11 +162,19 @@ class Targets:
             raise RuntimeError(f"nginx exited with status {self.ng.returncode}")
 
 
-def rounds(tg):
+def rounds(tg, placement=("shared", None, None)):
     """wrk -tT -cC against each target on each upstream, interleaved for
-    ROUNDS rounds: {upstream: {target: [result per round]}}."""
+    ROUNDS rounds, with wrk and the proxies and upstreams on the CPUs
+    PLACEMENT names (common.placements): {upstream: {target: [result per
+    round]}}."""
+    name, wrk_cpus, sut_cpus = placement
     results = {u: {t: [] for t in TARGETS} for u in UPSTREAMS}
+    sut = [tg.gw.pid] + tg.nginx_pids
+    C.pin(sut, sut_cpus)
     log("")
+    log(f"proxy rounds, {name} CPUs: " +
+        (f"wrk on CPU {','.join(map(str, wrk_cpus))}, proxies and upstreams on CPU "
+         f"{','.join(map(str, sut_cpus))}" if wrk_cpus else "every process on every CPU"))
     log(f"{'round':>5} {'upstream':<9} {'target':<10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'CPU us/req':>10} {'non-2xx':>7} {'sock err c/r/w/t':>17}")
     for rnd in range(1, ROUNDS + 1):
@@ -176,9 +184,9 @@ def rounds(tg):
         for u, t in [(u, t) for u in UPSTREAMS for t in order]:
             tg.check_alive()
             if WARMUP > 0:
-                run_wrk(tg.urls[u][t], WARMUP, latency=False)
+                run_wrk(tg.urls[u][t], WARMUP, latency=False, cpus=wrk_cpus)
             c0 = cpu_ticks(tg.cpu_pids[t])
-            r = run_wrk(tg.urls[u][t], DURATION)
+            r = run_wrk(tg.urls[u][t], DURATION, cpus=wrk_cpus)
             c1 = cpu_ticks(tg.cpu_pids[t])
             if tg.cpu_pids[t] and r["requests"] > 0:
                 r["cpu_us"] = (c1 - c0) * 1e6 / CLK_TCK / r["requests"]
@@ -189,6 +197,7 @@ def rounds(tg):
             se = "/".join(str(x) for x in r["sockerr"])
             log(f"{rnd:>5} {u:<9} {t:<10} {r['rps']:>9.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} "
                 f"{fmt(r['cpu_us'], '.1f'):>10} {r['non2xx']:>7} {se:>17}")
+    C.pin(sut, None)
     return results
 
 

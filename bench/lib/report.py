@@ -25,8 +25,9 @@ class Rounds:
     """The medians of the proxy rounds on one upstream and the ratios the
     goals are judged by."""
 
-    def __init__(self, upstream, results):
+    def __init__(self, upstream, results, placement="shared"):
         self.upstream = upstream
+        self.placement = placement
         self.goal = GOALS.get(upstream, {"rps": 1.0, "cpu": 1.0})
         self.results = results
         self.M = {t: {k: median([r.get(k) for r in results[t]])
@@ -57,7 +58,8 @@ class Rounds:
     def log(self):
         M, errs = self.M, self.errs
         log("")
-        log(f"{self.upstream} upstream, {UPSTREAMS[self.upstream]['desc']}; median of {ROUNDS} rounds:")
+        log(f"{self.upstream} upstream, {UPSTREAMS[self.upstream]['desc']}; {self.placement} CPUs; "
+            f"median of {ROUNDS} rounds:")
         log(f"  {'target':<10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
             f"{'proxy CPU %':>11} {'non-2xx':>7} {'sock err':>8}")
         for t in TARGETS:
@@ -66,7 +68,7 @@ class Rounds:
                 f"{fmt(m['cpu_us'], '.1f'):>10} {fmt(m['cpu_pct'], '.0f'):>11} "
                 f"{errs[t][0]:>7} {errs[t][1]:>8}")
         log("")
-        log(f"ratios ({self.upstream} upstream):")
+        log(f"ratios ({self.upstream} upstream, {self.placement} CPUs):")
         log(f"  slurmgate/nginx  req/s     {self.r_ng:6.2f}x   target >= {self.goal['rps']:.2f}x   "
             f"{verdict(self.ok_rps)}"
             f"   (per round: {self.per_round('rps', 'slurmgate', 'nginx')})")
@@ -79,9 +81,18 @@ class Rounds:
             f"   target < 1 ms   {verdict(self.add_p99 < 1.0)}")
 
 
-def summary(rds, load1, rss, over, low, syscalls, cg, sc, sl):
+def placement_desc(name):
+    if name == "isolated":
+        return "isolated CPUs (wrk on one, the proxy and the upstream on the other)"
+    return "shared CPUs (every process on every CPU)"
+
+
+def summary(rds, load1, rss, over, low, syscalls, cg, sc, sl, more=None):
     """The markdown summary for the README; RDS: {upstream: Rounds}, the
-    headline first; CG: callgrind.callgrind_part's result or None."""
+    headline first; MORE: {placement: {upstream: Rounds}} of the other CPU
+    placements; CG: callgrind.callgrind_part's result or None."""
+    more = more or {}
+    first = next(iter(rds.values())).placement
     log("")
     log("---- summary (markdown) ----")
     log(f"slurmgate {slurmgate_version()}; "
@@ -92,24 +103,28 @@ def summary(rds, load1, rss, over, low, syscalls, cg, sc, sl):
         f"{'forwarding Host and X-Forwarded-For/-Proto/-Host as slurmgate does' if C.NGINX_FWD else 'its default request fields (no X-Forwarded-*)'}. "
         f"Upstreams: " +
         "; ".join(f"{u}{' (the headline)' if u == PROXY_HEADLINE else ''}: {UPSTREAMS[u]['desc']}"
-                  for u in rds) + ".")
+                  for u in rds) + ". Proxy rounds on " +
+        "; then on ".join(placement_desc(p) for p in [first, *more]) + ".")
     log("")
-    log("| upstream | target | req/s | p50 (ms) | p99 (ms) | proxy CPU (us/req) | non-2xx / socket errors |")
-    log("|---|---|---:|---:|---:|---:|---:|")
-    for u, rd in rds.items():
-        for t in TARGETS:
-            m = rd.M[t]
-            log(f"| {u} | {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-                f"{fmt(m['cpu_us'], '.1f')} | {rd.errs[t][0]} / {rd.errs[t][1]} |")
+    log("| CPUs | upstream | target | req/s | p50 (ms) | p99 (ms) | proxy CPU (us/req) | non-2xx / socket errors |")
+    log("|---|---|---|---:|---:|---:|---:|---:|")
+    for pl, prds in [(first, rds), *more.items()]:
+        for u, rd in prds.items():
+            for t in TARGETS:
+                m = rd.M[t]
+                log(f"| {pl} | {u} | {t} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
+                    f"{fmt(m['cpu_us'], '.1f')} | {rd.errs[t][0]} / {rd.errs[t][1]} |")
     log("")
     log("| check | target | measured | |")
     log("|---|---|---|---|")
     for u, rd in rds.items():
-        log(f"| {u}: slurmgate / nginx req/s | >= {rd.goal['rps']:.2f}x | {rd.r_ng:.2f}x "
-            f"(per round {rd.per_round('rps', 'slurmgate', 'nginx')}) | {verdict(rd.ok_rps)} |")
-        log(f"| {u}: CPU per request, slurmgate vs nginx | {rd.cpu_target()} | "
-            f"{fmt(rd.cpu_sg, '.1f')} vs {fmt(rd.cpu_ng, '.1f')} us ({rd.cpu_ratio:.2f}x) | "
-            f"{verdict(rd.ok_cpu) if rd.goal['cpu'] is not None else ''} |")
+        for pl, prds in [(first, rds), *more.items()]:
+            rp = prds[u]
+            log(f"| {u}, {pl} CPUs: slurmgate / nginx req/s | >= {rp.goal['rps']:.2f}x | {rp.r_ng:.2f}x "
+                f"(per round {rp.per_round('rps', 'slurmgate', 'nginx')}) | {verdict(rp.ok_rps)} |")
+            log(f"| {u}, {pl} CPUs: CPU per request, slurmgate vs nginx | {rp.cpu_target()} | "
+                f"{fmt(rp.cpu_sg, '.1f')} vs {fmt(rp.cpu_ng, '.1f')} us ({rp.cpu_ratio:.2f}x) | "
+                f"{verdict(rp.ok_cpu) if rp.goal['cpu'] is not None else ''} |")
         if cg and u in cg:
             sg, ng = cg[u]["slurmgate"]["per_req"], cg[u]["nginx"]["per_req"]
             log(f"| {u}: instructions per request (callgrind, user space), slurmgate vs nginx | - | "
