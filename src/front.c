@@ -581,6 +581,15 @@ static void s_finished(struct hconn *c, const struct http_msg *m, const struct h
 	accesslog_write(c, m, x, &((struct session *)http_owner(c))->note);
 }
 
+/* The HTTP layer's own answers (bad syntax, too big, too slow): no owner,
+ * no service, no key */
+static void layer_finished(struct hconn *c, const struct http_msg *m, const struct http_xfer *x)
+{
+	struct accesslog_note n = {.service = NULL, .instance = -1, .wait = -1};
+
+	accesslog_write(c, m, x, &n);
+}
+
 static const struct hconn_ops session_ops = {
 	.finished = s_finished,
 	.head = s_head,
@@ -674,6 +683,7 @@ int front_start(struct gw *g)
 	gw = g;
 	front_reconfigure();
 	events_init(base);
+	http_set_layer_log(layer_finished);
 	snprintf(spec, sizeof spec, strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
 		 cfg->listen_host, cfg->listen_port);
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) != 0) {

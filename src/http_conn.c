@@ -316,6 +316,14 @@ void http_init(struct gw *g)
 /* --- closing --- */
 
 /* The current exchange is over: tell the owner (the access log) once. */
+static void (*layer_log)(struct hconn *c, const struct http_msg *m, const struct http_xfer *x);
+
+void http_set_layer_log(void (*fn)(struct hconn *c, const struct http_msg *m,
+				   const struct http_xfer *x))
+{
+	layer_log = fn;
+}
+
 void hc_xfer_end(struct hconn *c, const struct hconn_ops *ops, bool complete)
 {
 	if (!c->xf_open)
@@ -323,8 +331,14 @@ void hc_xfer_end(struct hconn *c, const struct hconn_ops *ops, bool complete)
 	c->xf_open = false;
 	c->xf.t_end = now_s();
 	c->xf.complete = complete;
-	if (ops && ops->finished)
+	if (ops && ops->finished) {
 		ops->finished(c, hparse_msg(&c->hp), &c->xf);
+	} else if (c->layer_reply && layer_log) {
+		/* before its head is parsed, the parser's message is a previous one's */
+		static const struct http_msg blank = {.method_str = "-", .major = 1, .minor = 1};
+		c->layer_reply = false;
+		layer_log(c, c->layer_head ? hparse_msg(&c->hp) : &blank, &c->xf);
+	}
 }
 
 /* The end of a connection: tell the owner once, then free it soon. */

@@ -52,6 +52,11 @@ struct hconn_ops {
 void http_init(struct gw *g);
 
 void *http_owner(struct hconn *c);
+/* Where the layer's own answers (400, 408, 413, 431, ...: the connection's
+ * owner already detached) are reported once sent, with the request line
+ * if its head was parsed, else method "-" (the access log; NULL: nowhere). */
+void http_set_layer_log(void (*fn)(struct hconn *c, const struct http_msg *m,
+				   const struct http_xfer *x));
 void http_set_owner(struct hconn *c, const struct hconn_ops *ops, void *owner);
 const char *http_peer(struct hconn *c);   /* "1.2.3.4" (server side) */
 

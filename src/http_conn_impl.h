@@ -120,6 +120,7 @@ struct hconn {
 	size_t owned;                     /* the owner's bytes for this request (http_set_owned) */
 	struct http_xfer xf;              /* the current exchange, for finished() */
 	bool xf_open;
+	bool layer_reply, layer_head;     /* the layer's own answer is the exchange (head parsed) */
 	TAILQ_ENTRY(hconn) dirty_link;    /* dirty list, or the graveyard once dead */
 	TAILQ_ENTRY(hconn) budget_link;   /* paused by the memory budget */
 };

@@ -443,6 +443,10 @@ static void reply_and_close(struct hconn *c, int status, const char *msg)
 	const struct hconn_ops *ops = c->ops;
 
 	log_info("client %s: %d %s", c->peer_addr, status, msg);
+	/* the answer below is this exchange's, for the access log (layer_log) */
+	c->layer_head = c->xf_open;
+	c->layer_reply = !c->resp_started;
+	c->xf_open = c->layer_reply;
 	c->ops = NULL;
 	if (ops && ops->closed)
 		ops->closed(c, msg);

@@ -143,3 +143,47 @@ def test_access_log_follows_a_reload(gateway, tmp_path):
     assert wait_until(moved, 5 * SLACK), g.log()
     assert any("/info?one" in ln for ln in lines_of(first))
     assert not any("/info?one" in ln for ln in lines_of(second))
+
+
+def raw_exchange(port, data, timeout=10):
+    """Send DATA on a fresh connection; what the gateway answers until it closes."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout * SLACK)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def test_access_log_has_the_http_layers_own_answers(gateway, tmp_path):
+    """The requests the HTTP layer answers itself (bad syntax, a head or
+    body too large, too slow) are in the access log too: an admin scanning
+    it for abuse (fail2ban) must see them, as nginx logs its 400s and 408s."""
+    log = tmp_path / "access.jsonl"
+    g = gateway([demo_service()], access_log=str(log), log_json=True, header_timeout=1,
+                max_header_size=4096)
+    assert raw_exchange(g.port, b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert raw_exchange(g.port, b"GET /llm/health HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 8192
+                        + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
+    assert raw_exchange(g.port, b"GET /llm/slowhead HTTP/1.1\r\nHost: a\r\n").startswith(b"HTTP/1.1 408")
+    assert g.get("/info?after").status == 200
+
+    def recs():
+        return [json.loads(ln) for ln in lines_of(log)]
+    assert wait_until(lambda: any(r["path"] == "/info?after" for r in recs()), 5 * SLACK), lines_of(log)
+    got = sorted(r["status"] for r in recs() if r["status"] != 200)
+    assert got == [400, 408, 431], lines_of(log)
+    for r in recs():
+        assert r["client"] == "127.0.0.1" and r["bytes"] >= 0 and r["method"], r
+        if r["status"] != 200:
+            assert r["service"] is None and r["complete"] is True and r["bytes"] > 0, r
