@@ -49,6 +49,8 @@ void http_tunnel(struct hconn *a, struct hconn *b)
 	for (int i = 0; i < 2; i++) {
 		struct hconn *c = pair[i];
 		const struct hconn_ops *ops = c->ops;
+		/* the upgrade was this exchange: its access-log line (the 101) */
+		hc_xfer_end(c, ops, true);
 		c->ops = NULL;
 		if (ops && ops->closed)
 			ops->closed(c, "upgraded to a tunnel");   /* the owner lets go */

@@ -85,3 +85,43 @@ def test_refused_upgrade_answers_normally_and_closes(gateway, tmp_path):
     # an upgrade the service refuses is an ordinary response
     r = g.get("/ws/chat", headers={"Upgrade": "h2c", "Connection": "Upgrade"})
     assert r.status == 426
+
+
+def test_websocket_upgrade_is_in_the_access_log(gateway, tmp_path):
+    """An upgraded connection gets its access-log line (status 101, the
+    service that took it) when it switches to the tunnel, like any other
+    request; before, nothing was logged for it."""
+    import json
+    from conftest import SLACK, wait_until
+    (tmp_path / "ws.py").write_text(UPSTREAM)
+    script = write_script(tmp_path / "ws.sh",
+                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
+    log = tmp_path / "access.jsonl"
+    g = gateway([demo_service(name="ws", route="ws", bash_file=str(script))],
+                access_log=str(log), log_json=True)
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=15)
+    try:
+        s.sendall(b"GET /ws/chat?room=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        deadline = time.monotonic() + 15
+        while b"\r\n\r\n" not in head and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+        def recs():
+            try:
+                return [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+            except FileNotFoundError:
+                return []
+        wait_until(lambda: any(r["status"] == 101 for r in recs()), 5 * SLACK,
+                   msg="a 101 line in the access log")
+        [r] = [r for r in recs() if r["status"] == 101]
+        assert r["path"] == "/ws/chat?room=1" and r["service"] == "ws" and r["instance"] == 0, r
+        assert r["method"] == "GET" and r["complete"] is True, r
+    finally:
+        s.close()
+    assert g.get("/ws/health").status == 200
