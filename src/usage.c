@@ -11,6 +11,32 @@
 
 static struct usage *rows;
 static size_t nrows;
+/* (service, key) -> row index + 1 (0: empty), open addressing; at most half
+ * full. A request finds its row in O(1) however many keys and services
+ * there are (hundreds of users' keys times the services they use). */
+static size_t *slots;
+static size_t nslots;
+
+static size_t hash(const char *service, const char *key)
+{
+	uint64_t h = 1469598103934665603ULL;   /* FNV-1a over service, NUL, key */
+
+	for (const char *p = service; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	h = (h ^ 0xffu) * 1099511628211ULL;
+	for (const char *p = key; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+	return (size_t)(h ^ (h >> 29));
+}
+
+static void slot_put(size_t k)
+{
+	size_t m = nslots - 1, i = hash(rows[k].service, rows[k].key) & m;
+
+	while (slots[i] != 0)
+		i = (i + 1) & m;
+	slots[i] = k + 1;
+}
 
 void key_id(const struct api_key *k, char out[KEY_ID_MAX])
 {
@@ -20,13 +46,30 @@ void key_id(const struct api_key *k, char out[KEY_ID_MAX])
 
 static struct usage *row(const char *service, const char *key)
 {
-	for (size_t k = 0; k < nrows; k++)
-		if (strcmp(rows[k].service, service) == 0 && strcmp(rows[k].key, key) == 0)
-			return &rows[k];
+	size_t m, i;
+
+	if (nslots != 0) {
+		m = nslots - 1;
+		for (i = hash(service, key) & m; slots[i] != 0; i = (i + 1) & m) {
+			struct usage *u = &rows[slots[i] - 1];
+			if (strcmp(u->key, key) == 0 && strcmp(u->service, service) == 0)
+				return u;
+		}
+	}
 	rows = xrealloc(rows, (nrows + 1) * sizeof *rows);
 	rows[nrows] = (struct usage){.service = xstrdup(service)};
-	snprintf(rows[nrows].key, sizeof rows[nrows].key, "%s", key);
-	return &rows[nrows++];
+	str_copy(rows[nrows].key, sizeof rows[nrows].key, key);
+	nrows++;
+	if (2 * nrows > nslots) {
+		free(slots);
+		nslots = nslots ? 2 * nslots : 64;
+		slots = xcalloc(nslots, sizeof *slots);
+		for (size_t k = 0; k < nrows; k++)
+			slot_put(k);
+	} else {
+		slot_put(nrows - 1);
+	}
+	return &rows[nrows - 1];
 }
 
 void usage_request(const char *service, const char *key)
@@ -117,4 +160,7 @@ void usage_free(void)
 	free(rows);
 	rows = NULL;
 	nrows = 0;
+	free(slots);
+	slots = NULL;
+	nslots = 0;
 }

@@ -73,11 +73,47 @@ static void test_key_id_and_counts(void **state)
 	assert_int_equal(usage_count(), 0);
 }
 
+/* Many services and keys (an admin's hundreds of users): each (service,
+ * key) keeps one row and its own counts across the table's growth, rows stay
+ * in the order first seen, and a key that is a prefix of another or a
+ * service/key split differently are different rows. */
+static void test_many_rows(void **state)
+{
+	char s[32], k[32];
+
+	(void)state;
+	for (int round = 1; round <= 3; round++)
+		for (int i = 0; i < 50; i++)
+			for (int j = 0; j < 40; j++) {
+				snprintf(s, sizeof s, "svc%d", i);
+				snprintf(k, sizeof k, "key%d", (j * 7 + round) % 40);
+				usage_request(s, k);
+				if (round == 3)
+					usage_tokens(s, k, (uint64_t)i, (uint64_t)j);
+			}
+	assert_int_equal(usage_count(), 2000);
+	for (size_t r = 0; r < usage_count(); r++)
+		assert_int_equal(usage_at(r)->requests, 3);
+	assert_string_equal(usage_at(0)->service, "svc0");
+	assert_string_equal(usage_at(0)->key, "key1");
+	assert_string_equal(usage_at(1999)->service, "svc49");
+	usage_request("ab", "c");
+	usage_request("a", "bc");
+	usage_request("svc1", "key1x");
+	assert_int_equal(usage_count(), 2003);
+	usage_free();
+	usage_request("svc0", "key1");
+	assert_int_equal(usage_count(), 1);
+	assert_int_equal(usage_at(0)->requests, 1);
+	usage_free();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_parse),
 		cmocka_unit_test(test_key_id_and_counts),
+		cmocka_unit_test(test_many_rows),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
