@@ -10,6 +10,7 @@ call; the services run their Slurm commands locally (no remote_host), so
 the wrapper sees every squeue the gateway or its agent runs."""
 import os
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -84,8 +85,27 @@ def test_pending_job_squeue_backs_off_and_start_is_noticed(cluster, slurm_gatewa
         g.wait_svc(lambda i: i["instances"] and i["instances"][0].get("node"), 10,
                    msg="the job's start noticed")
         noticed = time.time() - started
+        print(f"{via}: squeue calls in the first 1.5 s: {len(fast)}, in 6 s backed off: "
+              f"{len(slow)}; RUNNING noticed after {noticed:.2f} s")
         assert noticed < SLOW_S + 1.0 * SLACK, (noticed, g.log())
         r = fut.result()
         assert r.status == 200, (r, g.log())
         # running and healthy: slow polls
     assert g.terminate() == 0
+
+
+def test_agent_without_backoff_gets_the_watch_it_knows(cluster, slurm_gateway, tmp_path):
+    """An agent whose hello names no backoff (an older one) is sent watch
+    with three arguments, which it takes: it watches, the job is served."""
+    agent, allow = agentlib.install_agent(tmp_path)
+    text = agent.read_text()
+    assert "\\tbackoff\\n" in text
+    agent.write_text(text.replace("\\tbackoff\\n", "\\n"))
+    job = demo_job_script(allow / "job.sh")
+    svc = slurm_service(cluster, job, slurm_agent=str(agent))
+    g = slurm_gateway([svc], poll_backoff_s=2)
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, (r, g.log())
+    assert g.svc()["slurm_agent"] == "up"
+    log = g.log()
+    assert "slurm agent on" in log and "unknown request" not in log and "refused" not in log, log
