@@ -94,6 +94,29 @@ def test_pending_job_squeue_backs_off_and_start_is_noticed(cluster, slurm_gatewa
     assert g.terminate() == 0
 
 
+def test_agent_watch_takes_backoff_argument_or_none(cluster, tmp_path):
+    """The agent says it knows BACKOFF_S (hello ... backoff) and takes watch
+    with it, or without it (an older gateway: 30 s); a bad one is refused.
+    Watches one after the other, then quit: the agent exits at once (a
+    watcher stopped just after it was started used to miss its TERM, and
+    the agent waited for it forever)."""
+    agent, _ = agentlib.install_agent(tmp_path)
+    env = dict(os.environ, SLURM_CONF=cluster.slurm_conf)
+    p = subprocess.run(["sh", str(agent)], input="1\twatch\tsg:x:\t200\t3\n"
+                       "2\twatch\tsg:x:\t200\t3\t2\n"
+                       "3\twatch\tsg:x:\t200\t3\t0\n"
+                       "4\twatch\tsg:x:\t200\t3\t2s\n"
+                       "5\twatch\tsg:x:\t200\t3\t12345678901234567890\n"
+                       "6\tquit\n", env=env, capture_output=True, text=True, timeout=20 * SLACK)
+    lines = p.stdout.splitlines()
+    assert lines[0].split("\t")[:3] == ["*", "hello", "slurmgate-agent"], lines
+    assert "backoff" in lines[0].split("\t")[3:], lines
+    for k in (1, 2, 3):
+        assert f"{k}\t0\t-" in lines, (k, lines)
+    assert any(line.startswith("4\t126\tslurmgate-agent refused: bad intervals") for line in lines), lines
+    assert any(line.startswith("5\t126\tslurmgate-agent refused: intervals too long") for line in lines), lines
+
+
 def test_agent_without_backoff_gets_the_watch_it_knows(cluster, slurm_gateway, tmp_path):
     """An agent whose hello names no backoff (an older one) is sent watch
     with three arguments, which it takes: it watches, the job is served."""
