@@ -76,8 +76,7 @@ def test_pending_job_squeue_backs_off_and_start_is_noticed(cluster, slurm_gatewa
         assert len(slow) <= 3 + (1 if SLACK > 1 else 0), (slow, g.log())
         assert not fut.done() and g.svc()["waiting"] == 1
 
-        # the job may start now: it is noticed within the cap (and a fast
-        # poll, and a cycle of the agent's watcher)
+        # the job may start now: it is noticed within the cap
         cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
         wait_until(lambda: cluster.jobs(g.job_name())[0][2] == "RUNNING", 30 * SLACK,
                    interval=0.05, msg="Slurm to start the job")
@@ -87,10 +86,10 @@ def test_pending_job_squeue_backs_off_and_start_is_noticed(cluster, slurm_gatewa
         noticed = time.time() - started
         print(f"{via}: squeue calls in the first 1.5 s: {len(fast)}, in 6 s backed off: "
               f"{len(slow)}; RUNNING noticed after {noticed:.2f} s")
-        assert noticed < SLOW_S + 1.0 * SLACK, (noticed, g.log())
+        # the cap, one squeue's run time and /api's poll (0.1 s), with room
+        assert noticed < SLOW_S + 2.0 * SLACK, (noticed, g.log())
         r = fut.result()
         assert r.status == 200, (r, g.log())
-        # running and healthy: slow polls
     assert g.terminate() == 0
 
 
