@@ -102,6 +102,8 @@ static const struct field cfg_fields[] = {
 	/* 0: 500 ms, 200 ms through a slurm_agent (no ssh per squeue) */
 	{"poll_fast_ms", F_INT, CFG(poll_fast_ms), false, 0, NULL, 50, 60000},
 	{"poll_slow_s", F_INT, CFG(poll_slow_s), false, 15, NULL, 1, 3600},
+	/* 0: never back off from poll_fast_ms */
+	{"poll_backoff_s", F_INT, CFG(poll_backoff_s), false, 30, NULL, 0, 86400},
 	{"admin_token_file", F_STR, CFG(admin_token_file), false, 0, NULL, 0, 0},
 	{"api_keys_file", F_STR, CFG(api_keys_file), false, 0, NULL, 0, 0},
 	{"log_json", F_BOOL, CFG(log_json), false, 0, NULL, 0, 0},

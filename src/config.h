@@ -4,6 +4,12 @@
 #ifndef SG_CONFIG_H
 #define SG_CONFIG_H
 
+/* the longest interval poll_backoff_s stretches squeue's fast polls to
+ * (never beyond poll_slow_s): a job that waited for hours is noticed
+ * running at most this late, and a waiting job costs slurmctld one squeue
+ * per 5 s, not 2 to 5 a second. The agent's watcher has the same cap. */
+#define POLL_BACKOFF_MAX_MS 5000
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -76,6 +82,10 @@ struct config {
 	int poll_fast_ms;         /* squeue interval while something starts or stops
 	                           * (0: not set; 500, or 200 through a slurm_agent) */
 	int poll_slow_s;          /* squeue interval otherwise */
+	int poll_backoff_s;       /* after this long with no change in the jobs the
+	                           * fast interval doubles per cycle, up to
+	                           * poll_slow_s or POLL_BACKOFF_MAX_MS, whichever
+	                           * is shorter (0: never) */
 	char *admin_token_file;
 	char *api_keys_file;
 	struct api_key *api_keys; /* inline and from api_keys_file */

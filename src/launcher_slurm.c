@@ -45,6 +45,42 @@ static int polls_in_flight;
 
 static bool poll_again;   /* poll at once when the running cycle ends */
 
+/* The back-off (poll_backoff_s): while jobs start or stop polls come every
+ * poll_fast_ms, but once none of our jobs' squeue lines (state, nodes,
+ * reason, expected start) changed for poll_backoff_s, the interval doubles
+ * each cycle up to min(poll_slow_s, POLL_BACKOFF_MAX_MS): a job waiting
+ * for hours in a full queue costs one squeue per 5 s. A change, a submit,
+ * a cancel, a check (slurm_check), the agent's kick or a job that becomes
+ * busy makes polls fast again at once. */
+static double calm_since;  /* the last change (or reset) */
+static int backoff_ms;     /* the busy interval in force; 0: poll_fast_ms */
+static bool was_busy;      /* busy_jobs() when last scheduled */
+
+static void poll_backoff_reset(void)
+{
+	calm_since = now_s();
+	backoff_ms = 0;
+}
+
+/* J's squeue line (its fields F) says something new: fast polls again. */
+static void job_line_seen(struct sjob *j, char **f)
+{
+	unsigned long h = 5381;
+	const int keys[] = {2, 3, 5, 6};   /* all but id, name and TIMELEFT */
+
+	for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+		for (const char *p = f[keys[k]]; *p; p++)
+			h = h * 33 + (unsigned char)*p;
+		h = h * 33 + '|';
+	}
+	if (h == 0)
+		h = 1;
+	if (h != j->sig) {
+		j->sig = h;
+		poll_backoff_reset();
+	}
+}
+
 void sjob_unref(struct sjob *j)
 {
 	if (--j->refs == 0)
@@ -377,6 +413,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
 				j->eta = slurmjob_start_time(f[6]);
+				job_line_seen(j, f);
 				job_update(j, f[2], f[3], f[4], f[5], x->started);
 				break;
 			}
@@ -462,6 +499,7 @@ static void job_lost(struct sjob *j)
 
 	if (j->asking || j->ending)
 		return;
+	poll_backoff_reset();   /* it left squeue: a change */
 	j->asking = true;
 	j->refs++;
 	log_info("Slurm job %s is not in squeue: asking scontrol", j->id);
@@ -497,9 +535,28 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 		slurm_poll_schedule(false);   /* in case an agent stops watching */
 }
 
+/* The interval while jobs are busy: poll_fast_ms, doubled each cycle after
+ * poll_backoff_s without a change, up to the cap. */
+static int busy_interval_ms(void)
+{
+	const struct config *c = slurm_gw->cfg;
+	int fast = c->poll_fast_ms > 0 ? c->poll_fast_ms : 500;
+	int cap = c->poll_slow_s * 1000 < POLL_BACKOFF_MAX_MS ? c->poll_slow_s * 1000
+							     : POLL_BACKOFF_MAX_MS;
+
+	if (cap < fast)
+		cap = fast;
+	if (c->poll_backoff_s == 0 || now_s() - calm_since < c->poll_backoff_s)
+		backoff_ms = fast;
+	else
+		backoff_ms = backoff_ms < fast ? fast : backoff_ms > cap / 2 ? cap : backoff_ms * 2;
+	return backoff_ms;
+}
+
 void slurm_poll_schedule(bool fast)
 {
 	int ms;
+	bool busy;
 
 	if (LIST_EMPTY(&sjobs) || polls_in_flight > 0)
 		return;
@@ -509,10 +566,13 @@ void slurm_poll_schedule(bool fast)
 		fast = true;
 		event_del(poll_ev);
 	}
-	ms = fast || busy_jobs() ? (slurm_gw->cfg->poll_fast_ms > 0 ? slurm_gw->cfg->poll_fast_ms : 500)
-				 : slurm_gw->cfg->poll_slow_s * 1000;
+	busy = busy_jobs();
+	if (fast || (busy && !was_busy))
+		poll_backoff_reset();
+	was_busy = busy;
 	if (!fast && event_pending(poll_ev, EV_TIMEOUT, NULL))
 		return;
+	ms = fast || busy ? busy_interval_ms() : slurm_gw->cfg->poll_slow_s * 1000;
 	event_add(poll_ev, &(struct timeval){ms / 1000, (ms % 1000) * 1000});
 }
 
@@ -524,6 +584,7 @@ static void slurm_check(struct instance *i)
 
 	if (j == NULL || !j->tracked || LIST_EMPTY(&sjobs))
 		return;
+	poll_backoff_reset();
 	if (sagent_watching(j->r)) {
 		sagent_poll(j->r);
 		return;
@@ -643,6 +704,7 @@ static void agent_job(struct runner *r, char **f, int nf)
 	(void)nf;
 	if (j && j->st != J_SUBMITTING) {
 		j->eta = slurmjob_start_time(f[6]);
+		job_line_seen(j, f);
 		job_update(j, f[2], f[3], f[4], f[5], now_s());
 	}
 }

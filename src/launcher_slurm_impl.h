@@ -44,6 +44,7 @@ struct sjob {
 	double submitted, running_at;
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
 	double eta;              /* Slurm's expected start (squeue %S), 0: none */
+	unsigned long sig;       /* hash of its squeue line but TIMELEFT (0: not seen) */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 

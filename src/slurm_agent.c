@@ -343,11 +343,12 @@ static void pushed(struct agent *a, char *rest)
 	if (strcmp(kind, "hello") == 0) {
 		struct areq *q;
 		struct ajob *j;
-		char *watch;
+		char *watch, words[256];
 
 		for (char *p = val; *p; p++)
 			if (*p == '\t')
-				*p = ' ';   /* "slurmgate-agent 1": its name and protocol version */
+				*p = ' ';   /* "slurmgate-agent 1 backoff": name, protocol version, features */
+		snprintf(words, sizeof words, " %s ", val);
 		a->st = A_UP;
 		a->up_at = now_s();
 		log_info("slurm agent on %s up after %.2f s (%s)", runner_name(a->r),
@@ -355,6 +356,12 @@ static void pushed(struct agent *a, char *rest)
 		snprintf(a->status, sizeof a->status, "up");
 		watch = xasprintf("watch\tsg:%s:\t%d\t%d", gw->cfg->instance_id,
 				  gw->cfg->poll_fast_ms > 0 ? gw->cfg->poll_fast_ms : AGENT_FAST_MS, gw->cfg->poll_slow_s);
+		if (strstr(words, " backoff ")) {
+			/* an older agent knows no BACKOFF_S (and backs off never) */
+			char *w = xasprintf("%s\t%d", watch, gw->cfg->poll_backoff_s);
+			free(watch);
+			watch = w;
+		}
 		evbuffer_add_printf(a->outq, "0\t%s\n", watch);
 		free(watch);
 		LIST_FOREACH(j, &a->jobs, link)
