@@ -47,7 +47,7 @@ static bool poll_again;   /* poll at once when the running cycle ends */
 
 /* The back-off (poll_backoff_s): while jobs start or stop polls come every
  * poll_fast_ms, but once none of our jobs' squeue lines (state, nodes,
- * reason, expected start) changed for poll_backoff_s, the interval doubles
+ * reason; not the expected start) changed for poll_backoff_s, the interval doubles
  * each cycle up to min(poll_slow_s, POLL_BACKOFF_MAX_MS): a job waiting
  * for hours in a full queue costs one squeue per 5 s. A change, a submit,
  * a cancel, a check (slurm_check), the agent's kick or a job that becomes
@@ -66,7 +66,10 @@ static void poll_backoff_reset(void)
 static void job_line_seen(struct sjob *j, char **f)
 {
 	unsigned long h = 5381;
-	const int keys[] = {2, 3, 5, 6};   /* all but id, name and TIMELEFT */
+	/* state, nodes, reason: not TIMELEFT, and not the expected start,
+	 * which the backfill scheduler re-estimates every cycle on a busy
+	 * cluster (the ETA is still updated by every poll) */
+	const int keys[] = {2, 3, 5};
 
 	for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
 		for (const char *p = f[keys[k]]; *p; p++)
