@@ -4,7 +4,7 @@ import socket
 import sys
 import time
 
-from conftest import demo_service, free_port, write_script
+from conftest import demo_service, write_script
 
 # A service that answers /health and upgrades anything else, then echoes
 # every byte back upper-cased (so the test sees the service did it).
@@ -42,22 +42,34 @@ while True:
 '''
 
 
-def test_websocket_upgrade_is_relayed_raw_both_ways(gateway, tmp_path):
+def ws_service(gateway, tmp_path, **top):
+    """A gateway with the upgrading service above as "ws" on /ws/."""
     (tmp_path / "ws.py").write_text(UPSTREAM)
     script = write_script(tmp_path / "ws.sh",
                           f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
-    g = gateway([demo_service(name="ws", route="ws", bash_file=str(script))])
+    return gateway([demo_service(name="ws", route="ws", bash_file=str(script))], **top)
+
+
+def ws_upgrade(s, path, deadline):
+    """Ask for a WebSocket upgrade of PATH on socket S: the response head
+    (and any bytes after it) read by DEADLINE (time.monotonic())."""
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head and time.monotonic() < deadline:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def test_websocket_upgrade_is_relayed_raw_both_ways(gateway, tmp_path):
+    g = ws_service(gateway, tmp_path)
     s = socket.create_connection(("127.0.0.1", g.port), timeout=15)
     try:
-        s.sendall(b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        head = b""
         deadline = time.monotonic() + 15
-        while b"\r\n\r\n" not in head and time.monotonic() < deadline:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = ws_upgrade(s, "/ws/chat", deadline)
         assert head.startswith(b"HTTP/1.1 101"), head
         assert b"upgrade: websocket" in head.lower(), head
         rest = head.split(b"\r\n\r\n", 1)[1]
@@ -78,10 +90,7 @@ def test_websocket_upgrade_is_relayed_raw_both_ways(gateway, tmp_path):
 
 
 def test_refused_upgrade_answers_normally_and_closes(gateway, tmp_path):
-    (tmp_path / "ws.py").write_text(UPSTREAM)
-    script = write_script(tmp_path / "ws.sh",
-                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
-    g = gateway([demo_service(name="ws", route="ws", bash_file=str(script))])
+    g = ws_service(gateway, tmp_path)
     # an upgrade the service refuses is an ordinary response
     r = g.get("/ws/chat", headers={"Upgrade": "h2c", "Connection": "Upgrade"})
     assert r.status == 426
@@ -93,23 +102,11 @@ def test_websocket_upgrade_is_in_the_access_log(gateway, tmp_path):
     request; before, nothing was logged for it."""
     import json
     from conftest import SLACK, wait_until
-    (tmp_path / "ws.py").write_text(UPSTREAM)
-    script = write_script(tmp_path / "ws.sh",
-                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
     log = tmp_path / "access.jsonl"
-    g = gateway([demo_service(name="ws", route="ws", bash_file=str(script))],
-                access_log=str(log), log_json=True)
+    g = ws_service(gateway, tmp_path, access_log=str(log), log_json=True)
     s = socket.create_connection(("127.0.0.1", g.port), timeout=15)
     try:
-        s.sendall(b"GET /ws/chat?room=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        head = b""
-        deadline = time.monotonic() + 15
-        while b"\r\n\r\n" not in head and time.monotonic() < deadline:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = ws_upgrade(s, "/ws/chat?room=1", time.monotonic() + 15)
         assert head.startswith(b"HTTP/1.1 101"), head
 
         def recs():
