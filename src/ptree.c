@@ -323,6 +323,11 @@ static void keeper_main(int rfd, pid_t gw)
 	ssize_t n;
 
 	prctl(PR_SET_NAME, "sg-keeper");
+	/* a session of its own: whatever kills the gateway's process group
+	 * (a shell's kill %1, timeout -s KILL, a supervisor) must not take the
+	 * one process that cleans up after it */
+	if (setsid() < 0)
+		log_warn("keeper: setsid: %s", strerror(errno));
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);

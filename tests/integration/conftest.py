@@ -277,6 +277,7 @@ class Gateway:
         self.seen_pids = set()
         self.stopped_rc = None
         self.killed = False   # kill9(): no clean exit code expected
+        self.own_session = False   # start it as a session (and process group) of its own
 
     # --- life cycle ---
 
@@ -285,7 +286,7 @@ class Gateway:
         self.proc = subprocess.Popen(
             [str(gateway_bin()), "-c", str(self.config_path), *self.args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, cwd=str(self.dir))
+            env=self.env, cwd=str(self.dir), start_new_session=self.own_session)
         _live_gateways.append(self)
 
         def healthy():
@@ -341,6 +342,15 @@ class Gateway:
         self.proc.wait(10)
         self.killed = True
         return pids
+
+    def kill9_group(self):
+        """SIGKILL the gateway's whole process group, as a shell's job
+        control, `timeout -s KILL` or a supervisor killing a process group
+        does (needs own_session). Waits for the gateway."""
+        assert self.own_session, "kill9_group needs a gateway started with own_session"
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.killed = True
 
     def service_ports(self):
         return [s.get("local_port") or s.get("remote_port") for s in self.services

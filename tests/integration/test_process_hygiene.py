@@ -161,6 +161,27 @@ def test_kill9_gateway_tree_dies_with_it(gateway, tmp_path, tree_mode):
                msg=f"port {svc['local_port']} free")
 
 
+def test_kill9_of_the_gateways_process_group_kills_the_tree(gateway, tmp_path, tree_mode):
+    """kill -9 of the gateway's whole process group (a shell's `kill -9 %1`,
+    `timeout -s KILL`, a supervisor): the keeper that kills the service
+    trees must not be in that group, or it dies with the gateway and the
+    trees, each in a group of its own, live on."""
+    mark = new_mark()
+    svc = demo_service(bash_file=str(forking_script(tmp_path / "run.sh", mark)), stop_grace=1)
+    g = gateway([svc], start=False)
+    g.own_session = True
+    g.start()
+    g.service_pid()
+    wait_until(lambda: len(tree(mark)) >= 4, 5 * SLACK, msg="script, server, helper, daemon")
+    old = tree(mark)
+
+    g.kill9_group()
+    wait_until(lambda: not still_alive(old), 5 * SLACK, interval=0.01,
+               msg=f"the tree gone with the gateway's process group (left: {still_alive(old)})")
+    wait_until(lambda: not port_listening(svc["local_port"]), 2 * SLACK,
+               msg=f"port {svc['local_port']} free")
+
+
 def test_kill9_gateway_python_server_child(gateway, tmp_path, tree_mode):
     """Bug 7 with the script users write: bash runs `python3 -m http.server`
     as a child, in the background, and waits for it."""
