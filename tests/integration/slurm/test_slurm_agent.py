@@ -456,7 +456,6 @@ echo "$out"
 if [ $st -eq 0 ] && [ ! -e {mark} ]; then
     : > {mark}
     for p in $(pgrep -f '{agent}( |$)'); do kill -9 "$p"; done
-    sleep 5
 fi
 exit $st
 """)
