@@ -26,13 +26,24 @@ BACKOFF_S = 2
 
 
 def squeue_shim(tmp_path):
+    """squeue, with every call logged; and the expected start of a pending
+    job (the last field, %S) moved by a few seconds on every call, as
+    Slurm's backfill scheduler re-estimates it every cycle on a busy
+    cluster: a new estimate alone must not make polls fast again."""
     shims = tmp_path / "shims"
     shims.mkdir()
     calls = tmp_path / "squeue-calls"
     calls.touch()
     write_script(shims / "squeue", f"""#!/bin/sh
 date +%s.%N >> {calls}
-exec {shutil.which("squeue")} "$@"
+n=$(wc -l < {calls})
+at=$(( $(date +%s) + 600 + n % 7 ))
+iso=$(date -d "@$at" +%Y-%m-%dT%H:%M:%S)
+out=$({shutil.which("squeue")} "$@"); st=$?
+# ISO (plain commands) or epoch seconds (the agent's SLURM_TIME_FORMAT=%s)
+[ -z "$out" ] || printf '%s\\n' "$out" | \\
+    sed -E -e "s/[|][0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9:]{{8}}$/|$iso/" -e "s/[|][0-9]{{10}}$/|$at/"
+exit $st
 """)
     return shims, calls
 
@@ -71,9 +82,17 @@ def test_pending_job_squeue_backs_off_and_start_is_noticed(cluster, slurm_gatewa
         # then the interval doubles up to the cap: 2 s fast, then 0.4, 0.8,
         # 1.6, 3, 3 ... s; over these 6 s at most 3 (at 200 ms: ~25)
         t1 = t0 + BACKOFF_S + 3.5
-        wait_until(lambda: time.time() > t1 + 6, 20)
+        etas = set()
+
+        def window_over():
+            [inst] = g.svc()["instances"]
+            etas.add(inst["expected_start"])
+            return time.time() > t1 + 6
+        wait_until(window_over, 20, interval=0.2)
         slow = calls_between(calls, t1, t1 + 6)
         assert len(slow) <= 3 + (1 if SLACK > 1 else 0), (slow, g.log())
+        # while the expected start moved at every poll (and /api shows it)
+        assert len(etas - {None}) >= 2, etas
         assert not fut.done() and g.svc()["waiting"] == 1
 
         # the job may start now: it is noticed within the cap
