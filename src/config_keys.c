@@ -99,7 +99,13 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 {
 	json_t *keys = json_object_get(root, "api_keys");
+	struct stat st;
 
+	/* inline secrets: the config file itself must be private then */
+	if ((keys || cfg->admin_token) && stat(cfg->path, &st) == 0 && (st.st_mode & 077))
+		log_warn("config file %s holds admin_token or api_keys and is readable by others "
+			 "(mode %03o): chmod 600 it, or move them to admin_token_file and api_keys_file",
+			 cfg->path, (unsigned)(st.st_mode & 0777));
 	if (keys)
 		api_keys_add(cfg, keys, "$.api_keys", e);
 	if (cfg->admin_token_file) {

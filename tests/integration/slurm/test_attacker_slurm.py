@@ -1,0 +1,108 @@
+"""An attacker who holds the gateway's ssh key, which authorized_keys
+restricts to the remote agent (remote/slurmgate-agent as its forced
+command), speaks the agent's protocol directly: whatever they send, the
+agent must do no more than the README promises ("start the configured job
+scripts, cancel and look at the gateway's jobs"). Here the agent runs
+locally against the real test cluster, as the forced command would run it
+on the login node; jobs go to the down partition, so they never run."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from slurmlib import REPO, cluster  # noqa: F401
+
+AGENT = REPO / "remote" / "slurmgate-agent"
+
+
+@pytest.fixture
+def agent(cluster, tmp_path):
+    """talk(lines) -> {request id: answer fields} from one agent session.
+    Every job left in squeue by the test is cancelled afterwards."""
+    d = tmp_path / "login"
+    d.mkdir()
+    a = d / "slurmgate-agent"
+    shutil.copy(AGENT, a)
+    a.chmod(0o755)
+    allow = d / "slurmgate-agent.allow"
+    allow.mkdir()
+    job = allow / "job.sh"
+    job.write_text("#!/bin/sh\nsleep 300\n")
+    job.chmod(0o755)
+    submitted = []
+
+    def talk(*lines):
+        p = subprocess.run([str(a), "-l", str(tmp_path / "agent.log")],
+                           input="".join(line + "\n" for line in lines),
+                           env=dict(os.environ, SLURM_CONF=cluster.slurm_conf),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        answers = {}
+        for line in p.stdout.splitlines():
+            f = line.split("\t")
+            if f[0].isdigit():
+                answers[f[0]] = f[1:]
+        for rid, f in answers.items():
+            if lines and "\tsubmit\t" in lines[int(rid) - 1] and f[0] == "0" and len(f) > 2:
+                submitted.append(f[2].split(";")[0])
+        return answers
+
+    talk.job = str(job)
+    talk.submitted = submitted
+    yield talk
+    cluster.scancel(*submitted)
+
+
+def secret_file(tmp_path):
+    s = tmp_path / "id_ed25519"
+    s.write_text("-----BEGIN OPENSSH PRIVATE KEY----- attacker-must-not-see-this\n")
+    s.chmod(0o600)
+    return s
+
+
+def submit(agent, cluster, rid, name, *args):
+    return "\t".join([str(rid), "submit", name, "9", agent.job,
+                      f"--partition={cluster.down_partition}", *args])
+
+
+def test_agent_tail_cannot_be_pointed_at_any_file(agent, cluster, tmp_path):
+    """`tail JOBID` read the path after the first " StdErr=" of `scontrol -o
+    show job`, and a job name (checked for "sg:" only) or an sbatch option
+    value (--chdir=..., one "word" that may hold spaces) comes before the
+    real StdErr= there: a key holder submitted "sg:x StdErr=/any/file" and
+    read any file the gateway's account can read (its other ssh keys...)."""
+    secret = secret_file(tmp_path)
+    work = cluster.work_dir
+    ans = agent(submit(agent, cluster, 1, f"sg:x StdErr={secret} StdOut={secret}", f"--chdir={work}"),
+                submit(agent, cluster, 2, "sg:y", f"--chdir={work} StdErr={secret} StdOut={secret}"),
+                submit(agent, cluster, 3, "sg:z", f"--chdir={work}",
+                       f"--comment=x StdErr={secret} StdOut={secret}"))
+    tails = [f"{k}\ttail\t{f[2].split(';')[0]}\t5" for k, f in enumerate(ans.values(), 1)
+             if f[0] == "0" and len(f) > 2]
+    if tails:
+        got = agent(*tails)
+        for f in got.values():
+            assert "attacker-must-not-see-this" not in "\t".join(f), (tails, got)
+    # the crafted submits are refused with a reason, not passed to sbatch
+    for k in ("1", "2", "3"):
+        assert ans[k][0] == "126" and "refused" in ans[k][1], ans
+    # a plain one still works (and its tail answers)
+    ok = agent(submit(agent, cluster, 1, "sg:gw:llm:0", f"--chdir={work}", "--comment=fine"))
+    assert ok["1"][0] == "0", ok
+    jid = ok["1"][2].split(";")[0]
+    assert agent(f"1\ttail\t{jid}\t5")["1"][0] == "0"
+
+
+def test_agent_cancel_and_tail_touch_only_the_accounts_own_jobs(agent, cluster, tmp_path):
+    """cancel and tail checked only that the job's name starts with "sg:",
+    for anyone's job: another user's job named sg:* was cancelled (where
+    the gateway's account may cancel it: an operator, a coordinator, root)
+    and its output read."""
+    secret = secret_file(tmp_path)
+    jid = cluster.run("sbatch", "--parsable", "--uid=nobody", f"--partition={cluster.down_partition}",
+                      "-J", "sg:victim:llm:0", "--chdir=/tmp", f"--error={secret}", agent.job).strip()
+    agent.submitted.append(jid)
+    ans = agent(f"1\ttail\t{jid}\t5", f"2\tcancel\t{jid}")
+    assert "attacker-must-not-see-this" not in "\t".join(ans["1"]), ans
+    assert ans["2"][0] != "0", ans
+    assert [j for j in cluster.jobs("sg:victim:llm:0") if j[2] == "PENDING"], cluster.jobs()
