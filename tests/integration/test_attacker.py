@@ -3,7 +3,13 @@ the security tests elsewhere (test_access_control.py, test_security_routing.py,
 test_api_keys.py, test_admin_auth.py) do not cover. Each test is named
 after a hole that was found open and closed."""
 
-from conftest import demo_service
+import os
+import pwd
+import subprocess
+
+import pytest
+
+from conftest import SLACK, demo_service, gateway_bin
 
 ADMIN = "admin-secret-token-42"
 KEY = "sk-attacker-test-0123456789"
@@ -32,3 +38,36 @@ def test_config_file_with_inline_secrets_readable_by_others_draws_a_warning(gate
     plain.start()
     for q in (quiet, plain):
         assert "readable by others" not in q.log(), q.log()
+
+
+def test_state_dir_writable_by_others_is_refused(gateway, tmp_path):
+    """state_dir holds known_hosts (the login node's host key), the ssh
+    control sockets and the record of the gateway's process trees (which
+    processes a restart kills as leftovers). A state_dir in a shared place
+    that another user made first, or one writable by others, was used as it
+    was: that user could plant a host key for a man in the middle, or name
+    processes of the gateway's account for it to kill. Now the gateway
+    refuses to start and says why, as ssh does with a ~/.ssh like that."""
+    for mode, owner in ((0o777, None), (0o770, None), (0o700, "nobody")):
+        state = tmp_path / f"shared-{mode:o}-{owner}"
+        state.mkdir()
+        state.chmod(mode)
+        if owner:
+            os.chown(state, pwd.getpwnam(owner).pw_uid, -1)
+        g = gateway([demo_service()], start=False, state_dir=str(state))
+        try:
+            p = subprocess.run([str(gateway_bin()), "-c", str(g.config_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=5 * SLACK)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the gateway ran on state_dir {state} (mode {mode:o}, owner {owner})")
+        assert p.returncode == 1, (mode, owner, p.stdout)
+        assert f"state_dir {state}" in p.stdout and "chmod 700" in p.stdout, p.stdout
+        assert not (state / "known_hosts").exists() and not (state / "procs").exists()
+    # a private one, and one the gateway makes itself, work
+    ok = tmp_path / "private"
+    ok.mkdir(mode=0o700)
+    assert gateway([demo_service()], state_dir=str(ok)).get("/api/health").status == 200
+    made = tmp_path / "new" / "state"
+    assert gateway([demo_service()], state_dir=str(made)).get("/api/health").status == 200
+    assert (made.stat().st_mode & 0o777) == 0o700
