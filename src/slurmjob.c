@@ -185,7 +185,10 @@ void slurmjob_tail_lines(const char *out, char *buf, size_t len)
 			memcpy(all + o, " | ", 3);
 			o += 3;
 		}
-		memcpy(all + o, p, l);
+		/* a control byte (CR, ESC ...) of the output is a space in the
+		 * reason: it goes to logs, pages and event streams */
+		for (size_t k = 0; k < l; k++)
+			all[o + k] = (unsigned char)p[k] < 0x20 || p[k] == 0x7f ? ' ' : p[k];
 		o += l;
 		all[o] = '\0';
 	}

@@ -155,6 +155,9 @@ static void test_tail_lines(void **state)
 	assert_string_equal(buf, "");
 	slurmjob_tail_lines("\n \n", buf, sizeof buf);
 	assert_string_equal(buf, "");
+	/* control bytes of the output (CR, ESC) are spaces in the reason */
+	slurmjob_tail_lines("x\033]0;t\007y\rdata: z\n", buf, sizeof buf);
+	assert_string_equal(buf, "x ]0;t y data: z");
 	/* too long: the end is what matters */
 	slurmjob_tail_lines("0123456789012345678901234567890123456789\nthe end", buf, sizeof buf);
 	assert_int_equal(strlen(buf), sizeof buf - 1);

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from slurmlib import REPO, cluster  # noqa: F401
+from slurmlib import REPO, cluster, slurm_gateway, slurm_service, write_script  # noqa: F401
 
 AGENT = REPO / "remote" / "slurmgate-agent"
 
@@ -106,3 +106,26 @@ def test_agent_cancel_and_tail_touch_only_the_accounts_own_jobs(agent, cluster, 
     assert "attacker-must-not-see-this" not in "\t".join(ans["1"]), ans
     assert ans["2"][0] != "0", ans
     assert [j for j in cluster.jobs("sg:victim:llm:0") if j[2] == "PENDING"], cluster.jobs()
+
+
+def test_job_output_cannot_write_control_characters_into_the_gateway_log(cluster, slurm_gateway,
+                                                                          tmp_path):
+    """A failed job's last output lines go into the gateway's log as they
+    were: the service's stderr, which often echoes request data (a prompt
+    in an exception), so a user could put a CR (the plain-ssh path keeps it)
+    or terminal escape sequences (both paths) in front of whoever reads the
+    log in a terminal: rewrite the line shown, set the window title, fake a
+    line. Every control byte in a log line is written as \\xHH now."""
+    job = write_script(tmp_path / "crash.sh",
+                       "#!/bin/sh\n"
+                       "printf 'ValueError: bad prompt \\033]0;owned\\007\\033[2J x\\r"
+                       "2026-01-01T00:00:00.000Z info  all fine\\n' >&2\n"
+                       "exit 1\n")
+    g = slurm_gateway([slurm_service(cluster, job, hold=False)])
+    r = g.get("/llm/x", timeout=60)
+    assert r.status == 503, r
+    g.wait_svc(lambda i: "bad prompt" in (i["last_error"] or ""), 30)
+    raw = g.log_path.read_bytes()
+    assert b"bad prompt" in raw, raw[-3000:]
+    for line in raw.split(b"\n"):
+        assert not any(c < 0x20 and c != 0x09 or c == 0x7f for c in line), line
