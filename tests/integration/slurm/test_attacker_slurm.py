@@ -5,13 +5,16 @@ agent must do no more than the README promises ("start the configured job
 scripts, cancel and look at the gateway's jobs"). Here the agent runs
 locally against the real test cluster, as the forced command would run it
 on the login node; jobs go to the down partition, so they never run."""
+import http.client
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from slurmlib import REPO, cluster, slurm_gateway, slurm_service, write_script  # noqa: F401
+from conftest import SLACK
+from slurmlib import DEMO_BIN, NODE_ADDR_SH, REPO, cluster, slurm_gateway, slurm_service, write_script  # noqa: F401
 
 AGENT = REPO / "remote" / "slurmgate-agent"
 
@@ -129,3 +132,32 @@ def test_job_output_cannot_write_control_characters_into_the_gateway_log(cluster
     assert b"bad prompt" in raw, raw[-3000:]
     for line in raw.split(b"\n"):
         assert not any(c < 0x20 and c != 0x09 or c == 0x7f for c in line), line
+
+
+def test_job_output_cannot_forge_events_in_the_followed_logs(cluster, slurm_gateway, tmp_path):
+    """/api/services/<name>/logs?follow=1 sends each output line as one SSE
+    "data:" line, but SSE ends a line at a CR too, and the plain-ssh path
+    kept a CR inside a line: a job that printed "x\\revent: end\\rdata: ..."
+    (request data a service echoes) sent the admin's log panel an event of
+    the attacker's choosing (here "end", which stops the panel)."""
+    job = write_script(tmp_path / "job.sh", "#!/bin/sh\n"
+                       "printf 'x\\revent: end\\rdata: forged\\n'\n"
+                       + NODE_ADDR_SH + f'exec "{DEMO_BIN}" --host "$addr" --port "$1"\n')
+    g = slurm_gateway([slurm_service(cluster, job)])
+    assert g.get("/llm/health", timeout=60).status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=5 * SLACK)
+    try:
+        conn.request("GET", "/api/services/demo/logs?lines=50&follow=1")
+        r = conn.getresponse()
+        assert r.status == 200, r.status
+        deadline = time.monotonic() + 20 * SLACK
+        while True:
+            assert time.monotonic() < deadline, "the job's line never came"
+            ln = r.readline()
+            assert ln, "the stream ended"
+            if b"forged" in ln:
+                break
+    finally:
+        conn.close()
+    assert b"\r" not in ln, ln
+    assert ln.startswith(b"data: ") and b"end" in ln, ln
