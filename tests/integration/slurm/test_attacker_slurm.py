@@ -96,6 +96,19 @@ def test_agent_tail_cannot_be_pointed_at_any_file(agent, cluster, tmp_path):
     assert agent(f"1\ttail\t{jid}\t5")["1"][0] == "0"
 
 
+def test_agent_log_gets_no_control_characters_from_a_request(agent, cluster, tmp_path):
+    """The agent logs what it refuses (its -l file, stderr, syslog) with the
+    request's fields as they came: a CR or an escape sequence in a job name
+    forged or hid lines of the login node's log for whoever reads it."""
+    agent(submit(agent, cluster, 1, "sg:x\r2026-01-01T00:00:00Z slurmgate-agent[1]: all fine\033[2K",
+                 f"--chdir={cluster.work_dir}"),
+          "2\tcancel\t12\033]0;t\007")
+    text = (tmp_path / "agent.log").read_bytes()
+    assert b"refused" in text, text
+    for line in text.split(b"\n"):
+        assert not any(c < 0x20 and c != 0x09 or c == 0x7f for c in line), line
+
+
 def test_agent_cancel_and_tail_touch_only_the_accounts_own_jobs(agent, cluster, tmp_path):
     """cancel and tail checked only that the job's name starts with "sg:",
     for anyone's job: another user's job named sg:* was cancelled (where
