@@ -71,3 +71,26 @@ def test_state_dir_writable_by_others_is_refused(gateway, tmp_path):
     made = tmp_path / "new" / "state"
     assert gateway([demo_service()], state_dir=str(made)).get("/api/health").status == 200
     assert (made.stat().st_mode & 0o777) == 0o700
+
+
+def test_short_unnamed_api_key_whose_digest_is_public_draws_a_warning(gateway):
+    """An api key without a name is called sha256:<12 hex digits of its
+    SHA-256> in /metrics and /api, which anyone may read by default
+    (public_status): a fast, unsalted hash, so a short key (8 characters
+    pass) is found offline from it in minutes to hours, and then used. The
+    config now says so for such a key (give it a name, or a longer key)."""
+    short, named, long_ = "sk-a1b2c", "sk-x9y8z", "sk-" + "0123456789abcdef0123"
+    g = gateway([demo_service()], start=False,
+                api_keys=[{"key": short}, {"key": named, "name": "alice"}, {"key": long_}])
+    g.config_path.chmod(0o600)
+    g.start()
+    warned = [l for l in g.log().splitlines() if "offline" in l]
+    assert len(warned) == 1 and "api_keys[0]" in warned[0] and short not in warned[0], g.log()
+    # the digest it warns about is indeed public
+    assert g.get("/llm/health", headers={"Authorization": f"Bearer {short}"}).status == 200
+    assert "sha256:" in g.get("/metrics").text
+    # not when the state is not public
+    p = gateway([demo_service()], start=False, api_keys=[{"key": short}], public_status=False)
+    p.config_path.chmod(0o600)
+    p.start()
+    assert "offline" not in p.log(), p.log()
