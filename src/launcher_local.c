@@ -153,6 +153,42 @@ static int ports_free(struct instance *i, char **cause)
 	return 0;
 }
 
+/* A passed health check: -1 with *cause if a listener on I's port is not
+ * a process of this gateway's trees (another user bound the port while
+ * I's server loaded: it must not get I's requests). */
+static int local_verify(struct instance *i, char **cause)
+{
+	static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+	char line[512];
+
+	for (size_t k = 0; k < sizeof tables / sizeof *tables; k++) {
+		FILE *f = fopen(tables[k], "re");
+		if (f == NULL)
+			continue;
+		while (fgets(line, sizeof line, f)) {
+			char local[64], owner[128];
+			unsigned st;
+			unsigned long inode;
+			char *colon;
+			int pid;
+			if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &st,
+				   &inode) != 3 || st != 0x0A || (colon = strrchr(local, ':')) == NULL ||
+			    strtol(colon + 1, NULL, 16) != i->local_port)
+				continue;
+			socket_owner(inode, owner, sizeof owner, &pid);
+			if (pid > 0 && ptree_ours(pid))
+				continue;
+			fclose(f);
+			*cause = xasprintf("port %d is answered by another process (not started by this "
+					   "gateway)%s: not using it",
+					   i->local_port, owner);
+			return -1;
+		}
+		fclose(f);
+	}
+	return 0;
+}
+
 static int local_start(struct instance *i, char **cause)
 {
 	const struct svc_config *cfg = service_config(i->svc);
@@ -225,4 +261,5 @@ const struct launcher_ops launcher_local = {
 	.stop = local_stop,
 	.describe = local_describe,
 	.logs = local_logs,
+	.verify = local_verify,
 };

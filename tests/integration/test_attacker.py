@@ -6,10 +6,12 @@ after a hole that was found open and closed."""
 import os
 import pwd
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from conftest import SLACK, demo_service, gateway_bin
+from conftest import DEMO_SH, SLACK, demo_service, gateway_bin, wait_until, write_script
 
 ADMIN = "admin-secret-token-42"
 KEY = "sk-attacker-test-0123456789"
@@ -94,3 +96,61 @@ def test_short_unnamed_api_key_whose_digest_is_public_draws_a_warning(gateway):
     p.config_path.chmod(0o600)
     p.start()
     assert "offline" not in p.log(), p.log()
+
+
+class _Squatter(BaseHTTPRequestHandler):
+    """Another local user's server on a service's port: it answers the
+    health check and reads whatever else comes."""
+    health = 0
+    other = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        if self.path == "/health":
+            type(self).health += 1
+        else:
+            type(self).other.append(self.path)
+        body = b'{"status": "ok", "squatter": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_path):
+    """On a shared host, a local service that loads a model before it
+    listens leaves its port free for seconds after the start's check that
+    nobody holds it. Another user who binds it then answered the health
+    check, the instance became ready, and users' requests (prompts, bodies)
+    went to that user's server, and its answers (pages on the gateway's
+    origin) to the users. Now a passed health check makes an instance
+    ready only if the listener on its port is a process of its own tree."""
+    go = tmp_path / "go"
+    script = write_script(tmp_path / "slow.sh",
+                          f'#!/bin/sh\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\n'
+                          f'exec "{DEMO_SH}" "$@"\n')
+    svc = demo_service(bash_file=str(script))
+    g = gateway([svc])
+    got = {}
+    t = threading.Thread(target=lambda: got.update(r=g.get("/llm/pid", timeout=30 * SLACK)))
+    t.start()
+    srv = None
+    try:
+        # the start passed its port check and the process runs, not listening yet
+        wait_until(lambda: any(i.get("pid") for i in g.svc()["instances"]), 10 * SLACK,
+                   msg="the instance's process")
+        srv = HTTPServer(("127.0.0.1", svc["local_port"]), _Squatter)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        wait_until(lambda: _Squatter.health >= 2 or _Squatter.other, 10 * SLACK,
+                   msg="the gateway's probes at the squatter")
+    finally:
+        go.touch()   # the real server starts (and finds its port taken)
+        t.join(40 * SLACK)
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
+    assert _Squatter.other == [], f"requests reached the squatter: {_Squatter.other}"
+    assert got["r"].status == 503, got["r"]
