@@ -128,6 +128,7 @@ def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_pat
     went to that user's server, and its answers (pages on the gateway's
     origin) to the users. Now a passed health check makes an instance
     ready only if the listener on its port is a process of its own tree."""
+    _Squatter.health, _Squatter.other = 0, []
     go = tmp_path / "go"
     script = write_script(tmp_path / "slow.sh",
                           f'#!/bin/sh\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\n'
