@@ -155,3 +155,37 @@ def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_pat
             srv.server_close()
     assert _Squatter.other == [], f"requests reached the squatter: {_Squatter.other}"
     assert got["r"].status == 503, got["r"]
+
+
+SW_SERVICE = r'''#!/usr/bin/env python3
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = b"self.addEventListener('fetch', e => { /* sees every request */ });"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/javascript")
+        self.send_header("Service-Worker-Allowed", "/")
+        self.send_header("X-Other", "kept")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+def test_service_cannot_claim_the_whole_origin_with_a_service_worker(gateway, tmp_path):
+    """A service answers under the gateway's origin. A page of it may
+    register a service worker, which the browser limits to the script's
+    path (/<route>/...) unless the script's answer carries
+    Service-Worker-Allowed: then "/" made it the origin's: it served /status
+    and saw every later request of the status page, the admin token in its
+    Authorization header included, long after the service's page was
+    closed. The gateway drops that field from services' answers."""
+    script = write_script(tmp_path / "sw.py", SW_SERVICE)
+    g = gateway([demo_service(bash_file=str(script))])
+    r = g.get("/llm/sw.js", timeout=15 * SLACK)
+    assert r.status == 200, r
+    assert r.header("X-Other") == "kept", dict(r.headers)
+    assert r.header("Service-Worker-Allowed") is None, dict(r.headers)
