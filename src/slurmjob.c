@@ -198,6 +198,7 @@ void slurmjob_tail_lines(const char *out, char *buf, size_t len)
 		snprintf(buf, len, "...%s", all + o - (len - 4));
 	else
 		buf[0] = '\0';
+	utf8_scrub(buf);   /* output that is not UTF-8, or the cut inside a character */
 	free(all);
 }
 

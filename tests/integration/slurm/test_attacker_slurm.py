@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import SLACK
+from conftest import SLACK, wait_until
 from slurmlib import DEMO_BIN, NODE_ADDR_SH, REPO, cluster, slurm_gateway, slurm_service, write_script  # noqa: F401
 
 AGENT = REPO / "remote" / "slurmgate-agent"
@@ -174,3 +174,22 @@ def test_job_output_cannot_forge_events_in_the_followed_logs(cluster, slurm_gate
         conn.close()
     assert b"\r" not in ln, ln
     assert ln.startswith(b"data: ") and b"end" in ln, ln
+
+
+def test_job_output_that_is_not_utf8_does_not_take_the_state_api_down(cluster, slurm_gateway,
+                                                                        tmp_path):
+    """A failed job's last output lines go into its reason as they were:
+    bytes that are not UTF-8 (a binary blob, a latin-1 file name, or a cut
+    inside a character, which request data a service echoes can make
+    happen) made every JSON answer that holds the reason unencodable:
+    /api/services, /info and the 503 were 500 "could not encode the answer"
+    until the next start, for every user."""
+    job = write_script(tmp_path / "crash.sh",
+                       "#!/bin/sh\nprintf 'bad prompt caf\\303 \\377\\376 end\\n' >&2\nexit 1\n")
+    g = slurm_gateway([slurm_service(cluster, job, hold=False)])
+    assert g.get("/llm/x", timeout=60).status == 503
+    wait_until(lambda: "bad prompt" in g.log(), 30 * SLACK, msg="the job to fail")
+    for path in ("/api/services/demo", "/api/services", "/info", "/check_llm"):
+        r = g.get(path)
+        assert r.status == 200, (path, r)
+        assert "bad prompt" in r.text, (path, r.text[:500])
