@@ -189,3 +189,18 @@ def test_service_cannot_claim_the_whole_origin_with_a_service_worker(gateway, tm
     assert r.status == 200, r
     assert r.header("X-Other") == "kept", dict(r.headers)
     assert r.header("Service-Worker-Allowed") is None, dict(r.headers)
+
+
+def test_short_admin_token_draws_a_warning(gateway):
+    """admin_token had to be non-empty, nothing more: "pw1" was taken
+    silently, and the admin endpoints answer every wrong guess at once,
+    with nothing counting failures. A token shorter than 16 characters
+    draws a warning now (from a file too)."""
+    g = gateway([demo_service()], start=False, admin_token="pw1")
+    g.config_path.chmod(0o600)
+    g.start()
+    assert "admin_token: 3 characters" in g.log(), g.log()
+    ok = gateway([demo_service()], start=False, admin_token="x" * 16)
+    ok.config_path.chmod(0o600)
+    ok.start()
+    assert "admin_token:" not in ok.log(), ok.log()
