@@ -153,6 +153,30 @@ static int ports_free(struct instance *i, char **cause)
 	return 0;
 }
 
+/* Does process PID descend from LEADER (its parents, up to init)? A server
+ * that a start script runs under another user (sudo resets the environment,
+ * so it carries no tree mark) still does. */
+static bool descends_from(int pid, int leader)
+{
+	for (int hops = 0; pid > 1 && hops < 64; hops++) {
+		char path[64], buf[512], *rp;
+		FILE *f;
+		size_t n;
+		if (pid == leader)
+			return true;
+		snprintf(path, sizeof path, "/proc/%d/stat", pid);
+		if ((f = fopen(path, "re")) == NULL)
+			return false;
+		n = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[n] = '\0';
+		/* "pid (comm) state ppid ...": comm may hold anything, up to the last ')' */
+		if ((rp = strrchr(buf, ')')) == NULL || sscanf(rp + 1, " %*c %d", &pid) != 1)
+			return false;
+	}
+	return false;
+}
+
 /* A passed health check: -1 with *cause if a listener on I's port is not
  * a process of this gateway's trees (another user bound the port while
  * I's server loaded: it must not get I's requests). */
@@ -176,7 +200,8 @@ static int local_verify(struct instance *i, char **cause)
 			    strtol(colon + 1, NULL, 16) != i->local_port)
 				continue;
 			socket_owner(inode, owner, sizeof owner, &pid);
-			if (pid > 0 && ptree_ours(pid))
+			if (pid > 0 && (ptree_ours(pid) ||
+					(i->lpriv && descends_from(pid, (int)proc_pid(i->lpriv)))))
 				continue;
 			fclose(f);
 			*cause = xasprintf("port %d is answered by another process (not started by this "

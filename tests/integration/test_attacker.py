@@ -204,3 +204,15 @@ def test_short_admin_token_draws_a_warning(gateway):
     ok.config_path.chmod(0o600)
     ok.start()
     assert "admin_token:" not in ok.log(), ok.log()
+
+
+def test_server_without_the_tree_mark_is_still_its_instances_own(gateway, tmp_path):
+    """The squatter check must not refuse a service's own server that
+    carries no tree mark in its environment (a start script that runs it
+    through sudo or env -i, which reset the environment): a descendant of
+    the instance's process is its own."""
+    script = write_script(tmp_path / "clean_env.sh",
+                          f'#!/bin/sh\nexec env -i PATH=/usr/bin:/bin "{DEMO_SH}" "$@"\n')
+    g = gateway([demo_service(bash_file=str(script))])
+    r = g.get("/llm/pid", timeout=15 * SLACK)
+    assert r.status == 200, (r, g.log())
