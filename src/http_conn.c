@@ -710,6 +710,17 @@ void http_send(struct hconn *c, const void *p, size_t n)
 {
 	if (hc_dead(c) || n == 0 || c->out_nobody)
 		return;
+	if (c->out_sized) {
+		/* never past the announced length: the client would take the
+		 * rest for the next response; the cut ends the connection */
+		if ((unsigned long long)n > c->out_left) {
+			n = (size_t)c->out_left;
+			c->close_after = true;
+		}
+		c->out_left -= n;
+		if (n == 0)
+			return;
+	}
 	c->xf.bytes += n;
 	if (c->out_chunked) {
 		hc_out_printf(c, "%zx\r\n", n);
@@ -726,7 +737,9 @@ void http_finish(struct hconn *c)
 		return;
 	if (c->out_chunked && !c->out_nobody)
 		hc_out_add(c, "0\r\n\r\n", 5);
-	c->out_chunked = false;
+	if (c->out_sized && c->out_left > 0)
+		c->close_after = true;   /* cut short: only the close tells the client */
+	c->out_chunked = c->out_sized = false;
 	if (c->side->finish)
 		c->side->finish(c);
 }

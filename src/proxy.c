@@ -219,8 +219,9 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
 		free(body);
 		json_decref(o);
-	} else if (ex->down && ex->sse && !ex->discard_body) {
-		/* the service's event stream is under way: end it with an error event */
+	} else if (ex->down && ex->sse && !ex->discard_body && !http_response_sized(ex->down)) {
+		/* the service's event stream is under way: end it with an error event
+		 * (not inside a Content-Length: the close below says it then) */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
 			      "code", status);
 		body = json_dumps(o, JSON_COMPACT);

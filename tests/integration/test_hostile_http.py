@@ -1,0 +1,108 @@
+"""Hostile clients and hostile services against the HTTP layer and the
+proxy: each test is named after a bug found by the adversarial pass (or
+pins down a smuggling case that held), over raw sockets, with a small
+misbehaving service (a python socket server) whose answer is chosen by the
+last path segment the gateway forwards to it."""
+import socket
+import sys
+import time
+
+import pytest
+
+from conftest import SLACK, demo_service, raw_exchange, status_of, write_script
+
+HOSTILE = r'''
+import socket, sys, threading, time
+port, log = int(sys.argv[1]), sys.argv[2]
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port)); srv.listen(64)
+
+def serve(c):
+    f = c.makefile("rb")
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        with open(log, "ab") as lf:
+            lf.write(line.rstrip(b"\r\n") + b"\n")
+        clen = 0
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            k, _, v = h.decode("latin-1").partition(":")
+            if k.strip().lower() == "content-length":
+                clen = int(v)
+        if clen:
+            f.read(clen)
+        mode = line.split(b" ")[1].split(b"?")[0].rstrip(b"/").split(b"/")[-1]
+        if mode == b"sse_cl_short":
+            # an event stream framed by a Content-Length it never fills
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                      b"Content-Length: 1000\r\n\r\ndata: a\n\n")
+            time.sleep(0.2)
+            break
+        elif mode == b"sse_cl_small":
+            # the same, with a Content-Length an error event would overrun
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                      b"Content-Length: 20\r\n\r\ndata: a\n\n")
+            time.sleep(0.2)
+            break
+        else:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+@pytest.fixture
+def hostile(gateway, tmp_path):
+    """A gateway in front of the hostile service (route /h); returns
+    (gateway, path of the service's request-line log)."""
+    (tmp_path / "hostile.py").write_text(HOSTILE)
+    log = tmp_path / "hostile.log"
+    log.write_bytes(b"")
+    script = write_script(tmp_path / "hostile.sh",
+                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'hostile.py'} \"$1\" {log}\n")
+
+    def make(**top):
+        g = gateway([demo_service(name="hs", route="h", bash_file=str(script))], **top)
+        r = g.get("/h/health", timeout=15)
+        assert r.status == 200, r
+        return g, log
+    return make
+
+
+def still_serves(g):
+    assert g.get("/api/health", timeout=5).status == 200
+
+
+# --------------------------------------------------------------------------
+# Hostile services
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["sse_cl_short", "sse_cl_small"])
+def test_sse_error_event_never_breaks_a_content_length_response(hostile, mode):
+    # An event stream framed by Content-Length whose service closes early:
+    # the gateway added its SSE error event inside the length it had
+    # announced, and kept the connection alive, so the client took the
+    # next response as the rest of this body (a desync), or (length 20)
+    # saw a "complete" body with a cut error event. Bytes past a
+    # Content-Length never go out; a short one ends the connection, as
+    # nginx does ("upstream prematurely closed connection").
+    g, log = hostile()
+    req = b"GET /h/%s HTTP/1.1\r\nHost: a\r\n\r\n" % mode.encode()
+    nxt = b"GET /h/next HTTP/1.1\r\nHost: a\r\n\r\n"
+    raw = raw_exchange(g.port, req + nxt, timeout=4 * SLACK)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(raw) == 200, raw[:300]
+    clen = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    # the connection closed short of the announced length: the client
+    # sees a cut response, never a second one inside it
+    assert len(body) < clen, raw
+    assert b"HTTP/1.1" not in body, raw
+    assert b"next" not in log.read_bytes()
+    still_serves(g)
