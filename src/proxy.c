@@ -181,6 +181,26 @@ static const char *err_code(int status)
 	}
 }
 
+/* Where the event stream relayed to a client stands: an error event may
+ * only follow a whole event (after a partial one, its blank line would
+ * complete that event, cut as it is). 0 (nothing relayed) is a boundary. */
+enum { SSE_EVENT_END, SSE_IN_LINE, SSE_LINE_END };
+
+static void sse_track(struct exchange *ex, const char *p, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		if (p[k] == '\n' && ex->sse_cr) {
+			ex->sse_cr = false;   /* the LF of a CRLF */
+			continue;
+		}
+		ex->sse_cr = p[k] == '\r';
+		if (p[k] == '\r' || p[k] == '\n')
+			ex->sse_at = ex->sse_at == SSE_IN_LINE ? SSE_LINE_END : SSE_EVENT_END;
+		else
+			ex->sse_at = SSE_IN_LINE;
+	}
+}
+
 /* Answer the client with an error of our own (if nothing was sent yet):
  * in OpenAI's shape on /v1 (opts.openai), else the gateway's own. */
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
@@ -193,7 +213,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	/* a relayed head that has not reached the client yet gives way to the error */
 	if (ex->down && !ex->early_head && http_response_started(ex->down))
 		http_response_retract(ex->down);
-	if (ex->down && ex->early_head) {
+	if (ex->down && ex->early_head && ex->sse_at == SSE_EVENT_END) {
 		/* the stream is open: end it with an OpenAI-style error event */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
 			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
@@ -219,9 +239,11 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
 		free(body);
 		json_decref(o);
-	} else if (ex->down && ex->sse && !ex->discard_body && !http_response_sized(ex->down)) {
+	} else if (ex->down && ex->sse && !ex->discard_body && !http_response_sized(ex->down) &&
+		   ex->sse_at == SSE_EVENT_END) {
 		/* the service's event stream is under way: end it with an error event
-		 * (not inside a Content-Length: the close below says it then) */
+		 * (not inside a Content-Length nor after a cut event: the close
+		 * below says it then, and an SSE parser drops the cut event) */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
 			      "code", status);
 		body = json_dumps(o, JSON_COMPACT);
@@ -552,6 +574,8 @@ static void up_body(struct hconn *c, const char *p, size_t n)
 		tail_add(ex, p, n);
 	if (ex->down == NULL || ex->discard_body)
 		return;
+	if (ex->sse || ex->early_head)
+		sse_track(ex, p, n);
 	http_send(ex->down, p, n);
 	if (http_pending_output(ex->down) > HTTP_HIGH_MARK) {
 		http_pause(c, true);

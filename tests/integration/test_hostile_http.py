@@ -3,6 +3,7 @@ proxy: each test is named after a bug found by the adversarial pass (or
 pins down a smuggling case that held), over raw sockets, with a small
 misbehaving service (a python socket server) whose answer is chosen by the
 last path segment the gateway forwards to it."""
+import json
 import socket
 import sys
 import time
@@ -48,6 +49,14 @@ def serve(c):
                       b"Content-Length: 20\r\n\r\ndata: a\n\n")
             time.sleep(0.2)
             break
+        elif mode == b"sse_cut_mid_event":
+            # a chunked event stream cut inside its second event
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n"
+                      b"f\r\ndata: {\"a\":1}\n\n\r\n"
+                      b"b\r\ndata: {\"tru\r\n")
+            time.sleep(0.2)
+            break
         else:
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     c.close()
@@ -68,12 +77,45 @@ def hostile(gateway, tmp_path):
     script = write_script(tmp_path / "hostile.sh",
                           f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'hostile.py'} \"$1\" {log}\n")
 
-    def make(**top):
+    def make(start=True, **top):
         g = gateway([demo_service(name="hs", route="h", bash_file=str(script))], **top)
-        r = g.get("/h/health", timeout=15)
-        assert r.status == 200, r
+        if start:
+            r = g.get("/h/health", timeout=15)
+            assert r.status == 200, r
         return g, log
     return make
+
+
+def dechunk(body):
+    """(data, complete): a chunked body decoded as far as it goes, and
+    whether its last chunk came."""
+    data = b""
+    while True:
+        line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            return data, False
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            return data, True
+        if len(rest) < size + 2:
+            return data + rest[:size], False
+        data += rest[:size]
+        body = rest[size + 2:]
+
+
+def sse_events(data):
+    """The data of each event an EventSource-style parser dispatches (an
+    event not ended by a blank line is dropped, as the SSE spec says)."""
+    events, cur = [], None
+    for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")[:-1]:
+        if line == b"":
+            if cur is not None:
+                events.append(cur)
+            cur = None
+        elif line.startswith(b"data:"):
+            v = line[5:][1:] if line[5:6] == b" " else line[5:]
+            cur = v if cur is None else cur + b"\n" + v
+    return events
 
 
 def still_serves(g):
@@ -105,4 +147,29 @@ def test_sse_error_event_never_breaks_a_content_length_response(hostile, mode):
     assert len(body) < clen, raw
     assert b"HTTP/1.1" not in body, raw
     assert b"next" not in log.read_bytes()
+    still_serves(g)
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["ready", "cold-start-feedback"])
+def test_sse_cut_mid_event_is_not_completed_into_a_corrupt_event(hostile, cold):
+    # A service's event stream cut inside an event: the gateway wrote its
+    # error event after "\n\n" (which completed the cut event: the client
+    # got data '{"tru' as a whole event, and an OpenAI SDK a JSON error
+    # instead of the reason) or, after a cold-start head, straight onto the
+    # cut line. Mid-event, the only honest end is the cut itself: no last
+    # chunk, so the client sees the stream fail, and an SSE parser drops
+    # the unfinished event. At an event boundary the error event stays.
+    g, log = hostile(start=not cold)
+    raw = raw_exchange(g.port, b"GET /h/sse_cut_mid_event HTTP/1.1\r\nHost: a\r\n"
+                               b"Accept: text/event-stream\r\nConnection: close\r\n\r\n",
+                       timeout=10 * SLACK)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert status_of(raw) == 200 and b"chunked" in head.lower(), raw[:400]
+    data, complete = dechunk(body)
+    events = sse_events(data)
+    for e in events:
+        json.loads(e)   # every event the client dispatches is whole
+    assert events[0] == b'{"a":1}', events
+    # and the stream ends as an error, never as a clean end
+    assert not complete or any(b'"error"' in e for e in events), raw
     still_serves(g)
