@@ -173,3 +173,27 @@ def test_sse_cut_mid_event_is_not_completed_into_a_corrupt_event(hostile, cold):
     # and the stream ends as an error, never as a clean end
     assert not complete or any(b'"error"' in e for e in events), raw
     still_serves(g)
+
+
+# --------------------------------------------------------------------------
+# Hostile clients
+# --------------------------------------------------------------------------
+
+def test_host_with_invalid_characters_is_400(hostile):
+    # RFC 9112 3.2: a server MUST answer 400 to a Host field with an invalid
+    # value. The gateway forwarded "a/b", "a@b", "a b" as the service's Host
+    # and X-Forwarded-Host (what a service builds its absolute URLs from:
+    # "http://" + "good:@evil.example" is a link to evil.example). nginx
+    # refuses them too ("client sent invalid host header").
+    g, log = hostile()
+    for host in [b"a b", b"a/b", b"good.example:@evil.example", b"a\tb", b"a\\b", b"a?b", b"a#b",
+                 b"\xc3\xa4.example"]:
+        raw = raw_exchange(g.port, b"GET /h/bad HTTP/1.1\r\nHost: " + host +
+                           b"\r\nConnection: close\r\n\r\n", timeout=5 * SLACK)
+        assert status_of(raw) == 400 and b"Host" in raw.split(b"\r\n\r\n", 1)[1], (host, raw[:300])
+    assert b"/bad" not in log.read_bytes()
+    # host names, IPv4 and IPv6 literals with ports, and an empty Host pass
+    for host in [b"gw.example", b"GW-1.example:8080", b"127.0.0.1:80", b"[::1]:8080", b""]:
+        raw = raw_exchange(g.port, b"GET /h/good HTTP/1.1\r\nHost: " + host +
+                           b"\r\nConnection: close\r\n\r\n", timeout=5 * SLACK)
+        assert status_of(raw) == 200, (host, raw[:300])
