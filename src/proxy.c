@@ -605,12 +605,18 @@ static void up_done(struct hconn *c)
 	ex_end(ex, ex->req_done && http_reusable(c));
 }
 
+/* Did the connection hang up (WHY), rather than time out or answer
+ * something invalid (which means the service had the request)? */
+static bool hung_up(const char *why)
+{
+	return strstr(why, "closed the connection") || strstr(why, "connection error");
+}
+
 /* Did the connection close before any response byte, as when an ssh
  * forward accepts a connection but cannot open its channel? */
 static bool closed_early(const struct exchange *ex, const char *why)
 {
-	return ex->up_connected && !ex->reused && !ex->resp_started &&
-	       (strstr(why, "closed the connection") || strstr(why, "connection error"));
+	return ex->up_connected && !ex->reused && !ex->resp_started && hung_up(why);
 }
 
 /* Waited long enough for the suspect instance's end: if a probe brought
@@ -698,8 +704,9 @@ static void up_closed(struct hconn *c, const char *why)
 
 		/* a kept-alive connection the service had closed took a request
 		 * without a body: once more, on a fresh connection to the same
-		 * instance (its other idle connections are suspect too) */
-		if (!suspect && ex->reused && !ex->req_has_body) {
+		 * instance (its other idle connections are suspect too); never
+		 * after a timeout or an invalid answer: the service has it */
+		if (!suspect && ex->reused && !ex->req_has_body && hung_up(why)) {
 			instance_pool_flush(ex->inst);
 			ex_connect(ex);
 			return;

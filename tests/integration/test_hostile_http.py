@@ -57,6 +57,11 @@ def serve(c):
                       b"b\r\ndata: {\"tru\r\n")
             time.sleep(0.2)
             break
+        elif mode == b"silent":
+            time.sleep(5)   # past upstream_timeout
+            break
+        elif mode == b"badstatus":
+            c.sendall(b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok")
         else:
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     c.close()
@@ -173,6 +178,29 @@ def test_sse_cut_mid_event_is_not_completed_into_a_corrupt_event(hostile, cold):
     # and the stream ends as an error, never as a clean end
     assert not complete or any(b'"error"' in e for e in events), raw
     still_serves(g)
+
+
+@pytest.mark.parametrize("mode,status", [("silent", 504), ("badstatus", 502)])
+def test_request_that_timed_out_or_got_a_bad_answer_is_not_sent_twice(hostile, mode, status):
+    # A request without a body on a kept-alive upstream connection was sent
+    # once more on a fresh one after ANY failure before a response head,
+    # meant for a connection the service had closed while idle: one that
+    # timed out (the service is working on it) or got an invalid answer
+    # was run twice by the service, POST and DELETE too, and a timeout
+    # took twice upstream_timeout. Only a hang-up is retried now, as
+    # nginx retries only a cached connection that failed to send or read.
+    g, log = hostile(upstream_timeout=1)
+    warm = raw_exchange(g.port, b"GET /h/warm HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                        timeout=5 * SLACK)
+    assert status_of(warm) == 200, warm   # its upstream connection is pooled now
+    t0 = time.monotonic()
+    raw = raw_exchange(g.port, b"DELETE /h/%s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                       % mode.encode(), timeout=10 * SLACK)
+    took = time.monotonic() - t0
+    assert status_of(raw) == status, raw[:300]
+    assert log.read_bytes().count(b"DELETE /%s " % mode.encode()) == 1, log.read_bytes()
+    if mode == "silent":
+        assert took < 1.9, f"the 504 took {took:.1f} s with upstream_timeout 1"
 
 
 # --------------------------------------------------------------------------
