@@ -67,6 +67,18 @@ def serve(c):
             except OSError:
                 pass
             break
+        elif mode == b"hints":
+            c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                      b"HTTP/1.1 100 Continue\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+        elif mode == b"nocontent_body":
+            # a 204 has no body: these bytes would be the next response
+            c.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 30\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+        elif mode == b"head_body":
+            # the same for an answer to HEAD (the method decides, not the mode)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
         elif mode == b"silent":
             time.sleep(5)   # past upstream_timeout
             break
@@ -211,6 +223,33 @@ def test_request_that_timed_out_or_got_a_bad_answer_is_not_sent_twice(hostile, m
     assert log.read_bytes().count(b"DELETE /%s " % mode.encode()) == 1, log.read_bytes()
     if mode == "silent":
         assert took < 1.9, f"the 504 took {took:.1f} s with upstream_timeout 1"
+
+
+@pytest.mark.parametrize("method,mode,status,body", [
+    (b"GET", b"hints", 200, b"final"),
+    (b"GET", b"nocontent_body", 204, b""),
+    (b"HEAD", b"head_body", 200, b""),
+], ids=["1xx-then-final", "204-with-body", "head-with-body"])
+def test_interim_and_bodiless_answers_keep_the_framing(hostile, method, mode, status, body):
+    # A guard, not named after a bug: it held on ee282df. 103 and 100
+    # before the final answer are dropped (RFC 9110 15.2); a 204 or an
+    # answer to HEAD has no body whatever it says (RFC 9112 6.3), so bytes
+    # after it are not relayed and the connection that carried them is not
+    # used again: the next request gets its own answer.
+    from conftest import read_raw_response
+    g, log = hostile()
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+    try:
+        f = s.makefile("rb")
+        s.sendall(method + b" /h/" + mode + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        st, hd, got = read_raw_response(f, head_request=method == b"HEAD")
+        assert (st, got) == (status, body), (st, hd, got)
+        s.sendall(b"GET /h/next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        st, hd, got = read_raw_response(f)
+        assert (st, got) == (200, b"ok"), (st, hd, got)
+        assert f.read() == b""
+    finally:
+        s.close()
 
 
 def metric(g, name):
