@@ -624,7 +624,14 @@ static void eventcb(struct bufferevent *bev, short what, void *arg)
 		snprintf(why, sizeof why, "%s: %s",
 			 c->state != HC_CONNECTING ? c->side->conn_error : "upstream connect failed",
 			 evutil_socket_error_to_string(e));
-		http_close(c, why);
+		/* A service that answered early (a 413 to an upload it will not
+		 * read) and closed makes our write fail: its answer may wait
+		 * unread in the socket. Take it first; the read ends the
+		 * connection too once the socket has nothing more. */
+		if (c->state == HC_OPEN && !c->side->requests && c->rev != NULL)
+			read_cb(c->fd, EV_READ, c);
+		if (!hc_dead(c))
+			http_close(c, why);
 	}
 	hc_leave();
 }

@@ -34,9 +34,16 @@ def serve(c):
             k, _, v = h.decode("latin-1").partition(":")
             if k.strip().lower() == "content-length":
                 clen = int(v)
+        mode = line.split(b" ")[1].split(b"?")[0].rstrip(b"/").split(b"/")[-1]
+        if mode == b"refuse_upload":
+            # refuses the body unread, as a service with a size limit does:
+            # its close with unread bytes is a reset
+            time.sleep(0.3)
+            c.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n"
+                      b"Connection: close\r\n\r\ntoo big!")
+            break
         if clen:
             f.read(clen)
-        mode = line.split(b" ")[1].split(b"?")[0].rstrip(b"/").split(b"/")[-1]
         if mode == b"sse_cl_short":
             # an event stream framed by a Content-Length it never fills
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -250,6 +257,59 @@ def test_interim_and_bodiless_answers_keep_the_framing(hostile, method, mode, st
         assert f.read() == b""
     finally:
         s.close()
+
+
+def test_early_answer_then_reset_reaches_the_client_and_keeps_the_instance(hostile):
+    # A service that answers 413 before reading a big upload and closes
+    # (a reset, with the upload unread): the gateway, still writing the
+    # body, took the write error for an unreachable instance: the client
+    # got a 502 (or nothing for upstream_connect_timeout) instead of the
+    # service's 413, and the instance left rotation (degraded, probed,
+    # more instances started), at any client's will. The answer waiting
+    # in the socket is read before the error ends the exchange.
+    g, log = hostile()
+    for attempt in range(3):   # the race goes either way: three uploads
+        got = upload(g, b"/h/refuse_upload", 64 << 20, 8 * SLACK)
+        assert status_of(got) == 413 and got.endswith(b"too big!"), (attempt, got[:400])
+        assert "unhealthy" not in g.log(), g.log()
+        assert g.svc("hs")["state"] == "ready"
+
+
+def upload(g, path, size, limit):
+    """POST SIZE bytes to PATH as fast as the gateway takes them, reading
+    meanwhile; returns what came back until the gateway closed, the
+    response was whole, or LIMIT seconds passed."""
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+    got = b""
+    try:
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (path, size))
+        s.setblocking(False)
+        block = b"x" * 65536
+        sending = True
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if sending:
+                try:
+                    s.send(block)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    sending = False   # the gateway stopped taking the upload
+            try:
+                b = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            if not b:
+                break
+            got += b
+            head, sep, body = got.partition(b"\r\n\r\n")
+            if sep and b"content-length: %d\r\n" % len(body) in head.lower() + b"\r\n":
+                break
+    finally:
+        s.close()
+    return got
 
 
 def metric(g, name):
