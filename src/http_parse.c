@@ -186,6 +186,21 @@ static bool is_token(const char *p, size_t n)
 	return true;
 }
 
+/* RFC 9110 7.2: Host is uri-host [":" port]: a name (unreserved, %XX,
+ * sub-delims), an IPv4 address or an [IP literal], and a port. Nothing
+ * else (no white space, '/', '@', '?', '#', '\\', CTL or 8-bit byte) may
+ * reach a service, which builds its own URLs from it. */
+static bool host_valid(const char *p, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		unsigned char ch = (unsigned char)p[k];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      strchr("-._~%!$&'()*+,;=:[]", ch) != NULL) || ch == '\0')
+			return false;
+	}
+	return true;
+}
+
 /* Strip optional white space around a header value. */
 static void trim(const char **v, size_t *n)
 {
@@ -319,6 +334,11 @@ static int on_headers_complete(http_parser *p)
 		 * (a Host header, or the authority of an absolute-form target) */
 		if (m->minor >= 1 && nhost == 0 && http_find(m, "host") == NULL)
 			return refuse(hp, 400, "an HTTP/1.1 request needs a Host header");
+		{
+			const struct http_hdr *h = http_find(m, "host");
+			if (h && !host_valid(h->value, h->vlen))
+				return refuse(hp, 400, "invalid Host header");
+		}
 		body = m->chunked || m->content_length > 0;
 		hp->upgrade_after = m->upgrade;
 	} else {
