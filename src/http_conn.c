@@ -655,6 +655,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	hc_enter();
 	if (c->state == HC_LINGERING)
 		http_close(c, "closed after linger");
+	else if (hc_tunnel(c))
+		http_close(c, "tunnel quiet: no byte either way for upstream_timeout");
 	else
 		c->side->timeout(c);
 	hc_leave();

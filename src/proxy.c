@@ -131,6 +131,16 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	free(ex);
 }
 
+/* The tunnel of an upgraded exchange closed (its first side): the
+ * request is over. */
+static void tunnel_ended(void *arg)
+{
+	struct exchange *ex = arg;
+
+	ex->tun[0] = ex->tun[1] = NULL;
+	ex_end(ex, false);
+}
+
 static struct exchange *ex_new(void)
 {
 	struct exchange *ex = spares;
@@ -350,6 +360,11 @@ static void w_abort(struct waiter *w, int status, const char *reason)
 	struct exchange *ex = of_waiter(w);
 
 	ex->inst = NULL;   /* detached already */
+	if (ex->tun[0]) {
+		/* an upgraded connection: the close ends the exchange */
+		http_close(ex->tun[0], reason);
+		return;
+	}
 	if (ex->checking) {
 		/* from inside suspect_instance(), which answers */
 		free(ex->aborted);
@@ -527,15 +542,18 @@ static void up_head(struct hconn *c, struct http_msg *m)
 		free(b.p);
 	if (m->status == 101 && ex->upgrade) {
 		struct hconn *down = ex->down, *up = ex->up;
-		/* from now on the two connections carry raw bytes */
+		/* from now on the two connections carry raw bytes; the exchange
+		 * stays a request in flight on its instance until the tunnel
+		 * ends (the service's idle timeout counts from then) */
 		ex->down = NULL;
 		ex->up = NULL;
 		if (ex->slot)
 			*ex->slot = NULL;
 		ex->slot = NULL;
+		ex->tun[0] = down;
+		ex->tun[1] = up;
 		http_set_owner(up, NULL, NULL);
-		http_tunnel(down, up);
-		ex_end(ex, false);
+		http_tunnel(down, up, px_gw->cfg->upstream_timeout, tunnel_ended, ex);
 	}
 }
 
