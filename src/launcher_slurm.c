@@ -370,6 +370,62 @@ struct pollctx {
 	double started;   /* jobs known only after this may be missing from the answer */
 };
 
+/* Targets whose recovery scan failed (their squeue did: the controller is
+ * down, the login node unreachable): scanned again from recover_ev, the
+ * delay doubling up to RESCAN_MAX_S. Their services start nothing until a
+ * scan succeeds: a job of the earlier run may be running, and starting
+ * without it would leave it untracked beside a second one. */
+#define RESCAN_MAX_S 30
+static struct runner *rescan[64];
+static int nrescan, rescan_s;
+static struct event *recover_ev;
+
+static void squeue_done(void *arg, int status, const char *out, const char *err);
+
+static void recover_scan(struct runner *r)
+{
+	struct pollctx *x = xcalloc(1, sizeof *x);
+
+	x->r = r;
+	x->recover = true;
+	polls_in_flight++;
+	sagent_run(r, slurm_squeue_argv, 60, squeue_done, x);
+}
+
+static void rescan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int n = nrescan;
+
+	(void)fd, (void)what, (void)arg;
+	nrescan = 0;
+	for (int k = 0; k < n; k++)
+		recover_scan(rescan[k]);
+}
+
+static void recover_failed(struct runner *r, const char *err)
+{
+	char said[200], why[300];
+	bool dup = false;
+
+	rescan_s = rescan_s <= 0 ? 1 : rescan_s * 2 > RESCAN_MAX_S ? RESCAN_MAX_S : rescan_s * 2;
+	slurmjob_tail_lines(err, said, sizeof said);
+	snprintf(why, sizeof why, "cannot look for Slurm jobs of an earlier run on %s (squeue: %s)",
+		 runner_name(r), said[0] ? said : "failed");
+	log_warn("%s; looking again in %d s, starting nothing meanwhile", why, rescan_s);
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
+			service_recover_failed(s, why, rescan_s);
+	}
+	for (int k = 0; k < nrescan; k++)
+		dup |= rescan[k] == r;
+	if (!dup && nrescan < (int)(sizeof rescan / sizeof *rescan))
+		rescan[nrescan++] = r;
+	if (recover_ev == NULL)
+		recover_ev = evtimer_new(slurm_gw->base, rescan_cb, NULL);
+	event_add(recover_ev, &(struct timeval){rescan_s, 0});
+}
+
 static void recover_line(struct runner *r, char **f);
 static void job_lost(struct sjob *j);
 
@@ -392,10 +448,8 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	polls_in_flight--;
 	if (status != 0) {
 		log_warn("squeue on %s failed: %s", runner_name(x->r), err[0] ? err : "no output");
-		if (x->recover) {
-			log_warn("could not look for jobs left by an earlier run on %s; starting without", runner_name(x->r));
-			recovered_for(x->r);
-		}
+		if (x->recover)
+			recover_failed(x->r, err);
 		free(text);
 		free(x);
 		slurm_poll_schedule(false);
@@ -423,6 +477,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		}
 	}
 	if (x->recover) {
+		rescan_s = 0;
 		recovered_for(x->r);
 	} else {
 		/* tracked but no longer listed: ask once more before giving up
@@ -656,7 +711,6 @@ static void slurm_recover(void)
 		const struct svc_config *cfg = service_config(s);
 		struct runner *r;
 		bool dup = false;
-		struct pollctx *x;
 
 		if (cfg->launcher != &launcher_slurm)
 			continue;
@@ -666,11 +720,7 @@ static void slurm_recover(void)
 		if (dup || nseen == 64)
 			continue;
 		seen[nseen++] = r;
-		x = xcalloc(1, sizeof *x);
-		x->r = r;
-		x->recover = true;
-		polls_in_flight++;
-		sagent_run(r, slurm_squeue_argv, 60, squeue_done, x);
+		recover_scan(r);
 	}
 }
 

@@ -36,7 +36,8 @@ struct sjob {
 	bool want_cancel, seen, tracked;
 	bool asking;             /* not in squeue: scontrol/sacct asked */
 	bool ending;             /* ended by itself: its output's tail is asked for */
-	char lost[200];          /* scontrol's answer about a job not in squeue */
+	char lost[200];          /* scontrol's answer about a job not in squeue; while
+	                          * submitting: why sbatch's answer was no job id */
 	char pending[128];       /* why Slurm keeps it queued (J_QUEUED; "": not said yet) */
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;

@@ -5,7 +5,6 @@
  * (the agent died while sbatch ran, or ssh failed with 255) the job may be
  * queued all the same: it is looked up by its name in squeue before the
  * start is called failed. */
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,26 +26,33 @@ static void submit_lookup_done(void *arg, int status, const char *out, const cha
 static void submitted(void *arg, int status, const char *out, const char *err)
 {
 	struct sjob *j = arg;
-	size_t n = 0;
+	char id[sizeof j->id];
+	bool have = status == 0 && slurmjob_sbatch_id(out, id, sizeof id);
 
-	while (isdigit((unsigned char)out[n]) && n < sizeof j->id - 1)
-		n++;
-	if (status != 0 && !j->looked_up &&
-	    (status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
-		/* the agent died while sbatch ran, or ssh itself failed (255): the
-		 * job may be queued all the same. Look for it by its name (unique
-		 * to this gateway and instance) before calling the start failed:
-		 * never a second job beside an untracked first one. */
+	if (!have && !j->looked_up &&
+	    (status == 0 || status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
+		/* the agent died while sbatch ran, ssh itself failed (255), or
+		 * sbatch succeeded but said no job id we can read (a site's
+		 * wrapper, a login shell's chatter): the job may be queued all
+		 * the same. Look for it by its name (unique to this gateway and
+		 * instance) before calling the start failed: never a second job
+		 * beside an untracked first one. */
 		j->looked_up = true;
-		log_warn("svc %s: %s; looking for job %s in squeue",
-			 j->inst ? service_config(j->inst->svc)->name : "-", err, j->name);
+		if (status == 0)
+			slurmjob_tail_lines(out[0] ? out : err, j->lost, sizeof j->lost);
+		else
+			snprintf(j->lost, sizeof j->lost, "%s", err);
+		log_warn("svc %s: %s%s; looking for job %s in squeue",
+			 j->inst ? service_config(j->inst->svc)->name : "-",
+			 status == 0 ? "sbatch answered no job id: " : "", j->lost, j->name);
 		sagent_run(j->r, slurm_squeue_argv, 60, submit_lookup_done, j);
 		return;   /* the lookup keeps the sbatch callback's reference */
 	}
-	if (status != 0 || n == 0) {
-		char why[700];
+	if (!have) {
+		char why[700], said[500];
+		slurmjob_tail_lines(err[0] ? err : out, said, sizeof said);
 		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
-			 err[0] ? err : (out[0] ? out : "no job id"));
+			 said[0] ? said : "no job id");
 		if (j->inst) {
 			j->inst->lpriv = NULL;
 			instance_gone(j->inst, LFAIL_SUBMIT, why);
@@ -55,8 +61,7 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 		sjob_unref(j);
 		return;
 	}
-	memcpy(j->id, out, n);
-	j->id[n] = '\0';
+	str_copy(j->id, sizeof j->id, id);
 	j->st = J_QUEUED;
 	j->tracked_at = now_s();
 	j->refs++;   /* tracked */
@@ -93,7 +98,7 @@ static void submit_lookup_done(void *arg, int status, const char *out, const cha
 		submitted(j, 0, found, "");
 	} else {
 		char why[300];
-		snprintf(why, sizeof why, "%s (and squeue %s)", SAGENT_SBATCH_LOST,
+		snprintf(why, sizeof why, "%s (and squeue %s)", j->lost[0] ? j->lost : "no job id",
 			 status == 0 ? "has no job of its name" : (err[0] ? err : "failed"));
 		submitted(j, 255 << 8, "", why);
 	}

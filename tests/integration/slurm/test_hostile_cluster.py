@@ -1,0 +1,107 @@
+"""Slurm launcher against what real clusters do that the other tests do not:
+sbatch wrappers that talk on stdout, a controller that is down for a few
+seconds while the gateway restarts. Each test is named after the bug it
+found."""
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from conftest import SLACK, pid_alive, wait_until
+from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service, write_script  # noqa: F401
+
+
+def local_service(cluster, job, **overrides):
+    """A Slurm service whose Slurm commands run here (no login node)."""
+    svc = slurm_service(cluster, job, **overrides)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    return svc
+
+
+def test_sbatch_wrapper_talking_on_stdout_leaks_the_job(cluster, slurm_gateway, tmp_path):
+    """Sites wrap sbatch (accounting notices, fair-share banners, a module
+    system's chatter): a line on stdout before `--parsable`'s job id. The
+    job was submitted: it must be tracked and served, not called a failed
+    submit and left running untracked (with a second one per request)."""
+    real = subprocess.run(["sh", "-c", "command -v sbatch"], stdout=subprocess.PIPE, text=True,
+                          check=True).stdout.strip()
+    wrap = tmp_path / "bin"
+    write_script(wrap / "sbatch", "#!/bin/sh\n"
+                 "echo 'Notice: your fair-share on this cluster is 0.42'\n"
+                 "echo\n"
+                 f"exec {real} \"$@\"\n")
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([local_service(cluster, job)],
+                      env={"SLURM_CONF": cluster.slurm_conf,
+                           "PATH": f"{wrap}:{os.environ['PATH']}"})
+    name = g.job_name()
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, (r, g.log())
+    jobs = cluster.live_jobs(name)
+    assert len(jobs) == 1, jobs
+    [inst] = g.svc()["instances"]
+    assert inst["job_id"] == jobs[0][0], (inst, jobs)
+
+
+# --- slurmctld down and back ---
+
+def ctld_pid(cluster):
+    return int((cluster.dir / "slurm" / "slurmctld.pid").read_text().split()[0])
+
+
+def ctld_stop(cluster):
+    """SIGTERM slurmctld (it saves its state) and wait until it is gone.
+    Running jobs keep running on their nodes meanwhile."""
+    pid = ctld_pid(cluster)
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid), 20, interval=0.1, msg="slurmctld to stop")
+
+
+def ctld_start(cluster):
+    """Start slurmctld again from its saved state (not -c: keep the jobs)."""
+    env = dict(os.environ, SLURM_CONF=cluster.slurm_conf)
+    with open(cluster.dir / "slurm" / "slurmctld.log", "ab") as log:
+        subprocess.run(["slurmctld", "-f", cluster.slurm_conf], env=env, stdout=log,
+                       stderr=log, check=True, timeout=30)
+    wait_until(lambda: subprocess.run(["squeue", "-h"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, timeout=10).returncode == 0,
+               30, interval=0.2, msg="slurmctld to answer again")
+
+
+def test_restart_while_slurmctld_is_down_leaks_the_running_job(cluster, slurm_gateway, tmp_path):
+    """The gateway is restarted (kill -9, a crash, an upgrade) while the
+    controller is down for a moment. Its job runs on. The recovery scan's
+    squeue fails: the gateway must look again, not start without it and
+    submit a second job beside the first, which would run untracked until
+    its time limit."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job)])
+    name = g.job_name()
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    [(job_id, _, state, _)] = cluster.jobs(name)
+    assert state == "RUNNING"
+    g.kill9()
+
+    ctld_stop(cluster)
+    try:
+        g.restart()
+        # a request meanwhile waits for the scan, and is told why it failed
+        with ThreadPoolExecutor(1) as ex:
+            held = ex.submit(g.get, "/llm/pid", timeout=40)
+            wait_until(lambda: "cannot look for Slurm jobs of an earlier run" in g.log(),
+                       30 * SLACK, interval=0.1, msg="the recovery scan to fail")
+            r = held.result(10 * SLACK)
+        assert r.status == 503 and "earlier run" in r.json()["error"], r
+        assert "earlier run" in g.check()["reason"], g.check()
+    finally:
+        ctld_start(cluster)
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, (r, g.log())
+    live = cluster.live_jobs(name)
+    assert [j[0] for j in live] == [job_id], f"job {job_id} adopted, no second: {live}"
+    [inst] = g.svc()["instances"]
+    assert inst["job_id"] == job_id, inst
