@@ -29,3 +29,40 @@ exec '{DEMO_SH}' "$@"
     assert worst < 0.5 * SLACK, f"the gateway's own endpoint took {worst:.2f} s during the flood"
     r = g.get("/llm/pid", timeout=20)
     assert r.status == 200, r
+
+
+def test_health_check_that_trickles_is_never_bounded(gateway, tmp_path):
+    """A health path that answers 200 and then never ends its body (it
+    streams, or the server is wedged mid-answer, a byte now and then): a
+    probe is bounded as a whole (5 s), not only between bytes, and the
+    reason says what happened instead of "waiting for ... to answer"."""
+    seen = tmp_path / "health.log"
+    script = write_script(tmp_path / "trickle.py", f"""#!/usr/bin/env python3
+import socket, sys, threading, time
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(16)
+def serve(c):
+    t0 = time.monotonic()
+    c.recv(4096)
+    try:
+        c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 1000\\r\\n\\r\\n")
+        while True:
+            time.sleep(0.5)
+            c.sendall(b".")
+    except OSError:
+        pass
+    with open({str(seen)!r}, "a") as f:
+        f.write(f"{{time.monotonic() - t0:.2f}}\\n")
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+    g = gateway([demo_service(bash_file=str(script), start_timeout=8)])
+    r = g.get("/llm/health", timeout=30)
+    assert r.status == 503, r
+    err = r.json()["error"]
+    assert "did not finish within 5 s" in err, err
+    durations = [float(x) for x in seen.read_text().split()] if seen.exists() else []
+    assert durations and max(durations) < 5 + 1.5 * SLACK, durations
