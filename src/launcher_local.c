@@ -35,11 +35,16 @@ static void local_line(void *arg, const char *line, size_t len)
 static void local_exited(struct proc *p, int status, void *arg)
 {
 	struct instance *i = arg;
-	char st[96], why[700];
+	char st[200], why[800];
 	const char *last = proc_last_line(p);
 
 	proc_status_str(status, st, sizeof st);
 	logring_addf(service_log(i->svc), "[%d] --- slurmgate: the process %s ---", i->index, st);
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && i->state != INST_STOPPING)
+		/* "success" to its author: it put the server in the background */
+		snprintf(st, sizeof st, "exited with status 0, but it must keep running while its "
+			 "service runs (exec the server, or wait for it; what it left running "
+			 "was stopped)");
 	i->lpriv = NULL;
 	if (i->state == INST_STARTING || i->state == INST_PROBING)
 		snprintf(why, sizeof why, "start script %s%s%s", st, last[0] ? ": " : "", last);

@@ -1,8 +1,12 @@
 """Local start scripts as users write them, at their worst: each test is
 named after the bug it found."""
 import time
+import uuid
 
-from conftest import DEMO_SH, SLACK, demo_service, write_script
+import pytest
+
+from conftest import (DEMO_BIN, DEMO_SH, SLACK, demo_service, pids_with_env, wait_until,
+                      write_script)
 
 
 def test_stderr_flood_starves_the_event_loop(gateway, tmp_path):
@@ -66,3 +70,29 @@ while True:
     assert "did not finish within 5 s" in err, err
     durations = [float(x) for x in seen.read_text().split()] if seen.exists() else []
     assert durations and max(durations) < 5 + 1.5 * SLACK, durations
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "subreaper"])
+def test_daemonizing_script_exit_0_reason_is_unclear(gateway, tmp_path, mode):
+    """The sysadmin's start script: the server daemonized (setsid + nohup,
+    its own session, output to a file) and `exit 0`. The gateway owns the
+    service's life through the script, so the start fails: the daemon must
+    not survive it (neither tree mechanism may lose it), and the reason must
+    say what to change, not only "exited with status 0" (which its author
+    meant as success)."""
+    mark = f"sg-daemon-{uuid.uuid4().hex[:10]}"
+    script = write_script(tmp_path / "daemon.sh", f"""#!/bin/sh
+export SG_TEST_DAEMON={mark}
+setsid nohup '{DEMO_BIN}' --port "$1" >'{tmp_path}/daemon.out' 2>&1 </dev/null &
+echo "server started in the background"
+exit 0
+""")
+    env = {"SLURMGATE_NO_CGROUP": "1"} if mode == "subreaper" else {}
+    g = gateway([demo_service(bash_file=str(script))], env=env)
+    r = g.get("/llm/health", timeout=20)
+    assert r.status == 503, r
+    err = r.json()["error"]
+    assert "exited with status 0" in err and "server started in the background" in err, err
+    assert "must keep running" in err, err
+    wait_until(lambda: not pids_with_env("SG_TEST_DAEMON", mark), 5 * SLACK,
+               msg="the daemonized server to be killed with its instance")
