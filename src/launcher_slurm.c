@@ -316,9 +316,14 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			char at[64] = "";
 			time_t t = (time_t)j->eta;
 			struct tm tm;
-			if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
+			/* a held job (scontrol hold: JobHeldUser, JobHeldAdmin) waits for
+			 * its release, whatever start Slurm had planned before */
+			bool held = has_prefix(r, "JobHeld");
+			if (held)
+				snprintf(at, sizeof at, ", held until released (scontrol release)");
+			else if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
 				strftime(at, sizeof at, ", expected to start %Y-%m-%dT%H:%M:%SZ", &tm);
-			j->inst->expected_start = at[0] ? j->eta : 0;
+			j->inst->expected_start = at[0] && !held ? j->eta : 0;
 			instance_set_detail(j->inst, "Slurm job %s %s (%s)%s", j->id, says, r, at);
 			/* what /v1/models shows as "pending: <reason>" */
 			snprintf(j->pending, sizeof j->pending, "%s", strcmp(says, "pending") == 0 ? r : "");

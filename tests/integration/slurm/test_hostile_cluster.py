@@ -105,3 +105,29 @@ def test_restart_while_slurmctld_is_down_leaks_the_running_job(cluster, slurm_ga
     assert [j[0] for j in live] == [job_id], f"job {job_id} adopted, no second: {live}"
     [inst] = g.svc()["instances"]
     assert inst["job_id"] == job_id, inst
+
+
+def test_held_pending_job_promises_an_expected_start(cluster, slurm_gateway, tmp_path):
+    """A queued job put on hold (scontrol hold: by the user, or an admin)
+    does not start until it is released, whatever start time Slurm had
+    planned for it: /check_ must say it is held, and neither it nor
+    Retry-After may promise that time. Released, it runs and serves."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job, sbatch_args=[f"--chdir={cluster.work_dir}",
+                                                                "--begin=now+120"])])
+    name = g.job_name()
+    with ThreadPoolExecutor(1) as ex:
+        held = ex.submit(g.get, "/llm/pid", timeout=60)
+        [(job_id, _, _, _)] = wait_until(lambda: cluster.jobs(name), 15 * SLACK, interval=0.2)
+        wait_until(lambda: "expected to start" in g.check()["reason"], 10 * SLACK, interval=0.1)
+        cluster.scontrol("hold", job_id)
+        reason = wait_until(lambda: "JobHeld" in g.check()["reason"] and g.check()["reason"],
+                            10 * SLACK, interval=0.1)
+        assert "expected to start" not in reason, reason
+        r = g.get("/llm/pid", headers={"X-Slurmgate-Wait": "0"})
+        assert r.status == 503 and int(r.header("Retry-After")) < 100, (r, r.headers)
+        cluster.scontrol("release", job_id)
+        cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
+        r = held.result(60 * SLACK)
+    assert r.status == 200, r
+    assert [j[0] for j in cluster.live_jobs(name)] == [job_id]
