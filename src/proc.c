@@ -426,6 +426,11 @@ pid_t proc_pid(const struct proc *p)
 	return p->pid;
 }
 
+const struct ptree *proc_tree(const struct proc *p)
+{
+	return p->tree;
+}
+
 const char *proc_last_line(const struct proc *p)
 {
 	return p->last;

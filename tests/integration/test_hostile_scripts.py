@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from conftest import (DEMO_BIN, DEMO_SH, SLACK, demo_service, pids_with_env, wait_until,
+from conftest import (DEMO_BIN, DEMO_SH, SLACK, demo_service, free_port, pids_with_env, wait_until,
                       write_script)
 
 
@@ -96,3 +96,22 @@ exit 0
     assert "must keep running" in err, err
     wait_until(lambda: not pids_with_env("SG_TEST_DAEMON", mark), 5 * SLACK,
                msg="the daemonized server to be killed with its instance")
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "subreaper"])
+def test_service_on_another_port_fails_with_no_reason(gateway, tmp_path, mode):
+    """A start script that ignores its port ($1, PORT) and starts the server
+    on its own default: the health check is refused until start_timeout
+    (900 s by default), and then said only "waiting for ... to answer".
+    The gateway sees where the service's processes listen and says so,
+    while it waits and in the failure."""
+    other = free_port()
+    script = write_script(tmp_path / "ownport.sh", f"""#!/bin/sh
+exec '{DEMO_BIN}' --port {other}
+""")
+    svc = demo_service(bash_file=str(script), start_timeout=4)
+    g = gateway([svc], env={"SLURMGATE_NO_CGROUP": "1"} if mode == "subreaper" else {})
+    r = g.get("/llm/health", timeout=20)
+    assert r.status == 503, r
+    err = r.json()["error"]
+    assert f"listen on port {other}, not {svc['remote_port']}" in err, err
