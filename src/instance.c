@@ -23,6 +23,9 @@
 #define PROBE_FIRST_MS 10
 #define PROBE_MAX_MS 100
 #define PROBE_TIMEOUT_S 5
+/* a probe as a whole: its connect and then its answer may each take
+ * PROBE_TIMEOUT_S (through a busy login node's forward, to a loaded server) */
+#define PROBE_DEADLINE_S (2 * PROBE_TIMEOUT_S)
 
 static struct gw *gw;
 
@@ -265,11 +268,11 @@ static void probe_overdue(struct instance *i)
 			snprintf(i->detail, sizeof i->detail,
 				 "the health check %s%s did not finish within %d s (it answered %d, "
 				 "then its body did not end)",
-				 i->addr_str, c->check_health_path, PROBE_TIMEOUT_S, i->probe_status);
+				 i->addr_str, c->check_health_path, PROBE_DEADLINE_S, i->probe_status);
 		else
 			snprintf(i->detail, sizeof i->detail,
 				 "the health check %s%s did not finish within %d s (no answer)",
-				 i->addr_str, c->check_health_path, PROBE_TIMEOUT_S);
+				 i->addr_str, c->check_health_path, PROBE_DEADLINE_S);
 	}
 	service_probe_result(i, false);
 	instance_unref(i);
@@ -291,7 +294,7 @@ static void probe_timer_cb(evutil_socket_t fd, short what, void *arg)
 	i->probe = http_connect((struct sockaddr *)&i->addr, i->addrlen, PROBE_TIMEOUT_S, &probe_ops, i);
 	/* the probe's deadline as a whole; a verdict re-arms the timer first */
 	if (i->probe != NULL)
-		event_add(i->probe_timer, &(struct timeval){PROBE_TIMEOUT_S, 0});
+		event_add(i->probe_timer, &(struct timeval){PROBE_DEADLINE_S, 0});
 }
 
 /* The next probe of a booting or unhealthy instance, with backoff. */

@@ -9,8 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from conftest import SLACK, pid_alive, wait_until
 from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service, write_script  # noqa: F401
+from test_slurm_agent import agent_service
 
 
 def local_service(cluster, job, **overrides):
@@ -21,11 +24,14 @@ def local_service(cluster, job, **overrides):
     return svc
 
 
-def test_sbatch_wrapper_talking_on_stdout_leaks_the_job(cluster, slurm_gateway, tmp_path):
+@pytest.mark.parametrize("via", ["commands", "agent"])
+def test_sbatch_wrapper_talking_on_stdout_leaks_the_job(cluster, slurm_gateway, tmp_path, via):
     """Sites wrap sbatch (accounting notices, fair-share banners, a module
     system's chatter): a line on stdout before `--parsable`'s job id. The
     job was submitted: it must be tracked and served, not called a failed
-    submit and left running untracked (with a second one per request)."""
+    submit and left running untracked (with a second one per request).
+    Also through the remote agent (here: a child of the gateway), which
+    runs the same sbatch and passes its answer on."""
     real = subprocess.run(["sh", "-c", "command -v sbatch"], stdout=subprocess.PIPE, text=True,
                           check=True).stdout.strip()
     wrap = tmp_path / "bin"
@@ -33,8 +39,13 @@ def test_sbatch_wrapper_talking_on_stdout_leaks_the_job(cluster, slurm_gateway, 
                  "echo 'Notice: your fair-share on this cluster is 0.42'\n"
                  "echo\n"
                  f"exec {real} \"$@\"\n")
-    job = demo_job_script(tmp_path / "job.sh")
-    g = slurm_gateway([local_service(cluster, job)],
+    if via == "agent":
+        svc, _, _ = agent_service(cluster, tmp_path)
+        for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+            svc.pop(k)
+    else:
+        svc = local_service(cluster, demo_job_script(tmp_path / "job.sh"))
+    g = slurm_gateway([svc],
                       env={"SLURM_CONF": cluster.slurm_conf,
                            "PATH": f"{wrap}:{os.environ['PATH']}"})
     name = g.job_name()
