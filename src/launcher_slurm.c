@@ -473,22 +473,27 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		}
 		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
-			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
+			if (j->r == x->r && !j->ghost && strcmp(j->id, f[0]) == 0) {
 				j->eta = slurmjob_start_time(f[6]);
 				job_line_seen(j, f);
 				job_update(j, f[2], f[3], f[4], f[5], x->started);
 				break;
 			}
 		}
+		if (j == NULL)
+			sjob_ghost_line(x->r, f);
 	}
 	if (x->recover) {
 		rescan_s = 0;
+		log_info("looked for Slurm jobs of an earlier run on %s", runner_name(x->r));
 		recovered_for(x->r);
 	} else {
 		/* tracked but no longer listed: ask once more before giving up
 		 * (the answer may come at once and end J) */
 		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
+			if (j->ghost)
+				continue;   /* expires in poll_cb */
 			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
 				job_lost(j);
 		}
@@ -576,6 +581,11 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 	bool watched = false;
 
 	(void)fd, (void)what, (void)arg;
+	for (j = LIST_FIRST(&sjobs); j; j = k) {
+		k = LIST_NEXT(j, link);
+		if (j->ghost && j->blocked <= 0 && now_s() > j->ghost_until)
+			job_gone(j, "no job came");   /* never came: watched long enough */
+	}
 	if (polls_in_flight > 0)
 		return;   /* the running cycle schedules the next */
 	/* one squeue per target, whatever the number of jobs; a target whose
@@ -750,7 +760,7 @@ static struct sjob *job_by_id(struct runner *r, const char *id)
 	struct sjob *j;
 
 	LIST_FOREACH(j, &sjobs, link)
-		if (j->r == r && strcmp(j->id, id) == 0)
+		if (j->r == r && !j->ghost && strcmp(j->id, id) == 0)
 			return j;
 	return NULL;
 }
@@ -760,6 +770,8 @@ static void agent_job(struct runner *r, char **f, int nf)
 	struct sjob *j = job_by_id(r, f[0]);
 
 	(void)nf;
+	if (j == NULL)
+		sjob_ghost_line(r, f);
 	if (j && j->st != J_SUBMITTING) {
 		j->eta = slurmjob_start_time(f[6]);
 		job_line_seen(j, f);

@@ -6,6 +6,7 @@
  * queued all the same: it is looked up by its name in squeue before the
  * start is called failed. */
 #include <stdio.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -20,6 +21,56 @@
 #include "slurm_agent.h"
 #include "slurmjob.h"
 #include "util.h"
+
+/* How long a failed sbatch's job is watched for by its name. */
+#define GHOST_WATCH_S 300
+
+void sjob_ghost(struct sjob *j)
+{
+	log_warn("Slurm job %s: sbatch failed, but the job may be queued yet; watching for it "
+		 "for %d s (cancelled if it comes)", j->name, GHOST_WATCH_S);
+	j->ghost = true;
+	j->ghost_until = now_s() + GHOST_WATCH_S;
+	j->want_cancel = true;
+	j->st = J_CANCELLING;
+	j->tracked_at = now_s();
+	j->refs++;   /* tracked */
+	j->tracked = true;
+	LIST_INSERT_HEAD(&sjobs, j, link);
+	slurm_poll_schedule(true);
+}
+
+void sjob_ghost_block(struct runner *r, const char *name, int delta)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &sjobs, link)
+		if (j->ghost && j->r == r && strcmp(j->name, name) == 0)
+			j->blocked += delta;
+}
+
+static void sjob_ghost_found(struct sjob *j, const char *id)
+{
+	str_copy(j->id, sizeof j->id, id);
+	j->ghost = false;
+	j->seen = true;
+	log_warn("Slurm job %s (%s) was queued after its sbatch failed: cancelling", j->id, j->name);
+	sjob_cancel(j);
+}
+
+/* F: a squeue line of a job not tracked by its id: a ghost's, if one
+ * waits for its name. */
+void sjob_ghost_line(struct runner *r, char **f)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &sjobs, link)
+		if (j->ghost && j->r == r && strcmp(j->name, f[1]) == 0) {
+			if (j->blocked <= 0 && !slurmjob_ended(f[2]))
+				sjob_ghost_found(j, f[0]);
+			return;
+		}
+}
 
 static void submit_lookup_done(void *arg, int status, const char *out, const char *err);
 
@@ -48,8 +99,14 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 		sagent_run(j->r, slurm_squeue_argv, 60, submit_lookup_done, j);
 		return;   /* the lookup keeps the sbatch callback's reference */
 	}
+	sjob_ghost_block(j->r, j->name, -1);   /* this sbatch is over */
 	if (!have) {
 		char why[700], said[500];
+		/* sbatch gave up waiting (its "Socket timed out on send/recv
+		 * operation" on a busy controller; killed by our timeout; ssh or
+		 * the agent lost): the controller may still queue the job */
+		bool maybe = !WIFEXITED(status) || status == 255 << 8 || strstr(err, "timed out") ||
+			     strstr(err, SAGENT_SBATCH_LOST);
 		slurmjob_tail_lines(err[0] ? err : out, said, sizeof said);
 		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
 			 said[0] ? said : "no job id");
@@ -58,6 +115,8 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 			instance_gone(j->inst, LFAIL_SUBMIT, why);
 		}
 		j->inst = NULL;
+		if (maybe)
+			sjob_ghost(j);
 		sjob_unref(j);
 		return;
 	}
@@ -139,6 +198,7 @@ int slurm_start(struct instance *i, char **cause)
 	j->submitted = now_s();
 	j->refs = 1;   /* the sbatch callback */
 	i->lpriv = j;
+	sjob_ghost_block(j->r, j->name, 1);
 	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
 	sagent_run(j->r, argv, 120, submitted, j);
 	free(argv);

@@ -142,3 +142,42 @@ def test_held_pending_job_promises_an_expected_start(cluster, slurm_gateway, tmp
         r = held.result(60 * SLACK)
     assert r.status == 200, r
     assert [j[0] for j in cluster.live_jobs(name)] == [job_id]
+
+
+def test_sbatch_socket_timeout_leaves_an_untracked_job(cluster, slurm_gateway, tmp_path):
+    """On a busy cluster sbatch gives up with "Socket timed out on send/recv
+    operation" (exit 1), and the controller queues the job all the same
+    once it gets to the request. Reproduced: slurmctld stopped (SIGSTOP)
+    while sbatch runs, continued once sbatch gave up. That job carries the
+    gateway's name: it must be found (adopted or cancelled), never left
+    running untracked beside the job of the next start."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job)])
+    name = g.job_name()
+    wait_until(lambda: "looked for Slurm jobs of an earlier run" in g.log(), 20 * SLACK,
+               interval=0.1, msg="the recovery scan")
+    pid = ctld_pid(cluster)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as ex:
+            first = ex.submit(g.get, "/llm/pid", timeout=60)
+            wait_until(lambda: "timed out" in g.log(), 40 * SLACK, interval=0.1,
+                       msg="sbatch to give up")
+            os.kill(pid, signal.SIGCONT)
+            r = first.result(60 * SLACK)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # the controller queued the job after all (it is listed, maybe cancelled already)
+    wait_until(lambda: cluster.jobs(name), 20 * SLACK, interval=0.2, msg="the late job")
+
+    def untracked():
+        tracked = {i["job_id"] for i in g.svc()["instances"]}
+        return [j for j in cluster.live_jobs(name) if j[0] not in tracked]
+    wait_until(lambda: not untracked(), 20 * SLACK, interval=0.2,
+               msg=f"no untracked job of ours to run: {cluster.jobs(name)}")
+    if r.status != 200:
+        assert r.status == 503 and "timed out" in r.json()["error"], r
+        r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    [inst] = g.svc()["instances"]
+    assert [j[0] for j in cluster.live_jobs(name)] == [inst["job_id"]], cluster.jobs(name)
