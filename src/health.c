@@ -88,6 +88,12 @@ void service_probe_result(struct instance *i, bool ok)
 		inst_ready(i);
 		break;
 	case HEALTH_PROBE_AGAIN:
+		/* a boot that does not answer for a while: the launcher may see why */
+		if (i->state == INST_PROBING && i->svc->lops->boot_check &&
+		    now_s() - (i->boot_check_at ? i->boot_check_at : i->endpoint_at) >= 2) {
+			i->boot_check_at = now_s();
+			i->svc->lops->boot_check(i);
+		}
 		instance_probe_schedule(i);
 		break;
 	case HEALTH_UNREACHABLE:

@@ -624,7 +624,14 @@ static void eventcb(struct bufferevent *bev, short what, void *arg)
 		snprintf(why, sizeof why, "%s: %s",
 			 c->state != HC_CONNECTING ? c->side->conn_error : "upstream connect failed",
 			 evutil_socket_error_to_string(e));
-		http_close(c, why);
+		/* A service that answered early (a 413 to an upload it will not
+		 * read) and closed makes our write fail: its answer may wait
+		 * unread in the socket. Take it first; the read ends the
+		 * connection too once the socket has nothing more. */
+		if (c->state == HC_OPEN && !c->side->requests && c->rev != NULL)
+			read_cb(c->fd, EV_READ, c);
+		if (!hc_dead(c))
+			http_close(c, why);
 	}
 	hc_leave();
 }
@@ -648,6 +655,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	hc_enter();
 	if (c->state == HC_LINGERING)
 		http_close(c, "closed after linger");
+	else if (hc_tunnel(c))
+		http_close(c, "tunnel quiet: no byte either way for upstream_timeout");
 	else
 		c->side->timeout(c);
 	hc_leave();
@@ -710,6 +719,17 @@ void http_send(struct hconn *c, const void *p, size_t n)
 {
 	if (hc_dead(c) || n == 0 || c->out_nobody)
 		return;
+	if (c->out_sized) {
+		/* never past the announced length: the client would take the
+		 * rest for the next response; the cut ends the connection */
+		if ((unsigned long long)n > c->out_left) {
+			n = (size_t)c->out_left;
+			c->close_after = true;
+		}
+		c->out_left -= n;
+		if (n == 0)
+			return;
+	}
 	c->xf.bytes += n;
 	if (c->out_chunked) {
 		hc_out_printf(c, "%zx\r\n", n);
@@ -726,7 +746,9 @@ void http_finish(struct hconn *c)
 		return;
 	if (c->out_chunked && !c->out_nobody)
 		hc_out_add(c, "0\r\n\r\n", 5);
-	c->out_chunked = false;
+	if (c->out_sized && c->out_left > 0)
+		c->close_after = true;   /* cut short: only the close tells the client */
+	c->out_chunked = c->out_sized = false;
 	if (c->side->finish)
 		c->side->finish(c);
 }

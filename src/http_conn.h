@@ -77,8 +77,11 @@ void http_pause(struct hconn *c, bool pause);
 /* Ask for one drained() call when pending output falls to the low mark. */
 void http_want_drain(struct hconn *c);
 /* Join two connections after an upgrade (101): bytes flow both ways raw,
- * with backpressure, until either side closes (then both close). */
-void http_tunnel(struct hconn *a, struct hconn *b);
+ * with backpressure, until either side closes (then both close) or no byte
+ * went either way for IDLE_S seconds (0: no limit). ENDED(ARG) is called
+ * once, when the first of the two closes (maybe before this returns). */
+void http_tunnel(struct hconn *a, struct hconn *b, int idle_s, void (*ended)(void *arg),
+		 void *arg);
 
 /* Connections open now: server side (clients) or client side (upstreams). */
 size_t http_count(bool server_side);

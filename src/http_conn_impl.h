@@ -98,6 +98,8 @@ struct hconn {
 	/* the current message (both sides) */
 	bool msg_complete;        /* the incoming message is complete */
 	bool out_chunked, out_nobody, head_req;
+	bool out_sized;           /* the response announced a Content-Length ... */
+	unsigned long long out_left;   /* ... of which this much is still to send */
 
 	/* server side (http_server.c) */
 	const struct http_limits *lim;

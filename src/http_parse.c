@@ -186,6 +186,26 @@ static bool is_token(const char *p, size_t n)
 	return true;
 }
 
+/* RFC 9110 7.2: Host is uri-host [":" port]: a name (unreserved, %XX,
+ * sub-delims), an IPv4 address or an [IP literal], and a port. Nothing
+ * else (no white space, '/', '@', '?', '#', '\\', CTL or 8-bit byte) may
+ * reach a service, which builds its own URLs from it. */
+static bool host_valid(const char *p, size_t n)
+{
+	static unsigned char hchar[256];
+
+	if (!hchar['a']) {   /* filled once: a table, as is_token's */
+		for (int ch = 0; ch < 256; ch++)
+			hchar[ch] = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+				    (ch >= '0' && ch <= '9') ||
+				    (ch != 0 && strchr("-._~%!$&'()*+,;=:[]", ch) != NULL);
+	}
+	for (size_t k = 0; k < n; k++)
+		if (!hchar[(unsigned char)p[k]])
+			return false;
+	return true;
+}
+
 /* Strip optional white space around a header value. */
 static void trim(const char **v, size_t *n)
 {
@@ -242,6 +262,7 @@ static int on_headers_complete(http_parser *p)
 	struct hparse *hp = hpof(p);
 	struct http_msg *m = &hp->msg;
 	bool te_ok = true, bad_name = false, body;
+	const struct http_hdr *host;
 	int nhost = 0, r;
 
 	if (hbuf_add(hp, "", 1) != 0)
@@ -317,8 +338,11 @@ static int on_headers_complete(http_parser *p)
 			return -1;
 		/* RFC 9112 3.2, as nginx: an HTTP/1.1 request names its host
 		 * (a Host header, or the authority of an absolute-form target) */
-		if (m->minor >= 1 && nhost == 0 && http_find(m, "host") == NULL)
+		host = http_find(m, "host");
+		if (m->minor >= 1 && nhost == 0 && host == NULL)
 			return refuse(hp, 400, "an HTTP/1.1 request needs a Host header");
+		if (host && !host_valid(host->value, host->vlen))
+			return refuse(hp, 400, "invalid Host header");
 		body = m->chunked || m->content_length > 0;
 		hp->upgrade_after = m->upgrade;
 	} else {

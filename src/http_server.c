@@ -137,7 +137,7 @@ static void next_transaction(struct hconn *c)
 {
 	c->msg_complete = false;
 	c->resp_started = c->resp_done = false;
-	c->out_chunked = c->out_nobody = c->head_req = c->upgrade_req = false;
+	c->out_chunked = c->out_nobody = c->head_req = c->upgrade_req = c->out_sized = false;
 	c->resp_sent = false;
 	c->phase = PH_IDLE;
 	c->pause_mask |= PAUSE_PIPELINE;
@@ -275,6 +275,11 @@ bool http_response_started(struct hconn *c)
 	return c->resp_started;
 }
 
+bool http_response_sized(struct hconn *c)
+{
+	return c->out_sized;
+}
+
 bool http_response_retract(struct hconn *c)
 {
 	if (hc_dead(c) || !c->resp_started || c->resp_sent || c->resp_done)
@@ -283,7 +288,7 @@ bool http_response_retract(struct hconn *c)
 	hc_out_truncate(c, c->resp_mark);
 	c->resp_started = false;
 	c->xf.bytes = 0;
-	c->out_chunked = c->out_nobody = false;
+	c->out_chunked = c->out_nobody = c->out_sized = false;
 	return true;
 }
 
@@ -350,6 +355,8 @@ void http_respond_n(struct hconn *c, int status, const char *extra, size_t extra
 	if (nobody) {
 		/* no framing */
 	} else if (clen >= 0) {
+		c->out_sized = !c->head_req;
+		c->out_left = (unsigned long long)clen;
 		framing = "Content-Length: ";
 		flen = 16;
 		nlen = put_dec(num, (unsigned long long)clen);

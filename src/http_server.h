@@ -38,6 +38,9 @@ void http_reply(struct hconn *c, int status, const char *ctype, const char *extr
 /* Reply with a JSON error body {"error": msg}. */
 void http_reply_error(struct hconn *c, int status, const char *extra, const char *msg);
 bool http_response_started(struct hconn *c);
+/* The response started announced a Content-Length (its body may not grow:
+ * bytes past it never go out, and one finished short closes the connection). */
+bool http_response_sized(struct hconn *c);
 /* Take back a response whose first byte has not reached the socket yet
  * (its head and body were only composed): true if it is gone and another
  * response may be started instead, false if it is too late. */

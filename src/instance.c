@@ -23,6 +23,9 @@
 #define PROBE_FIRST_MS 10
 #define PROBE_MAX_MS 100
 #define PROBE_TIMEOUT_S 5
+/* a probe as a whole: its connect and then its answer may each take
+ * PROBE_TIMEOUT_S (through a busy login node's forward, to a loaded server) */
+#define PROBE_DEADLINE_S (2 * PROBE_TIMEOUT_S)
 
 static struct gw *gw;
 
@@ -251,16 +254,48 @@ static bool probing_state(enum inst_state st)
 	return st == INST_PROBING || st == INST_READY || st == INST_UNHEALTHY || st == INST_DRAINING;
 }
 
+/* The probe in flight is past its deadline: the connection's own timeout
+ * is between bytes, and an answer that trickles (a health path that
+ * streams, a server wedged mid-answer) would hold it, and the verdict,
+ * forever. It fails, and the instance's detail says why. */
+static void probe_overdue(struct instance *i)
+{
+	const struct svc_config *c = service_config(i->svc);
+
+	instance_ref(i);
+	probe_drop(i, "health check overdue");
+	if (i->state == INST_PROBING || i->state == INST_UNHEALTHY) {
+		if (i->probe_status)
+			snprintf(i->detail, sizeof i->detail,
+				 "the health check %s%s did not finish within %d s (it answered %d, "
+				 "then its body did not end)",
+				 i->addr_str, c->check_health_path, PROBE_DEADLINE_S, i->probe_status);
+		else
+			snprintf(i->detail, sizeof i->detail,
+				 "the health check %s%s did not finish within %d s (no answer)",
+				 i->addr_str, c->check_health_path, PROBE_DEADLINE_S);
+	}
+	service_probe_result(i, false);
+	instance_unref(i);
+}
+
 static void probe_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct instance *i = arg;
 
 	(void)fd, (void)what;
-	if (!probing_state(i->state) || i->probe != NULL)
+	if (!probing_state(i->state))
 		return;
+	if (i->probe != NULL) {
+		probe_overdue(i);
+		return;
+	}
 	i->probe_status = 0;
 	instance_ref(i);
 	i->probe = http_connect((struct sockaddr *)&i->addr, i->addrlen, PROBE_TIMEOUT_S, &probe_ops, i);
+	/* the probe's deadline as a whole; a verdict re-arms the timer first */
+	if (i->probe != NULL)
+		event_add(i->probe_timer, &(struct timeval){PROBE_DEADLINE_S, 0});
 }
 
 /* The next probe of a booting or unhealthy instance, with backoff. */

@@ -83,6 +83,7 @@ struct instance {
 	struct instance *replaced_by;
 	struct hconn *probe;
 	int probe_delay_ms;
+	double boot_check_at;         /* the launcher's last boot_check (0: none yet) */
 	struct hconn **pool;          /* idle keep-alive upstream connections */
 	int npool, poolcap;
 	TAILQ_HEAD(, waiter) users;   /* requests in flight on it */

@@ -91,6 +91,10 @@ struct launcher_ops {
 	 * instance_hold(), instance_endpoint() or instance_gone(), at once or
 	 * later. I is out of rotation already. */
 	void (*check)(struct instance *i);
+	/* Optional: I boots, and its health check has failed for a while (called
+	 * at most every 2 s): if the launcher can see why (the service listens
+	 * on another port), it says so with instance_set_detail(). */
+	void (*boot_check)(struct instance *i);
 	/* Optional: the service's recent output, for /api/services/<name>/logs:
 	 * append to OUT, each ending in '\n', the lines numbered *FROM and
 	 * later, at most MAX of them (the newest), and set *FROM to the number

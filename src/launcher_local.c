@@ -35,11 +35,16 @@ static void local_line(void *arg, const char *line, size_t len)
 static void local_exited(struct proc *p, int status, void *arg)
 {
 	struct instance *i = arg;
-	char st[96], why[700];
+	char st[200], why[800];
 	const char *last = proc_last_line(p);
 
 	proc_status_str(status, st, sizeof st);
 	logring_addf(service_log(i->svc), "[%d] --- slurmgate: the process %s ---", i->index, st);
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && i->state != INST_STOPPING)
+		/* "success" to its author: it put the server in the background */
+		snprintf(st, sizeof st, "exited with status 0, but it must keep running while its "
+			 "service runs (exec the server, or wait for it; what it left running "
+			 "was stopped)");
 	i->lpriv = NULL;
 	if (i->state == INST_STARTING || i->state == INST_PROBING)
 		snprintf(why, sizeof why, "start script %s%s%s", st, last[0] ? ": " : "", last);
@@ -214,6 +219,87 @@ static int local_verify(struct instance *i, char **cause)
 	return 0;
 }
 
+/* The TCP ports the processes PIDS (N of them) listen on: up to MAX into
+ * PORTS, sorted out of duplicates; how many. */
+static int listen_ports(const int *pids, int n, int *ports, int max)
+{
+	static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+	unsigned long inodes[256];
+	int ninodes = 0, nports = 0;
+	char path[96], link[64], line[512];
+
+	for (int k = 0; k < n && ninodes < 256; k++) {
+		DIR *d;
+		struct dirent *de;
+		snprintf(path, sizeof path, "/proc/%d/fd", pids[k]);
+		if ((d = opendir(path)) == NULL)
+			continue;
+		while (ninodes < 256 && (de = readdir(d)) != NULL) {
+			ssize_t len;
+			unsigned long ino;
+			snprintf(path, sizeof path, "/proc/%d/fd/%.20s", pids[k], de->d_name);
+			if ((len = readlink(path, link, sizeof link - 1)) <= 0)
+				continue;
+			link[len] = '\0';
+			if (sscanf(link, "socket:[%lu]", &ino) == 1)
+				inodes[ninodes++] = ino;
+		}
+		closedir(d);
+	}
+	for (size_t t = 0; ninodes > 0 && t < sizeof tables / sizeof *tables; t++) {
+		FILE *f = fopen(tables[t], "re");
+		if (f == NULL)
+			continue;
+		while (nports < max && fgets(line, sizeof line, f)) {
+			char local[64], *colon;
+			unsigned st;
+			unsigned long ino;
+			int port;
+			bool mine = false, dup = false;
+			if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &st, &ino) != 3 ||
+			    st != 0x0A || (colon = strrchr(local, ':')) == NULL)
+				continue;
+			for (int k = 0; k < ninodes && !mine; k++)
+				mine = inodes[k] == ino;
+			port = (int)strtol(colon + 1, NULL, 16);
+			for (int k = 0; k < nports && !dup; k++)
+				dup = ports[k] == port;
+			if (mine && !dup)
+				ports[nports++] = port;
+		}
+		fclose(f);
+	}
+	return nports;
+}
+
+/* The health check has not answered for a while: if the service's
+ * processes listen, but not on the port it was given (a script that
+ * ignores $1 and PORT, a server's own default port), say so. */
+static void local_boot_check(struct instance *i)
+{
+	const struct svc_config *cfg = service_config(i->svc);
+	int pids[256], ports[8], n, np;
+	char list[96] = "";
+	size_t o = 0;
+
+	if (i->lpriv == NULL || proc_tree(i->lpriv) == NULL)
+		return;
+	n = ptree_pids(proc_tree(i->lpriv), pids, 256);
+	np = listen_ports(pids, n, ports, 8);
+	for (int k = 0; k < np; k++) {
+		if (ports[k] == i->remote_port || ports[k] == i->local_port)
+			return;   /* it listens where it should: only slow */
+		o += (size_t)snprintf(list + o, sizeof list - o, "%s%d", k ? ", " : "", ports[k]);
+		if (o >= sizeof list)
+			break;
+	}
+	if (np == 0)
+		return;
+	instance_set_detail(i, "waiting for %s%s to answer; its processes listen on port %s, "
+			    "not %d (does %s start the server with its port, $1 or $PORT?)",
+			    i->addr_str, cfg->check_health_path, list, i->remote_port, cfg->bash_file);
+}
+
 static int local_start(struct instance *i, char **cause)
 {
 	const struct svc_config *cfg = service_config(i->svc);
@@ -285,6 +371,7 @@ const struct launcher_ops launcher_local = {
 	.start = local_start,
 	.stop = local_stop,
 	.describe = local_describe,
+	.boot_check = local_boot_check,
 	.logs = local_logs,
 	.verify = local_verify,
 };

@@ -316,9 +316,14 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			char at[64] = "";
 			time_t t = (time_t)j->eta;
 			struct tm tm;
-			if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
+			/* a held job (scontrol hold: JobHeldUser, JobHeldAdmin) waits for
+			 * its release, whatever start Slurm had planned before */
+			bool held = has_prefix(r, "JobHeld");
+			if (held)
+				snprintf(at, sizeof at, ", held until released (scontrol release)");
+			else if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
 				strftime(at, sizeof at, ", expected to start %Y-%m-%dT%H:%M:%SZ", &tm);
-			j->inst->expected_start = at[0] ? j->eta : 0;
+			j->inst->expected_start = at[0] && !held ? j->eta : 0;
 			instance_set_detail(j->inst, "Slurm job %s %s (%s)%s", j->id, says, r, at);
 			/* what /v1/models shows as "pending: <reason>" */
 			snprintf(j->pending, sizeof j->pending, "%s", strcmp(says, "pending") == 0 ? r : "");
@@ -370,6 +375,62 @@ struct pollctx {
 	double started;   /* jobs known only after this may be missing from the answer */
 };
 
+/* Targets whose recovery scan failed (their squeue did: the controller is
+ * down, the login node unreachable): scanned again from recover_ev, the
+ * delay doubling up to RESCAN_MAX_S. Their services start nothing until a
+ * scan succeeds: a job of the earlier run may be running, and starting
+ * without it would leave it untracked beside a second one. */
+#define RESCAN_MAX_S 30
+static struct runner *rescan[64];
+static int nrescan, rescan_s;
+static struct event *recover_ev;
+
+static void squeue_done(void *arg, int status, const char *out, const char *err);
+
+static void recover_scan(struct runner *r)
+{
+	struct pollctx *x = xcalloc(1, sizeof *x);
+
+	x->r = r;
+	x->recover = true;
+	polls_in_flight++;
+	sagent_run(r, slurm_squeue_argv, 60, squeue_done, x);
+}
+
+static void rescan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int n = nrescan;
+
+	(void)fd, (void)what, (void)arg;
+	nrescan = 0;
+	for (int k = 0; k < n; k++)
+		recover_scan(rescan[k]);
+}
+
+static void recover_failed(struct runner *r, const char *err)
+{
+	char said[200], why[300];
+	bool dup = false;
+
+	rescan_s = rescan_s <= 0 ? 1 : rescan_s * 2 > RESCAN_MAX_S ? RESCAN_MAX_S : rescan_s * 2;
+	slurmjob_tail_lines(err, said, sizeof said);
+	snprintf(why, sizeof why, "cannot look for Slurm jobs of an earlier run on %s (squeue: %s)",
+		 runner_name(r), said[0] ? said : "failed");
+	log_warn("%s; looking again in %d s, starting nothing meanwhile", why, rescan_s);
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
+			service_recover_failed(s, why, rescan_s);
+	}
+	for (int k = 0; k < nrescan; k++)
+		dup |= rescan[k] == r;
+	if (!dup && nrescan < (int)(sizeof rescan / sizeof *rescan))
+		rescan[nrescan++] = r;
+	if (recover_ev == NULL)
+		recover_ev = evtimer_new(slurm_gw->base, rescan_cb, NULL);
+	event_add(recover_ev, &(struct timeval){rescan_s, 0});
+}
+
 static void recover_line(struct runner *r, char **f);
 static void job_lost(struct sjob *j);
 
@@ -392,10 +453,8 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	polls_in_flight--;
 	if (status != 0) {
 		log_warn("squeue on %s failed: %s", runner_name(x->r), err[0] ? err : "no output");
-		if (x->recover) {
-			log_warn("could not look for jobs left by an earlier run on %s; starting without", runner_name(x->r));
-			recovered_for(x->r);
-		}
+		if (x->recover)
+			recover_failed(x->r, err);
 		free(text);
 		free(x);
 		slurm_poll_schedule(false);
@@ -414,21 +473,27 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		}
 		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
-			if (j->r == x->r && strcmp(j->id, f[0]) == 0) {
+			if (j->r == x->r && !j->ghost && strcmp(j->id, f[0]) == 0) {
 				j->eta = slurmjob_start_time(f[6]);
 				job_line_seen(j, f);
 				job_update(j, f[2], f[3], f[4], f[5], x->started);
 				break;
 			}
 		}
+		if (j == NULL)
+			sjob_ghost_line(x->r, f);
 	}
 	if (x->recover) {
+		rescan_s = 0;
+		log_info("looked for Slurm jobs of an earlier run on %s", runner_name(x->r));
 		recovered_for(x->r);
 	} else {
 		/* tracked but no longer listed: ask once more before giving up
 		 * (the answer may come at once and end J) */
 		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
+			if (j->ghost)
+				continue;   /* expires in poll_cb */
 			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
 				job_lost(j);
 		}
@@ -516,6 +581,11 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 	bool watched = false;
 
 	(void)fd, (void)what, (void)arg;
+	for (j = LIST_FIRST(&sjobs); j; j = k) {
+		k = LIST_NEXT(j, link);
+		if (j->ghost && j->blocked <= 0 && now_s() > j->ghost_until)
+			job_gone(j, "no job came");   /* never came: watched long enough */
+	}
 	if (polls_in_flight > 0)
 		return;   /* the running cycle schedules the next */
 	/* one squeue per target, whatever the number of jobs; a target whose
@@ -656,7 +726,6 @@ static void slurm_recover(void)
 		const struct svc_config *cfg = service_config(s);
 		struct runner *r;
 		bool dup = false;
-		struct pollctx *x;
 
 		if (cfg->launcher != &launcher_slurm)
 			continue;
@@ -666,11 +735,7 @@ static void slurm_recover(void)
 		if (dup || nseen == 64)
 			continue;
 		seen[nseen++] = r;
-		x = xcalloc(1, sizeof *x);
-		x->r = r;
-		x->recover = true;
-		polls_in_flight++;
-		sagent_run(r, slurm_squeue_argv, 60, squeue_done, x);
+		recover_scan(r);
 	}
 }
 
@@ -695,7 +760,7 @@ static struct sjob *job_by_id(struct runner *r, const char *id)
 	struct sjob *j;
 
 	LIST_FOREACH(j, &sjobs, link)
-		if (j->r == r && strcmp(j->id, id) == 0)
+		if (j->r == r && !j->ghost && strcmp(j->id, id) == 0)
 			return j;
 	return NULL;
 }
@@ -705,6 +770,8 @@ static void agent_job(struct runner *r, char **f, int nf)
 	struct sjob *j = job_by_id(r, f[0]);
 
 	(void)nf;
+	if (j == NULL)
+		sjob_ghost_line(r, f);
 	if (j && j->st != J_SUBMITTING) {
 		j->eta = slurmjob_start_time(f[6]);
 		job_line_seen(j, f);

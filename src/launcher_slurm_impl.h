@@ -35,8 +35,15 @@ struct sjob {
 	enum jstate st;
 	bool want_cancel, seen, tracked;
 	bool asking;             /* not in squeue: scontrol/sacct asked */
+	bool ghost;              /* sbatch failed, but the job may come yet: watched
+	                          * by its name (no id) until ghost_until, cancelled
+	                          * if it shows up */
+	double ghost_until;
+	int blocked;             /* a ghost: sbatches of its name under way (their
+	                          * job is not known by its id yet: no match by name) */
 	bool ending;             /* ended by itself: its output's tail is asked for */
-	char lost[200];          /* scontrol's answer about a job not in squeue */
+	char lost[200];          /* scontrol's answer about a job not in squeue; while
+	                          * submitting: why sbatch's answer was no job id */
 	char pending[128];       /* why Slurm keeps it queued (J_QUEUED; "": not said yet) */
 	int refs;                /* runner callbacks outstanding */
 	int tunnel_tries, cancel_tries;
@@ -67,6 +74,17 @@ void sjob_cancel(struct sjob *j);
 /* launcher_slurm.c: schedule the tracker's next squeue: soon if FAST, else
  * fast while a job starts, stops or is held, slowly otherwise. */
 void slurm_poll_schedule(bool fast);
+
+/* slurm_submit.c: watch for J's job by its name for a while: its sbatch
+ * failed in a way that may have queued it all the same (a timeout). J is
+ * tracked without an id; if the job shows up it is cancelled. */
+void sjob_ghost(struct sjob *j);
+/* slurm_submit.c: an sbatch of job NAME on R begins (DELTA 1) or is over
+ * (-1): a ghost of that name matches nothing meanwhile. */
+void sjob_ghost_block(struct runner *r, const char *name, int delta);
+/* slurm_submit.c: F, a squeue line of R whose job is not tracked by its id:
+ * a ghost's, if one waits for its name (then cancelled). */
+void sjob_ghost_line(struct runner *r, char **f);
 
 /* slurm_submit.c: the launcher's start op: sbatch I's job (J_SUBMITTING);
  * its answer tracks the job (J_QUEUED) or ends I (instance_gone). */

@@ -108,15 +108,26 @@ static void err_bytes(struct proc *p, const char *buf, size_t n)
 	}
 }
 
-/* Read what a pipe has; 0 at EOF or error, 1 if it may have more. */
-static int pipe_read(struct proc *p, int fd, bool is_out)
+/* A pipe's reader takes at most this much per turn of the event loop: a
+ * child that writes faster than we read (binary garbage, a flood of lines)
+ * must not keep the loop from everything else; the rest waits in the pipe,
+ * and the writer with it. */
+#define PIPE_SLICE (64 * 1024)
+
+/* Read what a pipe has, at most MAX bytes; 0 at EOF or error, 1 if it may
+ * have more. */
+static int pipe_read(struct proc *p, int fd, bool is_out, size_t max)
 {
 	char buf[4096];
+	size_t got = 0;
 	ssize_t n;
 
 	for (;;) {
+		if (got >= max)
+			return 1;
 		n = read(fd, buf, sizeof buf);
 		if (n > 0) {
+			got += (size_t)n;
 			if (is_out)
 				evbuffer_add(p->out, buf, (size_t)n);
 			else
@@ -139,7 +150,7 @@ static void pipe_cb(evutil_socket_t fd, short what, void *arg)
 	int more;
 
 	(void)what;
-	more = pipe_read(p, fd, is_out);
+	more = pipe_read(p, fd, is_out, PIPE_SLICE);
 	if (is_out && p->on_stdout && evbuffer_get_length(p->out) > 0)
 		p->on_stdout(p, p->arg);
 	if (more == 0) {
@@ -202,11 +213,12 @@ static void tree_poll_cb(evutil_socket_t fd, short what, void *arg)
 static void reaped(struct proc *p, int status)
 {
 	/* take what is still in the pipes, without waiting for EOF: a
-	 * grandchild may hold them open forever */
+	 * grandchild may hold them open forever (and keep writing: bounded,
+	 * a pipe holds 64 KiB unless enlarged) */
 	if (p->out_fd >= 0)
-		pipe_read(p, p->out_fd, true);
+		pipe_read(p, p->out_fd, true, 16 * PIPE_SLICE);
 	if (p->err_fd >= 0)
-		pipe_read(p, p->err_fd, false);
+		pipe_read(p, p->err_fd, false, 16 * PIPE_SLICE);
 	if (p->linelen > 0)
 		err_bytes(p, "\n", 1);
 	if (p->tree) {
@@ -412,6 +424,11 @@ struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit
 pid_t proc_pid(const struct proc *p)
 {
 	return p->pid;
+}
+
+const struct ptree *proc_tree(const struct proc *p)
+{
+	return p->tree;
 }
 
 const char *proc_last_line(const struct proc *p)

@@ -49,6 +49,8 @@ void proc_init(struct gw *g);
 struct proc *proc_spawn(char *const argv[], const struct proc_opts *o, proc_exit_cb cb, void *arg,
 			char **cause);
 pid_t proc_pid(const struct proc *p);
+/* P's process tree (NULL: spawned without one). */
+const struct ptree *proc_tree(const struct proc *p);
 /* The last non-empty line the child wrote to stderr ("" if none). */
 const char *proc_last_line(const struct proc *p);
 /* Everything the child wrote to stdout so far (capture_stdout). */

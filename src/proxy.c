@@ -131,6 +131,16 @@ static void ex_end(struct exchange *ex, bool keep_up)
 	free(ex);
 }
 
+/* The tunnel of an upgraded exchange closed (its first side): the
+ * request is over. */
+static void tunnel_ended(void *arg)
+{
+	struct exchange *ex = arg;
+
+	ex->tun[0] = ex->tun[1] = NULL;
+	ex_end(ex, false);
+}
+
 static struct exchange *ex_new(void)
 {
 	struct exchange *ex = spares;
@@ -181,6 +191,26 @@ static const char *err_code(int status)
 	}
 }
 
+/* Where the event stream relayed to a client stands: an error event may
+ * only follow a whole event (after a partial one, its blank line would
+ * complete that event, cut as it is). 0 (nothing relayed) is a boundary. */
+enum { SSE_EVENT_END, SSE_IN_LINE, SSE_LINE_END };
+
+static void sse_track(struct exchange *ex, const char *p, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		if (p[k] == '\n' && ex->sse_cr) {
+			ex->sse_cr = false;   /* the LF of a CRLF */
+			continue;
+		}
+		ex->sse_cr = p[k] == '\r';
+		if (p[k] == '\r' || p[k] == '\n')
+			ex->sse_at = ex->sse_at == SSE_IN_LINE ? SSE_LINE_END : SSE_EVENT_END;
+		else
+			ex->sse_at = SSE_IN_LINE;
+	}
+}
+
 /* Answer the client with an error of our own (if nothing was sent yet):
  * in OpenAI's shape on /v1 (opts.openai), else the gateway's own. */
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
@@ -193,7 +223,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	/* a relayed head that has not reached the client yet gives way to the error */
 	if (ex->down && !ex->early_head && http_response_started(ex->down))
 		http_response_retract(ex->down);
-	if (ex->down && ex->early_head) {
+	if (ex->down && ex->early_head && ex->sse_at == SSE_EVENT_END) {
 		/* the stream is open: end it with an OpenAI-style error event */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
 			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
@@ -219,8 +249,11 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		http_reply(ex->down, status, "application/json", extra, body, strlen(body));
 		free(body);
 		json_decref(o);
-	} else if (ex->down && ex->sse && !ex->discard_body) {
-		/* the service's event stream is under way: end it with an error event */
+	} else if (ex->down && ex->sse && !ex->discard_body && !http_response_sized(ex->down) &&
+		   ex->sse_at == SSE_EVENT_END) {
+		/* the service's event stream is under way: end it with an error event
+		 * (not inside a Content-Length nor after a cut event: the close
+		 * below says it then, and an SSE parser drops the cut event) */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
 			      "code", status);
 		body = json_dumps(o, JSON_COMPACT);
@@ -327,6 +360,11 @@ static void w_abort(struct waiter *w, int status, const char *reason)
 	struct exchange *ex = of_waiter(w);
 
 	ex->inst = NULL;   /* detached already */
+	if (ex->tun[0]) {
+		/* an upgraded connection: the close ends the exchange */
+		http_close(ex->tun[0], reason);
+		return;
+	}
 	if (ex->checking) {
 		/* from inside suspect_instance(), which answers */
 		free(ex->aborted);
@@ -509,15 +547,18 @@ static void up_head(struct hconn *c, struct http_msg *m)
 		free(b.p);
 	if (m->status == 101 && ex->upgrade) {
 		struct hconn *down = ex->down, *up = ex->up;
-		/* from now on the two connections carry raw bytes */
+		/* from now on the two connections carry raw bytes; the exchange
+		 * stays a request in flight on its instance until the tunnel
+		 * ends (the service's idle timeout counts from then) */
 		ex->down = NULL;
 		ex->up = NULL;
 		if (ex->slot)
 			*ex->slot = NULL;
 		ex->slot = NULL;
+		ex->tun[0] = down;
+		ex->tun[1] = up;
 		http_set_owner(up, NULL, NULL);
-		http_tunnel(down, up);
-		ex_end(ex, false);
+		http_tunnel(down, up, px_gw->cfg->upstream_timeout, tunnel_ended, ex);
 	}
 }
 
@@ -556,6 +597,8 @@ static void up_body(struct hconn *c, const char *p, size_t n)
 		tail_add(ex, p, n);
 	if (ex->down == NULL || ex->discard_body)
 		return;
+	if (ex->sse || ex->early_head)
+		sse_track(ex, p, n);
 	http_send(ex->down, p, n);
 	if (http_pending_output(ex->down) > HTTP_HIGH_MARK) {
 		http_pause(c, true);
@@ -585,12 +628,18 @@ static void up_done(struct hconn *c)
 	ex_end(ex, ex->req_done && http_reusable(c));
 }
 
+/* Did the connection hang up (WHY), rather than time out or answer
+ * something invalid (which means the service had the request)? */
+static bool hung_up(const char *why)
+{
+	return strstr(why, "closed the connection") || strstr(why, "connection error");
+}
+
 /* Did the connection close before any response byte, as when an ssh
  * forward accepts a connection but cannot open its channel? */
 static bool closed_early(const struct exchange *ex, const char *why)
 {
-	return ex->up_connected && !ex->reused && !ex->resp_started &&
-	       (strstr(why, "closed the connection") || strstr(why, "connection error"));
+	return ex->up_connected && !ex->reused && !ex->resp_started && hung_up(why);
 }
 
 /* Waited long enough for the suspect instance's end: if a probe brought
@@ -678,8 +727,9 @@ static void up_closed(struct hconn *c, const char *why)
 
 		/* a kept-alive connection the service had closed took a request
 		 * without a body: once more, on a fresh connection to the same
-		 * instance (its other idle connections are suspect too) */
-		if (!suspect && ex->reused && !ex->req_has_body) {
+		 * instance (its other idle connections are suspect too); never
+		 * after a timeout or an invalid answer: the service has it */
+		if (!suspect && ex->reused && !ex->req_has_body && hung_up(why)) {
 			instance_pool_flush(ex->inst);
 			ex_connect(ex);
 			return;

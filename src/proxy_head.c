@@ -79,8 +79,13 @@ void px_build_head(struct exchange *ex, struct hconn *down, const struct http_ms
 			upg = h;
 		else if (NAME_IS(n, len, "x-slurmgate-wait"))
 			continue;
-		else if (!ex->trust_fwd && (NAME_IS(n, len, "forwarded") || NAME_IS(n, len, "x-real-ip")))
+		else if (!ex->trust_fwd && (NAME_IS(n, len, "forwarded") || NAME_IS(n, len, "x-real-ip") ||
+					    NAME_IS(n, len, "x-forwarded-port") ||
+					    NAME_IS(n, len, "x-forwarded-prefix") ||
+					    NAME_IS(n, len, "x-forwarded-server")))
 			continue;   /* a client's claims, not a proxy's */
+		else if (NAME_IS(n, len, "x-original-url") || NAME_IS(n, len, "x-rewrite-url"))
+			continue;   /* path overrides some frameworks obey: around api_paths */
 		else if (ex->strip_auth && NAME_IS(n, len, "authorization"))
 			continue;
 		if (NAME_IS(n, len, "host"))

@@ -28,6 +28,9 @@ struct exchange {
 	bool req_chunked, req_has_body, req_done, head_req, upgrade;
 	bool up_sent, up_connected, resp_started, reused;
 	bool sse;                   /* the service's response is an event stream */
+	struct hconn *tun[2];       /* upgraded: the tunnel's client and service sides */
+	unsigned char sse_at;       /* where the relayed stream is: SSE_* (proxy.c) */
+	bool sse_cr;                /* ... its last byte was a CR */
 	int tries;
 	double t0, waited, t_sent;
 	bool held;

@@ -496,6 +496,37 @@ bool ptree_empty(struct ptree *t)
 	return scan_marked(t->env, false, 0) == 0;
 }
 
+int ptree_pids(const struct ptree *t, int *pids, int max)
+{
+	char path[PATH_MAX + 64], buf[16384];
+	DIR *d;
+	struct dirent *de;
+	int n = 0;
+
+	if (t->cg[0]) {
+		snprintf(path, sizeof path, "%s/cgroup.procs", t->cg);
+		if (read_file(path, buf, sizeof buf) > 0)
+			for (char *p = buf; *p && n < max;) {
+				long pid = strtol(p, &p, 10);
+				if (pid > 1)
+					pids[n++] = (int)pid;
+				while (*p == '\n')
+					p++;
+			}
+		return n;
+	}
+	if ((d = opendir("/proc")) == NULL)
+		return 0;
+	while (n < max && (de = readdir(d)) != NULL) {
+		char *end;
+		long pid = strtol(de->d_name, &end, 10);
+		if (*end == '\0' && pid > 1 && pid != getpid() && env_marked((int)pid, t->env, false))
+			pids[n++] = (int)pid;
+	}
+	closedir(d);
+	return n;
+}
+
 bool ptree_ours(int pid)
 {
 	char prefix[96];

@@ -48,6 +48,10 @@ void ptree_set_leader(struct ptree *t, int pid);
 void ptree_signal(struct ptree *t, int sig);
 /* No live process is left in T. */
 bool ptree_empty(struct ptree *t);
+/* Up to MAX pids of T's processes into PIDS (its cgroup's, else those
+ * carrying its mark); how many. For diagnostics: a member that cleared its
+ * environment is missed without a cgroup. */
+int ptree_pids(const struct ptree *t, int *pids, int max);
 /* PID belongs to one of this run's trees. */
 bool ptree_ours(int pid);
 

@@ -108,6 +108,11 @@ void service_stop_all(struct service *s, const char *why);
 struct instance *service_adopt(struct service *s, int index);
 /* The launcher's look for earlier instances of S is over. */
 void service_recovered(struct service *s);
+/* The launcher could not look for earlier instances of S (WHY); it looks
+ * again in RETRY_AFTER seconds. S starts nothing meanwhile (an untracked
+ * job of the earlier run may be running): its waiting requests get 503
+ * with WHY, /check_ shows it. */
+void service_recover_failed(struct service *s, const char *why, int retry_after);
 
 /* --- state, for /info, /check_, the API --- */
 enum svc_state {

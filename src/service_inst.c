@@ -490,7 +490,16 @@ void service_recovered(struct service *s)
 	if (!s->recovering)
 		return;
 	s->recovering = false;
+	s->recover_error[0] = '\0';
 	svc_kick(s);
+}
+
+void service_recover_failed(struct service *s, const char *why, int retry_after)
+{
+	if (!s->recovering)
+		return;
+	snprintf(s->recover_error, sizeof s->recover_error, "%s", why);
+	svc_fail_waiters(s, why, retry_after);
 }
 
 /* --- what the instances say about their service --- */
@@ -540,6 +549,11 @@ void service_reason(const struct service *s, char *buf, size_t len)
 	case SVC_STOPPED:
 	case SVC_NSTATES:
 		break;
+	}
+	if (s->recovering && s->recover_error[0]) {
+		snprintf(buf, len, "stopped; starts nothing until it has looked for jobs of an "
+			 "earlier run: %s", s->recover_error);
+		return;
 	}
 	snprintf(buf, len, services_managed ? "stopped; the next request starts it"
 					    : "stopped; service management is disabled");

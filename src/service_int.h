@@ -37,6 +37,7 @@ struct service {
 	uint64_t requests, starts, start_failures;
 	bool recovering;      /* the launcher is still looking for earlier instances */
 	bool demanded;        /* a start was asked for while recovering */
+	char recover_error[300]; /* why the launcher could not look yet ("": none) */
 	struct scaler_timers scale;   /* the scaler's clocks (scaler.h) */
 	double last_start_s;  /* how long the last successful start took */
 	struct event *scale_ev;

@@ -5,8 +5,8 @@
  * (the agent died while sbatch ran, or ssh failed with 255) the job may be
  * queued all the same: it is looked up by its name in squeue before the
  * start is called failed. */
-#include <ctype.h>
 #include <stdio.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -22,41 +22,105 @@
 #include "slurmjob.h"
 #include "util.h"
 
+/* How long a failed sbatch's job is watched for by its name. */
+#define GHOST_WATCH_S 300
+
+void sjob_ghost(struct sjob *j)
+{
+	log_warn("Slurm job %s: sbatch failed, but the job may be queued yet; watching for it "
+		 "for %d s (cancelled if it comes)", j->name, GHOST_WATCH_S);
+	j->ghost = true;
+	j->ghost_until = now_s() + GHOST_WATCH_S;
+	j->want_cancel = true;
+	j->st = J_CANCELLING;
+	j->tracked_at = now_s();
+	j->refs++;   /* tracked */
+	j->tracked = true;
+	LIST_INSERT_HEAD(&sjobs, j, link);
+	slurm_poll_schedule(true);
+}
+
+void sjob_ghost_block(struct runner *r, const char *name, int delta)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &sjobs, link)
+		if (j->ghost && j->r == r && strcmp(j->name, name) == 0)
+			j->blocked += delta;
+}
+
+static void sjob_ghost_found(struct sjob *j, const char *id)
+{
+	str_copy(j->id, sizeof j->id, id);
+	j->ghost = false;
+	j->seen = true;
+	log_warn("Slurm job %s (%s) was queued after its sbatch failed: cancelling", j->id, j->name);
+	sjob_cancel(j);
+}
+
+/* F: a squeue line of a job not tracked by its id: a ghost's, if one
+ * waits for its name. */
+void sjob_ghost_line(struct runner *r, char **f)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &sjobs, link)
+		if (j->ghost && j->r == r && strcmp(j->name, f[1]) == 0) {
+			if (j->blocked <= 0 && !slurmjob_ended(f[2]))
+				sjob_ghost_found(j, f[0]);
+			return;
+		}
+}
+
 static void submit_lookup_done(void *arg, int status, const char *out, const char *err);
 
 static void submitted(void *arg, int status, const char *out, const char *err)
 {
 	struct sjob *j = arg;
-	size_t n = 0;
+	char id[sizeof j->id];
+	bool have = status == 0 && slurmjob_sbatch_id(out, id, sizeof id);
 
-	while (isdigit((unsigned char)out[n]) && n < sizeof j->id - 1)
-		n++;
-	if (status != 0 && !j->looked_up &&
-	    (status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
-		/* the agent died while sbatch ran, or ssh itself failed (255): the
-		 * job may be queued all the same. Look for it by its name (unique
-		 * to this gateway and instance) before calling the start failed:
-		 * never a second job beside an untracked first one. */
+	if (!have && !j->looked_up &&
+	    (status == 0 || status == 255 << 8 || strstr(err, SAGENT_SBATCH_LOST) != NULL)) {
+		/* the agent died while sbatch ran, ssh itself failed (255), or
+		 * sbatch succeeded but said no job id we can read (a site's
+		 * wrapper, a login shell's chatter): the job may be queued all
+		 * the same. Look for it by its name (unique to this gateway and
+		 * instance) before calling the start failed: never a second job
+		 * beside an untracked first one. */
 		j->looked_up = true;
-		log_warn("svc %s: %s; looking for job %s in squeue",
-			 j->inst ? service_config(j->inst->svc)->name : "-", err, j->name);
+		if (status == 0)
+			slurmjob_tail_lines(out[0] ? out : err, j->lost, sizeof j->lost);
+		else
+			snprintf(j->lost, sizeof j->lost, "%s", err);
+		log_warn("svc %s: %s%s; looking for job %s in squeue",
+			 j->inst ? service_config(j->inst->svc)->name : "-",
+			 status == 0 ? "sbatch answered no job id: " : "", j->lost, j->name);
 		sagent_run(j->r, slurm_squeue_argv, 60, submit_lookup_done, j);
 		return;   /* the lookup keeps the sbatch callback's reference */
 	}
-	if (status != 0 || n == 0) {
-		char why[700];
+	sjob_ghost_block(j->r, j->name, -1);   /* this sbatch is over */
+	if (!have) {
+		char why[700], said[500];
+		/* sbatch gave up waiting (its "Socket timed out on send/recv
+		 * operation" on a busy controller; killed by our timeout; ssh or
+		 * the agent lost): the controller may still queue the job */
+		bool maybe = !WIFEXITED(status) || status == 255 << 8 || strstr(err, "timed out") ||
+			     strstr(err, SAGENT_SBATCH_LOST);
+		slurmjob_tail_lines(err[0] ? err : out, said, sizeof said);
 		snprintf(why, sizeof why, "sbatch failed on %s: %s", runner_name(j->r),
-			 err[0] ? err : (out[0] ? out : "no job id"));
+			 said[0] ? said : "no job id");
 		if (j->inst) {
 			j->inst->lpriv = NULL;
 			instance_gone(j->inst, LFAIL_SUBMIT, why);
 		}
 		j->inst = NULL;
+		if (maybe)
+			sjob_ghost(j);
 		sjob_unref(j);
 		return;
 	}
-	memcpy(j->id, out, n);
-	j->id[n] = '\0';
+	str_copy(j->id, sizeof j->id, id);
 	j->st = J_QUEUED;
 	j->tracked_at = now_s();
 	j->refs++;   /* tracked */
@@ -93,7 +157,7 @@ static void submit_lookup_done(void *arg, int status, const char *out, const cha
 		submitted(j, 0, found, "");
 	} else {
 		char why[300];
-		snprintf(why, sizeof why, "%s (and squeue %s)", SAGENT_SBATCH_LOST,
+		snprintf(why, sizeof why, "%s (and squeue %s)", j->lost[0] ? j->lost : "no job id",
 			 status == 0 ? "has no job of its name" : (err[0] ? err : "failed"));
 		submitted(j, 255 << 8, "", why);
 	}
@@ -134,6 +198,7 @@ int slurm_start(struct instance *i, char **cause)
 	j->submitted = now_s();
 	j->refs = 1;   /* the sbatch callback */
 	i->lpriv = j;
+	sjob_ghost_block(j->r, j->name, 1);
 	instance_set_detail(i, "submitting to Slurm via %s", runner_name(j->r));
 	sagent_run(j->r, argv, 120, submitted, j);
 	free(argv);

@@ -155,6 +155,47 @@ int slurmjob_split(char *line, char **f, int n)
 	return k;
 }
 
+bool slurmjob_sbatch_id(const char *out, char *id, size_t len)
+{
+	const char *p, *e;
+
+	if (len > 0)
+		id[0] = '\0';
+	for (p = out; *p; p = *e ? e + 1 : e) {
+		size_t n = 0;
+		const char *q;
+
+		e = strchr(p, '\n');
+		if (e == NULL)
+			e = p + strlen(p);
+		for (q = p; q < e && isspace((unsigned char)*q); q++)
+			;
+		while (q + n < e && isdigit((unsigned char)q[n]))
+			n++;
+		if (n == 0 || n >= len)
+			continue;
+		/* the rest: nothing but spaces, or ";cluster" */
+		if (q[n] == ';') {
+			const char *c = q + n + 1;
+			while (c < e && !isspace((unsigned char)*c) && *c != ';')
+				c++;
+			while (c < e && isspace((unsigned char)*c))
+				c++;
+			if (c != e)
+				continue;
+		} else {
+			const char *c = q + n;
+			while (c < e && isspace((unsigned char)*c))
+				c++;
+			if (c != e)
+				continue;
+		}
+		memcpy(id, q, n);
+		id[n] = '\0';
+	}
+	return len > 0 && id[0] != '\0';
+}
+
 void slurmjob_tail_lines(const char *out, char *buf, size_t len)
 {
 	size_t total = 0, o = 0;

@@ -42,6 +42,11 @@ int slurmjob_split(char *line, char **f, int n);
  * SLURM_TIME_FORMAT=%s) or "2026-11-29T12:24:16" in local time; 0 for
  * "N/A", "Unknown", "" or anything else. */
 double slurmjob_start_time(const char *s);
+/* The job id in `sbatch --parsable`'s stdout OUT: the last line that is
+ * only digits, or digits and ";CLUSTER" ("4711;gpu"), spaces around it
+ * trimmed. Site wrappers and login shells may print other lines before
+ * (or after) it. False (ID "") if there is none. */
+bool slurmjob_sbatch_id(const char *out, char *id, size_t len);
 /* The non-empty lines of OUT (a job's output tail), trimmed and joined by
  * " | ", into BUF; when too long, the end is kept, after "...". */
 void slurmjob_tail_lines(const char *out, char *buf, size_t len);

@@ -214,6 +214,32 @@ def test_finding11_forwarded_headers_from_untrusted_peers_are_replaced(gateway):
     g.record_pids()
 
 
+# the rest of the family some frameworks honour: a port, a path prefix, and
+# the path overrides (X-Original-URL, X-Rewrite-URL) with which a client
+# could reach a path api_paths does not list, if the service obeys them
+MORE_SPOOF = {"X-Forwarded-Port": "443", "X-Forwarded-Prefix": "/admin",
+              "X-Forwarded-Server": "bank.example", "X-Original-URL": "/admin/delete",
+              "X-Rewrite-URL": "/admin/delete"}
+
+
+@pytest.mark.parametrize("trusted", [[], ["127.0.0.1"]])
+def test_forwarding_and_path_override_headers_from_clients_never_reach_the_service(
+        gateway, trusted):
+    """X-Forwarded-Port/-Prefix/-Server from an untrusted client are dropped
+    like X-Forwarded-For's other claims (kept from a trusted proxy); the
+    path overrides are dropped from everyone: no proxy in front sets them
+    for a service behind slurmgate, whose api_paths they would get around."""
+    g = gateway(trusted_proxies=trusted) if trusted else gateway()
+    h = g.get("/llm/echo", headers=MORE_SPOOF).json()["headers"]
+    assert "x-original-url" not in h and "x-rewrite-url" not in h, h
+    for n in ("x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server"):
+        if trusted:
+            assert h.get(n) == MORE_SPOOF[next(k for k in MORE_SPOOF if k.lower() == n)], h
+        else:
+            assert n not in h, h
+    g.record_pids()
+
+
 @pytest.mark.parametrize("trusted", [["127.0.0.1"], ["127.0.0.0/8"], ["::1", "127.0.0.1/32"]])
 def test_forwarded_headers_from_trusted_proxies_are_kept(gateway, trusted):
     g = gateway(trusted_proxies=trusted)

@@ -42,12 +42,27 @@ while True:
 '''
 
 
-def ws_service(gateway, tmp_path, **top):
-    """A gateway with the upgrading service above as "ws" on /ws/."""
+def ws_service(gateway, tmp_path, svc=None, **top):
+    """A gateway with the upgrading service above as "ws" on /ws/ (SVC:
+    more keys of the service)."""
     (tmp_path / "ws.py").write_text(UPSTREAM)
     script = write_script(tmp_path / "ws.sh",
                           f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'ws.py'} \"$1\"\n")
-    return gateway([demo_service(name="ws", route="ws", bash_file=str(script))], **top)
+    return gateway([demo_service(name="ws", route="ws", bash_file=str(script), **(svc or {}))],
+                   **top)
+
+
+def ws_echo(s, msg, deadline):
+    """Send MSG on the upgraded socket S and read its upper-cased echo:
+    what came back ("" once the tunnel closed)."""
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg) and time.monotonic() < deadline:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 def ws_upgrade(s, path, deadline):
@@ -122,3 +137,85 @@ def test_websocket_upgrade_is_in_the_access_log(gateway, tmp_path):
     finally:
         s.close()
     assert g.get("/ws/health").status == 200
+
+
+def test_open_websocket_keeps_its_service_alive_past_the_idle_timeout(gateway, tmp_path):
+    """A WebSocket is a request in flight for as long as it is open: the
+    service's idle timeout (2 s here) counts from its end, not from the
+    101. Before, the exchange ended at the switch: the service was stopped
+    2 s later and every open WebSocket cut, while it carried traffic."""
+    from conftest import SLACK, wait_until
+    g = ws_service(gateway, tmp_path, svc={"timeout": 2}, upstream_timeout=30)
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=15)
+    try:
+        head = ws_upgrade(s, "/ws/chat", time.monotonic() + 15)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        pid = g.svc("ws")["instances"][0]["pid"]
+        assert g.svc("ws")["in_flight"] == 1, g.svc("ws")
+        t_end = time.monotonic() + 5
+        n = 0
+        while time.monotonic() < t_end:
+            assert ws_echo(s, b"ping %d" % n, time.monotonic() + 5) == b"PING %d" % n, \
+                (n, g.log())
+            n += 1
+            time.sleep(0.3)   # pacing the client's messages, not waiting for an event
+        [inst] = g.svc("ws")["instances"]
+        assert inst["pid"] == pid and inst["state"] == "ready", inst
+    finally:
+        s.close()
+    # closed: nothing in flight, and the idle timeout runs from here
+    wait_until(lambda: g.svc("ws")["in_flight"] == 0, 5 * SLACK, msg="the tunnel's end noticed")
+    g.wait_state("stopped", name="ws", timeout=10)
+
+
+def test_quiet_websocket_is_closed_after_upstream_timeout(gateway, tmp_path):
+    """A tunnel with no byte either way for upstream_timeout is closed (as
+    nginx's proxy_read_timeout does), so a tab left open does not hold a
+    GPU job forever: then the service stops after its idle timeout."""
+    from conftest import SLACK, wait_until
+    g = ws_service(gateway, tmp_path, svc={"timeout": 1}, upstream_timeout=2)
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=15 * SLACK)
+    try:
+        head = ws_upgrade(s, "/ws/chat", time.monotonic() + 15)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert ws_echo(s, b"hi", time.monotonic() + 5) == b"HI"
+        t0 = time.monotonic()
+        assert s.recv(100) == b"", "the quiet tunnel was not closed"
+        quiet = time.monotonic() - t0
+        assert 1.5 < quiet < 2 + 3 * SLACK, quiet
+    finally:
+        s.close()
+    g.wait_state("stopped", name="ws", timeout=10)
+
+
+def test_open_websocket_is_closed_when_its_service_stops_and_at_shutdown(gateway, tmp_path):
+    """The tunnel is in flight on its instance: stopping the service
+    (admin API) closes it, and so does the gateway's shutdown after
+    shutdown_grace; the gateway exits cleanly in both."""
+    from conftest import SLACK
+    g = ws_service(gateway, tmp_path, shutdown_grace=1)
+    socks = []
+    try:
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", g.port), timeout=10 * SLACK)
+            socks.append(s)
+            assert ws_upgrade(s, "/ws/chat", time.monotonic() + 15).startswith(b"HTTP/1.1 101")
+            assert ws_echo(s, b"hi", time.monotonic() + 5) == b"HI"
+        r = g.post("/api/services/ws/stop", headers={"Origin": f"http://127.0.0.1:{g.port}"})
+        assert r.status == 202, r
+        assert socks[0].recv(100) == b"", "the tunnel outlived its stopped service"
+        g.wait_state("stopped", name="ws", timeout=10)
+
+        assert socks[1].recv(100) == b"", "the second tunnel outlived the stop"
+
+        # a new one (the service starts again), then SIGTERM with it open
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=10 * SLACK)
+        socks.append(s)
+        assert ws_upgrade(s, "/ws/chat", time.monotonic() + 15).startswith(b"HTTP/1.1 101")
+        t0 = time.monotonic()
+        assert g.terminate() == 0, g.log()
+        assert time.monotonic() - t0 < 1 + 10 * SLACK
+        assert s.recv(100) == b""
+    finally:
+        for s in socks:
+            s.close()

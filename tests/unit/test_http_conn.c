@@ -178,6 +178,83 @@ static void test_server_pipelined_then_close(void **state)
 	close(sv[1]);
 }
 
+/* Owners whose answer breaks its own Content-Length: one sends less than
+ * it announced, one more. */
+static void short_done(struct hconn *c)
+{
+	http_respond(c, 200, NULL, 10);
+	http_send(c, "abc", 3);
+	http_finish(c);
+}
+
+static void long_done(struct hconn *c)
+{
+	http_respond(c, 200, NULL, 2);
+	http_send(c, "abcdef", 6);
+	http_finish(c);
+}
+
+static const struct hconn_ops short_ops = {
+	.head = so_head, .done = short_done, .closed = so_closed,
+};
+static const struct hconn_ops long_ops = {
+	.head = so_head, .done = long_done, .closed = so_closed,
+};
+
+/* Read FD to its end (the loop runs meanwhile); returns the bytes read. */
+static size_t read_to_eof(int fd, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	for (int k = 0; k < 5000; k++) {
+		ssize_t r = recv(fd, buf + n, cap - 1 - n, MSG_DONTWAIT);
+		if (r == 0)
+			break;
+		if (r > 0) {
+			n += (size_t)r;
+		} else {
+			struct timeval tv = {0, 1000};
+			event_base_loopexit(base, &tv);
+			event_base_loop(base, EVLOOP_ONCE);
+		}
+	}
+	buf[n] = '\0';
+	return n;
+}
+
+/* A response that does not fill its Content-Length, or would overrun it,
+ * ends its connection: nothing past the length goes out, and the next
+ * pipelined request is not answered on it (the client would take its
+ * answer for the rest of this body). */
+static void test_server_content_length_is_never_broken(void **state)
+{
+	static const struct http_limits lim = {8192, 1 << 20, 5, 5, 5, 5};
+	static const char reqs[] = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+				   "GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+	const struct hconn_ops *ops[] = {&short_ops, &long_ops};
+	const char *body[] = {"\r\n\r\nabc", "\r\n\r\nab"};
+
+	(void)state;
+	for (int k = 0; k < 2; k++) {
+		struct srv_owner o = {0};
+		char buf[4096];
+		int sv[2];
+		size_t n;
+
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+		o.c = http_accept(sv[0], &lim, ops[k], &o);
+		assert_int_equal(send(sv[1], reqs, sizeof reqs - 1, 0), (ssize_t)(sizeof reqs - 1));
+		n = read_to_eof(sv[1], buf, sizeof buf);
+		assert_true(n > strlen(body[k]));
+		assert_string_equal(buf + n - strlen(body[k]), body[k]);
+		assert_null(strstr(strstr(buf, "\r\n\r\n"), "HTTP/1.1"));
+		assert_int_equal(o.heads, 1);
+		loop_until(&o.closed);
+		assert_int_equal(http_count(true), 0);
+		close(sv[1]);
+	}
+}
+
 struct cli_owner {
 	int connected, done, closed;
 	char why[128];
@@ -261,6 +338,7 @@ int main(void)
 		cmocka_unit_test(test_lifetimes_are_legal),
 		cmocka_unit_test(test_illegal_move_is_fatal),
 		cmocka_unit_test(test_server_pipelined_then_close),
+		cmocka_unit_test(test_server_content_length_is_never_broken),
 		cmocka_unit_test(test_client_parked_then_stray_byte),
 	};
 	int rc;

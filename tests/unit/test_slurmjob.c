@@ -178,6 +178,28 @@ static void test_tail_lines(void **state)
 	assert_true(strstr(buf, "| the end") != NULL);
 }
 
+static void test_sbatch_id(void **state)
+{
+	char id[32];
+
+	(void)state;
+	assert_true(slurmjob_sbatch_id("4711\n", id, sizeof id));
+	assert_string_equal(id, "4711");
+	assert_true(slurmjob_sbatch_id("4711;gpucluster\n", id, sizeof id));
+	assert_string_equal(id, "4711");
+	/* a wrapper's or a login shell's chatter before (and after) the id */
+	assert_true(slurmjob_sbatch_id("Notice: fair-share 0.42\n\n  4712 \r\nbye\n", id, sizeof id));
+	assert_string_equal(id, "4712");
+	assert_true(slurmjob_sbatch_id("Submitted 3 jobs today\n4713", id, sizeof id));
+	assert_string_equal(id, "4713");
+	/* no line that is only an id */
+	assert_false(slurmjob_sbatch_id("", id, sizeof id));
+	assert_string_equal(id, "");
+	assert_false(slurmjob_sbatch_id("Submitted batch job 4714\n", id, sizeof id));
+	assert_false(slurmjob_sbatch_id("4714 jobs\n12;a;b\n", id, sizeof id));
+	assert_false(slurmjob_sbatch_id("123456789012345678901234567890123456\n", id, sizeof id));
+}
+
 static void test_start_time(void **state)
 {
 	(void)state;
@@ -203,6 +225,7 @@ int main(void)
 		cmocka_unit_test(test_sacct_line),
 		cmocka_unit_test(test_split),
 		cmocka_unit_test(test_tail_lines),
+		cmocka_unit_test(test_sbatch_id),
 		cmocka_unit_test(test_start_time),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
