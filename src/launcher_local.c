@@ -182,13 +182,17 @@ static bool descends_from(int pid, int leader)
 	return false;
 }
 
-/* A passed health check: -1 with *cause if a listener on I's port is not
- * a process of this gateway's trees (another user bound the port while
- * I's server loaded: it must not get I's requests). */
+/* A passed health check: -1 with *cause if a listener on I's port belongs
+ * to another user (one who bound the port while I's server loaded: it must
+ * not get I's requests). A listener of root's (Docker's docker-proxy) or of
+ * the gateway's own account is trusted as the account itself is; another
+ * user's only if it is a process of this gateway's trees (a script that
+ * runs its server through sudo -u). */
 static int local_verify(struct instance *i, char **cause)
 {
 	static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
 	char line[512];
+	unsigned me = (unsigned)geteuid();
 
 	for (size_t k = 0; k < sizeof tables / sizeof *tables; k++) {
 		FILE *f = fopen(tables[k], "re");
@@ -196,22 +200,24 @@ static int local_verify(struct instance *i, char **cause)
 			continue;
 		while (fgets(line, sizeof line, f)) {
 			char local[64], owner[128];
-			unsigned st;
+			unsigned st, uid;
 			unsigned long inode;
 			char *colon;
 			int pid;
-			if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %*s %*s %lu", local, &st,
-				   &inode) != 3 || st != 0x0A || (colon = strrchr(local, ':')) == NULL ||
+			if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %u %*s %lu", local, &st, &uid,
+				   &inode) != 4 || st != 0x0A || (colon = strrchr(local, ':')) == NULL ||
 			    strtol(colon + 1, NULL, 16) != i->local_port)
+				continue;
+			if (uid == 0 || uid == me)
 				continue;
 			socket_owner(inode, owner, sizeof owner, &pid);
 			if (pid > 0 && (ptree_ours(pid) ||
 					(i->lpriv && descends_from(pid, (int)proc_pid(i->lpriv)))))
 				continue;
 			fclose(f);
-			*cause = xasprintf("port %d is answered by another process (not started by this "
-					   "gateway)%s: not using it",
-					   i->local_port, owner);
+			*cause = xasprintf("port %d is answered by another user's process (uid %u, not "
+					   "started by this gateway)%s: not using it",
+					   i->local_port, uid, owner);
 			return -1;
 		}
 		fclose(f);

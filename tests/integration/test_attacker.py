@@ -99,8 +99,8 @@ def test_short_unnamed_api_key_whose_digest_is_public_draws_a_warning(gateway):
 
 
 class _Squatter(BaseHTTPRequestHandler):
-    """Another local user's server on a service's port: it answers the
-    health check and reads whatever else comes."""
+    """A server on a service's port that is not the service's: it answers
+    the health check and reads whatever else comes."""
     health = 0
     other = []
 
@@ -120,41 +120,100 @@ class _Squatter(BaseHTTPRequestHandler):
         pass
 
 
-def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_path):
-    """On a shared host, a local service that loads a model before it
-    listens leaves its port free for seconds after the start's check that
-    nobody holds it. Another user who binds it then answered the health
-    check, the instance became ready, and users' requests (prompts, bodies)
-    went to that user's server, and its answers (pages on the gateway's
-    origin) to the users. Now a passed health check makes an instance
-    ready only if the listener on its port is a process of its own tree."""
-    _Squatter.health, _Squatter.other = 0, []
+# _Squatter as a program of its own, run as another user: each request's
+# path on a line of its stdout
+SQUATTER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        print(self.path, flush=True)
+        body = b'{"status": "ok", "squatter": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def loading_service(tmp_path):
+    """A service whose server listens only once GO exists (it loads a model
+    first): its port is free meanwhile."""
     go = tmp_path / "go"
     script = write_script(tmp_path / "slow.sh",
                           f'#!/bin/sh\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\n'
                           f'exec "{DEMO_SH}" "$@"\n')
-    svc = demo_service(bash_file=str(script))
+    return demo_service(bash_file=str(script)), go
+
+
+def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_path):
+    """On a shared host, a local service that loads a model before it
+    listens leaves its port free for seconds after the start's check that
+    nobody holds it. Another user (nobody, here) who binds it then answered
+    the health check, the instance became ready, and users' requests
+    (prompts, bodies) went to that user's server, and its answers (pages on
+    the gateway's origin) to the users. Now a passed health check makes an
+    instance ready only if the listener on its port is not another user's
+    (or is a process of its own tree)."""
+    svc, go = loading_service(tmp_path)
+    g = gateway([svc])
+    got, paths = {}, []
+    t = threading.Thread(target=lambda: got.update(r=g.get("/llm/pid", timeout=30 * SLACK)))
+    t.start()
+    sq = None
+    try:
+        # the start passed its port check and the process runs, not listening yet
+        wait_until(lambda: any(i.get("pid") for i in g.svc()["instances"]), 10 * SLACK,
+                   msg="the instance's process")
+        nobody = pwd.getpwnam("nobody")
+        sq = subprocess.Popen(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                               "--clear-groups", "/usr/bin/python3", "-c", SQUATTER,
+                               str(svc["local_port"])],
+                              stdout=subprocess.PIPE, text=True, cwd="/")
+        threading.Thread(target=lambda: paths.extend(iter(sq.stdout.readline, "")),
+                         daemon=True).start()
+        wait_until(lambda: paths.count("/health\n") >= 2 or set(paths) - {"/health\n"},
+                   10 * SLACK, msg="the gateway's probes at the squatter")
+    finally:
+        go.touch()   # the real server starts (and finds its port taken)
+        t.join(40 * SLACK)
+        if sq is not None:
+            sq.kill()
+            sq.wait(10)
+    other = [p for p in paths if p != "/health\n"]
+    assert other == [], f"requests reached the squatter: {other}"
+    assert got["r"].status == 503, got["r"]
+    assert "another user's process" in g.log(), g.log()
+
+
+def test_listener_of_the_gateways_own_account_is_trusted(gateway, tmp_path):
+    """What a Docker start script does: the port is answered by a process
+    outside the script's tree (docker-proxy, root's) while the script runs.
+    A listener of root's or of the gateway's own account is trusted as the
+    account itself is: the instance serves through it."""
+    _Squatter.health, _Squatter.other = 0, []
+    svc, go = loading_service(tmp_path)
     g = gateway([svc])
     got = {}
     t = threading.Thread(target=lambda: got.update(r=g.get("/llm/pid", timeout=30 * SLACK)))
     t.start()
     srv = None
     try:
-        # the start passed its port check and the process runs, not listening yet
         wait_until(lambda: any(i.get("pid") for i in g.svc()["instances"]), 10 * SLACK,
                    msg="the instance's process")
         srv = HTTPServer(("127.0.0.1", svc["local_port"]), _Squatter)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
-        wait_until(lambda: _Squatter.health >= 2 or _Squatter.other, 10 * SLACK,
-                   msg="the gateway's probes at the squatter")
+        t.join(30 * SLACK)
     finally:
-        go.touch()   # the real server starts (and finds its port taken)
-        t.join(40 * SLACK)
         if srv is not None:
             srv.shutdown()
             srv.server_close()
-    assert _Squatter.other == [], f"requests reached the squatter: {_Squatter.other}"
-    assert got["r"].status == 503, got["r"]
+        go.touch()
+    assert got["r"].status == 200 and got["r"].json().get("squatter") is True, got["r"]
+    assert _Squatter.other == ["/pid"], _Squatter.other
 
 
 SW_SERVICE = r'''#!/usr/bin/env python3
@@ -206,13 +265,17 @@ def test_short_admin_token_draws_a_warning(gateway):
     assert "admin_token:" not in ok.log(), ok.log()
 
 
-def test_server_without_the_tree_mark_is_still_its_instances_own(gateway, tmp_path):
+@pytest.mark.parametrize("how", ["env -i", "another user"])
+def test_server_without_the_tree_mark_is_still_its_instances_own(gateway, tmp_path, how):
     """The squatter check must not refuse a service's own server that
-    carries no tree mark in its environment (a start script that runs it
-    through sudo or env -i, which reset the environment): a descendant of
-    the instance's process is its own."""
+    carries no tree mark in its environment and runs as another user (a
+    start script that runs it through sudo -u, which resets the
+    environment): a descendant of the instance's process is its own."""
+    nobody = pwd.getpwnam("nobody")
+    user = (f"setpriv --reuid={nobody.pw_uid} --regid={nobody.pw_gid} --clear-groups "
+            if how == "another user" else "")
     script = write_script(tmp_path / "clean_env.sh",
-                          f'#!/bin/sh\nexec env -i PATH=/usr/bin:/bin "{DEMO_SH}" "$@"\n')
+                          f'#!/bin/sh\nexec {user}env -i PATH=/usr/bin:/bin "{DEMO_SH}" "$@"\n')
     g = gateway([demo_service(bash_file=str(script))])
     r = g.get("/llm/pid", timeout=15 * SLACK)
     assert r.status == 200, (r, g.log())
