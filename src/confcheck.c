@@ -17,6 +17,34 @@
 
 #include "util.h"
 
+int confcheck_private_dir(const char *dir, char **cause)
+{
+	struct stat st;
+
+	if (stat(dir, &st) != 0) {
+		*cause = xasprintf("state_dir %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		*cause = xasprintf("state_dir %s: not a directory", dir);
+		return -1;
+	}
+	if (st.st_uid != geteuid()) {
+		*cause = xasprintf("state_dir %s belongs to uid %u, not to this gateway's (%u): another "
+				   "user could change its known_hosts; use a directory of your own "
+				   "(chown it, chmod 700)",
+				   dir, (unsigned)st.st_uid, (unsigned)geteuid());
+		return -1;
+	}
+	if (st.st_mode & 022) {
+		*cause = xasprintf("state_dir %s is writable by others (mode %03o): another user could "
+				   "change its known_hosts; chmod 700 it",
+				   dir, (unsigned)(st.st_mode & 0777));
+		return -1;
+	}
+	return 0;
+}
+
 /* "got ..." for a message: the JSON type, and the value when it is short. */
 const char *confcheck_json_desc(json_t *v, char *buf, size_t len)
 {

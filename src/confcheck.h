@@ -21,6 +21,10 @@ char *confcheck_numeric_host(const char *host);
 int confcheck_log_file(const char *file, char **cause);
 /* Is FILE a regular file we can read (an ssh key)? 0, or -1 and *cause. */
 int confcheck_key_file(const char *file, char **cause);
+/* Is DIR (the state_dir: known_hosts, ssh control sockets, the process
+ * record) a directory of our own that nobody else may write to? 0, or -1
+ * and *cause (malloc'd, naming DIR and the fix). */
+int confcheck_private_dir(const char *dir, char **cause);
 /* "got ..." for an error message: V's JSON type and short value, in BUF. */
 const char *confcheck_json_desc(json_t *v, char *buf, size_t len);
 /* Levenshtein distance, case-insensitive (64 for strings of 63+ bytes). */

@@ -341,9 +341,10 @@ static void agent_check(const struct svc_config *s, const char *path, struct err
 		err_add(e, "%s.bash_file: with slurm_agent, must be an absolute path without control "
 			   "characters (the agent checks it against its allow-list)", path);
 	for (char **a = s->sbatch_args; a && *a; a++)
-		if (has_ctl(*a) || (*a)[0] != '-' || strcmp(*a, "-") == 0 || strcmp(*a, "--") == 0)
+		if (has_ctl(*a) || strchr(*a, ' ') || (*a)[0] != '-' || strcmp(*a, "-") == 0 ||
+		    strcmp(*a, "--") == 0)
 			err_add(e, "%s.sbatch_args: with slurm_agent, each must be one option word "
-				   "(\"--option=value\"), without control characters: \"%s\"", path,
+				   "(\"--option=value\"), without spaces or control characters: \"%s\"", path,
 				log_escape(*a, strlen(*a)));
 }
 

@@ -15,6 +15,9 @@
 #include "log.h"
 #include "util.h"
 
+/* An unnamed key shorter than this draws a warning when the state is public. */
+#define KEY_PUBLIC_MIN 16
+
 /* A file holding a secret should be readable by its owner alone. */
 static void check_secrecy(const char *path, const char *what)
 {
@@ -99,7 +102,13 @@ static void api_keys_add(struct config *cfg, json_t *v, const char *path, struct
 void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 {
 	json_t *keys = json_object_get(root, "api_keys");
+	struct stat st;
 
+	/* inline secrets: the config file itself must be private then */
+	if ((keys || cfg->admin_token) && stat(cfg->path, &st) == 0 && (st.st_mode & 077))
+		log_warn("config file %s holds admin_token or api_keys and is readable by others "
+			 "(mode %03o): chmod 600 it, or move them to admin_token_file and api_keys_file",
+			 cfg->path, (unsigned)(st.st_mode & 0777));
 	if (keys)
 		api_keys_add(cfg, keys, "$.api_keys", e);
 	if (cfg->admin_token_file) {
@@ -142,6 +151,13 @@ void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 					cfg->api_keys[k].name, q);
 		if (cfg->admin_token && strcmp(cfg->api_keys[k].key, cfg->admin_token) == 0)
 			err_add(e, "api_keys[%zu].key: must differ from the admin token", k);
+		/* its id, shown to anyone, is a fast unsalted digest of it */
+		if (cfg->public_status && cfg->api_keys[k].name == NULL &&
+		    strlen(cfg->api_keys[k].key) < KEY_PUBLIC_MIN)
+			log_warn("api_keys[%zu]: a key of %zu characters without a name: /metrics and /api "
+				 "show anyone the first 12 hex digits of its SHA-256, enough to find a short "
+				 "key offline; give it a \"name\" or use %d or more random characters",
+				 k, strlen(cfg->api_keys[k].key), KEY_PUBLIC_MIN);
 		for (char **sv = cfg->api_keys[k].services; sv && *sv; sv++) {
 			bool found = false;
 			for (size_t q = 0; q < cfg->n_services; q++)
@@ -151,6 +167,11 @@ void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 					log_escape(*sv, strlen(*sv)));
 		}
 	}
+	/* nothing slows down guessing it: every try is one request */
+	if (cfg->admin_token && strlen(cfg->admin_token) < KEY_PUBLIC_MIN)
+		log_warn("admin_token: %zu characters: anyone who reaches the gateway can try thousands "
+			 "of tokens a second; use %d or more random characters",
+			 strlen(cfg->admin_token), KEY_PUBLIC_MIN);
 	if (!cfg->public_status && cfg->n_api_keys == 0 && cfg->admin_token == NULL)
 		err_add(e, "$.public_status: false needs api_keys or an admin_token (else nobody "
 			   "could read the state)");

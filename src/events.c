@@ -113,7 +113,10 @@ void events_unsubscribe(struct hconn *c)
 
 /* --- following a service's log --- */
 
-/* LINES ('\n'-terminated) to C, one SSE event each. */
+/* LINES ('\n'-terminated) to C, one SSE event each. A CR in a line (a
+ * progress bar, or request data a service echoes) is a space: SSE ends a
+ * line at a CR too, and the rest would be a field of the writer's choosing
+ * ("event: end"). */
 static void send_lines(struct hconn *c, struct evbuffer *lines)
 {
 	struct evbuffer *b = evbuffer_new();
@@ -121,6 +124,8 @@ static void send_lines(struct hconn *c, struct evbuffer *lines)
 	size_t len, n;
 
 	while ((line = evbuffer_readln(lines, &len, EVBUFFER_EOL_LF)) != NULL) {
+		for (char *cr = memchr(line, '\r', len); cr; cr = memchr(cr, '\r', len - (size_t)(cr - line)))
+			*cr = ' ';
 		evbuffer_add(b, "data: ", 6);
 		evbuffer_add(b, line, len);
 		evbuffer_add(b, "\n\n", 2);

@@ -3,6 +3,7 @@
 #include "health.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/event.h>
@@ -73,6 +74,17 @@ void service_probe_result(struct instance *i, bool ok)
 	case HEALTH_NOTHING:
 		break;
 	case HEALTH_READY:
+		if (i->ready_at == 0 && i->svc->lops->verify) {
+			char *cause = NULL;
+			if (i->svc->lops->verify(i, &cause) != 0) {
+				if (strcmp(i->detail, cause) != 0)
+					log_warn("svc %s[%d]: %s", i->svc->cfg->name, i->index, cause);
+				snprintf(i->detail, sizeof i->detail, "%s", cause);
+				free(cause);
+				instance_probe_schedule(i);
+				break;
+			}
+		}
 		inst_ready(i);
 		break;
 	case HEALTH_PROBE_AGAIN:

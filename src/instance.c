@@ -93,6 +93,7 @@ void instance_set_detail(struct instance *i, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(i->detail, sizeof i->detail, fmt, ap);
 	va_end(ap);
+	utf8_scrub(i->detail);   /* it goes into JSON answers */
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)

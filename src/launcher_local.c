@@ -158,6 +158,73 @@ static int ports_free(struct instance *i, char **cause)
 	return 0;
 }
 
+/* Does process PID descend from LEADER (its parents, up to init)? A server
+ * that a start script runs under another user (sudo resets the environment,
+ * so it carries no tree mark) still does. */
+static bool descends_from(int pid, int leader)
+{
+	for (int hops = 0; pid > 1 && hops < 64; hops++) {
+		char path[64], buf[512], *rp;
+		FILE *f;
+		size_t n;
+		if (pid == leader)
+			return true;
+		snprintf(path, sizeof path, "/proc/%d/stat", pid);
+		if ((f = fopen(path, "re")) == NULL)
+			return false;
+		n = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+		buf[n] = '\0';
+		/* "pid (comm) state ppid ...": comm may hold anything, up to the last ')' */
+		if ((rp = strrchr(buf, ')')) == NULL || sscanf(rp + 1, " %*c %d", &pid) != 1)
+			return false;
+	}
+	return false;
+}
+
+/* A passed health check: -1 with *cause if a listener on I's port belongs
+ * to another user (one who bound the port while I's server loaded: it must
+ * not get I's requests). A listener of root's (Docker's docker-proxy) or of
+ * the gateway's own account is trusted as the account itself is; another
+ * user's only if it is a process of this gateway's trees (a script that
+ * runs its server through sudo -u). */
+static int local_verify(struct instance *i, char **cause)
+{
+	static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+	char line[512];
+	unsigned me = (unsigned)geteuid();
+
+	for (size_t k = 0; k < sizeof tables / sizeof *tables; k++) {
+		FILE *f = fopen(tables[k], "re");
+		if (f == NULL)
+			continue;
+		while (fgets(line, sizeof line, f)) {
+			char local[64], owner[128];
+			unsigned st, uid;
+			unsigned long inode;
+			char *colon;
+			int pid;
+			if (sscanf(line, " %*s %63s %*s %x %*s %*s %*s %u %*s %lu", local, &st, &uid,
+				   &inode) != 4 || st != 0x0A || (colon = strrchr(local, ':')) == NULL ||
+			    strtol(colon + 1, NULL, 16) != i->local_port)
+				continue;
+			if (uid == 0 || uid == me)
+				continue;
+			socket_owner(inode, owner, sizeof owner, &pid);
+			if (pid > 0 && (ptree_ours(pid) ||
+					(i->lpriv && descends_from(pid, (int)proc_pid(i->lpriv)))))
+				continue;
+			fclose(f);
+			*cause = xasprintf("port %d is answered by another user's process (uid %u, not "
+					   "started by this gateway)%s: not using it",
+					   i->local_port, uid, owner);
+			return -1;
+		}
+		fclose(f);
+	}
+	return 0;
+}
+
 /* The TCP ports the processes PIDS (N of them) listen on: up to MAX into
  * PORTS, sorted out of duplicates; how many. */
 static int listen_ports(const int *pids, int n, int *ports, int max)
@@ -312,4 +379,5 @@ const struct launcher_ops launcher_local = {
 	.describe = local_describe,
 	.boot_check = local_boot_check,
 	.logs = local_logs,
+	.verify = local_verify,
 };

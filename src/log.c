@@ -46,7 +46,18 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 		free(line);
 		json_decref(o);
 	} else {
-		fprintf(stderr, "%s %-5s %s\n", ts, level_names[lvl], msg);
+		/* one message, one line, nothing for a terminal to act on: a
+		 * control byte (from a job's output, a service's stderr) as \xHH */
+		char safe[sizeof msg * 4];
+		size_t o = 0;
+		for (const unsigned char *p = (const unsigned char *)msg; *p; p++) {
+			if (*p < 0x20 || *p == 0x7f)
+				o += (size_t)snprintf(safe + o, 5, "\\x%02x", *p);
+			else
+				safe[o++] = (char)*p;
+		}
+		safe[o] = '\0';
+		fprintf(stderr, "%s %-5s %s\n", ts, level_names[lvl], safe);
 	}
 }
 

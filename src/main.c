@@ -337,6 +337,12 @@ int main(int argc, char **argv)
 		config_free(gw.cfg);
 		return 1;
 	}
+	if (confcheck_private_dir(gw.cfg->state_dir, &cause) != 0) {
+		log_error("%s", cause);
+		free(cause);
+		config_free(gw.cfg);
+		return 1;
+	}
 	if ((lock_fd = lock_state_dir(gw.cfg->state_dir)) < 0) {
 		config_free(gw.cfg);
 		return 1;

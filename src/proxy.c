@@ -499,11 +499,16 @@ static void up_head(struct hconn *c, struct http_msg *m)
 	histo_observe(&service_metrics(ex->svc)->ttfb, now_s() - ex->t_sent);
 	if (ex->down == NULL)
 		return;
-	/* the response's fields but the hop-by-hop ones, in one pass */
+	/* the response's fields but the hop-by-hop ones, in one pass; and
+	 * never Service-Worker-Allowed: a service's worker stays within its
+	 * /<route>/ (with "/" it would serve the status page and read the
+	 * admin token of every later request in the origin) */
 	for (size_t k = 0; k < m->nhdrs; k++) {
 		const struct http_hdr *h = &m->hdrs[k];
 		if (ct == NULL && NAME_IS(h->name, h->nlen, "content-type"))
 			ct = h;
+		if (NAME_IS(h->name, h->nlen, "service-worker-allowed"))
+			continue;
 		if (!ex->early_head && !http_hop_by_hop(h, m))
 			px_hb_field(&b, h->name, h->nlen, h->value, h->vlen);
 	}

@@ -33,6 +33,16 @@ void px_sse_printf(struct hconn *c, const char *fmt, ...)
 		http_send(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
+/* The reason as one SSE comment: a CR or LF in it (a job's output, a
+ * Slurm message) would end the comment and start a forged event. */
+static void sse_reason(struct hconn *c, char *reason)
+{
+	for (char *p = reason; *p; p++)
+		if (*p == '\r' || *p == '\n')
+			*p = ' ';
+	px_sse_printf(c, ": slurmgate: %s\n\n", reason);
+}
+
 /* Every few seconds while held: an SSE comment saying how the start goes. */
 static void feedback_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -43,7 +53,7 @@ static void feedback_cb(evutil_socket_t fd, short what, void *arg)
 	if (ex->down == NULL || ex->inst != NULL)
 		return;
 	service_reason(ex->svc, reason, sizeof reason);
-	px_sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
+	sse_reason(ex->down, reason);
 	event_add(ex->fb_ev, &(struct timeval){px_gw->cfg->feedback_interval, 0});
 }
 
@@ -58,7 +68,7 @@ void px_feedback_start(struct exchange *ex)
 		     -1);
 	ex->early_head = true;
 	service_reason(ex->svc, reason, sizeof reason);
-	px_sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
+	sse_reason(ex->down, reason);
 	ex->fb_ev = evtimer_new(px_gw->base, feedback_cb, ex);
 	event_add(ex->fb_ev, &(struct timeval){px_gw->cfg->feedback_interval, 0});
 }

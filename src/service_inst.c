@@ -82,6 +82,7 @@ static void start_failed(struct instance *i, enum launch_fail kind, const char *
 	s->start_failures++;
 	s->m.fail[(unsigned)kind < LFAIL_NKINDS ? kind : LFAIL_OTHER]++;
 	snprintf(s->last_error, sizeof s->last_error, "%s", reason);
+	utf8_scrub(s->last_error);   /* cut, or a job's output: it goes into JSON answers */
 	/* the first failure may be retried at once; repeated ones back off */
 	if (s->failures >= 2) {
 		double d = s->failures >= 8 ? 60 : (double)(1 << (s->failures - 2));
@@ -407,6 +408,7 @@ void instance_gone(struct instance *i, enum launch_fail kind, const char *reason
 		start_failed(i, kind, reason);
 	} else if (was != INST_STOPPING) {
 		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
+		utf8_scrub(s->last_error);
 		log_warn("svc %s[%d]: %s", s->cfg->name, i->index, s->last_error);
 	} else {
 		log_info("svc %s[%d]: stopped after %.1f s (%s)", s->cfg->name, i->index,

@@ -226,7 +226,10 @@ void slurmjob_tail_lines(const char *out, char *buf, size_t len)
 			memcpy(all + o, " | ", 3);
 			o += 3;
 		}
-		memcpy(all + o, p, l);
+		/* a control byte (CR, ESC ...) of the output is a space in the
+		 * reason: it goes to logs, pages and event streams */
+		for (size_t k = 0; k < l; k++)
+			all[o + k] = (unsigned char)p[k] < 0x20 || p[k] == 0x7f ? ' ' : p[k];
 		o += l;
 		all[o] = '\0';
 	}
@@ -236,6 +239,7 @@ void slurmjob_tail_lines(const char *out, char *buf, size_t len)
 		snprintf(buf, len, "...%s", all + o - (len - 4));
 	else
 		buf[0] = '\0';
+	utf8_scrub(buf);   /* output that is not UTF-8, or the cut inside a character */
 	free(all);
 }
 

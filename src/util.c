@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,30 @@ int parse_hostport(const char *s, char **host, int *port)
 		*host = xstrndup(s, (size_t)(colon - s));
 	*port = (int)p;
 	return 0;
+}
+
+char *utf8_scrub(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+
+	while (*p) {
+		size_t n = *p < 0x80 ? 1 : *p >= 0xC2 && *p <= 0xDF ? 2 : *p >= 0xE0 && *p <= 0xEF ? 3
+			 : *p >= 0xF0 && *p <= 0xF4 ? 4 : 0;
+		bool ok = n > 0;
+		for (size_t k = 1; ok && k < n; k++)
+			ok = (p[k] & 0xC0) == 0x80;
+		/* no overlong forms, no surrogates, nothing past U+10FFFF */
+		if (ok && n == 3)
+			ok = !(p[0] == 0xE0 && p[1] < 0xA0) && !(p[0] == 0xED && p[1] >= 0xA0);
+		if (ok && n == 4)
+			ok = !(p[0] == 0xF0 && p[1] < 0x90) && !(p[0] == 0xF4 && p[1] >= 0x90);
+		if (!ok) {
+			*p++ = '?';
+			continue;
+		}
+		p += n;
+	}
+	return s;
 }
 
 const char *log_escape(const char *s, size_t len)

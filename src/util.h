@@ -40,5 +40,9 @@ int parse_hostport(const char *s, char **host, int *port);
 /* Copy of s with control characters and non-ASCII escaped, for logs.
  * Returns a pointer to a static rotating buffer; at most 256 chars kept. */
 const char *log_escape(const char *s, size_t len);
+/* Make S valid UTF-8 in place: a byte that starts no complete, shortest
+ * sequence (output that is not UTF-8, a string cut inside a character)
+ * becomes '?'. JSON encoding refuses anything else. Returns S. */
+char *utf8_scrub(char *s);
 
 #endif

@@ -275,7 +275,9 @@ def secret_files(tmp_path, mode):
 def test_key_and_token_files_work_and_private_ones_draw_no_warning(gateway, tmp_path):
     tok, keys = secret_files(tmp_path, 0o600)
     g = gateway(services(), admin_token_file=str(tok), api_keys_file=str(keys),
-                api_keys=[{"key": K_ALL}])
+                api_keys=[{"key": K_ALL}], start=False)
+    g.config_path.chmod(0o600)   # it holds a key too
+    g.start()
     assert "readable by others" not in g.log(), g.log()
     # keys from the file and inline ones both work
     assert g.get("/other/health", headers=bearer(K_OTHER)).status == 200

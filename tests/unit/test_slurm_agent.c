@@ -102,7 +102,7 @@ static void test_config_slurm_agent(void **state)
 	      " \"sbatch_args\": [\"--gres=gpu:1\"]},"
 	      "{\"name\": \"b\", \"route_name\": \"b\", \"bash_file\": \"rel.sh\", \"remote_port\": 5010,"
 	      " \"remote_host\": \"login\", \"slurm_agent\": \"other-agent\","
-	      " \"sbatch_args\": [\"-w\", \"node2\", \"--comment=a\\tb\"]},"
+	      " \"sbatch_args\": [\"-w\", \"node2\", \"--comment=a\\tb\", \"--chdir=/x StdErr=/y\"]},"
 	      "{\"name\": \"c\", \"route_name\": \"c\", \"bash_file\": \"/bin/true\", \"remote_port\": 5020,"
 	      " \"launcher\": \"local\", \"slurm_agent\": \"\"}]}",
 	      f);
@@ -112,8 +112,10 @@ static void test_config_slurm_agent(void **state)
 	assert_null(c);
 	assert_true(has_error(errs, "Services[1].bash_file: with slurm_agent, must be an absolute path"));
 	assert_true(has_error(errs, "Services[1].sbatch_args: with slurm_agent, each must be one option "
-				    "word (\"--option=value\"), without control characters: \"node2\""));
-	assert_true(has_error(errs, "without control characters: \"--comment=a\\x09b\""));
+				    "word (\"--option=value\"), without spaces or control characters: "
+				    "\"node2\""));
+	assert_true(has_error(errs, "without spaces or control characters: \"--comment=a\\x09b\""));
+	assert_true(has_error(errs, "without spaces or control characters: \"--chdir=/x StdErr=/y\""));
 	assert_true(has_error(errs, "Services[1].slurm_agent: Services[0] has the same login node and "
 				    "must name the same agent"));
 	assert_true(has_error(errs, "Services[2].slurm_agent: only for launcher \"slurm\""));

@@ -155,6 +155,22 @@ static void test_tail_lines(void **state)
 	assert_string_equal(buf, "");
 	slurmjob_tail_lines("\n \n", buf, sizeof buf);
 	assert_string_equal(buf, "");
+	/* output that is not UTF-8, and the cut inside a character, are '?':
+	 * the reason goes into JSON, which takes UTF-8 only */
+	{
+		char u[16], in[64];
+		slurmjob_tail_lines("caf\303 \377\376 ok \303\251", u, sizeof u);
+		assert_string_equal(u, "caf? ?? ok \303\251");
+		/* 12 bytes kept after "...": the first is the 2nd byte of an \303\251 */
+		snprintf(in, sizeof in, "xxxxxxxxxx\303\251abcdefghijk");
+		slurmjob_tail_lines(in, u, sizeof u);
+		assert_string_equal(u, "...?abcdefghijk");
+		char o[] = "\300\257 \355\240\200 \364\220\200\200 \360\237\230\200";
+		assert_string_equal(utf8_scrub(o), "?? ??? ???? \360\237\230\200");
+	}
+	/* control bytes of the output (CR, ESC) are spaces in the reason */
+	slurmjob_tail_lines("x\033]0;t\007y\rdata: z\n", buf, sizeof buf);
+	assert_string_equal(buf, "x ]0;t y data: z");
 	/* too long: the end is what matters */
 	slurmjob_tail_lines("0123456789012345678901234567890123456789\nthe end", buf, sizeof buf);
 	assert_int_equal(strlen(buf), sizeof buf - 1);
