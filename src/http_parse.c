@@ -262,7 +262,7 @@ static int on_headers_complete(http_parser *p)
 	struct hparse *hp = hpof(p);
 	struct http_msg *m = &hp->msg;
 	bool te_ok = true, bad_name = false, body;
-	const struct http_hdr *host;
+	const struct http_hdr *host = NULL;
 	int nhost = 0, r;
 
 	if (hbuf_add(hp, "", 1) != 0)
@@ -298,6 +298,7 @@ static int on_headers_complete(http_parser *p)
 			hp->saw_te = true;
 		} else if (NAME_IS(h->name, h->nlen, "host")) {
 			nhost++;
+			host = h;
 		} else if (NAME_IS(h->name, h->nlen, "expect") &&
 			   NAME_IS(h->value, h->vlen, "100-continue")) {
 			m->expect_continue = true;
@@ -338,8 +339,9 @@ static int on_headers_complete(http_parser *p)
 			return -1;
 		/* RFC 9112 3.2, as nginx: an HTTP/1.1 request names its host
 		 * (a Host header, or the authority of an absolute-form target) */
-		host = http_find(m, "host");
-		if (m->minor >= 1 && nhost == 0 && host == NULL)
+		if (host == NULL)
+			host = http_find(m, "host");   /* absolute_form's */
+		if (m->minor >= 1 && host == NULL)
 			return refuse(hp, 400, "an HTTP/1.1 request needs a Host header");
 		if (host && !host_valid(host->value, host->vlen))
 			return refuse(hp, 400, "invalid Host header");
