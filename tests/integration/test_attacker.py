@@ -7,7 +7,6 @@ import os
 import pwd
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -98,30 +97,9 @@ def test_short_unnamed_api_key_whose_digest_is_public_draws_a_warning(gateway):
     assert "offline" not in p.log(), p.log()
 
 
-class _Squatter(BaseHTTPRequestHandler):
-    """A server on a service's port that is not the service's: it answers
-    the health check and reads whatever else comes."""
-    health = 0
-    other = []
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        if self.path == "/health":
-            type(self).health += 1
-        else:
-            type(self).other.append(self.path)
-        body = b'{"status": "ok", "squatter": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-# _Squatter as a program of its own, run as another user: each request's
-# path on a line of its stdout
+# A server on a service's port that is not the service's, as a program of
+# its own (so that it can run as another user): it answers the health check
+# and anything else, and prints each request's path on a line of its stdout.
 SQUATTER = r"""
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -137,6 +115,22 @@ class H(BaseHTTPRequestHandler):
         pass
 HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
+
+
+def start_squatter(port, paths, as_nobody):
+    """SQUATTER on PORT (as nobody, or as this process's user); the paths it
+    is asked for are appended to PATHS as they come."""
+    who = []
+    if as_nobody:
+        nobody = pwd.getpwnam("nobody")
+        who = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+               "--clear-groups"]
+    sq = subprocess.Popen(who + ["/usr/bin/python3", "-c", SQUATTER, str(port)],
+                          stdout=subprocess.PIPE, text=True, cwd="/")
+    threading.Thread(target=lambda: paths.extend(p.rstrip("\n") for p in
+                                                 iter(sq.stdout.readline, "")),
+                     daemon=True).start()
+    return sq
 
 
 def loading_service(tmp_path):
@@ -168,14 +162,8 @@ def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_pat
         # the start passed its port check and the process runs, not listening yet
         wait_until(lambda: any(i.get("pid") for i in g.svc()["instances"]), 10 * SLACK,
                    msg="the instance's process")
-        nobody = pwd.getpwnam("nobody")
-        sq = subprocess.Popen(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
-                               "--clear-groups", "/usr/bin/python3", "-c", SQUATTER,
-                               str(svc["local_port"])],
-                              stdout=subprocess.PIPE, text=True, cwd="/")
-        threading.Thread(target=lambda: paths.extend(iter(sq.stdout.readline, "")),
-                         daemon=True).start()
-        wait_until(lambda: paths.count("/health\n") >= 2 or set(paths) - {"/health\n"},
+        sq = start_squatter(svc["local_port"], paths, as_nobody=True)
+        wait_until(lambda: paths.count("/health") >= 2 or set(paths) - {"/health"},
                    10 * SLACK, msg="the gateway's probes at the squatter")
     finally:
         go.touch()   # the real server starts (and finds its port taken)
@@ -183,7 +171,7 @@ def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_pat
         if sq is not None:
             sq.kill()
             sq.wait(10)
-    other = [p for p in paths if p != "/health\n"]
+    other = [p for p in paths if p != "/health"]
     assert other == [], f"requests reached the squatter: {other}"
     assert got["r"].status == 503, got["r"]
     assert "another user's process" in g.log(), g.log()
@@ -194,26 +182,24 @@ def test_listener_of_the_gateways_own_account_is_trusted(gateway, tmp_path):
     outside the script's tree (docker-proxy, root's) while the script runs.
     A listener of root's or of the gateway's own account is trusted as the
     account itself is: the instance serves through it."""
-    _Squatter.health, _Squatter.other = 0, []
     svc, go = loading_service(tmp_path)
     g = gateway([svc])
-    got = {}
+    got, paths = {}, []
     t = threading.Thread(target=lambda: got.update(r=g.get("/llm/pid", timeout=30 * SLACK)))
     t.start()
-    srv = None
+    sq = None
     try:
         wait_until(lambda: any(i.get("pid") for i in g.svc()["instances"]), 10 * SLACK,
                    msg="the instance's process")
-        srv = HTTPServer(("127.0.0.1", svc["local_port"]), _Squatter)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        sq = start_squatter(svc["local_port"], paths, as_nobody=False)
         t.join(30 * SLACK)
     finally:
-        if srv is not None:
-            srv.shutdown()
-            srv.server_close()
+        if sq is not None:
+            sq.kill()
+            sq.wait(10)
         go.touch()
     assert got["r"].status == 200 and got["r"].json().get("squatter") is True, got["r"]
-    assert _Squatter.other == ["/pid"], _Squatter.other
+    assert [p for p in paths if p != "/health"] == ["/pid"], paths
 
 
 SW_SERVICE = r'''#!/usr/bin/env python3
