@@ -9,7 +9,7 @@
  * through the master (or, without remote_host, the node is reached
  * directly: slurm_tunnel.c) and the service's health probes begin. stop: scancel, close
  * the forward, and wait until squeue shows the job ended. At start-up the
- * gateway adopts its own RUNNING jobs and cancels the rest.
+ * gateway adopts its own RUNNING jobs and cancels the rest (slurm_recover.c).
  *
  * Every state Slurm can report has one meaning here (slurmjob.c, and the
  * table in slurmgate(8)): the moment a job that ran is not running any
@@ -41,7 +41,7 @@
 struct sjob_list sjobs = LIST_HEAD_INITIALIZER(sjobs);
 struct gw *slurm_gw;
 static struct event *poll_ev;
-static int polls_in_flight;
+int sjob_polls;
 
 static bool poll_again;   /* poll at once when the running cycle ends */
 
@@ -371,78 +371,10 @@ static bool busy_jobs(void)
 
 struct pollctx {
 	struct runner *r;
-	bool recover;
 	double started;   /* jobs known only after this may be missing from the answer */
 };
 
-/* Targets whose recovery scan failed (their squeue did: the controller is
- * down, the login node unreachable): scanned again from recover_ev, the
- * delay doubling up to RESCAN_MAX_S. Their services start nothing until a
- * scan succeeds: a job of the earlier run may be running, and starting
- * without it would leave it untracked beside a second one. */
-#define RESCAN_MAX_S 30
-static struct runner *rescan[64];
-static int nrescan, rescan_s;
-static struct event *recover_ev;
-
-static void squeue_done(void *arg, int status, const char *out, const char *err);
-
-static void recover_scan(struct runner *r)
-{
-	struct pollctx *x = xcalloc(1, sizeof *x);
-
-	x->r = r;
-	x->recover = true;
-	polls_in_flight++;
-	sagent_run(r, slurm_squeue_argv, 60, squeue_done, x);
-}
-
-static void rescan_cb(evutil_socket_t fd, short what, void *arg)
-{
-	int n = nrescan;
-
-	(void)fd, (void)what, (void)arg;
-	nrescan = 0;
-	for (int k = 0; k < n; k++)
-		recover_scan(rescan[k]);
-}
-
-static void recover_failed(struct runner *r, const char *err)
-{
-	char said[200], why[300];
-	bool dup = false;
-
-	rescan_s = rescan_s <= 0 ? 1 : rescan_s * 2 > RESCAN_MAX_S ? RESCAN_MAX_S : rescan_s * 2;
-	slurmjob_tail_lines(err, said, sizeof said);
-	snprintf(why, sizeof why, "cannot look for Slurm jobs of an earlier run on %s (squeue: %s)",
-		 runner_name(r), said[0] ? said : "failed");
-	log_warn("%s; looking again in %d s, starting nothing meanwhile", why, rescan_s);
-	for (size_t k = 0; k < services_count(); k++) {
-		struct service *s = service_at(k);
-		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
-			service_recover_failed(s, why, rescan_s);
-	}
-	for (int k = 0; k < nrescan; k++)
-		dup |= rescan[k] == r;
-	if (!dup && nrescan < (int)(sizeof rescan / sizeof *rescan))
-		rescan[nrescan++] = r;
-	if (recover_ev == NULL)
-		recover_ev = evtimer_new(slurm_gw->base, rescan_cb, NULL);
-	event_add(recover_ev, &(struct timeval){rescan_s, 0});
-}
-
-static void recover_line(struct runner *r, char **f);
 static void job_lost(struct sjob *j);
-
-/* The scan of target R is over: its services may start jobs now. */
-static void recovered_for(struct runner *r)
-{
-	for (size_t k = 0; k < services_count(); k++) {
-		struct service *s = service_at(k);
-		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
-			service_recovered(s);
-	}
-}
 
 static void squeue_done(void *arg, int status, const char *out, const char *err)
 {
@@ -450,11 +382,9 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	struct sjob *j, *next;
 	char *text = xstrdup(out), *save = NULL;
 
-	polls_in_flight--;
+	sjob_polls--;
 	if (status != 0) {
 		log_warn("squeue on %s failed: %s", runner_name(x->r), err[0] ? err : "no output");
-		if (x->recover)
-			recover_failed(x->r, err);
 		free(text);
 		free(x);
 		slurm_poll_schedule(false);
@@ -467,10 +397,6 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		char *f[7] = {"", "", "", "", "", "", ""};
 		if (slurmjob_split(line, f, 7) < 6)
 			continue;
-		if (x->recover) {
-			recover_line(x->r, f);
-			continue;
-		}
 		for (j = LIST_FIRST(&sjobs); j; j = next) {
 			next = LIST_NEXT(j, link);
 			if (j->r == x->r && !j->ghost && strcmp(j->id, f[0]) == 0) {
@@ -483,20 +409,14 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 		if (j == NULL)
 			sjob_ghost_line(x->r, f);
 	}
-	if (x->recover) {
-		rescan_s = 0;
-		log_info("looked for Slurm jobs of an earlier run on %s", runner_name(x->r));
-		recovered_for(x->r);
-	} else {
-		/* tracked but no longer listed: ask once more before giving up
-		 * (the answer may come at once and end J) */
-		for (j = LIST_FIRST(&sjobs); j; j = next) {
-			next = LIST_NEXT(j, link);
-			if (j->ghost)
-				continue;   /* expires in poll_cb */
-			if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
-				job_lost(j);
-		}
+	/* tracked but no longer listed: ask once more before giving up
+	 * (the answer may come at once and end J) */
+	for (j = LIST_FIRST(&sjobs); j; j = next) {
+		next = LIST_NEXT(j, link);
+		if (j->ghost)
+			continue;   /* expires in poll_cb */
+		if (j->r == x->r && !j->seen && j->st != J_SUBMITTING && j->tracked_at < x->started)
+			job_lost(j);
 	}
 	free(text);
 	free(x);
@@ -586,7 +506,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 		if (j->ghost && j->blocked <= 0 && now_s() > j->ghost_until)
 			job_gone(j, "no job came");   /* never came: watched long enough */
 	}
-	if (polls_in_flight > 0)
+	if (sjob_polls > 0)
 		return;   /* the running cycle schedules the next */
 	/* one squeue per target, whatever the number of jobs; a target whose
 	 * agent watches pushes its changes (slurm_agent.c) */
@@ -600,11 +520,11 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
 			struct pollctx *x = xcalloc(1, sizeof *x);
 			x->r = j->r;
 			x->started = now_s();
-			polls_in_flight++;
+			sjob_polls++;
 			sagent_run(j->r, slurm_squeue_argv, 60, squeue_done, x);
 		}
 	}
-	if (watched && polls_in_flight == 0)
+	if (watched && sjob_polls == 0)
 		slurm_poll_schedule(false);   /* in case an agent stops watching */
 }
 
@@ -631,7 +551,7 @@ void slurm_poll_schedule(bool fast)
 	int ms;
 	bool busy;
 
-	if (LIST_EMPTY(&sjobs) || polls_in_flight > 0)
+	if (LIST_EMPTY(&sjobs) || sjob_polls > 0)
 		return;
 	if (poll_again) {
 		/* a check came while squeue ran: once more, soon */
@@ -662,81 +582,12 @@ static void slurm_check(struct instance *i)
 		sagent_poll(j->r);
 		return;
 	}
-	if (polls_in_flight > 0) {
+	if (sjob_polls > 0) {
 		poll_again = true;   /* that answer may predate the trouble */
 		return;
 	}
 	event_del(poll_ev);
 	event_add(poll_ev, &(struct timeval){0, 0});
-}
-
-/* --- adoption at start-up --- */
-
-static void recover_line(struct runner *r, char **f)
-{
-	char prefix[200];
-	const char *rest, *dash;
-	struct service *s;
-	struct instance *i;
-	struct sjob *j;
-	int index;
-
-	snprintf(prefix, sizeof prefix, "sg:%s:", slurm_gw->cfg->instance_id);
-	if (!has_prefix(f[1], prefix))
-		return;
-	rest = f[1] + strlen(prefix);
-	dash = strrchr(rest, ':');
-	if (dash == NULL || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
-		return;
-	index = atoi(dash + 1);
-	s = service_by_route(rest, (size_t)(dash - rest));
-	j = xcalloc(1, sizeof *j);
-	j->r = r;
-	j->refs = 1;
-	snprintf(j->id, sizeof j->id, "%s", f[0]);
-	j->submitted = now_s();
-	j->tracked = true;
-	LIST_INSERT_HEAD(&sjobs, j, link);
-	if (s && service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r &&
-	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
-		log_info("svc %s[%d]: adopting Slurm job %s running on %s", service_config(s)->name, index,
-			 j->id, f[3]);
-		j->inst = i;
-		j->rport = i->remote_port;
-		i->lpriv = j;
-		slurmjob_first_node(f[3], j->node, sizeof j->node);
-		instance_set_detail(i, "adopting Slurm job %s", j->id);
-		j->running_at = now_s();
-		slurm_tunnel_open(j);
-	} else {
-		log_info("Slurm job %s (%s, %s) is left from an earlier run and not adoptable: cancelling",
-			 j->id, f[1], f[2]);
-		j->want_cancel = true;
-		sjob_cancel(j);
-	}
-}
-
-static void slurm_recover(void)
-{
-	struct runner *seen[64];
-	int nseen = 0;
-
-	for (size_t k = 0; k < services_count(); k++) {
-		struct service *s = service_at(k);
-		const struct svc_config *cfg = service_config(s);
-		struct runner *r;
-		bool dup = false;
-
-		if (cfg->launcher != &launcher_slurm)
-			continue;
-		r = runner_for(cfg);
-		for (int q = 0; q < nseen; q++)
-			dup |= seen[q] == r;
-		if (dup || nseen == 64)
-			continue;
-		seen[nseen++] = r;
-		recover_scan(r);
-	}
 }
 
 static void slurm_describe(const struct instance *i, json_t *o)

@@ -1,7 +1,8 @@
 /* launcher_slurm_impl.h - the Slurm launcher's job (struct sjob) and what
- * else its three files share: launcher_slurm.c (track, cancel, adopt; the
+ * else its four files share: launcher_slurm.c (track and cancel; the
  * launcher_ops table), slurm_submit.c (sbatch, and the lookup by name when
- * its answer is lost) and slurm_tunnel.c (reach the service where the job
+ * its answer is lost), slurm_recover.c (adopt or cancel an earlier run's
+ * jobs at start-up) and slurm_tunnel.c (reach the service where the job
  * runs). Private to them: everyone else goes through launcher.h. */
 #ifndef SG_LAUNCHER_SLURM_IMPL_H
 #define SG_LAUNCHER_SLURM_IMPL_H
@@ -64,6 +65,9 @@ extern struct gw *slurm_gw;
 /* launcher_slurm.c: the squeue command the tracker runs (one line a job:
  * id|name|state|nodes|time left|reason|start time). */
 extern char *slurm_squeue_argv[];
+/* launcher_slurm.c: squeue calls under way (polls and start-up scans); the
+ * tracker's next poll waits until none is. */
+extern int sjob_polls;
 /* launcher_slurm.c: drop a reference to J (freed with the last). */
 void sjob_unref(struct sjob *j);
 /* launcher_slurm.c: give up J's forward (also one still being opened: the
@@ -89,6 +93,10 @@ void sjob_ghost_line(struct runner *r, char **f);
 /* slurm_submit.c: the launcher's start op: sbatch I's job (J_SUBMITTING);
  * its answer tracks the job (J_QUEUED) or ends I (instance_gone). */
 int slurm_start(struct instance *i, char **cause);
+
+/* slurm_recover.c: the launcher's recover op: scan every Slurm target for
+ * the jobs an earlier run left; adopt the running ones, cancel the rest. */
+void slurm_recover(void);
 
 /* slurm_tunnel.c: keep G (gw.h): its config in force says which ports services use. */
 void slurm_tunnel_init(struct gw *g);

@@ -1,0 +1,175 @@
+/* slurm_recover.c - the Slurm launcher's start-up scan: the jobs an earlier
+ * run of this gateway left (their names carry its instance_id) are looked
+ * for with one squeue per target. A RUNNING one whose service and index
+ * still exist is adopted (its forward opened, its instance probed); every
+ * other is cancelled. A target whose squeue fails is scanned again, the
+ * delay doubling up to RESCAN_MAX_S, and its services start nothing until
+ * a scan succeeds: a job of the earlier run may be running, and starting
+ * without it would leave it untracked beside a second one. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "gw.h"
+#include "launcher.h"
+#include "launcher_slurm_impl.h"
+#include "log.h"
+#include "runner.h"
+#include "service.h"
+#include "slurm_agent.h"
+#include "slurmjob.h"
+#include "util.h"
+
+#define RESCAN_MAX_S 30
+static struct runner *rescan[64];   /* targets whose scan failed */
+static int nrescan, rescan_s;
+static struct event *recover_ev;
+
+static void recover_done(void *arg, int status, const char *out, const char *err);
+
+static void recover_scan(struct runner *r)
+{
+	sjob_polls++;   /* the tracker's polls wait for it */
+	sagent_run(r, slurm_squeue_argv, 60, recover_done, r);
+}
+
+static void rescan_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int n = nrescan;
+
+	(void)fd, (void)what, (void)arg;
+	nrescan = 0;
+	for (int k = 0; k < n; k++)
+		recover_scan(rescan[k]);
+}
+
+static void recover_failed(struct runner *r, const char *err)
+{
+	char said[200], why[300];
+	bool dup = false;
+
+	rescan_s = rescan_s <= 0 ? 1 : rescan_s * 2 > RESCAN_MAX_S ? RESCAN_MAX_S : rescan_s * 2;
+	slurmjob_tail_lines(err, said, sizeof said);
+	snprintf(why, sizeof why, "cannot look for Slurm jobs of an earlier run on %s (squeue: %s)",
+		 runner_name(r), said[0] ? said : "failed");
+	log_warn("%s; looking again in %d s, starting nothing meanwhile", why, rescan_s);
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
+			service_recover_failed(s, why, rescan_s);
+	}
+	for (int k = 0; k < nrescan; k++)
+		dup |= rescan[k] == r;
+	if (!dup && nrescan < (int)(sizeof rescan / sizeof *rescan))
+		rescan[nrescan++] = r;
+	if (recover_ev == NULL)
+		recover_ev = evtimer_new(slurm_gw->base, rescan_cb, NULL);
+	event_add(recover_ev, &(struct timeval){rescan_s, 0});
+}
+
+/* The scan of target R is over: its services may start jobs now. */
+static void recovered_for(struct runner *r)
+{
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
+			service_recovered(s);
+	}
+}
+
+/* F, a squeue line of R: adopt its job, cancel it, or leave it (not ours). */
+static void recover_line(struct runner *r, char **f)
+{
+	char prefix[200];
+	const char *rest, *dash;
+	struct service *s;
+	struct instance *i;
+	struct sjob *j;
+	int index;
+
+	snprintf(prefix, sizeof prefix, "sg:%s:", slurm_gw->cfg->instance_id);
+	if (!has_prefix(f[1], prefix))
+		return;
+	rest = f[1] + strlen(prefix);
+	dash = strrchr(rest, ':');
+	if (dash == NULL || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
+		return;
+	index = atoi(dash + 1);
+	s = service_by_route(rest, (size_t)(dash - rest));
+	j = xcalloc(1, sizeof *j);
+	j->r = r;
+	j->refs = 1;
+	snprintf(j->id, sizeof j->id, "%s", f[0]);
+	j->submitted = now_s();
+	j->tracked = true;
+	LIST_INSERT_HEAD(&sjobs, j, link);
+	if (s && service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r &&
+	    strcmp(f[2], "RUNNING") == 0 && (i = service_adopt(s, index)) != NULL) {
+		log_info("svc %s[%d]: adopting Slurm job %s running on %s", service_config(s)->name, index,
+			 j->id, f[3]);
+		j->inst = i;
+		j->rport = i->remote_port;
+		i->lpriv = j;
+		slurmjob_first_node(f[3], j->node, sizeof j->node);
+		instance_set_detail(i, "adopting Slurm job %s", j->id);
+		j->running_at = now_s();
+		slurm_tunnel_open(j);
+	} else {
+		log_info("Slurm job %s (%s, %s) is left from an earlier run and not adoptable: cancelling",
+			 j->id, f[1], f[2]);
+		j->want_cancel = true;
+		sjob_cancel(j);
+	}
+}
+
+static void recover_done(void *arg, int status, const char *out, const char *err)
+{
+	struct runner *r = arg;
+	char *text, *save = NULL;
+
+	sjob_polls--;
+	if (status != 0) {
+		log_warn("squeue on %s failed: %s", runner_name(r), err[0] ? err : "no output");
+		recover_failed(r, err);
+		slurm_poll_schedule(false);
+		return;
+	}
+	text = xstrdup(out);
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *f[7] = {"", "", "", "", "", "", ""};
+		if (slurmjob_split(line, f, 7) >= 6)
+			recover_line(r, f);
+	}
+	free(text);
+	rescan_s = 0;
+	log_info("looked for Slurm jobs of an earlier run on %s", runner_name(r));
+	recovered_for(r);
+	slurm_poll_schedule(false);
+}
+
+void slurm_recover(void)
+{
+	struct runner *seen[64];
+	int nseen = 0;
+
+	for (size_t k = 0; k < services_count(); k++) {
+		struct service *s = service_at(k);
+		const struct svc_config *cfg = service_config(s);
+		struct runner *r;
+		bool dup = false;
+
+		if (cfg->launcher != &launcher_slurm)
+			continue;
+		r = runner_for(cfg);
+		for (int q = 0; q < nseen; q++)
+			dup |= seen[q] == r;
+		if (dup || nseen == 64)
+			continue;
+		seen[nseen++] = r;
+		recover_scan(r);
+	}
+}
