@@ -1,13 +1,13 @@
 /* http_conn_impl.h - what the files of the HTTP layer share (http_conn.c,
- * http_budget.c, http_tunnel.c, http_server.c, http_client.c).
+ * http_timer.c, http_budget.c, http_tunnel.c, http_server.c, http_client.c).
  *
  * Not a public interface: only the files of the HTTP layer include it.
  * Everyone else goes through http.h (http_conn.h, http_server.h,
  * http_client.h).
  *
  * An hconn is one connection core (http_conn.c: read loop, output flushing,
- * graveyard, timer; the memory budget in http_budget.c, the tunnel in
- * http_tunnel.c) plus a side: the server side of a client's
+ * graveyard; its timer in http_timer.c, the memory budget in http_budget.c,
+ * the tunnel in http_tunnel.c) plus a side: the server side of a client's
  * connection (http_server.c) or the client side of an upstream connection
  * (http_client.c). The core never asks which side it has; it calls the
  * side's hooks (struct hconn_side) where the two differ. */
@@ -157,7 +157,6 @@ void hc_out_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(
 /* Put C on the dirty list: flushed (and its input processed, if asked)
  * when the outermost callback returns. */
 void hc_mark_dirty(struct hconn *c);
-/* Arm C's timer for SECS seconds (<= 0: disarm). */
 /* Output composed (not written yet): append an evbuffer's bytes (drains
  * it), how much there is, cut it back to N bytes. */
 void hc_out_add_buffer(struct hconn *c, struct evbuffer *b);
@@ -165,7 +164,13 @@ size_t hc_out_composed(const struct hconn *c);
 /* Give the connection's output block back (it was written or moved). */
 void hc_out_release(struct hconn *c);
 void hc_out_truncate(struct hconn *c, size_t n);
+/* http_timer.c: arm C's timer for SECS seconds (<= 0: disarm); when it
+ * fires, a lingering connection closes, a tunnel quiet both ways closes,
+ * and otherwise the side's timeout hook runs. */
 void hc_timer_set(struct hconn *c, int secs);
+/* http_timer.c: C's timer, on BASE (hc_new); the timers of BASE (http_init). */
+void hc_timer_new(struct hconn *c, struct event_base *base);
+void hc_timers_init(struct event_base *base);
 /* Start (or stop) reading the socket as pause, budget and input allow. */
 void hc_rd_update(struct hconn *c);
 /* The socket is connected: watch it for input from now on. */
