@@ -11,13 +11,13 @@
 #include <event2/event.h>
 #include <jansson.h>
 
-static enum log_level log_min = LOG_LVL_INFO;
+enum log_level log_min_level = LOG_LVL_INFO;
 static int log_json;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void log_init(enum log_level min, int json)
 {
-	log_min = min;
+	log_min_level = min;
 	log_json = json;
 }
 
@@ -28,7 +28,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	struct tm tm;
 	va_list ap;
 
-	if (lvl < log_min)
+	if (lvl < log_min_level)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);

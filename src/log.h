@@ -9,10 +9,20 @@ void log_init(enum log_level min, int json);
 /* Route libevent's own messages through log_msg. */
 void log_hook_libevent(void);
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The lowest level printed (log_init). */
+extern enum log_level log_min_level;
 
-#define log_debug(...) log_msg(LOG_LVL_DEBUG, __VA_ARGS__)
-#define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
-#define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
-#define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
+/* The level is checked before the call: a debug line on the request path
+ * costs a compare, not log_msg's frame (its 10 KB of line buffers), and
+ * its arguments are not evaluated. */
+#define log_at(lvl, ...)                                  \
+	do {                                              \
+		if ((lvl) >= log_min_level)               \
+			log_msg((lvl), __VA_ARGS__);      \
+	} while (0)
+#define log_debug(...) log_at(LOG_LVL_DEBUG, __VA_ARGS__)
+#define log_info(...) log_at(LOG_LVL_INFO, __VA_ARGS__)
+#define log_warn(...) log_at(LOG_LVL_WARN, __VA_ARGS__)
+#define log_error(...) log_at(LOG_LVL_ERROR, __VA_ARGS__)
 
 #endif
