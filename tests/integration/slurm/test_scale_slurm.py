@@ -6,10 +6,13 @@ reached through a real loopback sshd (tests/env/clusterctl).
 * A walltime handover: with `#SBATCH --time=1` (one minute, Slurm's
   smallest limit) the gateway starts a replacement job before the limit,
   moves the traffic to it when it is healthy, drains the old instance and
-  cancels its job; steady traffic during all of it sees no error.
+  cancels its job; steady traffic during all of it sees no error, and a
+  token stream in flight across the handover reaches its end.
 
 Every wait is a poll against a deadline; all traffic stays on 127.0.0.1.
 """
+import calendar
+import http.client
 import json
 import os
 import socket
@@ -36,6 +39,12 @@ def full_log(g):
 
 def log_lines(g, needle):
     return [ln for ln in full_log(g).splitlines() if needle in ln]
+
+
+def wall_time(line):
+    """The time (epoch seconds) of a gateway log line (2026-11-30T01:02:03.456Z ...)."""
+    ts = line.split(" ", 1)[0]
+    return calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float(ts[19:-1] or 0)
 
 
 class Traffic:
@@ -188,6 +197,33 @@ def test_walltime_handover_under_steady_traffic_loses_no_request(cluster, slurm_
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
 
+    # a token stream in flight across the handover: it begins when the
+    # replacement is started (only the old job serves then) and lasts 12 s,
+    # past the moment the new instance takes the traffic and the old one
+    # drains; it must reach its end, every event in order
+    stream = {}
+
+    def long_stream():
+        while not halt.is_set() and not log_lines(g, "starting a replacement"):
+            halt.wait(0.2)
+        if halt.is_set():
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=30 * SLACK)
+        stream["t0"] = time.time()
+        try:
+            conn.request("GET", "/llm/stream?n=120&ms=100")
+            r = conn.getresponse()
+            stream["status"] = r.status
+            stream["raw"] = r.read().decode(errors="replace")
+        except Exception as e:  # noqa: BLE001 - a failed stream is a result
+            stream["error"] = repr(e)
+        finally:
+            stream["t1"] = time.time()
+            conn.close()
+
+    streamer = threading.Thread(target=long_stream, daemon=True)
+    streamer.start()
+
     # ~5 requests/s of /pid, plus a client that always has a slow request in
     # flight (so the drain has something to wait for)
     t0 = time.monotonic()
@@ -224,6 +260,7 @@ def test_walltime_handover_under_steady_traffic_loses_no_request(cluster, slurm_
     finally:
         results = traffic.stop()
         t_end = time.monotonic()
+        streamer.join(60 * SLACK)
         halt.set()
         watcher.join(30)
 
@@ -246,6 +283,15 @@ def test_walltime_handover_under_steady_traffic_loses_no_request(cluster, slurm_
                 job_ids.append(jid)
     assert len(job_ids) >= 2, f"the job id never changed: {job_ids}\n{story}"
     first = job_ids[0]
+
+    # the stream that was in flight during the handover got every event
+    assert stream.get("status") == 200, f"the stream across the handover: {stream}\n{story}"
+    data = [ln[6:] for ln in stream["raw"].splitlines() if ln.startswith("data: ")]
+    assert data == [str(k) for k in range(120)] and '"error"' not in stream["raw"], \
+        f"the stream across the handover was cut: {stream['raw'][-300:]!r}\n{story}"
+    moved = [wall_time(ln) for ln in handovers]
+    assert any(stream["t0"] < t < stream["t1"] for t in moved), \
+        f"the stream ({stream['t0']:.1f}-{stream['t1']:.1f}) was not in flight at a handover {moved}"
 
     # the replaced job ended, cancelled by the gateway before its limit
     states = squeue_seen.get(first, [])
