@@ -376,6 +376,29 @@ struct pollctx {
 
 static void job_lost(struct sjob *j);
 
+/* squeue failed (the controller is down, the login node unreachable): a
+ * job that waits (queued, or held after it ran) shows that, with its last
+ * known step, rather than that step as if Slurm had just said it. */
+static void job_unanswered(struct sjob *j, const char *err)
+{
+	char said[100], at[16];
+	time_t t;
+	struct tm tm;
+
+	if (j->inst == NULL || (j->st != J_QUEUED && j->st != J_HELD))
+		return;
+	if (j->unanswered_since == 0) {
+		j->unanswered_since = (double)time(NULL);
+		snprintf(j->known, sizeof j->known, "%s", j->inst->detail);
+	}
+	t = (time_t)j->unanswered_since;
+	if (gmtime_r(&t, &tm) == NULL || strftime(at, sizeof at, "%H:%M:%SZ", &tm) == 0)
+		at[0] = '\0';
+	slurmjob_tail_lines(err, said, sizeof said);
+	instance_set_detail(j->inst, "Slurm is not answering since %s (squeue: %s); last known: %s", at,
+			    said[0] ? said : "failed", j->known);
+}
+
 static void squeue_done(void *arg, int status, const char *out, const char *err)
 {
 	struct pollctx *x = arg;
@@ -385,14 +408,24 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	sjob_polls--;
 	if (status != 0) {
 		log_warn("squeue on %s failed: %s", runner_name(x->r), err[0] ? err : "no output");
+		LIST_FOREACH(j, &sjobs, link)
+			if (j->r == x->r)
+				job_unanswered(j, err);
 		free(text);
 		free(x);
 		slurm_poll_schedule(false);
 		return;
 	}
 	LIST_FOREACH(j, &sjobs, link)
-		if (j->r == x->r)
+		if (j->r == x->r) {
 			j->seen = false;
+			if (j->unanswered_since > 0) {
+				/* Slurm answers again: its step stands until the line says more */
+				j->unanswered_since = 0;
+				if (j->inst)
+					instance_set_detail(j->inst, "%s", j->known);
+			}
+		}
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *f[7] = {"", "", "", "", "", "", ""};
 		if (slurmjob_split(line, f, 7) < 6)

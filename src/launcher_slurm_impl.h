@@ -53,6 +53,8 @@ struct sjob {
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
 	double eta;              /* Slurm's expected start (squeue %S), 0: none */
 	unsigned long sig;       /* hash of its squeue line but TIMELEFT (0: not seen) */
+	double unanswered_since; /* squeue has failed since (wall clock), 0: it answers */
+	char known[256];         /* meanwhile: the instance's step before that */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 

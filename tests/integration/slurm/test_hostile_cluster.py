@@ -144,6 +144,37 @@ def test_held_pending_job_promises_an_expected_start(cluster, slurm_gateway, tmp
     assert [j[0] for j in cluster.live_jobs(name)] == [job_id]
 
 
+def test_controller_down_while_queued_check_shows_a_stale_step(cluster, slurm_gateway, tmp_path):
+    """While slurmctld is down every squeue fails, and /check_ went on
+    showing the last answer ("pending (BeginTime), expected to start ...")
+    as if Slurm had just said it. It must say that Slurm is not answering
+    (and since when), keeping the last known step; once the controller is
+    back the step is Slurm's again, and the job that waited through it
+    serves the request that was held all along."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job, start_timeout=300,
+                                     sbatch_args=[f"--chdir={cluster.work_dir}", "--begin=now+120"])])
+    name = g.job_name()
+    with ThreadPoolExecutor(1) as ex:
+        held = ex.submit(g.get, "/llm/pid", timeout=90)
+        [(job_id, _, _, _)] = wait_until(lambda: cluster.jobs(name), 15 * SLACK, interval=0.2)
+        wait_until(lambda: "expected to start" in g.check()["reason"], 10 * SLACK, interval=0.1)
+        ctld_stop(cluster)
+        try:
+            reason = wait_until(lambda: "not answering" in g.check()["reason"] and g.check()["reason"],
+                                20 * SLACK, interval=0.2, msg="/check_ to say Slurm is not answering")
+            assert job_id in reason and "pending" in reason, reason
+        finally:
+            ctld_start(cluster)
+        reason = wait_until(lambda: "not answering" not in g.check()["reason"] and g.check()["reason"],
+                            20 * SLACK, interval=0.2, msg="/check_ to show Slurm's answer again")
+        assert "expected to start" in reason, reason
+        cluster.scontrol("update", f"JobId={job_id}", "StartTime=now")
+        r = held.result(60 * SLACK)
+    assert r.status == 200, r
+    assert [j[0] for j in cluster.live_jobs(name)] == [job_id]
+
+
 def test_sbatch_socket_timeout_leaves_an_untracked_job(cluster, slurm_gateway, tmp_path):
     """On a busy cluster sbatch gives up with "Socket timed out on send/recv
     operation" (exit 1), and the controller queues the job all the same
