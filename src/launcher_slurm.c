@@ -399,6 +399,16 @@ static void job_unanswered(struct sjob *j, const char *err)
 			    said[0] ? said : "failed", j->known);
 }
 
+/* Slurm answers again: the last known step stands until its line says more. */
+static void job_answered(struct sjob *j)
+{
+	if (j->unanswered_since == 0)
+		return;
+	j->unanswered_since = 0;
+	if (j->inst)
+		instance_set_detail(j->inst, "%s", j->known);
+}
+
 static void squeue_done(void *arg, int status, const char *out, const char *err)
 {
 	struct pollctx *x = arg;
@@ -419,12 +429,7 @@ static void squeue_done(void *arg, int status, const char *out, const char *err)
 	LIST_FOREACH(j, &sjobs, link)
 		if (j->r == x->r) {
 			j->seen = false;
-			if (j->unanswered_since > 0) {
-				/* Slurm answers again: its step stands until the line says more */
-				j->unanswered_since = 0;
-				if (j->inst)
-					instance_set_detail(j->inst, "%s", j->known);
-			}
+			job_answered(j);
 		}
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *f[7] = {"", "", "", "", "", "", ""};
@@ -671,6 +676,19 @@ static void agent_gone(struct runner *r, const char *id)
 		job_lost(j);
 }
 
+static void agent_unanswered(struct runner *r, const char *err)
+{
+	struct sjob *j;
+
+	LIST_FOREACH(j, &sjobs, link)
+		if (j->r == r) {
+			if (err)
+				job_unanswered(j, err);
+			else
+				job_answered(j);
+		}
+}
+
 static void agent_kick(void)
 {
 	slurm_poll_schedule(true);
@@ -685,7 +703,7 @@ static void slurm_describe_service(const struct svc_config *c, json_t *o)
 
 static void slurm_init(struct gw *g)
 {
-	static const struct sagent_hooks h = {agent_job, agent_gone, agent_kick};
+	static const struct sagent_hooks h = {agent_job, agent_gone, agent_kick, agent_unanswered};
 
 	slurm_gw = g;
 	slurm_tunnel_init(g);

@@ -391,6 +391,9 @@ static void pushed(struct agent *a, char *rest)
 			ajob_del(a, j);
 		if (hooks.gone)
 			hooks.gone(a->r, val);
+	} else if (strcmp(kind, "unanswered") == 0 || strcmp(kind, "answered") == 0) {
+		if (hooks.unanswered)
+			hooks.unanswered(a->r, kind[0] == 'u' ? val : NULL);
 	}
 }
 

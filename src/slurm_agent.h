@@ -24,6 +24,9 @@ struct sagent_hooks {
 	void (*job)(struct runner *r, char **f, int nf);
 	void (*gone)(struct runner *r, const char *id);
 	void (*kick)(void);
+	/* The watcher's squeue on R fails (ERR: its last stderr line), or
+	 * works again (ERR NULL). */
+	void (*unanswered)(struct runner *r, const char *err);
 };
 
 /* At start-up and after each reload (the config in force). */

@@ -144,16 +144,22 @@ def test_held_pending_job_promises_an_expected_start(cluster, slurm_gateway, tmp
     assert [j[0] for j in cluster.live_jobs(name)] == [job_id]
 
 
-def test_controller_down_while_queued_check_shows_a_stale_step(cluster, slurm_gateway, tmp_path):
+@pytest.mark.parametrize("via", ["commands", "agent"])
+def test_controller_down_while_queued_check_shows_a_stale_step(cluster, slurm_gateway, tmp_path,
+                                                               via):
     """While slurmctld is down every squeue fails, and /check_ went on
     showing the last answer ("pending (BeginTime), expected to start ...")
     as if Slurm had just said it. It must say that Slurm is not answering
     (and since when), keeping the last known step; once the controller is
     back the step is Slurm's again, and the job that waited through it
-    serves the request that was held all along."""
-    job = demo_job_script(tmp_path / "job.sh")
-    g = slurm_gateway([slurm_service(cluster, job, start_timeout=300,
-                                     sbatch_args=[f"--chdir={cluster.work_dir}", "--begin=now+120"])])
+    serves the request that was held all along. The same when the remote
+    agent's watcher runs squeue (it pushes the outage and its end)."""
+    kw = dict(start_timeout=300, sbatch_args=[f"--chdir={cluster.work_dir}", "--begin=now+120"])
+    if via == "agent":
+        svc, _, _ = agent_service(cluster, tmp_path, **kw)
+    else:
+        svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), **kw)
+    g = slurm_gateway([svc])
     name = g.job_name()
     with ThreadPoolExecutor(1) as ex:
         held = ex.submit(g.get, "/llm/pid", timeout=90)
