@@ -435,13 +435,18 @@ enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *s
 	*stream = false;
 	if (n == 0)
 		return V1_NO_BODY;
-	o = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
+	/* any JSON a Python service (json.loads) takes: a prompt may hold a
+	 * NUL ("\u0000"), a field an integer past 64 bits (only "model" and
+	 * "stream" are read here; the body goes on as it came) */
+	o = json_loadb(body, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL,
+		       &jerr);
 	if (o == NULL || !json_is_object(o)) {
 		json_decref(o);
 		return V1_NOT_OBJECT;
 	}
 	m = json_object_get(o, "model");
-	if (!json_is_string(m)) {
+	/* a model name with a NUL in it names no service: never its prefix */
+	if (!json_is_string(m) || strlen(json_string_value(m)) != json_string_length(m)) {
 		json_decref(o);
 		return V1_NO_MODEL;
 	}

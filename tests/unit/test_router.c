@@ -193,6 +193,28 @@ static void test_authority_and_model(void **state)
 			 V1_NOT_OBJECT);
 }
 
+/* What Python services take is routed: a NUL in a prompt, an integer past
+ * 64 bits; a model name with a NUL is no model (never its prefix's). */
+static void test_v1_model_python_json(void **state)
+{
+	static const char nul[] = "{\"model\":\"m\",\"p\":\"a\\u0000b\"}";
+	static const char big[] = "{\"seed\":18446744073709551615,\"model\":\"m\"}";
+	static const char nulmodel[] = "{\"model\":\"m\\u0000x\"}";
+	char *model;
+	bool stream;
+
+	(void)state;
+	assert_int_equal(router_v1_model(nul, sizeof nul - 1, &model, &stream), V1_OK);
+	assert_string_equal(model, "m");
+	free(model);
+	assert_int_equal(router_v1_model(big, sizeof big - 1, &model, &stream), V1_OK);
+	assert_string_equal(model, "m");
+	free(model);
+	assert_int_equal(router_v1_model(nulmodel, sizeof nulmodel - 1, &model, &stream),
+			 V1_NO_MODEL);
+	assert_null(model);
+}
+
 /* Feed BODY to a scan for content type CT, STEP bytes at a time. */
 static enum form_result form(const char *ct, const char *body, size_t step, char **model)
 {
@@ -247,6 +269,7 @@ int main(void)
 		cmocka_unit_test(test_hosts),
 		cmocka_unit_test(test_cidr),
 		cmocka_unit_test(test_authority_and_model),
+		cmocka_unit_test(test_v1_model_python_json),
 		cmocka_unit_test(test_form_model),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,103 @@
+"""An ML engineer's clients through the gateway (the hml pass): what the
+official `openai` npm client and a Python service (FastAPI/vLLM-like: the
+standard json module) do in normal use must simply work.
+
+- a vision request (an image as a base64 data URL, a few MB) or a long
+  prompt goes through /v1 to a cold service: the gateway reads the body
+  to find its "model", and must not refuse an ordinary request as too big;
+- a prompt that holds a NUL character ("\\u0000" in JSON, as JSON.stringify
+  and json.dumps write it) or an integer past 64 bits is valid JSON that a
+  Python service takes: the gateway must route it, not answer 400."""
+import json
+
+from conftest import SLACK, demo_service, http_request, write_script
+from jsclient import run_js
+
+# A service as Python servers are (FastAPI, vLLM: the json module): any
+# valid JSON body is taken; it answers what it read.
+PY_SERVICE = r'''
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def reply(self, code, obj):
+        b = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+
+    def do_GET(self):
+        self.reply(200, {"ok": True})
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            o = json.loads(self.rfile.read(n))
+        except ValueError as e:
+            return self.reply(400, {"error": {"message": str(e), "type": "BadRequestError"}})
+        self.reply(200, {"model": o.get("model"), "content": o["messages"][0]["content"],
+                         "seed": o.get("seed")})
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+def py_service(tmp_path):
+    (tmp_path / "pysvc.py").write_text(PY_SERVICE)
+    sh = write_script(tmp_path / "pysvc.sh",
+                      f'#!/bin/sh\nexec python3 "{tmp_path / "pysvc.py"}" "${{1:-$PORT}}"\n')
+    return demo_service(name="py", route="py", bash_file=str(sh))
+
+
+def test_vision_request_of_a_few_mb_reaches_a_cold_service(gateway):
+    g = gateway(env={"DEMO_DELAY": "0.5"})
+    # a 3 MB base64 image (a phone photo), streamed with usage, as the client sends it
+    out = run_js(g, """
+        const img = 'data:image/jpeg;base64,' + 'A'.repeat(3 << 20);
+        const s = await client.chat.completions.create({ model: 'demo', stream: true,
+            max_tokens: 4, stream_options: { include_usage: true },
+            messages: [{ role: 'user', content: [
+                { type: 'text', text: 'what is in this picture?' },
+                { type: 'image_url', image_url: { url: img } }] }] });
+        const toks = []; let usage = null;
+        for await (const c of s) {
+          if (c.choices.length) toks.push(c.choices[0].delta.content ?? '');
+          if (c.usage) usage = c.usage;
+        }
+        return { toks: toks.join(''), usage };""", timeout=30)
+    assert "thrown" not in out, out
+    assert out["toks"] == "tok0 tok1 tok2 tok3 ", out
+    assert out["usage"] and out["usage"]["completion_tokens"] == 4, out
+    assert g.svc()["starts"] == 1
+
+
+def test_long_prompt_of_a_few_mb_is_forwarded_whole(gateway):
+    g = gateway(env={"DEMO_DELAY": "0.5"})
+    prompt = "word " * (1 << 20)   # 5 MiB: a long-context prompt (a book)
+    body = json.dumps({"model": "demo", "max_tokens": 2,
+                       "messages": [{"role": "user", "content": prompt}]}).encode()
+    r = http_request(g.port, "POST", "/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json"}, timeout=30 * SLACK)
+    assert r.status == 200, r
+    assert r.json()["usage"]["prompt_tokens"] == 1 << 20, r.json()["usage"]
+
+
+def test_prompt_with_a_nul_character_or_a_big_integer_is_routed(gateway, tmp_path):
+    g = gateway([py_service(tmp_path)])
+    out = run_js(g, """
+        const a = await client.chat.completions.create({ model: 'py',
+            messages: [{ role: 'user', content: 'page 1\\u0000page 2' }] });
+        return a;""")
+    assert out.get("content") == "page 1\u0000page 2", out
+    body = b'{"model":"py","messages":[{"role":"user","content":"hi"}],"seed":18446744073709551615}'
+    r = http_request(g.port, "POST", "/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json"})
+    assert r.status == 200, r
+    assert r.json()["seed"] == 18446744073709551615, r
