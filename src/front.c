@@ -221,7 +221,11 @@ static bool wants_sse(const struct http_msg *m)
 {
 	const struct http_hdr *h = http_find(m, "accept");
 
-	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
+	/* only a client that reads nothing else: one that takes JSON too (an
+	 * MCP client) may get JSON, which an early event-stream head would
+	 * turn into a stream its parser drops */
+	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL &&
+	       memmem(h->value, h->vlen, "json", 4) == NULL && memmem(h->value, h->vlen, "*/*", 3) == NULL;
 }
 
 /* Forward options for request M from C to S (KEYBUF: the key id's room). */

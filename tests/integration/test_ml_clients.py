@@ -7,10 +7,14 @@ standard json module) do in normal use must simply work.
   to find its "model", and must not refuse an ordinary request as too big;
 - a prompt that holds a NUL character ("\\u0000" in JSON, as JSON.stringify
   and json.dumps write it) or an integer past 64 bits is valid JSON that a
-  Python service takes: the gateway must route it, not answer 400."""
+  Python service takes: the gateway must route it, not answer 400;
+- a client that accepts JSON or an event stream (an MCP client:
+  "Accept: application/json, text/event-stream") at a cold service gets the
+  service's own answer: no early event-stream head the service's JSON
+  answer would then be poured into (the client's SSE parser drops it)."""
 import json
 
-from conftest import SLACK, demo_service, http_request, write_script
+from conftest import SLACK, Stream, demo_service, http_request, wait_until, write_script
 from jsclient import run_js
 
 # A service as Python servers are (FastAPI, vLLM: the json module): any
@@ -101,3 +105,23 @@ def test_prompt_with_a_nul_character_or_a_big_integer_is_routed(gateway, tmp_pat
                      headers={"Content-Type": "application/json"})
     assert r.status == 200, r
     assert r.json()["seed"] == 18446744073709551615, r
+
+
+def test_mcp_client_accepting_json_or_sse_gets_the_json_of_a_cold_service(gateway):
+    g = gateway(env={"DEMO_DELAY": "0.5"})
+    rpc = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}'
+    # the MCP Streamable HTTP transport's POST: the server picks JSON or SSE
+    r = http_request(g.port, "POST", "/llm/echo", body=rpc, timeout=20 * SLACK,
+                     headers={"Content-Type": "application/json",
+                              "Accept": "application/json, text/event-stream"})
+    assert r.status == 200, r
+    assert r.header("Content-Type") == "application/json", (dict(r.headers), r.body[:300])
+    assert r.json()["body"] == rpc.decode(), r.json()
+    assert r.header("X-Slurmgate-Cold-Start") not in (None, "waiting"), dict(r.headers)
+    # a client that reads only an event stream still gets its feedback
+    g.request("POST", "/api/services/demo/stop", auth=True)
+    wait_until(lambda: g.state() == "stopped", 10 * SLACK)
+    s = Stream(g.port, "GET", "/llm/stream?n=2&ms=10", headers={"Accept": "text/event-stream"})
+    assert s.header("X-Slurmgate-Cold-Start") == "waiting"
+    s.read_all()
+    assert s.comments() and [x for _, x in s.data()] == ["0", "1"], s.lines
