@@ -125,3 +125,25 @@ def test_mcp_client_accepting_json_or_sse_gets_the_json_of_a_cold_service(gatewa
     assert s.header("X-Slurmgate-Cold-Start") == "waiting"
     s.read_all()
     assert s.comments() and [x for _, x in s.data()] == ["0", "1"], s.lines
+
+
+def test_x_slurmgate_wait_0_on_v1_answers_503_at_once_as_on_a_route(gateway):
+    g = gateway(env={"DEMO_DELAY": "2"})
+    # the openai client told not to wait (defaultHeaders), as a UI that shows "starting" does
+    out = run_js(g, """
+        const nowait = new OpenAI({ baseURL: process.env.SG_BASE + '/v1', apiKey: 'sk-none',
+            maxRetries: 0, defaultHeaders: { 'X-Slurmgate-Wait': '0' } });
+        const t0 = Date.now();
+        const r = [];
+        for (const stream of [false, true]) {
+          try { const s = await nowait.chat.completions.create({ model: 'demo', stream, max_tokens: 2,
+                  messages: [{ role: 'user', content: 'hi' }] });
+                if (stream) for await (const c of s) {}
+                r.push('answered'); }
+          catch (e) { r.push({ status: e.status, type: e.type, ra: e.headers?.get?.('retry-after') ?? null }); }
+        }
+        return { r, ms: Date.now() - t0 };""")
+    assert all(isinstance(x, dict) and x["status"] == 503 and x["type"] == "service_unavailable"
+               and x["ra"] for x in out["r"]), out
+    assert out["ms"] < 1500 * SLACK, out
+    assert g.state() in ("starting", "ready"), g.svc()
