@@ -11,7 +11,12 @@ standard json module) do in normal use must simply work.
 - a client that accepts JSON or an event stream (an MCP client:
   "Accept: application/json, text/event-stream") at a cold service gets the
   service's own answer: no early event-stream head the service's JSON
-  answer would then be poured into (the client's SSE parser drops it)."""
+  answer would then be poured into (the client's SSE parser drops it);
+- a stream that waited for a cold start, whose service compresses its
+  event stream for a client that accepts gzip (Starlette's GZipMiddleware
+  did, nginx with text/event-stream in gzip_types does): the early head
+  carries no Content-Encoding, so the gateway must not let the service
+  compress (the client saw an empty stream, no error)."""
 import json
 
 from conftest import SLACK, Stream, demo_service, http_request, wait_until, write_script
@@ -147,3 +152,82 @@ def test_x_slurmgate_wait_0_on_v1_answers_503_at_once_as_on_a_route(gateway):
                and x["ra"] for x in out["r"]), out
     assert out["ms"] < 1500 * SLACK, out
     assert g.state() in ("starting", "ready"), g.svc()
+
+
+# A service that compresses its event stream when the client accepts gzip
+# (with "always": even when asked for identity).
+GZIP_SSE_SERVICE = r"""
+import json, sys, time, zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def chunk(self, b):
+        if b:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(b), b))
+            self.wfile.flush()
+
+    def do_POST(self):
+        json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        z = None
+        if "gzip" in (self.headers.get("Accept-Encoding") or "") or sys.argv[2:] == ["always"]:
+            z = zlib.compressobj(wbits=31)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        if z:
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        for i in range(3):
+            c = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "t%d " % i}, "finish_reason": None}]}
+            ev = b"data: " + json.dumps(c).encode() + b"\n\n"
+            self.chunk(z.compress(ev) + z.flush(zlib.Z_SYNC_FLUSH) if z else ev)
+        self.chunk(z.compress(b"data: [DONE]\n\n") + z.flush() if z else b"data: [DONE]\n\n")
+        self.chunk(b"")
+        self.wfile.write(b"0\r\n\r\n")
+
+time.sleep(0.5)   # loading the model
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def gzip_service(tmp_path, *args):
+    (tmp_path / "gzsvc.py").write_text(GZIP_SSE_SERVICE)
+    sh = write_script(tmp_path / "gzsvc.sh", f'#!/bin/sh\nexec python3 "{tmp_path / "gzsvc.py"}" '
+                      f'"${{1:-$PORT}}" {" ".join(args)}\n')
+    return demo_service(name="gz", route="gz", bash_file=str(sh))
+
+
+def test_cold_stream_of_a_service_that_gzips_its_event_stream_arrives(gateway, tmp_path):
+    g = gateway([gzip_service(tmp_path)])
+    # node's fetch sends Accept-Encoding: gzip, deflate, br
+    code = """
+        const s = await client.chat.completions.create({ model: 'gz', stream: true,
+            messages: [{ role: 'user', content: 'hi' }] });
+        const t = [];
+        for await (const c of s) t.push(c.choices[0].delta.content);
+        return t;"""
+    assert run_js(g, code) == ["t0 ", "t1 ", "t2 "]   # cold: held with feedback
+    assert run_js(g, code) == ["t0 ", "t1 ", "t2 "]   # warm
+
+
+def test_cold_stream_compressed_against_identity_ends_with_an_error_not_silence(gateway, tmp_path):
+    g = gateway([gzip_service(tmp_path, "always")])
+    out = run_js(g, """
+        const s = await client.chat.completions.create({ model: 'gz', stream: true,
+            messages: [{ role: 'user', content: 'hi' }] });
+        const t = [];
+        for await (const c of s) t.push(c.choices[0].delta.content);
+        return t;""")
+    assert "Content-Encoding" in out["thrown"]["message"], out
