@@ -228,7 +228,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
 			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
 		body = json_dumps(o, JSON_COMPACT);
-		px_sse_printf(ex->down, "data: %s\n\n", body);
+		px_sse_printf(ex->down, "%sdata: %s\n\n", px_sse_error_name(ex), body);
 		http_finish(ex->down);
 		free(body);
 		json_decref(o);
@@ -257,7 +257,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
 			      "code", status);
 		body = json_dumps(o, JSON_COMPACT);
-		px_sse_printf(ex->down, "\n\ndata: %s\n\n", body);
+		px_sse_printf(ex->down, "\n\n%sdata: %s\n\n", px_sse_error_name(ex), body);
 		http_finish(ex->down);
 		free(body);
 		json_decref(o);

@@ -16,7 +16,11 @@ standard json module) do in normal use must simply work.
   event stream for a client that accepts gzip (Starlette's GZipMiddleware
   did, nginx with text/event-stream in gzip_types does): the early head
   carries no Content-Encoding, so the gateway must not let the service
-  compress (the client saw an empty stream, no error)."""
+  compress (the client saw an empty stream, no error);
+- the error event that ends a /v1 stream (a failed start, the service's
+  error after the early head) is named (`event: error`): the Anthropic SDK
+  (/v1/messages) skips an unnamed event, so a failed start was an empty
+  stream to it, not an error; the openai and HF clients read both."""
 import json
 
 from conftest import SLACK, Stream, demo_service, http_request, wait_until, write_script
@@ -231,3 +235,30 @@ def test_cold_stream_compressed_against_identity_ends_with_an_error_not_silence(
         for await (const c of s) t.push(c.choices[0].delta.content);
         return t;""")
     assert "Content-Encoding" in out["thrown"]["message"], out
+
+
+def test_anthropic_stream_at_a_service_that_fails_to_start_throws_the_reason(gateway, tmp_path):
+    bad = write_script(tmp_path / "bad.sh", '#!/bin/sh\necho "no GPU here" >&2\nexit 3\n')
+    g = gateway([demo_service(bash_file=str(bad))])
+    out = run_js(g, """
+        const Anthropic = (await import('@anthropic-ai/sdk')).default;
+        const a = new Anthropic({ baseURL: process.env.SG_BASE, apiKey: 'sk-none', maxRetries: 0 });
+        const s = await a.messages.create({ model: 'demo', max_tokens: 8, stream: true,
+            messages: [{ role: 'user', content: 'hi' }] });
+        let n = 0;
+        for await (const ev of s) n++;
+        return { events: n };""")
+    assert "thrown" in out, out
+    assert "exited with status 3" in out["thrown"]["message"], out
+    assert "no GPU here" in out["thrown"]["message"], out
+
+
+def test_v1_error_event_after_the_early_head_is_named_error(gateway):
+    g = gateway(env={"DEMO_DELAY": "0.5"})
+    # the service answers 404 after the early head: the error event, named
+    s = Stream(g.port, "POST", "/v1/no/such/path", body={"model": "demo", "stream": True})
+    assert s.header("X-Slurmgate-Cold-Start") == "waiting"
+    s.read_all()
+    lines = [l for _, l in s.lines if l and not l.startswith(":")]
+    assert len(lines) == 2 and lines[0] == "event: error", s.lines
+    assert json.loads(lines[1][5:])["error"]["code"] == 404, s.lines
