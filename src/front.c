@@ -221,7 +221,19 @@ static bool wants_sse(const struct http_msg *m)
 {
 	const struct http_hdr *h = http_find(m, "accept");
 
-	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL;
+	/* only a client that reads nothing else: one that takes JSON too (an
+	 * MCP client) may get JSON, which an early event-stream head would
+	 * turn into a stream its parser drops */
+	return h != NULL && memmem(h->value, h->vlen, "text/event-stream", 17) != NULL &&
+	       memmem(h->value, h->vlen, "json", 4) == NULL && memmem(h->value, h->vlen, "*/*", 3) == NULL;
+}
+
+/* Does the client ask not to wait for a start (X-Slurmgate-Wait: 0)? */
+static bool no_wait(const struct http_msg *m)
+{
+	const struct http_hdr *wh = http_find(m, "x-slurmgate-wait");
+
+	return wh && wh->vlen == 1 && wh->value[0] == '0';
 }
 
 /* Forward options for request M from C to S (KEYBUF: the key id's room). */
@@ -298,7 +310,7 @@ static void v1_forward(struct session *ss, const char *model, bool stream, bool 
 				 "this path is not in the service's api_paths", NULL);
 		return;
 	}
-	opt.hold = service_config(s)->hold;
+	opt.hold = service_config(s)->hold && !no_wait(m);
 	opt.openai = true;
 	opt.feedback = ss->v1feedback || stream;
 	fwd_opts(c, m, s, &opt, keybuf);
@@ -408,7 +420,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 	struct hconn *c = ss->c;
 	const struct svc_config *cfg = service_config(s);
 	char *target;
-	const struct http_hdr *wh, *acc;
+	const struct http_hdr *acc;
 	struct proxy_opts opt = {0};
 	char keybuf[KEY_ID_MAX];
 
@@ -433,8 +445,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 		admin_waiting_page(c, s);
 		return;
 	}
-	wh = http_find(m, "x-slurmgate-wait");
-	opt.hold = cfg->hold && !(wh && wh->vlen == 1 && wh->value[0] == '0');
+	opt.hold = cfg->hold && !no_wait(m);
 	opt.feedback = wants_sse(m);
 	fwd_opts(c, m, s, &opt, keybuf);
 	opt.note = &ss->note;

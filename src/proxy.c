@@ -228,7 +228,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
 			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
 		body = json_dumps(o, JSON_COMPACT);
-		px_sse_printf(ex->down, "data: %s\n\n", body);
+		px_sse_printf(ex->down, "%sdata: %s\n\n", px_sse_error_name(ex), body);
 		http_finish(ex->down);
 		free(body);
 		json_decref(o);
@@ -257,7 +257,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type", "upstream_error",
 			      "code", status);
 		body = json_dumps(o, JSON_COMPACT);
-		px_sse_printf(ex->down, "\n\ndata: %s\n\n", body);
+		px_sse_printf(ex->down, "\n\n%sdata: %s\n\n", px_sse_error_name(ex), body);
 		http_finish(ex->down);
 		free(body);
 		json_decref(o);
@@ -519,7 +519,15 @@ static void up_head(struct hconn *c, struct http_msg *m)
 			ex->want_tail = true;
 	}
 	if (ex->early_head) {
-		/* our head went out already; a service error becomes an error event */
+		const struct http_hdr *ce = http_find(m, "content-encoding");
+		/* our head went out already, with no Content-Encoding: a service
+		 * that compressed anyway (it was asked for identity) cannot be
+		 * relayed; a service error becomes an error event */
+		if (m->status < 300 && ce && !(ce->vlen == 8 && strncase_eq(ce->value, 8, "identity"))) {
+			ex_fail(ex, 502, "the service compressed its answer (Content-Encoding), "
+				"though asked for identity", 0);
+			return;
+		}
 		if (m->status >= 300) {
 			/* kept (up to ERRBODY_MAX) for the error event at its end */
 			ex->discard_body = true;

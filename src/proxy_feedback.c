@@ -33,6 +33,15 @@ void px_sse_printf(struct hconn *c, const char *fmt, ...)
 		http_send(c, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }
 
+/* The field that names our error event on /v1: an SDK that reads named
+ * events only (Anthropic's, on /v1/messages) skips an unnamed one; the
+ * openai and HF clients read the data either way. A route's stream keeps
+ * it unnamed (a browser's EventSource gives onmessage unnamed events). */
+const char *px_sse_error_name(const struct exchange *ex)
+{
+	return ex->openai ? "event: error\n" : "";
+}
+
 /* The reason as one SSE comment: a CR or LF in it (a job's output, a
  * Slurm message) would end the comment and start a forged event. */
 static void sse_reason(struct hconn *c, char *reason)
@@ -110,7 +119,7 @@ void px_error_event(struct exchange *ex)
 	}
 	o = json_pack("{s:o}", "error", e);
 	out = json_dumps(o, JSON_COMPACT);
-	http_send(ex->down, "data: ", 6);
+	px_sse_printf(ex->down, "%sdata: ", px_sse_error_name(ex));
 	http_send(ex->down, out, strlen(out));
 	http_send(ex->down, "\n\n", 2);
 	free(out);

@@ -79,6 +79,8 @@ void px_build_head(struct exchange *ex, struct hconn *down, const struct http_ms
 			upg = h;
 		else if (NAME_IS(n, len, "x-slurmgate-wait"))
 			continue;
+		else if (ex->feedback && NAME_IS(n, len, "accept-encoding"))
+			continue;   /* identity, below */
 		else if (!ex->trust_fwd && (NAME_IS(n, len, "forwarded") || NAME_IS(n, len, "x-real-ip") ||
 					    NAME_IS(n, len, "x-forwarded-port") ||
 					    NAME_IS(n, len, "x-forwarded-prefix") ||
@@ -115,6 +117,10 @@ void px_build_head(struct exchange *ex, struct hconn *down, const struct http_ms
 		const char *lh = service_config(ex->svc)->local_host;
 		px_hb_field(&b, "Host", 4, lh, strlen(lh));
 	}
+	/* a stream's head may go out early (cold-start feedback), without the
+	 * service's Content-Encoding: its body must come as it is */
+	if (ex->feedback)
+		HB_LIT(&b, "Accept-Encoding: identity\r\n");
 	if (m->upgrade && upg) {
 		HB_LIT(&b, "Connection: upgrade\r\n");
 		px_hb_field(&b, "Upgrade", 7, upg->value, upg->vlen);

@@ -90,6 +90,9 @@ void px_build_head(struct exchange *ex, struct hconn *down, const struct http_ms
 
 /* Send a formatted piece of an event stream on C (cut at 2 KiB). */
 void px_sse_printf(struct hconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "event: error\n" on /v1 (our error events are named there), else "". */
+const char *px_sse_error_name(const struct exchange *ex);
+
 /* EX is held and its client reads SSE: answer a 200 event-stream head now
  * (ex->early_head) and post a comment every feedback_interval (ex->fb_ev,
  * freed by the exchange's end) while no instance is assigned. */

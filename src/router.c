@@ -426,6 +426,126 @@ bool router_authority(const char *v, size_t len, const char **a, size_t *alen)
 
 /* --- the /v1 body --- */
 
+/* Bodies up to this size are parsed whole (every byte checked); past it,
+ * only their top level is scanned: jansson parses some 70 MB/s on the
+ * event loop, so a 30 MB vision request stalled every stream for 0.4 s. */
+#define V1_PARSE_MAX (1024 * 1024)
+
+static size_t json_ws(const char *p, size_t n, size_t i)
+{
+	while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* The end of the JSON string that opens at P[I] (the index after its
+ * closing quote), or 0 if it does not end. */
+static size_t json_str_end(const char *p, size_t n, size_t i)
+{
+	for (i++; i < n;) {
+		const char *q = memchr(p + i, '"', n - i);
+		size_t k, bs = 0;
+
+		if (q == NULL)
+			return 0;
+		k = (size_t)(q - p);
+		while (bs < k - i && p[k - 1 - bs] == '\\')
+			bs++;
+		if (bs % 2 == 0)
+			return k + 1;
+		i = k + 1;   /* an escaped quote */
+	}
+	return 0;
+}
+
+/* The string token P[A..B) (quotes included), decoded; NULL if invalid. */
+static json_t *json_str_decode(const char *p, size_t a, size_t b)
+{
+	return json_loadb(p + a, b - a, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+}
+
+/* Is the key token P[A..B) NAME (escapes decoded)? */
+static bool json_key_is(const char *p, size_t a, size_t b, const char *name)
+{
+	size_t l = strlen(name);
+	json_t *k;
+	bool is;
+
+	if (memchr(p + a, '\\', b - a) == NULL)
+		return b - a == l + 2 && memcmp(p + a + 1, name, l) == 0;
+	k = json_str_decode(p, a, b);
+	is = json_is_string(k) && json_string_length(k) == l && memcmp(json_string_value(k), name, l) == 0;
+	json_decref(k);
+	return is;
+}
+
+enum v1_result router_v1_scan(const char *p, size_t n, char **model, bool *stream)
+{
+	size_t i = json_ws(p, n, 0), depth = 1;
+	bool key = true, seen_model = false, seen_stream = false;
+	json_t *m = NULL;
+
+	*model = NULL;
+	*stream = false;
+	if (i == n || p[i] != '{')
+		return V1_NOT_OBJECT;
+	for (i++; i < n;) {
+		char c = p[i];
+		size_t e;
+
+		if (c == '{' || c == '[') {
+			depth++;
+		} else if (c == '}' || c == ']') {
+			if (--depth == 0)
+				break;
+		} else if (c == ',' && depth == 1) {
+			key = true;
+		} else if (c == '"') {
+			if ((e = json_str_end(p, n, i)) == 0)
+				goto bad;
+			if (depth > 1 || !key) {
+				i = e;   /* a value, or deeper */
+				continue;
+			}
+			/* a member of the body: its key, ":", its value */
+			bool is_model = json_key_is(p, i, e, "model"), is_stream = json_key_is(p, i, e, "stream");
+			i = json_ws(p, n, e);
+			if (i == n || p[i] != ':')
+				goto bad;
+			i = json_ws(p, n, i + 1);
+			key = false;
+			/* a duplicate: which one would the service take? */
+			if ((is_model && seen_model) || (is_stream && seen_stream))
+				goto bad;
+			seen_model |= is_model;
+			seen_stream |= is_stream;
+			if (is_stream)
+				*stream = n - i >= 4 && memcmp(p + i, "true", 4) == 0;
+			if (is_model && i < n && p[i] == '"') {
+				if ((e = json_str_end(p, n, i)) == 0 || (m = json_str_decode(p, i, e)) == NULL)
+					goto bad;
+				i = e;
+			}
+			continue;
+		}
+		i++;
+	}
+	if (i >= n || json_ws(p, n, i + 1) != n)
+		goto bad;   /* cut short, or more after the object */
+	if (!json_is_string(m) || strlen(json_string_value(m)) != json_string_length(m)) {
+		json_decref(m);
+		*stream = false;
+		return V1_NO_MODEL;
+	}
+	*model = xstrndup(json_string_value(m), json_string_length(m));
+	json_decref(m);
+	return V1_OK;
+bad:
+	json_decref(m);
+	*stream = false;
+	return V1_NOT_OBJECT;
+}
+
 enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream)
 {
 	json_error_t jerr;
@@ -435,13 +555,20 @@ enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *s
 	*stream = false;
 	if (n == 0)
 		return V1_NO_BODY;
-	o = json_loadb(body, n, JSON_REJECT_DUPLICATES, &jerr);
+	if (n > V1_PARSE_MAX)
+		return router_v1_scan(body, n, model, stream);
+	/* any JSON a Python service (json.loads) takes: a prompt may hold a
+	 * NUL ("\u0000"), a field an integer past 64 bits (only "model" and
+	 * "stream" are read here; the body goes on as it came) */
+	o = json_loadb(body, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL,
+		       &jerr);
 	if (o == NULL || !json_is_object(o)) {
 		json_decref(o);
 		return V1_NOT_OBJECT;
 	}
 	m = json_object_get(o, "model");
-	if (!json_is_string(m)) {
+	/* a model name with a NUL in it names no service: never its prefix */
+	if (!json_is_string(m) || strlen(json_string_value(m)) != json_string_length(m)) {
 		json_decref(o);
 		return V1_NO_MODEL;
 	}

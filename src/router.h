@@ -81,6 +81,10 @@ enum v1_result {
 /* Find the "model" of an OpenAI-style JSON body. On V1_OK, *MODEL is a
  * malloc'd NUL-terminated copy and *STREAM says whether "stream" is true. */
 enum v1_result router_v1_model(const char *body, size_t n, char **model, bool *stream);
+/* The same from the body's top level only (what router_v1_model does past
+ * 1 MiB): the members' values are skipped, not checked; a duplicate
+ * "model" or "stream" is V1_NOT_OBJECT, as is a body cut short. */
+enum v1_result router_v1_scan(const char *body, size_t n, char **model, bool *stream);
 
 /* --- a multipart/form-data /v1 body (OpenAI's /v1/audio/...) --- */
 

@@ -1,5 +1,7 @@
 /* fuzz_v1model.c - libFuzzer target for the /v1 body's model lookup
- * (router_v1_model in src/router.c): arbitrary bytes as a JSON body, and
+ * (router_v1_model in src/router.c): arbitrary bytes as a JSON body (the
+ * top-level scan of large bodies, router_v1_scan, must read what the whole
+ * parse reads of every body that parse takes), and
  * as a multipart form (router_form_feed), fed whole and in pieces whose
  * sizes the first byte picks: both feeds must agree. */
 #include <stdint.h>
@@ -22,6 +24,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else if (model != NULL || stream) {
 		fprintf(stderr, "fuzz_v1model: result %d left model or stream set\n", (int)r);
 		abort();
+	}
+
+	/* the top-level scan (bodies past 1 MiB) reads what the parse reads */
+	{
+		char *sm = NULL;
+		bool ss = true;
+		enum v1_result sr = router_v1_scan((const char *)data, size, &sm, &ss);
+
+		if ((sr == V1_OK) != (sm != NULL) || (sr != V1_OK && ss) ||
+		    (r == V1_OK && (sr != V1_OK || strcmp(model, sm) != 0 || ss != stream))) {
+			fprintf(stderr, "fuzz_v1model: the scan (%d) disagrees with the parse (%d)\n",
+				(int)sr, (int)r);
+			abort();
+		}
+		free(sm);
 	}
 	free(model);
 

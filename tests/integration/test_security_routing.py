@@ -199,7 +199,7 @@ def test_finding5_v1_api_key_is_checked_before_the_body_is_read(gateway):
 
 
 def test_finding5_v1_body_is_capped_by_max_json_body(gateway):
-    g = gateway([demo_service(aliases=["m"])], api_keys=[{"key": KEY}])
+    g = gateway([demo_service(aliases=["m"])], api_keys=[{"key": KEY}], max_json_body=1 << 20)
     auth = f"Authorization: Bearer {KEY}\r\n".encode()
     # announced: refused on the head (nginx: client_max_body_size -> 413)
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n" + auth +

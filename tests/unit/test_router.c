@@ -193,6 +193,76 @@ static void test_authority_and_model(void **state)
 			 V1_NOT_OBJECT);
 }
 
+/* What Python services take is routed: a NUL in a prompt, an integer past
+ * 64 bits; a model name with a NUL is no model (never its prefix's). */
+static void test_v1_model_python_json(void **state)
+{
+	static const char nul[] = "{\"model\":\"m\",\"p\":\"a\\u0000b\"}";
+	static const char big[] = "{\"seed\":18446744073709551615,\"model\":\"m\"}";
+	static const char nulmodel[] = "{\"model\":\"m\\u0000x\"}";
+	char *model;
+	bool stream;
+
+	(void)state;
+	assert_int_equal(router_v1_model(nul, sizeof nul - 1, &model, &stream), V1_OK);
+	assert_string_equal(model, "m");
+	free(model);
+	assert_int_equal(router_v1_model(big, sizeof big - 1, &model, &stream), V1_OK);
+	assert_string_equal(model, "m");
+	free(model);
+	assert_int_equal(router_v1_model(nulmodel, sizeof nulmodel - 1, &model, &stream),
+			 V1_NO_MODEL);
+	assert_null(model);
+}
+
+/* The top-level scan (bodies past 1 MiB) agrees with the whole parse on
+ * what it reads, and refuses what it cannot trust. */
+static void test_v1_scan(void **state)
+{
+	static const struct { const char *body; enum v1_result r; const char *model; bool stream; } cases[] = {
+		{"{\"model\":\"m\",\"stream\":true}", V1_OK, "m", true},
+		{" {\"messages\":[{\"content\":\"a \\\"model\\\": x\",\"model\":\"inner\"}],"
+		 "\"stream\" : false , \"model\" : \"late\" }\n", V1_OK, "late", false},
+		{"{\"p\":\"\\\\\",\"model\":\"after-a-backslash\"}", V1_OK, "after-a-backslash", false},
+		{"{\"mod\\u0065l\":\"esc\",\"stream\":true}", V1_OK, "esc", true},
+		{"{\"model\":\"\\u00e9t\\u00e9\"}", V1_OK, "\xc3\xa9t\xc3\xa9", false},
+		{"{\"model\":\"a\",\"model\":\"b\"}", V1_NOT_OBJECT, NULL, false},
+		{"{\"model\":\"a\",\"mod\\u0065l\":\"b\"}", V1_NOT_OBJECT, NULL, false},
+		{"{\"stream\":true,\"stream\":false,\"model\":\"a\"}", V1_NOT_OBJECT, NULL, false},
+		{"{\"model\":\"a\"", V1_NOT_OBJECT, NULL, false},
+		{"{\"model\":\"a\"}x", V1_NOT_OBJECT, NULL, false},
+		{"{\"model\":\"a", V1_NOT_OBJECT, NULL, false},
+		{"[{\"model\":\"a\"}]", V1_NOT_OBJECT, NULL, false},
+		{"{\"model\":1,\"stream\":true}", V1_NO_MODEL, NULL, false},
+		{"{\"x\":{\"model\":\"deep\"}}", V1_NO_MODEL, NULL, false},
+		{"{\"model\":\"m\\u0000x\"}", V1_NO_MODEL, NULL, false},
+		{"{}", V1_NO_MODEL, NULL, false},
+	};
+	char *model, *m2;
+	bool stream, s2;
+
+	(void)state;
+	for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+		const char *b = cases[k].body;
+		enum v1_result r = router_v1_scan(b, strlen(b), &model, &stream);
+		if (r != cases[k].r)
+			fail_msg("case %zu (%s): %d, not %d", k, b, (int)r, (int)cases[k].r);
+		assert_int_equal(stream, cases[k].stream);
+		if (cases[k].model)
+			assert_string_equal(model, cases[k].model);
+		else
+			assert_null(model);
+		/* a body the whole parse takes reads the same */
+		if (router_v1_model(b, strlen(b), &m2, &s2) == V1_OK) {
+			assert_int_equal(r, V1_OK);
+			assert_string_equal(model, m2);
+			assert_int_equal(stream, s2);
+		}
+		free(model);
+		free(m2);
+	}
+}
+
 /* Feed BODY to a scan for content type CT, STEP bytes at a time. */
 static enum form_result form(const char *ct, const char *body, size_t step, char **model)
 {
@@ -247,6 +317,8 @@ int main(void)
 		cmocka_unit_test(test_hosts),
 		cmocka_unit_test(test_cidr),
 		cmocka_unit_test(test_authority_and_model),
+		cmocka_unit_test(test_v1_model_python_json),
+		cmocka_unit_test(test_v1_scan),
 		cmocka_unit_test(test_form_model),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
