@@ -502,6 +502,51 @@ struct service *service_by_name(const char *name)
 	return NULL;
 }
 
+/* Do the ports on this host of instance IA of A meet those of an instance
+ * of B at LB (its local_port) and RB (remote_port)? The gateway's end
+ * (local_port) is always here; the server's own (remote_port) only for a
+ * launcher that runs the script here. */
+static bool host_ports_meet(const struct service *a, int ia, const struct service *b, int lb, int rb)
+{
+	int la = a->cfg->local_port + ia, ra = a->cfg->remote_port + ia;
+	bool ah = a->lops->script_on_host, bh = b->lops->script_on_host;
+
+	return la == lb || (bh && la == rb) || (ah && ra == lb) || (ah && bh && ra == rb);
+}
+
+static bool ports_taken_in(const struct service *s, int index, struct service *const *list, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		const struct instance *i;
+		if (list[k] == s)
+			continue;
+		TAILQ_FOREACH(i, &list[k]->insts, link)
+			if (i->state != INST_GONE &&
+			    host_ports_meet(s, index, list[k], i->local_port, i->remote_port))
+				return true;
+	}
+	return false;
+}
+
+bool svc_ports_taken(const struct service *s, int index)
+{
+	return ports_taken_in(s, index, svcs, nsvcs) || ports_taken_in(s, index, retired, nretired);
+}
+
+void svc_kick_others(const struct instance *gone)
+{
+	for (size_t k = 0; k < nsvcs; k++) {
+		struct service *o = svcs[k];
+		bool meets = false;
+		if (o == gone->svc)
+			continue;
+		for (int x = 0; x < o->cfg->max_instances && !meets; x++)
+			meets = host_ports_meet(o, x, gone->svc, gone->local_port, gone->remote_port);
+		if (meets)
+			svc_kick(o);
+	}
+}
+
 size_t services_count(void)
 {
 	return nsvcs;

@@ -119,7 +119,8 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 	}
 	/* still looking for instances of an earlier run, or the previous
 	 * instance is still stopping: the start comes when that is over */
-	if (s->recovering || free_index(s, s->cfg->max_instances) < 0) {
+	if (s->recovering || free_index(s, s->cfg->max_instances) < 0 ||
+	    svc_ports_taken(s, free_index(s, s->cfg->max_instances))) {
 		s->demanded = true;   /* svc_kick() starts it then, waiters or not */
 		return 0;
 	}
@@ -228,7 +229,8 @@ void instance_drain(struct instance *i, const char *why)
 static bool can_start(const struct service *s, int limit)
 {
 	return services_managed && svc_shutdown_done == NULL && !s->recovering && svc_backoff_left(s) == 0 &&
-	       s->state != SVC_RETIRED && free_index(s, limit) >= 0;
+	       s->state != SVC_RETIRED && free_index(s, limit) >= 0 &&
+	       !svc_ports_taken(s, free_index(s, limit));
 }
 
 static void scale_later(struct service *s, double secs)
@@ -425,6 +427,7 @@ void instance_gone(struct instance *i, enum launch_fail kind, const char *reason
 	if (inst_booting(was) && !svc_any_pending(s, NULL) && svc_pick_ready(s) == NULL)
 		svc_fail_waiters(s, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
 	svc_kick(s);
+	svc_kick_others(i);   /* a start that waited for I's ports */
 	instance_unref(i);   /* the launcher's reference */
 	if (svc_shutdown_done != NULL && svc_live_instances == 0) {
 		void (*cb)(void) = svc_shutdown_done;

@@ -1,0 +1,81 @@
+"""An HPC admin's reloads: a service renamed (same route and port, a new
+name), or removed and added back, while its old instance still shuts down
+(a real server takes seconds to exit after SIGTERM and keeps its port till
+then). A request that arrives then waits for the port to come free and is
+served by the new instance; it never fails on "port still held", and it is
+never answered by the old process."""
+import json
+import os
+import signal
+import sys
+
+from conftest import SLACK, demo_service, pid_alive, wait_until, write_script
+
+# A server that, like vLLM or TGI, keeps listening for a while after SIGTERM.
+SLOW_EXIT = r'''
+import http.server, json, os, signal, sys, threading
+port = int(sys.argv[1])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"pid": os.getpid()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+signal.signal(signal.SIGTERM, lambda *a: threading.Timer(float(os.environ.get("LINGER", "2")),
+                                                          lambda: os._exit(0)).start())
+srv.serve_forever()
+'''
+
+
+def slow_exit_service(tmp_path, **kw):
+    py = tmp_path / "slow_exit.py"
+    py.write_text(SLOW_EXIT)
+    sh = write_script(tmp_path / "slow_exit.sh",
+                      f'#!/bin/sh\nexec "{sys.executable}" "{py}" "$1"\n')
+    return demo_service(bash_file=str(sh), stop_grace=10, **kw)
+
+
+def reload(g, services):
+    before = g.log(tail=10 ** 8).count("config reloaded")
+    cfg = dict(g.config)
+    cfg["Services"] = services
+    tmp = g.config_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cfg, indent=1))
+    os.replace(tmp, g.config_path)
+    g.services = services
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
+               msg="the reload taken")
+
+
+def test_renamed_service_same_port_waits_for_the_old_instance(gateway, tmp_path):
+    old = slow_exit_service(tmp_path, name="llama", route="llm")
+    g = gateway([old])
+    pid = g.service_pid()
+    # the admin renames it; the route and the port stay
+    reload(g, [dict(old, name="llama-v2")])
+    r = g.get("/llm/pid", timeout=20)
+    assert r.status == 200, (r, g.log())
+    new_pid = r.json()["pid"]
+    g.seen_pids.add(new_pid)
+    assert new_pid != pid, "the request was answered by the removed service's process"
+    assert not pid_alive(pid)
+    assert g.state("llama-v2") == "ready"
+
+
+def test_service_removed_and_added_back_waits_for_the_old_instance(gateway, tmp_path):
+    svc = slow_exit_service(tmp_path, name="llama", route="llm")
+    other = demo_service(name="other", route="other")
+    g = gateway([svc, other])
+    pid = g.service_pid()
+    reload(g, [other])
+    reload(g, [svc, other])   # back, before the old process has exited
+    r = g.get("/llm/pid", timeout=20)
+    assert r.status == 200, (r, g.log())
+    assert r.json()["pid"] != pid, "the request was answered by the removed service's process"
+    g.seen_pids.add(r.json()["pid"])
