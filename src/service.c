@@ -380,6 +380,7 @@ void services_reload(void)
 			old->cfg = c;
 			config_unref(old->conf);
 			old->conf = config_ref(cfg);
+			svc_drain_over_max(old);
 			next[k] = old;
 			changed++;
 		} else {

@@ -225,6 +225,19 @@ void instance_drain(struct instance *i, const char *why)
 	event_del(i->timer);
 }
 
+void svc_drain_over_max(struct service *s)
+{
+	struct instance *i, *nx;
+	char why[80];
+
+	snprintf(why, sizeof why, "above max_instances %d after a reload", s->cfg->max_instances);
+	for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
+		nx = TAILQ_NEXT(i, link);
+		if (i->index >= s->cfg->max_instances + (i->replaces != NULL ? 1 : 0))
+			instance_drain(i, why);
+	}
+}
+
 /* May one more instance start now? */
 static bool can_start(const struct service *s, int limit)
 {

@@ -105,6 +105,9 @@ void svc_scale_cb(evutil_socket_t fd, short what, void *arg);
 void inst_idle_arm(struct instance *i);
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 void instance_drain(struct instance *i, const char *why);
+/* A reload lowered max_instances: drain the instances above it (a
+ * handover's replacement may sit one above). */
+void svc_drain_over_max(struct service *s);
 /* Ask the launcher to stop I. */
 void inst_stop(struct instance *i, const char *why);
 

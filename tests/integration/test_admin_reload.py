@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from conftest import SLACK, demo_service, pid_alive, wait_until, write_script
+from conftest import SLACK, demo_service, free_port_block, pid_alive, wait_until, write_script
 
 # A server that, like vLLM or TGI, keeps listening for a while after SIGTERM.
 SLOW_EXIT = r'''
@@ -79,3 +79,27 @@ def test_service_removed_and_added_back_waits_for_the_old_instance(gateway, tmp_
     assert r.status == 200, (r, g.log())
     assert r.json()["pid"] != pid, "the request was answered by the removed service's process"
     g.seen_pids.add(r.json()["pid"])
+
+
+def test_lowered_max_instances_stops_the_instances_above_it(gateway):
+    """The admin lowers max_instances (3 -> 1) to give GPUs back: the
+    instances above the new maximum drain and stop now, not whenever the
+    scaler's scale-down delay or the idle timeout next comes round (under
+    steady load: never); the one kept goes on serving."""
+    port = free_port_block(3)
+    svc = demo_service(port=port, min_instances=3, max_instances=3, timeout=600,
+                       scale_down_delay=600)
+    g = gateway([svc])
+
+    def ready():
+        return sorted(i["index"] for i in g.svc()["instances"] if i["state"] == "ready")
+
+    wait_until(lambda: ready() == [0, 1, 2], 10 * SLACK, msg="three instances ready")
+    pids = {i["index"]: i["pid"] for i in g.svc()["instances"]}
+    reload(g, [dict(svc, min_instances=1, max_instances=1)])
+    wait_until(lambda: [i["index"] for i in g.svc()["instances"]] == [0], 5 * SLACK,
+               msg="the instances above max_instances to stop")
+    wait_until(lambda: not pid_alive(pids[1]) and not pid_alive(pids[2]), 5 * SLACK,
+               msg="their processes to end")
+    assert g.svc()["instances"][0]["pid"] == pids[0]
+    assert g.get("/llm/health").status == 200
