@@ -503,16 +503,18 @@ struct service *service_by_name(const char *name)
 	return NULL;
 }
 
-/* Do the ports on this host of instance IA of A meet those of an instance
- * of B at LB (its local_port) and RB (remote_port)? The gateway's end
- * (local_port) is always here; the server's own (remote_port) only for a
- * launcher that runs the script here. */
+/* Do the ports of instance IA of A meet those of an instance of B at LB
+ * (its local_port) and RB (remote_port)? Only where both run their script
+ * on this host (the local launcher: the server binds remote_port here, the
+ * gateway reaches it at local_port); a Slurm job's are on its node, and its
+ * tunnel's local end is a port of its own. */
 static bool host_ports_meet(const struct service *a, int ia, const struct service *b, int lb, int rb)
 {
 	int la = a->cfg->local_port + ia, ra = a->cfg->remote_port + ia;
-	bool ah = a->lops->script_on_host, bh = b->lops->script_on_host;
 
-	return la == lb || (bh && la == rb) || (ah && ra == lb) || (ah && bh && ra == rb);
+	if (!a->lops->script_on_host || !b->lops->script_on_host)
+		return false;
+	return la == lb || la == rb || ra == lb || ra == rb;
 }
 
 static bool ports_taken_in(const struct service *s, int index, struct service *const *list, size_t n)
