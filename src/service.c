@@ -523,8 +523,10 @@ static bool ports_taken_in(const struct service *s, int index, struct service *c
 		const struct instance *i;
 		if (list[k] == s)
 			continue;
+		/* one on its way out only: a port that a serving instance of
+		 * another service holds is not waited for (the start says so) */
 		TAILQ_FOREACH(i, &list[k]->insts, link)
-			if (i->state != INST_GONE &&
+			if ((i->state == INST_DRAINING || i->state == INST_STOPPING) &&
 			    host_ports_meet(s, index, list[k], i->local_port, i->remote_port))
 				return true;
 	}
