@@ -27,6 +27,7 @@
 #include "refusal.h"
 #include "runner.h"
 #include "slurm_agent.h"
+#include "slurm_record.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -152,6 +153,13 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 		free(next->state_dir);
 		next->state_dir = xstrdup(gw.cfg->state_dir);
 	}
+	if (strcmp(next->instance_id, gw.cfg->instance_id) != 0) {
+		/* it names the jobs in Slurm: those running would be missed */
+		log_warn("reload: a new instance_id takes a restart; still using %s",
+			 gw.cfg->instance_id);
+		free(next->instance_id);
+		next->instance_id = xstrdup(gw.cfg->instance_id);
+	}
 	log_svc_problems(next);
 	if (accesslog_configure(next->access_log, log_json_flag || next->log_json, &cause) != 0) {
 		log_error("reload: %s; keeping the access log as it was", cause);
@@ -165,6 +173,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	old = gw.cfg;
 	gw.cfg = next;
 	services_reload();
+	slurm_record_update();
 	front_reconfigure();
 	log_init(log_level, log_json_flag || gw.cfg->log_json);
 	config_unref(old);
@@ -372,6 +381,7 @@ int main(int argc, char **argv)
 	proc_init(&gw);
 	runners_init(&gw);
 	services_init(&gw);
+	slurm_record_init(&gw);   /* the targets of an earlier run's jobs, too */
 	if (front_start(&gw) != 0) {
 		services_free();
 		accesslog_free();
