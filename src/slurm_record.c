@@ -100,9 +100,10 @@ static void record_write(void)
 		json_array_append_new(ia, json_string(ids[k]));
 	for (int k = 0; k < ntargets; k++) {
 		const struct target *t = &targets[k];
-		json_t *to, *opts = json_array();
+		json_t *to, *opts;
 		if (t->earlier && t->scanned)
 			continue;   /* nothing of ours is left there */
+		opts = json_array();
 		for (char **p = t->c.ssh_options; p && *p; p++)
 			json_array_append_new(opts, json_string(*p));
 		to = json_pack("{s:s?,s:s?,s:s?,s:i,s:o}", "remote_host", t->c.remote_host,
