@@ -103,3 +103,19 @@ def test_lowered_max_instances_stops_the_instances_above_it(gateway):
                msg="their processes to end")
     assert g.svc()["instances"][0]["pid"] == pids[0]
     assert g.get("/llm/health").status == 200
+
+
+def test_new_instance_id_is_not_applied_by_a_reload(gateway):
+    """instance_id names the Slurm jobs (sg:<instance_id>:<route>:<index>):
+    a reload that changed it would name the next jobs differently from those
+    running, and the watch and the next start's scan look for one name. Like
+    the listen address and state_dir, it takes a restart."""
+    g = gateway(instance_id="gw-a")
+    before = g.log(tail=10 ** 8).count("config reloaded")
+    cfg = dict(g.config, instance_id="gw-b")
+    g.config_path.write_text(json.dumps(cfg))
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
+               msg="the reload taken")
+    assert "a new instance_id takes a restart; still using gw-a" in g.log(), g.log()
+    assert g.get("/llm/health").status == 200
