@@ -503,18 +503,20 @@ struct service *service_by_name(const char *name)
 	return NULL;
 }
 
-/* Do the ports of instance IA of A meet those of an instance of B at LB
- * (its local_port) and RB (remote_port)? Only where both run their script
- * on this host (the local launcher: the server binds remote_port here, the
- * gateway reaches it at local_port); a Slurm job's are on its node, and its
- * tunnel's local end is a port of its own. */
-static bool host_ports_meet(const struct service *a, int ia, const struct service *b, int lb, int rb)
+/* Could the ports of instance IA of A meet those of an instance of B at LB
+ * (its local_port) and RB (remote_port)? Where both run their script on
+ * this host (the local launcher), the server binds remote_port here and
+ * the gateway reaches it at local_port. Where neither does (Slurm), the
+ * servers bind remote_port on their nodes, and the two jobs may share one
+ * (the gateway's end of a tunnel is a port of its own). */
+static bool ports_meet(const struct service *a, int ia, const struct service *b, int lb, int rb)
 {
 	int la = a->cfg->local_port + ia, ra = a->cfg->remote_port + ia;
+	bool ah = a->lops->script_on_host, bh = b->lops->script_on_host;
 
-	if (!a->lops->script_on_host || !b->lops->script_on_host)
-		return false;
-	return la == lb || la == rb || ra == lb || ra == rb;
+	if (ah && bh)
+		return la == lb || la == rb || ra == lb || ra == rb;
+	return !ah && !bh && ra == rb;
 }
 
 static bool ports_taken_in(const struct service *s, int index, struct service *const *list, size_t n)
@@ -527,7 +529,7 @@ static bool ports_taken_in(const struct service *s, int index, struct service *c
 		 * another service holds is not waited for (the start says so) */
 		TAILQ_FOREACH(i, &list[k]->insts, link)
 			if ((i->state == INST_DRAINING || i->state == INST_STOPPING) &&
-			    host_ports_meet(s, index, list[k], i->local_port, i->remote_port))
+			    ports_meet(s, index, list[k], i->local_port, i->remote_port))
 				return true;
 	}
 	return false;
@@ -546,7 +548,7 @@ void svc_kick_others(const struct instance *gone)
 		if (o == gone->svc)
 			continue;
 		for (int x = 0; x < o->cfg->max_instances && !meets; x++)
-			meets = host_ports_meet(o, x, gone->svc, gone->local_port, gone->remote_port);
+			meets = ports_meet(o, x, gone->svc, gone->local_port, gone->remote_port);
 		if (meets)
 			svc_kick(o);
 	}

@@ -84,8 +84,9 @@ void svc_fail_waiters(struct service *s, const char *reason, int retry_after);
 /* Seconds of start back-off left (0: none). */
 int svc_backoff_left(const struct service *s);
 /* Does a draining or stopping instance of another service (one a reload
- * removed or renamed) hold a port on this host that instance INDEX of S
- * would use? Its start then waits for that instance to go. */
+ * removed or renamed) hold a port that instance INDEX of S would use (here,
+ * or on a Slurm node both jobs may run on)? Its start then waits for that
+ * instance to go. */
 bool svc_ports_taken(const struct service *s, int index);
 /* GONE (an instance) went: kick the other services whose start may have
  * waited for its ports. */
