@@ -1,0 +1,66 @@
+"""Trouble on the gateway's host, as an admin meets it: the gateway runs out
+of file descriptors (a low RLIMIT_NOFILE, many clients). A connection it
+cannot open to a service is its own shortage, not the service's: the
+request gets a clear 503, and the instance stays in rotation (it is not
+marked unhealthy, probed, or at length stopped: a model that took minutes
+to load must not be restarted for the gateway's own limit)."""
+import resource
+import socket
+import subprocess
+
+from conftest import SLACK, demo_service, wait_until
+
+
+def start_with_nofile(g, monkeypatch, n):
+    """Start G with RLIMIT_NOFILE n (the hard limit too: it cannot raise it)."""
+    real = subprocess.Popen
+
+    def popen(*a, **kw):
+        kw["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    try:
+        g.start()
+    finally:
+        monkeypatch.undo()
+
+
+def test_out_of_descriptors_does_not_mark_a_healthy_instance_unhealthy(gateway, monkeypatch):
+    g = gateway([demo_service(start_timeout=2, health_interval=1)], start=False)
+    start_with_nofile(g, monkeypatch, 64)
+    assert g.get("/llm/health").status == 200
+    assert g.state() == "ready"
+    clients = []
+    try:
+        # many clients: every descriptor of the gateway is taken
+        for _ in range(120):
+            clients.append(socket.create_connection(("127.0.0.1", g.port), timeout=2))
+        # twice: the accept after the first pause takes what was freed
+        # meanwhile (the connections of the requests above, a probe's)
+        wait_until(lambda: g.log().count("accept: Too many open files") >= 2, 5 * SLACK,
+                   msg="the gateway to run out of descriptors")
+        # a stream holds the one pooled upstream connection (3 s: longer
+        # than start_timeout, after which an unhealthy instance is stopped)
+        stream = clients[0].makefile("rb")
+        clients[0].settimeout(10 * SLACK)
+        clients[0].sendall(b"GET /llm/stream?n=30&ms=100 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert stream.readline().startswith(b"HTTP/1.1 200")
+        # the next request needs a new upstream connection: none can be opened
+        clients[1].settimeout(10 * SLACK)
+        clients[1].sendall(b"GET /llm/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = clients[1].recv(4096)
+        assert head.startswith(b"HTTP/1.1 503"), head
+        assert b"out of file descriptors" in head, head
+        body = b""
+        while b"data: 29" not in body:
+            chunk = stream.read1(4096)
+            assert chunk, f"the stream was cut: {body[-200:]!r}"
+            body += chunk
+    finally:
+        for c in clients:
+            c.close()
+    assert g.get("/llm/health").status == 200
+    assert g.state() == "ready"
+    log = g.log(tail=10 ** 8)
+    assert "ready -> unhealthy" not in log, log
