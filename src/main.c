@@ -273,6 +273,17 @@ int main(int argc, char **argv)
 	struct rlimit rl;
 	char *cause = NULL;
 	int ch, lock_fd;
+	sigset_t early;
+
+	/* a reload, logrotate's USR1 or a stop that comes while we start (a big
+	 * config takes a while) waits for its handler below: the default
+	 * action would kill us (children get a clean mask: proc.c) */
+	sigemptyset(&early);
+	sigaddset(&early, SIGHUP);
+	sigaddset(&early, SIGUSR1);
+	sigaddset(&early, SIGTERM);
+	sigaddset(&early, SIGINT);
+	sigprocmask(SIG_BLOCK, &early, NULL);
 
 	while ((ch = getopt_long(argc, argv, "c:l:tvhV", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -398,6 +409,7 @@ int main(int argc, char **argv)
 	event_add(sig_term, NULL);
 	event_add(sig_int, NULL);
 	event_add(sig_hup, NULL);
+	sigprocmask(SIG_UNBLOCK, &early, NULL);   /* one held meanwhile is handled now */
 	log_info("slurmgate %s: %zu services from %s", SLURMGATE_VERSION, gw.cfg->n_services, file);
 
 	event_base_dispatch(gw.base);

@@ -3,12 +3,19 @@ of file descriptors (a low RLIMIT_NOFILE, many clients). A connection it
 cannot open to a service is its own shortage, not the service's: the
 request gets a clear 503, and the instance stays in rotation (it is not
 marked unhealthy, probed, or at length stopped: a model that took minutes
-to load must not be restarted for the gateway's own limit)."""
+to load must not be restarted for the gateway's own limit).
+
+A signal that comes while the gateway starts (a reload, logrotate's
+SIGUSR1, a stop) is handled once it is up, never fatal."""
 import resource
+import signal
 import socket
 import subprocess
+import time
 
-from conftest import SLACK, demo_service, wait_until
+import pytest
+
+from conftest import SLACK, demo_service, gateway_bin, port_listening, wait_until
 
 
 def start_with_nofile(g, monkeypatch, n):
@@ -64,3 +71,28 @@ def test_out_of_descriptors_does_not_mark_a_healthy_instance_unhealthy(gateway, 
     assert g.state() == "ready"
     log = g.log(tail=10 ** 8)
     assert "ready -> unhealthy" not in log, log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM])
+def test_signal_in_the_first_milliseconds_is_handled_not_fatal(gateway, sig):
+    """A reload (SIGHUP: config management's handler right after a start) or
+    logrotate's SIGUSR1 that arrives while the gateway still reads a big
+    config must not kill it with the signal's default action: it is held
+    until the handlers are in place, then handled."""
+    services = [demo_service(name=f"s{k}", route=f"r{k}") for k in range(300)]
+    g = gateway(services, start=False)
+    g._log = open(g.log_path, "wb")
+    g.proc = subprocess.Popen([str(gateway_bin()), "-c", str(g.config_path)],
+                              stdin=subprocess.DEVNULL, stdout=g._log, stderr=subprocess.STDOUT,
+                              cwd=str(g.dir))
+    time.sleep(0.002)
+    g.proc.send_signal(sig)
+    if sig == signal.SIGTERM:
+        assert g.proc.wait(10 * SLACK) == 0, g.log()
+        return
+    wait_until(lambda: g.proc.poll() is not None or port_listening(g.port), 10 * SLACK,
+               msg="the gateway to listen")
+    assert g.proc.poll() is None, f"killed by signal {sig}: exit {g.proc.returncode}\n{g.log()}"
+    assert g.get("/api/health").status == 200
+    if sig == signal.SIGHUP:
+        wait_until(lambda: "config reloaded" in g.log(), 5 * SLACK, msg="the reload done")
