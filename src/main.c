@@ -284,6 +284,11 @@ int main(int argc, char **argv)
 	sigaddset(&early, SIGTERM);
 	sigaddset(&early, SIGINT);
 	sigprocmask(SIG_BLOCK, &early, NULL);
+	/* started with stdin, stdout or stderr closed (2>&-): the first file we
+	 * open (the state_dir lock) would become it, and the log go into it */
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+			return 1;
 
 	while ((ch = getopt_long(argc, argv, "c:l:tvhV", longopts, NULL)) != -1) {
 		switch (ch) {

@@ -127,3 +127,19 @@ def test_signal_while_the_gateway_starts_is_handled_not_fatal(gateway, sig):
     assert g.get("/api/health").status == 200
     if sig == signal.SIGHUP:
         wait_until(lambda: "config reloaded" in g.log(), 5 * SLACK, msg="the reload done")
+
+
+def test_closed_stderr_does_not_send_the_log_into_the_state_dir_lock(gateway):
+    """Started with stderr closed (`slurmgate ... 2>&-`, some init scripts and
+    supervisors): the first file the gateway opens, its state_dir lock,
+    became descriptor 2, and every log line went into the lock file (over
+    the pid it records, growing without end)."""
+    g = gateway(start=False)
+    g._log = open(g.log_path, "wb")
+    g.proc = subprocess.Popen(["/bin/sh", "-c", 'exec "$0" -c "$1" 2>&-', str(gateway_bin()),
+                               str(g.config_path)],
+                              stdin=subprocess.DEVNULL, stdout=g._log, cwd=str(g.dir))
+    wait_until(lambda: port_listening(g.port), 10 * SLACK, msg="the gateway to listen")
+    assert g.get("/llm/health").status == 200
+    lock = (g.dir / "gw0-state" / "lock").read_text()
+    assert lock == f"{g.proc.pid}\n", lock[:500]
