@@ -397,12 +397,23 @@ void services_reload(void)
 		log_info("svc %s: removed from the config; stopping it", svcs[k]->cfg->name);
 		event_del(svcs[k]->scale_ev);
 		{
-			struct service *s = svcs[k];
+			struct service *s = svcs[k], *heir = NULL;
 			struct instance *i, *nx;
+			char why[300];
 			/* first: nothing (min_instances, a demand, a kick) starts it again */
 			svc_set_state(s, SVC_RETIRED, "removed from the config");
 			s->demanded = false;
-			svc_fail_waiters(s, "the service was removed from the config", 30);
+			/* renamed (its route lives on in another service): retry at once */
+			for (size_t q = 0; q < cfg->n_services && heir == NULL; q++)
+				if (strcmp(next[q]->cfg->route_name, s->cfg->route_name) == 0)
+					heir = next[q];
+			if (heir != NULL) {
+				snprintf(why, sizeof why, "the service was replaced by %s in the config; retry",
+					 heir->cfg->name);
+				svc_fail_waiters(s, why, 1);
+			} else {
+				svc_fail_waiters(s, "the service was removed from the config", 30);
+			}
 			for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
 				nx = TAILQ_NEXT(i, link);
 				if ((i->state == INST_READY || i->state == INST_UNHEALTHY) && i->inflight > 0)

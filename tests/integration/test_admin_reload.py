@@ -8,8 +8,10 @@ import json
 import os
 import signal
 import sys
+import threading
 
-from conftest import SLACK, demo_service, free_port_block, pid_alive, wait_until, write_script
+from conftest import (DEMO_SH, SLACK, demo_service, free_port_block, http_request, pid_alive,
+                      wait_until, write_script)
 
 # A server that, like vLLM or TGI, keeps listening for a while after SIGTERM.
 SLOW_EXIT = r'''
@@ -119,3 +121,32 @@ def test_new_instance_id_is_not_applied_by_a_reload(gateway):
                msg="the reload taken")
     assert "a new instance_id takes a restart; still using gw-a" in g.log(), g.log()
     assert g.get("/llm/health").status == 200
+
+
+def test_request_held_for_a_renamed_service_is_told_to_retry_at_once(gateway, tmp_path):
+    """A request waits for a cold start; the admin renames the service (a new
+    model version: same route, new name and start script). The held request
+    ends with 503 (its service is gone), but with Retry-After: 1 and the
+    service that now serves the route, not the 30 s of a route that is gone:
+    a client that honours Retry-After (the OpenAI SDKs do) is served by the
+    new service at once instead of half a minute later."""
+    slow = write_script(tmp_path / "slow.sh", f'#!/bin/sh\nDEMO_DELAY=10 exec "{DEMO_SH}" "$@"\n')
+    old = demo_service(name="llama", route="llm", bash_file=str(slow))
+    g = gateway([old])
+    result = {}
+
+    def held():
+        result["r"] = http_request(g.port, "GET", "/llm/health", timeout=20 * SLACK)
+
+    t = threading.Thread(target=held, daemon=True)
+    t.start()
+    wait_until(lambda: g.svc("llama")["waiting"] == 1, 3 * SLACK, msg="a held request")
+    reload(g, [dict(old, name="llama-v2", bash_file=str(DEMO_SH))])
+    t.join(5 * SLACK)
+    assert not t.is_alive(), "the held request was left hanging"
+    r = result["r"]
+    assert r.status == 503, r
+    assert r.header("Retry-After") == "1", r.headers
+    assert "llama-v2" in r.json()["error"], r
+    r = g.get("/llm/health", timeout=20)
+    assert r.status == 200, r
