@@ -530,7 +530,8 @@ static bool ports_meet(const struct service *a, int ia, const struct service *b,
 	return !ah && !bh && ra == rb;
 }
 
-static bool ports_taken_in(const struct service *s, int index, struct service *const *list, size_t n)
+static const struct instance *holder_in(const struct service *s, int index,
+					struct service *const *list, size_t n)
 {
 	for (size_t k = 0; k < n; k++) {
 		const struct instance *i;
@@ -541,14 +542,16 @@ static bool ports_taken_in(const struct service *s, int index, struct service *c
 		TAILQ_FOREACH(i, &list[k]->insts, link)
 			if ((i->state == INST_DRAINING || i->state == INST_STOPPING) &&
 			    ports_meet(s, index, list[k], i->local_port, i->remote_port))
-				return true;
+				return i;
 	}
-	return false;
+	return NULL;
 }
 
-bool svc_ports_taken(const struct service *s, int index)
+const struct instance *svc_port_holder(const struct service *s, int index)
 {
-	return ports_taken_in(s, index, svcs, nsvcs) || ports_taken_in(s, index, retired, nretired);
+	const struct instance *i = holder_in(s, index, svcs, nsvcs);
+
+	return i ? i : holder_in(s, index, retired, nretired);
 }
 
 void svc_kick_others(const struct instance *gone)

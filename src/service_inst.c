@@ -95,6 +95,8 @@ static void start_failed(struct instance *i, enum launch_fail kind, const char *
 /* Start a stopped service. Returns 0 if a start is under way. */
 int service_start(struct service *s, const char **reason, int *retry_after)
 {
+	const struct instance *h = NULL;
+
 	if (s->state == SVC_RETIRED) {
 		*reason = "the service was removed from the config";
 		*retry_after = 30;
@@ -118,9 +120,14 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 		return -1;
 	}
 	/* still looking for instances of an earlier run, or the previous
-	 * instance is still stopping: the start comes when that is over */
-	if (s->recovering || free_index(s, s->cfg->max_instances) < 0 ||
-	    svc_ports_taken(s, free_index(s, s->cfg->max_instances))) {
+	 * instance is still stopping, or another service's instance on its way
+	 * out holds the port (a reload renamed the service): the start comes
+	 * when that is over */
+	if (free_index(s, s->cfg->max_instances) >= 0 &&
+	    (h = svc_port_holder(s, free_index(s, s->cfg->max_instances))) != NULL && !s->demanded)
+		log_info("svc %s: its start waits for %s[%d] (%s) to free port %d", s->cfg->name,
+			 h->svc->cfg->name, h->index, instance_state_name(h->state), h->remote_port);
+	if (s->recovering || free_index(s, s->cfg->max_instances) < 0 || h != NULL) {
 		s->demanded = true;   /* svc_kick() starts it then, waiters or not */
 		return 0;
 	}
@@ -243,7 +250,7 @@ static bool can_start(const struct service *s, int limit)
 {
 	return services_managed && svc_shutdown_done == NULL && !s->recovering && svc_backoff_left(s) == 0 &&
 	       s->state != SVC_RETIRED && free_index(s, limit) >= 0 &&
-	       !svc_ports_taken(s, free_index(s, limit));
+	       svc_port_holder(s, free_index(s, limit)) == NULL;
 }
 
 static void scale_later(struct service *s, double secs)

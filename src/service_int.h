@@ -83,11 +83,11 @@ void svc_dispatch(struct service *s);
 void svc_fail_waiters(struct service *s, const char *reason, int retry_after);
 /* Seconds of start back-off left (0: none). */
 int svc_backoff_left(const struct service *s);
-/* Does a draining or stopping instance of another service (one a reload
- * removed or renamed) hold a port that instance INDEX of S would use (here,
- * or on a Slurm node both jobs may run on)? Its start then waits for that
- * instance to go. */
-bool svc_ports_taken(const struct service *s, int index);
+/* The draining or stopping instance of another service (one a reload
+ * removed or renamed) that holds a port instance INDEX of S would use (here,
+ * or on a Slurm node both jobs may run on), or NULL. S's start then waits
+ * for that instance to go. */
+const struct instance *svc_port_holder(const struct service *s, int index);
 /* GONE (an instance) went: kick the other services whose start may have
  * waited for its ports. */
 void svc_kick_others(const struct instance *gone);

@@ -68,6 +68,7 @@ def test_renamed_service_same_port_waits_for_the_old_instance(gateway, tmp_path)
     assert new_pid != pid, "the request was answered by the removed service's process"
     assert not pid_alive(pid)
     assert g.state("llama-v2") == "ready"
+    assert "svc llama-v2: its start waits for llama[0] (stopping) to free port" in g.log(), g.log()
 
 
 def test_service_removed_and_added_back_waits_for_the_old_instance(gateway, tmp_path):
