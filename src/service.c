@@ -376,8 +376,12 @@ void services_reload(void)
 		struct svc_config *c = &cfg->services[k];
 		struct service *old = service_by_name(c->name);
 		if (old != NULL && old->cfg->launcher == c->launcher) {
-			/* the same service: new settings apply from now on, to new instances */
+			/* the same service: new settings apply from now on, to new
+			 * instances (and the idle clocks that run) */
+			int was_timeout = old->cfg->timeout;
 			old->cfg = c;
+			if (c->timeout != was_timeout)
+				svc_idle_rearm(old);
 			config_unref(old->conf);
 			old->conf = config_ref(cfg);
 			svc_drain_over_max(old);

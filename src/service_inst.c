@@ -147,6 +147,18 @@ void inst_idle_arm(struct instance *i)
 	event_add(i->timer, &(struct timeval){i->svc->cfg->timeout, 0});
 }
 
+void svc_idle_rearm(struct service *s)
+{
+	struct instance *i;
+
+	TAILQ_FOREACH(i, &s->insts, link)
+		if ((i->state == INST_READY || i->state == INST_HELD) && i->idle_since > 0 &&
+		    evtimer_pending(i->timer, NULL)) {
+			double left = idle_left(i->idle_since, s->cfg->timeout, now_s());
+			event_add(i->timer, &(struct timeval){(long)left, (long)((left - (long)left) * 1e6)});
+		}
+}
+
 void service_instance_released(struct instance *i)
 {
 	struct service *s = i->svc;

@@ -104,6 +104,9 @@ void svc_scale(struct service *s);
 void svc_scale_cb(evutil_socket_t fd, short what, void *arg);
 /* Restart I's idle clock. */
 void inst_idle_arm(struct instance *i);
+/* A reload changed S's timeout: the idle clocks that run follow it, from
+ * each instance's last request. */
+void svc_idle_rearm(struct service *s);
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 void instance_drain(struct instance *i, const char *why);
 /* A reload lowered max_instances: drain the instances above it (a

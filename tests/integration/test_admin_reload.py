@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from conftest import (DEMO_SH, SLACK, demo_service, free_port_block, http_request, pid_alive,
                       wait_until, write_script)
@@ -151,3 +152,24 @@ def test_request_held_for_a_renamed_service_is_told_to_retry_at_once(gateway, tm
     assert "llama-v2" in r.json()["error"], r
     r = g.get("/llm/health", timeout=20)
     assert r.status == 200, r
+
+
+def test_changed_timeout_applies_to_the_idle_clock_already_running(gateway):
+    """The admin raises the idle timeout (users complain of cold starts) or
+    lowers it (to give GPUs back): the instance that idles now follows the
+    new timeout, counted from its last request, as /api's
+    idle_seconds_left already claimed; it kept the old one."""
+    svc = demo_service(timeout=2)
+    g = gateway([svc])
+    assert g.get("/llm/health").status == 200
+    pid = g.service_pid()
+    reload(g, [dict(svc, timeout=60)])
+    assert g.svc()["idle_seconds_left"] > 50
+    # past the old timeout: still there
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert g.state() == "ready", "stopped by the old idle timeout"
+        time.sleep(0.2)
+    assert g.service_pid() == pid
+    reload(g, [dict(svc, timeout=1)])
+    g.wait_state("stopped", timeout=3)
