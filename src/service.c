@@ -377,11 +377,10 @@ void services_reload(void)
 		struct service *old = service_by_name(c->name);
 		if (old != NULL && old->cfg->launcher == c->launcher) {
 			/* the same service: new settings apply from now on, to new
-			 * instances (and the idle clocks that run) */
-			int was_timeout = old->cfg->timeout;
+			 * instances (and the idle clocks and start deadlines that run) */
+			int was_timeout = old->cfg->timeout, was_start = old->cfg->start_timeout;
 			old->cfg = c;
-			if (c->timeout != was_timeout)
-				svc_idle_rearm(old);
+			svc_timers_rearm(old, was_timeout, was_start);
 			config_unref(old->conf);
 			old->conf = config_ref(cfg);
 			svc_drain_over_max(old);

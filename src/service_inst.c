@@ -147,16 +147,30 @@ void inst_idle_arm(struct instance *i)
 	event_add(i->timer, &(struct timeval){i->svc->cfg->timeout, 0});
 }
 
-void svc_idle_rearm(struct service *s)
+void svc_timers_rearm(struct service *s, int old_timeout, int old_start_timeout)
 {
 	struct instance *i;
+	struct timeval at, now;
 
-	TAILQ_FOREACH(i, &s->insts, link)
-		if ((i->state == INST_READY || i->state == INST_HELD) && i->idle_since > 0 &&
-		    evtimer_pending(i->timer, NULL)) {
-			double left = idle_left(i->idle_since, s->cfg->timeout, now_s());
-			event_add(i->timer, &(struct timeval){(long)left, (long)((left - (long)left) * 1e6)});
-		}
+	evutil_gettimeofday(&now, NULL);
+	TAILQ_FOREACH(i, &s->insts, link) {
+		double left;
+		int delta;
+		if (!event_pending(i->timer, EV_TIMEOUT, &at))
+			continue;
+		if (i->state == INST_READY || i->state == INST_HELD)
+			delta = s->cfg->timeout - old_timeout;             /* the idle clock */
+		else if (inst_booting(i->state) || i->state == INST_UNHEALTHY)
+			delta = s->cfg->start_timeout - old_start_timeout; /* the start deadline */
+		else
+			continue;
+		if (delta == 0)
+			continue;
+		left = (double)(at.tv_sec - now.tv_sec) + (at.tv_usec - now.tv_usec) / 1e6 + delta;
+		if (left < 0)
+			left = 0;
+		event_add(i->timer, &(struct timeval){(long)left, (long)((left - (long)left) * 1e6)});
+	}
 }
 
 void service_instance_released(struct instance *i)

@@ -104,9 +104,10 @@ void svc_scale(struct service *s);
 void svc_scale_cb(evutil_socket_t fd, short what, void *arg);
 /* Restart I's idle clock. */
 void inst_idle_arm(struct instance *i);
-/* A reload changed S's timeout: the idle clocks that run follow it, from
- * each instance's last request. */
-void svc_idle_rearm(struct service *s);
+/* A reload changed S's timeout or start_timeout (from OLD_TIMEOUT and
+ * OLD_START_TIMEOUT): the idle clocks and start deadlines that run follow
+ * the new values, counted from when each began. */
+void svc_timers_rearm(struct service *s, int old_timeout, int old_start_timeout);
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 void instance_drain(struct instance *i, const char *why);
 /* A reload lowered max_instances: drain the instances above it (a

@@ -173,3 +173,26 @@ def test_changed_timeout_applies_to_the_idle_clock_already_running(gateway):
     assert g.service_pid() == pid
     reload(g, [dict(svc, timeout=1)])
     g.wait_state("stopped", timeout=3)
+
+
+def test_raised_start_timeout_applies_to_a_start_under_way(gateway, tmp_path):
+    """Jobs wait long in a full queue and are given up at start_timeout: the
+    admin raises it and reloads. The start under way (a request waits for
+    it) follows the new limit, counted from its beginning; it was given up
+    at the old one (and the error named the new value)."""
+    slow = write_script(tmp_path / "slow.sh", f'#!/bin/sh\nDEMO_DELAY=4 exec "{DEMO_SH}" "$@"\n')
+    svc = demo_service(bash_file=str(slow), start_timeout=2)
+    g = gateway([svc])
+    result = {}
+
+    def held():
+        result["r"] = http_request(g.port, "GET", "/llm/health", timeout=30 * SLACK)
+
+    t = threading.Thread(target=held, daemon=True)
+    t.start()
+    wait_until(lambda: g.svc()["waiting"] == 1, 3 * SLACK, msg="a held request")
+    reload(g, [dict(svc, start_timeout=30)])
+    t.join(20 * SLACK)
+    assert not t.is_alive()
+    assert result["r"].status == 200, result["r"]
+    assert g.svc()["start_failures"] == 0
