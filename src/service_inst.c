@@ -604,6 +604,14 @@ void service_reason(const struct service *s, char *buf, size_t len)
 			 "earlier run: %s", s->recover_error);
 		return;
 	}
+	if (s->demanded && free_index(s, s->cfg->max_instances) >= 0) {
+		const struct instance *h = svc_port_holder(s, free_index(s, s->cfg->max_instances));
+		if (h != NULL) {
+			snprintf(buf, len, "starts once %s[%d] (%s) frees port %d", h->svc->cfg->name,
+				 h->index, instance_state_name(h->state), h->remote_port);
+			return;
+		}
+	}
 	snprintf(buf, len, services_managed ? "stopped; the next request starts it"
 					    : "stopped; service management is disabled");
 }

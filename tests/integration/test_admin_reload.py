@@ -62,7 +62,19 @@ def test_renamed_service_same_port_waits_for_the_old_instance(gateway, tmp_path)
     pid = g.service_pid()
     # the admin renames it; the route and the port stay
     reload(g, [dict(old, name="llama-v2")])
-    r = g.get("/llm/pid", timeout=20)
+    result = {}
+
+    def request():
+        result["r"] = http_request(g.port, "GET", "/llm/pid", timeout=20 * SLACK)
+
+    t = threading.Thread(target=request, daemon=True)
+    t.start()
+    # while it waits, the API says for what
+    info = wait_until(lambda: g.svc("llama-v2")["waiting"] == 1 and g.svc("llama-v2"),
+                      3 * SLACK, msg="the request to wait")
+    assert "starts once llama[0] (stopping) frees port" in info["reason"], info
+    t.join(20 * SLACK)
+    r = result["r"]
     assert r.status == 200, (r, g.log())
     new_pid = r.json()["pid"]
     g.seen_pids.add(new_pid)
