@@ -7,6 +7,8 @@
  * the idle timer closes it. The connection core is http_conn.c's. */
 #include "http_conn_impl.h"
 
+#include <errno.h>
+
 #include <event2/bufferevent.h>
 
 #include "util.h"
@@ -108,14 +110,20 @@ static const struct hconn_side client_side = {
 	.timeout = cli_timeout,
 };
 
+const char http_no_descriptors[] =
+	"the gateway is out of file descriptors (see RLIMIT_NOFILE): cannot open a connection";
+
 struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout_s,
 			   const struct hconn_ops *ops, void *owner)
 {
 	struct hconn *c = hc_new(-1, &client_side, HC_CONNECTING, ops, owner);
 
 	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)sa, (int)len) != 0) {
+		int e = errno;
 		/* reported later, never from inside the caller */
-		c->close_why = "upstream connect failed";
+		c->close_why = e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM
+				       ? http_no_descriptors
+				       : "upstream connect failed";
 		hc_mark_dirty(c);
 		return c;
 	}

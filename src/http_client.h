@@ -14,6 +14,10 @@
 /* Connect to an upstream; connected() or closed() follows, never at once. */
 struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout_s,
 			   const struct hconn_ops *ops, void *owner);
+/* The reason closed() gets (this very pointer) when the gateway could not
+ * open the connection for a shortage of its own (out of file descriptors,
+ * RLIMIT_NOFILE, or of memory): no fault of the upstream's. */
+extern const char http_no_descriptors[];
 
 /* Send a request head (raw bytes, ending in CRLF CRLF); chunked: the body
  * will be chunk-encoded by http_send. head_req: a HEAD request. */

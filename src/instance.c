@@ -229,15 +229,18 @@ static void probe_done(struct hconn *c)
 	instance_unref(i);
 }
 
+static bool probing_state(enum inst_state st);
+
 static void probe_closed(struct hconn *c, const char *why)
 {
 	struct instance *i = http_owner(c);
 
-	(void)why;
 	if (i == NULL || i->probe != c)
 		return;   /* done already, or abandoned */
 	i->probe = NULL;
-	if (i->state != INST_GONE)
+	if (why == http_no_descriptors && probing_state(i->state))
+		event_add(i->probe_timer, &(struct timeval){1, 0});   /* no verdict: ours */
+	else if (i->state != INST_GONE)
 		service_probe_result(i, false);
 	instance_unref(i);
 }

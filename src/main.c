@@ -27,6 +27,7 @@
 #include "refusal.h"
 #include "runner.h"
 #include "slurm_agent.h"
+#include "slurm_record.h"
 #include "service.h"
 #include "util.h"
 #include "version.h"
@@ -152,6 +153,13 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 		free(next->state_dir);
 		next->state_dir = xstrdup(gw.cfg->state_dir);
 	}
+	if (strcmp(next->instance_id, gw.cfg->instance_id) != 0) {
+		/* it names the jobs in Slurm: those running would be missed */
+		log_warn("reload: a new instance_id takes a restart; still using %s",
+			 gw.cfg->instance_id);
+		free(next->instance_id);
+		next->instance_id = xstrdup(gw.cfg->instance_id);
+	}
 	log_svc_problems(next);
 	if (accesslog_configure(next->access_log, log_json_flag || next->log_json, &cause) != 0) {
 		log_error("reload: %s; keeping the access log as it was", cause);
@@ -165,6 +173,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	old = gw.cfg;
 	gw.cfg = next;
 	services_reload();
+	slurm_record_update();
 	front_reconfigure();
 	log_init(log_level, log_json_flag || gw.cfg->log_json);
 	config_unref(old);
@@ -264,6 +273,22 @@ int main(int argc, char **argv)
 	struct rlimit rl;
 	char *cause = NULL;
 	int ch, lock_fd;
+	sigset_t early;
+
+	/* a reload, logrotate's USR1 or a stop that comes while we start (a big
+	 * config takes a while) waits for its handler below: the default
+	 * action would kill us (children get a clean mask: proc.c) */
+	sigemptyset(&early);
+	sigaddset(&early, SIGHUP);
+	sigaddset(&early, SIGUSR1);
+	sigaddset(&early, SIGTERM);
+	sigaddset(&early, SIGINT);
+	sigprocmask(SIG_BLOCK, &early, NULL);
+	/* started with stdin, stdout or stderr closed (2>&-): the first file we
+	 * open (the state_dir lock) would become it, and the log go into it */
+	for (int fd = 0; fd <= 2; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+			return 1;
 
 	while ((ch = getopt_long(argc, argv, "c:l:tvhV", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -372,6 +397,7 @@ int main(int argc, char **argv)
 	proc_init(&gw);
 	runners_init(&gw);
 	services_init(&gw);
+	slurm_record_init(&gw);   /* the targets of an earlier run's jobs, too */
 	if (front_start(&gw) != 0) {
 		services_free();
 		accesslog_free();
@@ -388,6 +414,7 @@ int main(int argc, char **argv)
 	event_add(sig_term, NULL);
 	event_add(sig_int, NULL);
 	event_add(sig_hup, NULL);
+	sigprocmask(SIG_UNBLOCK, &early, NULL);   /* one held meanwhile is handled now */
 	log_info("slurmgate %s: %zu services from %s", SLURMGATE_VERSION, gw.cfg->n_services, file);
 
 	event_base_dispatch(gw.base);

@@ -376,10 +376,14 @@ void services_reload(void)
 		struct svc_config *c = &cfg->services[k];
 		struct service *old = service_by_name(c->name);
 		if (old != NULL && old->cfg->launcher == c->launcher) {
-			/* the same service: new settings apply from now on, to new instances */
+			/* the same service: new settings apply from now on, to new
+			 * instances (and the idle clocks and start deadlines that run) */
+			int was_timeout = old->cfg->timeout, was_start = old->cfg->start_timeout;
 			old->cfg = c;
+			svc_timers_rearm(old, was_timeout, was_start);
 			config_unref(old->conf);
 			old->conf = config_ref(cfg);
+			svc_drain_over_max(old);
 			next[k] = old;
 			changed++;
 		} else {
@@ -396,12 +400,23 @@ void services_reload(void)
 		log_info("svc %s: removed from the config; stopping it", svcs[k]->cfg->name);
 		event_del(svcs[k]->scale_ev);
 		{
-			struct service *s = svcs[k];
+			struct service *s = svcs[k], *heir = NULL;
 			struct instance *i, *nx;
+			char why[300];
 			/* first: nothing (min_instances, a demand, a kick) starts it again */
 			svc_set_state(s, SVC_RETIRED, "removed from the config");
 			s->demanded = false;
-			svc_fail_waiters(s, "the service was removed from the config", 30);
+			/* renamed (its route lives on in another service): retry at once */
+			for (size_t q = 0; q < cfg->n_services && heir == NULL; q++)
+				if (strcmp(next[q]->cfg->route_name, s->cfg->route_name) == 0)
+					heir = next[q];
+			if (heir != NULL) {
+				snprintf(why, sizeof why, "the service was replaced by %s in the config; retry",
+					 heir->cfg->name);
+				svc_fail_waiters(s, why, 1);
+			} else {
+				svc_fail_waiters(s, "the service was removed from the config", 30);
+			}
 			for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
 				nx = TAILQ_NEXT(i, link);
 				if ((i->state == INST_READY || i->state == INST_UNHEALTHY) && i->inflight > 0)
@@ -500,6 +515,60 @@ struct service *service_by_name(const char *name)
 		if (strcmp(svcs[k]->cfg->name, name) == 0)
 			return svcs[k];
 	return NULL;
+}
+
+/* Could the ports of instance IA of A meet those of an instance of B at LB
+ * (its local_port) and RB (remote_port)? Where both run their script on
+ * this host (the local launcher), the server binds remote_port here and
+ * the gateway reaches it at local_port. Where neither does (Slurm), the
+ * servers bind remote_port on their nodes, and the two jobs may share one
+ * (the gateway's end of a tunnel is a port of its own). */
+static bool ports_meet(const struct service *a, int ia, const struct service *b, int lb, int rb)
+{
+	int la = a->cfg->local_port + ia, ra = a->cfg->remote_port + ia;
+	bool ah = a->lops->script_on_host, bh = b->lops->script_on_host;
+
+	if (ah && bh)
+		return la == lb || la == rb || ra == lb || ra == rb;
+	return !ah && !bh && ra == rb;
+}
+
+static const struct instance *holder_in(const struct service *s, int index,
+					struct service *const *list, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		const struct instance *i;
+		if (list[k] == s)
+			continue;
+		/* one on its way out only: a port that a serving instance of
+		 * another service holds is not waited for (the start says so) */
+		TAILQ_FOREACH(i, &list[k]->insts, link)
+			if ((i->state == INST_DRAINING || i->state == INST_STOPPING) &&
+			    ports_meet(s, index, list[k], i->local_port, i->remote_port))
+				return i;
+	}
+	return NULL;
+}
+
+const struct instance *svc_port_holder(const struct service *s, int index)
+{
+	const struct instance *i = holder_in(s, index, svcs, nsvcs);
+
+	return i ? i : holder_in(s, index, retired, nretired);
+}
+
+void svc_kick_others(const struct instance *gone)
+{
+	for (size_t k = 0; k < nsvcs; k++) {
+		struct service *o = svcs[k];
+		bool meets = false;
+		if (o == gone->svc)
+			continue;
+		for (int x = 0; x < o->cfg->max_instances && !meets; x++)
+			meets = ports_meet(o, x, gone->svc, gone->local_port, gone->remote_port);
+		if (meets)
+			svc_kick(o);
+	}
 }
 
 size_t services_count(void)

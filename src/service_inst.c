@@ -95,6 +95,8 @@ static void start_failed(struct instance *i, enum launch_fail kind, const char *
 /* Start a stopped service. Returns 0 if a start is under way. */
 int service_start(struct service *s, const char **reason, int *retry_after)
 {
+	const struct instance *h = NULL;
+
 	if (s->state == SVC_RETIRED) {
 		*reason = "the service was removed from the config";
 		*retry_after = 30;
@@ -118,8 +120,14 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 		return -1;
 	}
 	/* still looking for instances of an earlier run, or the previous
-	 * instance is still stopping: the start comes when that is over */
-	if (s->recovering || free_index(s, s->cfg->max_instances) < 0) {
+	 * instance is still stopping, or another service's instance on its way
+	 * out holds the port (a reload renamed the service): the start comes
+	 * when that is over */
+	if (free_index(s, s->cfg->max_instances) >= 0 &&
+	    (h = svc_port_holder(s, free_index(s, s->cfg->max_instances))) != NULL && !s->demanded)
+		log_info("svc %s: its start waits for %s[%d] (%s) to free port %d", s->cfg->name,
+			 h->svc->cfg->name, h->index, instance_state_name(h->state), h->remote_port);
+	if (s->recovering || free_index(s, s->cfg->max_instances) < 0 || h != NULL) {
 		s->demanded = true;   /* svc_kick() starts it then, waiters or not */
 		return 0;
 	}
@@ -137,6 +145,32 @@ void inst_idle_arm(struct instance *i)
 {
 	i->idle_since = now_s();
 	event_add(i->timer, &(struct timeval){i->svc->cfg->timeout, 0});
+}
+
+void svc_timers_rearm(struct service *s, int old_timeout, int old_start_timeout)
+{
+	struct instance *i;
+	struct timeval at, now;
+
+	evutil_gettimeofday(&now, NULL);
+	TAILQ_FOREACH(i, &s->insts, link) {
+		double left;
+		int delta;
+		if (!event_pending(i->timer, EV_TIMEOUT, &at))
+			continue;
+		if (i->state == INST_READY || i->state == INST_HELD)
+			delta = s->cfg->timeout - old_timeout;             /* the idle clock */
+		else if (inst_booting(i->state) || i->state == INST_UNHEALTHY)
+			delta = s->cfg->start_timeout - old_start_timeout; /* the start deadline */
+		else
+			continue;
+		if (delta == 0)
+			continue;
+		left = (double)(at.tv_sec - now.tv_sec) + (at.tv_usec - now.tv_usec) / 1e6 + delta;
+		if (left < 0)
+			left = 0;
+		event_add(i->timer, &(struct timeval){(long)left, (long)((left - (long)left) * 1e6)});
+	}
 }
 
 void service_instance_released(struct instance *i)
@@ -224,11 +258,25 @@ void instance_drain(struct instance *i, const char *why)
 	event_del(i->timer);
 }
 
+void svc_drain_over_max(struct service *s)
+{
+	struct instance *i, *nx;
+	char why[80];
+
+	snprintf(why, sizeof why, "above max_instances %d after a reload", s->cfg->max_instances);
+	for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
+		nx = TAILQ_NEXT(i, link);
+		if (i->index >= s->cfg->max_instances + (i->replaces != NULL ? 1 : 0))
+			instance_drain(i, why);
+	}
+}
+
 /* May one more instance start now? */
 static bool can_start(const struct service *s, int limit)
 {
 	return services_managed && svc_shutdown_done == NULL && !s->recovering && svc_backoff_left(s) == 0 &&
-	       s->state != SVC_RETIRED && free_index(s, limit) >= 0;
+	       s->state != SVC_RETIRED && free_index(s, limit) >= 0 &&
+	       svc_port_holder(s, free_index(s, limit)) == NULL;
 }
 
 static void scale_later(struct service *s, double secs)
@@ -425,6 +473,7 @@ void instance_gone(struct instance *i, enum launch_fail kind, const char *reason
 	if (inst_booting(was) && !svc_any_pending(s, NULL) && svc_pick_ready(s) == NULL)
 		svc_fail_waiters(s, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
 	svc_kick(s);
+	svc_kick_others(i);   /* a start that waited for I's ports */
 	instance_unref(i);   /* the launcher's reference */
 	if (svc_shutdown_done != NULL && svc_live_instances == 0) {
 		void (*cb)(void) = svc_shutdown_done;
@@ -554,6 +603,14 @@ void service_reason(const struct service *s, char *buf, size_t len)
 		snprintf(buf, len, "stopped; starts nothing until it has looked for jobs of an "
 			 "earlier run: %s", s->recover_error);
 		return;
+	}
+	if (s->demanded && free_index(s, s->cfg->max_instances) >= 0) {
+		const struct instance *h = svc_port_holder(s, free_index(s, s->cfg->max_instances));
+		if (h != NULL) {
+			snprintf(buf, len, "starts once %s[%d] (%s) frees port %d", h->svc->cfg->name,
+				 h->index, instance_state_name(h->state), h->remote_port);
+			return;
+		}
 	}
 	snprintf(buf, len, services_managed ? "stopped; the next request starts it"
 					    : "stopped; service management is disabled");

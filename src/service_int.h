@@ -83,6 +83,14 @@ void svc_dispatch(struct service *s);
 void svc_fail_waiters(struct service *s, const char *reason, int retry_after);
 /* Seconds of start back-off left (0: none). */
 int svc_backoff_left(const struct service *s);
+/* The draining or stopping instance of another service (one a reload
+ * removed or renamed) that holds a port instance INDEX of S would use (here,
+ * or on a Slurm node both jobs may run on), or NULL. S's start then waits
+ * for that instance to go. */
+const struct instance *svc_port_holder(const struct service *s, int index);
+/* GONE (an instance) went: kick the other services whose start may have
+ * waited for its ports. */
+void svc_kick_others(const struct instance *gone);
 
 /* --- service_inst.c: starting, stopping, the idle clock, the scaler --- */
 
@@ -96,8 +104,15 @@ void svc_scale(struct service *s);
 void svc_scale_cb(evutil_socket_t fd, short what, void *arg);
 /* Restart I's idle clock. */
 void inst_idle_arm(struct instance *i);
+/* A reload changed S's timeout or start_timeout (from OLD_TIMEOUT and
+ * OLD_START_TIMEOUT): the idle clocks and start deadlines that run follow
+ * the new values, counted from when each began. */
+void svc_timers_rearm(struct service *s, int old_timeout, int old_start_timeout);
 /* Take I out of rotation; it stops once nothing is in flight on it. */
 void instance_drain(struct instance *i, const char *why);
+/* A reload lowered max_instances: drain the instances above it (a
+ * handover's replacement may sit one above). */
+void svc_drain_over_max(struct service *s);
 /* Ask the launcher to stop I. */
 void inst_stop(struct instance *i, const char *why);
 

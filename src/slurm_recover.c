@@ -21,6 +21,7 @@
 #include "runner.h"
 #include "service.h"
 #include "slurm_agent.h"
+#include "slurm_record.h"
 #include "slurmjob.h"
 #include "util.h"
 
@@ -92,14 +93,14 @@ static void recover_line(struct runner *r, char **f)
 	int index;
 
 	snprintf(prefix, sizeof prefix, "sg:%s:", slurm_gw->cfg->instance_id);
-	if (!has_prefix(f[1], prefix))
+	if (!has_prefix(f[1], prefix) && !slurm_record_earlier_name(f[1]))
+		return;   /* not ours, nor of an earlier instance_id of ours (slurm_record.c) */
+	rest = has_prefix(f[1], prefix) ? f[1] + strlen(prefix) : NULL;
+	dash = rest ? strrchr(rest, ':') : NULL;
+	if ((rest && dash == NULL) || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
 		return;
-	rest = f[1] + strlen(prefix);
-	dash = strrchr(rest, ':');
-	if (dash == NULL || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
-		return;
-	index = atoi(dash + 1);
-	s = service_by_route(rest, (size_t)(dash - rest));
+	index = dash ? atoi(dash + 1) : -1;
+	s = rest ? service_by_route(rest, (size_t)(dash - rest)) : NULL;
 	j = xcalloc(1, sizeof *j);
 	j->r = r;
 	j->refs = 1;
@@ -147,8 +148,14 @@ static void recover_done(void *arg, int status, const char *out, const char *err
 	free(text);
 	rescan_s = 0;
 	log_info("looked for Slurm jobs of an earlier run on %s", runner_name(r));
+	slurm_record_scanned(r);
 	recovered_for(r);
 	slurm_poll_schedule(false);
+}
+
+void slurm_recover_target(struct runner *r)
+{
+	recover_scan(r);
 }
 
 void slurm_recover(void)

@@ -193,15 +193,17 @@ def test_changed_settings_apply_to_new_instances(gateway):
     g = gateway()
     assert g.get("/llm/health").status == 200
     pid = g.service_pid()
-    changed = dict(g.services[0], timeout=1, aliases=["renamed-model"])
+    # 2 s: the running instance's idle clock follows the new timeout too
+    # (from its last request): the checks below must come within it
+    changed = dict(g.services[0], timeout=2, aliases=["renamed-model"])
     g.services = [changed]
     reload(g, config_with(g, g.services), expect_ok=True)
     info = g.svc()
-    assert info["timeout"] == 1, info
+    assert info["timeout"] == 2, info
     assert model_ids(g) == ["demo", "renamed-model"]
     # the running instance was kept (no restart by the reload)
     assert g.service_pid() == pid
-    # a new instance follows the new timeout: idle for 1 s, then stopped
+    # a new instance follows the new timeout: idle for 2 s, then stopped
     assert g.post("/api/services/demo/stop").status == 202
     g.wait_state("stopped")
     assert g.get("/llm/health").status == 200
