@@ -251,6 +251,8 @@ static void job_resume(struct sjob *j, const char *node)
 	slurm_tunnel_open(j);   /* cancels the old forward, if any */
 }
 
+static void job_answered(struct sjob *j);
+
 /* One squeue line (or scontrol's answer) for a job we track: move it along. */
 static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
 		       const char *reason, double poll_started)
@@ -262,6 +264,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
 
 	j->seen = true;
+	job_answered(j);   /* a line from Slurm: it answers (a new agent says no more) */
 	if (j->ending)
 		return;
 	if (j->st == J_CANCELLING) {

@@ -523,6 +523,19 @@ struct service *service_by_name(const char *name)
  * the gateway reaches it at local_port. Where neither does (Slurm), the
  * servers bind remote_port on their nodes, and the two jobs may share one
  * (the gateway's end of a tunnel is a port of its own). */
+static bool same_str(const char *x, const char *y)
+{
+	return x == y || (x && y && strcmp(x, y) == 0);
+}
+
+/* Do A and B submit to the same cluster (the same login node and account,
+ * or both here)? Only then may their jobs share a node. */
+static bool same_target(const struct svc_config *a, const struct svc_config *b)
+{
+	return same_str(a->remote_host, b->remote_host) && same_str(a->ssh_username, b->ssh_username) &&
+	       a->ssh_port == b->ssh_port;
+}
+
 static bool ports_meet(const struct service *a, int ia, const struct service *b, int lb, int rb)
 {
 	int la = a->cfg->local_port + ia, ra = a->cfg->remote_port + ia;
@@ -530,7 +543,7 @@ static bool ports_meet(const struct service *a, int ia, const struct service *b,
 
 	if (ah && bh)
 		return la == lb || la == rb || ra == lb || ra == rb;
-	return !ah && !bh && ra == rb;
+	return !ah && !bh && ra == rb && same_target(a->cfg, b->cfg);
 }
 
 static const struct instance *holder_in(const struct service *s, int index,

@@ -218,6 +218,9 @@ void slurm_record_update(void)
 	if (gw == NULL)
 		return;
 	config_targets();
+	/* not in the record: no earlier run used them, nothing to scan for */
+	for (int k = before; k < ntargets; k++)
+		targets[k].scanned = true;
 	if (ntargets != before)
 		record_write();
 }

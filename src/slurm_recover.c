@@ -30,12 +30,46 @@ static struct runner *rescan[64];   /* targets whose scan failed */
 static int nrescan, rescan_s;
 static struct event *recover_ev;
 
+/* A target only the record of an earlier run names (slurm_record.c) is
+ * scanned this many times at most: a login node taken out of service must
+ * not be tried for the life of the process. */
+#define ORPHAN_TRIES 5
+static struct {
+	struct runner *r;
+	int tries;
+} orphans[16];
+static int norphans;
+
+struct scanctx {
+	struct runner *r;
+	bool counted;   /* in sjob_polls */
+};
+
 static void recover_done(void *arg, int status, const char *out, const char *err);
+
+/* Does a service of the config in force run its jobs on R? */
+static bool runner_used(const struct runner *r)
+{
+	for (size_t k = 0; k < services_count(); k++) {
+		const struct svc_config *c = service_config(service_at(k));
+		if (c->launcher == &launcher_slurm && runner_for(c) == r)
+			return true;
+	}
+	return false;
+}
 
 static void recover_scan(struct runner *r)
 {
-	sjob_polls++;   /* the tracker's polls wait for it */
-	sagent_run(r, slurm_squeue_argv, 60, recover_done, r);
+	struct scanctx *x = xcalloc(1, sizeof *x);
+
+	x->r = r;
+	/* the tracker's polls wait for a scan of a target its jobs are on; a
+	 * target only the record names has none of them (it must not stall
+	 * their polls while it does not answer) */
+	x->counted = runner_used(r);
+	if (x->counted)
+		sjob_polls++;
+	sagent_run(r, slurm_squeue_argv, 60, recover_done, x);
 }
 
 static void rescan_cb(evutil_socket_t fd, short what, void *arg)
@@ -57,7 +91,24 @@ static void recover_failed(struct runner *r, const char *err)
 	slurmjob_tail_lines(err, said, sizeof said);
 	snprintf(why, sizeof why, "cannot look for Slurm jobs of an earlier run on %s (squeue: %s)",
 		 runner_name(r), said[0] ? said : "failed");
-	log_warn("%s; looking again in %d s, starting nothing meanwhile", why, rescan_s);
+	if (!runner_used(r)) {
+		int k;
+		for (k = 0; k < norphans && orphans[k].r != r; k++)
+			;
+		if (k == norphans && norphans < (int)(sizeof orphans / sizeof *orphans)) {
+			orphans[norphans].r = r;
+			orphans[norphans++].tries = 0;
+		}
+		if (k == (int)(sizeof orphans / sizeof *orphans) || ++orphans[k].tries >= ORPHAN_TRIES) {
+			log_warn("%s; giving up after %d tries: no service uses it now, only the record of "
+				 "an earlier run (state_dir/slurm_targets.json; remove it there if that login "
+				 "node is gone)", why, ORPHAN_TRIES);
+			return;
+		}
+		log_warn("%s; looking again in %d s", why, rescan_s);
+	} else {
+		log_warn("%s; looking again in %d s, starting nothing meanwhile", why, rescan_s);
+	}
 	for (size_t k = 0; k < services_count(); k++) {
 		struct service *s = service_at(k);
 		if (service_config(s)->launcher == &launcher_slurm && runner_for(service_config(s)) == r)
@@ -93,14 +144,26 @@ static void recover_line(struct runner *r, char **f)
 	int index;
 
 	snprintf(prefix, sizeof prefix, "sg:%s:", slurm_gw->cfg->instance_id);
-	if (!has_prefix(f[1], prefix) && !slurm_record_earlier_name(f[1]))
-		return;   /* not ours, nor of an earlier instance_id of ours (slurm_record.c) */
-	rest = has_prefix(f[1], prefix) ? f[1] + strlen(prefix) : NULL;
-	dash = rest ? strrchr(rest, ':') : NULL;
-	if ((rest && dash == NULL) || slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
+	if (slurmjob_ended(f[2]) || strcmp(f[2], "COMPLETING") == 0)
 		return;
-	index = dash ? atoi(dash + 1) : -1;
-	s = rest ? service_by_route(rest, (size_t)(dash - rest)) : NULL;
+	LIST_FOREACH(j, &sjobs, link)
+		if (j->r == r && strcmp(j->id, f[0]) == 0)
+			return;   /* tracked already: submitted since (a late rescan) */
+	if (!has_prefix(f[1], prefix)) {
+		/* named by an instance_id this gateway used before (its record):
+		 * most likely its own, but another gateway of this account may use
+		 * that id now; only the admin can tell, so it is said, not cancelled */
+		if (slurm_record_earlier_name(f[1]))
+			log_warn("Slurm job %s (%s, %s) is named by an earlier instance_id of this gateway "
+				 "(now %s): left running; scancel %s if no other gateway uses that id",
+				 f[0], f[1], f[2], slurm_gw->cfg->instance_id, f[0]);
+		return;
+	}
+	rest = f[1] + strlen(prefix);
+	if ((dash = strrchr(rest, ':')) == NULL)
+		return;
+	index = atoi(dash + 1);
+	s = service_by_route(rest, (size_t)(dash - rest));
 	j = xcalloc(1, sizeof *j);
 	j->r = r;
 	j->refs = 1;
@@ -129,10 +192,13 @@ static void recover_line(struct runner *r, char **f)
 
 static void recover_done(void *arg, int status, const char *out, const char *err)
 {
-	struct runner *r = arg;
+	struct scanctx *x = arg;
+	struct runner *r = x->r;
 	char *text, *save = NULL;
 
-	sjob_polls--;
+	if (x->counted)
+		sjob_polls--;
+	free(x);
 	if (status != 0) {
 		log_warn("squeue on %s failed: %s", runner_name(r), err[0] ? err : "no output");
 		recover_failed(r, err);

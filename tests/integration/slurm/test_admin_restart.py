@@ -48,22 +48,36 @@ def test_restart_without_any_slurm_service_cancels_the_earlier_runs_jobs(cluster
     assert f"Slurm job {job1}" in g.log(), g.log()
 
 
-def test_restart_with_a_new_instance_id_cancels_the_jobs_named_by_the_old_one(
+def test_restart_with_a_new_instance_id_names_but_never_cancels_the_old_ids_jobs(
         cluster, slurm_gateway, tmp_path):
+    """The record of an earlier run keeps its instance_id, but a job named by
+    it may be another gateway's now (a cloned config and state_dir, a
+    shared home on two login nodes): the start-up scan cancelled every such
+    job, RUNNING ones included. It must name the job in the log and leave
+    it to the admin."""
     job = demo_job_script(tmp_path / "job.sh")
     g = slurm_gateway([slurm_service(cluster, job)])
     old_name = g.job_name()
     job1 = running_job(cluster, g)
     g.kill9()
-    # the admin names this gateway's jobs explicitly from now on
-    g.instance_id = g.instance_id + "-new"
-    rewrite(g, instance_id=g.instance_id)
-    g.restart()
-    wait_until(lambda: not cluster.live_jobs(old_name), 15 * SLACK, interval=0.2,
-               msg=f"the job {job1} named by the old instance_id to be cancelled")
-    assert f"Slurm job {job1}" in g.log(), g.log()
-    job2 = running_job(cluster, g)
-    assert job2 != job1
+    try:
+        # the admin names this gateway's jobs explicitly from now on
+        g.instance_id = g.instance_id + "-new"
+        rewrite(g, instance_id=g.instance_id)
+        g.restart()
+        line = wait_until(lambda: [ln for ln in g.log(tail=10 ** 7).splitlines()
+                                   if f"Slurm job {job1}" in ln and "earlier instance_id" in ln],
+                          15 * SLACK, interval=0.2, msg=f"the log to name job {job1}")
+        assert "scancel" in line[0], line
+        wait_until(lambda: "looked for Slurm jobs of an earlier run" in g.log(tail=10 ** 7),
+                   15 * SLACK, interval=0.2, msg="the recovery scan")
+        job2 = running_job(cluster, g)
+        assert job2 != job1
+        assert [j[0] for j in cluster.live_jobs(old_name)] == [job1], "the old id's job was cancelled"
+    finally:
+        cluster.cancel_prefix(old_name)
+        wait_until(lambda: not cluster.live_jobs(old_name), 30, interval=0.5,
+                   msg="the old id's job cancelled by the test")
 
 
 def test_renamed_slurm_service_waits_for_its_old_job_to_end(cluster, slurm_gateway, tmp_path):

@@ -2,6 +2,7 @@
 sbatch wrappers that talk on stdout, a controller that is down for a few
 seconds while the gateway restarts. Each test is named after the bug it
 found."""
+import json
 import os
 import signal
 import subprocess
@@ -179,6 +180,46 @@ def test_controller_down_while_queued_check_shows_a_stale_step(cluster, slurm_ga
         r = held.result(60 * SLACK)
     assert r.status == 200, r
     assert [j[0] for j in cluster.live_jobs(name)] == [job_id]
+
+
+def test_late_recovery_scan_cancels_a_job_submitted_meanwhile(cluster, slurm_gateway, tmp_path):
+    """The start-up scan is retried while squeue fails; a service that a
+    reload adds meanwhile is not waiting for it and submits its job. When
+    squeue answered again, the scan took that live job (named by this
+    instance_id, its index taken) for an earlier run's and cancelled it,
+    and its request failed. A job the gateway tracks is never the scan's."""
+    real = subprocess.run(["sh", "-c", "command -v squeue"], stdout=subprocess.PIPE, text=True,
+                          check=True).stdout.strip()
+    flag = tmp_path / "squeue-fails"
+    flag.touch()
+    wrap = tmp_path / "bin"
+    write_script(wrap / "squeue", "#!/bin/sh\n"
+                 f'[ -e "{flag}" ] && {{ echo "squeue: error: Unable to contact slurm controller" >&2; exit 1; }}\n'
+                 f'exec {real} "$@"\n')
+    first = local_service(cluster, demo_job_script(tmp_path / "job.sh"))
+    g = slurm_gateway([first], env={"SLURM_CONF": cluster.slurm_conf,
+                                    "PATH": f"{wrap}:{os.environ['PATH']}"})
+    wait_until(lambda: "cannot look for Slurm jobs of an earlier run" in g.log(), 15 * SLACK,
+               interval=0.1, msg="the failing recovery scan")
+    second = local_service(cluster, demo_job_script(tmp_path / "job2.sh"), name="second",
+                           route="second", remote_port=first["remote_port"] + 10)
+    before = g.log(tail=10 ** 7).count("config reloaded")
+    g.services = g.config["Services"] = [first, second]
+    g.config_path.write_text(json.dumps(g.config, indent=2))
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 7).count("config reloaded") > before, 5 * SLACK,
+               interval=0.1, msg="the reload taken")
+    with ThreadPoolExecutor(1) as ex:
+        held = ex.submit(g.get, "/second/pid", timeout=60 * SLACK)
+        [(job_id, _, _, _)] = wait_until(lambda: cluster.jobs(g.job_name("second")), 15 * SLACK,
+                                         interval=0.2, msg="the added service's job")
+        flag.unlink()
+        wait_until(lambda: "looked for Slurm jobs of an earlier run" in g.log(tail=10 ** 7),
+                   40 * SLACK, interval=0.2, msg="the recovery scan once squeue answers")
+        r = held.result(60 * SLACK)
+    assert r.status == 200, (r, g.log())
+    assert [j[0] for j in cluster.live_jobs(g.job_name("second"))] == [job_id]
+    assert f"Slurm job {job_id} (" not in g.log(tail=10 ** 7), g.log()
 
 
 def test_sbatch_socket_timeout_leaves_an_untracked_job(cluster, slurm_gateway, tmp_path):
