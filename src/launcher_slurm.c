@@ -391,7 +391,7 @@ static void job_unanswered(struct sjob *j, const char *err)
 	if (j->inst == NULL || (j->st != J_QUEUED && j->st != J_HELD))
 		return;
 	if (j->unanswered_since == 0) {
-		j->unanswered_since = (double)time(NULL);
+		j->unanswered_since = wall_s();
 		snprintf(j->known, sizeof j->known, "%s", j->inst->detail);
 	}
 	t = (time_t)j->unanswered_since;

@@ -93,27 +93,6 @@ const char *runner_name(const struct runner *r)
 	return r->name;
 }
 
-static bool same(const char *a, const char *b)
-{
-	return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
-}
-
-/* A copy of a NULL-terminated list (NULL for none). */
-static char **opts_dup(char *const *v)
-{
-	size_t n = 0;
-	char **out;
-
-	if (v == NULL)
-		return NULL;
-	while (v[n])
-		n++;
-	out = xcalloc(n + 1, sizeof *out);
-	for (size_t k = 0; k < n; k++)
-		out[k] = xstrdup(v[k]);
-	return out;
-}
-
 struct runner *runner_for(const struct svc_config *svc)
 {
 	struct runner *r;
@@ -121,8 +100,8 @@ struct runner *runner_for(const struct svc_config *svc)
 
 	LIST_FOREACH(r, &runners, link)
 		if (r->remote == remote &&
-		    (!remote || (same(r->host, svc->remote_host) && same(r->user, svc->ssh_username) &&
-				 r->port == svc->ssh_port && same(r->key, svc->ssh_key_file))))
+		    (!remote || (str_same(r->host, svc->remote_host) && str_same(r->user, svc->ssh_username) &&
+				 r->port == svc->ssh_port && str_same(r->key, svc->ssh_key_file))))
 			return r;
 	r = xcalloc(1, sizeof *r);
 	r->remote = remote;
@@ -132,7 +111,7 @@ struct runner *runner_for(const struct svc_config *svc)
 		r->user = svc->ssh_username ? xstrdup(svc->ssh_username) : NULL;
 		r->key = svc->ssh_key_file ? xstrdup(svc->ssh_key_file) : NULL;
 		r->port = svc->ssh_port;
-		r->opts = opts_dup(svc->ssh_options);   /* the runner outlives the config */
+		r->opts = strv_dup(svc->ssh_options);   /* the runner outlives the config */
 		r->name = xasprintf("%s%s%s%s%.0d", r->user ? r->user : "", r->user ? "@" : "", r->host,
 				    r->port ? ":" : "", r->port);
 		/* a unix socket path is short (108 bytes, and ssh adds a 17-byte

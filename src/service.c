@@ -523,16 +523,11 @@ struct service *service_by_name(const char *name)
  * the gateway reaches it at local_port. Where neither does (Slurm), the
  * servers bind remote_port on their nodes, and the two jobs may share one
  * (the gateway's end of a tunnel is a port of its own). */
-static bool same_str(const char *x, const char *y)
-{
-	return x == y || (x && y && strcmp(x, y) == 0);
-}
-
 /* Do A and B submit to the same cluster (the same login node and account,
  * or both here)? Only then may their jobs share a node. */
 static bool same_target(const struct svc_config *a, const struct svc_config *b)
 {
-	return same_str(a->remote_host, b->remote_host) && same_str(a->ssh_username, b->ssh_username) &&
+	return str_same(a->remote_host, b->remote_host) && str_same(a->ssh_username, b->ssh_username) &&
 	       a->ssh_port == b->ssh_port;
 }
 

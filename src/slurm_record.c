@@ -35,21 +35,6 @@ static char *ids[MAX_IDS];   /* earlier instance_ids, not the config's */
 static int nids;
 static bool write_failed;
 
-static char **strv_dup(char *const *v)
-{
-	size_t n = 0;
-	char **out;
-
-	if (v == NULL)
-		return NULL;
-	while (v[n])
-		n++;
-	out = xcalloc(n + 1, sizeof *out);
-	for (size_t k = 0; k < n; k++)
-		out[k] = xstrdup(v[k]);
-	return out;
-}
-
 static char *dup_or_null(const char *s)
 {
 	return s ? xstrdup(s) : NULL;

@@ -180,3 +180,23 @@ const char *log_escape(const char *s, size_t len)
 	out[o] = '\0';
 	return out;
 }
+
+bool str_same(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+char **strv_dup(char *const *v)
+{
+	size_t n = 0;
+	char **out;
+
+	if (v == NULL)
+		return NULL;
+	while (v[n])
+		n++;
+	out = xcalloc(n + 1, sizeof *out);
+	for (size_t k = 0; k < n; k++)
+		out[k] = xstrdup(v[k]);
+	return out;
+}

@@ -3,6 +3,7 @@
 #define SG_UTIL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdnoreturn.h>
@@ -22,6 +23,11 @@ uint64_t now_ms(void);
 double now_s(void);
 /* Wall clock, seconds since the epoch. */
 double wall_s(void);
+
+/* Are A and B the same string, or both NULL? */
+bool str_same(const char *a, const char *b);
+/* A copy of a NULL-terminated list of strings (NULL for NULL). */
+char **strv_dup(char *const *v);
 
 /* Case-insensitive compare of a length-delimited string with a C string. */
 int strncase_eq(const char *a, size_t alen, const char *b);
