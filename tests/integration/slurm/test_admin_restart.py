@@ -12,6 +12,7 @@ import json
 import signal
 import threading
 
+import conftest as base
 from conftest import SLACK, demo_service, http_request, wait_until
 from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
 
@@ -56,14 +57,18 @@ def test_restart_with_a_new_instance_id_names_but_never_cancels_the_old_ids_jobs
     job, RUNNING ones included. It must name the job in the log and leave
     it to the admin."""
     job = demo_job_script(tmp_path / "job.sh")
-    g = slurm_gateway([slurm_service(cluster, job)])
+    svc = slurm_service(cluster, job)
+    g = slurm_gateway([svc])
     old_name = g.job_name()
     job1 = running_job(cluster, g)
     g.kill9()
     try:
-        # the admin names this gateway's jobs explicitly from now on
+        # the admin names this gateway's jobs explicitly from now on; the
+        # old job, left running, still holds its port on its node: the new
+        # one gets another, or it could not listen where they meet
         g.instance_id = g.instance_id + "-new"
-        rewrite(g, instance_id=g.instance_id)
+        rewrite(g, [dict(svc, remote_port=base.free_port_block(2))],
+                instance_id=g.instance_id)
         g.restart()
         line = wait_until(lambda: [ln for ln in g.log(tail=10 ** 7).splitlines()
                                    if f"Slurm job {job1}" in ln and "earlier instance_id" in ln],
