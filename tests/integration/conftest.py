@@ -81,6 +81,24 @@ def pids_with_env(name, value):
     return found
 
 
+def reload_services(g, services=None, **top):
+    """Give gateway G (a Gateway or a slurmlib.SlurmGateway) a new config:
+    SERVICES and/or top-level settings, written atomically into its file
+    (g.config stays what the file says), then SIGHUP, and wait until the
+    gateway logged that it took it."""
+    before = g.log(tail=10 ** 8).count("config reloaded")
+    if services is not None:
+        g.services = services
+        g.config["Services"] = services
+    g.config.update(top)
+    tmp = g.config_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(g.config, indent=1))
+    os.replace(tmp, g.config_path)
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
+               msg="the reload taken")
+
+
 def service_gone(pid, port):
     """The service process is gone (or a zombie) and nothing listens on its port."""
     return not pid_alive(pid) and not port_listening(port)

@@ -5,14 +5,13 @@ then). A request that arrives then waits for the port to come free and is
 served by the new instance; it never fails on "port still held", and it is
 never answered by the old process."""
 import json
-import os
 import signal
 import sys
 import threading
 import time
 
 from conftest import (DEMO_SH, SLACK, demo_service, free_port_block, http_request, pid_alive,
-                      wait_until, write_script)
+                      reload_services, wait_until, write_script)
 
 # A server that, like vLLM or TGI, keeps listening for a while after SIGTERM.
 SLOW_EXIT = r'''
@@ -43,25 +42,12 @@ def slow_exit_service(tmp_path, **kw):
     return demo_service(bash_file=str(sh), stop_grace=10, **kw)
 
 
-def reload(g, services):
-    before = g.log(tail=10 ** 8).count("config reloaded")
-    cfg = dict(g.config)
-    cfg["Services"] = services
-    tmp = g.config_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cfg, indent=1))
-    os.replace(tmp, g.config_path)
-    g.services = services
-    g.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
-               msg="the reload taken")
-
-
 def test_renamed_service_same_port_waits_for_the_old_instance(gateway, tmp_path):
     old = slow_exit_service(tmp_path, name="llama", route="llm")
     g = gateway([old])
     pid = g.service_pid()
     # the admin renames it; the route and the port stay
-    reload(g, [dict(old, name="llama-v2")])
+    reload_services(g, [dict(old, name="llama-v2")])
     result = {}
 
     def request():
@@ -89,8 +75,8 @@ def test_service_removed_and_added_back_waits_for_the_old_instance(gateway, tmp_
     other = demo_service(name="other", route="other")
     g = gateway([svc, other])
     pid = g.service_pid()
-    reload(g, [other])
-    reload(g, [svc, other])   # back, before the old process has exited
+    reload_services(g, [other])
+    reload_services(g, [svc, other])   # back, before the old process has exited
     r = g.get("/llm/pid", timeout=20)
     assert r.status == 200, (r, g.log())
     assert r.json()["pid"] != pid, "the request was answered by the removed service's process"
@@ -112,7 +98,7 @@ def test_lowered_max_instances_stops_the_instances_above_it(gateway):
 
     wait_until(lambda: ready() == [0, 1, 2], 10 * SLACK, msg="three instances ready")
     pids = {i["index"]: i["pid"] for i in g.svc()["instances"]}
-    reload(g, [dict(svc, min_instances=1, max_instances=1)])
+    reload_services(g, [dict(svc, min_instances=1, max_instances=1)])
     wait_until(lambda: [i["index"] for i in g.svc()["instances"]] == [0], 5 * SLACK,
                msg="the instances above max_instances to stop")
     wait_until(lambda: not pid_alive(pids[1]) and not pid_alive(pids[2]), 5 * SLACK,
@@ -155,7 +141,7 @@ def test_request_held_for_a_renamed_service_is_told_to_retry_at_once(gateway, tm
     t = threading.Thread(target=held, daemon=True)
     t.start()
     wait_until(lambda: g.svc("llama")["waiting"] == 1, 3 * SLACK, msg="a held request")
-    reload(g, [dict(old, name="llama-v2", bash_file=str(DEMO_SH))])
+    reload_services(g, [dict(old, name="llama-v2", bash_file=str(DEMO_SH))])
     t.join(5 * SLACK)
     assert not t.is_alive(), "the held request was left hanging"
     r = result["r"]
@@ -175,7 +161,7 @@ def test_changed_timeout_applies_to_the_idle_clock_already_running(gateway):
     g = gateway([svc])
     assert g.get("/llm/health").status == 200
     pid = g.service_pid()
-    reload(g, [dict(svc, timeout=60)])
+    reload_services(g, [dict(svc, timeout=60)])
     assert g.svc()["idle_seconds_left"] > 50
     # past the old timeout: still there
     deadline = time.monotonic() + 3
@@ -183,7 +169,7 @@ def test_changed_timeout_applies_to_the_idle_clock_already_running(gateway):
         assert g.state() == "ready", "stopped by the old idle timeout"
         time.sleep(0.2)
     assert g.service_pid() == pid
-    reload(g, [dict(svc, timeout=1)])
+    reload_services(g, [dict(svc, timeout=1)])
     g.wait_state("stopped", timeout=3)
 
 
@@ -203,7 +189,7 @@ def test_raised_start_timeout_applies_to_a_start_under_way(gateway, tmp_path):
     t = threading.Thread(target=held, daemon=True)
     t.start()
     wait_until(lambda: g.svc()["waiting"] == 1, 3 * SLACK, msg="a held request")
-    reload(g, [dict(svc, start_timeout=30)])
+    reload_services(g, [dict(svc, start_timeout=30)])
     t.join(20 * SLACK)
     assert not t.is_alive()
     assert result["r"].status == 200, result["r"]

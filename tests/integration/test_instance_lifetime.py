@@ -16,7 +16,6 @@ real job scripts do (`module load ...; python -m server`).
   max_instances 4 and target_concurrency 100 are spread over the
   instances as they become ready.
 """
-import json
 import os
 import signal
 import threading
@@ -24,9 +23,8 @@ import time
 
 import pytest
 
-import conftest as base
 from conftest import (DEMO_BIN, SLACK, demo_service, http_request, pid_alive, pids_with_arg,
-                      port_listening, wait_until, write_script)
+                      port_listening, reload_services, wait_until, write_script)
 
 
 
@@ -151,18 +149,6 @@ def test_uaf_pool_loop(gateway, tmp_path):
 # bug 3: a removed service with min_instances starts again
 # --------------------------------------------------------------------------
 
-def reload(g, services):
-    before = g.log(tail=10 ** 8).count("config reloaded")
-    cfg = dict(g.config)
-    cfg["Services"] = services
-    tmp = g.config_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cfg, indent=1))
-    os.replace(tmp, g.config_path)
-    g.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
-               msg="config reloaded")
-
-
 def test_removed_service_restarts(gateway):
     keep = demo_service(name="keep", route="keep")
     gone = demo_service(name="gone", route="gone", min_instances=1)
@@ -172,7 +158,7 @@ def test_removed_service_restarts(gateway):
     wait_until(lambda: g.state("gone") == "ready", 10 * SLACK, msg="gone ready (min_instances)")
     pid = g.svc("gone")["instances"][0]["pid"]
     g.seen_pids.add(pid)
-    reload(g, [keep])
+    reload_services(g, [keep])
     wait_until(lambda: not pid_alive(pid) and not port_listening(port), 10 * SLACK,
                msg="the removed service's process to end")
     # it never comes back: watch for twice the time a start takes here

@@ -9,11 +9,10 @@ A reload that renames a service (same route, same port): its new job waits
 for the old one, still draining, to end; on the same node it could not
 bind the port, and its health check would reach the old job's server."""
 import json
-import signal
 import threading
 
 import conftest as base
-from conftest import SLACK, demo_service, http_request, wait_until
+from conftest import SLACK, demo_service, http_request, reload_services, wait_until
 from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
 
 
@@ -103,11 +102,7 @@ def test_renamed_slurm_service_waits_for_its_old_job_to_end(cluster, slurm_gatew
     t = threading.Thread(target=stream, daemon=True)
     t.start()
     wait_until(lambda: g.svc()["in_flight"] == 1, 5 * SLACK, msg="the stream in flight")
-    before = g.log(tail=10 ** 8).count("config reloaded")
-    rewrite(g, [dict(svc, name="demo2")])
-    g.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
-               msg="the reload taken")
+    reload_services(g, [dict(svc, name="demo2")])
     r = g.get("/llm/pid", timeout=60)
     assert r.status == 200, r
     assert r.json()["pid"] != old_pid, "answered by the removed service's job"

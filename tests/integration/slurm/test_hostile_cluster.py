@@ -2,7 +2,6 @@
 sbatch wrappers that talk on stdout, a controller that is down for a few
 seconds while the gateway restarts. Each test is named after the bug it
 found."""
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SLACK, pid_alive, wait_until
+from conftest import SLACK, pid_alive, reload_services, wait_until
 from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service, write_script  # noqa: F401
 from test_slurm_agent import agent_service
 
@@ -203,12 +202,7 @@ def test_late_recovery_scan_cancels_a_job_submitted_meanwhile(cluster, slurm_gat
                interval=0.1, msg="the failing recovery scan")
     second = local_service(cluster, demo_job_script(tmp_path / "job2.sh"), name="second",
                            route="second", remote_port=first["remote_port"] + 10)
-    before = g.log(tail=10 ** 7).count("config reloaded")
-    g.services = g.config["Services"] = [first, second]
-    g.config_path.write_text(json.dumps(g.config, indent=2))
-    g.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: g.log(tail=10 ** 7).count("config reloaded") > before, 5 * SLACK,
-               interval=0.1, msg="the reload taken")
+    reload_services(g, [first, second])
     with ThreadPoolExecutor(1) as ex:
         held = ex.submit(g.get, "/second/pid", timeout=60 * SLACK)
         [(job_id, _, _, _)] = wait_until(lambda: cluster.jobs(g.job_name("second")), 15 * SLACK,
