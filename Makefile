@@ -36,7 +36,7 @@ BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
 TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev nodejs
 BENCH_PKGS = wrk nginx-light valgrind
 
-.PHONY: all run test unit unit-asan integration asan chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
+.PHONY: all run test unit unit-asan integration asan integration-both chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
 
 all: build/slurmgate build/demo_service
 
@@ -123,13 +123,33 @@ unit-asan: $(UNIT_ASAN)
 	@for t in $(UNIT_ASAN); do echo "== $$t"; \
 	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $$t || exit 1; done
 
+PYTEST       = $(PYTHON) -m pytest -q -p no:cacheprovider
+ASAN_RUN_ENV = SLURMGATE_BIN=build/slurmgate-asan \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 UBSAN_OPTIONS=print_stacktrace=1
+
 integration: all
-	$(PYTHON) -m pytest -q tests/integration
+	$(PYTEST) tests/integration
 
 asan: build/slurmgate-asan build/demo_service
-	SLURMGATE_BIN=build/slurmgate-asan \
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 UBSAN_OPTIONS=print_stacktrace=1 \
-	$(PYTHON) -m pytest -q tests/integration
+	$(ASAN_RUN_ENV) $(PYTEST) tests/integration
+
+# Both suites at once, as make test runs them: they mostly wait (on Slurm,
+# on timeouts, on clients), so side by side they take little longer than the
+# slower one alone. Each picks its ports from a range of its own
+# (SG_TEST_PORTS, tests/lib/sgtestlib.py: the kernel's ephemeral range split
+# in two), so neither hands out a port the other just found free. Each log
+# is printed when its suite ends (live: tail -f build/test-*.log).
+PLAIN_PORTS ?= 32768-46883
+ASAN_PORTS  ?= 46884-60999
+integration-both: all build/slurmgate-asan build/demo_service
+	@echo "integration: the plain and the ASan/UBSan suites side by side" \
+	  "(logs: build/test-plain.log, build/test-asan.log)"
+	@SG_TEST_PORTS=$(PLAIN_PORTS) $(PYTEST) tests/integration >build/test-plain.log 2>&1 & p=$$!; \
+	SG_TEST_PORTS=$(ASAN_PORTS) $(ASAN_RUN_ENV) $(PYTEST) tests/integration \
+	  >build/test-asan.log 2>&1 & a=$$!; \
+	wait $$p; rp=$$?; echo "== plain suite (exit $$rp)"; cat build/test-plain.log; \
+	wait $$a; ra=$$?; echo "== ASan/UBSan suite (exit $$ra)"; cat build/test-asan.log; \
+	[ $$rp -eq 0 ] && [ $$ra -eq 0 ]
 
 # Chaos soak (tests/chaos/chaos.py) against the ASan/UBSan build: load on a
 # Slurm and two local services while faults hit them on a seeded schedule
@@ -156,8 +176,7 @@ test: test-deps
 	$(MAKE) $(STRICT) all
 	$(MAKE) $(STRICT) unit
 	$(MAKE) $(STRICT) fuzz-short
-	$(MAKE) $(STRICT) integration
-	$(MAKE) $(STRICT) asan
+	$(MAKE) $(STRICT) integration-both
 	$(MAKE) $(STRICT) chaos-short
 
 # --- fuzzing (libFuzzer, clang) ---

@@ -11,6 +11,12 @@ free_port()          a TCP port that nothing on this machine listens on
                      on remote_port + i).
 free_port_block(n)   p such that p .. p+n-1 are all such ports, handed out
                      together.
+                     With SG_TEST_PORTS=LO-HI in the environment, both pick
+                     only from LO..HI: two test runs at once (make test runs
+                     the plain and the sanitizer suites side by side) each
+                     get a range of their own, so neither hands out a port
+                     the other just checked was free. Without it the kernel
+                     picks (its ephemeral range).
 port_listening(p)    True if some socket listens on port p (any address,
                      IPv4 or IPv6).
 listening_ports(inodes=None)
@@ -23,6 +29,8 @@ wait_until(pred, timeout, interval=0.05, msg=None)
                      slow build) raise WaitTimeout, an AssertionError naming
                      msg and the last exception or value seen.
 """
+import os
+import random
 import socket
 import time
 
@@ -67,17 +75,40 @@ def _bindable(port):
         s.close()
 
 
+def port_range():
+    """(lo, hi) from SG_TEST_PORTS=LO-HI, or None. A malformed value is an
+    error, not a silent fallback to the kernel's picks."""
+    v = os.environ.get("SG_TEST_PORTS")
+    if not v:
+        return None
+    try:
+        lo, hi = (int(x) for x in v.split("-"))
+    except ValueError:
+        raise RuntimeError(f"SG_TEST_PORTS={v!r}: expected LO-HI, e.g. 33000-46000") from None
+    if not 1024 <= lo < hi <= 65000:
+        raise RuntimeError(f"SG_TEST_PORTS={v!r}: need 1024 <= LO < HI <= 65000")
+    return lo, hi
+
+
+def _candidate():
+    r = port_range()
+    if r:
+        p = random.randint(*r)
+        return p if _bindable(p) else None
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
 def free_port():
     """A port nothing listens on, bindable on 127.0.0.1, <= 65000, and not
-    handed out before by this process."""
+    handed out before by this process (within SG_TEST_PORTS if set)."""
     for _ in range(200):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
-        if port in _used_ports or port > 65000 or port_listening(port):
+        port = _candidate()
+        if port is None or port in _used_ports or port > 65000 or port_listening(port):
             continue
         _used_ports.add(port)
         return port
@@ -91,8 +122,9 @@ def free_port_block(n):
     for _ in range(200):
         p = free_port()
         rest = range(p + 1, p + n)
-        if p + n >= 65000 or any(q in _used_ports or port_listening(q) or not _bindable(q)
-                                 for q in rest):
+        r = port_range()
+        if p + n >= 65000 or (r and p + n - 1 > r[1]) or \
+                any(q in _used_ports or port_listening(q) or not _bindable(q) for q in rest):
             continue
         _used_ports.update(rest)
         return p
