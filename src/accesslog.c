@@ -130,7 +130,13 @@ static const char *hdr(const struct http_msg *m, const char *name, char *out, si
 
 static void emit(const char *line, size_t n)
 {
-	ssize_t w = write(alog_fd, line, n);
+	ssize_t w;
+
+	if (alog_fd == STDERR_FILENO) {   /* "-": the log's own lines' way */
+		log_write(line, n);
+		return;
+	}
+	w = write(alog_fd, line, n);
 
 	if (w == (ssize_t)n) {
 		alog_failing = false;

@@ -415,6 +415,7 @@ int main(int argc, char **argv)
 	event_add(sig_int, NULL);
 	event_add(sig_hup, NULL);
 	sigprocmask(SIG_UNBLOCK, &early, NULL);   /* one held meanwhile is handled now */
+	log_run(gw.base);   /* from here a log nobody reads never stalls us */
 	log_info("slurmgate %s: %zu services from %s", SLURMGATE_VERSION, gw.cfg->n_services, file);
 
 	event_base_dispatch(gw.base);
@@ -443,5 +444,6 @@ int main(int argc, char **argv)
 	ptree_shutdown();   /* the keeper kills what is left: nothing, unless the deadline passed */
 	close(lock_fd);
 	config_unref(gw.cfg);   /* the last: the services let theirs go */
+	log_stop();
 	return 0;
 }

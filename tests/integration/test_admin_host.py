@@ -7,7 +7,9 @@ to load must not be restarted for the gateway's own limit).
 
 A signal that comes while the gateway starts (a reload, logrotate's
 SIGUSR1, a stop) is handled once it is up, never fatal."""
+import http.client
 import os
+import re
 import resource
 import signal
 import socket
@@ -143,3 +145,70 @@ def test_closed_stderr_does_not_send_the_log_into_the_state_dir_lock(gateway):
     assert g.get("/llm/health").status == 200
     lock = (g.dir / "gw0-state" / "lock").read_text()
     assert lock == f"{g.proc.pid}\n", lock[:500]
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+def test_log_nobody_reads_does_not_stall_the_gateway(gateway, kind):
+    """stderr is a pipe (`slurmgate ... | logger`, a supervisor's pipe) or a
+    stream socket (journald's), and its reader stops reading: hung, busy,
+    stopped. Once the pipe or the socket buffer was full, every log line
+    blocked the gateway, and with it every request. The lines now wait in a
+    bounded backlog, those beyond it are counted, and the count is logged
+    when the reader reads again."""
+    g = gateway(access_log="-", start=False)
+    if kind == "pipe":
+        rfd, wfd = os.pipe()
+        reader = os.fdopen(rfd, "rb", buffering=0)
+    else:
+        rs, ws = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ws.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        rs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wfd = os.dup(ws.fileno())
+        ws.close()
+        reader = rs
+    g._log = open(g.log_path, "wb")
+    try:
+        g.proc = subprocess.Popen([str(gateway_bin()), "-c", str(g.config_path)],
+                                  stdin=subprocess.DEVNULL, stdout=g._log, stderr=wfd,
+                                  cwd=str(g.dir))
+    finally:
+        os.close(wfd)
+    try:
+        wait_until(lambda: port_listening(g.port), 10 * SLACK, msg="the gateway to listen")
+        # an access-log line each: 3000 are some 400 KB, far more than the
+        # pipe (64 KiB) or the socket's buffer holds
+        conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=5 * SLACK)
+        for i in range(3000):
+            conn.request("GET", "/info")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200, (i, r.status)
+        conn.close()
+        # the reader is back: the backlog, then the count of the lines lost
+        got = b""
+        os.set_blocking(reader.fileno(), False)
+
+        def counted():
+            nonlocal got
+            try:
+                while True:
+                    chunk = os.read(reader.fileno(), 65536)
+                    if not chunk:
+                        break
+                    got += chunk
+            except BlockingIOError:
+                pass
+            return re.search(rb"warn  (\d+) log lines dropped: stderr was not being read", got)
+
+        m = wait_until(counted, 10 * SLACK, msg="the count of the dropped lines")
+        lines = [ln for ln in got.split(b"\n") if b'"GET /info' in ln]
+        assert 0 < len(lines) < 3000 and len(lines) + int(m.group(1)) <= 3000, (len(lines), m[0])
+        # whole lines only: none cut short by the backlog
+        whole = re.compile(rb'127\.0\.0\.1 - - \[[^]]+\] "GET /info HTTP/1\.1" 200 .* complete=yes')
+        assert all(whole.fullmatch(ln) for ln in lines), [ln for ln in lines if not whole.fullmatch(ln)][:3]
+        # and the log goes on
+        assert g.get("/info").status == 200
+        wait_until(lambda: counted() is not None and got.count(b'"GET /info') > len(lines),
+                   5 * SLACK, msg="a new line after the reader came back")
+    finally:
+        reader.close()
