@@ -68,13 +68,8 @@ static char *format_line(enum log_level lvl, const char *msg, size_t *len)
 		if (j == NULL)
 			return NULL;
 		*len = strlen(j);
-		line = realloc(j, *len + 1);
-		if (line == NULL) {
-			free(j);
-			return NULL;
-		}
-		line[(*len)++] = '\n';   /* over the NUL: a length goes with it */
-		return line;
+		j[(*len)++] = '\n';   /* over the NUL: a length goes with it */
+		return j;
 	}
 	/* one message, one line, nothing for a terminal to act on: a control
 	 * byte (from a job's output, a service's stderr) as \xHH */
@@ -199,8 +194,12 @@ void log_write(const char *buf, size_t n)
 }
 
 /* At exit: the backlog gets a second or so, then is given up. */
+static pid_t sink_owner;   /* a forked child's exit() writes nothing */
+
 static void flush_at_exit(void)
 {
+	if (getpid() != sink_owner)
+		return;
 	for (int i = 0; i < 10 && !catch_up(); i++) {
 		struct pollfd p = {.fd = sink_fd, .events = POLLOUT};
 		(void)poll(&p, 1, 100);
@@ -225,6 +224,7 @@ void log_run(struct event_base *base)
 		return;
 	}
 	writable = event_new(base, sink_fd, EV_WRITE, writable_cb, NULL);
+	sink_owner = getpid();
 	atexit(flush_at_exit);
 }
 

@@ -8,6 +8,7 @@ to load must not be restarted for the gateway's own limit).
 A signal that comes while the gateway starts (a reload, logrotate's
 SIGUSR1, a stop) is handled once it is up, never fatal."""
 import http.client
+import json
 import os
 import re
 import resource
@@ -147,7 +148,7 @@ def test_closed_stderr_does_not_send_the_log_into_the_state_dir_lock(gateway):
     assert lock == f"{g.proc.pid}\n", lock[:500]
 
 
-@pytest.mark.parametrize("kind", ["pipe", "socket"])
+@pytest.mark.parametrize("kind", ["pipe", "socket", "pipe-json"])
 def test_log_nobody_reads_does_not_stall_the_gateway(gateway, kind):
     """stderr is a pipe (`slurmgate ... | logger`, a supervisor's pipe) or a
     stream socket (journald's), and its reader stops reading: hung, busy,
@@ -155,8 +156,9 @@ def test_log_nobody_reads_does_not_stall_the_gateway(gateway, kind):
     blocked the gateway, and with it every request. The lines now wait in a
     bounded backlog, those beyond it are counted, and the count is logged
     when the reader reads again."""
-    g = gateway(access_log="-", start=False)
-    if kind == "pipe":
+    js = kind.endswith("-json")
+    g = gateway(access_log="-", start=False, **({"log_json": True} if js else {}))
+    if kind.startswith("pipe"):
         rfd, wfd = os.pipe()
         reader = os.fdopen(rfd, "rb", buffering=0)
     else:
@@ -198,17 +200,25 @@ def test_log_nobody_reads_does_not_stall_the_gateway(gateway, kind):
                     got += chunk
             except BlockingIOError:
                 pass
+            if js:
+                return re.search(rb'"level":"warn","msg":"(\d+) log lines dropped: '
+                                 rb'stderr was not being read"', got)
             return re.search(rb"warn  (\d+) log lines dropped: stderr was not being read", got)
 
         m = wait_until(counted, 10 * SLACK, msg="the count of the dropped lines")
-        lines = [ln for ln in got.split(b"\n") if b'"GET /info' in ln]
+        lines = [ln for ln in got.split(b"\n") if b'"GET /info' in ln or b'"/info"' in ln]
         assert 0 < len(lines) < 3000 and len(lines) + int(m.group(1)) <= 3000, (len(lines), m[0])
         # whole lines only: none cut short by the backlog
-        whole = re.compile(rb'127\.0\.0\.1 - - \[[^]]+\] "GET /info HTTP/1\.1" 200 .* complete=yes')
-        assert all(whole.fullmatch(ln) for ln in lines), [ln for ln in lines if not whole.fullmatch(ln)][:3]
+        if js:
+            assert all(json.loads(ln)["path"] == "/info" for ln in lines)
+        else:
+            whole = re.compile(rb'127\.0\.0\.1 - - \[[^]]+\] "GET /info HTTP/1\.1" 200 .* complete=yes')
+            assert all(whole.fullmatch(ln) for ln in lines), \
+                [ln for ln in lines if not whole.fullmatch(ln)][:3]
         # and the log goes on
         assert g.get("/info").status == 200
-        wait_until(lambda: counted() is not None and got.count(b'"GET /info') > len(lines),
+        wait_until(lambda: counted() is not None and
+                   got.count(b'"/info"' if js else b'"GET /info') > len(lines),
                    5 * SLACK, msg="a new line after the reader came back")
     finally:
         reader.close()
