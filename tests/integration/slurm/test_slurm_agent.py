@@ -288,11 +288,16 @@ def test_killed_agent_is_started_again_and_keeps_watching(cluster, slurm_gateway
     [inst] = g.svc()["instances"]
     pids = agent_pids(agent)
     assert pids, "no agent process found"
+
+    def work_dirs():   # the agent's, on the "login node" (sshd's TMPDIR: none)
+        return [d for p in pids for d in Path("/tmp").glob(f"slurmgate-agent.{_this_host()}.{p}.*")]
+    assert len(work_dirs()) == 1, work_dirs()
     for p in pids:
         os.kill(p, signal.SIGKILL)
     wait_until(lambda: "starting it again" in g.log() and g.svc()["slurm_agent"] == "up"
                and not set(agent_pids(agent)) & set(pids), 20 * SLACK,
                msg="a new agent")
+    wait_until(lambda: not work_dirs(), 10 * SLACK, msg="the killed agent's work dir removed")
     # the new agent watches the job: its end from outside is seen
     cluster.scancel(inst["job_id"])
     g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed")
