@@ -4,6 +4,7 @@ and a minimal Chrome DevTools Protocol client over a stdlib websocket.
 Everything is bounded by deadlines and talks to 127.0.0.1 only. Nothing here
 needs npm, selenium or chromium-driver: only the Debian package `chromium`.
 """
+import atexit
 import base64
 import http.client
 import json
@@ -14,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -273,10 +275,41 @@ class CDP:
         self.ws.close()
 
 
+_live_browsers = set()
+
+
+@atexit.register
+def _stop_live_browsers():
+    """A Chromium whose test never reached stop() (an interrupted run)."""
+    for b in list(_live_browsers):
+        b.stop()
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 class Chromium:
     """Headless Chromium with a fresh profile and the DevTools port open on
     127.0.0.1. stop() kills its whole process group (it is started in a new
-    session, so the group is ours alone)."""
+    session, so the group is ours alone), waits until none of it is left,
+    and removes its TMPDIR.
+
+    Nothing of it stays outside WORKDIR: its profile and its XDG config and
+    cache homes (where a crash report would go) are in WORKDIR. Its TMPDIR,
+    where it makes the socket directory of its ProcessSingleton
+    (org.chromium.Chromium.XXXXXX, which a TERMed or killed Chromium leaves
+    behind: hundreds of them piled up in /tmp), is a short directory of its
+    own, sg-chromium-XXXXXXXX in the system's: the socket's path must fit in
+    108 bytes, which one under tmp_path does not (Chromium aborts: "Socket
+    path too long"). stop() removes it, and at exit for a test that never
+    called stop()."""
 
     FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -292,14 +325,21 @@ class Chromium:
         self.log_path = self.dir / "chromium.log"
         self.proc = None
         self.port = None
+        self.tmp = None
 
     def start(self, timeout=30.0):
         exe = chromium_bin()
+        if self.tmp is None:
+            self.tmp = Path(tempfile.mkdtemp(prefix="sg-chromium-"))
+        _live_browsers.add(self)
+        env = dict(os.environ, TMPDIR=str(self.tmp),
+                   XDG_CONFIG_HOME=str(self.dir / "chromium-xdg" / "config"),
+                   XDG_CACHE_HOME=str(self.dir / "chromium-xdg" / "cache"))
         self._log = open(self.log_path, "ab")   # a restart appends to the same log
         self.proc = subprocess.Popen([exe, *self.FLAGS, f"--user-data-dir={self.profile}",
                                       "about:blank"],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
         active = self.profile / "DevToolsActivePort"
 
         def port_file():
@@ -328,23 +368,36 @@ class Chromium:
             return ""
 
     def stop(self):
-        if self.proc is None:
-            return
-        # SIGTERM first (chromium exits cleanly, its helpers with it), then
-        # SIGKILL whatever of its process group is left
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                # the main process is gone: give its helpers a moment, then kill the rest
-                time.sleep(0.2)
-        self._log.close()
+        """Safe to call twice, and before start()."""
+        if self.proc is not None:
+            # SIGTERM first (chromium exits cleanly, its helpers with it), then
+            # SIGKILL whatever of its process group is left
+            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
+                if sig == signal.SIGTERM:
+                    # the main process is gone: give its helpers a moment, then kill the rest
+                    time.sleep(0.2)
+            pgid, self.proc = self.proc.pid, None
+            self._log.close()
+        else:
+            pgid = None
+        try:
+            # none of it may outlive the test (nor write into its TMPDIR)
+            if pgid is not None:
+                wait_until(lambda: not _group_alive(pgid), 10 * SLACK, interval=0.05,
+                           msg=f"Chromium's process group {pgid} gone")
+        finally:
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
+            _live_browsers.discard(self)
 
 
 def screenshot(cdp, path, full_page=True):

@@ -409,3 +409,28 @@ def test_status_page_controls_follow_the_state(tmp_path):
                 pass
         browser.stop()
         gw.stop()
+
+
+def test_chromium_leaves_nothing_in_tmp(tmp_path):
+    """Every Chromium these tests started left its ProcessSingleton's socket
+    directory (org.chromium.Chromium.XXXXXX, made in its TMPDIR) in /tmp: a
+    TERMed Chromium does not remove it; 300 of them had piled up. It goes to
+    a TMPDIR of the browser's own now, which stop() removes once none of its
+    process group is left."""
+    if not chromium_bin():
+        pytest.fail("headless Chromium is needed for this test: apt-get install chromium")
+    browser = Chromium(tmp_path)
+    try:
+        browser.start()
+        sock = (browser.profile / "SingletonSocket").resolve()
+        assert sock.exists(), sock
+        pgid = browser.proc.pid
+    finally:
+        browser.stop()
+    assert not sock.parent.exists(), f"Chromium's socket directory {sock.parent} left behind"
+    try:
+        os.killpg(pgid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "a process of Chromium's group outlived stop()"

@@ -288,11 +288,16 @@ def test_killed_agent_is_started_again_and_keeps_watching(cluster, slurm_gateway
     [inst] = g.svc()["instances"]
     pids = agent_pids(agent)
     assert pids, "no agent process found"
+
+    def work_dirs():   # the agent's, on the "login node" (sshd's TMPDIR: none)
+        return [d for p in pids for d in Path("/tmp").glob(f"slurmgate-agent.{_this_host()}.{p}.*")]
+    assert len(work_dirs()) == 1, work_dirs()
     for p in pids:
         os.kill(p, signal.SIGKILL)
     wait_until(lambda: "starting it again" in g.log() and g.svc()["slurm_agent"] == "up"
                and not set(agent_pids(agent)) & set(pids), 20 * SLACK,
                msg="a new agent")
+    wait_until(lambda: not work_dirs(), 10 * SLACK, msg="the killed agent's work dir removed")
     # the new agent watches the job: its end from outside is seen
     cluster.scancel(inst["job_id"])
     g.wait_svc(lambda i: not i["instances"], 20, msg="the cancelled job noticed")
@@ -472,3 +477,148 @@ exit $st
     wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
                msg="the idle job to be cancelled")
     assert g.terminate() == 0
+
+
+# --- the agent's work directory (mktemp -d in TMPDIR) is never left behind ---
+
+def _agent_dirs(tmpd):
+    return {p.name for p in tmpd.iterdir() if p.name.startswith("slurmgate-agent.")}
+
+
+def _this_host():
+    """The host name as the agent writes it into its work directory's name."""
+    import os
+    import re
+    return re.sub(r"[^A-Za-z0-9.-]", "", os.uname().nodename)
+
+
+def _dead_pid():
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_sigkilled_agent_work_dir_is_removed_by_the_next_agent(cluster, slurm_gateway, tmp_path):
+    """An agent killed with SIGKILL (by the gateway after a hung command, by
+    an admin, by an sbatch wrapper) cannot run its EXIT trap: its work
+    directory stayed in TMPDIR forever, one more per kill. The next agent
+    on that host removes its account's directories whose agent is gone, and
+    keeps a live agent's, one made on another login node (TMPDIR may be
+    shared), another user's and a symlink."""
+    import os
+    svc, agent, _ = agent_service(cluster, tmp_path)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    tmpd = tmp_path / "agent-tmp"
+    tmpd.mkdir()
+    host = _this_host()
+    dead = _dead_pid()
+    live = subprocess.Popen(["sleep", "600"])
+    try:
+        def seed(name):
+            d = tmpd / name
+            d.mkdir()
+            (d / "w.raw").write_text("x\n")
+            return d
+        stale = seed(f"slurmgate-agent.{host}.{dead}.Stale1")
+        kept = [seed(f"slurmgate-agent.{host}.{live.pid}.Live01"),   # a live agent's
+                seed(f"slurmgate-agent.otherlogin.{dead}.Other1"),  # another login node's
+                seed(f"slurmgate-agent.{host}.{dead}.Nobody")]      # another user's
+        os.chown(kept[2] / "w.raw", 65534, 65534)
+        os.chown(kept[2], 65534, 65534)
+        target = seed("not-an-agent-dir")
+        link = tmpd / f"slurmgate-agent.{host}.{dead}.Link01"
+        link.symlink_to(target)
+        seeded = {d.name for d in kept} | {link.name, stale.name}
+
+        g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf, "TMPDIR": str(tmpd)})
+        wait_until(lambda: g.svc()["slurm_agent"] == "up", 30 * SLACK, msg="the agent up")
+        [first] = _agent_dirs(tmpd) - seeded
+        pids = agent_pids(agent)
+        assert pids, "no agent process found"
+        for p in pids:
+            os.kill(p, signal.SIGKILL)
+        wait_until(lambda: "starting it again" in g.log() and g.svc()["slurm_agent"] == "up"
+                   and not set(agent_pids(agent)) & set(pids), 20 * SLACK, msg="a new agent")
+        wait_until(lambda: not (tmpd / first).exists(), 10 * SLACK,
+                   msg=f"the SIGKILLed agent's work dir {first} removed")
+        assert not stale.exists(), "a dead agent's work dir on this host was kept"
+        for d in kept:
+            assert d.is_dir() and (d / "w.raw").exists(), f"{d.name} was removed"
+        assert link.is_symlink() and (target / "w.raw").exists(), "the symlink was followed"
+        assert "removed the work directory" in g.log(), g.log()
+        [second] = _agent_dirs(tmpd) - seeded
+        assert second != first
+        assert g.terminate() == 0
+        wait_until(lambda: _agent_dirs(tmpd) == seeded - {stale.name}, 10 * SLACK,
+                   msg="the agent's own work dir removed when the gateway stops")
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _read_line(p, buf, timeout):
+    """One line from P's stdout (binary pipe) within TIMEOUT seconds."""
+    import os
+    import select
+    deadline = time.monotonic() + timeout * SLACK
+    while b"\n" not in buf[0]:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no line from the agent in {timeout} s: {buf[0]!r}"
+        r, _, _ = select.select([p.stdout], [], [], left)
+        if r:
+            chunk = os.read(p.stdout.fileno(), 4096)
+            assert chunk, f"the agent closed its stdout: {buf[0]!r}"
+            buf[0] += chunk
+    line, buf[0] = buf[0].split(b"\n", 1)
+    return line.decode()
+
+
+@pytest.mark.parametrize("how", ["eof", "quit", "HUP", "TERM", "TERM again and again", "KILL main"])
+def test_agent_work_dir_removed_however_the_agent_ends(cluster, tmp_path, how):
+    """The agent's work dir is gone after every way it ends, its watcher
+    running: stdin EOF (the ssh session closed), quit, HUP, TERM, more TERMs
+    while its EXIT trap runs (a local agent gets the gateway's TERM and its
+    parent-death TERM: the second one ended the cleanup before its rm),
+    and a SIGKILL of its main shell alone (the watcher, which outlives it by
+    one cycle, removes it)."""
+    import os
+    agent, _ = install_agent(tmp_path)
+    tmpd = tmp_path / "agent-tmp"
+    tmpd.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpd), SLURM_CONF=cluster.slurm_conf)
+    p = subprocess.Popen([str(agent)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    buf = [b""]
+    try:
+        assert _read_line(p, buf, 10).startswith("*\thello"), buf
+        p.stdin.write(b"1\twatch\tsg:x:\t200\t1\n")
+        p.stdin.flush()
+        assert _read_line(p, buf, 10).startswith("1\t0\t")
+        [d] = list(tmpd.iterdir())
+        wait_until(lambda: (d / "w.raw").exists(), 10 * SLACK, msg="the watcher's first squeue")
+        if how == "eof":
+            p.stdin.close()
+        elif how == "quit":
+            p.stdin.write(b"2\tquit\n")
+            p.stdin.flush()
+        elif how == "TERM again and again":
+            # TERMs until it is gone: some land while its EXIT trap runs
+            deadline = time.monotonic() + 10 * SLACK
+            while p.poll() is None and time.monotonic() < deadline:
+                p.send_signal(signal.SIGTERM)
+                time.sleep(0.002)
+        elif how == "KILL main":
+            p.kill()
+            p.wait(10)   # reaped, as sshd or the gateway does: no zombie for kill -0
+        else:
+            p.send_signal(getattr(signal, f"SIG{how}"))
+        wait_until(lambda: not d.exists(), 10 * SLACK, msg=f"the work dir removed after {how}")
+        assert p.wait(10 * SLACK) in (0, -signal.SIGKILL)
+        assert list(tmpd.iterdir()) == []
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
