@@ -18,6 +18,7 @@ import ctypes
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -273,7 +274,8 @@ class NetnsGateway(Gateway):
     def start(self, ready_timeout=10.0):
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+            ["unshare", "-n", "sh", "-c", 'PATH="$PATH:/usr/sbin:/sbin" ip link set lo up && exec "$@"',
+             "sh",
              str(gateway_bin()), "-c", str(self.config_path), *self.args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env=self.env, cwd=str(self.dir))
@@ -320,7 +322,8 @@ class NetnsGateway(Gateway):
 
     def sysctl(self, key, value):
         """Set a sysctl in the gateway's namespace only."""
-        subprocess.run(["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", "sysctl", "-q", "-w",
+        sysctl = shutil.which("sysctl", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        subprocess.run(["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", sysctl, "-q", "-w",
                         f"{key}={value}"], check=True, timeout=10)
 
 
