@@ -621,7 +621,7 @@ static void lib_error(struct hparse *hp, enum http_errno e)
 	char why[96];
 
 	switch (e) {
-	case HPE_HEADER_OVERFLOW:
+	case HPE_HEADER_OVERFLOW:   /* the library's limit, past any max_header */
 		head_too_large(hp, "head");
 		break;
 	case HPE_INVALID_METHOD:
@@ -700,6 +700,9 @@ void hparse_init(struct hparse *hp, bool server, const struct hparse_ops *ops, v
 	hp->arg = arg;
 	hp->max_header = 80 * 1024;
 	hp->max_body = -1;
+	/* the library's own head limit (80 KiB unless raised; one for the
+	 * process) above any max_header: ours is the one a client meets */
+	http_parser_set_max_header_size(HPARSE_LIB_MAX_HEADER);
 	http_parser_init(&hp->parser, server ? HTTP_REQUEST : HTTP_RESPONSE);
 	hp->parser.data = hp;
 }

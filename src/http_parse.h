@@ -95,6 +95,10 @@ struct hparse {
 	char err_msg[192];
 };
 
+/* The library's own limit on a head's raw bytes, set by hparse_init: twice
+ * the largest max_header_size, so that max_header is the limit met. */
+#define HPARSE_LIB_MAX_HEADER (2u << 20)
+
 void hparse_init(struct hparse *hp, bool server, const struct hparse_ops *ops, void *arg);
 void hparse_free(struct hparse *hp);
 /* Limits: head (and trailer) bytes; body bytes (< 0: no limit). */

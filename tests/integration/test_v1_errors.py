@@ -116,6 +116,20 @@ def test_v1_head_over_max_header_size_is_an_openai_431_the_openai_client_shows(g
     assert t["message"] == f"431 {msg}", out
 
 
+def test_max_header_size_above_the_http_parsers_80k_is_the_limit_met(gateway):
+    """max_header_size may be up to 1 MiB: a head under it is served, not
+    refused at http_parser's own 80 KiB, and one over it gets a 431 that
+    names max_header_size with its value."""
+    g = gateway([demo_service()], max_header_size=200000)
+    st, h, b = one_response(g.port, b"GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: "
+                            + b"b" * 150000 + b"\r\n\r\n")
+    assert st == 200 and json.loads(b)["object"] == "list", (st, b[:300])
+    st, h, b = one_response(g.port, b"GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: "
+                            + b"b" * 250000 + b"\r\n\r\n")
+    openai_error(st, h, b, 431, "invalid_request_error", "request_header_fields_too_large",
+                 ["max_header_size (200000 bytes)"])
+
+
 # --------------------------------------------------------------------------
 # every error of the layer and the front, on /v1 and elsewhere
 # --------------------------------------------------------------------------
