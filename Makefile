@@ -33,7 +33,7 @@ SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 # Debian packages each part needs (installed by make when missing, as root).
 BUILD_PKGS = gcc make pkg-config libevent-dev libhttp-parser-dev libjansson-dev
-TEST_PKGS  = libcmocka-dev python3-pytest curl procps chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev nodejs
+TEST_PKGS  = libcmocka-dev python3-pytest curl procps iproute2 chromium fonts-dejavu-core nginx-light openssl man-db groff-base clang libclang-rt-14-dev nodejs
 BENCH_PKGS = wrk nginx-light valgrind
 
 .PHONY: all run test unit unit-asan integration asan integration-both chaos chaos-short bench deps test-deps bench-deps clean fuzz fuzz-short fuzz-build
@@ -187,8 +187,8 @@ test: test-deps
 # its name in FUZZ_TARGETS and one FUZZ_OBJS_ line.
 CLANG              ?= clang
 FUZZ_TARGETS        = request response config router v1model
-FUZZ_OBJS_request   = http_parse util log
-FUZZ_OBJS_response  = http_parse util log
+FUZZ_OBJS_request   = http_parse http_header util log
+FUZZ_OBJS_response  = http_parse http_header util log
 FUZZ_OBJS_config    = $(SRCS:src/%.c=%)   # config.c looks launchers up in their registry
 FUZZ_OBJS_router    = router util log
 FUZZ_OBJS_v1model   = router util log

@@ -76,7 +76,8 @@ static struct event *resume_ev;
 static struct model *models;
 static size_t nmodels;
 
-/* allowed_hosts, against DNS rebinding: 421 for any other Host. */
+/* allowed_hosts, against DNS rebinding: 421 for any other Host (before
+ * routing: http_reply_error shapes it by the target, OpenAI's on /v1). */
 static bool host_ok(struct hconn *c, const struct http_msg *m)
 {
 	const struct http_hdr *h = http_find(m, "host");
@@ -88,7 +89,7 @@ static bool host_ok(struct hconn *c, const struct http_msg *m)
 		return true;
 	snprintf(msg, sizeof msg, "this gateway does not serve the host \"%s\" (allowed_hosts)",
 		 h ? log_escape(h->value, h->vlen > 100 ? 100 : h->vlen) : "");
-	reply_err(c, 421, msg);
+	http_reply_error(c, 421, SG_SEC_HEADERS_DATA, msg);
 	return false;
 }
 
@@ -477,7 +478,7 @@ static void s_head(struct hconn *c, struct http_msg *m)
 		return;
 	}
 	if (router_resolve(m->url, m->url_len, &ss->rt, &cause) != 0) {
-		reply_err(c, 400, cause);
+		http_reply_error(c, 400, SG_SEC_HEADERS_DATA, cause);   /* OpenAI's shape on /v1 */
 		return;
 	}
 	path = ss->rt.dpath;
@@ -695,6 +696,7 @@ int front_start(struct gw *g)
 	front_reconfigure();
 	events_init(base);
 	http_set_layer_log(layer_finished);
+	http_set_openai_prefix("/v1");   /* the layer's own errors there too */
 	snprintf(spec, sizeof spec, strchr(cfg->listen_host, ':') ? "[%s]:%d" : "%s:%d",
 		 cfg->listen_host, cfg->listen_port);
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) != 0) {

@@ -112,6 +112,14 @@ static const struct hconn_side client_side = {
 
 const char http_no_descriptors[] =
 	"the gateway is out of file descriptors (see RLIMIT_NOFILE): cannot open a connection";
+const char http_no_local_ports[] =
+	"the gateway is out of local ports (every port of net.ipv4.ip_local_port_range is in use "
+	"or waits in TIME_WAIT): cannot open a connection";
+
+bool http_own_shortage(const char *why)
+{
+	return why == http_no_descriptors || why == http_no_local_ports;
+}
 
 struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout_s,
 			   const struct hconn_ops *ops, void *owner)
@@ -120,10 +128,13 @@ struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout
 
 	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)sa, (int)len) != 0) {
 		int e = errno;
-		/* reported later, never from inside the caller */
+		/* reported later, never from inside the caller. EADDRNOTAVAIL from
+		 * an IPv4 connect() is the ephemeral ports running out; from IPv6
+		 * it may also be a host without a source address for the peer */
 		c->close_why = e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM
 				       ? http_no_descriptors
-				       : "upstream connect failed";
+			       : e == EADDRNOTAVAIL && sa->sa_family == AF_INET ? http_no_local_ports
+										: "upstream connect failed";
 		hc_mark_dirty(c);
 		return c;
 	}

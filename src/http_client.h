@@ -18,6 +18,11 @@ struct hconn *http_connect(const struct sockaddr *sa, socklen_t len, int timeout
  * open the connection for a shortage of its own (out of file descriptors,
  * RLIMIT_NOFILE, or of memory): no fault of the upstream's. */
 extern const char http_no_descriptors[];
+/* The same when the host has no local port left for it (EADDRNOTAVAIL:
+ * net.ipv4.ip_local_port_range is all taken). */
+extern const char http_no_local_ports[];
+/* Is WHY one of the two above: a shortage of the gateway's own? */
+bool http_own_shortage(const char *why);
 
 /* Send a request head (raw bytes, ending in CRLF CRLF); chunked: the body
  * will be chunk-encoded by http_send. head_req: a HEAD request. */

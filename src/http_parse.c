@@ -10,6 +10,7 @@
 #include "http_parse.h"
 
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,23 +50,44 @@ static struct hparse *hpof(http_parser *p)
 	return p->data;
 }
 
-/* Record the first error; the parse stops. Returns -1 for http_parser. */
-static int refuse(struct hparse *hp, int status, const char *msg)
+/* Record the first error (a printf format); the parse stops. Returns -1
+ * for http_parser. */
+static int __attribute__((format(printf, 3, 4))) refuse(struct hparse *hp, int status,
+							const char *fmt, ...)
 {
-	if (hp->err_status == 0) {
-		hp->err_status = hp->server ? status : 502;
-		if (hp->server)
-			snprintf(hp->err_msg, sizeof hp->err_msg, "%s", msg);
-		else
-			snprintf(hp->err_msg, sizeof hp->err_msg, "bad response from upstream: %s", msg);
-	}
+	va_list ap;
+	size_t k = 0;
+
+	if (hp->err_status != 0)
+		return -1;
+	hp->err_status = hp->server ? status : 502;
+	if (!hp->server)
+		k = (size_t)snprintf(hp->err_msg, sizeof hp->err_msg, "bad response from upstream: ");
+	va_start(ap, fmt);
+	vsnprintf(hp->err_msg + k, sizeof hp->err_msg - k, fmt, ap);
+	va_end(ap);
 	return -1;
+}
+
+/* The head (and again the trailer) is over max_header. */
+static int head_too_large(struct hparse *hp, const char *part)
+{
+	if (!hp->server)
+		return refuse(hp, 431, "the response %s is larger than %zu bytes", part, hp->max_header);
+	return refuse(hp, 431, "the request %s is larger than max_header_size (%zu bytes)", part,
+		      hp->max_header);
+}
+
+static int body_too_large(struct hparse *hp)
+{
+	return refuse(hp, 413, "the request body is larger than max_body_size (%lld bytes)",
+		      hp->max_body);
 }
 
 static int hbuf_add(struct hparse *hp, const char *p, size_t n)
 {
 	if (hp->hlen + n + 1 > hp->max_header)
-		return refuse(hp, 431, "request header fields too large");
+		return head_too_large(hp, "head");
 	if (hp->hlen + n + 1 > hp->hcap) {
 		hp->hcap = (hp->hlen + n + 1) * 2;
 		if (hp->hcap < 512)
@@ -98,6 +120,8 @@ static int on_url(http_parser *p, const char *at, size_t n)
 	struct hparse *hp = hpof(p);
 
 	hp->url_len += n;
+	if (hp->hlen + n + 1 > hp->max_header && hp->hlen + 1 < hp->max_header)
+		hbuf_add(hp, at, hp->max_header - hp->hlen - 1);   /* its start names the target */
 	return hbuf_add(hp, at, n);
 }
 
@@ -113,7 +137,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 
 	if (hp->last_cb != CB_FIELD) {
 		if (hp->nhoff >= 256)
-			return refuse(hp, 431, "too many header fields");
+			return refuse(hp, 431, "too many header fields (at most 256)");
 		if (hbuf_add(hp, "", 1) != 0) /* ends the url or the previous value */
 			return -1;
 		if (hp->nhoff == hp->hoffcap) {
@@ -334,7 +358,7 @@ static int on_headers_complete(http_parser *p)
 		if (p->method == HTTP_TRACE)
 			return refuse(hp, 405, "TRACE is not allowed");
 		if (hp->max_body >= 0 && m->content_length > hp->max_body)
-			return refuse(hp, 413, "request body too large");
+			return body_too_large(hp);
 		if (absolute_form(hp, m) != 0)
 			return -1;
 		/* RFC 9112 3.2, as nginx: an HTTP/1.1 request names its host
@@ -385,7 +409,7 @@ static int deliver(struct hparse *hp, const char *at, size_t n)
 	hp->body_seen += (long long)n;
 	if (n > 0 && hp->ops->body)
 		hp->ops->body(hp->arg, at, n);
-	return over ? refuse(hp, 413, "request body too large") : 0;
+	return over ? body_too_large(hp) : 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t n)
@@ -534,7 +558,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 				hp->ctrailer = 0;
 			} else {
 				if (hp->max_body >= 0 && hp->csize > (uint64_t)hp->max_body) {
-					refuse(hp, 413, "request body too large");
+					body_too_large(hp);
 					return k;
 				}
 				hp->cstate = CH_DATA;
@@ -584,7 +608,7 @@ static size_t chunk_feed(struct hparse *hp, const char *p, size_t n)
 			return k;
 		}
 		if (hp->cstate >= CH_TRAILER && ++hp->ctrailer > hp->max_header) {
-			refuse(hp, 431, "request trailer fields too large");
+			head_too_large(hp, "trailer");
 			return k;
 		}
 	}
@@ -597,8 +621,8 @@ static void lib_error(struct hparse *hp, enum http_errno e)
 	char why[96];
 
 	switch (e) {
-	case HPE_HEADER_OVERFLOW:
-		refuse(hp, 431, "request header fields too large");
+	case HPE_HEADER_OVERFLOW:   /* the library's limit, past any max_header */
+		head_too_large(hp, "head");
 		break;
 	case HPE_INVALID_METHOD:
 		refuse(hp, 400, "unknown request method");
@@ -616,7 +640,7 @@ static void lib_error(struct hparse *hp, enum http_errno e)
 	default:
 		snprintf(why, sizeof why, "malformed %s: %s", hp->server ? "request" : "response",
 			 http_errno_description(e));
-		refuse(hp, 400, why);
+		refuse(hp, 400, "%s", why);
 	}
 }
 
@@ -676,6 +700,9 @@ void hparse_init(struct hparse *hp, bool server, const struct hparse_ops *ops, v
 	hp->arg = arg;
 	hp->max_header = 80 * 1024;
 	hp->max_body = -1;
+	/* the library's own head limit (80 KiB unless raised; one for the
+	 * process) above any max_header: ours is the one a client meets */
+	http_parser_set_max_header_size(HPARSE_LIB_MAX_HEADER);
 	http_parser_init(&hp->parser, server ? HTTP_REQUEST : HTTP_RESPONSE);
 	hp->parser.data = hp;
 }
@@ -729,6 +756,13 @@ const struct http_msg *hparse_msg(const struct hparse *hp)
 	return &hp->msg;
 }
 
+const char *hparse_target(const struct hparse *hp, size_t *len)
+{
+	/* the head buffer starts with the target, as far as it was read */
+	*len = hp->server && hp->in_msg ? (hp->url_len < hp->hlen ? hp->url_len : hp->hlen) : 0;
+	return *len ? hp->hbuf : NULL;
+}
+
 /* --- headers --- */
 
 const struct http_hdr *http_find(const struct http_msg *m, const char *name)
@@ -739,61 +773,4 @@ const struct http_hdr *http_find(const struct http_msg *m, const char *name)
 		if (m->hdrs[i].nlen == n && strncasecmp(m->hdrs[i].name, name, n) == 0)
 			return &m->hdrs[i];
 	return NULL;
-}
-
-/* Is NAME listed in a Connection header of M? */
-static bool connection_lists(const struct http_msg *m, const char *name, size_t nlen)
-{
-	for (size_t i = 0; i < m->nhdrs; i++) {
-		const char *v, *end;
-		if (!NAME_IS(m->hdrs[i].name, m->hdrs[i].nlen, "connection"))
-			continue;
-		v = m->hdrs[i].value;
-		end = v + m->hdrs[i].vlen;
-		while (v < end) {
-			const char *tok;
-			size_t tlen;
-			while (v < end && (*v == ' ' || *v == ',' || *v == '\t'))
-				v++;
-			tok = v;
-			while (v < end && *v != ',' && *v != ' ' && *v != '\t')
-				v++;
-			tlen = (size_t)(v - tok);
-			if (tlen == nlen && strncasecmp(tok, name, nlen) == 0)
-				return true;
-		}
-	}
-	return false;
-}
-
-bool http_hop_by_hop(const struct http_hdr *h, const struct http_msg *m)
-{
-	const char *n = h->name;
-	size_t len = h->nlen;
-	bool hop;
-
-	/* connection, keep-alive, proxy-connection, te, trailer,
-	 * transfer-encoding, upgrade, content-length, expect,
-	 * proxy-authenticate, proxy-authorization: by length first */
-	switch (len) {
-	case 2: hop = NAME_IS(n, len, "te"); break;
-	case 4:
-		/* Connection may name extensions, never Host (nor the framing,
-		 * which is hop-by-hop here and re-added by whoever forwards the
-		 * message) */
-		if (NAME_IS(n, len, "host"))
-			return false;
-		hop = false;
-		break;
-	case 6: hop = NAME_IS(n, len, "expect"); break;
-	case 7: hop = NAME_IS(n, len, "trailer") || NAME_IS(n, len, "upgrade"); break;
-	case 10: hop = NAME_IS(n, len, "connection") || NAME_IS(n, len, "keep-alive"); break;
-	case 14: hop = NAME_IS(n, len, "content-length"); break;
-	case 16: hop = NAME_IS(n, len, "proxy-connection"); break;
-	case 17: hop = NAME_IS(n, len, "transfer-encoding"); break;
-	case 18: hop = NAME_IS(n, len, "proxy-authenticate"); break;
-	case 19: hop = NAME_IS(n, len, "proxy-authorization"); break;
-	default: hop = false;
-	}
-	return hop || connection_lists(m, n, len);
 }

@@ -95,6 +95,10 @@ struct hparse {
 	char err_msg[192];
 };
 
+/* The library's own limit on a head's raw bytes, set by hparse_init: twice
+ * the largest max_header_size, so that max_header is the limit met. */
+#define HPARSE_LIB_MAX_HEADER (2u << 20)
+
 void hparse_init(struct hparse *hp, bool server, const struct hparse_ops *ops, void *arg);
 void hparse_free(struct hparse *hp);
 /* Limits: head (and trailer) bytes; body bytes (< 0: no limit). */
@@ -115,11 +119,16 @@ bool hparse_upgraded(const struct hparse *hp);
 bool hparse_in_message(const struct hparse *hp);
 /* The method of the request being parsed (after its first bytes). */
 const struct http_msg *hparse_msg(const struct hparse *hp);
+/* The target of the request being parsed as far as it was read (origin or
+ * absolute form, before the head is parsed too; only its start if it was
+ * over max_header): *LEN bytes, not NUL-terminated; NULL outside a
+ * request. Valid until more bytes are fed. */
+const char *hparse_target(const struct hparse *hp, size_t *len);
 
 /* Find a header (case-insensitive); NULL if absent. */
 const struct http_hdr *http_find(const struct http_msg *m, const char *name);
 /* Is this a hop-by-hop header (never forwarded)? Host and the framing
- * headers are hop-by-hop or not whatever Connection lists. */
+ * headers are hop-by-hop or not whatever Connection lists (http_header.c). */
 bool http_hop_by_hop(const struct http_hdr *h, const struct http_msg *m);
 
 #endif

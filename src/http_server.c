@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -186,10 +187,14 @@ static void srv_eof(struct hconn *c)
 static void srv_timeout(struct hconn *c)
 {
 	if (c->phase == PH_HEAD || c->phase == PH_BODY) {
-		if (!c->resp_started)
-			reply_and_close(c, 408, c->phase == PH_HEAD ? "timed out reading the request head"
-								  : "timed out reading the request body");
-		else
+		if (!c->resp_started) {
+			char msg[100];
+			bool head = c->phase == PH_HEAD;
+			snprintf(msg, sizeof msg, "timed out reading the request %s (%s: %d s)",
+				 head ? "head" : "body", head ? "header_timeout" : "body_timeout",
+				 head ? c->lim->header_timeout : c->lim->body_timeout);
+			reply_and_close(c, 408, msg);
+		} else
 			http_close(c, "client timed out");
 	} else {
 		http_close(c, "keep-alive timeout");
@@ -419,28 +424,6 @@ void http_reply(struct hconn *c, int status, const char *ctype, const char *extr
 	free(hdr);
 	http_send(c, body, len);
 	http_finish(c);
-}
-
-void http_reply_error(struct hconn *c, int status, const char *extra, const char *msg)
-{
-	struct evbuffer *b = evbuffer_new();
-	size_t n;
-
-	/* a JSON string: escape what JSON needs escaped */
-	evbuffer_add_printf(b, "{\"error\":\"");
-	for (const char *p = msg; *p; p++) {
-		unsigned char ch = (unsigned char)*p;
-		if (ch == '"' || ch == '\\')
-			evbuffer_add_printf(b, "\\%c", ch);
-		else if (ch < 0x20)
-			evbuffer_add_printf(b, "\\u%04x", ch);
-		else
-			evbuffer_add(b, p, 1);
-	}
-	evbuffer_add_printf(b, "\",\"status\":%d}\n", status);
-	n = evbuffer_get_length(b);
-	http_reply(c, status, "application/json", extra, (const char *)evbuffer_pullup(b, -1), n);
-	evbuffer_free(b);
 }
 
 /* The layer's own answer to a bad request: reply (if nothing was sent yet),

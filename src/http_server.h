@@ -3,8 +3,9 @@
  * It reads requests and writes responses on an hconn (http_conn.h). The
  * next pipelined request is read only once the answers before it are
  * (nearly) written. A request that cannot be parsed, or that is too big or
- * too slow, is answered by the layer itself (400, 408, 413, 431, 505) and
- * the connection closes. */
+ * too slow, is answered by the layer itself (400, 405, 408, 413, 431, 505;
+ * OpenAI-shaped under the OpenAI prefix: http_set_openai_prefix) and the
+ * connection closes. */
 #ifndef SG_HTTP_SERVER_H
 #define SG_HTTP_SERVER_H
 
@@ -35,8 +36,20 @@ void http_respond_n(struct hconn *c, int status, const char *extra, size_t extra
 /* A whole small response with a body. */
 void http_reply(struct hconn *c, int status, const char *ctype, const char *extra,
 		const char *body, size_t len);
-/* Reply with a JSON error body {"error": msg}. */
+/* The gateway's own error answer (http_error.c), in the shape the
+ * request's client reads: for a target under the OpenAI prefix OpenAI's
+ * {"error":{"message","type","param":null,"code"}} (type and code follow
+ * STATUS), else {"error": MSG, "status": STATUS}. */
 void http_reply_error(struct hconn *c, int status, const char *extra, const char *msg);
+/* Errors for targets at or under PREFIX ("/v1": that path, or one that
+ * goes on with '/', '?' or '#'; a static string) are OpenAI-shaped, from
+ * the layer itself (400, 405, 408, 413, 431, 505) and from whoever calls
+ * http_reply_error. NULL (the default): none. */
+void http_set_openai_prefix(const char *prefix);
+/* Is the target of C's current request (as far as it was read; absolute
+ * form too) under the OpenAI prefix? Decided on the raw target: the layer's
+ * errors come before any normalisation. */
+bool http_openai_target(struct hconn *c);
 bool http_response_started(struct hconn *c);
 /* The response started announced a Content-Length (its body may not grow:
  * bytes past it never go out, and one finished short closes the connection). */

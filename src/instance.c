@@ -238,7 +238,7 @@ static void probe_closed(struct hconn *c, const char *why)
 	if (i == NULL || i->probe != c)
 		return;   /* done already, or abandoned */
 	i->probe = NULL;
-	if (why == http_no_descriptors && probing_state(i->state))
+	if (http_own_shortage(why) && probing_state(i->state))
 		event_add(i->probe_timer, &(struct timeval){1, 0});   /* no verdict: ours */
 	else if (i->state != INST_GONE)
 		service_probe_result(i, false);

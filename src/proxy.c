@@ -730,7 +730,7 @@ static void up_closed(struct hconn *c, const char *why)
 	if (ex == NULL)
 		return;
 	ex->up = NULL;
-	if (why == http_no_descriptors) {
+	if (http_own_shortage(why)) {
 		/* our shortage, not the service's: it stays in rotation */
 		snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
 		ex_fail(ex, 503, reason, 1);

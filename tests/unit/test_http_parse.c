@@ -311,6 +311,46 @@ static void test_responses(void **state)
 	done_with(&s);
 }
 
+/* The target of the request being parsed, for the shape of the layer's
+ * own errors: readable before the head is whole, its start kept when it is
+ * over the limit, none outside a request (a keep-alive connection's next
+ * request never shows the one before it). */
+static void test_target_of_the_request_being_parsed(void **state)
+{
+	struct seen s = {0};
+	size_t n;
+	const char *t;
+	char big[3000];
+
+	(void)state;
+	assert_int_equal(run(&s, true, "POST /v1/chat/compl", 0), 0);
+	t = hparse_target(&s.hp, &n);
+	assert_non_null(t);
+	assert_int_equal(n, 14);
+	assert_memory_equal(t, "/v1/chat/compl", 14);
+	done_with(&s);
+	memset(&s, 0, sizeof s);
+	assert_int_equal(run(&s, true, "GET /v1/x HTTP/1.1\r\nHost: a\r\n\r\n@", 0), 400);
+	assert_null(hparse_target(&s.hp, &n));   /* the bad byte began no request */
+	done_with(&s);
+	/* over max_header (2048 here): its first bytes are kept */
+	snprintf(big, sizeof big, "GET /v1/models?%0*d HTTP/1.1\r\n\r\n", 2500, 0);
+	for (size_t step = 0; step <= 1000; step += 1000) {
+		memset(&s, 0, sizeof s);
+		assert_int_equal(run(&s, true, big, step), 431);
+		t = hparse_target(&s.hp, &n);
+		assert_non_null(t);
+		assert_true(n >= 10 && n < 2048);
+		assert_memory_equal(t, "/v1/models", 10);
+		assert_non_null(strstr(s.hp.err_msg, "max_header_size (2048 bytes)"));
+		done_with(&s);
+	}
+	memset(&s, 0, sizeof s);
+	assert_int_equal(run(&s, false, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0), 0);
+	assert_null(hparse_target(&s.hp, &n));   /* responses have none */
+	done_with(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -323,6 +363,7 @@ int main(void)
 		cmocka_unit_test(test_http11_without_host_is_400),
 		cmocka_unit_test(test_underscores_dropped_connection_cannot_name_host),
 		cmocka_unit_test(test_responses),
+		cmocka_unit_test(test_target_of_the_request_being_parsed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
