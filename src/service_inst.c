@@ -526,12 +526,23 @@ struct instance *service_adopt(struct service *s, int index)
 {
 	struct instance *o;
 
-	if (index < 0 || index >= s->cfg->max_instances || s->state == SVC_RETIRED)
+	/* one above max_instances: a walltime handover's replacement, or the
+	 * instance that took over in one */
+	if (index < 0 || index >= s->cfg->max_instances + s->lops->extra_ports ||
+	    s->state == SVC_RETIRED)
 		return NULL;
 	TAILQ_FOREACH(o, &s->insts, link)
 		if (o->index == index)
 			return NULL;
 	return inst_new(s, index);
+}
+
+void service_adopt_handover(struct instance *old, struct instance *n)
+{
+	if (old->svc != n->svc || old->replaced_by != NULL || n->replaces != NULL)
+		return;
+	old->replaced_by = n;
+	n->replaces = old;
 }
 
 void service_recovered(struct service *s)
