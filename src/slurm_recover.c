@@ -2,7 +2,21 @@
  * run of this gateway left (their names carry its instance_id) are looked
  * for with one squeue per target. A RUNNING one whose service and index
  * still exist is adopted (its forward opened, its instance probed); every
- * other is cancelled. A target whose squeue fails is scanned again, the
+ * other is cancelled, but for a walltime handover under way: a service
+ * with one job more than max_instances has its newest job adopted as the
+ * replacement of the running one with the least time left, running or
+ * still queued, and the old one serves until the replacement is ready,
+ * as before the restart. The index max_instances (the handover's slot) is
+ * in range: the job that took over in one stays there.
+ *
+ * An adopted job serves on the port it was started for, whatever the
+ * config says now: `scontrol show job` says it (Command=SCRIPT PORT: the
+ * port is the script's $1), for jobs of any version of the gateway and
+ * whatever became of state_dir. A job whose port Slurm does not say is
+ * taken to use the config's. Other changes (bash_file, sbatch_args) apply
+ * to the next job, as a reload's do; the log names them.
+ *
+ * A target whose squeue fails is scanned again, the
  * delay doubling up to RESCAN_MAX_S, and its services start nothing until
  * a scan succeeds: a job of the earlier run may be running, and starting
  * without it would leave it untracked beside a second one. */
@@ -227,40 +241,6 @@ static void recover_line(struct scanctx *x, char **f)
 	k->index = atoi(dash + 1);
 }
 
-/* The port a job was submitted for, from `scontrol -o show job`: the
- * gateway runs "SCRIPT PORT" (the port is the script's $1, in every
- * version), and Slurm keeps that as Command=SCRIPT PORT for the job's
- * life: no record in state_dir can be lost or older than the job. Returns
- * the port (SCRIPT into K->script), 0 if there is none. */
-static int command_port(struct cand *k, const char *out)
-{
-	char name[sizeof k->name];
-	const char *p = strstr(out, " Command="), *e, *sp;
-	long port = 0;
-
-	slurmjob_field(out, "JobName", name, sizeof name);
-	if (p == NULL || strcmp(name, k->name) != 0)
-		return 0;
-	p += strlen(" Command=");
-	if ((e = strstr(p, " WorkDir=")) == NULL)
-		e = p + strcspn(p, "\n");
-	while (e > p && e[-1] == ' ')
-		e--;
-	for (sp = e; sp > p && sp[-1] != ' '; sp--)
-		;
-	if (sp == p || sp == e || e - sp > 5)
-		return 0;
-	for (const char *d = sp; d < e; d++) {
-		if (*d < '0' || *d > '9')
-			return 0;
-		port = port * 10 + (*d - '0');
-	}
-	if (port < 1 || port > 65535)
-		return 0;
-	snprintf(k->script, sizeof k->script, "%.*s", (int)(sp - 1 - p), p);
-	return (int)port;
-}
-
 static void recover_finish(struct scanctx *x);
 
 static void cand_show_done(void *arg, int status, const char *out, const char *err)
@@ -268,8 +248,11 @@ static void cand_show_done(void *arg, int status, const char *out, const char *e
 	struct cand *k = arg;
 	struct scanctx *x = k->x;
 
+	/* the gateway runs "SCRIPT PORT" (the port is the script's $1, in every
+	 * version), and Slurm keeps that as the job's Command for its life: no
+	 * record in state_dir can be lost, or older than the job */
 	if (status == 0)
-		k->port = command_port(k, out);
+		k->port = slurmjob_command_port(out, k->name, k->script, sizeof k->script);
 	if (k->port == 0)
 		log_warn("Slurm job %s: cannot tell which port it was started for (scontrol: %s)", k->id,
 			 status != 0 ? (err[0] ? err : "failed") : "no Command=SCRIPT PORT");
