@@ -293,7 +293,7 @@ def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
     """After a walltime handover the replacement serves alone, at index
     max_instances (one above the others: the handover's slot) until its
     own handover. A restart took that index for out of range and cancelled
-    the service's only job."""
+    the service's only job; a reload drained it (the same test on its index)."""
     p = base.free_port_block(2)
     gate = tmp_path / "go"
     hold = f'if [ "$1" = "{p + 1}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
@@ -324,3 +324,15 @@ def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
     assert r.status == 200 and r.json()["pid"] == pid_b, (r, g.log())
     assert [j[0] for j in cluster.live_jobs(prefix=g.job_prefix)] == [job_b]
     assert g.svc()["starts"] == 0
+
+    # a reload keeps it too: it is the one instance of max_instances 1
+    # (it was drained as "above max_instances", by its index)
+    before = g.log(tail=10 ** 8).count("config reloaded")
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
+               msg="the reload taken")
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid_b, (r, g.log())
+    [inst] = g.svc()["instances"]
+    assert inst["job_id"] == job_b and inst["state"] == "ready", inst
+    assert "above max_instances" not in g.log(tail=10 ** 8)
