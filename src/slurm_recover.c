@@ -162,6 +162,8 @@ struct cand {
 	long left;          /* seconds of its time limit left (-1: none) */
 	int port;           /* the port it was started for; 0: not known */
 	char script[512];   /* the script it runs ("": not known) */
+	int tries;          /* scontrol asked and failed */
+	bool gone;          /* ended since squeue listed it */
 	struct service *s;  /* recover_finish: the service that may adopt it */
 	struct instance *i; /* recover_finish: adopted as (NULL: cancelled) */
 	bool done;          /* recover_finish: adopted or cancelled */
@@ -242,6 +244,24 @@ static void recover_line(struct scanctx *x, char **f)
 }
 
 static void recover_finish(struct scanctx *x);
+static void cand_show_done(void *arg, int status, const char *out, const char *err);
+
+/* scontrol is asked this often, a second apart, before K is taken to use
+ * the port the config gives it (as before this was asked) */
+#define SHOW_TRIES 3
+
+static void cand_ask(struct cand *k)
+{
+	char *argv[] = {"scontrol", "-o", "show", "job", k->id, NULL};
+
+	sagent_run(k->x->r, argv, 60, cand_show_done, k);
+}
+
+static void cand_ask_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what;
+	cand_ask(arg);
+}
 
 static void cand_show_done(void *arg, int status, const char *out, const char *err)
 {
@@ -251,10 +271,18 @@ static void cand_show_done(void *arg, int status, const char *out, const char *e
 	/* the gateway runs "SCRIPT PORT" (the port is the script's $1, in every
 	 * version), and Slurm keeps that as the job's Command for its life: no
 	 * record in state_dir can be lost, or older than the job */
-	if (status == 0)
+	if (status == 0) {
 		k->port = slurmjob_command_port(out, k->name, k->script, sizeof k->script);
-	if (k->port == 0)
-		log_warn("Slurm job %s: cannot tell which port it was started for (scontrol: %s)", k->id,
+	} else if (strstr(err, "Invalid job id") != NULL) {
+		k->gone = true;   /* ended since squeue listed it */
+	} else if (++k->tries < SHOW_TRIES &&
+		   event_base_once(slurm_gw->base, -1, EV_TIMEOUT, cand_ask_cb, k,
+				   &(struct timeval){1, 0}) == 0) {
+		return;
+	}
+	if (k->port == 0 && !k->gone)
+		log_warn("Slurm job %s: cannot tell which port it was started for (scontrol: %s); "
+			 "taking the config's", k->id,
 			 status != 0 ? (err[0] ? err : "failed") : "no Command=SCRIPT PORT");
 	if (--x->asking == 0)
 		recover_finish(x);
@@ -353,6 +381,12 @@ static void recover_finish(struct scanctx *x)
 		struct cand *k = &x->cand[q];
 		struct service *s = service_by_route(k->route, strlen(k->route));
 		const struct svc_config *c = s ? service_config(s) : NULL;
+		if (k->gone) {
+			/* ended and purged since squeue listed it, most likely; if
+			 * not, it is not left running untracked */
+			cancel_left(r, k->id, k->name, k->state, "unknown to scontrol now");
+			continue;
+		}
 		/* index max_instances: a walltime handover's replacement, or,
 		 * once it took over, the service's job until its own handover */
 		if (c && c->launcher == &launcher_slurm && runner_for(c) == r && k->index >= 0 &&
@@ -393,7 +427,6 @@ static void recover_done(void *arg, int status, const char *out, const char *err
 	struct scanctx *x = arg;
 	struct runner *r = x->r;
 	char *text, *save = NULL;
-	char *argv[] = {"scontrol", "-o", "show", "job", NULL, NULL};
 	struct cand *c;
 	int n;
 
@@ -421,10 +454,8 @@ static void recover_done(void *arg, int status, const char *out, const char *err
 	 * agent too: its "show"); the scan ends when all have answered */
 	n = x->asking = x->ncand;
 	c = x->cand;
-	for (int q = 0; q < n; q++) {
-		argv[4] = c[q].id;
-		sagent_run(r, argv, 60, cand_show_done, &c[q]);
-	}
+	for (int q = 0; q < n; q++)
+		cand_ask(&c[q]);
 }
 
 void slurm_recover_target(struct runner *r)
