@@ -225,7 +225,8 @@ static void recover_line(struct scanctx *x, char **f)
 	rest = f[1] + strlen(prefix);
 	if ((dash = strrchr(rest, ':')) == NULL)
 		return;
-	if ((c != SJ_RUNNING && c != SJ_WAITING) || strlen(f[0]) >= sizeof k->id ||
+	/* on a target no service uses (the record's), nothing is adoptable */
+	if ((c != SJ_RUNNING && c != SJ_WAITING) || !x->counted || strlen(f[0]) >= sizeof k->id ||
 	    (size_t)(dash - rest) >= sizeof k->route) {
 		cancel_left(r, f[0], f[1], f[2], "not adoptable");
 		return;
@@ -343,8 +344,8 @@ static void cand_adopt(struct cand *k, struct cand *new_of)
 		return;
 	}
 	port = k->port > 0 ? k->port : i->remote_port;
-	log_info("svc %s[%d]: adopting Slurm job %s %s%s (port %d)%s%s%s", cfg->name, k->index, k->id,
-		 running ? "running on " : "pending", running ? k->node : "", port,
+	log_info("svc %s[%d]: adopting Slurm job %s (%s%s, port %d)%s%s%s", cfg->name, k->index, k->id,
+		 running ? "running on " : k->state, running ? k->node : "", port,
 		 new_of ? ", the walltime handover's replacement of Slurm job " : "",
 		 new_of ? new_of->id : "", new_of ? " (the old job serves until it is ready)" : "");
 	if (port != i->remote_port)

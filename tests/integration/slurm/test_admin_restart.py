@@ -272,7 +272,7 @@ def test_restart_during_a_walltime_handover_keeps_a_pending_replacement(
     wait_until(lambda: "looked for Slurm jobs of an earlier run" in g.log(tail=10 ** 7),
                15 * SLACK, interval=0.2, msg="the recovery scan")
     log = g.log(tail=10 ** 7)
-    assert re.search(rf"adopting Slurm job {job_b} pending .*replacement", log), log
+    assert re.search(rf"adopting Slurm job {job_b} \(PENDING, .*replacement", log), log
     live = {j[0]: j[2] for j in cluster.live_jobs(prefix=g.job_prefix)}
     assert live == {job_a: "RUNNING", job_b: "PENDING"}, (live, log)
     insts = {i["job_id"]: i["state"] for i in g.svc()["instances"]}
