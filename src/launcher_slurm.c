@@ -9,7 +9,8 @@
  * through the master (or, without remote_host, the node is reached
  * directly: slurm_tunnel.c) and the service's health probes begin. stop: scancel, close
  * the forward, and wait until squeue shows the job ended. At start-up the
- * gateway adopts its own RUNNING jobs and cancels the rest (slurm_recover.c).
+ * gateway adopts its own RUNNING jobs (and a handover's replacement) and
+ * cancels the rest (slurm_recover.c).
  *
  * Every state Slurm can report has one meaning here (slurmjob.c, and the
  * table in slurmgate(8)): the moment a job that ran is not running any

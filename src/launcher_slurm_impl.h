@@ -97,7 +97,8 @@ void sjob_ghost_line(struct runner *r, char **f);
 int slurm_start(struct instance *i, char **cause);
 
 /* slurm_recover.c: the launcher's recover op: scan every Slurm target for
- * the jobs an earlier run left; adopt the running ones, cancel the rest. */
+ * the jobs an earlier run left; adopt the running ones (on the port each
+ * was started for) and a walltime handover's replacement, cancel the rest. */
 void slurm_recover(void);
 
 /* slurm_tunnel.c: keep G (gw.h): its config in force says which ports services use. */

@@ -104,8 +104,12 @@ void service_demand(struct service *s);
 /* Admin: stop every instance of the service now. */
 void service_stop_all(struct service *s, const char *why);
 /* An instance found running from an earlier run of the gateway: create it
- * at INDEX in STARTING state (NULL if INDEX is out of range or taken). */
+ * at INDEX in STARTING state (NULL if INDEX is out of range or taken; one
+ * above max_instances is in range where the launcher has extra_ports). */
 struct instance *service_adopt(struct service *s, int index);
+/* Adopted together: N is the walltime handover's replacement of OLD, as
+ * service_handover() had made it (OLD serves until N is ready). */
+void service_adopt_handover(struct instance *old, struct instance *n);
 /* The launcher's look for earlier instances of S is over. */
 void service_recovered(struct service *s);
 /* The launcher could not look for earlier instances of S (WHY); it looks

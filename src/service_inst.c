@@ -258,15 +258,32 @@ void instance_drain(struct instance *i, const char *why)
 	event_del(i->timer);
 }
 
+/* The instances past max_instances. A walltime handover's replacement
+ * takes its old one's place (not counted); the one that took over in a
+ * handover sits at index max_instances (the launcher's extra port) for its
+ * life: kept while no more than max_instances run. */
 void svc_drain_over_max(struct service *s)
 {
 	struct instance *i, *nx;
+	const struct instance *o;
+	int max = s->cfg->max_instances, below;
 	char why[80];
 
-	snprintf(why, sizeof why, "above max_instances %d after a reload", s->cfg->max_instances);
+	snprintf(why, sizeof why, "above max_instances %d after a reload", max);
 	for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
 		nx = TAILQ_NEXT(i, link);
-		if (i->index >= s->cfg->max_instances + (i->replaces != NULL ? 1 : 0))
+		if (i->replaces != NULL) {
+			if (i->index >= max + 1)
+				instance_drain(i, why);
+			continue;
+		}
+		if (i->state == INST_DRAINING || i->state == INST_STOPPING)
+			continue;
+		below = 0;
+		TAILQ_FOREACH(o, &s->insts, link)
+			below += o->index < i->index && o->replaces == NULL &&
+				 o->state != INST_DRAINING && o->state != INST_STOPPING;
+		if (i->index >= max + s->lops->extra_ports || below >= max)
 			instance_drain(i, why);
 	}
 }
@@ -526,12 +543,23 @@ struct instance *service_adopt(struct service *s, int index)
 {
 	struct instance *o;
 
-	if (index < 0 || index >= s->cfg->max_instances || s->state == SVC_RETIRED)
+	/* one above max_instances: a walltime handover's replacement, or the
+	 * instance that took over in one */
+	if (index < 0 || index >= s->cfg->max_instances + s->lops->extra_ports ||
+	    s->state == SVC_RETIRED)
 		return NULL;
 	TAILQ_FOREACH(o, &s->insts, link)
 		if (o->index == index)
 			return NULL;
 	return inst_new(s, index);
+}
+
+void service_adopt_handover(struct instance *old, struct instance *n)
+{
+	if (old->svc != n->svc || old->replaced_by != NULL || n->replaces != NULL)
+		return;
+	old->replaced_by = n;
+	n->replaces = old;
 }
 
 void service_recovered(struct service *s)

@@ -124,6 +124,38 @@ void slurmjob_field(const char *text, const char *key, char *out, size_t len)
 	}
 }
 
+int slurmjob_command_port(const char *show, const char *name, char *script, size_t len)
+{
+	char jn[256];
+	const char *p = strstr(show, " Command="), *e, *sp;
+	long port = 0;
+
+	if (len > 0)
+		script[0] = '\0';
+	slurmjob_field(show, "JobName", jn, sizeof jn);
+	if (p == NULL || strcmp(jn, name) != 0)
+		return 0;
+	p += strlen(" Command=");
+	/* the next field is WorkDir (a path may hold spaces) */
+	if ((e = strstr(p, " WorkDir=")) == NULL)
+		e = p + strcspn(p, "\n");
+	while (e > p && e[-1] == ' ')
+		e--;
+	for (sp = e; sp > p && sp[-1] != ' '; sp--)
+		;
+	if (sp == p || e - sp > 5)
+		return 0;   /* no argument, or not a port */
+	for (const char *d = sp; d < e; d++) {
+		if (*d < '0' || *d > '9')
+			return 0;
+		port = port * 10 + (*d - '0');
+	}
+	if (port < 1 || port > 65535)
+		return 0;
+	snprintf(script, len, "%.*s", (int)(sp - 1 - p), p);
+	return (int)port;
+}
+
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen)
 {
 	size_t n = 0, c = 0;

@@ -32,6 +32,10 @@ void slurmjob_first_node(const char *list, char *out, size_t len);
 long slurmjob_time_left(const char *t);
 /* The value of KEY in scontrol's "Key=Value Key=Value ..." ("" if absent). */
 void slurmjob_field(const char *text, const char *key, char *out, size_t len);
+/* From `scontrol -o show job` of the job NAME (checked: JobName=NAME):
+ * the port it was submitted for, the last word of Command=SCRIPT PORT, and
+ * SCRIPT into SCRIPT (LEN). 0 (SCRIPT "") if there is no such word. */
+int slurmjob_command_port(const char *show, const char *name, char *script, size_t len);
 /* The first line of `sacct -n -X -P -o State,ExitCode` ("CANCELLED by 0|0:0")
  * split into STATE ("CANCELLED") and CODE ("0:0"); false if it has no state. */
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen);

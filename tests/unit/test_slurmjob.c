@@ -49,6 +49,38 @@ static void test_every_state_has_a_class(void **state)
 	assert_false(slurmjob_ended("running"));   /* case matters: squeue prints upper case */
 }
 
+static void test_command_port(void **state)
+{
+	char script[64], line[512];
+	const char *head = "JobId=7 JobName=sg:gw:llm:0 UserId=u(1) JobState=RUNNING ";
+
+	(void)state;
+	snprintf(line, sizeof line, "%s%s", head,
+		 "Command=/home/u/jobs/llm.sh 8000 WorkDir=/home/u StdOut=/home/u/slurm-7.out");
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 8000);
+	assert_string_equal(script, "/home/u/jobs/llm.sh");
+	/* a path with spaces; a relative one, as sbatch got it */
+	snprintf(line, sizeof line, "%sCommand=my jobs/llm.sh 8001 WorkDir=/home/u", head);
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 8001);
+	assert_string_equal(script, "my jobs/llm.sh");
+	/* the last field */
+	snprintf(line, sizeof line, "%sCommand=llm.sh 8002\n", head);
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 8002);
+	/* another job's answer, no argument, not a port, no Command */
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:1", script, sizeof script), 0);
+	assert_string_equal(script, "");
+	snprintf(line, sizeof line, "%sCommand=/home/u/llm.sh WorkDir=/home/u", head);
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 0);
+	snprintf(line, sizeof line, "%sCommand=/home/u/llm.sh 8000x WorkDir=/home/u", head);
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 0);
+	snprintf(line, sizeof line, "%sCommand=/home/u/llm.sh 70000 WorkDir=/home/u", head);
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 0);
+	snprintf(line, sizeof line, "%sCommand=8000 WorkDir=/home/u", head);
+	assert_int_equal(slurmjob_command_port(line, "sg:gw:llm:0", script, sizeof script), 0);
+	assert_int_equal(slurmjob_command_port(head, "sg:gw:llm:0", script, sizeof script), 0);
+	assert_int_equal(slurmjob_command_port("", "sg:gw:llm:0", script, sizeof script), 0);
+}
+
 static void test_reason(void **state)
 {
 	(void)state;
@@ -224,6 +256,7 @@ int main(void)
 		cmocka_unit_test(test_field),
 		cmocka_unit_test(test_sacct_line),
 		cmocka_unit_test(test_split),
+		cmocka_unit_test(test_command_port),
 		cmocka_unit_test(test_tail_lines),
 		cmocka_unit_test(test_sbatch_id),
 		cmocka_unit_test(test_start_time),

@@ -5,15 +5,24 @@ earlier run is adopted or cancelled by the next start, never left running
 untracked, also when the edit removed the last Slurm service or changed
 the instance_id that names the jobs.
 
+A restart with an edited Slurm service: a running job is adopted as it
+is, as a reload keeps a running instance: it serves on the port it was
+started for (its command line in Slurm says which: the script gets it as
+$1), and the change (remote_port, bash_file) applies to the next job. A
+restart during a walltime handover adopts both jobs: the old one serves
+until the replacement is ready and takes over, as it would have.
+
 A reload that renames a service (same route, same port): its new job waits
 for the old one, still draining, to end; on the same node it could not
 bind the port, and its health check would reach the old job's server."""
 import json
+import re
+import signal
 import threading
 
 import conftest as base
 from conftest import SLACK, demo_service, http_request, reload_services, wait_until
-from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
+from slurmlib import cluster, demo_job_script, nodes, slurm_gateway, slurm_service  # noqa: F401
 
 
 def rewrite(g, services=None, **top):
@@ -112,3 +121,214 @@ def test_renamed_slurm_service_waits_for_its_old_job_to_end(cluster, slurm_gatew
     assert [j[2] for j in jobs if j[0] != job1] == ["RUNNING"], jobs
     assert g.get("/llm/pid", timeout=10).json()["pid"] == r.json()["pid"]
     assert g.svc("demo2")["starts"] == 1
+
+
+def test_restart_with_a_changed_remote_port_serves_the_adopted_job_on_its_own_port(
+        cluster, slurm_gateway, tmp_path):
+    """The admin moves a Slurm service to another remote_port (and another
+    bash_file) and restarts the gateway (systemctl restart: SIGTERM, with
+    keep_jobs_on_exit). The running job was started for the old port and
+    serves there, but the restart adopted it and probed the new port:
+    requests waited start_timeout before a new job was submitted. The port
+    is in the job's command line in Slurm (Command=SCRIPT PORT), written by
+    every version of the gateway and there whatever became of state_dir (its
+    record is removed here): the adopted job serves on its own port at once;
+    the next job uses the config's new port and script."""
+    job = demo_job_script(tmp_path / "job.sh")
+    svc = slurm_service(cluster, job, start_timeout=40)
+    old_port = svc["remote_port"]
+    g = slurm_gateway([svc], keep_jobs_on_exit=True)
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid1 = r.json()["pid"]
+    [(job1, _, _, _)] = cluster.jobs(g.job_name())
+    assert g.terminate() == 0
+    assert [j[0] for j in cluster.live_jobs(g.job_name())] == [job1]
+
+    new_port = base.free_port()
+    job2 = demo_job_script(tmp_path / "job2.sh")
+    rewrite(g, [dict(svc, remote_port=new_port, bash_file=str(job2))])
+    (g.state_dir / "slurm_targets.json").unlink()
+    g.restart()
+    try:
+        r = g.get("/llm/pid", timeout=15)   # start_timeout is 40 s
+    except OSError as e:
+        raise AssertionError(f"the adopted job {job1} was not served on its port {old_port}: "
+                             f"{e!r}\n{g.log()}") from None
+    assert r.status == 200 and r.json()["pid"] == pid1, (r, g.log())
+    info = g.svc()
+    [inst] = info["instances"]
+    assert inst["job_id"] == job1 and inst["port"] == old_port, inst
+    assert info["starts"] == 0, info
+    log = g.log(tail=10 ** 7)
+    assert re.search(rf"adopting Slurm job {job1} .*port {old_port}", log), log
+    assert re.search(rf"Slurm job {job1} .*remote_port is {new_port}", log), log
+    assert re.search(rf"Slurm job {job1} .*bash_file is {re.escape(str(job2))}", log), log
+
+    # the next job: the config's port and script
+    r = http_request(g.port, "POST", "/api/services/demo/stop", timeout=30)
+    assert r.status in (200, 202), r
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 20 * SLACK, interval=0.2,
+               msg=f"job {job1} to end")
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200 and r.json()["port"] == new_port, r
+    [(job3, _, _, _)] = cluster.live_jobs(g.job_name())
+    assert cluster.show_job(job3)["Command"] == f"{job2} {new_port}"
+    # keep_jobs_on_exit would leave it running after the test
+    assert http_request(g.port, "POST", "/api/services/demo/stop", timeout=30).status in (200, 202)
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 20 * SLACK, interval=0.2,
+               msg=f"job {job3} to end")
+
+
+def test_restart_during_a_walltime_handover_lets_the_replacement_take_over(
+        cluster, slurm_gateway, tmp_path):
+    """A job near its time limit (here: --time=1 and handover_lead 58 s: at
+    once) serves while its replacement starts. A restart then cancelled the
+    replacement (its index is one above max_instances) and adopted the old
+    job, whose time limit started another handover right after. Both are
+    adopted now: the old job serves, the replacement finishes its start and
+    takes over."""
+    p = base.free_port_block(2)
+    gate = tmp_path / "go"
+    # the replacement (port p + 1) runs but listens only once the test says so
+    hold = f'if [ "$1" = "{p + 1}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
+    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
+    svc = slurm_service(cluster, job, remote_port=p, max_instances=1, handover_lead=58,
+                        timeout=300)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid_a = r.json()["pid"]
+    [(job_a, _, _, _)] = cluster.jobs(g.job_name())
+    rows = wait_until(lambda: [j for j in cluster.jobs(g.job_name(index=1)) if j[2] == "RUNNING"],
+                      30 * SLACK, interval=0.2, msg="the replacement's job to run")
+    job_b = rows[0][0]
+    g.kill9()
+    # a lead the replacement does not reach before the test ends (58 s would
+    # start the next handover as soon as it is ready)
+    rewrite(g, [dict(svc, handover_lead=10)])
+    g.restart()
+
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid_a, (r, g.log())
+    live = {j[0]: j[2] for j in cluster.live_jobs(prefix=g.job_prefix)}
+    assert live == {job_a: "RUNNING", job_b: "RUNNING"}, (live, g.log())
+    log = g.log(tail=10 ** 7)
+    assert re.search(rf"adopting Slurm job {job_b} .*replacement", log), log
+
+    gate.touch()
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
+               msg=f"the replaced job {job_a} to be cancelled")
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["port"] == p + 1, r
+    pid_b = r.json()["pid"]
+    assert "handover from [0] to [1]" in g.log(tail=10 ** 7)
+    assert {j[0] for j in cluster.jobs(prefix=g.job_prefix)} == {job_a, job_b}
+    assert g.svc()["starts"] == 0
+
+
+def test_restart_during_a_walltime_handover_keeps_a_pending_replacement(
+        nodes, slurm_gateway, tmp_path):
+    """The replacement waits in the queue (here: for its node, drained) when
+    the gateway restarts. It was cancelled as a pending job nobody waits
+    for, and its place in the queue lost; it is the handover's replacement
+    and is adopted as it waits: it starts when Slurm lets it and takes over."""
+    cluster = nodes
+    p = base.free_port_block(2)
+    gate = tmp_path / "go"
+    # the first job (port p) listens once the test says so: its handover
+    # starts when it is ready, after its node is drained
+    hold = f'if [ "$1" = "{p}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
+    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
+    svc = slurm_service(cluster, job, remote_port=p, max_instances=1, handover_lead=58,
+                        timeout=300, sbatch_args=[f"--chdir={cluster.work_dir}",
+                                                  f"--nodelist={cluster.node}"])
+    g = slurm_gateway([svc])
+    t = threading.Thread(target=lambda: g.get("/llm/pid", timeout=60), daemon=True)
+    t.start()
+    [(job_a, _, _, _)] = wait_until(
+        lambda: [j for j in cluster.jobs(g.job_name()) if j[2] == "RUNNING"], 30 * SLACK,
+        interval=0.2, msg="the first job to run")
+    cluster.scontrol_node(cluster.node, "drain")
+    gate.touch()
+    t.join(60 * SLACK)
+    rows = wait_until(lambda: cluster.jobs(g.job_name(index=1)), 30 * SLACK, interval=0.2,
+                      msg="the replacement's job")
+    job_b = rows[0][0]
+    assert rows[0][2] == "PENDING", rows
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200, r
+    pid_a = r.json()["pid"]
+    g.kill9()
+    rewrite(g, [dict(svc, handover_lead=10)])
+    g.restart()
+
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid_a, (r, g.log())
+    wait_until(lambda: "looked for Slurm jobs of an earlier run" in g.log(tail=10 ** 7),
+               15 * SLACK, interval=0.2, msg="the recovery scan")
+    log = g.log(tail=10 ** 7)
+    assert re.search(rf"adopting Slurm job {job_b} \(PENDING, .*replacement", log), log
+    live = {j[0]: j[2] for j in cluster.live_jobs(prefix=g.job_prefix)}
+    assert live == {job_a: "RUNNING", job_b: "PENDING"}, (live, log)
+    insts = {i["job_id"]: i["state"] for i in g.svc()["instances"]}
+    assert insts == {job_a: "ready", job_b: "starting"}, insts
+
+    # its node is back: the replacement runs and takes over
+    cluster.scontrol_node(cluster.node, "resume")
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
+               msg=f"the replaced job {job_a} to be cancelled")
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["port"] == p + 1, (r, g.log())
+    assert {j[0] for j in cluster.jobs(prefix=g.job_prefix)} == {job_a, job_b}
+    assert g.svc()["starts"] == 0
+
+
+def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
+        cluster, slurm_gateway, tmp_path):
+    """After a walltime handover the replacement serves alone, at index
+    max_instances (one above the others: the handover's slot) until its
+    own handover. A restart took that index for out of range and cancelled
+    the service's only job; a reload drained it (the same test on its index)."""
+    p = base.free_port_block(2)
+    gate = tmp_path / "go"
+    hold = f'if [ "$1" = "{p + 1}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
+    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
+    svc = slurm_service(cluster, job, remote_port=p, max_instances=1, handover_lead=58,
+                        timeout=300)
+    g = slurm_gateway([svc])
+    assert g.get("/llm/pid", timeout=60).status == 200
+    wait_until(lambda: [j for j in cluster.jobs(g.job_name(index=1)) if j[2] == "RUNNING"],
+               30 * SLACK, interval=0.2, msg="the replacement's job to run")
+    # a lead the replacement does not reach before the test ends
+    before = g.log(tail=10 ** 8).count("config reloaded")
+    rewrite(g, [dict(svc, handover_lead=10)])
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
+               msg="the reload taken")
+    gate.touch()
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
+               msg="the replaced job to end")
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["port"] == p + 1, r
+    pid_b = r.json()["pid"]
+    [(job_b, _, _, _)] = cluster.live_jobs(prefix=g.job_prefix)
+
+    g.kill9()
+    g.restart()
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid_b, (r, g.log())
+    assert [j[0] for j in cluster.live_jobs(prefix=g.job_prefix)] == [job_b]
+    assert g.svc()["starts"] == 0
+
+    # a reload keeps it too: it is the one instance of max_instances 1
+    # (it was drained as "above max_instances", by its index)
+    before = g.log(tail=10 ** 8).count("config reloaded")
+    g.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
+               msg="the reload taken")
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid_b, (r, g.log())
+    [inst] = g.svc()["instances"]
+    assert inst["job_id"] == job_b and inst["state"] == "ready", inst
+    assert "above max_instances" not in g.log(tail=10 ** 8)

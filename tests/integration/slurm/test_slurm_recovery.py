@@ -1,7 +1,9 @@
 """Slurm launcher, start-up recovery: what a (re)started gateway does with the
 jobs it finds in squeue, and that it touches only its own. Also the launcher
 without a login node (Slurm commands run locally)."""
+import os
 import re
+import shutil
 import threading
 import time
 
@@ -110,3 +112,40 @@ def test_slurm_commands_run_locally_without_remote_host(cluster, slurm_gateway, 
     wait_until(lambda: not cluster.live_jobs(name), (3 + 2 * 2 + 4) * SLACK, interval=0.2,
                msg="the idle job to be cancelled")
     wait_until(lambda: not pid_alive(demo_pid), 10 * SLACK)
+
+
+def test_restart_adopts_the_job_on_the_configured_port_when_scontrol_fails(cluster, slurm_gateway,
+                                                                         tmp_path):
+    """The start-up scan asks `scontrol show job` which port each running job
+    was started for. When scontrol fails (and squeue works), it is asked
+    again, then the job is taken to use the port the config gives it, as
+    before: adopted, not cancelled, the scan not held for long."""
+    job = demo_job_script(tmp_path / "job.sh")
+    svc = slurm_service(cluster, job)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    real = shutil.which("scontrol")
+    scontrol = wrap / "scontrol"
+    scontrol.write_text("#!/bin/sh\n"
+                        'if [ "$1 $2 $3" = "-o show job" ]; then\n'
+                        '  echo "slurm_load_jobs error: Unable to contact slurm controller" >&2\n'
+                        "  exit 1\n"
+                        "fi\n"
+                        f'exec {real} "$@"\n')
+    scontrol.chmod(0o755)
+    env = {"SLURM_CONF": cluster.slurm_conf, "PATH": f"{wrap}:{os.environ['PATH']}"}
+    g = slurm_gateway([svc], env=env)
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid = r.json()["pid"]
+    [(job_id, _, _, _)] = cluster.jobs(g.job_name())
+    g.kill9()
+    g.restart()
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid, (r, g.log())
+    log = g.log(tail=10 ** 7)
+    assert f"Slurm job {job_id}: cannot tell which port" in log, log
+    assert g.svc()["starts"] == 0
+    assert [j[0] for j in cluster.live_jobs(g.job_name())] == [job_id]
