@@ -17,7 +17,6 @@ for the old one, still draining, to end; on the same node it could not
 bind the port, and its health check would reach the old job's server."""
 import json
 import re
-import signal
 import threading
 
 import conftest as base
@@ -301,11 +300,7 @@ def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
     wait_until(lambda: [j for j in cluster.jobs(g.job_name(index=1)) if j[2] == "RUNNING"],
                30 * SLACK, interval=0.2, msg="the replacement's job to run")
     # a lead the replacement does not reach before the test ends
-    before = g.log(tail=10 ** 8).count("config reloaded")
-    rewrite(g, [dict(svc, handover_lead=10)])
-    g.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
-               msg="the reload taken")
+    reload_services(g, [dict(svc, handover_lead=10)])
     gate.touch()
     wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
                msg="the replaced job to end")
@@ -323,10 +318,7 @@ def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
 
     # a reload keeps it too: it is the one instance of max_instances 1
     # (it was drained as "above max_instances", by its index)
-    before = g.log(tail=10 ** 8).count("config reloaded")
-    g.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: g.log(tail=10 ** 8).count("config reloaded") > before, 5 * SLACK,
-               msg="the reload taken")
+    reload_services(g)
     r = g.get("/llm/pid", timeout=15)
     assert r.status == 200 and r.json()["pid"] == pid_b, (r, g.log())
     [inst] = g.svc()["instances"]
