@@ -136,11 +136,12 @@ asan: build/slurmgate-asan build/demo_service
 # Both suites at once, as make test runs them: they mostly wait (on Slurm,
 # on timeouts, on clients), so side by side they take little longer than the
 # slower one alone. Each picks its ports from a range of its own
-# (SG_TEST_PORTS, tests/lib/sgtestlib.py: the kernel's ephemeral range split
-# in two), so neither hands out a port the other just found free. Each log
-# is printed when its suite ends (live: tail -f build/test-*.log).
-PLAIN_PORTS ?= 32768-46883
-ASAN_PORTS  ?= 46884-60999
+# (SG_TEST_PORTS, tests/lib/sgtestlib.py: its 10000-31999, below the
+# kernel's ephemeral range, split in two), so neither hands out a port the
+# other just found free. Each log is printed when its suite ends (live:
+# tail -f build/test-*.log).
+PLAIN_PORTS ?= 10000-20999
+ASAN_PORTS  ?= 21000-31999
 integration-both: all build/slurmgate-asan build/demo_service
 	@echo "integration: the plain and the ASan/UBSan suites side by side" \
 	  "(logs: build/test-plain.log, build/test-asan.log)"

@@ -11,12 +11,15 @@ free_port()          a TCP port that nothing on this machine listens on
                      on remote_port + i).
 free_port_block(n)   p such that p .. p+n-1 are all such ports, handed out
                      together.
-                     With SG_TEST_PORTS=LO-HI in the environment, both pick
-                     only from LO..HI: two test runs at once (make test runs
-                     the plain and the sanitizer suites side by side) each
-                     get a range of their own, so neither hands out a port
-                     the other just checked was free. Without it the kernel
-                     picks (its ephemeral range).
+                     Both pick from SG_TEST_PORTS=LO-HI, by default
+                     10000-31999: below the kernel's ephemeral range
+                     (32768-60999), so no outgoing connection (a client's,
+                     the gateway's to a service) takes the port between the
+                     pick and the bind, and above clusterctl's picks
+                     (2000-9999). Two test runs at once (make test runs the
+                     plain and the sanitizer suites side by side) each get a
+                     range of their own, so neither hands out a port the
+                     other just found free.
 port_listening(p)    True if some socket listens on port p (any address,
                      IPv4 or IPv6).
 listening_ports(inodes=None)
@@ -75,12 +78,13 @@ def _bindable(port):
         s.close()
 
 
+DEFAULT_PORTS = "10000-31999"
+
+
 def port_range():
-    """(lo, hi) from SG_TEST_PORTS=LO-HI, or None. A malformed value is an
-    error, not a silent fallback to the kernel's picks."""
-    v = os.environ.get("SG_TEST_PORTS")
-    if not v:
-        return None
+    """(lo, hi) from SG_TEST_PORTS=LO-HI (default DEFAULT_PORTS). A
+    malformed value is an error, not a silent fallback."""
+    v = os.environ.get("SG_TEST_PORTS") or DEFAULT_PORTS
     try:
         lo, hi = (int(x) for x in v.split("-"))
     except ValueError:
@@ -91,21 +95,13 @@ def port_range():
 
 
 def _candidate():
-    r = port_range()
-    if r:
-        p = random.randint(*r)
-        return p if _bindable(p) else None
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    p = random.randint(*port_range())
+    return p if _bindable(p) else None
 
 
 def free_port():
     """A port nothing listens on, bindable on 127.0.0.1, <= 65000, and not
-    handed out before by this process (within SG_TEST_PORTS if set)."""
+    handed out before by this process, from SG_TEST_PORTS."""
     for _ in range(200):
         port = _candidate()
         if port is None or port in _used_ports or port > 65000 or port_listening(port):
@@ -122,8 +118,7 @@ def free_port_block(n):
     for _ in range(200):
         p = free_port()
         rest = range(p + 1, p + n)
-        r = port_range()
-        if p + n >= 65000 or (r and p + n - 1 > r[1]) or \
+        if p + n >= 65000 or p + n - 1 > port_range()[1] or \
                 any(q in _used_ports or port_listening(q) or not _bindable(q) for q in rest):
             continue
         _used_ports.update(rest)
