@@ -301,6 +301,9 @@ def test_waiting_page_escapes_the_service_name_and_state(gateway, tmp_path):
     r = wait_until(lambda: (lambda x: x if "exited" in x.text else None)(
         g.get("/llm/", headers={"Accept": BROWSER_ACCEPT})), 5 * SLACK, interval=0.2,
         msg="the page to show the failure")
+    # a failure, not "starting": 502, and the page still tries again
+    assert r.status == 502 and r.header("Refresh"), (r, dict(r.headers))
+    assert r.header("Content-Type").startswith("text/html"), dict(r.headers)
     assert "<img" not in r.text, r.text
     assert "&lt;img src=x onerror=alert(1)&gt;" in r.text, r.text
 
