@@ -209,7 +209,8 @@ void admin_waiting_page(struct hconn *c, struct service *s)
 			    failed ? "This page tries again every 2 seconds." :
 				     "This page reloads itself and shows the service as soon as it is ready.");
 	n = evbuffer_get_length(b);
-	http_reply(c, 503, "text/html; charset=utf-8",
+	/* a failed start is a failure (502), a start under way "not yet" (503) */
+	http_reply(c, failed ? 502 : 503, "text/html; charset=utf-8",
 		   SG_SEC_HEADERS_PAGE "Retry-After: 2\r\nRefresh: 2\r\nCache-Control: no-store\r\n",
 		   (const char *)evbuffer_pullup(b, -1), n);
 	evbuffer_free(b);

@@ -19,7 +19,8 @@ struct service;
 bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_target *rt,
 		 bool *events);
 /* A browser asked for S while it is not ready: demand it, and answer a
- * page that reloads itself until it is (503, Retry-After). */
+ * page that reloads itself until it is (503, Retry-After; 502 while its
+ * start failed and it backs off). */
 void admin_waiting_page(struct hconn *c, struct service *s);
 
 #endif

@@ -154,8 +154,9 @@ static struct exchange *ex_new(void)
 }
 
 
-/* The class of a 503 the gateway answers itself, for /metrics (NULL: not a
- * refusal, such as a 502 from a broken connection). */
+/* The class of a refusal the gateway answers itself, for /metrics: a 503
+ * ("not now"), or the 502 of a failed start (NULL: not a refusal, such as
+ * a 502 from a broken connection). */
 static const char *refusal_kind(const struct service *s, int status, const char *reason)
 {
 	static const struct { const char *reason, *kind; } known[] = {
@@ -164,26 +165,33 @@ static const char *refusal_kind(const struct service *s, int status, const char 
 		{"the gateway is shutting down", "shutting_down"},
 		{"the service was removed from the config", "removed"},
 	};
-	const char *last;
+	const char *last = service_last_error(s);
+	/* last_error may hold a truncated copy of a long reason */
+	bool start_failed = last[0] && strncmp(reason, last, strlen(last)) == 0;
 
+	if (status == 502)
+		return start_failed ? "start_failed" : NULL;
 	if (status != 503)
 		return NULL;
 	for (size_t k = 0; k < sizeof known / sizeof *known; k++)
 		if (strcmp(reason, known[k].reason) == 0)
 			return known[k].kind;
-	/* last_error may hold a truncated copy of a long reason */
-	last = service_last_error(s);
-	return last[0] && strncmp(reason, last, strlen(last)) == 0 ? "start_failed" : "stopped";
+	return "stopped";
 }
 
-/* OpenAI's error "type" and "code" for a status the gateway answers with. */
-static const char *err_type(int status)
+/* OpenAI's error "type" (and "code") for a status the gateway answers
+ * with; KIND is its refusal_kind(). */
+static const char *err_type(int status, const char *kind)
 {
+	if (kind != NULL && strcmp(kind, "start_failed") == 0)
+		return "start_failed";
 	return status == 503 ? "service_unavailable" : "upstream_error";
 }
 
-static const char *err_code(int status)
+static const char *err_code(int status, const char *kind)
 {
+	if (kind != NULL && strcmp(kind, "start_failed") == 0)
+		return "start_failed";
 	switch (status) {
 	case 503: return "service_unavailable";
 	case 504: return "upstream_timeout";
@@ -216,6 +224,7 @@ static void sse_track(struct exchange *ex, const char *p, size_t n)
 static void ex_fail(struct exchange *ex, int status, const char *reason, int retry_after)
 {
 	const struct svc_config *cfg = service_config(ex->svc);
+	const char *kind = refusal_kind(ex->svc, status, reason);
 	char extra[512] = SG_SEC_HEADERS_DATA;
 	json_t *o;
 	char *body;
@@ -226,7 +235,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	if (ex->down && ex->early_head && ex->sse_at == SSE_EVENT_END) {
 		/* the stream is open: end it with an OpenAI-style error event */
 		o = json_pack("{s:{s:s,s:s,s:i}}", "error", "message", reason, "type",
-			      status == 503 ? "service_unavailable" : "upstream_error", "code", status);
+			      err_type(status, kind), "code", status);
 		body = json_dumps(o, JSON_COMPACT);
 		px_sse_printf(ex->down, "%sdata: %s\n\n", px_sse_error_name(ex), body);
 		http_finish(ex->down);
@@ -238,7 +247,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 				 retry_after);
 		if (ex->openai) {
 			o = json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", reason, "type",
-				      err_type(status), "param", "code", err_code(status));
+				      err_type(status, kind), "param", "code", err_code(status, kind));
 		} else {
 			o = json_pack("{s:s,s:s,s:i}", "error", reason, "service", cfg->name, "status",
 				      status);
@@ -271,7 +280,7 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	}
 	if (status >= 100 && status < 600)
 		service_metrics(ex->svc)->by_status[status]++;
-	refusal_note(cfg->name, status, reason, refusal_kind(ex->svc, status, reason));
+	refusal_note(cfg->name, status, reason, kind);
 	ex_end(ex, false);
 }
 

@@ -138,8 +138,8 @@ void refusal_metrics(struct evbuffer *b)
 	char svc[1100], kind[200];
 
 	evbuffer_add_printf(b, "# HELP slurmgate_requests_refused_total Requests the gateway answered "
-			       "itself with 503, by service and reason (start_failed: the service's "
-			       "last start failed and it backs off).\n"
+			       "itself, by service and reason: 502 for start_failed (the service's "
+			       "last start failed and it backs off), 503 for the others.\n"
 			       "# TYPE slurmgate_requests_refused_total counter\n");
 	for (size_t k = 0; k < ntallies; k++) {
 		metrics_label(svc, sizeof svc, tallies[k].service);

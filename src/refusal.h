@@ -15,7 +15,8 @@ void refusal_configure(struct event_base *base, int interval_s);
 
 /* A request of SERVICE got STATUS with REASON from the gateway. KIND is the
  * refusal's class for slurmgate_requests_refused_total ("start_failed",
- * "starting", ...), or NULL for an error that is not a refusal (a 502). */
+ * "starting", ...), or NULL for an error that is not a refusal (a 502 from
+ * a broken connection; a failed start's 502 is "start_failed"). */
 void refusal_note(const char *service, int status, const char *reason, const char *kind);
 
 /* How many refusals of SERVICE were noted (all kinds). */

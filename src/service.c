@@ -146,8 +146,8 @@ void svc_dispatch(struct service *s)
 	}
 }
 
-/* Fail every waiting request with 503 and REASON. */
-void svc_fail_waiters(struct service *s, const char *reason, int retry_after)
+/* Fail every waiting request with STATUS and REASON. */
+void svc_fail_waiters(struct service *s, int status, const char *reason, int retry_after)
 {
 	struct waiter *w;
 
@@ -155,7 +155,7 @@ void svc_fail_waiters(struct service *s, const char *reason, int retry_after)
 		TAILQ_REMOVE(&s->waiters, w, link);
 		s->nwaiting--;
 		w->queued = false;
-		w->fail(w, 503, reason, retry_after);
+		w->fail(w, status, reason, retry_after);
 	}
 }
 
@@ -191,9 +191,9 @@ int service_request(struct service *s, struct waiter *w, bool hold, struct insta
 			svc_scale(s);
 		return 0;
 	}
-	*status = 503;
-	if (i == NULL && service_start(s, reason, retry_after) != 0)
+	if (i == NULL && service_start(s, status, reason, retry_after) != 0)
 		return -1;
+	*status = 503;
 	if (!hold) {
 		*reason = "the service is starting; retry later";
 		*retry_after = service_retry_after(s, 5);
@@ -221,7 +221,7 @@ void service_demand(struct service *s)
 {
 	struct instance *i;
 	const char *reason;
-	int ra;
+	int status, ra;
 
 	if (s->state == SVC_RETIRED)
 		return;
@@ -229,7 +229,7 @@ void service_demand(struct service *s)
 		if (s->recovering)
 			s->demanded = true;   /* started once the look for earlier jobs is over */
 		else
-			(void)service_start(s, &reason, &ra);
+			(void)service_start(s, &status, &reason, &ra);
 		return;
 	}
 	TAILQ_FOREACH(i, &s->insts, link)
@@ -241,7 +241,7 @@ void service_stop_all(struct service *s, const char *why)
 {
 	struct instance *i, *next;
 
-	svc_fail_waiters(s, why, 30);
+	svc_fail_waiters(s, 503, why, 30);
 	for (i = TAILQ_FIRST(&s->insts); i != NULL; i = next) {
 		next = TAILQ_NEXT(i, link);
 		inst_stop(i, why);
@@ -413,9 +413,9 @@ void services_reload(void)
 			if (heir != NULL) {
 				snprintf(why, sizeof why, "the service was replaced by %s in the config; retry",
 					 heir->cfg->name);
-				svc_fail_waiters(s, why, 1);
+				svc_fail_waiters(s, 503, why, 1);
 			} else {
-				svc_fail_waiters(s, "the service was removed from the config", 30);
+				svc_fail_waiters(s, 503, "the service was removed from the config", 30);
 			}
 			for (i = TAILQ_FIRST(&s->insts); i; i = nx) {
 				nx = TAILQ_NEXT(i, link);
@@ -446,7 +446,7 @@ void services_reload(void)
 void services_fail_waiters(const char *why)
 {
 	for (size_t k = 0; k < nsvcs; k++)
-		svc_fail_waiters(svcs[k], why, 5);
+		svc_fail_waiters(svcs[k], 503, why, 5);
 }
 
 void services_shutdown(void (*done_cb)(void))

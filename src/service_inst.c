@@ -93,10 +93,11 @@ static void start_failed(struct instance *i, enum launch_fail kind, const char *
 }
 
 /* Start a stopped service. Returns 0 if a start is under way. */
-int service_start(struct service *s, const char **reason, int *retry_after)
+int service_start(struct service *s, int *status, const char **reason, int *retry_after)
 {
 	const struct instance *h = NULL;
 
+	*status = 503;   /* not now */
 	if (s->state == SVC_RETIRED) {
 		*reason = "the service was removed from the config";
 		*retry_after = 30;
@@ -115,6 +116,7 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 		return -1;
 	}
 	if (svc_backoff_left(s) > 0) {
+		*status = 502;   /* the start failed: a failure, not "loading" */
 		*reason = s->last_error;
 		*retry_after = svc_backoff_left(s);
 		return -1;
@@ -132,6 +134,7 @@ int service_start(struct service *s, const char **reason, int *retry_after)
 		return 0;
 	}
 	if (inst_start(s, free_index(s, s->cfg->max_instances)) == NULL) {
+		*status = 502;
 		*reason = s->last_error;
 		*retry_after = svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1;
 		return -1;
@@ -430,15 +433,15 @@ void inst_stop(struct instance *i, const char *why)
 void svc_kick(struct service *s)
 {
 	const char *reason;
-	int ra;
+	int status, ra;
 
 	if (s->state == SVC_RETIRED)
 		return;
 	if ((!TAILQ_EMPTY(&s->waiters) || s->demanded) && !s->recovering && !svc_any_pending(s, NULL) &&
 	    svc_pick_ready(s) == NULL) {
 		s->demanded = false;
-		if (service_start(s, &reason, &ra) != 0)
-			svc_fail_waiters(s, reason, ra);
+		if (service_start(s, &status, &reason, &ra) != 0)
+			svc_fail_waiters(s, status, reason, ra);
 	}
 	if (s->nwaiting > 0)
 		svc_dispatch(s);   /* an instance that boots no more frees the others' share */
@@ -488,7 +491,7 @@ void instance_gone(struct instance *i, enum launch_fail kind, const char *reason
 	snprintf(why, sizeof why, "[%d] gone", i->index);
 	svc_settle(s, why);
 	if (inst_booting(was) && !svc_any_pending(s, NULL) && svc_pick_ready(s) == NULL)
-		svc_fail_waiters(s, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
+		svc_fail_waiters(s, 502, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
 	svc_kick(s);
 	svc_kick_others(i);   /* a start that waited for I's ports */
 	instance_unref(i);   /* the launcher's reference */
@@ -508,7 +511,7 @@ void instance_fail(struct instance *i, enum launch_fail kind, const char *reason
 	}
 	start_failed(i, kind, reason);
 	if (!svc_any_pending(s, i) && svc_pick_ready(s) == NULL)
-		svc_fail_waiters(s, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
+		svc_fail_waiters(s, 502, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
 	inst_stop(i, reason);
 }
 
@@ -576,7 +579,7 @@ void service_recover_failed(struct service *s, const char *why, int retry_after)
 	if (!s->recovering)
 		return;
 	snprintf(s->recover_error, sizeof s->recover_error, "%s", why);
-	svc_fail_waiters(s, why, retry_after);
+	svc_fail_waiters(s, 503, why, retry_after);   /* it looks again: "not yet" */
 }
 
 /* --- what the instances say about their service --- */

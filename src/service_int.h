@@ -79,8 +79,11 @@ void svc_pick_free(void);
 
 /* Hand waiting requests to ready instances, in arrival order. */
 void svc_dispatch(struct service *s);
-/* Fail every waiting request with 503 and REASON. */
-void svc_fail_waiters(struct service *s, const char *reason, int retry_after);
+/* Fail every waiting request with STATUS and REASON: 502 when the start
+ * failed (a failure: Hugging Face's clients take a 503 for "loading" and
+ * send again at once, without end), 503 when it is "not now" (shutting
+ * down, removed, management disabled). */
+void svc_fail_waiters(struct service *s, int status, const char *reason, int retry_after);
 /* Seconds of start back-off left (0: none). */
 int svc_backoff_left(const struct service *s);
 /* The draining or stopping instance of another service (one a reload
@@ -95,8 +98,10 @@ void svc_kick_others(const struct instance *gone);
 /* --- service_inst.c: starting, stopping, the idle clock, the scaler --- */
 
 /* Start a stopped service. Returns 0 if a start is under way, else -1
- * with *reason (static or the service's) and *retry_after. */
-int service_start(struct service *s, const char **reason, int *retry_after);
+ * with *status (502: a start failed, or its back-off runs; 503: the
+ * gateway starts nothing now), *reason (static or the service's) and
+ * *retry_after. */
+int service_start(struct service *s, int *status, const char **reason, int *retry_after);
 /* Requests wait and nothing is starting: start (a deferred start). */
 void svc_kick(struct service *s);
 /* Run the scaler now and apply its decision. */

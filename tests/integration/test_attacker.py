@@ -173,7 +173,7 @@ def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_pat
             sq.wait(10)
     other = [p for p in paths if p != "/health"]
     assert other == [], f"requests reached the squatter: {other}"
-    assert got["r"].status == 503, got["r"]
+    assert got["r"].status == 502, got["r"]
     assert "another user's process" in g.log(), g.log()
 
 

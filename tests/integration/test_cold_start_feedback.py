@@ -6,7 +6,7 @@ text/event-stream, X-Slurmgate-Cold-Start: waiting), then SSE comment lines
 ": slurmgate: <state>" every feedback_interval seconds, then the real stream;
 a failed start ends that stream with an OpenAI-style error event. A browser
 GET (Accept: text/html) of a cold service gets a small waiting page (503,
-Refresh) that starts the service; once ready the same GET is proxied. A
+or 502 once its start failed; Refresh) that starts the service; once ready the same GET is proxied. A
 non-stream request that waited carries X-Slurmgate-Cold-Start: <seconds>."""
 import http.client
 import json
@@ -168,7 +168,7 @@ def test_failing_start_ends_the_stream_with_an_openai_error_event(gateway):
     assert s.resp.status == 200
     assert s.header("X-Slurmgate-Cold-Start") == "waiting"
     s.read_all(10)
-    e = assert_error_event(s, "service_unavailable", 503)
+    e = assert_error_event(s, "start_failed", 502)
     assert "exited with status 3" in e["message"], e
     assert len(s.data()) == 1, s.lines
     # the chunked stream was ended properly: the connection takes another request
@@ -186,7 +186,7 @@ def test_start_failing_later_sends_comments_then_the_error_event(gateway, tmp_pa
     s.read_all(15)
     s.close()
     check_feedback_comments(s, 2, 1, 2.2)
-    e = assert_error_event(s, "service_unavailable", 503)
+    e = assert_error_event(s, "start_failed", 502)
     assert "exited with status 3" in e["message"] and "out of memory" in e["message"], e
 
 
@@ -196,7 +196,7 @@ def test_start_timeout_ends_the_stream_with_an_error_event(gateway):
                body={"model": "demo", "stream": True, "prompt": "x"})
     s.read_all(15)
     s.close()
-    e = assert_error_event(s, "service_unavailable", 503)
+    e = assert_error_event(s, "start_failed", 502)
     assert "start_timeout" in e["message"], e
     assert 1.5 <= s.data()[-1][0] <= 6 * SLACK, s.data()
 
@@ -301,6 +301,9 @@ def test_waiting_page_escapes_the_service_name_and_state(gateway, tmp_path):
     r = wait_until(lambda: (lambda x: x if "exited" in x.text else None)(
         g.get("/llm/", headers={"Accept": BROWSER_ACCEPT})), 5 * SLACK, interval=0.2,
         msg="the page to show the failure")
+    # a failure, not "starting": 502, and the page still tries again
+    assert r.status == 502 and r.header("Refresh"), (r, dict(r.headers))
+    assert r.header("Content-Type").startswith("text/html"), dict(r.headers)
     assert "<img" not in r.text, r.text
     assert "&lt;img src=x onerror=alert(1)&gt;" in r.text, r.text
 
@@ -314,11 +317,11 @@ def test_start_failure_whose_stderr_is_not_utf8_is_still_reported(gateway, tmp_p
     s.read_all(10)
     s.close()
     assert g.proc.poll() is None, f"slurmgate died:\n{g.log()}"
-    e = assert_error_event(s, "service_unavailable", 503)
+    e = assert_error_event(s, "start_failed", 502)
     assert "exited with status 3" in e["message"], e
-    # a plain request gets its 503 JSON too
+    # a plain request gets its 502 JSON too
     r = g.get("/llm/health", timeout=10)
     assert g.proc.poll() is None, f"slurmgate died:\n{g.log()}"
-    assert r.status == 503, r
+    assert r.status == 502, r
     assert "exited with status 3" in r.json()["error"], r
     assert g.get("/info").status == 200

@@ -1,8 +1,9 @@
 """Issue 12, problem 1: a failed service turned a retrying client into a storm
 (13,561 requests in 10 s, every one logged: 39 MB of log in 3 minutes).
 
-A client that retries the immediate 503 with no delay, as the HF client does,
-must cost nothing: the 503 carries a Retry-After that is the back-off the
+A client that retries the immediate error with no delay (as the HF client did
+with the 503 a failed start got then; it gets 502 now) must cost nothing:
+the 502 carries a Retry-After that is the back-off the
 gateway applies, identical errors are logged once per service per interval
 with a count, and /metrics counts them."""
 import http.client
@@ -37,13 +38,13 @@ def hammer(port, seconds):
     return out
 
 
-def refused_total(g, service="demo"):
+def refused_total(g, service="demo", reason=None):
     text = g.get("/metrics").text
     assert "# TYPE slurmgate_requests_refused_total counter" in text, text[:2000]
     total = 0
     for m in re.finditer(r'^slurmgate_requests_refused_total\{service="([^"]*)",reason="([^"]*)"\} (\d+)$',
                          text, re.M):
-        if m.group(1) == service:
+        if m.group(1) == service and reason in (None, m.group(2)):
             total += int(m.group(3))
     return total
 
@@ -59,8 +60,8 @@ exit 3
     got = hammer(g.port, HAMMER_S)
     n = len(got)
     assert n >= 200, f"only {n} requests in {HAMMER_S} s"
-    assert all(s == 503 for _, s, _ in got), {s for _, s, _ in got}
-    # every 503 carries a Retry-After of 1..60 s
+    assert all(s == 502 for _, s, _ in got), {s for _, s, _ in got}
+    # every 502 carries a Retry-After of 1..60 s
     ras = [ra for _, _, ra in got]
     assert all(ra is not None and ra.isdigit() and 1 <= int(ra) <= 60 for ra in ras), \
         sorted(set(map(str, ras)))
@@ -73,8 +74,8 @@ exit 3
     assert wait_until(lambda: "repeated" in g.log(tail=200000), 10 * SLACK), g.log()
     text = g.log_path.read_text(errors="replace")[log_before:]
     grew = g.log_path.stat().st_size - log_before
-    lines = [ln for ln in text.splitlines() if "503" in ln]
-    assert len(lines) < 40, f"{len(lines)} log lines with 503 for {n} requests:\n" + "\n".join(lines[:50])
+    lines = [ln for ln in text.splitlines() if "502" in ln]
+    assert len(lines) < 40, f"{len(lines)} log lines with 502 for {n} requests:\n" + "\n".join(lines[:50])
     assert grew < 16384, f"the log grew {grew} bytes for {n} requests"
     counts = [int(m.group(1)) for m in re.finditer(r"repeated (\d+) times in the last \d+ s", text)]
     assert counts and sum(counts) + len(lines) - len(counts) >= n * 0.9, (n, counts, lines)
@@ -83,6 +84,7 @@ exit 3
 
     # /metrics counts every refusal
     assert refused_total(g) == n, (refused_total(g), n)
+    assert refused_total(g, reason="start_failed") == n, (refused_total(g, reason="start_failed"), n)
 
 
 def test_retry_after_of_a_failed_service_is_its_back_off(gateway, tmp_path):
@@ -94,7 +96,7 @@ exit 3
     # two failed starts: the second one begins a back-off
     for _ in range(3):
         r = g.get("/llm/generate")
-        assert r.status == 503, r
+        assert r.status == 502, r
     starts = g.svc()["starts"]
     r = g.get("/llm/generate")
     t = time.monotonic()
@@ -103,10 +105,10 @@ exit 3
     # before Retry-After has passed, the gateway does not try again ...
     while time.monotonic() < t + ra - 0.5:
         r2 = g.get("/llm/generate")
-        assert r2.status == 503 and int(r2.header("Retry-After")) <= ra, r2
+        assert r2.status == 502 and int(r2.header("Retry-After")) <= ra, r2
         assert g.svc()["starts"] == starts, "a start within the announced back-off"
     # ... and once it has, it does
     assert wait_until(lambda: time.monotonic() >= t + ra + 0.05, ra + 2)
     r3 = g.get("/llm/generate")
-    assert r3.status == 503, r3
+    assert r3.status == 502, r3
     assert g.svc()["starts"] == starts + 1, "no start after the announced back-off"

@@ -55,7 +55,7 @@ def test_every_metric_in_the_dashboard_exists_in_a_gateways_metrics(gateway, tmp
     fails = write_script(tmp_path / "fails.sh", "#!/bin/sh\necho 'no weights' >&2\nexit 3\n")
     g = gateway([demo_service(), demo_service(name="broken", route="broken", bash_file=str(fails))])
     assert g.get("/llm/health").status == 200      # a cold start, an instance, a ttfb
-    assert g.get("/broken/x").status == 503         # a failed start, a refusal
+    assert g.get("/broken/x").status == 502         # a failed start, a refusal
     fams = parse_metrics(g.get("/metrics").text)
 
     samples = {}   # sample name -> set of label names seen on it

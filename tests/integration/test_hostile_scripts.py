@@ -66,7 +66,7 @@ while True:
 """)
     g = gateway([demo_service(bash_file=str(script), start_timeout=12)])
     r = g.get("/llm/health", timeout=30)
-    assert r.status == 503, r
+    assert r.status == 502, r
     err = r.json()["error"]
     assert "did not finish within 10 s" in err, err
     durations = [float(x) for x in seen.read_text().split()] if seen.exists() else []
@@ -91,7 +91,7 @@ exit 0
     env = {"SLURMGATE_NO_CGROUP": "1"} if mode == "subreaper" else {}
     g = gateway([demo_service(bash_file=str(script))], env=env)
     r = g.get("/llm/health", timeout=20)
-    assert r.status == 503, r
+    assert r.status == 502, r
     err = r.json()["error"]
     assert "exited with status 0" in err and "server started in the background" in err, err
     assert "must keep running" in err, err
@@ -113,6 +113,6 @@ exec '{DEMO_BIN}' --port {other}
     svc = demo_service(bash_file=str(script), start_timeout=4)
     g = gateway([svc], env={"SLURMGATE_NO_CGROUP": "1"} if mode == "subreaper" else {})
     r = g.get("/llm/health", timeout=20)
-    assert r.status == 503, r
+    assert r.status == 502, r
     err = r.json()["error"]
     assert f"listen on port {other}, not {svc['remote_port']}" in err, err

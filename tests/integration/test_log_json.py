@@ -42,7 +42,7 @@ def stop(g):
 def traffic(g, tmp_path):
     """Work that makes the gateway log at every level."""
     assert g.get("/llm/health").status == 200                       # a start: info
-    assert g.get("/broken/x").status == 503                         # a failed start: warn
+    assert g.get("/broken/x").status == 502                         # a failed start: warn
     assert g.get("/nothing").status == 404
     assert g.post("/v1/chat/completions", {"model": "demo", "messages": []}).status == 200
     # a reload with a bad file: error lines, one with quotes and a newline in a key

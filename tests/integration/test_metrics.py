@@ -275,7 +275,7 @@ def test_exposition_is_valid_fresh_and_after_mixed_traffic(gateway, tmp_path):
     assert g.get("/llm/nope").status == 404
     assert g.get("/llm/stream?n=3&ms=10").status == 200
     assert g.post("/v1/chat/completions", {"model": "demo", "stream": True}).status == 200
-    assert g.get("/broken/x").status == 503
+    assert g.get("/broken/x").status == 502
     assert g.get("/nothing-here").status == 404
     scrape(g)
     assert g.get("/disable_service_management").status == 200
@@ -323,9 +323,9 @@ def test_requests_total_counts_every_answered_request(gateway):
 
 def test_gateway_errors_for_a_service_are_counted_too(gateway):
     g = gateway(env={"DEMO_FAIL_EXIT": "3"})
-    assert g.get("/llm/x").status == 503
+    assert g.get("/llm/x").status == 502   # a failed start
     fams = scrape(g)
-    assert value(fams, "slurmgate_requests_total", service="demo", code=503) == 1
+    assert value(fams, "slurmgate_requests_total", service="demo", code=502) == 1
     assert value(fams, "slurmgate_requests_total", service="demo", code=200) is None
 
 
@@ -405,8 +405,8 @@ def test_start_failures_by_reason(gateway, tmp_path):
     assert {"script_exited", "start_timeout"} <= reasons, reasons
     assert all(v == 0 for s, l, v in fams["slurmgate_start_failures_total"].samples)
 
-    assert g.get("/exits/x").status == 503
-    assert g.get("/hangs/x", timeout=15).status == 503
+    assert g.get("/exits/x").status == 502
+    assert g.get("/hangs/x", timeout=15).status == 502
     fams = scrape(g)
     assert value(fams, "slurmgate_start_failures_total", service="exits", reason="script_exited") == 1
     assert value(fams, "slurmgate_start_failures_total", service="hangs", reason="start_timeout") == 1

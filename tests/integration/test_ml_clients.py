@@ -20,8 +20,12 @@ standard json module) do in normal use must simply work.
 - the error event that ends a /v1 stream (a failed start, the service's
   error after the early head) is named (`event: error`): the Anthropic SDK
   (/v1/messages) skips an unnamed event, so a failed start was an empty
-  stream to it, not an error; the openai and HF clients read both."""
+  stream to it, not an error; the openai and HF clients read both;
+- a service whose start failed is answered 502, not 503: Hugging Face's
+  clients take 503 for "model is loading" and send again at once, with no
+  delay and no end (3,088 requests in 3 s), and never show the reason."""
 import json
+import re
 
 from conftest import SLACK, Stream, demo_service, http_request, wait_until, write_script
 from jsclient import run_js
@@ -262,3 +266,94 @@ def test_v1_error_event_after_the_early_head_is_named_error(gateway):
     lines = [l for _, l in s.lines if l and not l.startswith(":")]
     assert len(lines) == 2 and lines[0] == "event: error", s.lines
     assert json.loads(lines[1][5:])["error"]["code"] == 404, s.lines
+
+
+def requests_by_code(g, service="demo"):
+    """{status: count} of slurmgate_requests_total for SERVICE."""
+    out = {}
+    for m in re.finditer(r'^slurmgate_requests_total\{service="([^"]*)",code="(\d+)"\} (\d+)$',
+                         g.get("/metrics").text, re.M):
+        if m.group(1) == service:
+            out[int(m.group(2))] = int(m.group(3))
+    return out
+
+
+def test_hf_client_at_a_service_that_fails_to_start_throws_the_reason_not_a_retry_storm(
+        gateway, tmp_path):
+    bad = write_script(tmp_path / "bad.sh",
+                       '#!/bin/sh\necho "CUDA error: no CUDA-capable device is detected" >&2\nexit 1\n')
+    g = gateway([demo_service(bash_file=str(bad))])
+    # as an ML engineer writes it: the client at the service's route, its
+    # default retry_on_error; bounded here (the signal) so that a client that
+    # loops ends, to be counted
+    out = run_js(g, """
+        const hfr = new InferenceClient(undefined, { endpointUrl: process.env.SG_BASE + '/llm' });
+        const stop = new AbortController();
+        const timer = setTimeout(() => stop.abort(), 20000);
+        const r = {};
+        // on the route, then at /v1 (the client in jsclient.py)
+        for (const [stream, c] of [[false, hfr], [true, hfr], ['v1', hf], ['v1stream', hf]]) {
+          const t0 = Date.now();
+          try {
+            if (stream === true || stream === 'v1stream') {
+              for await (const x of c.chatCompletionStream({ model: 'demo', max_tokens: 4,
+                            messages: [{ role: 'user', content: 'hi' }] }, { signal: stop.signal })) {} }
+            else await c.chatCompletion({ model: 'demo', max_tokens: 4,
+                         messages: [{ role: 'user', content: 'hi' }] }, { signal: stop.signal });
+            r[stream] = { answered: true };
+          } catch (e) {
+            r[stream] = { name: e.name, status: e.httpResponse?.status ?? null, message: String(e.message),
+                          ms: Date.now() - t0, aborted: stop.signal.aborted };
+          }
+        }
+        clearTimeout(timer);
+        return r;""", timeout=45)
+    codes = requests_by_code(g)
+    print(f"hf client: {out}; requests by status: {codes}")
+    for stream in ("false", "true", "v1", "v1stream"):
+        t = out[stream]
+        assert not t.get("answered") and not t["aborted"], (stream, out, codes)
+        # a 502 the client does not take for "loading"
+        assert t["status"] == 502, (stream, out)
+        if stream == "v1":
+            # the client's plain request reads a string "error" only, not
+            # OpenAI's {"error":{"message"}} that /v1 answers: no reason there
+            continue
+        assert "exited with status 1" in t["message"], (stream, out)
+        assert "no CUDA-capable device" in t["message"], (stream, out)
+    assert sum(codes.values()) <= 8, codes
+    # the reason and the back-off stay: Retry-After on the gateway's own 502
+    r = g.get("/llm/v1/models")
+    assert r.status == 502 and "no CUDA-capable device" in r.json()["error"], r
+    assert 1 <= int(r.header("Retry-After")) <= 60, dict(r.headers)
+
+
+def test_openai_client_with_its_retries_at_a_service_that_fails_to_start_throws_the_reason(
+        gateway, tmp_path):
+    bad = write_script(tmp_path / "bad.sh",
+                       '#!/bin/sh\necho "CUDA error: no CUDA-capable device is detected" >&2\nexit 1\n')
+    g = gateway([demo_service(bash_file=str(bad))])
+    # the client's defaults: 2 retries of a 5xx, after the Retry-After
+    out = run_js(g, """
+        const c = new OpenAI({ baseURL: process.env.SG_BASE + '/v1', apiKey: 'sk-none' });
+        const r = {};
+        for (const stream of [false, true]) {
+          try { const s = await c.chat.completions.create({ model: 'demo', stream, max_tokens: 4,
+                  messages: [{ role: 'user', content: 'hi' }] });
+                if (stream) for await (const ch of s) {}
+                r[stream] = { answered: true }; }
+          catch (e) { r[stream] = { status: e.status ?? null, type: e.type ?? null, code: e.code ?? null,
+                                    message: String(e.message) }; }
+        }
+        return r;""", timeout=45)
+    codes = requests_by_code(g)
+    print(f"openai client: {out}; requests by status: {codes}")
+    for stream in ("false", "true"):
+        t = out[stream]
+        assert not t.get("answered"), (stream, out)
+        assert "exited with status 1" in t["message"], (stream, out)
+        assert "no CUDA-capable device" in t["message"], (stream, out)
+    # a plain request: OpenAI's shape, saying the start failed
+    assert out["false"]["status"] == 502 and out["false"]["type"] == "start_failed", out
+    assert out["false"]["code"] == "start_failed", out
+    assert sum(codes.values()) <= 8, codes

@@ -121,7 +121,7 @@ def test_models_state_is_starting_during_a_start_and_failed_after_a_failed_one(g
     assert models(g)["slow"]["state"] == "ready"
 
     r = g.get("/bad/health")
-    assert r.status == 503, r
+    assert r.status == 502, r
     st = models(g)["bad"]["state"]
     assert st == "failed", st
 

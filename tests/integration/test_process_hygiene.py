@@ -251,7 +251,7 @@ class _Stranger(BaseHTTPRequestHandler):
 def test_port_in_use_by_stranger(gateway):
     """A process the gateway did not start answers on the service's port:
     the start is refused with a reason naming the port, held requests get
-    503 with it, /check_ shows it, and nothing is served through it."""
+    502 with it, /check_ shows it, and nothing is served through it."""
     svc = demo_service()
     port = svc["local_port"]
     srv = HTTPServer(("127.0.0.1", port), _Stranger)
@@ -260,7 +260,7 @@ def test_port_in_use_by_stranger(gateway):
     try:
         g = gateway([svc])
         r = g.get("/llm/pid", timeout=10)
-        assert r.status == 503, r
+        assert r.status == 502, r
         err = r.json()["error"]
         assert f"port {port} is in use by another process (not started by this gateway)" in err, err
         assert r.header("Retry-After"), dict(r.headers)
@@ -275,7 +275,7 @@ def test_port_in_use_by_stranger(gateway):
     # the stranger is gone: the next request starts our own server
     wait_until(lambda: not port_listening(port), 2 * SLACK)
     r = g.get("/llm/pid", timeout=15)
-    if r.status == 503:   # a repeated failure backs off a little
+    if r.status == 502:   # a repeated failure backs off a little
         ra = int(r.header("Retry-After") or "1")
         wait_until(lambda: g.get("/llm/pid", timeout=15).status == 200, (ra + 5) * SLACK)
     else:
@@ -294,7 +294,7 @@ def test_port_held_but_silent(gateway):
     try:
         g = gateway([svc])
         r = g.get("/llm/health", timeout=10)
-        assert r.status == 503, r
+        assert r.status == 502, r
         assert f"port {port} is in use by another process" in r.json()["error"], r
     finally:
         s.close()

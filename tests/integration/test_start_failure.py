@@ -1,6 +1,7 @@
 """A start that fails (the script exits, or no healthy answer within
-start_timeout) answers every held request with 503 + Retry-After naming the
-cause; the next request tries again."""
+start_timeout) answers every held request with 502 + Retry-After naming the
+cause (a failure, not the 503 "not yet" that Hugging Face's clients resend
+at once without end); the next request tries again."""
 import threading
 import time
 
@@ -14,10 +15,10 @@ def assert_retry_after(r):
     assert ra.strip().isdigit() and int(ra) >= 1, ra
 
 
-def test_failing_start_script_gives_503_naming_exit_status_and_stderr(gateway):
+def test_failing_start_script_gives_502_naming_exit_status_and_stderr(gateway):
     g = gateway(env={"DEMO_FAIL_EXIT": "3"})
     r = g.get("/llm/generate", timeout=10)
-    assert r.status == 503, r
+    assert r.status == 502, r
     assert_retry_after(r)
     err = r.json()["error"]
     assert "exited with status 3" in err, err
@@ -35,10 +36,10 @@ def test_failing_start_script_gives_503_naming_exit_status_and_stderr(gateway):
 def test_next_request_after_a_failed_start_starts_again(gateway):
     g = gateway(env={"DEMO_FAIL_EXIT": "3"})
     r1 = g.get("/llm/health")
-    assert r1.status == 503, r1
+    assert r1.status == 502, r1
     assert g.svc()["starts"] == 1
     r2 = g.get("/llm/health")
-    assert r2.status == 503, r2
+    assert r2.status == 502, r2
     assert "exited with status 3" in r2.json()["error"]
     assert_retry_after(r2)
     info = g.svc()
@@ -58,7 +59,7 @@ exec '{DEMO_SH}' "$@"
 """)
     g = gateway([demo_service(bash_file=str(script))])
     r = g.get("/llm/health")
-    assert r.status == 503, r
+    assert r.status == 502, r
     assert "exited with status 3: flaky: model weights missing" in r.json()["error"], r
     assert_retry_after(r)
 
@@ -94,13 +95,13 @@ exit 3
         t.join(20 * SLACK)
     assert len(results) == 10
     for r in results:
-        assert r.status == 503, r
+        assert r.status == 502, r
         assert_retry_after(r)
         assert "exited with status 3: slowfail: CUDA out of memory" in r.json()["error"], r
     assert g.svc()["starts"] == 1
 
 
-def test_start_timeout_exceeded_gives_503_naming_start_timeout(gateway):
+def test_start_timeout_exceeded_gives_502_naming_start_timeout(gateway):
     svc = demo_service(start_timeout=1)
     g = gateway([svc], env={"DEMO_DELAY": "30"})
     pids = []
@@ -121,7 +122,7 @@ def test_start_timeout_exceeded_gives_503_naming_start_timeout(gateway):
     t.join(15 * SLACK)
     took = time.monotonic() - t0
     r = holder["r"]
-    assert r.status == 503, r
+    assert r.status == 502, r
     assert_retry_after(r)
     assert "start_timeout" in r.json()["error"], r
     assert 0.8 <= took <= 4 * SLACK, f"answered after {took:.2f} s with start_timeout 1"
@@ -134,12 +135,12 @@ def test_start_timeout_exceeded_gives_503_naming_start_timeout(gateway):
     assert "start_timeout" in (info["last_error"] or ""), info
 
 
-def test_start_script_removed_after_load_gives_503_not_a_crash(gateway, tmp_path):
+def test_start_script_removed_after_load_gives_502_not_a_crash(gateway, tmp_path):
     script = write_script(tmp_path / "gone.sh", f"#!/bin/sh\nexec '{DEMO_SH}' \"$@\"\n")
     g = gateway([demo_service(bash_file=str(script))])
     script.unlink()
     r = g.get("/llm/health")
-    assert r.status == 503, r
+    assert r.status == 502, r
     assert_retry_after(r)
     assert "gone.sh" in r.json()["error"], r
     assert g.get("/api/health").status == 200

@@ -216,7 +216,7 @@ exit 3
 """)
     g = gateway([demo_service(bash_file=script)])
     r = g.get("/llm/health", timeout=20)
-    assert r.status == 503, r
+    assert r.status == 502, r
     assert r.body.endswith(b"}\n"), r.body   # the proxy's JSON error ends with a newline too
     text = g.get("/api/services/demo/logs").text
     lines = text.splitlines()

@@ -226,7 +226,7 @@ static void test_failed_start_answers_every_waiter_and_backs_off(void **state)
 	for (int k = 0; k < 5; k++) {
 		assert_int_equal(r[k].fails, 1);
 		assert_int_equal(r[k].readies, 0);
-		assert_int_equal(r[k].status, 503);
+		assert_int_equal(r[k].status, 502);   /* a failure, not "loading" */
 		assert_string_equal(r[k].reason, "start script exited with status 3: model not found");
 	}
 	assert_int_equal(service_state(s), SVC_FAILED);
@@ -240,7 +240,7 @@ static void test_failed_start_answers_every_waiter_and_backs_off(void **state)
 	rec_init(&r[1]);
 	rc = service_request(s, &r[1].w, true, &inst, &status, &reason, &ra);
 	assert_int_equal(rc, -1);
-	assert_int_equal(status, 503);
+	assert_int_equal(status, 502);
 	assert_true(ra >= 1);
 	assert_non_null(strstr(reason, "exited with status 3"));
 	assert_int_equal(service_starts(s), 2);
@@ -276,6 +276,7 @@ static void test_disabled_management_refuses_a_start(void **state)
 	rec_init(&r);
 	assert_int_equal(service_request(s, &r.w, true, &inst, &status, &reason, &ra), -1);
 	assert_string_equal(reason, "service management is disabled");
+	assert_int_equal(status, 503);   /* "not now", not a failed start */
 	assert_int_equal(service_starts(s), 0);
 	services_managed = true;
 }

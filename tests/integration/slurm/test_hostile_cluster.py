@@ -248,7 +248,7 @@ def test_sbatch_socket_timeout_leaves_an_untracked_job(cluster, slurm_gateway, t
     wait_until(lambda: not untracked(), 20 * SLACK, interval=0.2,
                msg=f"no untracked job of ours to run: {cluster.jobs(name)}")
     if r.status != 200:
-        assert r.status == 503 and "timed out" in r.json()["error"], r
+        assert r.status == 502 and "timed out" in r.json()["error"], r
         r = g.get("/llm/pid", timeout=60)
     assert r.status == 200, r
     [inst] = g.svc()["instances"]

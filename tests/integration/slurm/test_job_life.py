@@ -330,7 +330,7 @@ exec /usr/bin/ssh "$@"
         # squeue reports the end while the forward is still being opened
         g.wait_svc(lambda i: not i["instances"], 20, msg="instance gone")
         r = fut.result(timeout=30 * SLACK)
-    assert r.status == 503 and job_id in r.json()["error"], r
+    assert r.status == 502 and job_id in r.json()["error"], r
     release.touch()
     wait_until(done.exists, 20 * SLACK, msg="ssh -O forward done")
     # the forward that completed late is cancelled, not kept

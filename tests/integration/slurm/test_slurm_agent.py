@@ -193,9 +193,9 @@ def test_agent_that_cannot_start_falls_back_to_plain_commands(cluster, slurm_gat
 
 
 @pytest.mark.parametrize("via", ["agent", "plain"])
-def test_failed_job_output_tail_in_503_and_api(cluster, slurm_gateway, tmp_path, via):
+def test_failed_job_output_tail_in_502_and_api(cluster, slurm_gateway, tmp_path, via):
     """A job that fails explains itself: the last lines of its output file
-    (StdErr, else StdOut, from scontrol) are in the 503 and in /api."""
+    (StdErr, else StdOut, from scontrol) are in the 502 and in /api."""
     agent, allow = install_agent(tmp_path)
     job = write_script(allow / "oom.sh",
                        "#!/bin/sh\necho 'loading model'\n"
@@ -204,7 +204,7 @@ def test_failed_job_output_tail_in_503_and_api(cluster, slurm_gateway, tmp_path,
     kw = {"slurm_agent": str(agent)} if via == "agent" else {}
     g = slurm_gateway([slurm_service(cluster, job, **kw)])
     r = g.get("/llm/x", timeout=60)
-    assert r.status == 503, r
+    assert r.status == 502, r
     err = r.json()["error"]
     assert "FAILED" in err and "CUDA out of memory" in err, err
     assert "loading model | RuntimeError: CUDA out of memory" in err, err

@@ -46,9 +46,9 @@ def test_pending_job_reports_slurm_reason_and_is_cancelled_after_start_timeout(
 
         r = fut.result(timeout=(start_timeout + 30) * SLACK)
     waited = time.monotonic() - t0
-    assert r.status == 503, r
+    assert r.status == 502, r
     err = r.json()["error"]
-    assert "PartitionDown" in err, f"the 503 does not name Slurm's reason: {err!r}"
+    assert "PartitionDown" in err, f"the 502 does not name Slurm's reason: {err!r}"
     assert "start_timeout" in err, err
     assert start_timeout - 0.5 <= waited <= start_timeout + 10, waited
     assert r.header("Retry-After") is not None
@@ -62,7 +62,7 @@ def test_pending_job_reports_slurm_reason_and_is_cancelled_after_start_timeout(
     assert info["state"] == "failed", info
     assert "PartitionDown" in (info["last_error"] or ""), info
     assert "PartitionDown" in g.check()["reason"]
-    print(f"503 after {waited:.2f} s: {err}")
+    print(f"502 after {waited:.2f} s: {err}")
 
 
 def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request_resubmits(
@@ -77,15 +77,15 @@ def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request
         results = list(ex.map(lambda i: http_request(g.port, "GET", f"/llm/pid?i={i}",
                                                      timeout=60 * SLACK), range(n)))
     took = time.monotonic() - t0
-    assert all(r.status == 503 for r in results), results
+    assert all(r.status == 502 for r in results), results
     jobs = cluster.jobs(name)
     assert len(jobs) == 1, f"one job for all held requests: {jobs}"
     job1, _, state1, _ = jobs[0]
     assert state1 == "FAILED", jobs
     for r in results:
         err = r.json()["error"]
-        assert job1 in err, f"the 503 does not name job {job1}: {err!r}"
-        assert "FAILED" in err, f"the 503 does not name the job state FAILED: {err!r}"
+        assert job1 in err, f"the 502 does not name job {job1}: {err!r}"
+        assert "FAILED" in err, f"the 502 does not name the job state FAILED: {err!r}"
     # far sooner than start_timeout (120 s): the gateway saw the job end
     assert took < 20 * SLACK, f"the failure took {took:.1f} s to reach the client"
 
@@ -95,12 +95,12 @@ def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request
 
     # the next request submits a new job (the first failure has no back-off)
     r = g.get("/llm/pid", timeout=60)
-    assert r.status == 503, r
+    assert r.status == 502, r
     info = g.svc()
     assert info["starts"] == 2, info
     err2 = r.json()["error"]
     m = re.search(r"Slurm job (\d+)", err2)
-    assert m, f"the second 503 names no job: {err2!r}"
+    assert m, f"the second 502 names no job: {err2!r}"
     job2 = m.group(1)
     assert job2 != job1 and "FAILED" in err2, err2
     # (job1 may have been purged from squeue by now: MinJobAge=10)
@@ -131,7 +131,7 @@ def test_sbatch_refusal_is_counted_as_submit_failed(cluster, slurm_gateway, tmp_
                                      sbatch_args=[f"--chdir={cluster.work_dir}",
                                                   "--partition=sg_no_such_partition"])])
     r = g.get("/llm/pid", timeout=30)
-    assert r.status == 503, r
+    assert r.status == 502, r
     err = r.json()["error"]
     assert "sbatch failed" in err and "partition" in err, err
     assert failures(g, "demo") == {"submit_failed": 1}, failures(g, "demo")
