@@ -278,11 +278,16 @@ def requests_by_code(g, service="demo"):
     return out
 
 
-def test_hf_client_at_a_service_that_fails_to_start_throws_the_reason_not_a_retry_storm(
-        gateway, tmp_path):
+def no_gpu_service(tmp_path):
+    """A service whose start script fails at once, as on a node without a GPU."""
     bad = write_script(tmp_path / "bad.sh",
                        '#!/bin/sh\necho "CUDA error: no CUDA-capable device is detected" >&2\nexit 1\n')
-    g = gateway([demo_service(bash_file=str(bad))])
+    return demo_service(bash_file=str(bad))
+
+
+def test_hf_client_at_a_service_that_fails_to_start_throws_the_reason_not_a_retry_storm(
+        gateway, tmp_path):
+    g = gateway([no_gpu_service(tmp_path)])
     # as an ML engineer writes it: the client at the service's route, its
     # default retry_on_error; bounded here (the signal) so that a client that
     # loops ends, to be counted
@@ -330,9 +335,7 @@ def test_hf_client_at_a_service_that_fails_to_start_throws_the_reason_not_a_retr
 
 def test_openai_client_with_its_retries_at_a_service_that_fails_to_start_throws_the_reason(
         gateway, tmp_path):
-    bad = write_script(tmp_path / "bad.sh",
-                       '#!/bin/sh\necho "CUDA error: no CUDA-capable device is detected" >&2\nexit 1\n')
-    g = gateway([demo_service(bash_file=str(bad))])
+    g = gateway([no_gpu_service(tmp_path)])
     # the client's defaults: 2 retries of a 5xx, after the Retry-After
     out = run_js(g, """
         const c = new OpenAI({ baseURL: process.env.SG_BASE + '/v1', apiKey: 'sk-none' });

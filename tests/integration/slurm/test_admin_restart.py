@@ -179,6 +179,19 @@ def test_restart_with_a_changed_remote_port_serves_the_adopted_job_on_its_own_po
                msg=f"job {job3} to end")
 
 
+def handover_service(cluster, tmp_path, gated, **kw):
+    """A service whose job starts its walltime handover at once (--time=1,
+    handover_lead 58 s), on ports p (the first job) and p + 1 (the
+    replacement): (p, gate, svc). The job on port GATED (an offset, 0 or 1)
+    listens only once the test touches gate."""
+    p = base.free_port_block(2)
+    gate = tmp_path / "go"
+    hold = f'if [ "$1" = "{p + gated}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
+    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
+    return p, gate, slurm_service(cluster, job, remote_port=p, max_instances=1,
+                                  handover_lead=58, timeout=300, **kw)
+
+
 def test_restart_during_a_walltime_handover_lets_the_replacement_take_over(
         cluster, slurm_gateway, tmp_path):
     """A job near its time limit (here: --time=1 and handover_lead 58 s: at
@@ -187,13 +200,8 @@ def test_restart_during_a_walltime_handover_lets_the_replacement_take_over(
     job, whose time limit started another handover right after. Both are
     adopted now: the old job serves, the replacement finishes its start and
     takes over."""
-    p = base.free_port_block(2)
-    gate = tmp_path / "go"
     # the replacement (port p + 1) runs but listens only once the test says so
-    hold = f'if [ "$1" = "{p + 1}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
-    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
-    svc = slurm_service(cluster, job, remote_port=p, max_instances=1, handover_lead=58,
-                        timeout=300)
+    p, gate, svc = handover_service(cluster, tmp_path, gated=1)
     g = slurm_gateway([svc])
     r = g.get("/llm/pid", timeout=60)
     assert r.status == 200, r
@@ -233,15 +241,11 @@ def test_restart_during_a_walltime_handover_keeps_a_pending_replacement(
     for, and its place in the queue lost; it is the handover's replacement
     and is adopted as it waits: it starts when Slurm lets it and takes over."""
     cluster = nodes
-    p = base.free_port_block(2)
-    gate = tmp_path / "go"
     # the first job (port p) listens once the test says so: its handover
     # starts when it is ready, after its node is drained
-    hold = f'if [ "$1" = "{p}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
-    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
-    svc = slurm_service(cluster, job, remote_port=p, max_instances=1, handover_lead=58,
-                        timeout=300, sbatch_args=[f"--chdir={cluster.work_dir}",
-                                                  f"--nodelist={cluster.node}"])
+    p, gate, svc = handover_service(cluster, tmp_path, gated=0,
+                                    sbatch_args=[f"--chdir={cluster.work_dir}",
+                                                 f"--nodelist={cluster.node}"])
     g = slurm_gateway([svc])
     t = threading.Thread(target=lambda: g.get("/llm/pid", timeout=60), daemon=True)
     t.start()
@@ -289,12 +293,7 @@ def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
     max_instances (one above the others: the handover's slot) until its
     own handover. A restart took that index for out of range and cancelled
     the service's only job; a reload drained it (the same test on its index)."""
-    p = base.free_port_block(2)
-    gate = tmp_path / "go"
-    hold = f'if [ "$1" = "{p + 1}" ]; then while [ ! -e "{gate}" ]; do sleep 0.1; done; fi\n'
-    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
-    svc = slurm_service(cluster, job, remote_port=p, max_instances=1, handover_lead=58,
-                        timeout=300)
+    p, gate, svc = handover_service(cluster, tmp_path, gated=1)
     g = slurm_gateway([svc])
     assert g.get("/llm/pid", timeout=60).status == 200
     wait_until(lambda: [j for j in cluster.jobs(g.job_name(index=1)) if j[2] == "RUNNING"],
