@@ -81,6 +81,19 @@ def pids_with_env(name, value):
     return found
 
 
+def openai_error_body(o):
+    """O (a parsed body) is an error of the gateway's own on /v1, in
+    OpenAI's shape: {"error": {"message", "type", "param": null, "code"}}.
+    Returns o["error"]."""
+    assert set(o) == {"error"} and isinstance(o["error"], dict), o
+    e = o["error"]
+    assert set(e) == {"message", "type", "param", "code"}, o
+    assert isinstance(e["message"], str) and e["message"], o
+    assert isinstance(e["type"], str) and e["type"], o
+    assert e["param"] is None, o
+    return e
+
+
 def reload_services(g, services=None, **top):
     """Give gateway G (a Gateway or a slurmlib.SlurmGateway) a new config:
     SERVICES and/or top-level settings, written atomically into its file

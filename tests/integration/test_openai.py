@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (DEMO_SH, SLACK, Stream, demo_service, http_request, wait_until,
-                      write_script)
+from conftest import (DEMO_SH, SLACK, Stream, demo_service, http_request, openai_error_body,
+                      wait_until, write_script)
 
 
 # --------------------------------------------------------------------------
@@ -40,12 +40,7 @@ def assert_openai_error(r, status, code=None):
     assert r.status == status, r
     assert r.header("Content-Type", "").startswith("application/json"), dict(r.headers)
     o = r.json()
-    assert set(o) == {"error"}, o
-    e = o["error"]
-    assert isinstance(e, dict), o
-    for k in ("message", "type", "code"):
-        assert k in e, f"OpenAI error lacks {k!r}: {o}"
-    assert isinstance(e["message"], str) and e["message"], o
+    e = openai_error_body(o)
     assert isinstance(e["type"], str) and e["type"], o
     if code is not None:
         assert e["code"] == code, o

@@ -16,8 +16,8 @@ import os
 import signal
 import threading
 
-from conftest import (DEMO_SH, SLACK, demo_service, http_request, pid_alive, wait_until,
-                      write_script)
+from conftest import (DEMO_SH, SLACK, demo_service, http_request, openai_error_body, pid_alive,
+                      wait_until, write_script)
 from jsclient import run_js
 
 
@@ -26,12 +26,7 @@ def openai_shape(r, status):
     assert r.status == status, r
     assert r.header("Content-Type", "").startswith("application/json"), dict(r.headers)
     o = r.json()
-    assert set(o) == {"error"}, o
-    e = o["error"]
-    assert set(e) == {"message", "type", "param", "code"}, o
-    assert isinstance(e["message"], str) and e["message"], o
-    assert isinstance(e["type"], str) and e["type"], o
-    assert e["param"] is None, o
+    e = openai_error_body(o)
     return e
 
 

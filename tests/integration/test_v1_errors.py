@@ -26,8 +26,8 @@ import time
 
 import pytest
 
-from conftest import (SLACK, Gateway, Resp, demo_service, gateway_bin, read_raw_response,
-                      wait_until)
+from conftest import (SLACK, Gateway, Resp, demo_service, gateway_bin, openai_error_body,
+                      read_raw_response, wait_until)
 from jsclient import run_js
 
 
@@ -51,10 +51,7 @@ def openai_error(status, headers, body, want_status, want_type, want_code, words
     assert status == want_status, (status, body[:300])
     assert headers.get("content-type", "").startswith("application/json"), headers
     o = json.loads(body)
-    assert set(o) == {"error"} and isinstance(o["error"], dict), o
-    e = o["error"]
-    assert set(e) == {"message", "type", "param", "code"}, o
-    assert e["param"] is None, o
+    e = openai_error_body(o)
     assert (e["type"], e["code"]) == (want_type, want_code), o
     for w in words:
         assert w in e["message"], (w, o)
