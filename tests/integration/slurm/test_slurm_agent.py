@@ -247,6 +247,17 @@ def test_forced_command_refuses_sbatch_arguments_not_allowed(cluster, tmp_path, 
         for k in ("6", "7"):
             assert ans[k][0] == "126" and "not a job script" in ans[k][1], ans
         assert [j[1] for j in cluster.jobs(prefix=tag)] == [f"{tag}ok"]
+
+        # "*" allows any argument (no forced command: the key could run
+        # sbatch itself), still not --wrap, --export, ...
+        (allow / "sbatch-args").write_text("*\n")
+        p = ssh_with(cluster, svc["ssh_key_file"], str(agent),
+                     stdin=f"1\tsubmit\t{tag}any\t9\t{job}\t--chdir={work}\t--hold\n"
+                           f"2\tsubmit\t{tag}w\t9\t{job}\t--wrap=id\n"
+                           "99\tquit\n")
+        ans = _answers(p.stdout)
+        assert ans["1"][0] == "0" and ans["2"][0] == "126", ans
+        assert sorted(j[1] for j in cluster.jobs(prefix=tag)) == [f"{tag}any", f"{tag}ok"]
     finally:
         cluster.scancel(*[j[0] for j in cluster.jobs(prefix=tag)])
 
@@ -312,7 +323,9 @@ def test_failed_job_output_tail_in_502_and_api(cluster, slurm_gateway, tmp_path,
                        "echo 'RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB' >&2\n"
                        "exit 1\n")
     kw = {"slurm_agent": str(agent)} if via == "agent" else {}
-    g = slurm_gateway([slurm_service(cluster, job, **kw)])
+    svc = slurm_service(cluster, job, **kw)
+    allow_args(job, svc["sbatch_args"])
+    g = slurm_gateway([svc])
     r = g.get("/llm/x", timeout=60)
     assert r.status == 502, r
     err = r.json()["error"]
@@ -351,6 +364,7 @@ def test_pending_job_expected_start_in_check_api_sse_waiting_page_and_retry_afte
     job = demo_job_script(allow / "job.sh")
     kw = {"slurm_agent": str(agent)} if via == "agent" else {}
     args = [f"--chdir={cluster.work_dir}", "--begin=now+60"]
+    allow_args(job, args)
     held = slurm_service(cluster, job, sbatch_args=args, **kw)
     nohold = slurm_service(cluster, job, name="nh", route="nh", hold=False, sbatch_args=args, **kw)
     g = slurm_gateway([held, nohold], feedback_interval=1)
@@ -463,8 +477,9 @@ def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_p
         agent, allow = install_agent(d)
         job = demo_job_script(allow / "job.sh", extra='echo "bench-job-start $(date +%s.%N)"\n')
         kw = {"slurm_agent": str(agent)} if via == "agent" else {}
-        g = slurm_gateway([slurm_service(cluster, job, **kw)], poll_fast_ms=fast_ms,
-                          poll_slow_s=15)
+        svc = slurm_service(cluster, job, **kw)
+        allow_args(job, svc["sbatch_args"])
+        g = slurm_gateway([svc], poll_fast_ms=fast_ms, poll_slow_s=15)
         # steady state: the master is up (and the agent, which did the
         # start-up squeue)
         wait_until(lambda: "ssh master" in g.log() and (via == "plain" or
