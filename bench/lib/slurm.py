@@ -189,6 +189,9 @@ class Gateway:
         }
         if self.agent:
             svc["slurm_agent"], svc["bash_file"] = self.install_agent()
+            # the agent passes only the sbatch arguments allowed for the script
+            with open(svc["bash_file"] + ".sbatch-args", "w") as f:
+                f.write(" ".join(svc["sbatch_args"]) + "\n")
         else:
             svc["bash_file"] = self.sb.write_job_script(f"slurm-job-{self.key}.sh")
         cfg = {

@@ -33,6 +33,9 @@ def agent(cluster, tmp_path):
     job = allow / "job.sh"
     job.write_text("#!/bin/sh\nsleep 300\n")
     job.chmod(0o755)
+    # the sbatch arguments the tests' plain submits pass, allowed for it
+    (allow / "job.sh.sbatch-args").write_text(
+        f"--partition={cluster.down_partition} --chdir={cluster.work_dir} --comment=fine\n")
     submitted = []
 
     def talk(*lines):

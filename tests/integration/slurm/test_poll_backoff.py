@@ -60,6 +60,7 @@ def test_pending_job_squeue_backs_off_and_start_is_noticed(cluster, slurm_gatewa
     # a job that stays PENDING until the test moves its begin time
     svc = slurm_service(cluster, job, sbatch_args=[f"--chdir={cluster.work_dir}", "--begin=now+600"],
                         **kw)
+    agentlib.allow_args(job, svc["sbatch_args"])
     for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
         svc.pop(k)
     shims, calls = squeue_shim(tmp_path)
@@ -144,6 +145,7 @@ def test_agent_without_backoff_gets_the_watch_it_knows(cluster, slurm_gateway, t
     agent.write_text(text.replace("\\tbackoff\\n", "\\n"))
     job = demo_job_script(allow / "job.sh")
     svc = slurm_service(cluster, job, slurm_agent=str(agent))
+    agentlib.allow_args(job, svc["sbatch_args"])
     g = slurm_gateway([svc], poll_backoff_s=2)
     r = g.get("/llm/pid", timeout=60)
     assert r.status == 200, (r, g.log())

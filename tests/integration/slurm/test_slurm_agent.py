@@ -66,12 +66,20 @@ def ssh_with(cluster, key, *command, stdin=""):
         input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
 
 
+def allow_args(script, args):
+    """Allow ARGS (sbatch arguments, exact words) for SCRIPT, which is in an
+    allow-list directory: its SCRIPT.sbatch-args file."""
+    Path(f"{script}.sbatch-args").write_text(" ".join(args) + "\n")
+
+
 def agent_service(cluster, tmp_path, forced=None, **kw):
-    """A service whose job script is on the agent's allow-list; with FORCED
-    (the forced_key factory) its key runs only the agent."""
+    """A service whose job script is on the agent's allow-list, with its
+    sbatch_args allowed; with FORCED (the forced_key factory) its key runs
+    only the agent."""
     agent, allow = install_agent(tmp_path)
     job = demo_job_script(allow / "job.sh")
     svc = slurm_service(cluster, job, slurm_agent=str(agent), **kw)
+    allow_args(job, svc["sbatch_args"])
     if forced is not None:
         svc["ssh_key_file"] = str(forced(f"{agent} -l {tmp_path}/agent.log",
                                          [svc["remote_port"], svc["remote_port"] + 1]))
@@ -181,6 +189,119 @@ def test_forced_command_refuses_other_commands_and_unlisted_scripts(cluster, slu
     assert not Path("/tmp/sg-agent-pwned").exists()
 
 
+def _answers(stdout):
+    """{request id: [status, err, out...]} from an agent session's stdout."""
+    return {f[0]: f[1:] for f in (line.split("\t") for line in stdout.splitlines())
+            if f[0].isdigit()}
+
+
+def test_forced_command_refuses_sbatch_arguments_not_allowed(cluster, tmp_path, forced_key):
+    """A stolen key "can start the configured services and nothing more":
+    the agent passed any sbatch argument but a few (a deny-list), so the key
+    holder could submit the allowed script as a 100-task array, on every
+    node, exclusively, without a time limit, in another partition, in a
+    directory anyone can plant files in (--chdir=/tmp, -D/tmp), ... Only
+    the arguments the admin allowed for the script pass now; the others are
+    refused, named with where to allow them, logged, and nothing reaches
+    Slurm."""
+    svc, agent, allow = agent_service(cluster, tmp_path, forced_key)
+    job = allow / "job.sh"
+    work = cluster.work_dir
+    tag = f"sg:atk{time.monotonic_ns() % 10**9}:"
+    attacks = ["--array=0-99", f"--nodes={len(cluster.nodes)}", "--exclusive", "--time=UNLIMITED",
+               f"--partition={cluster.down_partition}", "--chdir=/tmp", "-D/tmp",
+               "--begin=now+3600", "--hold", "--mail-type=ALL", "--mail-user=x@example.org",
+               "--nice=-100", "--requeue", "-N1"]
+    reqs = "".join(f"{k}\tsubmit\t{tag}{k}\t9\t{job}\t--chdir={work}\t{a}\n"
+                   for k, a in enumerate(attacks, 1))
+    try:
+        p = ssh_with(cluster, svc["ssh_key_file"], str(agent), stdin=reqs + "99\tquit\n")
+        ans = _answers(p.stdout)
+        for k, a in enumerate(attacks, 1):
+            f = ans.get(str(k))
+            assert f and f[0] == "126", (a, f, cluster.jobs(prefix=tag))
+            assert f"sbatch argument {a} " in f[1] and "not allowed" in f[1], (a, f)
+            assert f"{job}.sbatch-args" in f[1] and f"{allow}/sbatch-args" in f[1], (a, f)
+        assert cluster.jobs(prefix=tag) == [], "an attack reached Slurm"
+        text = (tmp_path / "agent.log").read_text()
+        assert "refused: sbatch argument --array=0-99 " in text, text
+
+        # listed words pass, word for word; a directory's shared sbatch-args
+        # file adds to every script's; --wrap, --export, ... never pass
+        (allow / "sbatch-args").write_text(
+            "# every script may\n--comment=shared\n--wrap=id --export=ALL -o/tmp/x --job-name=x\n")
+        p = ssh_with(cluster, svc["ssh_key_file"], str(agent),
+                     stdin=f"1\tsubmit\t{tag}ok\t9\t{job}\t--chdir={work}\t--comment=shared\n"
+                           f"2\tsubmit\t{tag}w\t9\t{job}\t--wrap=id\n"
+                           f"3\tsubmit\t{tag}e\t9\t{job}\t--export=ALL\n"
+                           f"4\tsubmit\t{tag}o\t9\t{job}\t-o/tmp/x\n"
+                           f"5\tsubmit\t{tag}c\t9\t{job}\t--comment=sharedX\n"
+                           f"6\tsubmit\t{tag}s\t9\t{allow}/sbatch-args\n"
+                           f"7\tsubmit\t{tag}t\t9\t{job}.sbatch-args\n"
+                           "99\tquit\n")
+        ans = _answers(p.stdout)
+        assert ans["1"][0] == "0", ans
+        for k in ("2", "3", "4"):
+            assert ans[k][0] == "126" and "never" in ans[k][1], ans
+        assert ans["5"][0] == "126" and "--comment=sharedX" in ans["5"][1], ans
+        for k in ("6", "7"):
+            assert ans[k][0] == "126" and "not a job script" in ans[k][1], ans
+        assert [j[1] for j in cluster.jobs(prefix=tag)] == [f"{tag}ok"]
+
+        # "*" allows any argument (no forced command: the key could run
+        # sbatch itself), still not --wrap, --export, ...
+        (allow / "sbatch-args").write_text("*\n")
+        p = ssh_with(cluster, svc["ssh_key_file"], str(agent),
+                     stdin=f"1\tsubmit\t{tag}any\t9\t{job}\t--chdir={work}\t--hold\n"
+                           f"2\tsubmit\t{tag}w\t9\t{job}\t--wrap=id\n"
+                           "99\tquit\n")
+        ans = _answers(p.stdout)
+        assert ans["1"][0] == "0" and ans["2"][0] == "126", ans
+        assert sorted(j[1] for j in cluster.jobs(prefix=tag)) == [f"{tag}any", f"{tag}ok"]
+    finally:
+        cluster.scancel(*[j[0] for j in cluster.jobs(prefix=tag)])
+
+
+def test_listed_sbatch_arguments_work_end_to_end_through_a_list_file(cluster, slurm_gateway,
+                                                                     tmp_path, forced_key):
+    """An allow-list file line "SCRIPT ARG..." allows those arguments for
+    that script: a cold start through the forced command with them."""
+    agent, allow = install_agent(tmp_path)
+    job = demo_job_script(allow / "job.sh")
+    args = [f"--chdir={cluster.work_dir}", "--time=10", "--comment=listed"]
+    listf = tmp_path / "login" / "allow.list"
+    listf.write_text(f"# the gateway's jobs\n{tmp_path}/other.sh --exclusive\n"
+                     f"{job} {' '.join(args)}\t--exclusive\n")
+    svc = slurm_service(cluster, job, slurm_agent=str(agent), sbatch_args=args)
+    svc["ssh_key_file"] = str(forced_key(f"{agent} -a {listf} -l {tmp_path}/agent.log",
+                                         [svc["remote_port"], svc["remote_port"] + 1]))
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, (r, g.log())
+    [inst] = g.svc()["instances"]
+    info = cluster.show_job(inst["job_id"])
+    assert info["TimeLimit"] == "00:10:00" and info["Comment"] == "listed", info
+    assert g.svc()["slurm_agent"] == "up"
+
+
+def test_unlisted_sbatch_argument_refusal_reaches_the_client(cluster, slurm_gateway, tmp_path,
+                                                            forced_key):
+    """A service whose sbatch_args are not all allowed (an allow-list from
+    before the upgrade, which allows none): the start fails with the
+    agent's refusal, naming the argument and where to allow it, in the 502
+    and in /api; nothing is submitted."""
+    svc, agent, allow = agent_service(cluster, tmp_path, forced_key)
+    svc["sbatch_args"] = [f"--chdir={cluster.work_dir}", "--exclusive"]
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 502, r
+    err = r.json()["error"]
+    assert "sbatch argument --exclusive " in err and f"{allow}/job.sh.sbatch-args" in err, err
+    info = g.wait_svc(lambda i: i["last_error"], 30)
+    assert "sbatch argument --exclusive " in info["last_error"], info
+    assert cluster.jobs(g.job_name()) == []
+
+
 def test_agent_that_cannot_start_falls_back_to_plain_commands(cluster, slurm_gateway, tmp_path):
     job = demo_job_script(tmp_path / "job.sh")
     svc = slurm_service(cluster, job, slurm_agent="/nonexistent/slurmgate-agent")
@@ -202,7 +323,9 @@ def test_failed_job_output_tail_in_502_and_api(cluster, slurm_gateway, tmp_path,
                        "echo 'RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB' >&2\n"
                        "exit 1\n")
     kw = {"slurm_agent": str(agent)} if via == "agent" else {}
-    g = slurm_gateway([slurm_service(cluster, job, **kw)])
+    svc = slurm_service(cluster, job, **kw)
+    allow_args(job, svc["sbatch_args"])
+    g = slurm_gateway([svc])
     r = g.get("/llm/x", timeout=60)
     assert r.status == 502, r
     err = r.json()["error"]
@@ -241,6 +364,7 @@ def test_pending_job_expected_start_in_check_api_sse_waiting_page_and_retry_afte
     job = demo_job_script(allow / "job.sh")
     kw = {"slurm_agent": str(agent)} if via == "agent" else {}
     args = [f"--chdir={cluster.work_dir}", "--begin=now+60"]
+    allow_args(job, args)
     held = slurm_service(cluster, job, sbatch_args=args, **kw)
     nohold = slurm_service(cluster, job, name="nh", route="nh", hold=False, sbatch_args=args, **kw)
     g = slurm_gateway([held, nohold], feedback_interval=1)
@@ -353,8 +477,9 @@ def test_measure_cold_start_with_and_without_agent(cluster, slurm_gateway, tmp_p
         agent, allow = install_agent(d)
         job = demo_job_script(allow / "job.sh", extra='echo "bench-job-start $(date +%s.%N)"\n')
         kw = {"slurm_agent": str(agent)} if via == "agent" else {}
-        g = slurm_gateway([slurm_service(cluster, job, **kw)], poll_fast_ms=fast_ms,
-                          poll_slow_s=15)
+        svc = slurm_service(cluster, job, **kw)
+        allow_args(job, svc["sbatch_args"])
+        g = slurm_gateway([svc], poll_fast_ms=fast_ms, poll_slow_s=15)
         # steady state: the master is up (and the agent, which did the
         # start-up squeue)
         wait_until(lambda: "ssh master" in g.log() and (via == "plain" or

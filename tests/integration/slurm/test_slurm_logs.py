@@ -69,7 +69,9 @@ def test_slurm_logs_show_the_job_output_through_the_agent(cluster, slurm_gateway
     shutil.copy(AGENT, agent)
     agent.chmod(0o755)
     job = chatty_job(allow / "job.sh")
-    g = slurm_gateway([slurm_service(cluster, job, slurm_agent=str(agent))])
+    svc = slurm_service(cluster, job, slurm_agent=str(agent))
+    (allow / "sbatch-args").write_text(" ".join(svc["sbatch_args"]) + "\n")
+    g = slurm_gateway([svc])
     check_logs(g, cluster)
     assert g.svc()["slurm_agent"] == "up"
 
