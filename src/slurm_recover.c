@@ -250,12 +250,14 @@ static void cand_show_done(void *arg, int status, const char *out, const char *e
 /* scontrol is asked this often, a second apart, before K is taken to use
  * the port the config gives it (as before this was asked) */
 #define SHOW_TRIES 3
+#define SHOW_TIMEOUT_S 10
 
 static void cand_ask(struct cand *k)
 {
 	char *argv[] = {"scontrol", "-o", "show", "job", k->id, NULL};
 
-	sagent_run(k->x->r, argv, 60, cand_show_done, k);
+	/* a short timeout: the scan (and the Slurm polls) wait for it */
+	sagent_run(k->x->r, argv, SHOW_TIMEOUT_S, cand_show_done, k);
 }
 
 static void cand_ask_cb(evutil_socket_t fd, short what, void *arg)
@@ -382,6 +384,17 @@ static void recover_finish(struct scanctx *x)
 		struct cand *k = &x->cand[q];
 		struct service *s = service_by_route(k->route, strlen(k->route));
 		const struct svc_config *c = s ? service_config(s) : NULL;
+		if (services_exiting) {
+			/* the answers came after a stop began: an instance adopted now
+			 * would outlive the shutdown, its job running untracked */
+			if (slurm_gw->cfg->keep_jobs_on_exit)
+				log_info("Slurm job %s (%s, %s) is left from an earlier run: left "
+					 "running (keep_jobs_on_exit; the gateway is exiting)",
+					 k->id, k->name, k->state);
+			else
+				cancel_left(r, k->id, k->name, k->state, "the gateway is exiting");
+			continue;
+		}
 		if (k->gone) {
 			/* ended and purged since squeue listed it, most likely; if
 			 * not, it is not left running untracked */

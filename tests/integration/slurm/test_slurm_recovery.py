@@ -4,10 +4,11 @@ without a login node (Slurm commands run locally)."""
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 
-from conftest import SLACK, http_request, pid_alive, wait_until
+from conftest import SLACK, demo_service, http_request, pid_alive, wait_until, write_script
 from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
 
 
@@ -149,3 +150,54 @@ def test_restart_adopts_the_job_on_the_configured_port_when_scontrol_fails(clust
     assert f"Slurm job {job_id}: cannot tell which port" in log, log
     assert g.svc()["starts"] == 0
     assert [j[0] for j in cluster.live_jobs(g.job_name())] == [job_id]
+
+
+def test_stop_while_the_scan_asks_scontrol_cancels_the_earlier_job_not_adopts_it(
+        cluster, slurm_gateway, tmp_path):
+    """A SIGTERM while the start-up scan waits for `scontrol show job` (which
+    port a running job was started for): its answer came during the
+    shutdown, and the job was adopted then, into an instance nothing would
+    stop: the gateway waited out its shutdown deadline and left the job
+    running untracked. Now the earlier run's job is cancelled (no
+    keep_jobs_on_exit), as any the shutdown stops."""
+    job = demo_job_script(tmp_path / "job.sh")
+    svc = slurm_service(cluster, job)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    asked, go = tmp_path / "asked", tmp_path / "go"
+    wrap = tmp_path / "bin"
+    wrap.mkdir()
+    write_script(wrap / "scontrol", "#!/bin/sh\n"
+                 f'if [ -e "{asked}.on" ] && [ "$1 $2 $3" = "-o show job" ]; then\n'
+                 f'  : > "{asked}"\n'
+                 f'  while [ ! -e "{go}" ]; do sleep 0.05; done\n'
+                 "fi\n"
+                 f'exec {shutil.which("scontrol")} "$@"\n')
+    # a local service that takes its stop_grace to stop keeps the shutdown
+    # (and so the event loop) going after the scan's answer
+    up = tmp_path / "stubborn-up"
+    stubborn = write_script(tmp_path / "stubborn.sh",
+                            f"#!/bin/sh\ntrap '' TERM\n: > {up}\nsleep 60 & wait; sleep 60\n")
+    loc = demo_service(name="loc", route="loc", bash_file=str(stubborn), stop_grace=6,
+                       start_timeout=60)
+    env = {"SLURM_CONF": cluster.slurm_conf, "PATH": f"{wrap}:{os.environ['PATH']}"}
+    g = slurm_gateway([svc, loc], env=env, shutdown_grace=1)
+    assert g.get("/llm/pid", timeout=60).status == 200
+    [(job_id, _, _, _)] = cluster.jobs(g.job_name())
+    g.kill9()
+    (tmp_path / "asked.on").touch()
+    g.restart()
+    wait_until(asked.exists, 15 * SLACK, interval=0.05, msg="the scan asking scontrol")
+    r = http_request(g.port, "GET", "/loc/x", headers={"X-Slurmgate-Wait": "0"}, timeout=10)
+    assert r.status == 503, r   # the local service is starting
+    wait_until(up.exists, 10 * SLACK, interval=0.05, msg="the local service's TERM trap set")
+    g.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: "shutting down" in g.log(tail=10 ** 7), 5 * SLACK,
+               msg="the shutdown under way")
+    go.touch()
+    assert g.proc.wait(30 * SLACK) == 0, g.log()
+    log = g.log(tail=10 ** 7)
+    assert "services did not stop in time" not in log, log
+    assert f"Slurm job {job_id}" in log and "the gateway is exiting: cancelling" in log, log
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 15 * SLACK, interval=0.2,
+               msg=f"job {job_id} cancelled")
