@@ -59,10 +59,14 @@ SG_CONFIG  = $(DESTDIR)$(SYSCONFDIR)/slurmgate/slurmgate.json
 install: build/slurmgate dist/slurmgate.service man/slurmgate.8 man/slurmgate.json.5 examples/slurmgate.json \
 	 remote/slurmgate-agent
 	$(INSTALL) -D -m 0755 build/slurmgate $(DESTDIR)$(SBINDIR)/slurmgate
+	@# (a file of this make's own: two installs at once, as the side-by-side
+	@# test suites run, must not write one file)
+	t=build/slurmgate.service.$$$$; \
 	sed -e 's|/usr/local/sbin/slurmgate|$(SBINDIR)/slurmgate|g' \
 	    -e 's|/etc/slurmgate/|$(SYSCONFDIR)/slurmgate/|g' \
-	    dist/slurmgate.service > build/slurmgate.service
-	$(INSTALL) -D -m 0644 build/slurmgate.service $(DESTDIR)$(SYSTEMDUNITDIR)/slurmgate.service
+	    dist/slurmgate.service > $$t && \
+	$(INSTALL) -D -m 0644 $$t $(DESTDIR)$(SYSTEMDUNITDIR)/slurmgate.service; \
+	st=$$?; rm -f $$t; exit $$st
 	$(INSTALL) -D -m 0644 man/slurmgate.8 $(DESTDIR)$(MANDIR)/man8/slurmgate.8
 	$(INSTALL) -D -m 0644 man/slurmgate.json.5 $(DESTDIR)$(MANDIR)/man5/slurmgate.json.5
 	$(INSTALL) -D -m 0755 remote/slurmgate-agent $(DESTDIR)$(AGENTDIR)/slurmgate-agent

@@ -3,6 +3,7 @@ cluster and sshd: Slurm commands through one long-lived agent session, job
 changes pushed by its watcher, the agent as the forced command of a
 least-privilege key (restrict, port-forwarding, permitopen), its allow-list
 of job scripts, and the fallback to plain commands when it cannot start."""
+import os
 import shutil
 import signal
 import subprocess
@@ -258,6 +259,42 @@ def test_forced_command_refuses_sbatch_arguments_not_allowed(cluster, tmp_path, 
         ans = _answers(p.stdout)
         assert ans["1"][0] == "0" and ans["2"][0] == "126", ans
         assert sorted(j[1] for j in cluster.jobs(prefix=tag)) == [f"{tag}any", f"{tag}ok"]
+    finally:
+        cluster.scancel(*[j[0] for j in cluster.jobs(prefix=tag)])
+
+
+def test_list_file_line_with_arguments_allows_no_shorter_path(cluster, tmp_path):
+    """A list file's line "SCRIPT ARG..." was matched as a path followed by a
+    space: for the line "/x/jobs dir/run.sh --comment=x", a submit of
+    /x/jobs (a file that is not listed) passed, with "dir/run.sh" taken
+    for an argument. Arguments are options now ("-..." or "*"); a line
+    whose words are not is a path with a space, matched whole."""
+    agent, _ = install_agent(tmp_path)
+    d = tmp_path / "scripts"
+    (d / "jobs dir").mkdir(parents=True)
+    short = demo_job_script(d / "jobs")
+    spaced = demo_job_script(d / "jobs dir" / "run.sh")
+    lst = tmp_path / "allow.list"
+    lst.write_text(f"{spaced} --comment=x\n")
+    tag = f"sg:sp{time.monotonic_ns() % 10**9}:"
+    env = {**os.environ, "SLURM_CONF": cluster.slurm_conf}
+    try:
+        p = subprocess.run([str(agent), "-a", str(lst)], env=env, text=True, timeout=60 * SLACK,
+                           capture_output=True, cwd=str(tmp_path),
+                           input=f"1\tsubmit\t{tag}short\t9\t{short}\t--comment=x\n"
+                                 f"2\tsubmit\t{tag}short2\t9\t{short}\n"
+                                 "99\tquit\n")
+        ans = _answers(p.stdout)
+        for k in ("1", "2"):
+            assert ans[k][0] == "126" and "not on the allow-list" in ans[k][1], (ans, p.stderr)
+        assert cluster.jobs(prefix=tag) == [], "a script that is not listed reached Slurm"
+        # a path with a space in it, listed alone, is still allowed as a whole
+        lst.write_text(f"{spaced}\n")
+        p = subprocess.run([str(agent), "-a", str(lst)], env=env, text=True, timeout=60 * SLACK,
+                           capture_output=True, cwd=str(tmp_path),
+                           input=f"1\tsubmit\t{tag}spaced\t9\t{spaced}\n99\tquit\n")
+        assert _answers(p.stdout)["1"][0] == "0", (p.stdout, p.stderr)
+        assert "sleep.pid" not in p.stderr, p.stderr
     finally:
         cluster.scancel(*[j[0] for j in cluster.jobs(prefix=tag)])
 
