@@ -287,8 +287,12 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		j->inst->expected_start = 0;
 	if (c == SJ_RUNNING) {
 		long secs = slurmjob_time_left(left);
+		/* read every poll: an admin may change the limit (scontrol
+		 * update TimeLimit=), the handover moves with it */
 		if (secs >= 0 && j->inst)
 			instance_set_deadline(j->inst, now_s() + (double)secs);
+		else if (strcmp(left, "UNLIMITED") == 0 && j->inst && j->inst->deadline > 0)
+			instance_set_deadline(j->inst, 0);   /* made unlimited: no handover */
 		slurmjob_first_node(nodes, node, sizeof node);
 		if (j->st == J_QUEUED) {
 			snprintf(j->node, sizeof j->node, "%s", node);
