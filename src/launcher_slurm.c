@@ -254,6 +254,28 @@ static void job_resume(struct sjob *j, const char *node)
 
 static void job_answered(struct sjob *j);
 
+/* J ran and is held (J_HELD). If it waits for scontrol release, it has
+ * as long as a start may take (start_timeout, from the hold) to run again;
+ * then it is given up: cancelled, and a new job starts if requests wait or
+ * min_instances asks (else a request would wait until an admin acts). */
+static void job_held_long(struct sjob *j)
+{
+	char why[sizeof j->why + 100];
+	int limit;
+
+	if (j->held_since == 0)
+		j->held_since = now_s();
+	if (j->inst == NULL)
+		return;
+	limit = service_config(j->inst->svc)->start_timeout;
+	if (now_s() - j->held_since < limit)
+		return;
+	snprintf(why, sizeof why, "%s: not released within start_timeout (%d s): cancelling it", j->why,
+		 limit);
+	log_warn("svc %s[%d]: %s", service_config(j->inst->svc)->name, j->inst->index, why);
+	instance_fail(j->inst, LFAIL_TIMEOUT, why);
+}
+
 /* One squeue line (or scontrol's answer) for a job we track: move it along. */
 static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
 		       const char *reason, double poll_started)
@@ -263,6 +285,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	bool unknown;
 	enum slurmjob_class c = slurmjob_class(state, &says, &unknown);
 	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
+	bool held = slurmjob_held(state, reason);   /* waits for scontrol release */
 
 	j->seen = true;
 	job_answered(j);   /* a line from Slurm: it answers (a new agent says no more) */
@@ -286,6 +309,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	if (j->inst)
 		j->inst->expected_start = 0;
 	if (c == SJ_RUNNING) {
+		j->held_since = 0;
 		long secs = slurmjob_time_left(left);
 		/* read every poll: an admin may change the limit (scontrol
 		 * update TimeLimit=), the handover moves with it */
@@ -326,7 +350,6 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			struct tm tm;
 			/* a held job (scontrol hold: JobHeldUser, JobHeldAdmin) waits for
 			 * its release, whatever start Slurm had planned before */
-			bool held = has_prefix(r, "JobHeld");
 			if (held)
 				snprintf(at, sizeof at, ", held until released (scontrol release)");
 			else if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
@@ -338,11 +361,16 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		}
 		return;
 	}
+	if (!held)
+		j->held_since = 0;
 	switch (c) {
 	case SJ_WAITING:
 		/* pending again after it ran: requeued (scontrol requeue, preemption,
-		 * its node failed) */
-		snprintf(why, sizeof why, "requeued: %s", says);
+		 * its node failed), maybe held until released (requeuehold) */
+		if (held)
+			snprintf(why, sizeof why, "requeued and held, waits for scontrol release");
+		else
+			snprintf(why, sizeof why, "requeued: %s", says);
 		job_hold(j, why, reason, false);
 		break;
 	case SJ_REQUEUED:
@@ -362,6 +390,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	default:
 		break;
 	}
+	if (held && j->st == J_HELD)
+		job_held_long(j);
 }
 
 static bool busy_jobs(void)

@@ -32,6 +32,7 @@ struct sjob {
 	char node[128];          /* where it runs (or ran last) */
 	char fwd_node[128];      /* where the forward on lport goes */
 	char why[256];           /* the reason it is held (J_HELD) */
+	double held_since;       /* J_HELD waiting for scontrol release since (0: not) */
 	int rport, lport;
 	enum jstate st;
 	bool want_cancel, seen, tracked;

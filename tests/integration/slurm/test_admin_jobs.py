@@ -112,3 +112,129 @@ def test_time_limit_made_unlimited_cancels_the_handover(cluster, slurm_gateway, 
     assert info["starts"] == 1 and len(info["instances"]) == 1, info
     assert info["instances"][0]["time_left_seconds"] is None, info
     assert "starting a replacement" not in g.log(tail=10 ** 6)
+
+
+# --------------------------------------------------------------------------
+# 2. scontrol hold / release of a pending job; requeuehold of a running one
+# --------------------------------------------------------------------------
+
+def pending_service(cluster, tmp_path, **kw):
+    """A service whose job waits in the DOWN partition (PartitionDown) until
+    the test moves it to the partition that runs jobs."""
+    job = demo_job_script(tmp_path / "job.sh")
+    return slurm_service(cluster, job, sbatch_args=[f"--chdir={cluster.work_dir}",
+                                                    f"--partition={cluster.down_partition}"], **kw)
+
+
+def job_reason(cluster, job_id):
+    return cluster.show_job(job_id).get("Reason", "")
+
+
+def test_admin_hold_of_a_pending_cold_start_is_shown_and_released(cluster, slurm_gateway,
+                                                                   tmp_path):
+    """A cold start's job is held by an admin while it waits (JobHeldAdmin):
+    /check_, /api and the waiting page say so, the request waits (no second
+    sbatch); once released and runnable, the same job serves it."""
+    g = slurm_gateway([pending_service(cluster, tmp_path)])
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        fut = ex.submit(http_request, g.port, "GET", "/llm/pid", timeout=90 * SLACK)
+        rows = wait_until(lambda: cluster.live_jobs(g.job_name()), 15 * SLACK, msg="the job queued")
+        [(job_id, _, _, _)] = rows
+        wait_until(lambda: "PartitionDown" in g.check()["reason"], 10 * SLACK)
+        cluster.scontrol("hold", job_id)
+        chk = wait_until(lambda: (lambda c: "JobHeldAdmin" in c["reason"] and c)(g.check()),
+                         10 * SLACK, msg="the hold in /check_")
+        assert "held until released" in chk["reason"] and chk["running"] is False, chk
+        inst = g.svc()["instances"][0]
+        assert "JobHeldAdmin" in inst["detail"] and inst["state"] == "starting", inst
+        page = http_request(g.port, "GET", "/llm/", headers={"Accept": "text/html"}, timeout=10)
+        assert page.status == 503 and b"JobHeldAdmin" in page.body, page
+        assert not fut.done()
+        cluster.scontrol("release", job_id)
+        wait_until(lambda: "PartitionDown" in g.check()["reason"], 10 * SLACK,
+                   msg="released: waiting for its partition again")
+        cluster.scontrol("update", f"JobId={job_id}", f"Partition={cluster.partition}")
+        r = fut.result(timeout=60 * SLACK)
+    assert r.status == 200, (r.status, r.body[:300])
+    info = g.svc()
+    assert info["starts"] == 1 and info["instances"][0]["job_id"] == job_id, info
+    assert [j[0] for j in cluster.jobs(g.job_name())] == [job_id]
+
+
+def test_admin_hold_until_start_timeout_answers_and_cancels(cluster, slurm_gateway, tmp_path):
+    """A cold start's job held by an admin and never released: at
+    start_timeout the waiting request is answered 502 naming the hold, the
+    held job is cancelled (not left in the queue), nothing submitted again."""
+    g = slurm_gateway([pending_service(cluster, tmp_path, start_timeout=6)])
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        fut = ex.submit(http_request, g.port, "GET", "/llm/pid", timeout=60 * SLACK)
+        [(job_id, _, _, _)] = wait_until(lambda: cluster.live_jobs(g.job_name()), 15 * SLACK,
+                                         msg="the job queued")
+        cluster.scontrol("hold", job_id)
+        r = fut.result(timeout=30 * SLACK)
+    assert r.status == 502, (r.status, r.body[:300])
+    assert b"start_timeout" in r.body and b"JobHeldAdmin" in r.body, r.body
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 15 * SLACK, msg="the held job cancelled")
+    assert [j[0] for j in cluster.jobs(g.job_name())] in ([job_id], []), cluster.jobs(g.job_name())
+    assert g.svc()["starts"] == 1
+
+
+def test_requeuehold_of_a_running_job_is_shown_and_served_after_release(cluster, slurm_gateway,
+                                                                       tmp_path):
+    """scontrol requeuehold of a running job: the instance is held, the
+    reason says the job waits for scontrol release; a request waits and is
+    served by the same job once released (no second sbatch)."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job)])
+    job_id = warm(g, cluster)
+    cluster.scontrol("requeuehold", job_id)
+    chk = wait_until(lambda: (lambda c: "scontrol release" in c["reason"] and c)(g.check()),
+                     10 * SLACK, msg="the hold in /check_")
+    assert f"Slurm job {job_id} requeued and held" in chk["reason"] and not chk["running"], chk
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        fut = ex.submit(http_request, g.port, "GET", "/llm/pid", timeout=60 * SLACK)
+        wait_until(lambda: g.svc()["waiting"] == 1, 10 * SLACK)
+        cluster.scontrol("release", job_id)
+        r = fut.result(timeout=45 * SLACK)
+    assert r.status == 200, (r.status, r.body[:300])
+    info = g.svc()
+    assert info["starts"] == 1 and info["instances"][0]["job_id"] == job_id, info
+    assert [j[0] for j in cluster.jobs(g.job_name())] == [job_id]
+
+
+def test_requeuehold_not_released_within_start_timeout_is_replaced(cluster, slurm_gateway,
+                                                                   tmp_path):
+    """scontrol requeuehold of a running job (Slurm does it too, when a
+    prolog fails), never released, while a request waits: the request
+    waited forever. Now the held job gets start_timeout to run again, as a
+    start does; then it is cancelled (not left in the queue) and a new job
+    serves the request."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job, start_timeout=5)])
+    job_id = warm(g, cluster)
+    cluster.scontrol("requeuehold", job_id)
+    wait_until(lambda: g.svc()["instances"][0]["state"] == "held", 10 * SLACK)
+    t0 = time.monotonic()
+    r = http_request(g.port, "GET", "/llm/pid", timeout=40 * SLACK)
+    took = time.monotonic() - t0
+    assert r.status == 200, (r.status, r.body[:300])
+    info = g.svc()
+    [inst] = info["instances"]
+    assert inst["job_id"] != job_id and info["starts"] == 2, info
+    assert [j[0] for j in cluster.live_jobs(g.job_name())] == [inst["job_id"]]
+    log = g.log(tail=10 ** 6)
+    assert re.search(rf"Slurm job {job_id} .*not released within start_timeout \(5 s\)", log), log
+    print(f"served by a new job {took:.1f} s after the request")
+
+
+def test_requeuehold_idle_job_is_cancelled(cluster, slurm_gateway, tmp_path):
+    """A requeue-held job with nothing waiting is stopped by the idle clock
+    (cancelled, not left held in the queue forever)."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job, timeout=3)])
+    job_id = warm(g, cluster)
+    cluster.scontrol("requeuehold", job_id)
+    g.wait_svc(lambda i: not i["instances"], 20, msg="the held job stopped")
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 10 * SLACK, msg="the held job cancelled")
+    assert "held and idle for 3 s" in g.log(tail=10 ** 6)
+    assert g.svc()["starts"] == 1
