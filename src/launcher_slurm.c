@@ -79,6 +79,14 @@ static void job_line_seen(struct sjob *j, char **f)
 	}
 	if (h == 0)
 		h = 1;
+	if (!j->renamed && j->name[0] && f[1][0] && strcmp(f[1], j->name) != 0) {
+		/* scontrol update JobName=: found by its id while this run lasts */
+		j->renamed = true;
+		log_warn("Slurm job %s was renamed from %s to %s: tracked by its id until it ends, but a "
+			 "restart knows the gateway's jobs by their names only: after kill -9 it would "
+			 "run on untracked (keep_jobs_on_exit does not leave it running)", j->id, j->name,
+			 f[1]);
+	}
 	if (h != j->sig) {
 		j->sig = h;
 		poll_backoff_reset();
@@ -151,7 +159,9 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if ((flags & LSTOP_EXITING) && slurm_gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	/* a renamed job is cancelled: the next run could not adopt it */
+	if ((flags & LSTOP_EXITING) && slurm_gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING &&
+	    !j->renamed) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);

@@ -238,3 +238,60 @@ def test_requeuehold_idle_job_is_cancelled(cluster, slurm_gateway, tmp_path):
     wait_until(lambda: not cluster.live_jobs(g.job_name()), 10 * SLACK, msg="the held job cancelled")
     assert "held and idle for 3 s" in g.log(tail=10 ** 6)
     assert g.svc()["starts"] == 1
+
+
+# --------------------------------------------------------------------------
+# 4. a job renamed by someone; a job submitted by hand under the gateway's name
+# --------------------------------------------------------------------------
+
+def test_renamed_job_is_tracked_and_not_left_running_by_keep_jobs_on_exit(cluster, slurm_gateway,
+                                                                          tmp_path):
+    """scontrol update JobName= on a running job: the gateway tracks its jobs
+    by id while it runs (requests still served, the log says it was
+    renamed), but a restart finds them by name: with keep_jobs_on_exit the
+    renamed job was left running at SIGTERM and the next run neither adopted
+    nor cancelled it (a leak, and a clash with the new job's port on that
+    node). It is cancelled at exit now."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job)], keep_jobs_on_exit=True)
+    job_id = warm(g, cluster)
+    cluster.scontrol("update", f"JobId={job_id}", "JobName=renamed-by-admin")
+    wait_until(lambda: f"Slurm job {job_id} was renamed" in g.log(tail=10 ** 6), 10 * SLACK,
+               msg="the rename in the log")
+    r = g.get("/llm/pid")
+    assert r.status == 200 and g.svc()["instances"][0]["job_id"] == job_id, r
+    assert g.terminate() == 0
+    try:
+        wait_until(lambda: not [j for j in cluster.live_jobs() if j[0] == job_id], 15 * SLACK,
+                   msg="the renamed job cancelled at exit")
+    finally:
+        cluster.scancel(job_id)
+
+
+def test_job_submitted_by_hand_under_the_gateways_name_is_not_adopted(cluster, slurm_gateway,
+                                                                      tmp_path):
+    """A job the gateway never started, named like its own (sg:ID:llm:0),
+    runs when the gateway starts: it was adopted (on the config's port,
+    Slurm not saying which), and users' requests would have gone to
+    whatever listens there on its node. A gateway's job always runs SCRIPT
+    PORT (Slurm's Command=): one that does not is not adopted (cancelled:
+    the name is the gateway's), and the first request starts a job of its
+    own."""
+    job = demo_job_script(tmp_path / "job.sh")
+    g = slurm_gateway([slurm_service(cluster, job)], start=False)
+    jid = cluster.run("sbatch", "--parsable", f"--job-name={g.job_name()}",
+                      f"--chdir={cluster.work_dir}", "--wrap", "sleep 300").strip()
+    try:
+        wait_until(lambda: cluster.jobs(g.job_name())[0][2] == "RUNNING", 15 * SLACK)
+        g.start()
+        wait_until(lambda: "looked for Slurm jobs of an earlier run" in g.log(), 10 * SLACK)
+        log = g.log()
+        assert f"Slurm job {jid} ({g.job_name()}, RUNNING) bears this gateway's name" in log, log
+        assert "adopting" not in log, log
+        r = g.get("/llm/pid", timeout=60)
+        assert r.status == 200, r
+        inst = g.svc()["instances"][0]
+        assert inst["job_id"] != jid, inst
+        wait_until(lambda: jid not in [j[0] for j in cluster.live_jobs()], 10 * SLACK)
+    finally:
+        cluster.scancel(jid)
