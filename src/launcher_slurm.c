@@ -82,10 +82,9 @@ static void job_line_seen(struct sjob *j, char **f)
 	if (!j->renamed && j->name[0] && f[1][0] && strcmp(f[1], j->name) != 0) {
 		/* scontrol update JobName=: found by its id while this run lasts */
 		j->renamed = true;
-		log_warn("Slurm job %s was renamed from %s to %s: tracked by its id until it ends, but a "
-			 "restart knows the gateway's jobs by their names only: after kill -9 it would "
-			 "run on untracked (keep_jobs_on_exit does not leave it running)", j->id, j->name,
-			 f[1]);
+		log_warn("Slurm job %s was renamed from %s to %s: tracked by its id until it ends; a "
+			 "restart after kill -9 would not know it (nor keep_jobs_on_exit leave it)", j->id,
+			 j->name, f[1]);
 	}
 	if (h != j->sig) {
 		j->sig = h;
@@ -131,8 +130,17 @@ static void cancel_done(void *arg, int status, const char *out, const char *err)
 	struct sjob *j = arg;
 
 	(void)out;
-	if (status != 0)
+	if (status != 0 && strstr(err, SAGENT_NOT_OURS) && j->tracked && j->st == J_CANCELLING) {
+		/* renamed: the agent cancels only jobs of the gateway's names, and
+		 * retrying would keep the instance stopping until the job ends */
+		char why[300];
+		snprintf(why, sizeof why, "Slurm job %s was renamed: the slurm agent does not cancel it; "
+			 "left running: scancel %s", j->id, j->id);
+		log_warn("%s", why);
+		job_gone(j, why);
+	} else if (status != 0) {
 		log_warn("scancel %s: %s (will retry)", j->id, err[0] ? err : "failed");
+	}
 	sjob_unref(j);
 }
 

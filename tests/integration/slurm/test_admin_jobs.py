@@ -12,9 +12,20 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 import conftest as base
 from conftest import SLACK, http_request, wait_until
 from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
+from test_slurm_agent import agent_service
+
+
+def service(cluster, tmp_path, via="commands", **kw):
+    """The demo service, its Slurm commands run plainly over ssh or through
+    the remote agent (whose watcher pushes the job lines)."""
+    if via == "agent":
+        return agent_service(cluster, tmp_path, **kw)[0]
+    return slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), **kw)
 
 
 def warm(g, cluster, route="llm"):
@@ -80,31 +91,19 @@ def test_time_limit_shortened_moves_the_handover_earlier(cluster, slurm_gateway,
     print(f"replacement started {took:.1f} s after the limit was cut")
 
 
-def test_time_limit_extended_no_handover_at_the_old_time(cluster, slurm_gateway, tmp_path):
-    """A job of 1 minute, its handover 50 s before the end (about 10 s
-    after it starts); an admin extends it to 10 minutes at once: no
-    replacement at the old time."""
-    svc = time_limit_service(cluster, tmp_path, 1, 50)
-    g = slurm_gateway([svc])
-    job_id = warm(g, cluster)
-    cluster.scontrol("update", f"JobId={job_id}", "TimeLimit=10")
-    wait_until(lambda: (left(g) or 0) > 500, 10 * SLACK, msg="the new time limit in /api")
-    assert g.svc()["starts"] == 1
-    # past the old handover time (10 s after the start) by a few polls
-    wait_until(lambda: elapsed_s(cluster, job_id) >= 15, 20 * SLACK, interval=0.5)
-    info = g.svc()
-    assert info["starts"] == 1 and len(info["instances"]) == 1, info
-    assert "starting a replacement" not in g.log(tail=10 ** 6)
-
-
 def test_time_limit_made_unlimited_cancels_the_handover(cluster, slurm_gateway, tmp_path):
-    """A job of 1 minute, its handover 50 s before the end; an admin makes
-    its limit UNLIMITED (squeue's time left says "UNLIMITED"): the handover
-    timer is cleared, /api says no time limit, no replacement starts."""
+    """A job of 1 minute, its handover 50 s before the end (about 10 s
+    after it starts); an admin extends it at once to 10 minutes (the
+    handover moves: /api shows the new time left), then makes it UNLIMITED
+    (squeue's time left says "UNLIMITED"): the last limit's deadline and
+    handover timer were kept (a needless replacement 50 s before it). Now
+    /api says no time limit, and no replacement starts."""
     svc = time_limit_service(cluster, tmp_path, 1, 50)
     g = slurm_gateway([svc])
     job_id = warm(g, cluster)
     assert left(g) is not None and left(g) < 60, g.svc()
+    cluster.scontrol("update", f"JobId={job_id}", "TimeLimit=10")
+    wait_until(lambda: (left(g) or 0) > 500, 10 * SLACK, msg="the new time limit in /api")
     cluster.scontrol("update", f"JobId={job_id}", "TimeLimit=UNLIMITED")
     wait_until(lambda: left(g) is None, 10 * SLACK, msg="no time limit in /api")
     wait_until(lambda: elapsed_s(cluster, job_id) >= 15, 20 * SLACK, interval=0.5)
@@ -179,15 +178,15 @@ def test_requeuehold_of_a_running_job_is_shown_and_served_after_release(cluster,
     assert [j[0] for j in cluster.jobs(g.job_name())] == [job_id]
 
 
+@pytest.mark.parametrize("via", ["commands", "agent"])
 def test_requeuehold_not_released_within_start_timeout_is_replaced(cluster, slurm_gateway,
-                                                                   tmp_path):
+                                                                   tmp_path, via):
     """scontrol requeuehold of a running job (Slurm does it too, when a
     prolog fails), never released, while a request waits: the request
     waited forever. Now the held job gets start_timeout to run again, as a
     start does; then it is cancelled (not left in the queue) and a new job
     serves the request."""
-    job = demo_job_script(tmp_path / "job.sh")
-    g = slurm_gateway([slurm_service(cluster, job, start_timeout=5)])
+    g = slurm_gateway([service(cluster, tmp_path, via, start_timeout=5)])
     job_id = warm(g, cluster)
     cluster.scontrol("requeuehold", job_id)
     wait_until(lambda: g.svc()["instances"][0]["state"] == "held", 10 * SLACK)
@@ -221,26 +220,36 @@ def test_requeuehold_idle_job_is_cancelled(cluster, slurm_gateway, tmp_path):
 # 4. a job renamed by someone; a job submitted by hand under the gateway's name
 # --------------------------------------------------------------------------
 
+@pytest.mark.parametrize("via", ["commands", "agent"])
 def test_renamed_job_is_tracked_and_not_left_running_by_keep_jobs_on_exit(cluster, slurm_gateway,
-                                                                          tmp_path):
+                                                                          tmp_path, via):
     """scontrol update JobName= on a running job: the gateway tracks its jobs
     by id while it runs (requests still served, the log says it was
     renamed), but a restart finds them by name: with keep_jobs_on_exit the
     renamed job was left running at SIGTERM and the next run neither adopted
     nor cancelled it (a leak, and a clash with the new job's port on that
-    node). It is cancelled at exit now."""
-    job = demo_job_script(tmp_path / "job.sh")
-    g = slurm_gateway([slurm_service(cluster, job)], keep_jobs_on_exit=True)
+    node). It is cancelled at exit now. Through the remote agent, which
+    cancels only jobs of the gateway's names, the scancel was refused and
+    retried until the job ended (the instance stopping all along: here the
+    shutdown gave up after its grace); now the job is given up at once,
+    the log saying to scancel it."""
+    g = slurm_gateway([service(cluster, tmp_path, via)], keep_jobs_on_exit=True)
     job_id = warm(g, cluster)
     cluster.scontrol("update", f"JobId={job_id}", "JobName=renamed-by-admin")
-    wait_until(lambda: f"Slurm job {job_id} was renamed" in g.log(tail=10 ** 6), 10 * SLACK,
-               msg="the rename in the log")
-    r = g.get("/llm/pid")
-    assert r.status == 200 and g.svc()["instances"][0]["job_id"] == job_id, r
-    assert g.terminate() == 0
     try:
-        wait_until(lambda: not [j for j in cluster.live_jobs() if j[0] == job_id], 15 * SLACK,
-                   msg="the renamed job cancelled at exit")
+        wait_until(lambda: f"Slurm job {job_id} was renamed" in g.log(tail=10 ** 6), 10 * SLACK,
+                   msg="the rename in the log")
+        r = g.get("/llm/pid")
+        assert r.status == 200 and g.svc()["instances"][0]["job_id"] == job_id, r
+        t0 = time.monotonic()
+        assert g.terminate() == 0
+        assert time.monotonic() - t0 < 4 * SLACK, g.log()
+        live = lambda: [j for j in cluster.live_jobs() if j[0] == job_id]  # noqa: E731
+        if via == "agent":
+            assert f"left running: scancel {job_id}" in g.log(tail=10 ** 6)
+            assert live()
+        else:
+            wait_until(lambda: not live(), 15 * SLACK, msg="the renamed job cancelled at exit")
     finally:
         cluster.scancel(job_id)
 
