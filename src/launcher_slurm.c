@@ -237,6 +237,8 @@ static void job_hold(struct sjob *j, const char *what, const char *reason, bool 
 	/* a forward still being opened is given up too: a new one follows */
 	if (!keep_fwd || j->st == J_TUNNEL)
 		sjob_fwd_close(j);
+	if (!keep_fwd && j->inst)
+		instance_set_deadline(j->inst, 0);   /* back in the queue: its time starts anew */
 	j->st = J_HELD;
 	if (!first && strcmp(why, j->why) == 0)
 		return;
@@ -279,14 +281,11 @@ static void job_answered(struct sjob *j);
 static void job_held_long(struct sjob *j)
 {
 	char why[sizeof j->why + 100];
-	int limit;
+	int limit = j->inst ? service_config(j->inst->svc)->start_timeout : 0;
 
 	if (j->held_since == 0)
 		j->held_since = now_s();
-	if (j->inst == NULL)
-		return;
-	limit = service_config(j->inst->svc)->start_timeout;
-	if (now_s() - j->held_since < limit)
+	if (j->inst == NULL || now_s() - j->held_since < limit)
 		return;
 	snprintf(why, sizeof why, "%s: not released within start_timeout (%d s): cancelling it", j->why,
 		 limit);

@@ -158,15 +158,18 @@ def test_admin_hold_until_start_timeout_answers_and_cancels(cluster, slurm_gatew
 def test_requeuehold_of_a_running_job_is_shown_and_served_after_release(cluster, slurm_gateway,
                                                                        tmp_path):
     """scontrol requeuehold of a running job: the instance is held, the
-    reason says the job waits for scontrol release; a request waits and is
+    reason says the job waits for scontrol release (it said "requeued:
+    pending"), and /api no longer counts down the time limit of the run that
+    ended (its time starts anew when it runs again); a request waits and is
     served by the same job once released (no second sbatch)."""
-    job = demo_job_script(tmp_path / "job.sh")
-    g = slurm_gateway([slurm_service(cluster, job)])
+    g = slurm_gateway([time_limit_service(cluster, tmp_path, 10, 30)])
     job_id = warm(g, cluster)
+    assert left(g) > 500, g.svc()
     cluster.scontrol("requeuehold", job_id)
     chk = wait_until(lambda: (lambda c: "scontrol release" in c["reason"] and c)(g.check()),
                      10 * SLACK, msg="the hold in /check_")
     assert f"Slurm job {job_id} requeued and held" in chk["reason"] and not chk["running"], chk
+    assert left(g) is None, g.svc()
     with ThreadPoolExecutor(max_workers=1) as ex:
         fut = ex.submit(http_request, g.port, "GET", "/llm/pid", timeout=60 * SLACK)
         wait_until(lambda: g.svc()["waiting"] == 1, 10 * SLACK)
@@ -176,6 +179,7 @@ def test_requeuehold_of_a_running_job_is_shown_and_served_after_release(cluster,
     info = g.svc()
     assert info["starts"] == 1 and info["instances"][0]["job_id"] == job_id, info
     assert [j[0] for j in cluster.jobs(g.job_name())] == [job_id]
+    assert left(g) > 500, info
 
 
 @pytest.mark.parametrize("via", ["commands", "agent"])
