@@ -101,7 +101,8 @@ void instance_endpoint(struct instance *i, const char *host, int port);
 void instance_set_detail(struct instance *i, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* The job ends at END_AT (monotonic seconds): hand over to a fresh
- * instance before then. */
+ * instance before then. END_AT 0: it has no end (any more: an admin
+ * lifted its time limit): no handover. */
 void instance_set_deadline(struct instance *i, double end_at);
 /* The process or job is gone (or could not start); KIND and REASON say
  * why (KIND counts a failed start in /metrics; REASON is for people).

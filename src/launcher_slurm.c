@@ -79,6 +79,13 @@ static void job_line_seen(struct sjob *j, char **f)
 	}
 	if (h == 0)
 		h = 1;
+	if (!j->renamed && j->name[0] && f[1][0] && strcmp(f[1], j->name) != 0) {
+		/* scontrol update JobName=: found by its id while this run lasts */
+		j->renamed = true;
+		log_warn("Slurm job %s was renamed from %s to %s: tracked by its id until it ends; a "
+			 "restart after kill -9 would not know it (nor keep_jobs_on_exit leave it)", j->id,
+			 j->name, f[1]);
+	}
 	if (h != j->sig) {
 		j->sig = h;
 		poll_backoff_reset();
@@ -123,8 +130,17 @@ static void cancel_done(void *arg, int status, const char *out, const char *err)
 	struct sjob *j = arg;
 
 	(void)out;
-	if (status != 0)
+	if (status != 0 && strstr(err, SAGENT_NOT_OURS) && j->tracked && j->st == J_CANCELLING) {
+		/* renamed: the agent cancels only jobs of the gateway's names, and
+		 * retrying would keep the instance stopping until the job ends */
+		char why[300];
+		snprintf(why, sizeof why, "Slurm job %s was renamed: the slurm agent does not cancel it; "
+			 "left running: scancel %s", j->id, j->id);
+		log_warn("%s", why);
+		job_gone(j, why);
+	} else if (status != 0) {
 		log_warn("scancel %s: %s (will retry)", j->id, err[0] ? err : "failed");
+	}
 	sjob_unref(j);
 }
 
@@ -151,7 +167,9 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 		instance_gone(i, LFAIL_OTHER, "not running");
 		return;
 	}
-	if ((flags & LSTOP_EXITING) && slurm_gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING) {
+	/* a renamed job is cancelled: the next run could not adopt it */
+	if ((flags & LSTOP_EXITING) && slurm_gw->cfg->keep_jobs_on_exit && j->st != J_SUBMITTING &&
+	    !j->renamed) {
 		char why[100];
 		snprintf(why, sizeof why, "Slurm job %s left running (keep_jobs_on_exit)", j->id);
 		job_gone(j, why);
@@ -219,6 +237,8 @@ static void job_hold(struct sjob *j, const char *what, const char *reason, bool 
 	/* a forward still being opened is given up too: a new one follows */
 	if (!keep_fwd || j->st == J_TUNNEL)
 		sjob_fwd_close(j);
+	if (!keep_fwd && j->inst)
+		instance_set_deadline(j->inst, 0);   /* back in the queue: its time starts anew */
 	j->st = J_HELD;
 	if (!first && strcmp(why, j->why) == 0)
 		return;
@@ -254,6 +274,25 @@ static void job_resume(struct sjob *j, const char *node)
 
 static void job_answered(struct sjob *j);
 
+/* J ran and is held (J_HELD). If it waits for scontrol release, it has
+ * as long as a start may take (start_timeout, from the hold) to run again;
+ * then it is given up: cancelled, and a new job starts if requests wait or
+ * min_instances asks (else a request would wait until an admin acts). */
+static void job_held_long(struct sjob *j)
+{
+	char why[sizeof j->why + 100];
+	int limit = j->inst ? service_config(j->inst->svc)->start_timeout : 0;
+
+	if (j->held_since == 0)
+		j->held_since = now_s();
+	if (j->inst == NULL || now_s() - j->held_since < limit)
+		return;
+	snprintf(why, sizeof why, "%s: not released within start_timeout (%d s): cancelling it", j->why,
+		 limit);
+	log_warn("svc %s[%d]: %s", service_config(j->inst->svc)->name, j->inst->index, why);
+	instance_fail(j->inst, LFAIL_TIMEOUT, why);
+}
+
 /* One squeue line (or scontrol's answer) for a job we track: move it along. */
 static void job_update(struct sjob *j, const char *state, const char *nodes, const char *left,
 		       const char *reason, double poll_started)
@@ -263,6 +302,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	bool unknown;
 	enum slurmjob_class c = slurmjob_class(state, &says, &unknown);
 	bool ran = j->st == J_TUNNEL || j->st == J_UP || j->st == J_HELD;
+	bool held = slurmjob_held(state, reason);   /* waits for scontrol release */
 
 	j->seen = true;
 	job_answered(j);   /* a line from Slurm: it answers (a new agent says no more) */
@@ -286,9 +326,14 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	if (j->inst)
 		j->inst->expected_start = 0;
 	if (c == SJ_RUNNING) {
+		j->held_since = 0;
 		long secs = slurmjob_time_left(left);
+		/* read every poll: an admin may change the limit (scontrol
+		 * update TimeLimit=), the handover moves with it */
 		if (secs >= 0 && j->inst)
 			instance_set_deadline(j->inst, now_s() + (double)secs);
+		else if (strcmp(left, "UNLIMITED") == 0 && j->inst && j->inst->deadline > 0)
+			instance_set_deadline(j->inst, 0);   /* made unlimited: no handover */
 		slurmjob_first_node(nodes, node, sizeof node);
 		if (j->st == J_QUEUED) {
 			snprintf(j->node, sizeof j->node, "%s", node);
@@ -322,7 +367,6 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 			struct tm tm;
 			/* a held job (scontrol hold: JobHeldUser, JobHeldAdmin) waits for
 			 * its release, whatever start Slurm had planned before */
-			bool held = has_prefix(r, "JobHeld");
 			if (held)
 				snprintf(at, sizeof at, ", held until released (scontrol release)");
 			else if (c == SJ_WAITING && j->eta > 0 && gmtime_r(&t, &tm))
@@ -334,11 +378,16 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		}
 		return;
 	}
+	if (!held)
+		j->held_since = 0;
 	switch (c) {
 	case SJ_WAITING:
 		/* pending again after it ran: requeued (scontrol requeue, preemption,
-		 * its node failed) */
-		snprintf(why, sizeof why, "requeued: %s", says);
+		 * its node failed), maybe held until released (requeuehold) */
+		if (held)
+			snprintf(why, sizeof why, "requeued and held, waits for scontrol release");
+		else
+			snprintf(why, sizeof why, "requeued: %s", says);
 		job_hold(j, why, reason, false);
 		break;
 	case SJ_REQUEUED:
@@ -358,6 +407,8 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 	default:
 		break;
 	}
+	if (held && j->st == J_HELD)
+		job_held_long(j);
 }
 
 static bool busy_jobs(void)

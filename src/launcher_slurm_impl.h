@@ -29,9 +29,11 @@ struct sjob {
 	char id[32];
 	char name[200];          /* its Slurm job name (sg:INSTANCE_ID:ROUTE:INDEX) */
 	bool looked_up;          /* sbatch's answer was lost: squeue was asked for the name */
+	bool renamed;            /* squeue says another name (scontrol update JobName=) */
 	char node[128];          /* where it runs (or ran last) */
 	char fwd_node[128];      /* where the forward on lport goes */
 	char why[256];           /* the reason it is held (J_HELD) */
+	double held_since;       /* J_HELD waiting for scontrol release since (0: not) */
 	int rport, lport;
 	enum jstate st;
 	bool want_cancel, seen, tracked;

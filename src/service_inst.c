@@ -408,7 +408,11 @@ void instance_set_deadline(struct instance *i, double end_at)
 
 	if (i->state == INST_GONE)
 		return;
-	i->deadline = end_at;
+	i->deadline = end_at > 0 ? end_at : 0;
+	if (end_at <= 0) {
+		event_del(i->handover_ev);
+		return;
+	}
 	at = scaler_handover_in(s->cfg->handover_lead, s->last_start_s, end_at - now_s(), i->ready_at == 0);
 	event_add(i->handover_ev, &(struct timeval){(long)at, (long)((at - (long)at) * 1e6)});
 }

@@ -52,5 +52,8 @@ void sagent_shutdown(void);
 /* The reason a submit fails with when the agent died while it ran: the
  * job may have been queued all the same (launcher_slurm.c looks). */
 #define SAGENT_SBATCH_LOST "the slurm agent died during sbatch"
+/* What the agent's refusal to cancel a job says when the job's name is not
+ * one of the gateway's (renamed by someone: scontrol update JobName=). */
+#define SAGENT_NOT_OURS "is not the gateway's"
 
 #endif

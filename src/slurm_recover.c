@@ -164,6 +164,8 @@ struct cand {
 	char script[512];   /* the script it runs ("": not known) */
 	int tries;          /* scontrol asked and failed */
 	bool gone;          /* ended since squeue listed it */
+	bool foreign;       /* scontrol says it does not run SCRIPT PORT: not a gateway's */
+	bool renamed;       /* scontrol says another name now: not ours any more */
 	struct service *s;  /* recover_finish: the service that may adopt it */
 	struct instance *i; /* recover_finish: adopted as (NULL: cancelled) */
 	bool done;          /* recover_finish: adopted or cancelled */
@@ -275,7 +277,15 @@ static void cand_show_done(void *arg, int status, const char *out, const char *e
 	 * version), and Slurm keeps that as the job's Command for its life: no
 	 * record in state_dir can be lost, or older than the job */
 	if (status == 0) {
+		char jn[sizeof k->name];
 		k->port = slurmjob_command_port(out, k->name, k->script, sizeof k->script);
+		slurmjob_field(out, "JobName", jn, sizeof jn);
+		/* every gateway runs SCRIPT PORT: a job of our name that does not
+		 * was submitted by hand (or another tool) under it. Never adopted:
+		 * users' requests would go to whatever listens on the config's
+		 * port on its node */
+		k->renamed = jn[0] && strcmp(jn, k->name) != 0;
+		k->foreign = k->port == 0 && !k->renamed && strstr(out, " Command=") != NULL;
 	} else if (strstr(err, "Invalid job id") != NULL) {
 		k->gone = true;   /* ended since squeue listed it */
 	} else if (++k->tries < SHOW_TRIES &&
@@ -283,7 +293,7 @@ static void cand_show_done(void *arg, int status, const char *out, const char *e
 				   &(struct timeval){1, 0}) == 0) {
 		return;
 	}
-	if (k->port == 0 && !k->gone)
+	if (k->port == 0 && !k->gone && !k->foreign && !k->renamed)
 		log_warn("Slurm job %s: cannot tell which port it was started for (scontrol: %s); "
 			 "taking the config's", k->id,
 			 status != 0 ? (err[0] ? err : "failed") : "no Command=SCRIPT PORT");
@@ -399,6 +409,23 @@ static void recover_finish(struct scanctx *x)
 			/* ended and purged since squeue listed it, most likely; if
 			 * not, it is not left running untracked */
 			cancel_left(r, k->id, k->name, k->state, "unknown to scontrol now");
+			continue;
+		}
+		if (k->renamed) {
+			log_warn("Slurm job %s (%s) was renamed since squeue listed it: not this "
+				 "gateway's any more, left alone", k->id, k->name);
+			k->done = true;
+			continue;
+		}
+		if (k->foreign) {
+			struct sjob *j = job_new(r, k->id, k->name);
+			log_warn("Slurm job %s (%s, %s) bears this gateway's name, but it was not started "
+				 "by a gateway (it does not run SCRIPT PORT; submitted by hand?): not adopted, "
+				 "cancelling (sg:%s:... names are the gateway's own)", k->id, k->name, k->state,
+				 slurm_gw->cfg->instance_id);
+			j->want_cancel = true;
+			sjob_cancel(j);
+			k->done = true;
 			continue;
 		}
 		/* index max_instances: a walltime handover's replacement, or,

@@ -69,6 +69,15 @@ bool slurmjob_has_reason(const char *reason)
 	return reason[0] && strcmp(reason, "None") != 0 && strcmp(reason, "(null)") != 0;
 }
 
+bool slurmjob_held(const char *state, const char *reason)
+{
+	const char *says;
+
+	return slurmjob_class(state, &says, NULL) == SJ_HELD || has_prefix(reason, "JobHeld") ||
+	       has_prefix(reason, "JobHoldMaxRequeue") || strstr(reason, "held state") != NULL ||
+	       strstr(reason, "held_state") != NULL;
+}
+
 void slurmjob_first_node(const char *list, char *out, size_t len)
 {
 	size_t o = 0;

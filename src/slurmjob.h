@@ -26,6 +26,12 @@ enum slurmjob_class slurmjob_class(const char *state, const char **says, bool *u
 bool slurmjob_ended(const char *state);
 /* A Reason worth showing (not "", "None" or "(null)"). */
 bool slurmjob_has_reason(const char *reason);
+/* A job in STATE for REASON waits for scontrol release: held by a user or
+ * an admin (JobHeldUser, JobHeldAdmin), requeued and held (scontrol
+ * requeuehold; Slurm's own after a prolog failure: "job requeued in held
+ * state", scontrol says it with '_'), held after too many requeues
+ * (JobHoldMaxRequeue), or in a held state (REQUEUE_HOLD, SPECIAL_EXIT ...). */
+bool slurmjob_held(const char *state, const char *reason);
 /* First host of a node list: "gpu[03-04,07]" -> "gpu03"; "" for "". */
 void slurmjob_first_node(const char *list, char *out, size_t len);
 /* Time left ("1-02:03:04", "59:59", "UNLIMITED") in seconds; -1 if none. */

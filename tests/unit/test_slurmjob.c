@@ -88,6 +88,17 @@ static void test_reason(void **state)
 	assert_false(slurmjob_has_reason("None"));
 	assert_false(slurmjob_has_reason("(null)"));
 	assert_true(slurmjob_has_reason("BeginTime"));
+	/* waits for scontrol release */
+	assert_true(slurmjob_held("PENDING", "JobHeldAdmin"));
+	assert_true(slurmjob_held("PENDING", "JobHeldUser"));
+	assert_true(slurmjob_held("PENDING", "job requeued in held state"));
+	assert_true(slurmjob_held("PENDING", "job_requeued_in_held_state"));
+	assert_true(slurmjob_held("PENDING", "JobHoldMaxRequeue"));
+	assert_true(slurmjob_held("REQUEUE_HOLD", ""));
+	assert_true(slurmjob_held("SPECIAL_EXIT", "None"));
+	assert_false(slurmjob_held("PENDING", "BeginTime"));
+	assert_false(slurmjob_held("PENDING", "Priority"));
+	assert_false(slurmjob_held("REQUEUED", "None"));
 }
 
 static void test_first_node(void **state)
