@@ -394,17 +394,6 @@ static void recover_finish(struct scanctx *x)
 		struct cand *k = &x->cand[q];
 		struct service *s = service_by_route(k->route, strlen(k->route));
 		const struct svc_config *c = s ? service_config(s) : NULL;
-		if (services_exiting) {
-			/* the answers came after a stop began: an instance adopted now
-			 * would outlive the shutdown, its job running untracked */
-			if (slurm_gw->cfg->keep_jobs_on_exit)
-				log_info("Slurm job %s (%s, %s) is left from an earlier run: left "
-					 "running (keep_jobs_on_exit; the gateway is exiting)",
-					 k->id, k->name, k->state);
-			else
-				cancel_left(r, k->id, k->name, k->state, "the gateway is exiting");
-			continue;
-		}
 		if (k->gone) {
 			/* ended and purged since squeue listed it, most likely; if
 			 * not, it is not left running untracked */
@@ -415,6 +404,17 @@ static void recover_finish(struct scanctx *x)
 			log_warn("Slurm job %s (%s) was renamed since squeue listed it: not this "
 				 "gateway's any more, left alone", k->id, k->name);
 			k->done = true;
+			continue;
+		}
+		if (services_exiting) {
+			/* the answers came after a stop began: an instance adopted now
+			 * would outlive the shutdown, its job running untracked */
+			if (slurm_gw->cfg->keep_jobs_on_exit)
+				log_info("Slurm job %s (%s, %s) is left from an earlier run: left "
+					 "running (keep_jobs_on_exit; the gateway is exiting)",
+					 k->id, k->name, k->state);
+			else
+				cancel_left(r, k->id, k->name, k->state, "the gateway is exiting");
 			continue;
 		}
 		if (k->foreign) {
