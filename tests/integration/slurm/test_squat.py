@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import SLACK, wait_until
+from conftest import SLACK, pid_alive, wait_until
 from slurmlib import (DEMO_BIN, NODE_ADDR_SH, cluster, slurm_gateway,  # noqa: F401
                       slurm_service, write_script)
 from test_slurm_agent import allow_args, forced_key, install_agent  # noqa: F401
@@ -150,3 +150,30 @@ def test_own_server_is_ready_after_the_listener_check(cluster, slurm_gateway, tm
     if via == "agent":
         assert g.svc()["slurm_agent"] == "up"
     print(f"cold start with the listener check ({via}): {took:.2f} s")
+
+
+def test_squatter_after_a_requeue_is_not_served(cluster, slurm_gateway, squat, tmp_path):
+    """The port is free while a requeued job waits to run again: a squatter
+    that binds it then is refused as at the first start (the check runs
+    again for the job's new run), and the job's own server serves once it
+    is gone."""
+    svc = slurm_service(cluster, retrying_job_script(tmp_path / "job.sh"), start_timeout=120)
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200 and r.json()["pid"] > 0, r
+    pid1 = r.json()["pid"]
+    [(job_id, _, _, _)] = cluster.jobs(g.job_name())
+    cluster.run("scontrol", "requeue", job_id)
+    wait_until(lambda: not pid_alive(pid1), 30 * SLACK, msg="the requeued job's server ended")
+    stop = squat(svc["remote_port"])
+    try:
+        g.wait_svc(lambda i: any("answered by another user's process" in x.get("detail", "")
+                                 for x in i["instances"]), 60,
+                   msg="the squatter is refused after the requeue")
+        assert all(x["state"] != "ready" for x in g.svc()["instances"]), g.svc()
+        r = g.get("/llm/pid", timeout=3, headers={"X-Slurmgate-Wait": "0"})
+        assert r.status != 200 or not r.json().get("squatter"), r
+    finally:
+        stop()
+    r = g.get("/llm/pid", timeout=90)
+    assert r.status == 200 and not r.json().get("squatter") and r.json()["pid"] not in (0, pid1), r
