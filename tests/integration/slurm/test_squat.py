@@ -7,6 +7,7 @@ user's requests (and what the clients send) go to it. The squatter here
 runs as `nobody` in the node's network namespace, answers every path with
 200, and the job script does not exec (it retries its server until the
 port is free, as a wrapper script might)."""
+import os
 import subprocess
 import threading
 import time
@@ -177,3 +178,23 @@ def test_squatter_after_a_requeue_is_not_served(cluster, slurm_gateway, squat, t
         stop()
     r = g.get("/llm/pid", timeout=90)
     assert r.status == 200 and not r.json().get("squatter") and r.json()["pid"] not in (0, pid1), r
+
+
+def test_check_that_cannot_run_trusts_the_health_check_with_a_warning(cluster, slurm_gateway,
+                                                                      tmp_path):
+    """Where the step cannot run (here: an srun without --overlap, as in
+    Slurm before 20.11, first in the gateway's PATH; the gateway runs Slurm
+    commands here, without remote_host), the instance becomes ready on its
+    health check as before, and the log says the listener was not checked."""
+    old = write_script(tmp_path / "oldslurm" / "srun",
+                       "#!/bin/sh\necho \"srun: unrecognized option '--overlap'\" >&2\nexit 1\n")
+    svc = slurm_service(cluster, retrying_job_script(tmp_path / "job.sh"))
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf,
+                                  "PATH": f"{old.parent}:{os.environ['PATH']}"})
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200 and r.json()["pid"] > 0, r
+    assert (f"cannot check who listens on port {svc['remote_port']} on node " in g.log()
+            and "unrecognized option '--overlap'" in g.log()
+            and "trusting the health check" in g.log()), g.log()
