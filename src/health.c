@@ -74,7 +74,7 @@ void service_probe_result(struct instance *i, bool ok)
 	case HEALTH_NOTHING:
 		break;
 	case HEALTH_READY:
-		if (i->ready_at == 0 && i->svc->lops->verify) {
+		if (i->svc->lops->verify) {
 			char *cause = NULL;
 			if (i->svc->lops->verify(i, &cause) != 0) {
 				if (strcmp(i->detail, cause) != 0)

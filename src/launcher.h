@@ -101,10 +101,11 @@ struct launcher_ops {
 	 * the next line will get (0, 0: where the output stands now). Returns
 	 * 0, or -1 with *cause (malloc'd) when it has none to give. */
 	int (*logs)(struct service *s, uint64_t *from, size_t max, struct evbuffer *out, char **cause);
-	/* Optional: a first health check of I passed; is it I's own server
-	 * that answered (local: the listener on its port is a process of its
-	 * tree, not another user's who bound the port while I loaded)? 0, or
-	 * -1 with *cause (malloc'd): I is not ready, it is probed again. */
+	/* Optional: a health check of I passed while it boots or is unhealthy;
+	 * is it I's own server that answered (local: the listener on its port
+	 * is a process of its tree, not another user's who bound the port while
+	 * I loaded; slurm: the listener on the node is the job's account's)?
+	 * 0, or -1 with *cause (malloc'd): I is not ready, it is probed again. */
 	int (*verify)(struct instance *i, char **cause);
 };
 

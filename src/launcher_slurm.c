@@ -265,6 +265,7 @@ static void job_resume(struct sjob *j, const char *node)
 	if (j->lport && strcmp(j->fwd_node, j->node) == 0) {
 		/* the same node (resumed): the forward stands; probe again */
 		j->st = J_UP;
+		sjob_owner_forget(j);
 		if (j->inst)
 			instance_endpoint(j->inst, "127.0.0.1", j->lport);
 		return;
@@ -797,4 +798,5 @@ const struct launcher_ops launcher_slurm = {
 	.recover = slurm_recover,
 	.check = slurm_check,
 	.logs = slurm_logs,
+	.verify = slurm_verify,
 };

@@ -57,10 +57,17 @@ struct sjob {
 	unsigned long sig;       /* hash of its squeue line but TIMELEFT (0: not seen) */
 	double unanswered_since; /* squeue has failed since (wall clock), 0: it answers */
 	char known[256];         /* meanwhile: the instance's step before that */
+	int owner;               /* whose listener answers rport on node: OWNER_* (slurm_owner.c) */
+	bool owner_asking;       /* the check runs */
+	unsigned owner_gen;      /* its answer counts if this has not changed since */
+	double owner_at;         /* when its last answer came */
+	char owner_why[512];     /* OWNER_OTHER: what /api says */
 	LIST_ENTRY(sjob) link;   /* tracked jobs (those with an id) */
 };
 
 LIST_HEAD(sjob_list, sjob);
+
+enum { OWNER_UNKNOWN, OWNER_OURS, OWNER_OTHER, OWNER_UNSURE };
 
 /* launcher_slurm.c: the tracked jobs (those with an id), newest first. */
 extern struct sjob_list sjobs;
@@ -111,5 +118,15 @@ void slurm_tunnel_init(struct gw *g);
  * forward is given up first. Ends in instance_endpoint() (J_UP) or, after
  * three failed forwards, instance_fail(). */
 void slurm_tunnel_open(struct sjob *j);
+
+/* slurm_owner.c: the launcher's verify op: is the listener on I's port
+ * on its job's node a process of the job's own account (srun in the job,
+ * reading the node's /proc/net/tcp)? Asked once per forward (again after a
+ * requeue or move); meanwhile, and while another user's process listens
+ * there, -1 with *cause. A check that cannot run trusts the health check
+ * (logged). */
+int slurm_verify(struct instance *i, char **cause);
+/* slurm_owner.c: J's job (re)started or moved: the listener is asked about again. */
+void sjob_owner_forget(struct sjob *j);
 
 #endif

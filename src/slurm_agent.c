@@ -258,26 +258,36 @@ static const char tail_sh[] =
 	"  [ -n \"$f\" ] && [ -s \"$f\" ] && [ -r \"$f\" ] && exec tail -n \"$2\" \"$f\"\n"
 	"done\n";
 
-void sagent_tail(struct runner *r, const char *id, int lines, runner_cb cb, void *arg)
+void sagent_ask(struct runner *r, const char *line, char *const argv[], int timeout_s,
+		runner_cb cb, void *arg)
 {
 	struct agent *a = agent_of(r);
-	char n[16];
-	char *argv[] = {"sh", "-c", (char *)tail_sh, "sh", (char *)id, n, NULL};
 	struct areq *q;
 
-	snprintf(n, sizeof n, "%d", lines);
-	if (a == NULL || a->st == A_FALLBACK || !field_ok(id)) {
-		runner_run(r, argv, 30, cb, arg);
+	if (a == NULL || a->st == A_FALLBACK || line == NULL) {
+		runner_run(r, argv, timeout_s, cb, arg);
 		return;
 	}
 	q = xcalloc(1, sizeof *q);
 	q->id = ++a->seq;
 	q->argv = av_copy(argv);
-	q->line = xasprintf("tail\t%s\t%s", id, n);
-	q->timeout_s = 30;
+	q->line = xstrdup(line);
+	q->timeout_s = timeout_s;
 	q->cb = cb;
 	q->arg = arg;
 	req_queue(a, q);
+}
+
+void sagent_tail(struct runner *r, const char *id, int lines, runner_cb cb, void *arg)
+{
+	char n[16];
+	char *argv[] = {"sh", "-c", (char *)tail_sh, "sh", (char *)id, n, NULL};
+	char *line;
+
+	snprintf(n, sizeof n, "%d", lines);
+	line = field_ok(id) ? xasprintf("tail\t%s\t%s", id, n) : NULL;
+	sagent_ask(r, line, argv, 30, cb, arg);
+	free(line);
 }
 
 /* --- the agent's output --- */

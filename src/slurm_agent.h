@@ -39,6 +39,11 @@ void sagent_run(struct runner *r, char *const argv[], int timeout_s, runner_cb c
 /* The last LINES lines of the output file of job ID (stderr, else stdout)
  * through R's agent; without one, the plain way (scontrol + tail). */
 void sagent_tail(struct runner *r, const char *id, int lines, runner_cb cb, void *arg);
+/* Send LINE (a request without its id: verb and fields, tab-separated;
+ * the caller checked the fields) to R's agent; without one (or LINE
+ * NULL), run ARGV the plain way. Same contract as runner_run. */
+void sagent_ask(struct runner *r, const char *line, char *const argv[], int timeout_s,
+		runner_cb cb, void *arg);
 /* Does R's agent push job changes now (no polling needed)? */
 bool sagent_watching(const struct runner *r);
 /* Something looks wrong: R's agent polls now. */

@@ -255,6 +255,7 @@ static void tunnel_to(struct sjob *j, const char *addr)
 void slurm_tunnel_open(struct sjob *j)
 {
 	sjob_fwd_close(j);
+	sjob_owner_forget(j);
 	if (j->tunnel_tries > 0)
 		naddr_forget(j->r, j->node);   /* a retry: the address may have changed */
 	j->st = J_TUNNEL;

@@ -196,3 +196,27 @@ def test_job_output_that_is_not_utf8_does_not_take_the_state_api_down(cluster, s
         r = g.get(path)
         assert r.status == 200, (path, r)
         assert "bad prompt" in r.text, (path, r.text[:500])
+
+
+def test_agent_owner_runs_only_in_the_gateways_jobs_with_checked_fields(agent, cluster, tmp_path):
+    """`owner JOBID NODE PORT` (who listens on the service's port, seen from
+    a step of the job) runs srun in a job: only in the account's own jobs
+    named as the gateway names them, and the node and port are words of
+    their own (no option, no shell), whatever the request says."""
+    other = cluster.run("sbatch", "--parsable", f"--partition={cluster.down_partition}",
+                        "-J", "not-the-gateways", f"--chdir={cluster.work_dir}", agent.job).strip()
+    agent.submitted.append(other)
+    victim = cluster.run("sbatch", "--parsable", "--uid=nobody", f"--partition={cluster.down_partition}",
+                         "-J", "sg:victim:llm:0", "--chdir=/tmp", agent.job).strip()
+    agent.submitted.append(victim)
+    ans = agent(f"1\towner\t{other}\tnode1\t80",
+                f"2\towner\t{victim}\tnode1\t80",
+                f"3\towner\t{other};id\tnode1\t80",
+                f"4\towner\t{other}\t--uid=0\t80",
+                f"5\towner\t{other}\tnode1$(id)\t80",
+                f"6\towner\t{other}\tnode1\t80;id")
+    assert ans["1"][0] == "126" and "not the gateway's" in ans["1"][1], ans
+    assert ans["2"][0] != "0", ans
+    for k in "3456":
+        assert ans[k][0] == "126", (k, ans)
+    assert "gid=" not in "\t".join(f for a in ans.values() for f in a), ans   # no id ran
