@@ -305,6 +305,16 @@ ppid_of = proc_ppid
 children = children_of
 
 
+def running_job(cluster, g, route="llm"):
+    """Start ROUTE's service through a request (200); the id of its one
+    job, RUNNING."""
+    r = g.get(f"/{route}/pid", timeout=60)
+    assert r.status == 200, r
+    [(job, _, state, _)] = cluster.jobs(g.job_name(route))
+    assert state == "RUNNING"
+    return job
+
+
 def ssh_pids_with(needle):
     """Live ssh processes whose arguments mention NEEDLE (a control path)."""
     found = []

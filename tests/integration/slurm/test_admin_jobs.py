@@ -16,7 +16,7 @@ import pytest
 
 import conftest as base
 from conftest import SLACK, http_request, wait_until
-from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
+from slurmlib import cluster, demo_job_script, running_job, slurm_gateway, slurm_service  # noqa: F401
 from test_slurm_agent import agent_service
 
 
@@ -26,15 +26,6 @@ def service(cluster, tmp_path, via="commands", **kw):
     if via == "agent":
         return agent_service(cluster, tmp_path, **kw)[0]
     return slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), **kw)
-
-
-def warm(g, cluster, route="llm"):
-    """Start the service; its job id."""
-    r = g.get(f"/{route}/pid", timeout=60)
-    assert r.status == 200, r
-    [(job_id, _, state, _)] = cluster.jobs(g.job_name(route))
-    assert state == "RUNNING"
-    return job_id
 
 
 def time_limit_service(cluster, tmp_path, minutes, lead, **kw):
@@ -69,7 +60,7 @@ def test_time_limit_shortened_moves_the_handover_earlier(cluster, slurm_gateway,
     minutes later), and the replacement takes over."""
     svc = time_limit_service(cluster, tmp_path, 10, 50)
     g = slurm_gateway([svc])
-    job_id = warm(g, cluster)
+    job_id = running_job(cluster, g)
     assert left(g) > 500, g.svc()
     cluster.scontrol("update", f"JobId={job_id}", "TimeLimit=1")
     t0 = time.monotonic()
@@ -100,7 +91,7 @@ def test_time_limit_made_unlimited_cancels_the_handover(cluster, slurm_gateway, 
     /api says no time limit, and no replacement starts."""
     svc = time_limit_service(cluster, tmp_path, 1, 50)
     g = slurm_gateway([svc])
-    job_id = warm(g, cluster)
+    job_id = running_job(cluster, g)
     assert left(g) is not None and left(g) < 60, g.svc()
     cluster.scontrol("update", f"JobId={job_id}", "TimeLimit=10")
     wait_until(lambda: (left(g) or 0) > 500, 10 * SLACK, msg="the new time limit in /api")
@@ -163,7 +154,7 @@ def test_requeuehold_of_a_running_job_is_shown_and_served_after_release(cluster,
     ended (its time starts anew when it runs again); a request waits and is
     served by the same job once released (no second sbatch)."""
     g = slurm_gateway([time_limit_service(cluster, tmp_path, 10, 30)])
-    job_id = warm(g, cluster)
+    job_id = running_job(cluster, g)
     assert left(g) > 500, g.svc()
     cluster.scontrol("requeuehold", job_id)
     chk = wait_until(lambda: (lambda c: "scontrol release" in c["reason"] and c)(g.check()),
@@ -191,7 +182,7 @@ def test_requeuehold_not_released_within_start_timeout_is_replaced(cluster, slur
     start does; then it is cancelled (not left in the queue) and a new job
     serves the request."""
     g = slurm_gateway([service(cluster, tmp_path, via, start_timeout=5)])
-    job_id = warm(g, cluster)
+    job_id = running_job(cluster, g)
     cluster.scontrol("requeuehold", job_id)
     wait_until(lambda: g.svc()["instances"][0]["state"] == "held", 10 * SLACK)
     t0 = time.monotonic()
@@ -212,7 +203,7 @@ def test_requeuehold_idle_job_is_cancelled(cluster, slurm_gateway, tmp_path):
     (cancelled, not left held in the queue forever)."""
     job = demo_job_script(tmp_path / "job.sh")
     g = slurm_gateway([slurm_service(cluster, job, timeout=3)])
-    job_id = warm(g, cluster)
+    job_id = running_job(cluster, g)
     cluster.scontrol("requeuehold", job_id)
     g.wait_svc(lambda i: not i["instances"], 20, msg="the held job stopped")
     wait_until(lambda: not cluster.live_jobs(g.job_name()), 10 * SLACK, msg="the held job cancelled")
@@ -238,7 +229,7 @@ def test_renamed_job_is_tracked_and_not_left_running_by_keep_jobs_on_exit(cluste
     shutdown gave up after its grace); now the job is given up at once,
     the log saying to scancel it."""
     g = slurm_gateway([service(cluster, tmp_path, via)], keep_jobs_on_exit=True)
-    job_id = warm(g, cluster)
+    job_id = running_job(cluster, g)
     cluster.scontrol("update", f"JobId={job_id}", "JobName=renamed-by-admin")
     try:
         wait_until(lambda: f"Slurm job {job_id} was renamed" in g.log(tail=10 ** 6), 10 * SLACK,

@@ -21,7 +21,8 @@ import threading
 
 import conftest as base
 from conftest import SLACK, demo_service, http_request, reload_services, wait_until
-from slurmlib import cluster, demo_job_script, nodes, slurm_gateway, slurm_service  # noqa: F401
+from slurmlib import (cluster, demo_job_script, nodes, running_job, slurm_gateway,  # noqa: F401
+                      slurm_service)
 
 
 def rewrite(g, services=None, **top):
@@ -30,14 +31,6 @@ def rewrite(g, services=None, **top):
         g.config["Services"] = services
     g.config.update(top)
     g.config_path.write_text(json.dumps(g.config, indent=2))
-
-
-def running_job(cluster, g, route="llm"):
-    r = g.get(f"/{route}/pid", timeout=60)
-    assert r.status == 200, r
-    [(job, _, state, _)] = cluster.jobs(g.job_name(route))
-    assert state == "RUNNING"
-    return job
 
 
 def test_restart_without_any_slurm_service_cancels_the_earlier_runs_jobs(cluster, slurm_gateway,
