@@ -38,6 +38,18 @@ def start_with_nofile(g, monkeypatch, n):
 
 
 def test_out_of_descriptors_does_not_mark_a_healthy_instance_unhealthy(gateway, monkeypatch):
+    # Whether the gateway has a descriptor free at the moment the second
+    # request needs one depends on its probes and its accept retries (a
+    # probe's connection closed frees one until the next accept takes it):
+    # a try where it had one answers 200 and shows nothing; it is tried
+    # again with a new gateway, a few times.
+    for _ in range(4):
+        if out_of_descriptors_try(gateway, monkeypatch):
+            return
+    pytest.fail("the gateway never ran out of descriptors at the request in 4 tries")
+
+
+def out_of_descriptors_try(gateway, monkeypatch):
     g = gateway([demo_service(start_timeout=2, health_interval=1)], start=False)
     start_with_nofile(g, monkeypatch, 64)
     assert g.get("/llm/health").status == 200
@@ -61,6 +73,8 @@ def test_out_of_descriptors_does_not_mark_a_healthy_instance_unhealthy(gateway, 
         clients[1].settimeout(10 * SLACK)
         clients[1].sendall(b"GET /llm/health HTTP/1.1\r\nHost: x\r\n\r\n")
         head = clients[1].recv(4096)
+        if head.startswith(b"HTTP/1.1 200"):
+            return False   # a descriptor was free just then: try again
         assert head.startswith(b"HTTP/1.1 503"), head
         assert b"out of file descriptors" in head, head
         body = b""
@@ -75,6 +89,7 @@ def test_out_of_descriptors_does_not_mark_a_healthy_instance_unhealthy(gateway, 
     assert g.state() == "ready"
     log = g.log(tail=10 ** 8)
     assert "ready -> unhealthy" not in log, log
+    return True
 
 
 def reading(pid, path):

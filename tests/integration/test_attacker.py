@@ -127,10 +127,20 @@ def start_squatter(port, paths, as_nobody):
                "--clear-groups"]
     sq = subprocess.Popen(who + ["/usr/bin/python3", "-c", SQUATTER, str(port)],
                           stdout=subprocess.PIPE, text=True, cwd="/")
-    threading.Thread(target=lambda: paths.extend(p.rstrip("\n") for p in
-                                                 iter(sq.stdout.readline, "")),
-                     daemon=True).start()
+    sq.reader = threading.Thread(target=lambda: paths.extend(p.rstrip("\n") for p in
+                                                          iter(sq.stdout.readline, "")),
+                                 daemon=True)
+    sq.reader.start()
     return sq
+
+
+def stop_squatter(sq):
+    """Kill SQUATTER; once this returns, every path it printed is in its
+    PATHS (its reader has read to the end: a path printed just before
+    the kill could otherwise still be in the pipe when the test looks)."""
+    sq.kill()
+    sq.wait(10)
+    sq.reader.join(10)
 
 
 def loading_service(tmp_path):
@@ -169,8 +179,7 @@ def test_port_squatted_while_the_service_loads_gets_no_requests(gateway, tmp_pat
         go.touch()   # the real server starts (and finds its port taken)
         t.join(40 * SLACK)
         if sq is not None:
-            sq.kill()
-            sq.wait(10)
+            stop_squatter(sq)
     other = [p for p in paths if p != "/health"]
     assert other == [], f"requests reached the squatter: {other}"
     assert got["r"].status == 502, got["r"]
@@ -195,8 +204,7 @@ def test_listener_of_the_gateways_own_account_is_trusted(gateway, tmp_path):
         t.join(30 * SLACK)
     finally:
         if sq is not None:
-            sq.kill()
-            sq.wait(10)
+            stop_squatter(sq)
         go.touch()
     assert got["r"].status == 200 and got["r"].json().get("squatter") is True, got["r"]
     assert [p for p in paths if p != "/health"] == ["/pid"], paths
