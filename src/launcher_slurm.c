@@ -180,8 +180,6 @@ static void slurm_stop(struct instance *i, int grace_s, int flags)
 		sjob_cancel(j);
 }
 
-/* --- tracking --- */
-
 /* The tail of an ended job's output, asked for by job_ended. */
 struct endq {
 	struct sjob *j;
@@ -587,7 +585,6 @@ static void job_lost(struct sjob *j)
 	log_info("Slurm job %s is not in squeue: asking scontrol", j->id);
 	sagent_run(j->r, argv, 60, lost_scontrol_done, j);
 }
-
 
 static void poll_cb(evutil_socket_t fd, short what, void *arg)
 {
