@@ -472,11 +472,14 @@ void instance_gone(struct instance *i, enum launch_fail kind, const char *reason
 {
 	struct service *s = i->svc;
 	enum inst_state was = i->state;
+	/* held before it was ever ready (its job seen COMPLETING, or requeued,
+	 * while it booted) and now over: a start that failed, not an exit */
+	bool failed_start = inst_booting(was) || (was == INST_HELD && i->ready_at == 0);
 	char why[700];
 
 	if (was == INST_GONE)
 		return;
-	if (inst_booting(was)) {
+	if (failed_start) {
 		start_failed(i, kind, reason);
 	} else if (was != INST_STOPPING) {
 		snprintf(s->last_error, sizeof s->last_error, "instance exited unexpectedly: %s", reason);
@@ -494,7 +497,7 @@ void instance_gone(struct instance *i, enum launch_fail kind, const char *reason
 	inst_detach(i);
 	snprintf(why, sizeof why, "[%d] gone", i->index);
 	svc_settle(s, why);
-	if (inst_booting(was) && !svc_any_pending(s, NULL) && svc_pick_ready(s) == NULL)
+	if (failed_start && !svc_any_pending(s, NULL) && svc_pick_ready(s) == NULL)
 		svc_fail_waiters(s, 502, reason, svc_backoff_left(s) > 0 ? svc_backoff_left(s) : 1);
 	svc_kick(s);
 	svc_kick_others(i);   /* a start that waited for I's ports */

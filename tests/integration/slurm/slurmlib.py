@@ -61,6 +61,9 @@ class Cluster:
         self.ssh_key = self.env["ssh_key"]
         self.known_hosts = self.env["ssh_known_hosts"]
         self.work_dir = self.env["work_dir"]
+        # a job that writes "<seconds>" to linger_dir/$SLURM_JOB_ID stays
+        # COMPLETING that long (the cluster's epilog): see linger_script()
+        self.linger_dir = self.env["linger_dir"]
         self.node = self.env["slurm_node"]          # the first node
         self.partition = self.env["partition"]
         self.down_partition = self.env["down_partition"]
@@ -341,6 +344,12 @@ def write_script(path, text):
 NODE_ADDR_SH = ('addr=$(scontrol show node "$SLURMD_NODENAME" | '
                 "sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p')\n"
                 '[ -n "$addr" ] || { echo "no NodeAddr for $SLURMD_NODENAME" >&2; exit 1; }\n')
+
+
+def linger_lines(cluster, seconds):
+    """Job-script lines that keep the job COMPLETING for SECONDS (1-9) after
+    it ends: the cluster's epilog sleeps for a job that asked."""
+    return f'printf {seconds} >"{cluster.linger_dir}/$SLURM_JOB_ID"\n'
 
 
 def demo_job_script(path, extra="", exec_=True):

@@ -7,8 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import SLACK, http_request, pid_alive, wait_until
-from slurmlib import (cluster, demo_job_script, slurm_gateway,  # noqa: F401
-                      slurm_service, write_script)
+from slurmlib import (cluster, demo_job_script, linger_lines,  # noqa: F401
+                      slurm_gateway, slurm_service, write_script)
 
 
 def test_pending_job_reports_slurm_reason_and_is_cancelled_after_start_timeout(
@@ -110,6 +110,42 @@ def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request
     # both failed starts are counted as the launcher's kind "job_ended"
     assert failures(g, "demo") == {"job_ended": 2}, failures(g, "demo")
     print(f"failure reported after {took:.2f} s: {results[0].json()['error']}")
+
+
+def test_job_that_fails_and_lingers_completing_is_a_failed_start_not_an_unexpected_exit(
+        cluster, slurm_gateway, tmp_path):
+    """A start script that exits 1, and a job Slurm shows COMPLETING for a
+    while (an epilog that takes its time, the usual thing on real clusters)
+    before FAILED. The instance is held while COMPLETING (the job might be
+    requeued); when it then ends, having never been ready, that is a failed
+    start: the waiting requests get the 502 with the job's state, and no
+    second job is started for them. Before, its end counted as "instance
+    exited unexpectedly" and the waiting requests got a new job."""
+    # it runs for 2 s first, so that squeue (every 0.5 s at most while it
+    # starts) sees it RUNNING and then COMPLETING, not only its end
+    job = write_script(tmp_path / "fail.sh", "#!/bin/sh\n" + linger_lines(cluster, 3) +
+                       "echo 'starting and failing' >&2\nsleep 2\nexit 1\n")
+    g = slurm_gateway([slurm_service(cluster, job, start_timeout=120)])
+    name = g.job_name()
+
+    n = 3
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        results = list(ex.map(lambda i: http_request(g.port, "GET", f"/llm/pid?i={i}",
+                                                     timeout=60 * SLACK), range(n)))
+    assert "completing" in g.log(), "the gateway never saw the job COMPLETING:\n" + g.log()
+    assert all(r.status == 502 for r in results), results
+    jobs = cluster.jobs(name)
+    assert len(jobs) == 1, f"one job for all held requests: {jobs}"
+    job1, _, state1, _ = jobs[0]
+    assert state1 == "FAILED", jobs
+    for r in results:
+        err = r.json()["error"]
+        assert job1 in err and "FAILED" in err, err
+    info = g.svc()
+    assert info["starts"] == 1 and info["start_failures"] == 1, info
+    assert info["state"] == "failed" and job1 in info["last_error"], info
+    assert "exited unexpectedly" not in g.log()
+    assert failures(g, "demo") == {"job_ended": 1}, failures(g, "demo")
 
 
 def failures(g, service):
