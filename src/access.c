@@ -3,15 +3,21 @@
 #include "access.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "gw.h"
 #include "http.h"
+#include "launcher.h"
+#include "log.h"
 #include "router.h"
 #include "service.h"
 #include "sha256.h"
@@ -21,7 +27,7 @@
 struct keyslot {
 	uint64_t hash;
 	const struct api_key *key;
-	char id[20];   /* "sha256:" and 12 hex digits of the key's digest */
+	char id[20];   /* "key:" and 12 hex digits of the key's keyed digest */
 };
 
 static struct gw *gw;
@@ -37,13 +43,102 @@ static uint64_t fnv1a(const char *p, size_t n)
 	return h;
 }
 
-/* "sha256:" and 12 hex digits of KEY's digest, into OUT. */
+/* The secret that keys the ids of unnamed api keys: an id is then no
+ * digest anyone may test candidate keys against offline. Kept in
+ * state_dir, so that ids (in the access log, /metrics, usage) stay the
+ * same across restarts. */
+#define ID_SECRET_FILE "key_id_secret"
+static uint8_t id_secret[32];
+static bool id_secret_set;
+
+static int hexdigit(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	return -1;
+}
+
+/* Read DIR's secret into id_secret: 0, or -1 (missing or malformed). */
+static int id_secret_read(const char *path)
+{
+	char buf[80];
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof buf);
+	close(fd);
+	if (n < 64)
+		return -1;
+	for (int k = 0; k < 32; k++) {
+		int hi = hexdigit(buf[2 * k]), lo = hexdigit(buf[2 * k + 1]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		id_secret[k] = (uint8_t)(hi * 16 + lo);
+	}
+	return 0;
+}
+
+/* A new random secret, written to PATH (mode 600, whole or not at all):
+ * 0, or -1 with errno (the secret is still made, for this run). */
+static int id_secret_create(const char *path)
+{
+	char tmp[4200], text[66];
+	int fd, e;
+
+	if (getrandom(id_secret, sizeof id_secret, 0) != sizeof id_secret)
+		fatal("getrandom: %s", strerror(errno));
+	for (int k = 0; k < 32; k++)
+		snprintf(text + 2 * k, 3, "%02x", id_secret[k]);
+	text[64] = '\n';
+	snprintf(tmp, sizeof tmp, "%s.tmp", path);
+	unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -1;
+	if (write(fd, text, 65) != 65 || fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+		e = errno;
+		unlink(tmp);
+		errno = e;
+		return -1;
+	}
+	return 0;
+}
+
+static void id_secret_load(const char *state_dir)
+{
+	char path[4096];
+
+	if (id_secret_set)
+		return;
+	id_secret_set = true;
+	if (state_dir == NULL) {   /* no installation (unit tests): this run's own */
+		if (getrandom(id_secret, sizeof id_secret, 0) != sizeof id_secret)
+			fatal("getrandom: %s", strerror(errno));
+		return;
+	}
+	snprintf(path, sizeof path, "%s/%s", state_dir, ID_SECRET_FILE);
+	if (id_secret_read(path) == 0)
+		return;
+	if (access(path, F_OK) == 0)
+		log_warn("%s is not a secret this gateway wrote: replacing it (the ids of unnamed api "
+			 "keys change)", path);
+	if (id_secret_create(path) != 0)
+		log_warn("%s: %s: the ids of unnamed api keys will change at the next start", path,
+			 strerror(errno));
+}
+
+/* "key:" and 12 hex digits of KEY's HMAC-SHA256 under the secret, into OUT. */
 static void digest_id(const char *key, char out[20])
 {
 	uint8_t d[32];
 
-	sha256(key, strlen(key), d);
-	snprintf(out, 20, "sha256:%02x%02x%02x%02x%02x%02x", d[0], d[1], d[2], d[3], d[4], d[5]);
+	id_secret_load(NULL);
+	hmac_sha256(id_secret, sizeof id_secret, key, strlen(key), d);
+	snprintf(out, 20, "key:%02x%02x%02x%02x%02x%02x", d[0], d[1], d[2], d[3], d[4], d[5]);
 }
 
 void access_configure(struct gw *g)
@@ -51,6 +146,7 @@ void access_configure(struct gw *g)
 	const struct config *cfg = g->cfg;
 
 	gw = g;
+	id_secret_load(cfg->state_dir);
 	free(keys);
 	nkeyslots = cfg->n_api_keys * 2 + 1;
 	keys = xcalloc(nkeyslots, sizeof *keys);

@@ -24,8 +24,10 @@ bool access_secret_eq(const char *given, size_t glen, const char *real);
 const char *access_bearer(const struct http_msg *m, size_t *len);
 /* The api key whose text is T (LEN bytes), or NULL. */
 const struct api_key *access_key_find(const char *t, size_t len);
-/* What the access log names key K by: its "name", or "sha256:" and a prefix
- * of its digest. Never the key. */
+/* What the access log names key K by: its "name", or "key:" and a prefix
+ * of its HMAC-SHA256 under a secret of the installation (state_dir's
+ * key_id_secret, made on the first start): stable across restarts, no
+ * use to test candidate keys against offline. Never the key. */
 const char *access_key_id(const struct api_key *k);
 /* May key K use service S? (S NULL: any service will do) */
 bool access_key_allows(const struct api_key *k, const struct service *s);

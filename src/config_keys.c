@@ -15,7 +15,7 @@
 #include "log.h"
 #include "util.h"
 
-/* An unnamed key shorter than this draws a warning when the state is public. */
+/* An admin token shorter than this draws a warning. */
 #define KEY_PUBLIC_MIN 16
 
 /* A file holding a secret should be readable by its owner alone. */
@@ -151,13 +151,6 @@ void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 					cfg->api_keys[k].name, q);
 		if (cfg->admin_token && strcmp(cfg->api_keys[k].key, cfg->admin_token) == 0)
 			err_add(e, "api_keys[%zu].key: must differ from the admin token", k);
-		/* its id, shown to anyone, is a fast unsalted digest of it */
-		if (cfg->public_status && cfg->api_keys[k].name == NULL &&
-		    strlen(cfg->api_keys[k].key) < KEY_PUBLIC_MIN)
-			log_warn("api_keys[%zu]: a key of %zu characters without a name: /metrics and /api "
-				 "show anyone the first 12 hex digits of its SHA-256, enough to find a short "
-				 "key offline; give it a \"name\" or use %d or more random characters",
-				 k, strlen(cfg->api_keys[k].key), KEY_PUBLIC_MIN);
 		for (char **sv = cfg->api_keys[k].services; sv && *sv; sv++) {
 			bool found = false;
 			for (size_t q = 0; q < cfg->n_services; q++)

@@ -1,6 +1,7 @@
 /* sha256.c - SHA-256 (FIPS 180-4), for naming secrets without showing them. */
 #include "sha256.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const uint32_t K[64] = {
@@ -71,4 +72,26 @@ void sha256(const void *p, size_t n, uint8_t out[32])
 		out[4 * k + 2] = (uint8_t)(h[k] >> 8);
 		out[4 * k + 3] = (uint8_t)h[k];
 	}
+}
+
+void hmac_sha256(const void *key, size_t klen, const void *p, size_t n, uint8_t out[32])
+{
+	uint8_t k[64] = {0}, outer[64 + 32];
+	uint8_t *inner = malloc(64 + n);
+
+	if (inner == NULL)
+		abort();
+	if (klen > 64)
+		sha256(key, klen, k);
+	else
+		memcpy(k, key, klen);
+	for (int q = 0; q < 64; q++) {
+		inner[q] = k[q] ^ 0x36;
+		outer[q] = k[q] ^ 0x5c;
+	}
+	memcpy(inner + 64, p, n);
+	sha256(inner, 64 + n, outer + 64);
+	sha256(outer, sizeof outer, out);
+	memset(inner, 0, 64);
+	free(inner);
 }

@@ -74,7 +74,7 @@ def test_access_log_has_every_field_and_never_the_key(gateway, tmp_path):
     dur, ttfb, wait = float(cold["duration"]), float(cold["ttfb"]), float(cold["wait"])
     assert 0 < wait <= ttfb <= dur < 30, cold   # a cold start: it waited
     warm = next(f for f in ls if f["path"] == "/llm/echo?q=1")
-    assert re.fullmatch(r"sha256:[0-9a-f]{12}", warm["key"]), warm
+    assert re.fullmatch(r"key:[0-9a-f]{12}", warm["key"]), warm
     assert warm["wait"] == "-", warm
     anon = next(f for f in ls if f["status"] == "401")
     assert anon["key"] == "-" and anon["service"] == "demo", anon

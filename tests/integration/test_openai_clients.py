@@ -265,9 +265,13 @@ K1 = "sk-usage-one-0123456789"
 K2 = "sk-usage-two-0123456789"
 
 
-def kid(key):
+def kid(g, key):
+    """The id an unnamed key has on gateway G: "key:" and 12 hex digits of
+    its HMAC-SHA256 under the secret in G's state_dir."""
     import hashlib
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    import hmac
+    secret = bytes.fromhex((g.dir / f"{g.config_path.stem}-state" / "key_id_secret").read_text()[:64])
+    return "key:" + hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def metric(text, name, **labels):
@@ -304,7 +308,7 @@ def test_usage_per_key_and_service_in_metrics_and_api(gateway):
     assert two[0] and two[0]["completion_tokens"] == 5 and two[1]["completion_tokens"] == 6, two
 
     m = g.get("/metrics").text
-    k1, k2 = kid(K1), kid(K2)
+    k1, k2 = kid(g, K1), kid(g, K2)
     assert metric(m, "slurmgate_key_requests_total", service="demo", key=k1) == 2, m
     assert metric(m, "slurmgate_key_requests_total", service="demo", key=k2) == 3, m
     for k, us in ((k1, one), (k2, two[:2])):

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "../../src/sha256.c"
@@ -33,10 +34,33 @@ static void test_known_vectors(void **state)
 	assert_string_equal(out, "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
 }
 
+static void hmac_hex(const char *key, size_t klen, const char *in, char out[65])
+{
+	uint8_t d[32];
+
+	hmac_sha256(key, klen, in, strlen(in), d);
+	for (int k = 0; k < 32; k++)
+		snprintf(out + 2 * k, 3, "%02x", d[k]);
+}
+
+/* RFC 4231 test cases 2 and 6 (a key longer than a block) */
+static void test_hmac_vectors(void **state)
+{
+	char out[65], key[131];
+
+	(void)state;
+	hmac_hex("Jefe", 4, "what do ya want for nothing?", out);
+	assert_string_equal(out, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+	memset(key, 0xaa, sizeof key);
+	hmac_hex(key, sizeof key, "Test Using Larger Than Block-Size Key - Hash Key First", out);
+	assert_string_equal(out, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_known_vectors),
+		cmocka_unit_test(test_hmac_vectors),
 	};
 	return cmocka_run_group_tests_name("sha256", tests, NULL, NULL);
 }

@@ -54,19 +54,28 @@ static void test_key_id_and_counts(void **state)
 
 	(void)state;
 	key_id(&k, id);
-	/* sha256("abc") = ba7816bf8f01... */
-	assert_string_equal(id, "sha256:ba7816bf8f01");
+	/* keyed (this run's secret: no state_dir here), never the plain
+	 * sha256("abc") = ba7816bf8f01... anyone could test keys against */
+	assert_int_equal(strlen(id), 16);
+	assert_memory_equal(id, "key:", 4);
+	assert_string_not_equal(id, "sha256:ba7816bf8f01");
+	assert_null(strstr(id, "ba7816bf8f01"));
+	{
+		char again[KEY_ID_MAX];
+		key_id(&k, again);
+		assert_string_equal(id, again);   /* stable */
+	}
 	key_id(NULL, id);
 	assert_string_equal(id, "-");
-	usage_request("svc", "sha256:ba7816bf8f01");
-	usage_request("svc", "sha256:ba7816bf8f01");
-	usage_tokens("svc", "sha256:ba7816bf8f01", 3, 4);
+	usage_request("svc", "key:ba7816bf8f01");
+	usage_request("svc", "key:ba7816bf8f01");
+	usage_tokens("svc", "key:ba7816bf8f01", 3, 4);
 	usage_request("other", "-");
 	assert_int_equal(usage_count(), 2);
 	assert_int_equal(usage_at(0)->requests, 2);
 	assert_int_equal(usage_at(0)->completion_tokens, 4);
 	o = usage_json("svc");
-	assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "sha256:ba7816bf8f01"),
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "key:ba7816bf8f01"),
 							    "prompt_tokens")), 3);
 	json_decref(o);
 	usage_free();
