@@ -185,6 +185,16 @@ void access_free(void)
 	gw = NULL;
 }
 
+char *access_redact_output(const char *text, const char *service)
+{
+	const char *at = strstr(text, LAUNCH_OUTPUT_MARK);
+
+	if (at == NULL)
+		return NULL;
+	return xasprintf("%.*s; its output: see /api/services/%s/logs (needs the admin token)",
+			 (int)(at - text), text, service ? service : "<name>");
+}
+
 bool access_secret_eq(const char *given, size_t glen, const char *real)
 {
 	size_t rlen = strlen(real);

@@ -32,6 +32,11 @@ const char *access_key_id(const struct api_key *k);
 /* May key K use service S? (S NULL: any service will do) */
 bool access_key_allows(const struct api_key *k, const struct service *s);
 
+/* TEXT without the output it quotes (after LAUNCH_OUTPUT_MARK, launcher.h:
+ * a job's or process's last lines), which is replaced by a pointer to
+ * SERVICE's logs: a new string, or NULL when TEXT quotes none. */
+char *access_redact_output(const char *text, const char *service);
+
 /* Is the client C a proxy listed in trusted_proxies? */
 bool access_peer_trusted(struct hconn *c);
 /* Did a browser make request M for another site (CSRF)? Sec-Fetch-Site

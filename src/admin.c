@@ -10,6 +10,7 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "access.h"
 #include "api.h"
 #include "auth.h"
 #include "config.h"
@@ -28,9 +29,9 @@
 
 /* --- the seed's endpoints --- */
 
-static void ep_check(struct hconn *c, struct service *s)
+static void ep_check(struct hconn *c, const struct http_msg *m, struct service *s)
 {
-	reply_json(c, 200, api_service_json(s, true), NULL);
+	reply_json(c, 200, api_as_seen(c, m, api_service_json(s, true)), NULL);
 }
 
 static void ep_demand(struct hconn *c, struct service *s)
@@ -183,6 +184,12 @@ void admin_waiting_page(struct hconn *c, struct service *s)
 
 	service_demand(s);
 	service_reason(s, reason, sizeof reason);
+	if (!auth_output_open()) {   /* a page for a service's users, not its admin */
+		char *r = access_redact_output(reason, name);
+		if (r != NULL)
+			snprintf(reason, sizeof reason, "%s", r);
+		free(r);
+	}
 	failed = service_state(s) == SVC_FAILED;
 	evbuffer_add_printf(b, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
 			       "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -309,7 +316,7 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const struct route
 		return;
 	if (plen == 11 && memcmp(path, "/api/events", 11) == 0 && get) {
 		*events = true;
-		events_subscribe(c);
+		events_subscribe(c, auth_sees_output(c, m));
 		return;
 	}
 	if (plen == 12 && memcmp(path, "/api/history", 12) == 0 && get) {
@@ -320,7 +327,7 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const struct route
 		if (!get)
 			reply_err(c, 405, "use GET");
 		else
-			reply_json(c, 200, api_state_json(false), NULL);
+			reply_json(c, 200, api_as_seen(c, m, api_state_json(false)), NULL);
 		return;
 	}
 	if (plen <= 14 || memcmp(path, "/api/services/", 14) != 0) {
@@ -338,7 +345,7 @@ static void ep_api(struct hconn *c, const struct http_msg *m, const struct route
 		if (!get)
 			reply_err(c, 405, "use GET");
 		else
-			reply_json(c, 200, api_service_json(s, false), NULL);
+			reply_json(c, 200, api_as_seen(c, m, api_service_json(s, false)), NULL);
 		return;
 	}
 	if ((size_t)(path + plen - rest) == 5 && memcmp(rest, "/logs", 5) == 0) {
@@ -387,7 +394,7 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 		if ((s = service_by_route(seg + 6, seglen - 6)) == NULL)
 			reply_err(c, 404, "no service has that route_name");
 		else
-			ep_check(c, s);
+			ep_check(c, m, s);
 		return true;
 	}
 	if (seglen > 7 && memcmp(seg, "demand_", 7) == 0 && drestlen == 0) {
@@ -401,7 +408,7 @@ bool admin_serve(struct hconn *c, const struct http_msg *m, const struct route_t
 	}
 	if (path_is(path, plen, "/info")) {
 		if (auth_read(c, m))
-			reply_json(c, 200, api_state_json(true), NULL);
+			reply_json(c, 200, api_as_seen(c, m, api_state_json(true)), NULL);
 		return true;
 	}
 	if (path_is(path, plen, "/enable_service_management") ||

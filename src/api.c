@@ -4,6 +4,9 @@
 
 #include <jansson.h>
 
+#include <stdlib.h>
+
+#include "access.h"
 #include "config.h"
 #include "auth.h"
 #include "launcher.h"
@@ -94,4 +97,44 @@ json_t *api_state_json(bool seed_names)
 	return json_pack("{s:s,s:b,s:b,s:b,s:o}", "version", SLURMGATE_VERSION, "service_management",
 			 services_managed, "admin_token_required", auth_admin_token_required(),
 			 "public_status", auth_public_status(), "services", a);
+}
+
+void api_hide_output(json_t *v, const char *service)
+{
+	const char *k;
+	json_t *x;
+	size_t q;
+
+	if (json_is_object(v)) {
+		/* a service's object names it: its logs are where the output is */
+		const char *n = json_string_value(json_object_get(v, "name"));
+		if (n == NULL)
+			n = json_string_value(json_object_get(v, "Name"));
+		if (n != NULL)
+			service = n;
+		json_object_foreach(v, k, x) {
+			char *r = json_is_string(x) ? access_redact_output(json_string_value(x), service) : NULL;
+			if (r != NULL)
+				json_string_set(x, r);
+			free(r);
+			if (!json_is_string(x))
+				api_hide_output(x, service);
+		}
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, q, x) {
+			char *r = json_is_string(x) ? access_redact_output(json_string_value(x), service) : NULL;
+			if (r != NULL)
+				json_string_set(x, r);
+			free(r);
+			if (!json_is_string(x))
+				api_hide_output(x, service);
+		}
+	}
+}
+
+json_t *api_as_seen(struct hconn *c, const struct http_msg *m, json_t *o)
+{
+	if (!auth_sees_output(c, m))
+		api_hide_output(o, NULL);
+	return o;
 }

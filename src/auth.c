@@ -129,3 +129,20 @@ bool auth_logs(struct hconn *c, const struct http_msg *m)
 		return auth_admin(c, m);
 	return auth_read(c, m);
 }
+
+bool auth_output_open(void)
+{
+	return gw == NULL || gw->cfg->admin_token == NULL;
+}
+
+bool auth_sees_output(struct hconn *c, const struct http_msg *m)
+{
+	size_t len = 0;
+	const char *t;
+
+	(void)c;
+	if (auth_output_open())
+		return true;
+	t = access_bearer(m, &len);
+	return t != NULL && access_secret_eq(t, len, gw->cfg->admin_token);
+}

@@ -46,6 +46,15 @@ bool auth_public_status(void);
 /* A service's logs (they may hold secrets): the admin token when one is
  * set, else as auth_read. */
 bool auth_logs(struct hconn *c, const struct http_msg *m);
+/* The output a failed start's reason quotes (after LAUNCH_OUTPUT_MARK,
+ * launcher.h: a job's or process's last lines, which may hold secrets) is
+ * for those who may read the logs. auth_output_open: everyone who may
+ * read the state may (no admin token is set). Else auth_sees_output: M
+ * carries the admin token. The data path (a failed start's 502, the
+ * waiting page, a cold start's event stream) quotes it only when
+ * auth_output_open: a service's client is not its admin. */
+bool auth_output_open(void);
+bool auth_sees_output(struct hconn *c, const struct http_msg *m);
 /* State-changing endpoints refuse cross-site requests (403). */
 bool auth_same_site(struct hconn *c, const struct http_msg *m);
 

@@ -41,7 +41,13 @@ struct follower {
 
 static struct hist *hists;
 static size_t nhists;
-static struct hconn **subs;
+/* A client reading the state's stream. */
+struct sub {
+	struct hconn *c;
+	bool full;         /* it may see the output reasons quote */
+};
+
+static struct sub *subs;
 static size_t nsubs, subcap;
 static struct follower *fols;
 static size_t nfols, folcap;
@@ -49,10 +55,14 @@ static struct event *tick_ev, *sample_ev, *logs_ev;
 
 /* --- live events --- */
 
-static void send_state(struct hconn *c)
+static void send_state(struct hconn *c, bool full)
 {
 	json_t *o = api_state_json(false);
-	char *s = reply_dumps(o, false);
+	char *s;
+
+	if (!full)
+		api_hide_output(o, NULL);
+	s = reply_dumps(o, false);
 	struct evbuffer *b = evbuffer_new();
 	size_t n;
 
@@ -68,25 +78,25 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd, (void)what, (void)arg;
 	for (size_t k = 0; k < nsubs; k++)
-		if (http_pending_output(subs[k]) < HTTP_HIGH_MARK)   /* a slow reader skips a beat */
-			send_state(subs[k]);
+		if (http_pending_output(subs[k].c) < HTTP_HIGH_MARK)   /* a slow reader skips a beat */
+			send_state(subs[k].c, subs[k].full);
 	if (nsubs > 0)
 		event_add(tick_ev, &(struct timeval){1, 0});
 }
 
-void events_subscribe(struct hconn *c)
+void events_subscribe(struct hconn *c, bool full)
 {
 	http_respond(c, 200,
 		     SG_SEC_HEADERS_DATA "Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 		     "X-Accel-Buffering: no\r\n",
 		     -1);
 	http_send(c, "retry: 2000\n\n", 13);
-	send_state(c);
+	send_state(c, full);
 	if (nsubs == subcap) {
 		subcap = subcap ? subcap * 2 : 8;
 		subs = xrealloc(subs, subcap * sizeof *subs);
 	}
-	subs[nsubs++] = c;
+	subs[nsubs++] = (struct sub){c, full};
 	if (!event_pending(tick_ev, EV_TIMEOUT, NULL))
 		event_add(tick_ev, &(struct timeval){1, 0});
 }
@@ -100,7 +110,7 @@ static void follower_drop(size_t k)
 void events_unsubscribe(struct hconn *c)
 {
 	for (size_t k = 0; k < nsubs; k++)
-		if (subs[k] == c) {
+		if (subs[k].c == c) {
 			subs[k] = subs[--nsubs];
 			return;
 		}

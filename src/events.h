@@ -3,6 +3,7 @@
 #ifndef SG_EVENTS_H
 #define SG_EVENTS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct event_base;
@@ -14,8 +15,10 @@ struct service;
 void events_init(struct event_base *base);
 void events_free(void);
 /* GET /api/events: the connection becomes an SSE stream of the state
- * (api_state_json), once a second; a slow reader skips a beat. */
-void events_subscribe(struct hconn *c);
+ * (api_state_json), once a second; a slow reader skips a beat. FULL: with
+ * the output failed starts' reasons quote (auth_sees_output), else
+ * without (api_hide_output). */
+void events_subscribe(struct hconn *c, bool full);
 /* GET /api/services/<name>/logs?follow=1: the connection becomes an SSE
  * stream of S's log lines, one "data:" event each: TAIL first, then the
  * lines numbered FROM and later as they come (the launcher's logs op,

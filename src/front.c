@@ -243,6 +243,7 @@ static void fwd_opts(struct hconn *c, const struct http_msg *m, const struct ser
 {
 	opt->strip_auth = gw->cfg->n_api_keys > 0 || !service_config(s)->forward_authorization;
 	opt->trust_forwarded = access_peer_trusted(c);
+	opt->full_reasons = auth_output_open();
 	key_id(request_key(m), keybuf);
 	opt->key_id = keybuf;
 }

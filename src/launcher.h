@@ -45,6 +45,12 @@ enum launch_fail {
 	LFAIL_NKINDS
 };
 
+/* Where a reason quotes the job's or process's own output (its last
+ * lines), which may hold secrets: everything after this mark is output.
+ * Readers who may not read the service's logs get the reason cut here
+ * (access_redact_output). */
+#define LAUNCH_OUTPUT_MARK "; its output ends: "
+
 /* Flags for stop(). */
 #define LSTOP_EXITING 0x1   /* the gateway is exiting (keep_jobs_on_exit may apply) */
 

@@ -46,10 +46,10 @@ static void local_exited(struct proc *p, int status, void *arg)
 			 "service runs (exec the server, or wait for it; what it left running "
 			 "was stopped)");
 	i->lpriv = NULL;
-	if (i->state == INST_STARTING || i->state == INST_PROBING)
-		snprintf(why, sizeof why, "start script %s%s%s", st, last[0] ? ": " : "", last);
-	else
-		snprintf(why, sizeof why, "process %s%s%s", st, last[0] ? ": " : "", last);
+	/* its last stderr line: output, marked as such (it may hold secrets) */
+	snprintf(why, sizeof why, "%s %s%s%s",
+		 i->state == INST_STARTING || i->state == INST_PROBING ? "start script" : "process", st,
+		 last[0] ? LAUNCH_OUTPUT_MARK : "", last);
 	/* killed by a signal counts as "other", as it always has */
 	instance_gone(i, WIFEXITED(status) ? LFAIL_EXITED : LFAIL_OTHER, why);
 }

@@ -196,7 +196,7 @@ static void ended_tail_done(void *arg, int status, const char *out, const char *
 	tail[0] = '\0';
 	if (status == 0)
 		slurmjob_tail_lines(out, tail, sizeof tail);
-	snprintf(why, sizeof why, "%s%s%s", q->why, tail[0] ? "; its output ends: " : "", tail);
+	snprintf(why, sizeof why, "%s%s%s", q->why, tail[0] ? LAUNCH_OUTPUT_MARK : "", tail);
 	if (j->tracked)
 		job_gone(j, why);
 	sjob_unref(j);

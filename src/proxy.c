@@ -10,6 +10,7 @@
 #include <http_parser.h>
 #include <jansson.h>
 
+#include "access.h"
 #include "accesslog.h"
 #include "config.h"
 #include "gw.h"
@@ -227,7 +228,11 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	const char *kind = refusal_kind(ex->svc, status, reason);
 	char extra[512] = SG_SEC_HEADERS_DATA;
 	json_t *o;
-	char *body;
+	char *body, *cut = ex->full_reasons ? NULL : access_redact_output(reason, cfg->name);
+	const char *full = reason;
+
+	if (cut != NULL)
+		reason = cut;   /* the output it quotes is for the logs' readers (auth.h) */
 
 	/* a relayed head that has not reached the client yet gives way to the error */
 	if (ex->down && !ex->early_head && http_response_started(ex->down))
@@ -280,7 +285,8 @@ static void ex_fail(struct exchange *ex, int status, const char *reason, int ret
 	}
 	if (status >= 100 && status < 600)
 		service_metrics(ex->svc)->by_status[status]++;
-	refusal_note(cfg->name, status, reason, kind);
+	refusal_note(cfg->name, status, full, kind);
+	free(cut);
 	ex_end(ex, false);
 }
 
@@ -409,6 +415,7 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->trust_fwd = o->trust_forwarded;
 	ex->note = o->note;
 	ex->openai = o->openai;
+	ex->full_reasons = o->full_reasons;
 	{
 		const char *key = o->key_id ? o->key_id : "-";
 		size_t klen = strnlen(key, sizeof ex->key - 1);

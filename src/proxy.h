@@ -32,6 +32,8 @@ struct proxy_opts {
 	const char *key_id; /* the api key's id (usage.h key_id), or NULL: "-" */
 	bool openai;        /* the gateway's own errors in OpenAI's shape
 	                     * {"error":{"message","type","param","code"}} (/v1) */
+	bool full_reasons;  /* the client may see the output a failed start's reason
+	                     * quotes (auth_output_open), else it is cut */
 };
 
 /* Keep G (gw.h); apply its config's buffer cap and refusal logging. Again

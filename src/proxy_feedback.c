@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "access.h"
 #include "config.h"
 #include "gw.h"
 #include "http.h"
@@ -43,13 +44,19 @@ const char *px_sse_error_name(const struct exchange *ex)
 }
 
 /* The reason as one SSE comment: a CR or LF in it (a job's output, a
- * Slurm message) would end the comment and start a forged event. */
-static void sse_reason(struct hconn *c, char *reason)
+ * Slurm message) would end the comment and start a forged event. The
+ * output it quotes only where the client may see it (auth.h). */
+static void sse_reason(struct exchange *ex, char *reason, size_t len)
 {
+	char *cut = ex->full_reasons ? NULL : access_redact_output(reason, service_config(ex->svc)->name);
+
+	if (cut != NULL)
+		snprintf(reason, len, "%s", cut);
+	free(cut);
 	for (char *p = reason; *p; p++)
 		if (*p == '\r' || *p == '\n')
 			*p = ' ';
-	px_sse_printf(c, ": slurmgate: %s\n\n", reason);
+	px_sse_printf(ex->down, ": slurmgate: %s\n\n", reason);
 }
 
 /* Every few seconds while held: an SSE comment saying how the start goes. */
@@ -62,7 +69,7 @@ static void feedback_cb(evutil_socket_t fd, short what, void *arg)
 	if (ex->down == NULL || ex->inst != NULL)
 		return;
 	service_reason(ex->svc, reason, sizeof reason);
-	sse_reason(ex->down, reason);
+	sse_reason(ex, reason, sizeof reason);
 	event_add(ex->fb_ev, &(struct timeval){px_gw->cfg->feedback_interval, 0});
 }
 
@@ -77,7 +84,7 @@ void px_feedback_start(struct exchange *ex)
 		     -1);
 	ex->early_head = true;
 	service_reason(ex->svc, reason, sizeof reason);
-	sse_reason(ex->down, reason);
+	sse_reason(ex, reason, sizeof reason);
 	ex->fb_ev = evtimer_new(px_gw->base, feedback_cb, ex);
 	event_add(ex->fb_ev, &(struct timeval){px_gw->cfg->feedback_interval, 0});
 }

@@ -40,6 +40,7 @@ struct exchange {
 	bool strip_auth;            /* Authorization was our api key, not the service's */
 	bool trust_fwd;             /* the client is a trusted proxy (X-Forwarded-*) */
 	bool openai;                /* errors in OpenAI's shape (/v1) */
+	bool full_reasons;          /* errors may quote a failed start's output */
 	struct instance *tried[MAX_TRIED]; /* instances refused or closed early (referenced) */
 	int ntried;
 	bool checking;              /* inside instance_unreachable(): an abort is noted ... */

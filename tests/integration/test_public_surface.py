@@ -31,6 +31,104 @@ def bearer(t):
     return {"Authorization": f"Bearer {t}"}
 
 
+def leaky_service(tmp_path, **kw):
+    """A start script that prints a secret to stderr and exits 1, as a
+    script that dumps its environment before it fails does."""
+    script = write_script(tmp_path / "leaky.sh", f"""#!/bin/sh
+echo "starting the model server" >&2
+echo "env: HF_TOKEN={SECRET} USER=alice" >&2
+exit 1
+""")
+    return demo_service(bash_file=str(script), aliases=["leaky-model"], **kw)
+
+
+def first_state_event(g, headers=None):
+    """The first state the /api/events stream sends, as text."""
+    s = Stream(g.port, "GET", "/api/events", headers=headers, timeout=10)
+    try:
+        assert s.resp.status == 200, s.resp.status
+        deadline = time.monotonic() + 10 * SLACK
+        while time.monotonic() < deadline:
+            line = s.resp.readline().decode()
+            assert line, "the event stream ended"
+            if line.startswith("data: "):
+                return line[6:]
+        raise AssertionError("no state event")
+    finally:
+        s.close()
+
+
+def test_failed_start_output_is_not_shown_without_the_admin_token(gateway, tmp_path):
+    g = gateway([leaky_service(tmp_path)], admin_token=ADMIN, api_keys=[{"key": KEY}])
+    # the failed request's own 502: its client has an api key, not the admin token
+    r = g.get("/llm/generate", headers=bearer(KEY), timeout=15)
+    assert r.status == 502, r
+    err = r.json()["error"]
+    assert "exited with status 1" in err and POINTER in err, err
+    assert SECRET not in r.text and "HF_TOKEN" not in r.text, r
+    # everything anyone may read (public_status is true)
+    for path in ("/info", "/api/services", "/api/services/demo", "/check_llm", "/metrics"):
+        r = g.get(path)
+        assert r.status == 200, (path, r)
+        assert SECRET not in r.text and "HF_TOKEN" not in r.text, (path, r.text[:2000])
+    svc = g.get("/api/services/demo").json()
+    assert "exited with status 1" in svc["last_error"] and POINTER in svc["last_error"], svc
+    assert "exited with status 1" in g.get("/check_llm").json()["reason"]
+    ev = first_state_event(g)
+    assert "exited with status 1" in ev and SECRET not in ev, ev
+    # an api key is not the admin token: the same
+    r = g.get("/api/services/demo", headers=bearer(KEY))
+    assert SECRET not in r.text, r
+    # the waiting page a browser gets for the failed service (it may start
+    # it again: until a page shows the failure, none shows the secret)
+    pages = []
+
+    def failed_page():
+        r = g.get("/llm/", headers={"Accept": "text/html", **bearer(KEY)})
+        pages.append(r)
+        return r.status == 502
+    wait_until(failed_page, 10 * SLACK, msg="the waiting page of the failed start")
+    assert "exited with status 1" in pages[-1].text, pages[-1]
+    assert not [p for p in pages if SECRET in p.text], pages
+    # the admin token reads it all: the state, the events and the logs
+    r = g.get("/api/services/demo", auth=True)
+    assert SECRET in r.json()["last_error"], r
+    assert "its output ends: env: HF_TOKEN=" + SECRET in r.json()["last_error"], r
+    assert SECRET in g.get("/info", auth=True).text
+    assert SECRET in first_state_event(g, headers=bearer(ADMIN))
+    assert SECRET in g.get(POINTER, auth=True).text
+    assert g.get(POINTER).status == 401
+
+
+def test_failed_start_output_is_not_in_the_v1_502_nor_its_event_stream(gateway, tmp_path):
+    g = gateway([leaky_service(tmp_path)], admin_token=ADMIN)
+    body = {"model": "leaky-model", "messages": [{"role": "user", "content": "hi"}]}
+    r = g.post("/v1/chat/completions", body, timeout=15)
+    assert r.status == 502, r
+    e = openai_error_body(r.json())
+    assert "exited with status 1" in e["message"] and POINTER in e["message"], e
+    assert SECRET not in r.text, r
+    # a streaming client is told through the stream's error event
+    s = Stream(g.port, "POST", "/v1/chat/completions", body={**body, "stream": True},
+               headers={"Accept": "text/event-stream"}, timeout=15).read_all(20)
+    text = "\n".join(ln for _, ln in s.lines)
+    assert "exited with status 1" in text and SECRET not in text, text
+    # a service's client is not its admin: the admin token changes nothing
+    # here (it reads the output in the logs and the state)
+    r = g.post("/v1/chat/completions", body, headers=bearer(ADMIN), timeout=15)
+    assert r.status == 502 and SECRET not in r.text, r
+    assert SECRET in g.get("/api/services/demo", auth=True).json()["last_error"]
+
+
+def test_failed_start_output_stays_visible_when_the_logs_are_public(gateway, tmp_path):
+    """Without an admin token anyone may read the logs (public_status):
+    hiding the same lines in the reason would hide nothing."""
+    g = gateway([leaky_service(tmp_path)])
+    r = g.get("/llm/generate", timeout=15)
+    assert r.status == 502 and SECRET in r.json()["error"], r
+    assert SECRET in g.get("/api/services/demo").json()["last_error"]
+
+
 # --------------------------------------------------------------------------
 # key ids
 # --------------------------------------------------------------------------

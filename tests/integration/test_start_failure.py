@@ -23,7 +23,7 @@ def test_failing_start_script_gives_502_naming_exit_status_and_stderr(gateway):
     err = r.json()["error"]
     assert "exited with status 3" in err, err
     assert "demo: simulated failure" in err, err
-    assert err.startswith("start script exited with status 3: demo: simulated failure"), err
+    assert err.startswith("start script exited with status 3; its output ends: demo: simulated failure"), err
 
     info = g.svc()
     assert info["starts"] == 1 and info["start_failures"] == 1, info
@@ -60,7 +60,7 @@ exec '{DEMO_SH}' "$@"
     g = gateway([demo_service(bash_file=str(script))])
     r = g.get("/llm/health")
     assert r.status == 502, r
-    assert "exited with status 3: flaky: model weights missing" in r.json()["error"], r
+    assert "exited with status 3; its output ends: flaky: model weights missing" in r.json()["error"], r
     assert_retry_after(r)
 
     r = g.get("/llm/pid")
@@ -97,7 +97,7 @@ exit 3
     for r in results:
         assert r.status == 502, r
         assert_retry_after(r)
-        assert "exited with status 3: slowfail: CUDA out of memory" in r.json()["error"], r
+        assert "exited with status 3; its output ends: slowfail: CUDA out of memory" in r.json()["error"], r
     assert g.svc()["starts"] == 1
 
 

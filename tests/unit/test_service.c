@@ -227,7 +227,7 @@ static void test_failed_start_answers_every_waiter_and_backs_off(void **state)
 		assert_int_equal(r[k].fails, 1);
 		assert_int_equal(r[k].readies, 0);
 		assert_int_equal(r[k].status, 502);   /* a failure, not "loading" */
-		assert_string_equal(r[k].reason, "start script exited with status 3: model not found");
+		assert_string_equal(r[k].reason, "start script exited with status 3; its output ends: model not found");
 	}
 	assert_int_equal(service_state(s), SVC_FAILED);
 
