@@ -109,6 +109,8 @@ static const struct field cfg_fields[] = {
 	{"log_json", F_BOOL, CFG(log_json), false, 0, NULL, 0, 0},
 	{"public_status", F_BOOL, CFG(public_status), false, 1, NULL, 0, 0},
 	{"feedback_interval", F_INT, CFG(feedback_interval), false, 3, NULL, 1, 600},
+	{"auth_fail_limit", F_INT, CFG(auth_fail_limit), false, 10, NULL, 0, 1000000},
+	{"auth_fail_window", F_INT, CFG(auth_fail_window), false, 60, NULL, 1, 86400},
 	{"max_json_body", F_LLONG, CFG(max_json_body), false, 32LL << 20, NULL, 64, 1LL << 30},
 	{"max_form_scan", F_LLONG, CFG(max_form_scan), false, 32LL << 20, NULL, 64, 1LL << 34},
 	{"max_held_body", F_LLONG, CFG(max_held_body), false, 8LL << 20, NULL, 0, 1LL << 40},

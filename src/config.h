@@ -96,6 +96,8 @@ struct config {
 	                           * interval, with a count (0: each one) */
 	bool public_status;       /* the state (/info, /api, /metrics, the page's data) needs no key */
 	int feedback_interval;    /* seconds between SSE comments to a waiting stream */
+	int auth_fail_limit;      /* wrong tokens per address and window, then 429 (0: no limit) */
+	int auth_fail_window;     /* seconds: the window of auth_fail_limit */
 	long long max_json_body;  /* bytes of a /v1 body read for the model lookup (413 beyond) */
 	long long max_form_scan;  /* bytes of a multipart /v1 body read to reach its "model"
 	                           * field (413 beyond); the rest streams */

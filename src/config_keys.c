@@ -160,10 +160,11 @@ void secrets_load(struct config *cfg, json_t *root, struct errs *e)
 					log_escape(*sv, strlen(*sv)));
 		}
 	}
-	/* nothing slows down guessing it: every try is one request */
+	/* auth_fail_limit slows one address down, not an attacker with many */
 	if (cfg->admin_token && strlen(cfg->admin_token) < KEY_PUBLIC_MIN)
-		log_warn("admin_token: %zu characters: anyone who reaches the gateway can try thousands "
-			 "of tokens a second; use %d or more random characters",
+		log_warn("admin_token: %zu characters: anyone who reaches the gateway from many "
+			 "addresses can try many tokens (auth_fail_limit counts per address); use %d or "
+			 "more random characters",
 			 strlen(cfg->admin_token), KEY_PUBLIC_MIN);
 	if (!cfg->public_status && cfg->n_api_keys == 0 && cfg->admin_token == NULL)
 		err_add(e, "$.public_status: false needs api_keys or an admin_token (else nobody "

@@ -304,7 +304,7 @@ static void v1_forward(struct session *ss, const char *model, bool stream, bool 
 	}
 	free(ss->note.service);
 	ss->note.service = xstrdup(service_config(s)->name);
-	str_copy(ss->note.key, sizeof ss->note.key, auth_key_id(m));
+	str_copy(ss->note.key, sizeof ss->note.key, auth_key_id(c, m));
 	if (!auth_key(c, m, s, true))
 		return;
 	if (!router_path_allowed(ss->rt.dpath, ss->rt.dlen, service_config(s)->api_paths)) {
@@ -428,7 +428,7 @@ static void route_service(struct session *ss, const struct http_msg *m, struct s
 
 	free(ss->note.service);
 	ss->note.service = xstrdup(cfg->name);
-	str_copy(ss->note.key, sizeof ss->note.key, auth_key_id(m));
+	str_copy(ss->note.key, sizeof ss->note.key, auth_key_id(c, m));
 	if (!auth_key(c, m, s, false))
 		return;
 	if (restlen == 0) {

@@ -7,6 +7,7 @@
 
 #include <event2/buffer.h>
 
+#include "auth_limit.h"
 #include "config.h"
 #include "http.h"
 #include "launcher.h"
@@ -101,6 +102,7 @@ void prometheus_metrics(struct hconn *c)
 						    nm, code, (unsigned long long)m->by_status[code]);
 	}
 	refusal_metrics(b);
+	auth_limit_metrics(b);
 	family(b, "slurmgate_requests_in_flight", "gauge", "Requests being answered by an instance.");
 	EACH evbuffer_add_printf(b, "slurmgate_requests_in_flight{service=\"%s\"} %d\n", LBL,
 				 service_inflight(SVC));
@@ -161,7 +163,7 @@ void prometheus_metrics(struct hconn *c)
 		histo_write(b, "slurmgate_time_to_first_byte_seconds", lbl, &service_metrics(SVC)->ttfb);
 	}
 	family(b, "slurmgate_key_requests_total", "counter",
-	       "Requests to a service by api key (its name or sha256 prefix; \"-\" without api_keys).");
+	       "Requests to a service by api key (its name or keyed digest prefix; \"-\" without api_keys).");
 	for (size_t k = 0; k < usage_count(); k++) {
 		const struct usage *u = usage_at(k);
 		metrics_label(name, sizeof name, u->service);

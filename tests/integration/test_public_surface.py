@@ -130,6 +130,104 @@ def test_failed_start_output_stays_visible_when_the_logs_are_public(gateway, tmp
 
 
 # --------------------------------------------------------------------------
+# failed authentication, limited per address
+# --------------------------------------------------------------------------
+
+def req_from(g, source, method, path, headers=None, body=None):
+    """One request from source address SOURCE (bound before connecting)."""
+    conn = http.client.HTTPConnection("127.0.0.1", g.port, timeout=10 * SLACK,
+                                      source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        from conftest import Resp
+        return Resp(r.status, r.reason, r.headers, data, 0)
+    finally:
+        conn.close()
+
+
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_failed_auth_is_rate_limited_per_address(gateway):
+    g = gateway([demo_service(aliases=["m"])], admin_token=ADMIN, api_keys=[{"key": KEY}],
+                auth_fail_limit=5, auth_fail_window=4)
+    # a good key before any failure
+    assert g.get("/llm/health", headers=bearer(KEY)).status == 200
+    # requests without a token guess nothing: never limited
+    for _ in range(8):
+        assert g.get("/llm/health").status == 401
+    for k in range(5):
+        r = g.get("/llm/health", headers=bearer(f"sk-guess-{k}"))
+        assert r.status == 401, (k, r)
+    t_locked = time.monotonic()
+    # the sixth try, and any try after, is refused without a look at the token
+    r = g.get("/llm/health", headers=bearer("sk-guess-6"))
+    assert r.status == 429, r
+    ra = r.header("Retry-After")
+    assert ra and ra.isdigit() and 1 <= int(ra) <= 4, r.headers
+    assert "too many failed" in r.json()["error"], r
+    # the right key too (it waits for the window), the admin token, and /v1
+    assert g.get("/llm/health", headers=bearer(KEY)).status == 429
+    assert g.post("/api/services/demo/stop", headers=bearer(ADMIN)).status == 429
+    r = g.post("/v1/chat/completions", {"model": "m", "messages": []}, headers=bearer(KEY))
+    assert r.status == 429 and r.header("Retry-After"), r
+    e = openai_error_body(r.json())
+    assert e["code"] == "rate_limit_exceeded", e
+    # another address is not affected
+    assert req_from(g, "127.0.0.2", "GET", "/llm/health", bearer("sk-wrong")).status == 401
+    assert req_from(g, "127.0.0.2", "GET", "/llm/health", bearer(KEY)).status == 200
+    # one log line for the address, not one per refused request
+    for _ in range(20):
+        assert g.get("/llm/health", headers=bearer("sk-more")).status == 429
+    assert wait_until(lambda: "127.0.0.1" in g.log() and "auth_fail_limit" in g.log(), 5 * SLACK)
+    lines = [ln for ln in g.log().splitlines() if "auth_fail_limit" in ln]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0], lines
+    assert "sk-" not in lines[0], lines
+    m = g.get("/metrics").text
+    assert metric(m, "slurmgate_auth_failures_total") == 6, m   # 5 here, 1 from 127.0.0.2
+    assert metric(m, "slurmgate_auth_limited_total") >= 24, m
+    # after the window, tries are answered again
+    wait_until(lambda: g.get("/llm/health", headers=bearer(KEY)).status == 200, 10 * SLACK,
+               msg="the window to pass")
+    assert time.monotonic() - t_locked >= 3, "the lockout ended before its window"
+    assert g.get("/llm/health", headers=bearer("sk-guess-again")).status == 401
+
+
+def test_failed_auth_limit_behind_a_trusted_proxy_is_per_forwarded_client(gateway):
+    """Behind nginx every client connects from nginx's address: with it in
+    trusted_proxies, the limit is per X-Forwarded-For client; a peer that
+    is not trusted is limited by its own address, whatever it claims."""
+    g = gateway([demo_service()], admin_token=ADMIN, auth_fail_limit=3, auth_fail_window=60,
+                trusted_proxies=["127.0.0.1"])
+    bad = {"Authorization": "Bearer nope", "X-Forwarded-For": "192.0.2.7"}
+    for _ in range(3):
+        assert g.post("/api/services/demo/stop", headers=bad).status == 401
+    assert g.post("/api/services/demo/stop", headers=bad).status == 429
+    other = {"Authorization": f"Bearer {ADMIN}", "X-Forwarded-For": "192.0.2.8"}
+    assert g.post("/api/services/demo/stop", headers=other).status == 202
+    # not trusted: its own address counts, its X-Forwarded-For does not
+    spoof = {"Authorization": "Bearer nope", "X-Forwarded-For": "192.0.2.9"}
+    for _ in range(3):
+        assert req_from(g, "127.0.0.2", "POST", "/api/services/demo/stop", spoof).status == 401
+    spoof["X-Forwarded-For"] = "192.0.2.10"
+    assert req_from(g, "127.0.0.2", "POST", "/api/services/demo/stop", spoof).status == 429
+
+
+def test_auth_fail_limit_config_is_checked(gateway, tmp_path):
+    from conftest import run_check
+    for bad in ({"auth_fail_limit": -1}, {"auth_fail_window": 0}, {"auth_fail_limit": "ten"}):
+        g = gateway([demo_service()], start=False, **bad)
+        p = run_check(g.config_path)
+        assert p.returncode != 0 and list(bad)[0] in p.stdout + p.stderr, (bad, p)
+
+
+# --------------------------------------------------------------------------
 # key ids
 # --------------------------------------------------------------------------
 
