@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 static const uint32_t K[64] = {
 	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
 	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -77,10 +79,8 @@ void sha256(const void *p, size_t n, uint8_t out[32])
 void hmac_sha256(const void *key, size_t klen, const void *p, size_t n, uint8_t out[32])
 {
 	uint8_t k[64] = {0}, outer[64 + 32];
-	uint8_t *inner = malloc(64 + n);
+	uint8_t *inner = xmalloc(64 + n);
 
-	if (inner == NULL)
-		abort();
 	if (klen > 64)
 		sha256(key, klen, k);
 	else
