@@ -227,6 +227,50 @@ def test_auth_fail_limit_config_is_checked(gateway, tmp_path):
         assert p.returncode != 0 and list(bad)[0] in p.stdout + p.stderr, (bad, p)
 
 
+def test_status_page_typing_a_key_is_not_a_guess_per_keystroke(tmp_path):
+    """The status page tried the token box's value on every keystroke (and
+    a refused one every 2 s): with the limit, typing a key by hand locked
+    the address out. It tries a token once typing pauses, and a refused one
+    only when it changes."""
+    import pytest
+    from status_page_helpers import Chromium, Gateway, chromium_bin
+    if not chromium_bin():
+        pytest.fail("headless Chromium is needed for this test: apt-get install chromium")
+    gw = Gateway(tmp_path, api_keys=[{"key": KEY}], public_status=False)
+    browser = Chromium(tmp_path)
+    cdp = None
+    try:
+        gw.start()
+        browser.start()
+        cdp = browser.page()
+        cdp.call("Page.enable")
+        cdp.call("Runtime.enable")
+        cdp.call("Page.navigate", url=f"http://127.0.0.1:{gw.port}/status")
+        wait_until(lambda: "key" in cdp.eval("document.getElementById('empty').textContent"),
+                   15 * SLACK, msg="the page to ask for a key")
+        # typed as a person types: one input event per character
+        for k in range(1, len(KEY) + 1):
+            cdp.eval("""(() => { const i = document.getElementById('admin-token');
+                       i.value = %s; i.dispatchEvent(new Event('input')); })()""" % json.dumps(KEY[:k]))
+        wait_until(lambda: cdp.eval("document.querySelectorAll('section.svc').length") == 1 and
+                   cdp.eval("document.body.dataset.connected") == "true", 10 * SLACK,
+                   msg="the page to go live with the key")
+        st, _, body = gw.get("/metrics", headers=bearer(KEY))
+        assert st == 200 and metric(body.decode(), "slurmgate_auth_failures_total") == 0, body
+    except BaseException:
+        print(f"--- gateway log ---\n{gw.log()}\n--- chromium log ---\n{browser.log()}")
+        raise
+    finally:
+        if cdp is not None:
+            try:
+                cdp.close()
+            except OSError:
+                pass
+        browser.stop()
+        rc = gw.stop()
+    assert rc == 0, f"slurmgate exit code after SIGTERM: {rc}\n{gw.log()}"
+
+
 # --------------------------------------------------------------------------
 # key ids
 # --------------------------------------------------------------------------
