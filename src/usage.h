@@ -16,8 +16,9 @@ struct api_key;
 #define KEY_ID_MAX 72
 
 /* What api key K goes by wherever it is shown (/metrics, /api, logs):
- * its name if the config gives one, else "sha256:" and 12 hex digits of
- * its digest; "-" for none (no api_keys). Never the key. Into OUT. */
+ * its name if the config gives one, else "key:" and 12 hex digits of its
+ * keyed digest (access_key_id); "-" for none (no api_keys). Never the key.
+ * Into OUT. */
 void key_id(const struct api_key *k, char out[KEY_ID_MAX]);
 
 /* One service and key's counts. */
