@@ -1,0 +1,133 @@
+"""More of the adversarial pass on the data path (after test_hostile_http.py
+and test_http_hardening.py): hostile services and hostile clients over raw
+sockets. Each test is named after the bug it found, or says it is a guard
+(behaviour that held when it was tried). The misbehaving service is a small
+python socket server; its answer is chosen by the last path segment the
+gateway forwards to it, and every request line it reads goes to its log."""
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import (SLACK, demo_service, raw_exchange, read_raw_response, status_of,
+                      wait_until, write_script)
+
+HOSTILE = r'''
+import os, socket, sys, threading, time
+port, log = int(sys.argv[1]), sys.argv[2]
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port)); srv.listen(64)
+
+def note(b):
+    with open(log, "ab") as f:
+        f.write(b + b"\n")
+
+def stray_later(c):
+    # an answer nobody asked for, on a connection idle in the gateway's
+    # pool, sent when the test says so (it creates LOG.stray)
+    while not os.path.exists(log + ".stray"):
+        time.sleep(0.01)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstray!")
+    note(b"stray sent")
+
+def serve(c):
+    f = c.makefile("rb")
+    while True:
+        line = f.readline()
+        if not line:
+            break
+        note(line.rstrip(b"\r\n"))
+        head, clen = [line], 0
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            head.append(h)
+            k, _, v = h.decode("latin-1").partition(":")
+            if k.strip().lower() == "content-length":
+                clen = int(v)
+        if clen:
+            f.read(clen)
+        mode = line.split(b" ")[1].split(b"?")[0].rstrip(b"/").split(b"/")[-1]
+        if mode == b"arm_stray":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            threading.Thread(target=stray_later, args=(c,), daemon=True).start()
+        elif mode == b"echohead":
+            out = b"".join(head)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
+        else:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+@pytest.fixture
+def hostile(gateway, tmp_path):
+    """A gateway in front of the hostile service (route /h, started);
+    returns (gateway, path of the service's log)."""
+    (tmp_path / "hostile.py").write_text(HOSTILE)
+    log = tmp_path / "hostile.log"
+    log.write_bytes(b"")
+    script = write_script(tmp_path / "hostile.sh",
+                          f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'hostile.py'} \"$1\" {log}\n")
+
+    def make(**top):
+        g = gateway([demo_service(name="hs", route="h", bash_file=str(script))], **top)
+        r = g.get("/h/health", timeout=15)
+        assert r.status == 200, r
+        return g, log
+    return make
+
+
+def still_serves(g):
+    assert g.get("/api/health", timeout=5).status == 200
+
+
+# --------------------------------------------------------------------------
+# Hostile services
+# --------------------------------------------------------------------------
+
+def test_stray_answer_on_a_pooled_connection_is_not_taken_for_the_next_request(hostile):
+    # A service that writes on a kept-alive connection while it idles in
+    # the pool (a second answer to the last request, a 408 before its idle
+    # close): the gateway closes such a connection when it reads the
+    # bytes. But when the bytes and the next client's request came in the
+    # same turn of the event loop (a busy gateway), the request took the
+    # connection from the pool first and was sent on it: the client got
+    # the stray bytes as its answer, and its own answer waited on a pooled
+    # connection for the next client to get. A pooled connection is looked
+    # at (MSG_PEEK) before it is used again. The gateway is stopped
+    # (SIGSTOP) while both arrive: that is the busy turn, for certain.
+    g, log = hostile()
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+    try:
+        f = s.makefile("rb")
+        s.sendall(b"GET /h/arm_stray HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_raw_response(f)[2] == b"ok"   # its connection is pooled now
+        g.proc.send_signal(signal.SIGSTOP)
+        try:
+            # the request first (on loopback it is queued when sendall
+            # returns), then the stray answer
+            s.sendall(b"GET /h/echohead HTTP/1.1\r\nHost: victim\r\n\r\n")
+            Path(str(log) + ".stray").write_text("now")
+            wait_until(lambda: b"stray sent" in log.read_bytes(), 5 * SLACK,
+                       msg="the service sent its stray answer")
+        finally:
+            g.proc.send_signal(signal.SIGCONT)
+        st, hd, body = read_raw_response(f)
+        assert body != b"stray!", "the stray answer was taken for the client's"
+        assert st == 200 and body.startswith(b"GET /echohead ") and b"Host: victim" in body, body
+        # and the next client gets its own answer too
+        s.sendall(b"GET /h/echohead HTTP/1.1\r\nHost: next\r\nConnection: close\r\n\r\n")
+        st, hd, body = read_raw_response(f)
+        assert st == 200 and b"Host: next" in body, body
+    finally:
+        s.close()
+    still_serves(g)
