@@ -8,6 +8,8 @@
 #include "http_conn_impl.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -171,6 +173,15 @@ bool http_reusable(struct hconn *c)
 
 	return !hc_dead(c) && c->state != HC_CONNECTING && c->msg_complete && m->keep_alive &&
 	       !m->upgrade && !hparse_upgraded(&c->hp);
+}
+
+bool http_request_delivered(struct hconn *c)
+{
+	int unacked = 0;
+
+	if (http_pending_output(c) > 0)
+		return false;
+	return ioctl(c->fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
 }
 
 const char *http_parked_stale(struct hconn *c)

@@ -642,7 +642,9 @@ static void up_done(struct hconn *c)
 	}
 	if (down)
 		http_finish(down);
-	ex_end(ex, ex->req_done && http_reusable(c));
+	/* never pooled with some of the request still on its way: it would
+	 * go out ahead of the next request, as part of it */
+	ex_end(ex, ex->req_done && http_reusable(c) && (!ex->req_has_body || http_request_delivered(c)));
 }
 
 /* Did the connection hang up (WHY), rather than time out or answer

@@ -19,6 +19,8 @@ HOSTILE = r'''
 import os, socket, sys, threading, time
 port, log = int(sys.argv[1]), sys.argv[2]
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+# a small receive window: a body it does not read stays with the gateway
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 srv.bind(("127.0.0.1", port)); srv.listen(64)
 
 def note(b):
@@ -49,9 +51,17 @@ def serve(c):
             k, _, v = h.decode("latin-1").partition(":")
             if k.strip().lower() == "content-length":
                 clen = int(v)
+        mode = line.split(b" ")[1].split(b"?")[0].rstrip(b"/").split(b"/")[-1]
+        if mode == b"early_keepalive":
+            # answers when the test says so (LOG.go), before it read the
+            # body, and keeps the connection: it never drains the body, so
+            # what follows on the connection is read as the next request
+            while not os.path.exists(log + ".go"):
+                time.sleep(0.01)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+            continue
         if clen:
             f.read(clen)
-        mode = line.split(b" ")[1].split(b"?")[0].rstrip(b"/").split(b"/")[-1]
         if mode == b"arm_stray":
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             threading.Thread(target=stray_later, args=(c,), daemon=True).start()
@@ -84,6 +94,18 @@ def hostile(gateway, tmp_path):
         assert r.status == 200, r
         return g, log
     return make
+
+
+def tcp_queues(local_port, remote_port):
+    """(send queue, receive queue) of the IPv4 TCP socket LOCAL_PORT ->
+    REMOTE_PORT on 127.0.0.1, from /proc/net/tcp (None if there is none)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            p = line.split()
+            if (int(p[1].split(":")[1], 16), int(p[2].split(":")[1], 16)) == (local_port, remote_port):
+                tx, rx = p[4].split(":")
+                return int(tx, 16), int(rx, 16)
+    return None
 
 
 def still_serves(g):
@@ -130,4 +152,40 @@ def test_stray_answer_on_a_pooled_connection_is_not_taken_for_the_next_request(h
         assert st == 200 and b"Host: next" in body, body
     finally:
         s.close()
+    still_serves(g)
+
+
+def test_connection_whose_request_body_was_not_delivered_is_not_pooled(hostile):
+    # A service that answers before it has the whole request body and keeps
+    # the connection, without reading the rest of the body (a handler that
+    # refuses early on a plain HTTP/1.1 server): the gateway put the
+    # connection back in the pool with the body still on its way, and the
+    # next request, from another client, went out behind those bytes: the
+    # service read the end of one client's body and the next client's head
+    # as one request (a desync a client can shape: a body that ends in a
+    # request head of its own makes the next client's head that request's
+    # body). nginx keeps no connection whose request was not sent whole
+    # (request_body_sent); here too, and not one whose bytes the service
+    # has not all taken (its TCP acknowledgement).
+    g, log = hostile()
+    n = 200 * 1024   # read whole by the gateway, more than the service takes
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=10 * SLACK)
+    try:
+        f = s.makefile("rb")
+        s.sendall(b"POST /h/early_keepalive HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % n
+                  + b"x" * n)
+        me = s.getsockname()[1]
+        # the gateway has read the whole body (nothing queued either way)
+        wait_until(lambda: tcp_queues(me, g.port) == (0, 0) and tcp_queues(g.port, me) == (0, 0),
+                   5 * SLACK, msg="the gateway read the body")
+        Path(str(log) + ".go").write_text("go")
+        st, hd, body = read_raw_response(f)
+        assert (st, body) == (200, b"early"), (st, body[:200])
+    finally:
+        s.close()
+    # the next client's request goes out on a connection of its own
+    raw = raw_exchange(g.port, b"GET /h/echohead HTTP/1.1\r\nHost: victim\r\nConnection: close\r\n\r\n",
+                       timeout=5 * SLACK)
+    assert status_of(raw) == 200 and b"xxxx" not in raw, raw[:300]
+    assert raw.split(b"\r\n\r\n", 1)[1].startswith(b"GET /echohead HTTP/1.1\r\n"), raw[:300]
     still_serves(g)
