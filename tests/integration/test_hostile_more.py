@@ -62,6 +62,8 @@ def serve(c):
             continue
         if clen:
             f.read(clen)
+        if mode == b"hangup":
+            break   # had the request, answers nothing
         if mode == b"arm_stray":
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             threading.Thread(target=stray_later, args=(c,), daemon=True).start()
@@ -188,4 +190,27 @@ def test_connection_whose_request_body_was_not_delivered_is_not_pooled(hostile):
                        timeout=5 * SLACK)
     assert status_of(raw) == 200 and b"xxxx" not in raw, raw[:300]
     assert raw.split(b"\r\n\r\n", 1)[1].startswith(b"GET /echohead HTTP/1.1\r\n"), raw[:300]
+    still_serves(g)
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PATCH"])
+def test_bodiless_post_the_service_hung_up_on_is_not_sent_again(hostile, method):
+    # A request without a body that the service read and then hung up on
+    # (it crashed on it, or closed it half-done) was sent again: once on a
+    # fresh connection (the retry meant for a kept-alive connection the
+    # service had closed while idle), and once more after a health probe
+    # passed (the retry meant for a forward that accepts but cannot reach
+    # the service): a POST ran three times. nginx sends a non-idempotent
+    # request (POST, PATCH) once only (proxy_next_upstream
+    # non_idempotent is off by default); here too, whatever its body. A
+    # stale pooled connection is caught before it is used (MSG_PEEK), and
+    # a GET is still sent again.
+    g, log = hostile(upstream_connect_timeout=1)
+    warm = raw_exchange(g.port, b"GET /h/warm HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                        timeout=5 * SLACK)
+    assert status_of(warm) == 200, warm   # a kept-alive connection in the pool
+    raw = raw_exchange(g.port, method + b" /h/hangup HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                       timeout=10 * SLACK)
+    assert status_of(raw) == 502, raw[:300]
+    assert log.read_bytes().count(method + b" /hangup ") == 1, log.read_bytes()
     still_serves(g)
