@@ -214,3 +214,40 @@ def test_bodiless_post_the_service_hung_up_on_is_not_sent_again(hostile, method)
     assert status_of(raw) == 502, raw[:300]
     assert log.read_bytes().count(method + b" /hangup ") == 1, log.read_bytes()
     still_serves(g)
+
+
+# --------------------------------------------------------------------------
+# Hostile clients
+# --------------------------------------------------------------------------
+
+def test_connections_past_max_connections_flood_the_log(gateway):
+    # Past max_connections each new connection was closed with a warning
+    # of its own: anyone could write a log line per connect() (no byte
+    # sent), tens of thousands a second. The first is logged, the rest
+    # counted and logged once per log_repeat_interval, as the gateway's
+    # other refusals are (refusal.c).
+    g = gateway(max_connections=16, log_repeat_interval=1)
+    held = [socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK) for _ in range(16)]
+    try:
+        # (accepted in the order they came: the 16 first)
+        refused = 100
+        for _ in range(refused):
+            s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+            assert s.recv(1) == b""   # closed by the gateway
+            s.close()
+
+        def total():
+            n = 0
+            for line in g.log(tail=10 ** 7).splitlines():
+                if "max_connections (16) reached" in line:
+                    more = line.split("refused ")[1].split(" ")[0] if "refused " in line else None
+                    n += int(more) if more else 1
+            return n
+        wait_until(lambda: total() == refused, 5 * SLACK, msg="every refusal counted in the log")
+        lines = [x for x in g.log(tail=10 ** 7).splitlines() if "max_connections (16)" in x]
+        assert len(lines) <= 10, f"{len(lines)} log lines for {refused} refused connections"
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: g.get("/api/health", timeout=5).status == 200, 5 * SLACK,
+               msg="served again")
