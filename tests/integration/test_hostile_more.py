@@ -355,9 +355,18 @@ def test_connections_past_max_connections_flood_the_log(gateway):
     # counted and logged once per log_repeat_interval, as the gateway's
     # other refusals are (refusal.c).
     g = gateway(max_connections=16, log_repeat_interval=1)
-    held = [socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK) for _ in range(16)]
+    # the first held connection asks until it is the only one (the
+    # start-up checks' connections are seen closed), then 15 more
+    first = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+    f = first.makefile("rb")
+
+    def alone():
+        first.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        return b'slurmgate_connections{side="client"} 1\n' in read_raw_response(f)[2]
+    wait_until(alone, 5 * SLACK, msg="no other client connection")
+    held = [first] + [socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+                      for _ in range(15)]
     try:
-        # (accepted in the order they came: the 16 first)
         refused = 100
         for _ in range(refused):
             s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
