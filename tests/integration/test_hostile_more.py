@@ -388,3 +388,25 @@ def test_connections_past_max_connections_flood_the_log(gateway):
             s.close()
     wait_until(lambda: g.get("/api/health", timeout=5).status == 200, 5 * SLACK,
                msg="served again")
+
+
+def test_pipelined_request_behind_an_expect_100_body_is_a_request_of_its_own(hostile):
+    # A guard, not named after a bug: it held on ed25308. A request with
+    # Expect: 100-continue whose body (a Content-Length with leading zeros)
+    # is followed at once by a second request: one 100 Continue, both
+    # answered in order, and the service sees two requests framed by the
+    # gateway (the length as a plain number), never the second inside the
+    # first's body or the other way round.
+    g, log = hostile()
+    body = b"GET /h/inner HTTP/1.1\r\nHost: a\r\n\r\n"
+    raw = raw_exchange(g.port, b"POST /h/echohead HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 00%d\r\n\r\n" % len(body) + body +
+                       b"GET /h/second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                       timeout=5 * SLACK)
+    assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), raw[:300]
+    assert raw.count(b"HTTP/1.1 100 ") == 1 and raw.count(b"HTTP/1.1 200 ") == 2, raw
+    assert b"Content-Length: %d\r\n" % len(body) in raw and b"Expect" not in raw, raw
+    assert raw.endswith(b"\r\n\r\nok"), raw[-100:]
+    lines = log.read_bytes().splitlines()
+    assert b"POST /echohead HTTP/1.1" in lines and b"GET /second HTTP/1.1" in lines, lines
+    assert b"GET /inner HTTP/1.1" not in lines, lines
