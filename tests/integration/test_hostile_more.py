@@ -27,6 +27,14 @@ def note(b):
     with open(log, "ab") as f:
         f.write(b + b"\n")
 
+def close_later(c):
+    # the service's idle timeout closes a kept-alive connection, when the
+    # test says so (it creates LOG.close)
+    while not os.path.exists(log + ".close"):
+        time.sleep(0.01)
+    c.shutdown(socket.SHUT_RDWR)
+    note(b"closed idle")
+
 def stray_later(c):
     # an answer nobody asked for, on a connection idle in the gateway's
     # pool, sent when the test says so (it creates LOG.stray)
@@ -104,6 +112,10 @@ def serve(c):
             continue
         if mode == b"hangup":
             break   # had the request, answers nothing
+        if mode == b"arm_close":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            threading.Thread(target=close_later, args=(c,), daemon=True).start()
+            continue
         if mode == b"arm_stray":
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             threading.Thread(target=stray_later, args=(c,), daemon=True).start()
@@ -192,6 +204,35 @@ def test_stray_answer_on_a_pooled_connection_is_not_taken_for_the_next_request(h
         s.sendall(b"GET /h/echohead HTTP/1.1\r\nHost: next\r\nConnection: close\r\n\r\n")
         st, hd, body = read_raw_response(f)
         assert st == 200 and b"Host: next" in body, body
+    finally:
+        s.close()
+    still_serves(g)
+
+
+def test_post_on_a_pooled_connection_the_service_just_closed_is_not_a_502(hostile):
+    # The same turn of the event loop, with a hang-up: a service closes a
+    # kept-alive connection when its own idle timeout passes (uvicorn's
+    # is 5 s). When its FIN and a client's POST came in the same turn, the
+    # POST took the closed connection from the pool, and as its body
+    # cannot be sent again the client got a 502 ("upstream closed the
+    # connection"), at random, under load. The connection is seen closed
+    # before it is used (MSG_PEEK) and the POST goes on a fresh one.
+    g, log = hostile()
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
+    try:
+        f = s.makefile("rb")
+        s.sendall(b"GET /h/arm_close HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_raw_response(f)[2] == b"ok"   # its connection is pooled now
+        g.proc.send_signal(signal.SIGSTOP)
+        try:
+            s.sendall(b"POST /h/echohead HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+            Path(str(log) + ".close").write_text("now")
+            wait_until(lambda: b"closed idle" in log.read_bytes(), 5 * SLACK,
+                       msg="the service closed its idle connection")
+        finally:
+            g.proc.send_signal(signal.SIGCONT)
+        st, hd, body = read_raw_response(f)
+        assert st == 200 and body.startswith(b"POST /echohead "), (st, body[:300])
     finally:
         s.close()
     still_serves(g)
