@@ -75,6 +75,8 @@ CANNED = {
     b"many_1xx": b"HTTP/1.1 100 Continue\r\n\r\n" * 2000 +
                  b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n"
                  b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"close_then_more": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale",   # and keeps it open
     b"chunked_204": b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nstale\r\n0\r\n\r\n",
 }
 
@@ -356,13 +358,15 @@ def test_upstream_extensions_trailers_hop_fields_and_1xx_are_not_relayed(hostile
     # dropped; fields the service's Connection names and the hop-by-hop
     # ones are not passed on (RFC 9110 7.6.1), Set-Cookie fields are, each;
     # 2000 interim answers before the final one are skipped; a 204 has no
-    # body whatever its framing says, and its connection is not used again.
+    # body whatever its framing says, and neither its connection nor one
+    # whose answer said Connection: close (and went on) is used again.
     g, log = hostile()
     s = socket.create_connection(("127.0.0.1", g.port), timeout=5 * SLACK)
     try:
         f = s.makefile("rb")
         for mode, status, body in [(b"ext_and_trailer", 200, b"hello"), (b"hop_fields", 200, b"hello"),
-                                   (b"many_1xx", 200, b"hello"), (b"chunked_204", 204, b""),
+                                   (b"many_1xx", 200, b"hello"), (b"close_then_more", 200, b"hello"),
+                                   (b"chunked_204", 204, b""),
                                    (b"next", 200, b"ok")]:
             s.sendall(b"GET /h/" + mode + b" HTTP/1.1\r\nHost: a\r\n\r\n")
             line = f.readline()
