@@ -469,3 +469,23 @@ def test_pipelined_request_behind_an_expect_100_body_is_a_request_of_its_own(hos
     lines = log.read_bytes().splitlines()
     assert b"POST /echohead HTTP/1.1" in lines and b"GET /second HTTP/1.1" in lines, lines
     assert b"GET /inner HTTP/1.1" not in lines, lines
+
+
+def test_host_whose_port_is_not_a_number_is_400(hostile):
+    # RFC 9110 7.2 / RFC 9112 3.2: Host is uri-host [":" port], port is
+    # digits, and a server MUST answer 400 to any other value. The gateway
+    # checked the characters only and passed "a:b:c", "good.example:evil",
+    # an unclosed "[::1" or "127.0.0.1:80:80" on to the service as its Host
+    # and X-Forwarded-Host (what it builds its own URLs from), and
+    # allowed_hosts took "allowed.example:anything" for allowed.example.
+    g, log = hostile()
+    for host in [b"a:b", b"a:b:c", b"good.example:evil", b"127.0.0.1:80:80", b"[::1", b"[::1]x",
+                 b"[::1]:8a", b"a]:80", b"a[b", b"[[::1]]"]:
+        raw = raw_exchange(g.port, b"GET /h/bad HTTP/1.1\r\nHost: " + host +
+                           b"\r\nConnection: close\r\n\r\n", timeout=5 * SLACK)
+        assert status_of(raw) == 400 and b"Host" in raw.split(b"\r\n\r\n", 1)[1], (host, raw[:300])
+    assert b"/bad" not in log.read_bytes()
+    for host in [b"a:", b"a:8080", b"[::1]", b"[::1]:", b"[::1]:8080", b"127.0.0.1", b""]:
+        raw = raw_exchange(g.port, b"GET /h/good HTTP/1.1\r\nHost: " + host +
+                           b"\r\nConnection: close\r\n\r\n", timeout=5 * SLACK)
+        assert status_of(raw) == 200, (host, raw[:300])
