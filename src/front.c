@@ -614,6 +614,37 @@ static const struct hconn_ops session_ops = {
 
 /* --- the listener --- */
 
+/* Connections refused at max_connections: the first of a run is logged,
+ * the others counted and logged once per log_repeat_interval (full_ev), so
+ * that a flood of connect()s costs a few log lines, not one each. */
+static struct event *full_ev;
+static unsigned long full_repeats;
+static double full_since;
+
+static void full_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	if (full_repeats > 0)
+		log_warn("max_connections (%d) reached: refused %lu more connections in the last %.0f s",
+			 gw->cfg->max_connections, full_repeats, now_s() - full_since);
+	full_repeats = 0;
+	full_since = 0;
+}
+
+static void refuse_full(evutil_socket_t fd)
+{
+	evutil_closesocket(fd);
+	if (full_since > 0 && gw->cfg->log_repeat_interval > 0) {
+		full_repeats++;
+		return;
+	}
+	log_warn("max_connections (%d) reached: refusing a connection", gw->cfg->max_connections);
+	if (gw->cfg->log_repeat_interval > 0) {
+		full_since = now_s();
+		event_add(full_ev, &(struct timeval){gw->cfg->log_repeat_interval, 0});
+	}
+}
+
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
 		      void *arg)
 {
@@ -621,8 +652,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 
 	(void)l, (void)sa, (void)salen, (void)arg;
 	if (http_count(true) >= (size_t)gw->cfg->max_connections) {
-		log_warn("max_connections (%d) reached: refusing a connection", gw->cfg->max_connections);
-		evutil_closesocket(fd);
+		refuse_full(fd);
 		return;
 	}
 	ss = xcalloc(1, sizeof *ss);
@@ -713,6 +743,7 @@ int front_start(struct gw *g)
 	}
 	evconnlistener_set_error_cb(listener, accept_error_cb);
 	resume_ev = evtimer_new(base, resume_cb, NULL);
+	full_ev = evtimer_new(base, full_flush, NULL);
 	log_info("listening on http://%s", spec);
 	return 0;
 }
@@ -731,6 +762,11 @@ void front_free(void)
 	if (resume_ev)
 		event_free(resume_ev);
 	resume_ev = NULL;
+	if (full_ev) {
+		full_flush(-1, 0, NULL);   /* what is still counted */
+		event_free(full_ev);
+	}
+	full_ev = NULL;
 	events_free();
 	free(models);
 	models = NULL;

@@ -8,7 +8,10 @@
 #include "http_conn_impl.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
 #include "util.h"
@@ -170,6 +173,35 @@ bool http_reusable(struct hconn *c)
 
 	return !hc_dead(c) && c->state != HC_CONNECTING && c->msg_complete && m->keep_alive &&
 	       !m->upgrade && !hparse_upgraded(&c->hp);
+}
+
+bool http_request_delivered(struct hconn *c)
+{
+	int unacked = 0;
+
+	if (http_pending_output(c) > 0)
+		return false;
+	return ioctl(c->fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
+}
+
+const char *http_parked_stale(struct hconn *c)
+{
+	char b;
+	ssize_t n;
+
+	/* The event loop closes a parked connection that reads a byte or a
+	 * hang-up; but those may have come in the same turn as the request
+	 * that now takes it, and would be read as that request's answer */
+	if (evbuffer_get_length(c->in) > 0)
+		return "upstream sent bytes on an idle connection";
+	do
+		n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n > 0)
+		return "upstream sent bytes on an idle connection";
+	if (n == 0)
+		return "upstream closed the connection";
+	return errno == EAGAIN || errno == EWOULDBLOCK ? NULL : "upstream connection error";
 }
 
 void http_park(struct hconn *c, int idle_s)

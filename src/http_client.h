@@ -34,5 +34,13 @@ void http_set_timeout(struct hconn *c, int timeout_s);
 void http_park(struct hconn *c, int idle_s);
 /* The last response allows reuse of this client conn. */
 bool http_reusable(struct hconn *c);
+/* The whole request went out and the upstream's TCP acknowledged every
+ * byte of it: false if some of it waits in our buffers or its socket's
+ * send queue (the upstream answered before it took the whole body). */
+bool http_request_delivered(struct hconn *c);
+/* A parked conn about to be used again: NULL if the upstream sent nothing
+ * since it was parked, else why it must be closed instead (bytes nobody
+ * asked for, or a hang-up, not read yet by the event loop). */
+const char *http_parked_stale(struct hconn *c);
 
 #endif

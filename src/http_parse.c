@@ -212,11 +212,13 @@ static bool is_token(const char *p, size_t n)
 
 /* RFC 9110 7.2: Host is uri-host [":" port]: a name (unreserved, %XX,
  * sub-delims), an IPv4 address or an [IP literal], and a port. Nothing
- * else (no white space, '/', '@', '?', '#', '\\', CTL or 8-bit byte) may
- * reach a service, which builds its own URLs from it. */
+ * else (no white space, '/', '@', '?', '#', '\\', CTL or 8-bit byte, no
+ * port that is not a number, no bracket outside an IP literal) may reach
+ * a service, which builds its own URLs from it. */
 static bool host_valid(const char *p, size_t n)
 {
 	static unsigned char hchar[256];
+	const char *end = p + n, *q = p;
 
 	if (!hchar['a']) {   /* filled once: a table, as is_token's */
 		for (int ch = 0; ch < 256; ch++)
@@ -226,6 +228,18 @@ static bool host_valid(const char *p, size_t n)
 	}
 	for (size_t k = 0; k < n; k++)
 		if (!hchar[(unsigned char)p[k]])
+			return false;
+	if (n > 0 && p[0] == '[') {
+		/* an IP literal: "[...]", and nothing but a port after it */
+		q = memchr(p, ']', n);
+		if (q == NULL || memchr(p + 1, '[', (size_t)(q - p - 1)) || (++q < end && *q != ':'))
+			return false;
+	} else if (memchr(p, '[', n) || memchr(p, ']', n)) {
+		return false;
+	}
+	q = memchr(q, ':', (size_t)(end - q));   /* the port: digits (RFC 3986 3.2.3) */
+	for (q = q ? q + 1 : end; q < end; q++)
+		if (*q < '0' || *q > '9')
 			return false;
 	return true;
 }

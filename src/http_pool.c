@@ -37,14 +37,17 @@ static const struct hconn_ops pool_ops = {
 
 struct hconn *instance_pool_get(struct instance *i)
 {
-	struct hconn *c;
+	while (i->npool > 0 && i->state == INST_READY) {
+		struct hconn *c = i->pool[--i->npool];   /* the most recently used */
+		const char *stale;
 
-	if (i->npool == 0 || i->state != INST_READY)
-		return NULL;
-	c = i->pool[--i->npool];   /* the most recently used */
-	http_set_owner(c, NULL, NULL);
-	instance_unref(i);         /* I is still referenced by the caller's exchange */
-	return c;
+		http_set_owner(c, NULL, NULL);
+		instance_unref(i);   /* I is still referenced by the caller's exchange */
+		if ((stale = http_parked_stale(c)) == NULL)
+			return c;
+		http_close(c, stale);
+	}
+	return NULL;
 }
 
 void instance_pool_flush(struct instance *i)

@@ -407,6 +407,8 @@ void proxy_begin(struct hconn *down, const struct http_msg *m, struct service *s
 	ex->req_chunked = m->chunked;
 	ex->req_has_body = m->chunked || m->content_length > 0;
 	ex->head_req = m->method == HTTP_HEAD;
+	ex->idempotent = m->method == HTTP_GET || m->method == HTTP_HEAD || m->method == HTTP_OPTIONS ||
+			 m->method == HTTP_PUT || m->method == HTTP_DELETE;
 	ex->w.ready = w_ready;
 	ex->w.fail = w_fail;
 	ex->w.abort = w_abort;
@@ -649,7 +651,9 @@ static void up_done(struct hconn *c)
 	}
 	if (down)
 		http_finish(down);
-	ex_end(ex, ex->req_done && http_reusable(c));
+	/* never pooled with some of the request still on its way: it would
+	 * go out ahead of the next request, as part of it */
+	ex_end(ex, ex->req_done && http_reusable(c) && (!ex->req_has_body || http_request_delivered(c)));
 }
 
 /* Did the connection hang up (WHY), rather than time out or answer
@@ -755,17 +759,20 @@ static void up_closed(struct hconn *c, const char *why)
 	if (!ex->resp_started && ex->inst) {
 		bool suspect = !ex->up_connected || closed_early(ex, why);
 
-		/* a kept-alive connection the service had closed took a request
-		 * without a body: once more, on a fresh connection to the same
-		 * instance (its other idle connections are suspect too); never
-		 * after a timeout or an invalid answer: the service has it */
-		if (!suspect && ex->reused && !ex->req_has_body && hung_up(why)) {
+		/* a kept-alive connection the service had closed took an
+		 * idempotent request without a body: once more, on a fresh
+		 * connection to the same instance (its other idle connections
+		 * are suspect too); never after a timeout or an invalid answer:
+		 * the service has it */
+		if (!suspect && ex->reused && !ex->req_has_body && ex->idempotent && hung_up(why)) {
 			instance_pool_flush(ex->inst);
 			ex_connect(ex);
 			return;
 		}
 		if (suspect) {
-			suspect_instance(ex, why, !ex->up_connected || !ex->req_has_body);
+			/* sent again only if it never went out, or lost nothing and
+			 * may run twice (never a POST: nginx's non_idempotent) */
+			suspect_instance(ex, why, !ex->up_connected || (!ex->req_has_body && ex->idempotent));
 			return;
 		}
 	}

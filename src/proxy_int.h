@@ -26,6 +26,7 @@ struct exchange {
 	size_t headlen;
 	struct evbuffer *body;      /* body bytes not yet sent upstream (NULL: none held) */
 	bool req_chunked, req_has_body, req_done, head_req, upgrade;
+	bool idempotent;            /* may be sent again once it went out (RFC 9110 9.2.2) */
 	bool up_sent, up_connected, resp_started, reused;
 	bool sse;                   /* the service's response is an event stream */
 	struct hconn *tun[2];       /* upgraded: the tunnel's client and service sides */
