@@ -58,6 +58,15 @@ static void sjob_ghost_found(struct sjob *j, const char *id)
 	sjob_cancel(j);
 }
 
+/* Was job ID found not to be J's (by the lookup after a lost answer)? */
+static bool not_ours(const struct sjob *j, const char *id)
+{
+	char key[40];
+
+	snprintf(key, sizeof key, ",%s,", id);
+	return strstr(j->notours, key) != NULL;
+}
+
 /* F: a squeue line of a job not tracked by its id: a ghost's, if one
  * waits for its name. */
 void sjob_ghost_line(struct runner *r, char **f)
@@ -65,7 +74,7 @@ void sjob_ghost_line(struct runner *r, char **f)
 	struct sjob *j;
 
 	LIST_FOREACH(j, &sjobs, link)
-		if (j->ghost && j->r == r && strcmp(j->name, f[1]) == 0) {
+		if (j->ghost && j->r == r && strcmp(j->name, f[1]) == 0 && !not_ours(j, f[0])) {
 			if (j->blocked <= 0 && !slurmjob_ended(f[2]))
 				sjob_ghost_found(j, f[0]);
 			return;
@@ -137,30 +146,113 @@ static void submitted(void *arg, int status, const char *out, const char *err)
 	slurm_poll_schedule(true);
 }
 
-/* squeue's answer after a lost sbatch answer: J's job, if Slurm has it. */
-static void submit_lookup_done(void *arg, int status, const char *out, const char *err)
-{
-	struct sjob *j = arg;
-	char *text = xstrdup(out), *save = NULL, found[32] = "";
+/* The lookup after a lost sbatch answer: the jobs of J's name in squeue,
+ * asked about one by one (scontrol) until one is the job that sbatch
+ * queued. A job of the name that is not (submitted by hand or by another
+ * tool of this account, or before this sbatch began) is never taken, and
+ * never cancelled here: it is not the gateway's. */
+#define LOOKUP_MAX 8
+struct lookup {
+	struct sjob *j;
+	char ids[LOOKUP_MAX][32];
+	int n, at;
+	char unsure[32];   /* a job scontrol could not tell about */
+	char why[400];     /* the jobs found not ours */
+};
 
-	for (char *line = strtok_r(text, "\n", &save); status == 0 && line && !found[0];
-	     line = strtok_r(NULL, "\n", &save)) {
-		char *f[7] = {"", "", "", "", "", "", ""};
-		if (slurmjob_split(line, f, 7) >= 3 && strcmp(f[1], j->name) == 0 &&
-		    !slurmjob_ended(f[2]) && strlen(f[0]) < sizeof found)
-			str_copy(found, sizeof found, f[0]);
-	}
-	free(text);
-	if (found[0]) {
+static void lookup_ask(struct lookup *l);
+
+static void lookup_end(struct lookup *l, const char *found, const char *squeue_err)
+{
+	struct sjob *j = l->j;
+	char why[700];
+
+	if (found != NULL) {
 		log_info("job %s was queued before its sbatch answer was lost: Slurm job %s", j->name,
 			 found);
 		submitted(j, 0, found, "");
 	} else {
-		char why[300];
 		snprintf(why, sizeof why, "%s (and squeue %s)", j->lost[0] ? j->lost : "no job id",
-			 status == 0 ? "has no job of its name" : (err[0] ? err : "failed"));
+			 squeue_err ? squeue_err : l->why[0] ? l->why : "has no job of its name");
 		submitted(j, 255 << 8, "", why);
 	}
+	free(l);
+}
+
+static void lookup_show_done(void *arg, int status, const char *out, const char *err)
+{
+	struct lookup *l = arg;
+	struct sjob *j = l->j;
+	const char *id = l->ids[l->at++];
+	char why[300];
+
+	if (status != 0) {
+		/* gone since squeue listed it, or scontrol cannot say: taken only
+		 * if no job of the name is surely ours (as the start-up scan
+		 * adopts a job whose port scontrol does not say) */
+		if (strstr(err, "Invalid job id") == NULL && !l->unsure[0])
+			str_copy(l->unsure, sizeof l->unsure, id);
+	} else if (slurmjob_not_ours(out, j->name, j->rport, j->submit_wall, why, sizeof why)) {
+		size_t n = strlen(l->why);
+		log_warn("Slurm job %s is named %s, but it is not the job this gateway's lost sbatch "
+			 "queued: %s; left alone", id, j->name, why);
+		snprintf(l->why + n, sizeof l->why - n, "%shas Slurm job %s of its name, not this "
+			 "gateway's (%s): left alone", n ? "; " : "", id, why);
+		n = strlen(j->notours);
+		snprintf(j->notours + n, sizeof j->notours - n, "%s%s,", n ? "" : ",", id);
+	} else {
+		lookup_end(l, id, NULL);
+		return;
+	}
+	if (l->at < l->n) {
+		lookup_ask(l);
+		return;
+	}
+	if (l->unsure[0])
+		log_warn("Slurm job %s of name %s: scontrol cannot say whether it is the job of the lost "
+			 "sbatch answer; taken as it", l->unsure, j->name);
+	lookup_end(l, l->unsure[0] ? l->unsure : NULL, NULL);
+}
+
+static void lookup_ask(struct lookup *l)
+{
+	char *argv[] = {"scontrol", "-o", "show", "job", l->ids[l->at], NULL};
+
+	sagent_run(l->j->r, argv, 30, lookup_show_done, l);
+}
+
+static bool tracked_id(const struct runner *r, const char *id)
+{
+	const struct sjob *o;
+
+	LIST_FOREACH(o, &sjobs, link)
+		if (o->r == r && !o->ghost && strcmp(o->id, id) == 0)
+			return true;
+	return false;
+}
+
+/* squeue's answer after a lost sbatch answer: J's job, if Slurm has it. */
+static void submit_lookup_done(void *arg, int status, const char *out, const char *err)
+{
+	struct sjob *j = arg;
+	struct lookup *l = xcalloc(1, sizeof *l);
+	char *text = xstrdup(out), *save = NULL;
+
+	l->j = j;
+	for (char *line = strtok_r(text, "\n", &save); status == 0 && line && l->n < LOOKUP_MAX;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *f[7] = {"", "", "", "", "", "", ""};
+		/* a job tracked by its id is an earlier one of this name (ending) */
+		if (slurmjob_split(line, f, 7) >= 3 && strcmp(f[1], j->name) == 0 &&
+		    !slurmjob_ended(f[2]) && strlen(f[0]) < sizeof l->ids[0] && !tracked_id(j->r, f[0]))
+			str_copy(l->ids[l->n++], sizeof l->ids[0], f[0]);
+	}
+	free(text);
+	if (status != 0 || l->n == 0) {
+		lookup_end(l, NULL, status == 0 ? NULL : (err[0] ? err : "failed"));
+		return;
+	}
+	lookup_ask(l);
 }
 
 int slurm_start(struct instance *i, char **cause)
@@ -196,6 +288,7 @@ int slurm_start(struct instance *i, char **cause)
 	j->rport = i->remote_port;
 	j->st = J_SUBMITTING;
 	j->submitted = now_s();
+	j->submit_wall = wall_s();
 	j->refs = 1;   /* the sbatch callback */
 	i->lpriv = j;
 	sjob_ghost_block(j->r, j->name, 1);

@@ -165,6 +165,31 @@ int slurmjob_command_port(const char *show, const char *name, char *script, size
 	return (int)port;
 }
 
+const char *slurmjob_not_ours(const char *show, const char *name, int port, double since,
+			      char *why, size_t len)
+{
+	char jn[256], cmd[128], at[64], script[8];
+	int p = slurmjob_command_port(show, name, script, sizeof script);
+	double t;
+
+	slurmjob_field(show, "JobName", jn, sizeof jn);
+	slurmjob_field(show, "Command", cmd, sizeof cmd);
+	slurmjob_field(show, "SubmitTime", at, sizeof at);
+	t = slurmjob_start_time(at);
+	if (strcmp(jn, name) != 0)
+		snprintf(why, len, "it is named %s now", jn[0] ? jn : "(nothing)");
+	else if (p == 0)
+		snprintf(why, len, "it does not run SCRIPT PORT (Command=%s): submitted by hand?",
+			 cmd[0] ? cmd : "(none)");
+	else if (p != port)
+		snprintf(why, len, "it was submitted for port %d, not %d", p, port);
+	else if (t > 0 && t < since - SLURMJOB_CLOCK_SLACK_S)
+		snprintf(why, len, "it was submitted at %s, before this sbatch began", at);
+	else
+		return NULL;
+	return why;
+}
+
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen)
 {
 	size_t n = 0, c = 0;
