@@ -165,6 +165,29 @@ int slurmjob_command_port(const char *show, const char *name, char *script, size
 	return (int)port;
 }
 
+void slurmjob_end_why(char *buf, size_t len, const char *id, const char *state,
+		      const char *reason)
+{
+	static const struct {
+		const char *state, *says;
+	} means[] = {
+		{"TIMEOUT", "it reached its time limit"},
+		{"NODE_FAIL", "its node failed"},
+		{"OUT_OF_MEMORY", "it ran out of memory"},
+		{"PREEMPTED", "preempted by another job"},
+		{"DEADLINE", "it reached its deadline"},
+		{"BOOT_FAIL", "its node failed to boot"},
+	};
+
+	for (size_t k = 0; k < sizeof means / sizeof *means; k++)
+		if (strcmp(state, means[k].state) == 0) {
+			snprintf(buf, len, "Slurm job %s ended: %s (%s)", id, state, means[k].says);
+			return;
+		}
+	snprintf(buf, len, "Slurm job %s ended: %s%s%s", id, state, slurmjob_has_reason(reason) ? " " : "",
+		 slurmjob_has_reason(reason) ? reason : "");
+}
+
 const char *slurmjob_not_ours(const char *show, const char *name, int port, double since,
 			      char *why, size_t len)
 {

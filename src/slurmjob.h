@@ -42,6 +42,11 @@ void slurmjob_field(const char *text, const char *key, char *out, size_t len);
  * the port it was submitted for, the last word of Command=SCRIPT PORT, and
  * SCRIPT into SCRIPT (LEN). 0 (SCRIPT "") if there is no such word. */
 int slurmjob_command_port(const char *show, const char *name, char *script, size_t len);
+/* "Slurm job ID ended: STATE" into BUF (LEN), with what STATE means for
+ * a job that ran (TIMEOUT: "(it reached its time limit)") or else Slurm's
+ * REASON, if it gives one. */
+void slurmjob_end_why(char *buf, size_t len, const char *id, const char *state,
+		      const char *reason);
 /* How far the gateway's clock may be ahead of the Slurm controller's
  * before a job the gateway queued looks older than its sbatch. */
 #define SLURMJOB_CLOCK_SLACK_S 60
