@@ -1,6 +1,7 @@
 /* slurm_submit.c - the Slurm launcher's start: sbatch --parsable (here, or
  * on the login node through the runner's SSH master) with the job name
- * sg:<instance_id>:<route>:<index>. Its answer, the job id, makes the job
+ * sg:<instance_id>:<route>:<index> (a walltime handover's replacement:
+ * sg:<instance_id>:<route>:<index>.r<the replaced job's id>). Its answer, the job id, makes the job
  * tracked (launcher_slurm.c takes it from there). When that answer is lost
  * (the agent died while sbatch ran, or ssh failed with 255) the job may be
  * queued all the same: it is looked up by its name in squeue before the
@@ -258,7 +259,7 @@ static void submit_lookup_done(void *arg, int status, const char *out, const cha
 int slurm_start(struct instance *i, char **cause)
 {
 	const struct svc_config *cfg = service_config(i->svc);
-	struct sjob *j = xcalloc(1, sizeof *j);
+	struct sjob *j = xcalloc(1, sizeof *j), *old;
 	char name[300], port[16], exp[64];
 	char **argv;
 	int n = 0, extra = 0;
@@ -270,6 +271,10 @@ int slurm_start(struct instance *i, char **cause)
 	 * unambiguously, and no gateway mistakes another's jobs for its own */
 	snprintf(j->name, sizeof j->name, "sg:%s:%s:%d", slurm_gw->cfg->instance_id, cfg->route_name,
 		 i->index);
+	/* a walltime handover's replacement names the job it replaces
+	 * (sg:...:INDEX.rJOBID): a restart pairs them from that alone */
+	if (i->replaces && (old = i->replaces->lpriv) != NULL && old->id[0])
+		snprintf(j->name + strlen(j->name), sizeof j->name - strlen(j->name), ".r%s", old->id);
 	snprintf(name, sizeof name, "--job-name=%s", j->name);
 	snprintf(port, sizeof port, "%d", i->remote_port);
 	snprintf(exp, sizeof exp, "--export=ALL,PORT=%d", i->remote_port);
