@@ -42,6 +42,7 @@ struct sjob {
 	                          * by its name (no id) until ghost_until, cancelled
 	                          * if it shows up */
 	double ghost_until;
+	bool ghost_asking;       /* a ghost: scontrol asked whether a job of its name is its own */
 	int blocked;             /* a ghost: sbatches of its name under way (their
 	                          * job is not known by its id yet: no match by name) */
 	bool ending;             /* ended by itself: its output's tail is asked for */

@@ -68,16 +68,56 @@ static bool not_ours(const struct sjob *j, const char *id)
 	return strstr(j->notours, key) != NULL;
 }
 
+/* A job of a ghost's name, asked about (scontrol) before it is cancelled. */
+struct ghostq {
+	struct sjob *j;
+	char id[32];
+};
+
+static void ghost_show_done(void *arg, int status, const char *out, const char *err)
+{
+	struct ghostq *q = arg;
+	struct sjob *j = q->j;
+	char why[300];
+	size_t n;
+
+	j->ghost_asking = false;
+	if (!j->ghost || !j->tracked) {
+		/* found meanwhile, or watched long enough */
+	} else if (status == 0 && slurmjob_not_ours(out, j->name, j->rport, j->submit_wall, why,
+						    sizeof why)) {
+		log_warn("Slurm job %s is named %s, but it is not the job of its failed sbatch: %s; "
+			 "left alone", q->id, j->name, why);
+		n = strlen(j->notours);
+		snprintf(j->notours + n, sizeof j->notours - n, "%s%s,", n ? "" : ",", q->id);
+	} else if (status == 0 || strstr(err, "Invalid job id") == NULL) {
+		/* its sbatch's, or scontrol cannot tell: never left untracked */
+		sjob_ghost_found(j, q->id);
+	}
+	sjob_unref(j);
+	free(q);
+}
+
 /* F: a squeue line of a job not tracked by its id: a ghost's, if one
- * waits for its name. */
+ * waits for its name and scontrol says it is the job its sbatch queued
+ * (running SCRIPT PORT for its port, submitted since): one submitted by
+ * hand under the name is left alone. */
 void sjob_ghost_line(struct runner *r, char **f)
 {
 	struct sjob *j;
 
 	LIST_FOREACH(j, &sjobs, link)
 		if (j->ghost && j->r == r && strcmp(j->name, f[1]) == 0 && !not_ours(j, f[0])) {
-			if (j->blocked <= 0 && !slurmjob_ended(f[2]))
-				sjob_ghost_found(j, f[0]);
+			if (j->blocked <= 0 && !slurmjob_ended(f[2]) && !j->ghost_asking &&
+			    strlen(f[0]) < sizeof ((struct ghostq *)0)->id) {
+				struct ghostq *q = xcalloc(1, sizeof *q);
+				char *argv[] = {"scontrol", "-o", "show", "job", q->id, NULL};
+				q->j = j;
+				str_copy(q->id, sizeof q->id, f[0]);
+				j->ghost_asking = true;
+				j->refs++;   /* the answer's */
+				sagent_run(r, argv, 30, ghost_show_done, q);
+			}
 			return;
 		}
 }

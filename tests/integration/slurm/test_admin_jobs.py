@@ -340,3 +340,51 @@ exec {real} "$@"
     finally:
         if hand.exists():
             cluster.scancel(hand.read_text().strip())
+
+
+def test_ghost_watch_after_an_sbatch_timeout_does_not_cancel_a_job_submitted_by_hand(
+        cluster, slurm_gateway, tmp_path):
+    """sbatch gave up ("Socket timed out on send/recv operation"): the
+    controller may queue the job all the same, so the gateway watches for a
+    job of its name for a while and cancels it if it comes. A job of that
+    name submitted by hand (here: just after the sbatch began) was taken
+    for it and cancelled. Only a job that runs SCRIPT PORT for its port,
+    submitted after the sbatch began, is taken for it now; another is left
+    alone, the log says why."""
+    real = shutil.which("sbatch")
+    mark, hand = tmp_path / "timeout-once", tmp_path / "hand-id"
+    shims = tmp_path / "shims"
+    write_script(shims / "sbatch", f"""#!/bin/sh
+name=
+for a in "$@"; do case $a in --job-name=*) name=${{a#--job-name=}};; esac; done
+if [ ! -e {mark} ]; then
+    : > {mark}
+    {real} --parsable --job-name="$name" --chdir={cluster.work_dir} --wrap 'sleep 300' >{hand}
+    echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec {real} "$@"
+""")
+    svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"))
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf,
+                                  "PATH": f"{shims}:{os.environ['PATH']}"})
+    try:
+        r = g.get("/llm/pid", timeout=60)
+        assert hand.exists(), "the wrapper did not run"
+        hid = hand.read_text().strip()
+        assert r.status == 502 and "timed out" in r.text, r
+        wait_until(lambda: f"Slurm job {hid} is named {g.job_name()}, but it is not" in
+                   g.log(tail=10 ** 7), 10 * SLACK, msg="the hand job looked at")
+        # the next start: a job of its own; the hand job lives on
+        r = g.get("/llm/pid", timeout=60)
+        assert r.status == 200, (r, g.log())
+        [inst] = g.svc()["instances"]
+        assert inst["job_id"] != hid, (inst, hid)
+        log = g.log(tail=10 ** 7)
+        assert not re.search(rf"Slurm job {hid} .*cancelling", log), log
+        assert hid in [j[0] for j in cluster.live_jobs(g.job_name())], cluster.jobs(g.job_name())
+    finally:
+        if hand.exists():
+            cluster.scancel(hand.read_text().strip())
