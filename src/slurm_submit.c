@@ -1,11 +1,12 @@
 /* slurm_submit.c - the Slurm launcher's start: sbatch --parsable (here, or
  * on the login node through the runner's SSH master) with the job name
  * sg:<instance_id>:<route>:<index> (a walltime handover's replacement:
- * sg:<instance_id>:<route>:<index>.r<the replaced job's id>). Its answer, the job id, makes the job
- * tracked (launcher_slurm.c takes it from there). When that answer is lost
- * (the agent died while sbatch ran, or ssh failed with 255) the job may be
- * queued all the same: it is looked up by its name in squeue before the
- * start is called failed. */
+ * sg:<instance_id>:<route>:<index>.r<the replaced job's id>). Its answer,
+ * the job id, makes the job tracked (launcher_slurm.c takes it from
+ * there). When that answer is lost (the agent died while sbatch ran, or ssh
+ * failed with 255) the job may be queued all the same: it is looked up by
+ * its name in squeue before the start is called failed, and taken only if
+ * scontrol says it is that sbatch's job (SCRIPT PORT, submitted since). */
 #include <stdio.h>
 #include <sys/wait.h>
 #include <stdlib.h>
@@ -59,13 +60,20 @@ static void sjob_ghost_found(struct sjob *j, const char *id)
 	sjob_cancel(j);
 }
 
-/* Was job ID found not to be J's (by the lookup after a lost answer)? */
+/* Was job ID found not to be J's (its name, but not its sbatch's job)? */
 static bool not_ours(const struct sjob *j, const char *id)
 {
 	char key[40];
 
 	snprintf(key, sizeof key, ",%s,", id);
 	return strstr(j->notours, key) != NULL;
+}
+
+static void note_not_ours(struct sjob *j, const char *id)
+{
+	size_t n = strlen(j->notours);
+
+	snprintf(j->notours + n, sizeof j->notours - n, "%s%s,", n ? "" : ",", id);
 }
 
 /* A job of a ghost's name, asked about (scontrol) before it is cancelled. */
@@ -79,7 +87,6 @@ static void ghost_show_done(void *arg, int status, const char *out, const char *
 	struct ghostq *q = arg;
 	struct sjob *j = q->j;
 	char why[300];
-	size_t n;
 
 	j->ghost_asking = false;
 	if (!j->ghost || !j->tracked) {
@@ -88,8 +95,7 @@ static void ghost_show_done(void *arg, int status, const char *out, const char *
 						    sizeof why)) {
 		log_warn("Slurm job %s is named %s, but it is not the job of its failed sbatch: %s; "
 			 "left alone", q->id, j->name, why);
-		n = strlen(j->notours);
-		snprintf(j->notours + n, sizeof j->notours - n, "%s%s,", n ? "" : ",", q->id);
+		note_not_ours(j, q->id);
 	} else if (status == 0 || strstr(err, "Invalid job id") == NULL) {
 		/* its sbatch's, or scontrol cannot tell: never left untracked */
 		sjob_ghost_found(j, q->id);
@@ -109,7 +115,7 @@ void sjob_ghost_line(struct runner *r, char **f)
 	LIST_FOREACH(j, &sjobs, link)
 		if (j->ghost && j->r == r && strcmp(j->name, f[1]) == 0 && !not_ours(j, f[0])) {
 			if (j->blocked <= 0 && !slurmjob_ended(f[2]) && !j->ghost_asking &&
-			    strlen(f[0]) < sizeof ((struct ghostq *)0)->id) {
+			    strlen(f[0]) < sizeof j->id) {
 				struct ghostq *q = xcalloc(1, sizeof *q);
 				char *argv[] = {"scontrol", "-o", "show", "job", q->id, NULL};
 				q->j = j;
@@ -239,8 +245,7 @@ static void lookup_show_done(void *arg, int status, const char *out, const char 
 			 "queued: %s; left alone", id, j->name, why);
 		snprintf(l->why + n, sizeof l->why - n, "%shas Slurm job %s of its name, not this "
 			 "gateway's (%s): left alone", n ? "; " : "", id, why);
-		n = strlen(j->notours);
-		snprintf(j->notours + n, sizeof j->notours - n, "%s%s,", n ? "" : ",", id);
+		note_not_ours(j, id);
 	} else {
 		lookup_end(l, id, NULL);
 		return;
