@@ -341,7 +341,7 @@ static struct cand *handover_pair(struct scanctx *x, struct service *s, struct c
 		return NULL;   /* its old job ended: the replacement took over */
 	for (int q = 0; q < x->ncand; q++) {
 		struct cand *k = &x->cand[q];
-		if (k->s != s)
+		if (k->s != s || k->done)
 			continue;
 		count++;
 		if (n == NULL || id_num(k->id) > id_num(n->id))
@@ -351,7 +351,7 @@ static struct cand *handover_pair(struct scanctx *x, struct service *s, struct c
 		return NULL;
 	for (int q = 0; q < x->ncand; q++) {
 		struct cand *k = &x->cand[q];
-		if (k->s == s && k != n && strcmp(k->state, "RUNNING") == 0 &&
+		if (k->s == s && !k->done && k != n && strcmp(k->state, "RUNNING") == 0 &&
 		    (*old == NULL || (k->left >= 0 && ((*old)->left < 0 || k->left < (*old)->left))))
 			*old = k;
 	}
@@ -463,17 +463,17 @@ static void recover_finish(struct scanctx *x)
 		struct cand *k = &x->cand[q], *old, *n;
 		if (k->s == NULL || k->done)
 			continue;
-		/* a walltime handover under way: both jobs adopted, the old one
+		/* each walltime handover under way: both jobs adopted, the old one
 		 * serving until the replacement is ready (health.c then drains it) */
-		if ((n = handover_pair(x, k->s, &old)) != NULL) {
+		while ((n = handover_pair(x, k->s, &old)) != NULL) {
 			cand_adopt(old, NULL);
 			cand_adopt(n, old);
+			if (old->i != NULL && n->i != NULL)
+				service_adopt_handover(old->i, n->i);
 		}
 		for (int t = q; t < x->ncand; t++)
 			if (x->cand[t].s == k->s && !x->cand[t].done)
 				cand_adopt(&x->cand[t], NULL);
-		if (n != NULL && old->i != NULL && n->i != NULL)
-			service_adopt_handover(old->i, n->i);
 	}
 	rescan_s = 0;
 	log_info("looked for Slurm jobs of an earlier run on %s", runner_name(r));

@@ -267,6 +267,45 @@ def test_restart_during_a_walltime_handover_below_max_instances_pairs_by_the_job
     assert name_b == f"{g.job_name(index=1)}.r{job_a}", name_b
 
 
+def test_restart_during_two_walltime_handovers_pairs_each_replacement_with_its_own_job(
+        cluster, slurm_gateway, tmp_path):
+    """Two jobs (min_instances 2, max_instances 3) near their time limits,
+    each with its replacement starting (at indexes 2 and 3) when the gateway
+    restarts. The scan paired at most one handover per service, guessing the
+    newest job as the replacement of the running one with least time left:
+    the other replacement was adopted as an instance of its own, its old job
+    never drained. Each replacement names its old job: both pairs adopted."""
+    p = base.free_port_block(4)
+    gate = tmp_path / "go"
+    hold = (f'case "$1" in {p + 2}|{p + 3}) while [ ! -e "{gate}" ]; do sleep 0.1; done;; '
+            'esac\n')
+    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
+    svc = slurm_service(cluster, job, remote_port=p, min_instances=2, max_instances=3,
+                        handover_lead=58, timeout=300)
+    g = slurm_gateway([svc])
+
+    def replacements():
+        rows = [j for j in cluster.jobs(prefix=g.job_prefix) if j[2] == "RUNNING"]
+        return rows if len(rows) == 4 else None
+    rows = wait_until(replacements, 60 * SLACK, interval=0.2, msg="two jobs and two replacements")
+    ids = {name.rsplit(":", 1)[1].split(".")[0]: jid for jid, name, _, _ in rows}
+    olds = {ids["0"], ids["1"]}
+    g.kill9()
+    rewrite(g, [dict(svc, handover_lead=10)])
+    g.restart()
+    wait_until(lambda: g.log(tail=10 ** 7).count("looked for Slurm jobs of an earlier run") == 2,
+               15 * SLACK, interval=0.2, msg="the recovery scan")
+    log = g.log(tail=10 ** 7).split("--- run 2 ---")[1]
+    paired = re.findall(r"adopting Slurm job (\d+) .*replacement of Slurm job (\d+)", log)
+    assert len(paired) == 2 and {old for _, old in paired} == olds, (paired, rows, log)
+    gate.touch()
+    wait_until(lambda: not {j[0] for j in cluster.live_jobs(prefix=g.job_prefix)} & olds,
+               40 * SLACK, interval=0.2, msg="both replaced jobs to be cancelled")
+    live = {j[0] for j in cluster.live_jobs(prefix=g.job_prefix)}
+    assert live == {new for new, _ in paired}, (live, paired, g.log(tail=10 ** 7))
+    assert g.svc()["starts"] == 0
+
+
 def test_restart_during_a_walltime_handover_keeps_a_pending_replacement(
         nodes, slurm_gateway, tmp_path):
     """The replacement waits in the queue (here: for its node, drained) when
