@@ -76,6 +76,13 @@ static void note_not_ours(struct sjob *j, const char *id)
 	snprintf(j->notours + n, sizeof j->notours - n, "%s%s,", n ? "" : ",", id);
 }
 
+/* scontrol's error ERR says the job is over (and purged), or the agent's
+ * that it is not in squeue any more. */
+static bool job_gone_said(const char *err)
+{
+	return strstr(err, "Invalid job id") != NULL || strstr(err, "is not in squeue") != NULL;
+}
+
 /* A job of a ghost's name, asked about (scontrol) before it is cancelled. */
 struct ghostq {
 	struct sjob *j;
@@ -96,7 +103,7 @@ static void ghost_show_done(void *arg, int status, const char *out, const char *
 		log_warn("Slurm job %s is named %s, but it is not the job of its failed sbatch: %s; "
 			 "left alone", q->id, j->name, why);
 		note_not_ours(j, q->id);
-	} else if (status == 0 || strstr(err, "Invalid job id") == NULL) {
+	} else if (status == 0 || !job_gone_said(err)) {
 		/* its sbatch's, or scontrol cannot tell: never left untracked */
 		sjob_ghost_found(j, q->id);
 	}
@@ -237,7 +244,7 @@ static void lookup_show_done(void *arg, int status, const char *out, const char 
 		/* gone since squeue listed it, or scontrol cannot say: taken only
 		 * if no job of the name is surely ours (as the start-up scan
 		 * adopts a job whose port scontrol does not say) */
-		if (strstr(err, "Invalid job id") == NULL && !l->unsure[0])
+		if (!job_gone_said(err) && !l->unsure[0])
 			str_copy(l->unsure, sizeof l->unsure, id);
 	} else if (slurmjob_not_ours(out, j->name, j->rport, j->submit_wall, why, sizeof why)) {
 		size_t n = strlen(l->why);

@@ -18,8 +18,8 @@ import pytest
 
 import conftest as base
 from conftest import SLACK, http_request, wait_until
-from slurmlib import (cluster, demo_job_script, running_job, slurm_gateway, slurm_service,  # noqa: F401
-                      write_script)
+from slurmlib import (cluster, demo_job_script, running_job, slurm_gateway,  # noqa: F401
+                      slurm_service, write_script)
 from test_slurm_agent import agent_service
 
 
@@ -281,9 +281,11 @@ def test_job_submitted_by_hand_under_the_gateways_name_is_not_adopted(cluster, s
         cluster.scancel(jid)
 
 
-@pytest.mark.parametrize("beside", [False, True], ids=["alone", "beside_its_own"])
+@pytest.mark.parametrize("beside,via",
+                         [(False, "commands"), (True, "commands"), (False, "agent")],
+                         ids=["alone", "beside_its_own", "alone_agent"])
 def test_lost_sbatch_answer_lookup_does_not_adopt_a_job_submitted_by_hand(cluster, slurm_gateway,
-                                                                         tmp_path, beside):
+                                                                         tmp_path, beside, via):
     """sbatch's answer is lost (here: ssh says 255 after the submit), and
     the gateway looks for its job by name in squeue. Another job of that
     name (submitted by hand, or by another tool of this account, here just
@@ -294,23 +296,27 @@ def test_lost_sbatch_answer_lookup_does_not_adopt_a_job_submitted_by_hand(cluste
     alone (never cancelled: not the gateway's), the log and the failed
     start's reason name it. Alone, the start fails with that reason (and
     the next one succeeds beside it); beside the gateway's own job, that one
-    is taken."""
+    is taken. Through the remote agent, the answer is lost as the agent
+    dies during sbatch."""
     real = shutil.which("sbatch")
     mark, hand = tmp_path / "lost-once", tmp_path / "hand-id"
     own = f'{real} "$@" >/dev/null 2>&1\n' if beside else ""
     shims = tmp_path / "shims"
+    svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), start_timeout=20)
+    lose = 'echo "Connection to login closed by remote host." >&2; exit 255'
+    if via == "agent":
+        svc, agent, _ = agent_service(cluster, tmp_path, start_timeout=20)
+        lose = f"for p in $(pgrep -f '{agent}( |$)'); do kill -9 \"$p\"; done; exit 1"
     write_script(shims / "sbatch", f"""#!/bin/sh
 name=
 for a in "$@"; do case $a in --job-name=*) name=${{a#--job-name=}};; esac; done
 if [ ! -e {mark} ]; then
     : > {mark}
     {real} --parsable --job-name="$name" --chdir={cluster.work_dir} --wrap 'sleep 300' >{hand}
-    {own}echo "Connection to login closed by remote host." >&2
-    exit 255
+    {own}{lose}
 fi
 exec {real} "$@"
 """)
-    svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), start_timeout=20)
     for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
         svc.pop(k)
     g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf,

@@ -54,6 +54,7 @@ def stream_cut(g, cluster, end_job, timeout):
 def check_reason(g, out, job_id, state):
     want = f"Slurm job {job_id} ended: {state}"
     log = g.log(tail=10 ** 7)
+    print(f"the client: {out}")
     # the client: an error (not a normal end), with the reason
     assert "thrown" in out, (out, log)
     assert want in out["thrown"]["message"], (out, log)
