@@ -317,8 +317,7 @@ static void job_update(struct sjob *j, const char *state, const char *nodes, con
 		return;
 	}
 	if (c == SJ_ENDED) {
-		snprintf(why, sizeof why, "Slurm job %s ended: %s%s%s", j->id, state,
-			 slurmjob_has_reason(reason) ? " " : "", slurmjob_has_reason(reason) ? reason : "");
+		slurmjob_end_why(why, sizeof why, j->id, state, reason);
 		job_ended(j, why);
 		return;
 	}

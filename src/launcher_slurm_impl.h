@@ -42,6 +42,7 @@ struct sjob {
 	                          * by its name (no id) until ghost_until, cancelled
 	                          * if it shows up */
 	double ghost_until;
+	bool ghost_asking;       /* a ghost: scontrol asked whether a job of its name is its own */
 	int blocked;             /* a ghost: sbatches of its name under way (their
 	                          * job is not known by its id yet: no match by name) */
 	bool ending;             /* ended by itself: its output's tail is asked for */
@@ -52,6 +53,9 @@ struct sjob {
 	int tunnel_tries, cancel_tries;
 	double cancel_at;        /* when the last scancel was sent */
 	double submitted, running_at;
+	double submit_wall;      /* when sbatch began (wall clock: Slurm's SubmitTime) */
+	char notours[128];       /* ",ID,ID,": jobs of its name found not its own (left
+	                          * alone, by the lookup after a lost answer too) */
 	double tracked_at;       /* when sbatch's answer came (the id became known) */
 	double eta;              /* Slurm's expected start (squeue %S), 0: none */
 	unsigned long sig;       /* hash of its squeue line but TIMELEFT (0: not seen) */

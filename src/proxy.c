@@ -111,6 +111,7 @@ static void ex_end(struct exchange *ex, bool keep_up)
 		event_free(ex->verdict_ev);
 	for (int k = 0; k < ex->ntried; k++)
 		instance_unref(ex->tried[k]);
+	px_cut_free(ex);
 	free(ex->verdict_why);
 	free(ex->aborted);
 	if (ex->body) {
@@ -375,6 +376,8 @@ static void w_abort(struct waiter *w, int status, const char *reason)
 	struct exchange *ex = of_waiter(w);
 
 	ex->inst = NULL;   /* detached already */
+	if (px_cut_aborted(ex, reason))
+		return;
 	if (ex->tun[0]) {
 		/* an upgraded connection: the close ends the exchange */
 		http_close(ex->tun[0], reason);
@@ -776,6 +779,13 @@ static void up_closed(struct hconn *c, const char *why)
 			return;
 		}
 	}
+	if (ex->resp_started && hung_up(why) && px_cut_wait(ex, why))
+		return;
 	snprintf(reason, sizeof reason, "service %s: %s", service_config(ex->svc)->name, why);
 	ex_fail(ex, strstr(why, "timeout") ? 504 : 502, reason, 0);
+}
+
+void px_fail(struct exchange *ex, int status, const char *reason)
+{
+	ex_fail(ex, status, reason, 0);
 }

@@ -16,6 +16,8 @@
 #include "config.h"
 #include "gw.h"
 #include "http.h"
+#include "instance.h"
+#include "launcher.h"
 #include "log.h"
 #include "reply.h"
 #include "util.h"
@@ -132,4 +134,89 @@ void px_error_event(struct exchange *ex)
 	free(out);
 	json_decref(o);
 	json_decref(b);
+}
+
+/* --- a response cut mid-way: its instance's end says why --- */
+
+/* How long a cut response waits for its instance's end (a Slurm poll, and
+ * the job's output tail), looked at every CUT_TICK_US. */
+#define CUT_WAIT_S 10.0
+#define CUT_TICK_US 200000
+
+static void cut_finish(struct exchange *ex)
+{
+	const struct instance *i = ex->cut_inst;
+	const char *name = service_config(ex->svc)->name;
+	char reason[1024];
+
+	if (i->state == INST_GONE && strncmp(i->detail, "gone: ", 6) == 0)
+		snprintf(reason, sizeof reason, "service %s: instance ended: %s", name, i->detail + 6);
+	else if (ex->aborted != NULL)
+		snprintf(reason, sizeof reason, "%s", ex->aborted);   /* held: why */
+	else
+		snprintf(reason, sizeof reason, "service %s: %s", name, ex->verdict_why);
+	px_fail(ex, 502, reason);
+}
+
+static void cut_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+	const struct instance *i = ex->cut_inst;
+
+	(void)fd, (void)what;
+	/* gone: its cause; in rotation again (a probe passed): the service
+	 * lives and hung up on this response alone; else wait (a job
+	 * COMPLETING says TIMEOUT or CANCELLED next) */
+	if (i->state == INST_GONE || (i->state == INST_READY && ex->inst != NULL) ||
+	    now_s() - ex->cut_at >= CUT_WAIT_S) {
+		cut_finish(ex);
+		return;
+	}
+	event_add(ex->cut_ev, &(struct timeval){0, CUT_TICK_US});
+}
+
+bool px_cut_wait(struct exchange *ex, const char *why)
+{
+	struct instance *i = ex->inst;
+
+	/* a local process's exit is seen at once (SIGCHLD): no wait for it */
+	if (i == NULL || ex->down == NULL || ex->cut_inst != NULL ||
+	    service_config(ex->svc)->launcher->check == NULL || i->state == INST_STOPPING)
+		return false;
+	instance_ref(i);
+	ex->cut_inst = i;
+	ex->cut_at = now_s();
+	free(ex->verdict_why);
+	ex->verdict_why = xstrdup(why);
+	log_info("svc %s[%d]: a response was cut (%s): its end waits up to %.0f s for what the "
+		 "launcher says", service_config(ex->svc)->name, i->index, why, CUT_WAIT_S);
+	ex->cut_ev = evtimer_new(px_gw->base, cut_tick, ex);
+	/* out of rotation, the launcher asked now (Slurm: a poll at once); an
+	 * abort from inside is kept by px_cut_aborted(). Out of rotation
+	 * already (draining after a handover): the launcher is asked alone */
+	if (i->state == INST_READY)
+		instance_unreachable(i, why);
+	else
+		service_config(ex->svc)->launcher->check(i);
+	event_add(ex->cut_ev, &(struct timeval){0, CUT_TICK_US});
+	return true;
+}
+
+bool px_cut_aborted(struct exchange *ex, const char *reason)
+{
+	if (ex->cut_inst == NULL)
+		return false;
+	free(ex->aborted);
+	ex->aborted = xstrdup(reason);
+	return true;
+}
+
+void px_cut_free(struct exchange *ex)
+{
+	if (ex->cut_ev)
+		event_free(ex->cut_ev);
+	ex->cut_ev = NULL;
+	if (ex->cut_inst)
+		instance_unref(ex->cut_inst);
+	ex->cut_inst = NULL;
 }

@@ -58,6 +58,10 @@ struct exchange {
 	size_t held_n;              /* bytes of body counted in held_total */
 	struct event *fb_ev;
 	struct accesslog_note *note; /* the client session's; only while down is set */
+	struct instance *cut_inst;  /* the response was cut: its instance (referenced), whose
+	                             * end, if it comes, is the reason (px_cut_wait) */
+	struct event *cut_ev;
+	double cut_at;
 	struct exchange *next_spare;
 	/* not cleared for a new exchange (after this point) */
 	char tail_s[512];
@@ -102,5 +106,19 @@ void px_feedback_start(struct exchange *ex);
 /* End EX's early-headed stream on ex->down with an error event carrying
  * the service's error (ex->err_status, ex->errbody). */
 void px_error_event(struct exchange *ex);
+
+/* ex_fail(), for the proxy's other files: end EX with STATUS and REASON. */
+void px_fail(struct exchange *ex, int status, const char *reason);
+/* EX's response was cut mid-way (WHY: the service hung up) while it ran
+ * on ex->inst: if its launcher can look at once (a Slurm job that reached
+ * its time limit, was cancelled, lost its node: the service dies before
+ * squeue says why), the exchange ends when the instance does, with its
+ * cause, or after CUT_WAIT_S with WHY. False: not waited for (end it now). */
+bool px_cut_wait(struct exchange *ex, const char *why);
+/* EX waits for its cut instance's end (px_cut_wait) and its instance
+ * aborted it (REASON: held, or gone): kept, the wait goes on. */
+bool px_cut_aborted(struct exchange *ex, const char *reason);
+/* ex_end(): what px_cut_wait holds. */
+void px_cut_free(struct exchange *ex);
 
 #endif

@@ -50,10 +50,17 @@ static struct instance *inst_new(struct service *s, int index)
 
 /* Create and start one more instance. Returns it, or NULL if the launcher
  * refused at once (the failure is recorded). */
-static struct instance *inst_start(struct service *s, int index)
+/* A new instance at INDEX, started; REPLACES: the instance whose walltime
+ * handover it is (linked before the launcher starts it: its job says so). */
+static struct instance *inst_start_for(struct service *s, int index, struct instance *replaces)
 {
 	struct instance *i = inst_new(s, index);
 	char *cause = NULL;
+
+	if (replaces != NULL) {
+		i->replaces = replaces;
+		replaces->replaced_by = i;
+	}
 
 	s->starts++;
 	log_info("svc %s[%d]: starting (%s launcher, port %d)", s->cfg->name, i->index,
@@ -71,6 +78,11 @@ static struct instance *inst_start(struct service *s, int index)
 	}
 	instance_unref(i);
 	return i;
+}
+
+static struct instance *inst_start(struct service *s, int index)
+{
+	return inst_start_for(s, index, NULL);
 }
 
 /* A start did not reach READY: remember why, back off. */
@@ -378,7 +390,6 @@ void svc_scale_cb(evutil_socket_t fd, short what, void *arg)
 /* The job's time limit comes near: start its replacement. */
 void service_handover(struct instance *i)
 {
-	struct instance *n;
 	struct service *s = i->svc;
 
 	switch (scaler_handover(i->state == INST_READY, i->replaced_by != NULL,
@@ -394,11 +405,7 @@ void service_handover(struct instance *i)
 	}
 	log_info("svc %s[%d]: time limit in %.0f s: starting a replacement", s->cfg->name, i->index,
 		 i->deadline - now_s());
-	n = inst_start(s, free_index(s, s->cfg->max_instances + 1));
-	if (n != NULL) {
-		n->replaces = i;
-		i->replaced_by = n;
-	}
+	inst_start_for(s, free_index(s, s->cfg->max_instances + 1), i);
 }
 
 void instance_set_deadline(struct instance *i, double end_at)

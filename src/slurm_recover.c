@@ -2,11 +2,10 @@
  * run of this gateway left (their names carry its instance_id) are looked
  * for with one squeue per target. A RUNNING one whose service and index
  * still exist is adopted (its forward opened, its instance probed); every
- * other is cancelled, but for a walltime handover under way: a service
- * with one job more than max_instances has its newest job adopted as the
- * replacement of the running one with the least time left, running or
- * still queued, and the old one serves until the replacement is ready,
- * as before the restart. The index max_instances (the handover's slot) is
+ * other is cancelled, but for a walltime handover under way: the
+ * replacement (its name says which job it replaces: sg:...:INDEX.rID) is
+ * adopted running or still queued, and the old one serves until the
+ * replacement is ready, as before the restart. The index max_instances (the handover's slot) is
  * in range: the job that took over in one stays there.
  *
  * An adopted job serves on the port it was started for, whatever the
@@ -159,6 +158,7 @@ struct cand {
 	char id[32], name[200], state[32], node[128];
 	char route[128];
 	int index;
+	char replaces[32];  /* a handover's replacement: the job it replaces (INDEX.rID) */
 	long left;          /* seconds of its time limit left (-1: none) */
 	int port;           /* the port it was started for; 0: not known */
 	char script[512];   /* the script it runs ("": not known) */
@@ -204,6 +204,7 @@ static void recover_line(struct scanctx *x, char **f)
 	struct runner *r = x->r;
 	char prefix[200];
 	const char *rest, *dash, *says;
+	char *end;
 	enum slurmjob_class c = slurmjob_class(f[2], &says, NULL);
 	struct cand *k;
 	struct sjob *j;
@@ -243,7 +244,9 @@ static void recover_line(struct scanctx *x, char **f)
 	slurmjob_first_node(f[3], k->node, sizeof k->node);
 	k->left = slurmjob_time_left(f[4]);
 	memcpy(k->route, rest, (size_t)(dash - rest));
-	k->index = atoi(dash + 1);
+	k->index = (int)strtol(dash + 1, &end, 10);
+	if (strncmp(end, ".r", 2) == 0 && strlen(end + 2) < sizeof k->replaces)
+		snprintf(k->replaces, sizeof k->replaces, "%s", end + 2);
 }
 
 static void recover_finish(struct scanctx *x);
@@ -306,19 +309,39 @@ static unsigned long long id_num(const char *id)
 	return strtoull(id, NULL, 10);
 }
 
-/* In a walltime handover (the service has one job more than max_instances:
- * only a replacement sits above), which of S's candidates is the
- * replacement? The newest job; it replaces the running one of least time
- * left. Returns the replacement, *OLD the job it replaces (both NULL: none). */
+/* In a walltime handover, which of S's candidates is the replacement?
+ * The job that names the one it replaces (sg:...:INDEX.rID), if that one
+ * runs: Slurm says it, whatever the indexes (a replacement takes the
+ * lowest free index, below max_instances while fewer run) and whatever
+ * else was submitted since (a scale-up, a restarted instance). Jobs of an
+ * earlier version name none: then, with one job more than max_instances,
+ * the newest, replacing the running one of least time left. Returns the
+ * replacement, *OLD the job it replaces (both NULL: none). */
 static struct cand *handover_pair(struct scanctx *x, struct service *s, struct cand **old)
 {
 	struct cand *n = NULL;
 	int count = 0;
+	bool named = false;
 
 	*old = NULL;
 	for (int q = 0; q < x->ncand; q++) {
 		struct cand *k = &x->cand[q];
-		if (k->s != s)
+		if (k->s != s || k->done)
+			continue;
+		named |= k->replaces[0] != '\0';
+		for (int t = 0; k->replaces[0] && t < x->ncand; t++)
+			if (x->cand[t].s == s && !x->cand[t].done && &x->cand[t] != k &&
+			    strcmp(x->cand[t].id, k->replaces) == 0 &&
+			    strcmp(x->cand[t].state, "RUNNING") == 0) {
+				*old = &x->cand[t];
+				return k;
+			}
+	}
+	if (named)
+		return NULL;   /* its old job ended: the replacement took over */
+	for (int q = 0; q < x->ncand; q++) {
+		struct cand *k = &x->cand[q];
+		if (k->s != s || k->done)
 			continue;
 		count++;
 		if (n == NULL || id_num(k->id) > id_num(n->id))
@@ -328,7 +351,7 @@ static struct cand *handover_pair(struct scanctx *x, struct service *s, struct c
 		return NULL;
 	for (int q = 0; q < x->ncand; q++) {
 		struct cand *k = &x->cand[q];
-		if (k->s == s && k != n && strcmp(k->state, "RUNNING") == 0 &&
+		if (k->s == s && !k->done && k != n && strcmp(k->state, "RUNNING") == 0 &&
 		    (*old == NULL || (k->left >= 0 && ((*old)->left < 0 || k->left < (*old)->left))))
 			*old = k;
 	}
@@ -440,17 +463,17 @@ static void recover_finish(struct scanctx *x)
 		struct cand *k = &x->cand[q], *old, *n;
 		if (k->s == NULL || k->done)
 			continue;
-		/* a walltime handover under way: both jobs adopted, the old one
+		/* each walltime handover under way: both jobs adopted, the old one
 		 * serving until the replacement is ready (health.c then drains it) */
-		if ((n = handover_pair(x, k->s, &old)) != NULL) {
+		while ((n = handover_pair(x, k->s, &old)) != NULL) {
 			cand_adopt(old, NULL);
 			cand_adopt(n, old);
+			if (old->i != NULL && n->i != NULL)
+				service_adopt_handover(old->i, n->i);
 		}
 		for (int t = q; t < x->ncand; t++)
 			if (x->cand[t].s == k->s && !x->cand[t].done)
 				cand_adopt(&x->cand[t], NULL);
-		if (n != NULL && old->i != NULL && n->i != NULL)
-			service_adopt_handover(old->i, n->i);
 	}
 	rescan_s = 0;
 	log_info("looked for Slurm jobs of an earlier run on %s", runner_name(r));

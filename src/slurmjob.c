@@ -165,6 +165,54 @@ int slurmjob_command_port(const char *show, const char *name, char *script, size
 	return (int)port;
 }
 
+void slurmjob_end_why(char *buf, size_t len, const char *id, const char *state,
+		      const char *reason)
+{
+	static const struct {
+		const char *state, *says;
+	} means[] = {
+		{"TIMEOUT", "it reached its time limit"},
+		{"NODE_FAIL", "its node failed"},
+		{"OUT_OF_MEMORY", "it ran out of memory"},
+		{"PREEMPTED", "preempted by another job"},
+		{"DEADLINE", "it reached its deadline"},
+		{"BOOT_FAIL", "its node failed to boot"},
+	};
+
+	for (size_t k = 0; k < sizeof means / sizeof *means; k++)
+		if (strcmp(state, means[k].state) == 0) {
+			snprintf(buf, len, "Slurm job %s ended: %s (%s)", id, state, means[k].says);
+			return;
+		}
+	snprintf(buf, len, "Slurm job %s ended: %s%s%s", id, state, slurmjob_has_reason(reason) ? " " : "",
+		 slurmjob_has_reason(reason) ? reason : "");
+}
+
+const char *slurmjob_not_ours(const char *show, const char *name, int port, double since,
+			      char *why, size_t len)
+{
+	char jn[256], cmd[128], at[64], script[8];
+	int p = slurmjob_command_port(show, name, script, sizeof script);
+	double t;
+
+	slurmjob_field(show, "JobName", jn, sizeof jn);
+	slurmjob_field(show, "Command", cmd, sizeof cmd);
+	slurmjob_field(show, "SubmitTime", at, sizeof at);
+	t = slurmjob_start_time(at);
+	if (strcmp(jn, name) != 0)
+		snprintf(why, len, "it is named %s now", jn[0] ? jn : "(nothing)");
+	else if (p == 0)
+		snprintf(why, len, "it does not run SCRIPT PORT (Command=%s): submitted by hand?",
+			 cmd[0] ? cmd : "(none)");
+	else if (p != port)
+		snprintf(why, len, "it was submitted for port %d, not %d", p, port);
+	else if (t > 0 && t < since - SLURMJOB_CLOCK_SLACK_S)
+		snprintf(why, len, "it was submitted at %s, before this sbatch began", at);
+	else
+		return NULL;
+	return why;
+}
+
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen)
 {
 	size_t n = 0, c = 0;

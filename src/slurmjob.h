@@ -42,6 +42,22 @@ void slurmjob_field(const char *text, const char *key, char *out, size_t len);
  * the port it was submitted for, the last word of Command=SCRIPT PORT, and
  * SCRIPT into SCRIPT (LEN). 0 (SCRIPT "") if there is no such word. */
 int slurmjob_command_port(const char *show, const char *name, char *script, size_t len);
+/* "Slurm job ID ended: STATE" into BUF (LEN), with what STATE means for
+ * a job that ran (TIMEOUT: "(it reached its time limit)") or else Slurm's
+ * REASON, if it gives one. */
+void slurmjob_end_why(char *buf, size_t len, const char *id, const char *state,
+		      const char *reason);
+/* How far the gateway's clock may be ahead of the Slurm controller's
+ * before a job the gateway queued looks older than its sbatch. */
+#define SLURMJOB_CLOCK_SLACK_S 60
+/* From `scontrol -o show job` SHOW of a job found by its name NAME after
+ * sbatch's answer was lost: is it the job that sbatch queued? It must
+ * still be named NAME, run SCRIPT PORT for PORT (every gateway's job
+ * does) and have been submitted after SINCE (seconds since the epoch, the
+ * gateway's clock, less SLURMJOB_CLOCK_SLACK_S). NULL if so; else why not
+ * (WHY, LEN: "it does not run SCRIPT PORT (Command=...)"). */
+const char *slurmjob_not_ours(const char *show, const char *name, int port, double since,
+			      char *why, size_t len);
 /* The first line of `sacct -n -X -P -o State,ExitCode` ("CANCELLED by 0|0:0")
  * split into STATE ("CANCELLED") and CODE ("0:0"); false if it has no state. */
 bool slurmjob_sacct_line(const char *out, char *state, size_t slen, char *code, size_t clen);

@@ -257,6 +257,35 @@ static void test_start_time(void **state)
 	assert_true(slurmjob_start_time("2026-11-29T12:24:16x") == 0);
 }
 
+static void test_not_ours(void **state)
+{
+	char why[256], line[512];
+	const char *head = "JobId=7 JobName=sg:gw:llm:0 UserId=u(1) JobState=PENDING ";
+	struct tm tm = {.tm_year = 126, .tm_mon = 10, .tm_mday = 30, .tm_hour = 8, .tm_isdst = -1};
+	double t = (double)mktime(&tm);   /* 2026-11-30T08:00:00, local time */
+
+	(void)state;
+	snprintf(line, sizeof line, "%sSubmitTime=2026-11-30T08:00:00 Command=/j/llm.sh 8000 "
+		 "WorkDir=/j", head);
+	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t, why, sizeof why));
+	/* the gateway's clock a little ahead of the controller's: still ours */
+	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 30, why, sizeof why));
+	/* queued well before this sbatch began: an earlier one, or by hand */
+	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 120, why, sizeof why));
+	assert_string_equal(why, "it was submitted at 2026-11-30T08:00:00, before this sbatch began");
+	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8001, t, why, sizeof why));
+	assert_string_equal(why, "it was submitted for port 8000, not 8001");
+	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:1", 8000, t, why, sizeof why));
+	assert_string_equal(why, "it is named sg:gw:llm:0 now");
+	/* sbatch --wrap: Command=(null) */
+	snprintf(line, sizeof line, "%sSubmitTime=2026-11-30T08:00:00 Command=(null) WorkDir=/j", head);
+	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t, why, sizeof why));
+	assert_string_equal(why, "it does not run SCRIPT PORT (Command=(null)): submitted by hand?");
+	/* no SubmitTime said: the command decides */
+	snprintf(line, sizeof line, "%sCommand=/j/llm.sh 8000 WorkDir=/j", head);
+	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 1e6, why, sizeof why));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -271,6 +300,7 @@ int main(void)
 		cmocka_unit_test(test_tail_lines),
 		cmocka_unit_test(test_sbatch_id),
 		cmocka_unit_test(test_start_time),
+		cmocka_unit_test(test_not_ours),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

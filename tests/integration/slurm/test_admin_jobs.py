@@ -8,7 +8,9 @@ submitted by hand under a name of the gateway's. The gateway must stay
 right: no request failed or hung beyond what cannot be helped, no job
 leaked or started twice, /api and /check_ true, the reason in both.
 """
+import os
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +18,8 @@ import pytest
 
 import conftest as base
 from conftest import SLACK, http_request, wait_until
-from slurmlib import cluster, demo_job_script, running_job, slurm_gateway, slurm_service  # noqa: F401
+from slurmlib import (cluster, demo_job_script, running_job, slurm_gateway,  # noqa: F401
+                      slurm_service, write_script)
 from test_slurm_agent import agent_service
 
 
@@ -276,3 +279,118 @@ def test_job_submitted_by_hand_under_the_gateways_name_is_not_adopted(cluster, s
         wait_until(lambda: jid not in [j[0] for j in cluster.live_jobs()], 10 * SLACK)
     finally:
         cluster.scancel(jid)
+
+
+@pytest.mark.parametrize("beside,via",
+                         [(False, "commands"), (True, "commands"), (False, "agent")],
+                         ids=["alone", "beside_its_own", "alone_agent"])
+def test_lost_sbatch_answer_lookup_does_not_adopt_a_job_submitted_by_hand(cluster, slurm_gateway,
+                                                                         tmp_path, beside, via):
+    """sbatch's answer is lost (here: ssh says 255 after the submit), and
+    the gateway looks for its job by name in squeue. Another job of that
+    name (submitted by hand, or by another tool of this account, here just
+    before the gateway's own sbatch ran) was taken as the gateway's own:
+    users' requests went to whatever listens on the port on its node. The
+    lookup now takes only a job that runs SCRIPT PORT (the gateway's own
+    kind) for its port, submitted after its sbatch began; another is left
+    alone (never cancelled: not the gateway's), the log and the failed
+    start's reason name it. Alone, the start fails with that reason (and
+    the next one succeeds beside it); beside the gateway's own job, that one
+    is taken. Through the remote agent, the answer is lost as the agent
+    dies during sbatch."""
+    real = shutil.which("sbatch")
+    mark, hand = tmp_path / "lost-once", tmp_path / "hand-id"
+    own = f'{real} "$@" >/dev/null 2>&1\n' if beside else ""
+    shims = tmp_path / "shims"
+    svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), start_timeout=20)
+    lose = 'echo "Connection to login closed by remote host." >&2; exit 255'
+    if via == "agent":
+        svc, agent, _ = agent_service(cluster, tmp_path, start_timeout=20)
+        lose = f"for p in $(pgrep -f '{agent}( |$)'); do kill -9 \"$p\"; done; exit 1"
+    write_script(shims / "sbatch", f"""#!/bin/sh
+name=
+for a in "$@"; do case $a in --job-name=*) name=${{a#--job-name=}};; esac; done
+if [ ! -e {mark} ]; then
+    : > {mark}
+    {real} --parsable --job-name="$name" --chdir={cluster.work_dir} --wrap 'sleep 300' >{hand}
+    {own}{lose}
+fi
+exec {real} "$@"
+""")
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf,
+                                  "PATH": f"{shims}:{os.environ['PATH']}"})
+    try:
+        r = g.get("/llm/pid", timeout=60)
+        assert hand.exists(), "the wrapper did not run"
+        hid = hand.read_text().strip()
+        log = g.log(tail=10 ** 6)
+        assert f"Slurm job {hid} is named {g.job_name()}, but it is not the job" in log, log
+        assert "does not run SCRIPT PORT" in log, log
+        if not beside:
+            assert r.status == 502, (r, log)
+            assert f"Slurm job {hid} of its name, not this gateway's" in r.text, r.text
+            assert "not this gateway's" in g.svc()["last_error"], g.svc()
+            # the next start succeeds, with a job of its own
+            r = g.get("/llm/pid", timeout=60)
+        assert r.status == 200, (r, g.log())
+        [inst] = g.svc()["instances"]
+        assert inst["job_id"] != hid, (inst, hid)
+        # the ghost watch for the lost job's name (it cancels a job the
+        # failed sbatch queued late) saw the hand job on every poll since
+        # (several while the job started): left alone
+        log = g.log(tail=10 ** 7)
+        assert not re.search(rf"Slurm job {hid} .*cancelling", log), log
+        assert hid in [j[0] for j in cluster.live_jobs(g.job_name())], cluster.jobs(g.job_name())
+    finally:
+        if hand.exists():
+            cluster.scancel(hand.read_text().strip())
+
+
+def test_ghost_watch_after_an_sbatch_timeout_does_not_cancel_a_job_submitted_by_hand(
+        cluster, slurm_gateway, tmp_path):
+    """sbatch gave up ("Socket timed out on send/recv operation"): the
+    controller may queue the job all the same, so the gateway watches for a
+    job of its name for a while and cancels it if it comes. A job of that
+    name submitted by hand (here: just after the sbatch began) was taken
+    for it and cancelled. Only a job that runs SCRIPT PORT for its port,
+    submitted after the sbatch began, is taken for it now; another is left
+    alone, the log says why."""
+    real = shutil.which("sbatch")
+    mark, hand = tmp_path / "timeout-once", tmp_path / "hand-id"
+    shims = tmp_path / "shims"
+    write_script(shims / "sbatch", f"""#!/bin/sh
+name=
+for a in "$@"; do case $a in --job-name=*) name=${{a#--job-name=}};; esac; done
+if [ ! -e {mark} ]; then
+    : > {mark}
+    {real} --parsable --job-name="$name" --chdir={cluster.work_dir} --wrap 'sleep 300' >{hand}
+    echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec {real} "$@"
+""")
+    svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"))
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf,
+                                  "PATH": f"{shims}:{os.environ['PATH']}"})
+    try:
+        r = g.get("/llm/pid", timeout=60)
+        assert hand.exists(), "the wrapper did not run"
+        hid = hand.read_text().strip()
+        assert r.status == 502 and "timed out" in r.text, r
+        wait_until(lambda: f"Slurm job {hid} is named {g.job_name()}, but it is not" in
+                   g.log(tail=10 ** 7), 10 * SLACK, msg="the hand job looked at")
+        # the next start: a job of its own; the hand job lives on
+        r = g.get("/llm/pid", timeout=60)
+        assert r.status == 200, (r, g.log())
+        [inst] = g.svc()["instances"]
+        assert inst["job_id"] != hid, (inst, hid)
+        log = g.log(tail=10 ** 7)
+        assert not re.search(rf"Slurm job {hid} .*cancelling", log), log
+        assert hid in [j[0] for j in cluster.live_jobs(g.job_name())], cluster.jobs(g.job_name())
+    finally:
+        if hand.exists():
+            cluster.scancel(hand.read_text().strip())

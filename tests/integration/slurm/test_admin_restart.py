@@ -200,7 +200,8 @@ def test_restart_during_a_walltime_handover_lets_the_replacement_take_over(
     assert r.status == 200, r
     pid_a = r.json()["pid"]
     [(job_a, _, _, _)] = cluster.jobs(g.job_name())
-    rows = wait_until(lambda: [j for j in cluster.jobs(g.job_name(index=1)) if j[2] == "RUNNING"],
+    rows = wait_until(lambda: [j for j in cluster.jobs(prefix=g.job_name(index=1))
+                               if j[2] == "RUNNING"],
                       30 * SLACK, interval=0.2, msg="the replacement's job to run")
     job_b = rows[0][0]
     g.kill9()
@@ -227,6 +228,84 @@ def test_restart_during_a_walltime_handover_lets_the_replacement_take_over(
     assert g.svc()["starts"] == 0
 
 
+def test_restart_during_a_walltime_handover_below_max_instances_pairs_by_the_jobs_name(
+        cluster, slurm_gateway, tmp_path):
+    """With max_instances 2 and one job running, its walltime handover's
+    replacement takes the lowest free index (1), not max_instances. A
+    restart paired a handover only when a service had one job more than
+    max_instances (then guessing the newest job as the replacement): here it
+    counted 2 jobs for 2 slots, adopted the replacement as an instance of its
+    own (a queued one was cancelled), and the old job was never drained. The
+    replacement's name says which job it replaces (sg:...:1.rID): the
+    restart pairs them from that, whatever the count or the order of ids."""
+    p, gate, svc = handover_service(cluster, tmp_path, gated=1)
+    svc["max_instances"] = 2
+    g = slurm_gateway([svc])
+    r = g.get("/llm/pid", timeout=60)
+    assert r.status == 200, r
+    pid_a = r.json()["pid"]
+    [(job_a, _, _, _)] = cluster.jobs(g.job_name())
+    rows = wait_until(lambda: [j for j in cluster.jobs(prefix=g.job_name(index=1))
+                               if j[2] == "RUNNING"],
+                      30 * SLACK, interval=0.2, msg="the replacement's job to run")
+    job_b, name_b = rows[0][0], rows[0][1]
+    g.kill9()
+    rewrite(g, [dict(svc, handover_lead=10)])
+    g.restart()
+
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["pid"] == pid_a, (r, g.log())
+    log = g.log(tail=10 ** 7)
+    assert re.search(rf"adopting Slurm job {job_b} .*replacement of Slurm job {job_a}", log), log
+    gate.touch()
+    wait_until(lambda: not cluster.live_jobs(g.job_name()), 30 * SLACK, interval=0.2,
+               msg=f"the replaced job {job_a} to be cancelled")
+    r = g.get("/llm/pid", timeout=15)
+    assert r.status == 200 and r.json()["port"] == p + 1, r
+    assert "handover from [0] to [1]" in g.log(tail=10 ** 7)
+    assert g.svc()["starts"] == 0
+    assert name_b == f"{g.job_name(index=1)}.r{job_a}", name_b
+
+
+def test_restart_during_two_walltime_handovers_pairs_each_replacement_with_its_own_job(
+        cluster, slurm_gateway, tmp_path):
+    """Two jobs (min_instances 2, max_instances 3) near their time limits,
+    each with its replacement starting (at indexes 2 and 3) when the gateway
+    restarts. The scan paired at most one handover per service, guessing the
+    newest job as the replacement of the running one with least time left:
+    the other replacement was adopted as an instance of its own, its old job
+    never drained. Each replacement names its old job: both pairs adopted."""
+    p = base.free_port_block(4)
+    gate = tmp_path / "go"
+    hold = (f'case "$1" in {p + 2}|{p + 3}) while [ ! -e "{gate}" ]; do sleep 0.1; done;; '
+            'esac\n')
+    job = demo_job_script(tmp_path / "job.sh", extra="#SBATCH --time=1\n" + hold)
+    svc = slurm_service(cluster, job, remote_port=p, min_instances=2, max_instances=3,
+                        handover_lead=58, timeout=300)
+    g = slurm_gateway([svc])
+
+    def replacements():
+        rows = [j for j in cluster.jobs(prefix=g.job_prefix) if j[2] == "RUNNING"]
+        return rows if len(rows) == 4 else None
+    rows = wait_until(replacements, 60 * SLACK, interval=0.2, msg="two jobs and two replacements")
+    ids = {name.rsplit(":", 1)[1].split(".")[0]: jid for jid, name, _, _ in rows}
+    olds = {ids["0"], ids["1"]}
+    g.kill9()
+    rewrite(g, [dict(svc, handover_lead=10)])
+    g.restart()
+    wait_until(lambda: g.log(tail=10 ** 7).count("looked for Slurm jobs of an earlier run") == 2,
+               15 * SLACK, interval=0.2, msg="the recovery scan")
+    log = g.log(tail=10 ** 7).split("--- run 2 ---")[1]
+    paired = re.findall(r"adopting Slurm job (\d+) .*replacement of Slurm job (\d+)", log)
+    assert len(paired) == 2 and {old for _, old in paired} == olds, (paired, rows, log)
+    gate.touch()
+    wait_until(lambda: not {j[0] for j in cluster.live_jobs(prefix=g.job_prefix)} & olds,
+               40 * SLACK, interval=0.2, msg="both replaced jobs to be cancelled")
+    live = {j[0] for j in cluster.live_jobs(prefix=g.job_prefix)}
+    assert live == {new for new, _ in paired}, (live, paired, g.log(tail=10 ** 7))
+    assert g.svc()["starts"] == 0
+
+
 def test_restart_during_a_walltime_handover_keeps_a_pending_replacement(
         nodes, slurm_gateway, tmp_path):
     """The replacement waits in the queue (here: for its node, drained) when
@@ -248,7 +327,7 @@ def test_restart_during_a_walltime_handover_keeps_a_pending_replacement(
     cluster.scontrol_node(cluster.node, "drain")
     gate.touch()
     t.join(60 * SLACK)
-    rows = wait_until(lambda: cluster.jobs(g.job_name(index=1)), 30 * SLACK, interval=0.2,
+    rows = wait_until(lambda: cluster.jobs(prefix=g.job_name(index=1)), 30 * SLACK, interval=0.2,
                       msg="the replacement's job")
     job_b = rows[0][0]
     assert rows[0][2] == "PENDING", rows
@@ -289,7 +368,7 @@ def test_restart_after_a_walltime_handover_adopts_the_job_that_took_over(
     p, gate, svc = handover_service(cluster, tmp_path, gated=1)
     g = slurm_gateway([svc])
     assert g.get("/llm/pid", timeout=60).status == 200
-    wait_until(lambda: [j for j in cluster.jobs(g.job_name(index=1)) if j[2] == "RUNNING"],
+    wait_until(lambda: [j for j in cluster.jobs(prefix=g.job_name(index=1)) if j[2] == "RUNNING"],
                30 * SLACK, interval=0.2, msg="the replacement's job to run")
     # a lead the replacement does not reach before the test ends
     reload_services(g, [dict(svc, handover_lead=10)])

@@ -1,0 +1,82 @@
+"""A stream in flight on a Slurm job that ends under it (its time limit, an
+admin's scancel): the reason the client, the log and /api give is the
+job's end as Slurm says it, not "upstream closed the connection" (which is
+what the gateway sees first: the service dies before squeue says why).
+The cut stream still ends as an error for a real client (the openai npm
+package throws), never as a normal end."""
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import conftest as base
+from conftest import SLACK, wait_until
+from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jsclient import run_js  # noqa: E402
+
+STREAM_JS = """
+const s = await client.chat.completions.create({model: 'demo', stream: true, max_tokens: 100000,
+                                                messages: [{role: 'user', content: 'hi'}]});
+let n = 0;
+for await (const c of s) n++;
+return {ended_normally: true, chunks: n};
+"""
+
+
+def streaming_service(cluster, tmp_path, minutes=None):
+    """The demo service streaming a token every 200 ms; with MINUTES, a job
+    of that time limit whose walltime handover never comes first
+    (handover_lead 0: at the limit itself)."""
+    extra = "export DEMO_TOKEN_DELAY_MS=200\n"
+    kw = {}
+    if minutes:
+        extra = f"#SBATCH --time={minutes}\n" + extra
+        kw = dict(remote_port=base.free_port_block(2), handover_lead=0)
+    job = demo_job_script(tmp_path / "job.sh", extra=extra)
+    return slurm_service(cluster, job, max_instances=1, timeout=300, **kw)
+
+
+def stream_cut(g, cluster, end_job, timeout):
+    """Run a long stream with the openai client, END_JOB(job_id) once it
+    flows; returns (what the client said, the job id)."""
+    assert g.get("/llm/health", timeout=60).status == 200
+    [inst] = g.svc()["instances"]
+    job_id = inst["job_id"]
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        fut = ex.submit(run_js, g, STREAM_JS, None, timeout)
+        wait_until(lambda: g.svc()["in_flight"] == 1, 15 * SLACK, msg="the stream to flow")
+        end_job(job_id)
+        out = fut.result(timeout=timeout * SLACK + 20)
+    return out, job_id
+
+
+def check_reason(g, out, job_id, state):
+    want = f"Slurm job {job_id} ended: {state}"
+    log = g.log(tail=10 ** 7)
+    print(f"the client: {out}")
+    # the client: an error (not a normal end), with the reason
+    assert "thrown" in out, (out, log)
+    assert want in out["thrown"]["message"], (out, log)
+    # the gateway's log line for the failed request, and /api
+    assert any(want in line and " 502 " in line for line in log.splitlines()), log
+    assert not any("upstream closed the connection" in line and " 502 " in line
+                   for line in log.splitlines()), log
+    wait_until(lambda: want in (g.svc()["last_error"] or ""), 10 * SLACK,
+               msg=f"/api last_error naming {want}")
+
+
+def test_stream_cut_by_an_admins_scancel_says_the_job_was_cancelled(cluster, slurm_gateway,
+                                                                   tmp_path):
+    g = slurm_gateway([streaming_service(cluster, tmp_path)])
+    out, job_id = stream_cut(g, cluster, cluster.scancel, 30)
+    check_reason(g, out, job_id, "CANCELLED")
+
+
+def test_stream_cut_by_the_jobs_time_limit_says_timeout(cluster, slurm_gateway, tmp_path):
+    """A job of 1 minute (Slurm ends it within 30 s of that) under a stream
+    that would run for hours."""
+    g = slurm_gateway([streaming_service(cluster, tmp_path, minutes=1)])
+    out, job_id = stream_cut(g, cluster, lambda _id: None, 120)
+    check_reason(g, out, job_id, "TIMEOUT")
+    assert "its time limit" in out["thrown"]["message"], out
