@@ -103,6 +103,13 @@ void hc_budget_free(void)
 	budget_ev = NULL;
 }
 
+bool http_out_full(struct hconn *c)
+{
+	size_t n = http_pending_output(c);
+
+	return n > HTTP_HIGH_MARK || (n > HTTP_LOW_MARK && buffered >= buffer_cap);
+}
+
 bool hc_budget_over(struct hconn *c)
 {
 	return buffered >= buffer_cap && own_bytes(c) > BUDGET_OWN;

@@ -106,4 +106,10 @@ size_t http_buffer_cap(void);
 #define HTTP_HIGH_MARK (256 * 1024)
 #define HTTP_LOW_MARK (32 * 1024)
 
+/* C's output holds enough: what feeds it (an answer, a body, a tunnel)
+ * pauses and asks to hear when C has drained (http_want_drain). At the
+ * high mark; past the budget's cap already at the low mark, so that what
+ * services send to clients that do not read stays within the budget too. */
+bool http_out_full(struct hconn *c);
+
 #endif

@@ -35,7 +35,7 @@ void hc_tunnel_move(struct hconn *c)
 	/* a byte went across: neither side is quiet */
 	hc_timer_set(c, c->timeout_s);
 	hc_timer_set(p, p->timeout_s);
-	if (http_pending_output(p) > HTTP_HIGH_MARK) {
+	if (http_out_full(p)) {
 		http_pause(c, true);
 		http_want_drain(p);
 	}

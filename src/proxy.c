@@ -447,7 +447,7 @@ void proxy_body(struct exchange *ex, const char *p, size_t n)
 {
 	if (ex->up_sent && ex->up) {
 		http_send(ex->up, p, n);
-		if (http_pending_output(ex->up) > HTTP_HIGH_MARK) {
+		if (http_out_full(ex->up)) {
 			http_pause(ex->down, true);
 			http_want_drain(ex->up);
 		}
@@ -629,7 +629,7 @@ static void up_body(struct hconn *c, const char *p, size_t n)
 	if (ex->sse || ex->early_head)
 		sse_track(ex, p, n);
 	http_send(ex->down, p, n);
-	if (http_pending_output(ex->down) > HTTP_HIGH_MARK) {
+	if (http_out_full(ex->down)) {
 		http_pause(c, true);
 		http_want_drain(ex->down);
 	}

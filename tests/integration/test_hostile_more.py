@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,16 @@ def serve(c):
             c.sendall(CANNED[mode])
             if mode in (b"te_identity", b"http09"):
                 break   # delimited by the close
+            continue
+        if mode == b"big":
+            # 4 MiB, as fast as the gateway takes it
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
+            chunk = b"x" * 65536
+            try:
+                for _ in range(64):
+                    c.sendall(chunk)
+            except OSError:
+                break
             continue
         if mode == b"hangup":
             break   # had the request, answers nothing
@@ -489,3 +500,57 @@ def test_host_whose_port_is_not_a_number_is_400(hostile):
         raw = raw_exchange(g.port, b"GET /h/good HTTP/1.1\r\nHost: " + host +
                            b"\r\nConnection: close\r\n\r\n", timeout=5 * SLACK)
         assert status_of(raw) == 200, (host, raw[:300])
+
+
+def buffered(g):
+    for line in g.get("/metrics", timeout=5).text.splitlines():
+        if line.startswith("slurmgate_buffer_bytes "):
+            return float(line.split()[1])
+    raise AssertionError("slurmgate_buffer_bytes is not in /metrics")
+
+
+def test_clients_that_never_read_large_answers_stay_within_max_buffer_bytes(hostile):
+    # max_buffer_bytes bounded what clients send us (past it, the connections
+    # holding the most stop reading), but not what services send them: each
+    # exchange buffered a slow client's answer up to its high mark (256 KiB
+    # plus a read) whatever the total, so 40 clients that never read held
+    # about 12 MiB against a 1 MiB budget (20 000 such connections: 6 GB).
+    # Past the budget, an answer's source now pauses at the low mark.
+    cap, n = 1 << 20, 40
+    g, log = hostile(max_buffer_bytes=cap)
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(5 * SLACK)
+            s.connect(("127.0.0.1", g.port))
+            s.sendall(b"GET /h/big HTTP/1.1\r\nHost: a\r\n\r\n")
+            socks.append(s)
+        wait_until(lambda: log.read_bytes().count(b"GET /big ") == n, 10 * SLACK,
+                   msg="the service to have every request")
+        # the total grows while the answers fill the buffers, then stays
+        peak, last, steady_since = 0.0, -1.0, None
+        deadline = time.monotonic() + 15 * SLACK
+        while time.monotonic() < deadline:
+            v = buffered(g)
+            peak = max(peak, v)
+            if v == last:
+                steady_since = steady_since or time.monotonic()
+                if time.monotonic() - steady_since > 1.0:
+                    break
+            else:
+                steady_since, last = None, v
+            time.sleep(0.1)
+        print(f"{n} clients that do not read: {peak / 2**20:.1f} MiB buffered at most")
+        assert peak > cap, f"the answers never reached the budget (peak {peak:.0f} bytes)"
+        limit = cap + n * 128 * 1024
+        assert peak < limit, (f"{peak / 2**20:.1f} MiB buffered for {n} clients that do not read, "
+                              f"max_buffer_bytes {cap / 2**20:.0f} MiB (limit {limit / 2**20:.1f} MiB)")
+        still_serves(g)
+        assert g.get("/h/small", timeout=5 * SLACK).status == 200
+    finally:
+        for s in socks:
+            s.close()
+    wait_until(lambda: buffered(g) < 64 * 1024, 10 * SLACK,
+               msg="the buffers of closed connections to be released")
