@@ -99,6 +99,21 @@ json_t *api_state_json(bool seed_names)
 			 "public_status", auth_public_status(), "services", a);
 }
 
+/* One member of an object or array: a string is redacted in place. */
+static void hide_in(json_t *x, const char *service)
+{
+	char *r;
+
+	if (!json_is_string(x)) {
+		api_hide_output(x, service);
+		return;
+	}
+	r = access_redact_output(json_string_value(x), service);
+	if (r != NULL)
+		json_string_set(x, r);
+	free(r);
+}
+
 void api_hide_output(json_t *v, const char *service)
 {
 	const char *k;
@@ -112,23 +127,11 @@ void api_hide_output(json_t *v, const char *service)
 			n = json_string_value(json_object_get(v, "Name"));
 		if (n != NULL)
 			service = n;
-		json_object_foreach(v, k, x) {
-			char *r = json_is_string(x) ? access_redact_output(json_string_value(x), service) : NULL;
-			if (r != NULL)
-				json_string_set(x, r);
-			free(r);
-			if (!json_is_string(x))
-				api_hide_output(x, service);
-		}
+		json_object_foreach(v, k, x)
+			hide_in(x, service);
 	} else if (json_is_array(v)) {
-		json_array_foreach(v, q, x) {
-			char *r = json_is_string(x) ? access_redact_output(json_string_value(x), service) : NULL;
-			if (r != NULL)
-				json_string_set(x, r);
-			free(r);
-			if (!json_is_string(x))
-				api_hide_output(x, service);
-		}
+		json_array_foreach(v, q, x)
+			hide_in(x, service);
 	}
 }
 

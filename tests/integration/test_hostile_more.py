@@ -181,6 +181,21 @@ def still_serves(g):
     assert g.get("/api/health", timeout=5).status == 200
 
 
+def in_one_turn(g, log, s, request, trigger, mark):
+    """REQUEST on socket S and the service's action TRIGGER (it creates
+    LOG.TRIGGER; it writes MARK to LOG when done) in one turn of the
+    gateway's event loop: the gateway is stopped (SIGSTOP) while both
+    arrive, the busy turn for certain."""
+    g.proc.send_signal(signal.SIGSTOP)
+    try:
+        # the request first (on loopback it is queued when sendall returns)
+        s.sendall(request)
+        Path(str(log) + "." + trigger).write_text("now")
+        wait_until(lambda: mark in log.read_bytes(), 5 * SLACK, msg=f"the service's {mark!r}")
+    finally:
+        g.proc.send_signal(signal.SIGCONT)
+
+
 # --------------------------------------------------------------------------
 # Hostile services
 # --------------------------------------------------------------------------
@@ -202,16 +217,8 @@ def test_stray_answer_on_a_pooled_connection_is_not_taken_for_the_next_request(h
         f = s.makefile("rb")
         s.sendall(b"GET /h/arm_stray HTTP/1.1\r\nHost: a\r\n\r\n")
         assert read_raw_response(f)[2] == b"ok"   # its connection is pooled now
-        g.proc.send_signal(signal.SIGSTOP)
-        try:
-            # the request first (on loopback it is queued when sendall
-            # returns), then the stray answer
-            s.sendall(b"GET /h/echohead HTTP/1.1\r\nHost: victim\r\n\r\n")
-            Path(str(log) + ".stray").write_text("now")
-            wait_until(lambda: b"stray sent" in log.read_bytes(), 5 * SLACK,
-                       msg="the service sent its stray answer")
-        finally:
-            g.proc.send_signal(signal.SIGCONT)
+        in_one_turn(g, log, s, b"GET /h/echohead HTTP/1.1\r\nHost: victim\r\n\r\n", "stray",
+                    b"stray sent")
         st, hd, body = read_raw_response(f)
         assert body != b"stray!", "the stray answer was taken for the client's"
         assert st == 200 and body.startswith(b"GET /echohead ") and b"Host: victim" in body, body
@@ -238,14 +245,8 @@ def test_post_on_a_pooled_connection_the_service_just_closed_is_not_a_502(hostil
         f = s.makefile("rb")
         s.sendall(b"GET /h/arm_close HTTP/1.1\r\nHost: a\r\n\r\n")
         assert read_raw_response(f)[2] == b"ok"   # its connection is pooled now
-        g.proc.send_signal(signal.SIGSTOP)
-        try:
-            s.sendall(b"POST /h/echohead HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
-            Path(str(log) + ".close").write_text("now")
-            wait_until(lambda: b"closed idle" in log.read_bytes(), 5 * SLACK,
-                       msg="the service closed its idle connection")
-        finally:
-            g.proc.send_signal(signal.SIGCONT)
+        in_one_turn(g, log, s, b"POST /h/echohead HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+                    "close", b"closed idle")
         st, hd, body = read_raw_response(f)
         assert st == 200 and body.startswith(b"POST /echohead "), (st, body[:300])
     finally:
