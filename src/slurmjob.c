@@ -193,12 +193,15 @@ const char *slurmjob_not_ours(const char *show, const char *name, int port, doub
 {
 	char jn[256], cmd[128], at[64], script[8];
 	int p = slurmjob_command_port(show, name, script, sizeof script);
-	double t;
+	double t, slack = SLURMJOB_CLOCK_SLACK_S;
 
 	slurmjob_field(show, "JobName", jn, sizeof jn);
 	slurmjob_field(show, "Command", cmd, sizeof cmd);
 	slurmjob_field(show, "SubmitTime", at, sizeof at);
 	t = slurmjob_start_time(at);
+	/* seconds since the epoch, or the local time of scontrol's host */
+	if (strchr(at, '-') != NULL)
+		slack += SLURMJOB_ZONE_SLACK_S;
 	if (strcmp(jn, name) != 0)
 		snprintf(why, len, "it is named %s now", jn[0] ? jn : "(nothing)");
 	else if (p == 0)
@@ -206,7 +209,7 @@ const char *slurmjob_not_ours(const char *show, const char *name, int port, doub
 			 cmd[0] ? cmd : "(none)");
 	else if (p != port)
 		snprintf(why, len, "it was submitted for port %d, not %d", p, port);
-	else if (t > 0 && t < since - SLURMJOB_CLOCK_SLACK_S)
+	else if (t > 0 && t < since - slack)
 		snprintf(why, len, "it was submitted at %s, before this sbatch began", at);
 	else
 		return NULL;

@@ -50,11 +50,17 @@ void slurmjob_end_why(char *buf, size_t len, const char *id, const char *state,
 /* How far the gateway's clock may be ahead of the Slurm controller's
  * before a job the gateway queued looks older than its sbatch. */
 #define SLURMJOB_CLOCK_SLACK_S 60
+/* A SubmitTime in local time ("2026-11-30T08:00:00", the default without
+ * SLURM_TIME_FORMAT=%s) is the local time of the host scontrol ran on (the
+ * login node), whose zone the gateway does not know: it may be up to 26 h
+ * (UTC-12 to UTC+14) off the gateway's, and is compared with that slack. */
+#define SLURMJOB_ZONE_SLACK_S (26 * 3600)
 /* From `scontrol -o show job` SHOW of a job found by its name NAME after
  * sbatch's answer was lost: is it the job that sbatch queued? It must
  * still be named NAME, run SCRIPT PORT for PORT (every gateway's job
  * does) and have been submitted after SINCE (seconds since the epoch, the
- * gateway's clock, less SLURMJOB_CLOCK_SLACK_S). NULL if so; else why not
+ * gateway's clock, less SLURMJOB_CLOCK_SLACK_S, and SLURMJOB_ZONE_SLACK_S
+ * for a local time). NULL if so; else why not
  * (WHY, LEN: "it does not run SCRIPT PORT (Command=...)"). */
 const char *slurmjob_not_ours(const char *show, const char *name, int port, double since,
 			      char *why, size_t len);

@@ -270,8 +270,10 @@ static void test_not_ours(void **state)
 	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t, why, sizeof why));
 	/* the gateway's clock a little ahead of the controller's: still ours */
 	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 30, why, sizeof why));
-	/* queued well before this sbatch began: an earlier one, or by hand */
-	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 120, why, sizeof why));
+	/* queued well before this sbatch began: an earlier one, or by hand
+	 * (in local time, whose zone may not be the gateway's: a day and more) */
+	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 120, why, sizeof why));
+	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 27 * 3600, why, sizeof why));
 	assert_string_equal(why, "it was submitted at 2026-11-30T08:00:00, before this sbatch began");
 	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8001, t, why, sizeof why));
 	assert_string_equal(why, "it was submitted for port 8000, not 8001");
@@ -284,6 +286,42 @@ static void test_not_ours(void **state)
 	/* no SubmitTime said: the command decides */
 	snprintf(line, sizeof line, "%sCommand=/j/llm.sh 8000 WorkDir=/j", head);
 	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, t + 1e6, why, sizeof why));
+}
+
+/* scontrol prints SubmitTime in the local time of the host it runs on (the
+ * login node, through ssh or the agent), which need not be the gateway's:
+ * a gateway in a container on UTC, a login node on America/Chicago. The
+ * job its lost sbatch queued a second ago must still be its own (it was
+ * taken as "submitted before this sbatch began" and left running,
+ * untracked, until its time limit). */
+static void test_not_ours_submit_time_of_another_zone(void **state)
+{
+	char why[256], line[512], at[64];
+	const char *old = getenv("TZ");
+	char *saved = old ? strdup(old) : NULL;
+	time_t now = time(NULL);
+	struct tm tm;
+
+	(void)state;
+	setenv("TZ", "CST6", 1);   /* the login node's scontrol (no tzdata needed) */
+	tzset();
+	localtime_r(&now, &tm);
+	strftime(at, sizeof at, "%Y-%m-%dT%H:%M:%S", &tm);
+	setenv("TZ", "UTC0", 1);   /* the gateway's */
+	tzset();
+	snprintf(line, sizeof line, "JobId=7 JobName=sg:gw:llm:0 JobState=PENDING SubmitTime=%s "
+		 "Command=/j/llm.sh 8000 WorkDir=/j", at);
+	assert_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, (double)now - 1, why, sizeof why));
+	/* SLURM_TIME_FORMAT=%s: the instant itself, compared closely */
+	snprintf(line, sizeof line, "JobId=7 JobName=sg:gw:llm:0 JobState=PENDING SubmitTime=%lld "
+		 "Command=/j/llm.sh 8000 WorkDir=/j", (long long)now - 7200);
+	assert_non_null(slurmjob_not_ours(line, "sg:gw:llm:0", 8000, (double)now, why, sizeof why));
+	if (saved)
+		setenv("TZ", saved, 1);
+	else
+		unsetenv("TZ");
+	free(saved);
+	tzset();
 }
 
 int main(void)
@@ -301,6 +339,7 @@ int main(void)
 		cmocka_unit_test(test_sbatch_id),
 		cmocka_unit_test(test_start_time),
 		cmocka_unit_test(test_not_ours),
+		cmocka_unit_test(test_not_ours_submit_time_of_another_zone),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

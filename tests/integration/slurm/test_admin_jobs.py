@@ -394,3 +394,41 @@ exec {real} "$@"
     finally:
         if hand.exists():
             cluster.scancel(hand.read_text().strip())
+
+
+def test_lost_sbatch_answer_lookup_takes_its_job_when_scontrol_prints_another_time_zone(
+        cluster, slurm_gateway, tmp_path):
+    """scontrol prints SubmitTime in the local time of the host it runs on
+    (the login node), which need not be the gateway's zone: here the
+    gateway runs on UTC and scontrol on UTC-6. After a lost sbatch answer,
+    the lookup read the gateway's own job, queued a second before, as
+    "submitted at ..., before this sbatch began": the start failed (502)
+    and the job was left running, tracked by nobody, until its time limit.
+    It is taken as the gateway's job now."""
+    real, real_scontrol = shutil.which("sbatch"), shutil.which("scontrol")
+    mark = tmp_path / "lost-once"
+    shims = tmp_path / "shims"
+    write_script(shims / "sbatch", f"""#!/bin/sh
+if [ ! -e {mark} ]; then
+    : > {mark}
+    {real} "$@" >/dev/null 2>&1
+    echo "Connection to login closed by remote host." >&2
+    exit 255
+fi
+exec {real} "$@"
+""")
+    write_script(shims / "scontrol", f'#!/bin/sh\nTZ=CST6 exec {real_scontrol} "$@"\n')
+    svc = slurm_service(cluster, demo_job_script(tmp_path / "job.sh"), start_timeout=30)
+    for k in ("remote_host", "ssh_port", "ssh_username", "ssh_key_file"):
+        svc.pop(k)
+    g = slurm_gateway([svc], env={"SLURM_CONF": cluster.slurm_conf, "TZ": "UTC0",
+                                  "PATH": f"{shims}:{os.environ['PATH']}"})
+    r = g.get("/llm/pid", timeout=60)
+    log = g.log(tail=10 ** 6)
+    assert mark.exists(), "the wrapper did not run"
+    assert "before this sbatch began" not in log, log
+    assert r.status == 200, (r, log)
+    assert "was queued before its sbatch answer was lost" in log, log
+    [inst] = g.svc()["instances"]
+    assert [j[0] for j in cluster.live_jobs(g.job_name())] == [inst["job_id"]], \
+        (cluster.jobs(g.job_name()), inst)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import conftest as base
 from conftest import SLACK, wait_until
-from slurmlib import cluster, demo_job_script, slurm_gateway, slurm_service  # noqa: F401
+from slurmlib import (cluster, demo_job_script, linger_lines, slurm_gateway,  # noqa: F401
+                      slurm_service)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jsclient import run_js  # noqa: E402
@@ -80,3 +81,51 @@ def test_stream_cut_by_the_jobs_time_limit_says_timeout(cluster, slurm_gateway, 
     out, job_id = stream_cut(g, cluster, lambda _id: None, 120)
     check_reason(g, out, job_id, "TIMEOUT")
     assert "its time limit" in out["thrown"]["message"], out
+
+
+def test_client_that_leaves_while_its_cut_response_waits_for_the_job(cluster, slurm_gateway,
+                                                                     tmp_path):
+    """The client hangs up during the wait for the job's fate: the
+    exchange ends at once (its timer and instance reference with it), and
+    the instance's end afterwards touches nothing freed (ASan build)."""
+    extra = "export DEMO_TOKEN_DELAY_MS=200\n" + linger_lines(cluster, 8)
+    job = demo_job_script(tmp_path / "job.sh", extra=extra)
+    g = slurm_gateway([slurm_service(cluster, job, max_instances=1, timeout=300)])
+    assert g.get("/llm/health", timeout=60).status == 200
+    [inst] = g.svc()["instances"]
+    s = base.Stream(g.port, "POST", "/v1/chat/completions",
+                    {"model": "demo", "stream": True, "max_tokens": 100000,
+                     "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert s.resp.status == 200, s.resp.status
+    assert s.resp.readline(), "the stream to flow"
+    cluster.scancel(inst["job_id"])
+    wait_until(lambda: "a response was cut" in g.log(), 15 * SLACK, interval=0.1,
+               msg="the gateway to see the cut")
+    s.close()
+    wait_until(lambda: g.svc()["in_flight"] == 0, 5 * SLACK, interval=0.1,
+               msg="the exchange to end with its client")
+    wait_until(lambda: not g.svc()["instances"], 40 * SLACK, interval=0.2,
+               msg="the cancelled job's instance to be gone")
+    assert g.get("/api/health", timeout=10).status == 200
+
+
+def test_gateway_stopped_while_a_cut_response_waits_for_the_job(cluster, slurm_gateway,
+                                                                tmp_path):
+    """SIGTERM during the wait for the job's fate: the gateway still exits
+    0 (the teardown checks it: a sanitizer report makes it non-zero), and
+    the client's stream ends."""
+    extra = "export DEMO_TOKEN_DELAY_MS=200\n" + linger_lines(cluster, 8)
+    job = demo_job_script(tmp_path / "job.sh", extra=extra)
+    g = slurm_gateway([slurm_service(cluster, job, max_instances=1, timeout=300)])
+    assert g.get("/llm/health", timeout=60).status == 200
+    [inst] = g.svc()["instances"]
+    s = base.Stream(g.port, "POST", "/v1/chat/completions",
+                    {"model": "demo", "stream": True, "max_tokens": 100000,
+                     "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert s.resp.status == 200, s.resp.status
+    assert s.resp.readline(), "the stream to flow"
+    cluster.scancel(inst["job_id"])
+    wait_until(lambda: "a response was cut" in g.log(), 15 * SLACK, interval=0.1,
+               msg="the gateway to see the cut")
+    assert g.terminate() == 0, g.log()
+    s.read_all(30)
