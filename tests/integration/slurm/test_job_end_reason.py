@@ -83,11 +83,9 @@ def test_stream_cut_by_the_jobs_time_limit_says_timeout(cluster, slurm_gateway, 
     assert "its time limit" in out["thrown"]["message"], out
 
 
-def test_client_that_leaves_while_its_cut_response_waits_for_the_job(cluster, slurm_gateway,
-                                                                     tmp_path):
-    """The client hangs up during the wait for the job's fate: the
-    exchange ends at once (its timer and instance reference with it), and
-    the instance's end afterwards touches nothing freed (ASan build)."""
+def cut_and_waiting(cluster, slurm_gateway, tmp_path):
+    """A stream on a job an admin cancels, whose job lingers COMPLETING
+    (8 s): (gateway, stream) once the gateway waits for the job's fate."""
     extra = "export DEMO_TOKEN_DELAY_MS=200\n" + linger_lines(cluster, 8)
     job = demo_job_script(tmp_path / "job.sh", extra=extra)
     g = slurm_gateway([slurm_service(cluster, job, max_instances=1, timeout=300)])
@@ -101,6 +99,15 @@ def test_client_that_leaves_while_its_cut_response_waits_for_the_job(cluster, sl
     cluster.scancel(inst["job_id"])
     wait_until(lambda: "a response was cut" in g.log(), 15 * SLACK, interval=0.1,
                msg="the gateway to see the cut")
+    return g, s
+
+
+def test_client_that_leaves_while_its_cut_response_waits_for_the_job(cluster, slurm_gateway,
+                                                                     tmp_path):
+    """The client hangs up during the wait for the job's fate: the
+    exchange ends at once (its timer and instance reference with it), and
+    the instance's end afterwards touches nothing freed (ASan build)."""
+    g, s = cut_and_waiting(cluster, slurm_gateway, tmp_path)
     s.close()
     wait_until(lambda: g.svc()["in_flight"] == 0, 5 * SLACK, interval=0.1,
                msg="the exchange to end with its client")
@@ -114,18 +121,6 @@ def test_gateway_stopped_while_a_cut_response_waits_for_the_job(cluster, slurm_g
     """SIGTERM during the wait for the job's fate: the gateway still exits
     0 (the teardown checks it: a sanitizer report makes it non-zero), and
     the client's stream ends."""
-    extra = "export DEMO_TOKEN_DELAY_MS=200\n" + linger_lines(cluster, 8)
-    job = demo_job_script(tmp_path / "job.sh", extra=extra)
-    g = slurm_gateway([slurm_service(cluster, job, max_instances=1, timeout=300)])
-    assert g.get("/llm/health", timeout=60).status == 200
-    [inst] = g.svc()["instances"]
-    s = base.Stream(g.port, "POST", "/v1/chat/completions",
-                    {"model": "demo", "stream": True, "max_tokens": 100000,
-                     "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
-    assert s.resp.status == 200, s.resp.status
-    assert s.resp.readline(), "the stream to flow"
-    cluster.scancel(inst["job_id"])
-    wait_until(lambda: "a response was cut" in g.log(), 15 * SLACK, interval=0.1,
-               msg="the gateway to see the cut")
+    g, s = cut_and_waiting(cluster, slurm_gateway, tmp_path)
     assert g.terminate() == 0, g.log()
     s.read_all(30)

@@ -65,20 +65,17 @@ def test_pending_job_reports_slurm_reason_and_is_cancelled_after_start_timeout(
     print(f"502 after {waited:.2f} s: {err}")
 
 
-def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request_resubmits(
-        cluster, slurm_gateway, tmp_path):
-    job = write_script(tmp_path / "fail.sh", "#!/bin/sh\necho 'starting and failing' >&2\nexit 1\n")
-    g = slurm_gateway([slurm_service(cluster, job, start_timeout=120)])
-    name = g.job_name()
-
-    n = 5
+def held_requests_fail_with_one_failed_job(cluster, g, n):
+    """N requests held for a start whose one job fails: each gets the 502
+    naming the job and FAILED, and the service counts one failed start.
+    Returns (the job's id, seconds the requests took)."""
     with ThreadPoolExecutor(max_workers=n) as ex:
         t0 = time.monotonic()
         results = list(ex.map(lambda i: http_request(g.port, "GET", f"/llm/pid?i={i}",
                                                      timeout=60 * SLACK), range(n)))
     took = time.monotonic() - t0
     assert all(r.status == 502 for r in results), results
-    jobs = cluster.jobs(name)
+    jobs = cluster.jobs(g.job_name())
     assert len(jobs) == 1, f"one job for all held requests: {jobs}"
     job1, _, state1, _ = jobs[0]
     assert state1 == "FAILED", jobs
@@ -86,12 +83,21 @@ def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request
         err = r.json()["error"]
         assert job1 in err, f"the 502 does not name job {job1}: {err!r}"
         assert "FAILED" in err, f"the 502 does not name the job state FAILED: {err!r}"
-    # far sooner than start_timeout (120 s): the gateway saw the job end
-    assert took < 20 * SLACK, f"the failure took {took:.1f} s to reach the client"
-
     info = g.svc()
     assert info["starts"] == 1 and info["start_failures"] == 1, info
     assert info["state"] == "failed" and job1 in info["last_error"], info
+    return job1, took
+
+
+def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request_resubmits(
+        cluster, slurm_gateway, tmp_path):
+    job = write_script(tmp_path / "fail.sh", "#!/bin/sh\necho 'starting and failing' >&2\nexit 1\n")
+    g = slurm_gateway([slurm_service(cluster, job, start_timeout=120)])
+    name = g.job_name()
+
+    job1, took = held_requests_fail_with_one_failed_job(cluster, g, 5)
+    # far sooner than start_timeout (120 s): the gateway saw the job end
+    assert took < 20 * SLACK, f"the failure took {took:.1f} s to reach the client"
 
     # the next request submits a new job (the first failure has no back-off)
     r = g.get("/llm/pid", timeout=60)
@@ -109,7 +115,7 @@ def test_job_that_exits_1_fails_held_requests_with_state_and_id_and_next_request
     assert cluster.live_jobs(name) == []
     # both failed starts are counted as the launcher's kind "job_ended"
     assert failures(g, "demo") == {"job_ended": 2}, failures(g, "demo")
-    print(f"failure reported after {took:.2f} s: {results[0].json()['error']}")
+    print(f"failure reported after {took:.2f} s: {err2}")
 
 
 def test_job_that_fails_and_lingers_completing_is_a_failed_start_not_an_unexpected_exit(
@@ -126,24 +132,9 @@ def test_job_that_fails_and_lingers_completing_is_a_failed_start_not_an_unexpect
     job = write_script(tmp_path / "fail.sh", "#!/bin/sh\n" + linger_lines(cluster, 3) +
                        "echo 'starting and failing' >&2\nsleep 2\nexit 1\n")
     g = slurm_gateway([slurm_service(cluster, job, start_timeout=120)])
-    name = g.job_name()
 
-    n = 3
-    with ThreadPoolExecutor(max_workers=n) as ex:
-        results = list(ex.map(lambda i: http_request(g.port, "GET", f"/llm/pid?i={i}",
-                                                     timeout=60 * SLACK), range(n)))
+    held_requests_fail_with_one_failed_job(cluster, g, 3)
     assert "completing" in g.log(), "the gateway never saw the job COMPLETING:\n" + g.log()
-    assert all(r.status == 502 for r in results), results
-    jobs = cluster.jobs(name)
-    assert len(jobs) == 1, f"one job for all held requests: {jobs}"
-    job1, _, state1, _ = jobs[0]
-    assert state1 == "FAILED", jobs
-    for r in results:
-        err = r.json()["error"]
-        assert job1 in err and "FAILED" in err, err
-    info = g.svc()
-    assert info["starts"] == 1 and info["start_failures"] == 1, info
-    assert info["state"] == "failed" and job1 in info["last_error"], info
     assert "exited unexpectedly" not in g.log()
     assert failures(g, "demo") == {"job_ended": 1}, failures(g, "demo")
 
